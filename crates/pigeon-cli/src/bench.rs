@@ -1,0 +1,455 @@
+//! `pigeon bench relay`: durable end-to-end throughput, latency at 70 % load, and memory per
+//! idle connection, against a real relay process over the real channel.
+//!
+//! The relay runs as a child process (`pigeon relay`, embedded store, fsync per group commit);
+//! senders and receivers run in this process and talk to it over loopback TCP. A message counts
+//! when a receiver got it pushed, which happens only after the relay made it durable.
+
+use crate::relay_proc::RelayProcess;
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use pigeon_client::{Event, OwnedMailbox, RelayConnection};
+use pigeon_proto::channel::ClientHandshake;
+use pigeon_transport::RelayLink;
+use pigeon_wire::msg::{self, request};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Relay throughput, latency and idle-connection memory.
+    Relay(RelayBenchArgs),
+}
+
+/// Arguments of `pigeon bench relay`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RelayBenchArgs {
+    /// Seconds of measurement for each load phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Also run NATS JetStream (Debian's nats-server, file storage, one replica) under the same
+    /// load and report the ratio.
+    #[arg(long)]
+    vs_nats: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Idle connections for the memory measurement.
+    #[arg(long, default_value_t = 18_000)]
+    idle_connections: usize,
+    /// Mailboxes the load is spread over.
+    #[arg(long, default_value_t = 256)]
+    mailboxes: usize,
+    /// Sender connections (and as many receiver connections).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Sends in flight per sender connection.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
+    /// Skip the idle-connection memory phase.
+    #[arg(long)]
+    skip_idle: bool,
+}
+
+const MSG_SIZE: usize = 1024;
+
+pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Relay(args) => relay(args).await,
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_kib = meminfo("MemTotal").unwrap_or(0);
+    format!(
+        "{cpus} cpus, {:.1} GiB, Linux {}",
+        mem_kib as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{key}:")))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn tcp_mem_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Figures of one load phase.
+struct LoadResult {
+    delivered: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+    fn quantile_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+struct Setup {
+    senders: Vec<Arc<RelayConnection>>,
+    receivers: Vec<RelayConnection>,
+    boxes: Vec<Arc<OwnedMailbox>>,
+}
+
+async fn setup(link: &RelayLink, args: &RelayBenchArgs) -> anyhow::Result<Setup> {
+    let timeout = Duration::from_secs(10);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..args.connections {
+        senders.push(Arc::new(RelayConnection::connect(link, timeout).await?));
+        receivers.push(RelayConnection::connect(link, timeout).await?);
+    }
+    let mut boxes = Vec::new();
+    for i in 0..args.mailboxes {
+        let b = OwnedMailbox::generate()?;
+        let r = &receivers[i % receivers.len()];
+        r.create_mailbox(&b.key, &b.id, b.cap_hash()).await?;
+        r.subscribe(&b.key, &b.id).await?;
+        boxes.push(Arc::new(b));
+    }
+    Ok(Setup {
+        senders,
+        receivers,
+        boxes,
+    })
+}
+
+/// Runs senders and receivers for `measure` after `warmup`. With `rate` set, senders pace
+/// themselves to that many messages per second in total (open loop); otherwise they keep
+/// `window` sends in flight each (closed loop, saturating).
+async fn load(
+    setup: Setup,
+    args: &RelayBenchArgs,
+    rate: Option<f64>,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<(LoadResult, Setup)> {
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let n_senders = setup.senders.len();
+    let mut send_tasks = Vec::new();
+    for (i, conn) in setup.senders.iter().enumerate() {
+        let conn = Arc::clone(conn);
+        let boxes: Vec<_> = setup
+            .boxes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % n_senders == i)
+            .map(|(_, b)| (b.id, b.sender_cap))
+            .collect();
+        let stop = Arc::clone(&stop);
+        let window = args.window;
+        let per_sender = rate.map(|r| r / n_senders as f64);
+        send_tasks.push(tokio::spawn(async move {
+            let mut inflight = VecDeque::with_capacity(window);
+            let mut n: u64 = 0;
+            let start = Instant::now();
+            let mut payload = vec![0x5a; MSG_SIZE];
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(r) = per_sender {
+                    let due = (start.elapsed().as_secs_f64() * r) as u64;
+                    if n >= due {
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                        continue;
+                    }
+                }
+                if inflight.len() >= window {
+                    let rx: tokio::sync::oneshot::Receiver<_> =
+                        inflight.pop_front().context("window")?;
+                    let _ = rx.await;
+                }
+                let (id, cap) = boxes[usize::try_from(n).unwrap_or(0) % boxes.len()];
+                let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                payload[..8].copy_from_slice(&t.to_le_bytes());
+                let mut message_id = [0u8; 16];
+                message_id[..8].copy_from_slice(&n.to_le_bytes());
+                message_id[8] = u8::try_from(i).unwrap_or(0);
+                let rx = conn
+                    .submit(request::Body::Send(msg::Send {
+                        mailbox_id: id.0.to_vec(),
+                        sender_cap: cap.to_vec(),
+                        message_id: message_id.to_vec(),
+                        ciphertext: payload.clone(),
+                    }))
+                    .await?;
+                inflight.push_back(rx);
+                n += 1;
+            }
+            for rx in inflight {
+                let _ = rx.await;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut recv_tasks = Vec::new();
+    for mut conn in setup.receivers {
+        let stop = Arc::clone(&stop);
+        let measuring = Arc::clone(&measuring);
+        let delivered = Arc::clone(&delivered);
+        recv_tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            while !stop.load(Ordering::Relaxed) {
+                let ev = tokio::time::timeout(Duration::from_millis(200), conn.next_event()).await;
+                let Ok(Some(Event::Push(push))) = ev else {
+                    continue;
+                };
+                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                let mut seqs = Vec::with_capacity(push.deliveries.len());
+                let counting = measuring.load(Ordering::Relaxed);
+                for d in &push.deliveries {
+                    seqs.push(d.seq);
+                    if counting {
+                        let sent = d
+                            .ciphertext
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(now, u64::from_le_bytes);
+                        let _ = hist.record(now.saturating_sub(sent).max(1));
+                    }
+                }
+                if counting {
+                    delivered.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                }
+                let _ = conn
+                    .submit(request::Body::Ack(msg::Ack {
+                        mailbox_id: push.mailbox_id,
+                        seqs,
+                    }))
+                    .await?;
+            }
+            anyhow::Ok((conn, hist))
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed();
+    let count = delivered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in send_tasks {
+        t.await??;
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut receivers = Vec::new();
+    for t in recv_tasks {
+        let (conn, hist) = t.await??;
+        latency.add(&hist)?;
+        receivers.push(conn);
+    }
+    Ok((
+        LoadResult {
+            delivered: count,
+            elapsed,
+            latency,
+        },
+        Setup {
+            senders: setup.senders,
+            receivers,
+            boxes: setup.boxes,
+        },
+    ))
+}
+
+/// Opens `n` connections that complete the handshake and one ping each, then stay idle.
+async fn idle_connections(
+    link: &RelayLink,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let route = link
+        .supported_routes()
+        .next()
+        .context("no usable route")?
+        .clone();
+    let key = *link.relay_key();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let route = route.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let mut s = pigeon_transport::tcp::dial(&route, Duration::from_secs(10)).await?;
+            let mut out = Vec::new();
+            let hello = msg::ClientHello {
+                versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
+                padding: Vec::new(),
+            };
+            let hs = ClientHandshake::start(&key, &hello, &mut out)?;
+            s.write_all(&out).await?;
+            let mut buf = Vec::with_capacity(512);
+            let mut channel = loop {
+                anyhow::ensure!(s.read_buf(&mut buf).await? > 0, "closed in handshake");
+                if let Some((body, used)) = pigeon_wire::record::parse_record(&buf)? {
+                    let (ch, _) = hs.finish(body)?;
+                    buf.drain(..used);
+                    break ch;
+                }
+            };
+            let mut plain = Vec::new();
+            pigeon_wire::stream::encode_message(
+                &msg::Request {
+                    id: 1,
+                    body: Some(request::Body::Ping(msg::Ping { payload: vec![] })),
+                },
+                &mut plain,
+            );
+            let mut wire = Vec::new();
+            channel.seal(&plain, &mut wire)?;
+            s.write_all(&wire).await?;
+            loop {
+                if pigeon_wire::record::parse_record(&buf)?.is_some() {
+                    break;
+                }
+                anyhow::ensure!(s.read_buf(&mut buf).await? > 0, "closed before pong");
+            }
+            anyhow::Ok(s)
+        }));
+    }
+    let mut streams = Vec::with_capacity(n);
+    for t in tasks {
+        streams.push(t.await??);
+    }
+    Ok(streams)
+}
+
+async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let measure = Duration::from_secs(args.seconds);
+    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000"];
+    let relay = RelayProcess::start(&tmp.path().join("relay"), &relay_flags)?;
+    let setup = setup(&relay.link, &args).await?;
+    if !args.json {
+        eprintln!("saturating for {} s …", args.seconds);
+    }
+    let (max, setup) = load(setup, &args, None, Duration::from_secs(2), measure).await?;
+    let target = max.rate() * 0.7;
+    if !args.json {
+        eprintln!(
+            "max {:.0} msg/s; latency at 70 % ({target:.0} msg/s) for {} s …",
+            max.rate(),
+            args.seconds
+        );
+    }
+    let (at70, _setup) = load(setup, &args, Some(target), Duration::from_secs(2), measure).await?;
+    drop(_setup);
+    drop(relay);
+
+    let mut idle_user = None;
+    let mut idle_total = None;
+    if !args.skip_idle {
+        let relay = RelayProcess::start(&tmp.path().join("relay-idle"), &[])?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss0 = rss_kib(relay.pid()).context("relay RSS")?;
+        let slab0 = meminfo("Slab").unwrap_or(0);
+        let tcp0 = tcp_mem_pages().unwrap_or(0);
+        if !args.json {
+            eprintln!("opening {} idle connections …", args.idle_connections);
+        }
+        let streams = idle_connections(&relay.link, args.idle_connections).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss1 = rss_kib(relay.pid()).context("relay RSS")?;
+        let slab1 = meminfo("Slab").unwrap_or(0);
+        let tcp1 = tcp_mem_pages().unwrap_or(0);
+        let n = streams.len() as f64;
+        let user = (rss1.saturating_sub(rss0) * 1024) as f64 / n;
+        // Kernel memory is shared by both ends of each loopback connection; it is counted whole.
+        let kernel =
+            ((slab1.saturating_sub(slab0) * 1024) + tcp1.saturating_sub(tcp0) * 4096) as f64 / n;
+        idle_user = Some(user);
+        idle_total = Some(user + kernel);
+        drop(streams);
+    }
+
+    let nats = if args.vs_nats {
+        Some(crate::bench_nats::run(measure, args.mailboxes, args.connections, args.window).await?)
+    } else {
+        None
+    };
+
+    let result = serde_json::json!({
+        "machine": machine(),
+        "message_bytes": MSG_SIZE,
+        "seconds": args.seconds,
+        "msgs_per_s": max.rate().round(),
+        "p50_ms": at70.quantile_ms(0.5),
+        "p99_ms": at70.quantile_ms(0.99),
+        "p999_ms": at70.quantile_ms(0.999),
+        "load_msgs_per_s": at70.rate().round(),
+        "max_load_p99_ms": max.quantile_ms(0.99),
+        "idle_connections": args.idle_connections,
+        "idle_conn_user_bytes": idle_user.map(f64::round),
+        "idle_conn_total_bytes": idle_total.map(f64::round),
+        "nats_msgs_per_s": nats.map(f64::round),
+        "ratio_vs_nats": nats.map(|n| max.rate() / n),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!("machine: {}", machine());
+        println!(
+            "durable end-to-end throughput, 1 KiB messages: {:.0} msg/s (target ≥ 150,000)",
+            max.rate()
+        );
+        println!(
+            "latency at 70 % load ({:.0} msg/s): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target p99 ≤ 3 ms)",
+            at70.rate(),
+            at70.quantile_ms(0.5),
+            at70.quantile_ms(0.99),
+            at70.quantile_ms(0.999)
+        );
+        if let (Some(u), Some(t)) = (idle_user, idle_total) {
+            println!(
+                "memory per idle authenticated connection at {}: {u:.0} B user space (target ≤ 2048), {t:.0} B including the kernel",
+                args.idle_connections
+            );
+        }
+        if let Some(n) = nats {
+            println!(
+                "NATS JetStream under the same load: {n:.0} msg/s; pigeon/nats = {:.2}",
+                max.rate() / n
+            );
+        }
+    }
+    Ok(())
+}

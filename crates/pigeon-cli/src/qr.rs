@@ -1,0 +1,17 @@
+//! Links as QR codes in the terminal.
+
+use qrcode::QrCode;
+use qrcode::render::unicode::Dense1x2;
+
+/// The link as a QR code drawn with Unicode half blocks (light on dark terminals and dark on
+/// light ones both scan, thanks to the quiet zone).
+pub(crate) fn render(link: &str) -> anyhow::Result<String> {
+    let code = QrCode::new(link.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the link does not fit in a QR code: {e}"))?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
+}

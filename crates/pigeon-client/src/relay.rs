@@ -1,0 +1,606 @@
+//! A connection to one relay: handshake, pipelined requests, pushed messages.
+//!
+//! Two tasks serve a connection. The writer takes queued requests, batches whatever is
+//! waiting into one sealed write, and remembers whom to answer; the reader opens records,
+//! routes each response to its caller and hands pushes to [`RelayConnection::next_event`].
+//! Callers may issue requests from many tasks at once: they share one channel and one socket.
+
+use pigeon_proto::auth::{self, AuthOp, SigningKey};
+use pigeon_proto::channel::{Channel, ChannelError, ClientHandshake};
+use pigeon_transport::{Connection, RelayLink, Route, TransportError};
+use pigeon_wire::msg::{self, MailboxId, Request, request, response, server_message};
+use pigeon_wire::record;
+use pigeon_wire::stream::encode_message;
+use pigeon_wire::{ErrorCode, ErrorKind, PROTOCOL_VERSIONS};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a relay operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No route to the relay worked.
+    #[error("could not reach the relay through any route (tried {tried}): {last}")]
+    Unreachable {
+        /// The routes tried, in text form.
+        tried: String,
+        /// The last failure.
+        last: String,
+        /// Who is at fault for the last failure.
+        kind: ErrorKind,
+    },
+    /// The handshake failed: not this relay, or the connection was tampered with.
+    #[error("the relay's handshake failed: {0}")]
+    Handshake(#[source] ChannelError),
+    /// The relay refused the request.
+    #[error("the relay refused: {message} (code {})", code.as_u32())]
+    Refused {
+        /// The stable code.
+        code: ErrorCode,
+        /// The relay's sentence.
+        message: String,
+        /// When the relay asked us to wait before retrying.
+        retry_after: Option<Duration>,
+    },
+    /// The connection ended before the answer came.
+    #[error("the connection to the relay was lost: {0}")]
+    Lost(String),
+    /// The relay answered with something that does not fit the request.
+    #[error("the relay sent an unexpected answer to a {0} request")]
+    Unexpected(&'static str),
+    /// Local randomness failed.
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+impl ClientError {
+    /// Who is at fault.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unreachable { kind, .. } => *kind,
+            Self::Handshake(_) | Self::Lost(_) => ErrorKind::LocalNetwork,
+            Self::Refused { code, .. } => code.kind(),
+            Self::Unexpected(_) => ErrorKind::Relay,
+            Self::Random(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Something the relay sent without being asked.
+#[derive(Debug)]
+pub enum Event {
+    /// Messages from a subscribed mailbox.
+    Push(msg::Push),
+    /// The relay closed the session, with its reason when it gave one.
+    Closed(Option<msg::Error>),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<response::Result>>>>;
+
+struct Outgoing {
+    body: request::Body,
+    reply: oneshot::Sender<response::Result>,
+}
+
+/// A live session with a relay.
+pub struct RelayConnection {
+    requests: mpsc::Sender<Outgoing>,
+    events: mpsc::Receiver<Event>,
+    handshake_hash: [u8; 32],
+    version: u32,
+}
+
+impl std::fmt::Debug for RelayConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConnection")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requests queued per connection before callers wait.
+const QUEUE: usize = 4096;
+
+impl RelayConnection {
+    /// Connects through the link's routes in order, returning the first that completes a
+    /// handshake.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] listing every route tried, when none worked.
+    pub async fn connect(link: &RelayLink, timeout: Duration) -> Result<Self, ClientError> {
+        let mut tried = Vec::new();
+        let mut last = (
+            "the link has no route this build supports".to_owned(),
+            ErrorKind::BadInput,
+        );
+        for route in link.supported_routes() {
+            tried.push(route.to_string());
+            match Self::connect_route(route, link.relay_key(), timeout).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = (e.to_string(), e.kind()),
+            }
+        }
+        Err(ClientError::Unreachable {
+            tried: if tried.is_empty() {
+                "none".to_owned()
+            } else {
+                tried.join(", ")
+            },
+            last: last.0,
+            kind: last.1,
+        })
+    }
+
+    /// Connects through one route to the relay with static key `relay_key`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] if the route fails, [`ClientError::Handshake`] if the
+    /// relay is not the one the key names.
+    pub async fn connect_route(
+        route: &Route,
+        relay_key: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let unreachable = |e: TransportError| ClientError::Unreachable {
+            tried: route.to_string(),
+            kind: e.kind(),
+            last: e.to_string(),
+        };
+        let stream = pigeon_transport::dial(route, timeout)
+            .await
+            .map_err(unreachable)?;
+        match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Unreachable {
+                tried: route.to_string(),
+                last: format!("no handshake answer within {timeout:?}"),
+                kind: ErrorKind::LocalNetwork,
+            }),
+        }
+    }
+
+    /// Runs the handshake over an open stream and starts the session's tasks.
+    ///
+    /// # Errors
+    /// [`ClientError::Handshake`] or [`ClientError::Lost`].
+    pub async fn over(
+        mut stream: Box<dyn Connection>,
+        relay_key: &[u8; 32],
+    ) -> Result<Self, ClientError> {
+        let hello = msg::ClientHello {
+            versions: PROTOCOL_VERSIONS.to_vec(),
+            padding: Vec::new(),
+        };
+        let mut first = Vec::new();
+        let hs = ClientHandshake::start(relay_key, &hello, &mut first)
+            .map_err(ClientError::Handshake)?;
+        stream
+            .write_all(&first)
+            .await
+            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        let mut buf = Vec::with_capacity(1024);
+        let (channel, server_hello, rest) = loop {
+            let n = stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| ClientError::Lost(e.to_string()))?;
+            if n == 0 {
+                return Err(ClientError::Lost(
+                    "the relay closed the connection during the handshake".to_owned(),
+                ));
+            }
+            if let Some((body, used)) = record::parse_record(&buf)
+                .map_err(|e| ClientError::Handshake(ChannelError::Wire(e)))?
+            {
+                let (channel, hello) = hs.finish(body).map_err(ClientError::Handshake)?;
+                break (channel, hello, buf[used..].to_vec());
+            }
+        };
+        if let Some(err) = server_hello.error {
+            return Err(ClientError::Refused {
+                code: err.error_code(),
+                message: err.message,
+                retry_after: None,
+            });
+        }
+        let handshake_hash = *channel.handshake_hash();
+        let channel = Arc::new(Mutex::new(channel));
+        let pending: Pending = Arc::default();
+        let (req_tx, req_rx) = mpsc::channel(QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let (read_half, write_half) = tokio::io::split(stream);
+        tokio::spawn(writer(
+            write_half,
+            Arc::clone(&channel),
+            Arc::clone(&pending),
+            req_rx,
+        ));
+        tokio::spawn(reader(read_half, channel, pending, ev_tx, rest));
+        Ok(Self {
+            requests: req_tx,
+            events: ev_rx,
+            handshake_hash,
+            version: server_hello.version,
+        })
+    }
+
+    /// The channel's handshake hash, which ownership proofs sign.
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.handshake_hash
+    }
+
+    /// The protocol version agreed with the relay.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Sends one request and waits for its answer; an error answer becomes
+    /// [`ClientError::Refused`].
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] or [`ClientError::Lost`].
+    pub async fn request(&self, body: request::Body) -> Result<response::Result, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Outgoing { body, reply: tx })
+            .await
+            .map_err(|_| ClientError::Lost("the session has ended".to_owned()))?;
+        match rx.await {
+            Ok(response::Result::Error(e)) => Err(ClientError::Refused {
+                code: e.error_code(),
+                retry_after: e
+                    .retry_after_ms
+                    .map(|ms| Duration::from_millis(u64::from(ms))),
+                message: e.message,
+            }),
+            Ok(r) => Ok(r),
+            Err(_) => Err(ClientError::Lost(
+                "the connection closed before the relay answered".to_owned(),
+            )),
+        }
+    }
+
+    /// Queues a request without waiting for its answer (for pipelining): the returned receiver
+    /// yields the raw result, or an error once the session is lost.
+    ///
+    /// # Errors
+    /// [`ClientError::Lost`] if the session has ended.
+    pub async fn submit(
+        &self,
+        body: request::Body,
+    ) -> Result<oneshot::Receiver<response::Result>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Outgoing { body, reply: tx })
+            .await
+            .map_err(|_| ClientError::Lost("the session has ended".to_owned()))?;
+        Ok(rx)
+    }
+
+    /// The next push or close notice; `None` once the session is over and all were taken.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Creates `mailbox` on the relay (idempotent).
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn create_mailbox(
+        &self,
+        key: &SigningKey,
+        mailbox: &MailboxId,
+        cap_hash: [u8; 32],
+    ) -> Result<(), ClientError> {
+        let signature = auth::sign(
+            key,
+            AuthOp::CreateMailbox,
+            &self.handshake_hash,
+            &mailbox.0,
+            &cap_hash,
+        );
+        match self
+            .request(request::Body::CreateMailbox(msg::CreateMailbox {
+                mailbox_id: mailbox.0.to_vec(),
+                recipient_key: key.verifying_key().to_bytes().to_vec(),
+                sender_cap_hash: cap_hash.to_vec(),
+                signature: signature.to_vec(),
+            }))
+            .await?
+        {
+            response::Result::Created(_) => Ok(()),
+            _ => Err(ClientError::Unexpected("create mailbox")),
+        }
+    }
+
+    /// Posts a message; returns once the relay holds it durably.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn send(
+        &self,
+        mailbox: &MailboxId,
+        sender_cap: &[u8; 32],
+        message_id: [u8; 16],
+        ciphertext: Vec<u8>,
+    ) -> Result<msg::Sent, ClientError> {
+        match self
+            .request(request::Body::Send(msg::Send {
+                mailbox_id: mailbox.0.to_vec(),
+                sender_cap: sender_cap.to_vec(),
+                message_id: message_id.to_vec(),
+                ciphertext,
+            }))
+            .await?
+        {
+            response::Result::Sent(s) => Ok(s),
+            _ => Err(ClientError::Unexpected("send")),
+        }
+    }
+
+    /// Subscribes to a mailbox this key owns; pushes follow as [`Event::Push`]. Returns how
+    /// many messages were waiting.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn subscribe(
+        &self,
+        key: &SigningKey,
+        mailbox: &MailboxId,
+    ) -> Result<u64, ClientError> {
+        let signature = auth::sign(
+            key,
+            AuthOp::Subscribe,
+            &self.handshake_hash,
+            &mailbox.0,
+            &[0; 32],
+        );
+        match self
+            .request(request::Body::Subscribe(msg::Subscribe {
+                mailbox_id: mailbox.0.to_vec(),
+                signature: signature.to_vec(),
+            }))
+            .await?
+        {
+            response::Result::Subscribed(s) => Ok(s.pending),
+            _ => Err(ClientError::Unexpected("subscribe")),
+        }
+    }
+
+    /// Acknowledges delivered messages, deleting them durably. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn ack(&self, mailbox: &MailboxId, seqs: Vec<u64>) -> Result<u64, ClientError> {
+        match self
+            .request(request::Body::Ack(msg::Ack {
+                mailbox_id: mailbox.0.to_vec(),
+                seqs,
+            }))
+            .await?
+        {
+            response::Result::Acked(a) => Ok(a.deleted),
+            _ => Err(ClientError::Unexpected("ack")),
+        }
+    }
+
+    /// Deletes a mailbox this key owns.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn delete_mailbox(
+        &self,
+        key: &SigningKey,
+        mailbox: &MailboxId,
+    ) -> Result<(), ClientError> {
+        let signature = auth::sign(
+            key,
+            AuthOp::DeleteMailbox,
+            &self.handshake_hash,
+            &mailbox.0,
+            &[0; 32],
+        );
+        match self
+            .request(request::Body::DeleteMailbox(msg::DeleteMailbox {
+                mailbox_id: mailbox.0.to_vec(),
+                signature: signature.to_vec(),
+            }))
+            .await?
+        {
+            response::Result::Done(_) => Ok(()),
+            _ => Err(ClientError::Unexpected("delete mailbox")),
+        }
+    }
+
+    /// Publishes key packages into `slot`, owned by `key`. Returns the one-time packages held.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn publish_key_packages(
+        &self,
+        key: &SigningKey,
+        slot: &[u8; 32],
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<u32, ClientError> {
+        let digest = auth::packages_digest(&one_time, last_resort.as_deref());
+        let signature = auth::sign(
+            key,
+            AuthOp::PublishKeyPackages,
+            &self.handshake_hash,
+            slot,
+            &digest,
+        );
+        match self
+            .request(request::Body::PublishKeyPackages(msg::PublishKeyPackages {
+                slot_id: slot.to_vec(),
+                owner_key: key.verifying_key().to_bytes().to_vec(),
+                signature: signature.to_vec(),
+                one_time,
+                last_resort,
+            }))
+            .await?
+        {
+            response::Result::Published(p) => Ok(p.one_time_available),
+            _ => Err(ClientError::Unexpected("publish key packages")),
+        }
+    }
+
+    /// Takes one key package from `slot`.
+    ///
+    /// # Errors
+    /// As [`Self::request`]; [`ErrorCode::NoKeyPackage`] when the slot is empty.
+    pub async fn fetch_key_package(&self, slot: &[u8; 32]) -> Result<msg::KeyPackage, ClientError> {
+        match self
+            .request(request::Body::FetchKeyPackage(msg::FetchKeyPackage {
+                slot_id: slot.to_vec(),
+            }))
+            .await?
+        {
+            response::Result::KeyPackage(k) => Ok(k),
+            _ => Err(ClientError::Unexpected("fetch key package")),
+        }
+    }
+
+    /// Round trip to the relay.
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self
+            .request(request::Body::Ping(msg::Ping {
+                payload: Vec::new(),
+            }))
+            .await?
+        {
+            response::Result::Pong(_) => Ok(()),
+            _ => Err(ClientError::Unexpected("ping")),
+        }
+    }
+}
+
+async fn writer(
+    mut stream: WriteHalf<Box<dyn Connection>>,
+    channel: Arc<Mutex<Channel>>,
+    pending: Pending,
+    mut requests: mpsc::Receiver<Outgoing>,
+) {
+    let mut next_id: u64 = 1;
+    let mut plain = Vec::new();
+    let mut wire = Vec::new();
+    while let Some(first) = requests.recv().await {
+        plain.clear();
+        wire.clear();
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match requests.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        {
+            let Ok(mut waiting) = pending.lock() else {
+                return;
+            };
+            for out in batch {
+                let id = next_id;
+                next_id += 1;
+                encode_message(
+                    &Request {
+                        id,
+                        body: Some(out.body),
+                    },
+                    &mut plain,
+                );
+                waiting.insert(id, out.reply);
+            }
+        }
+        let sealed = match channel.lock() {
+            Ok(mut ch) => ch.seal(&plain, &mut wire),
+            Err(_) => return,
+        };
+        if sealed.is_err() || stream.write_all(&wire).await.is_err() {
+            // Dropping the pending replies tells every waiting caller the session is lost.
+            if let Ok(mut waiting) = pending.lock() {
+                waiting.clear();
+            }
+            return;
+        }
+        if plain.capacity() > 1 << 20 {
+            plain = Vec::new();
+            wire = Vec::new();
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn reader(
+    mut stream: ReadHalf<Box<dyn Connection>>,
+    channel: Arc<Mutex<Channel>>,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+    mut buf: Vec<u8>,
+) {
+    let mut scratch = Vec::new();
+    let mut close_reason = None;
+    'outer: loop {
+        let mut consumed = 0;
+        let mut messages = Vec::new();
+        loop {
+            let parsed = record::parse_record(&buf[consumed..]);
+            let Ok(Some((body, used))) = parsed else {
+                if parsed.is_err() {
+                    break 'outer;
+                }
+                break;
+            };
+            let opened = match channel.lock() {
+                Ok(mut ch) => ch.open::<ChannelError>(body, &mut scratch, |m| {
+                    messages.push(msg::decode_server_message(m)?);
+                    Ok(())
+                }),
+                Err(_) => break 'outer,
+            };
+            if opened.is_err() {
+                break 'outer;
+            }
+            consumed += used;
+        }
+        buf.drain(..consumed);
+        for m in messages {
+            match m.body {
+                Some(server_message::Body::Response(r)) if r.id == 0 => {
+                    if let Some(response::Result::Error(e)) = r.result {
+                        close_reason = Some(e);
+                    }
+                }
+                Some(server_message::Body::Response(r)) => {
+                    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&r.id));
+                    if let (Some(waiter), Some(result)) = (waiter, r.result) {
+                        let _ = waiter.send(result);
+                    }
+                }
+                Some(server_message::Body::Push(p)) => {
+                    if events.send(Event::Push(p)).await.is_err() {
+                        // Nobody listens for pushes; keep serving responses.
+                    }
+                }
+                None => {}
+            }
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Ok(mut waiting) = pending.lock() {
+        waiting.clear();
+    }
+    let _ = events.send(Event::Closed(close_reason)).await;
+}

@@ -1,0 +1,813 @@
+//! One client connection: handshake, then requests in, responses and pushes out.
+//!
+//! The connection task holds, while idle, only its socket, the channel's keys and its
+//! subscriptions: input and output buffers exist only while bytes are being handled. Requests
+//! read together are handled together, and consecutive sends become one store batch, so a
+//! client that pipelines pays one durable commit per batch, not per message.
+
+use crate::Shared;
+use crate::hub::Waker;
+use pigeon_proto::auth::{self, AuthOp};
+use pigeon_proto::channel::{self, Channel, ChannelError};
+use pigeon_proto::rate::TokenBucket;
+use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
+use pigeon_wire::msg::{
+    self, Error as WireErrorMsg, Request, ServerHello, ServerMessage, request, response,
+    server_message,
+};
+use pigeon_wire::record::{self, MAX_RECORD};
+use pigeon_wire::stream::encode_message;
+use pigeon_wire::{ErrorCode, PROTOCOL_VERSIONS, WireError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Connection numbers for log correlation: a counter, not an identity.
+static CONN_NO: AtomicU64 = AtomicU64::new(0);
+
+/// Reads stop to handle what arrived once this much is buffered.
+const READ_CHUNK: usize = 64 * 1024;
+const MAX_BUFFERED: usize = 512 * 1024;
+/// Most sequence numbers in one ack.
+const MAX_ACK_SEQS: usize = 4096;
+/// Most bytes echoed by a ping.
+const MAX_PING: usize = 64;
+/// Most subscriptions per connection.
+const MAX_SUBSCRIPTIONS: usize = 64;
+/// A client that does not take our bytes within this time is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-capability send rate limits, keyed by capability hash.
+pub(crate) struct Limiter {
+    buckets: Mutex<HashMap<[u8; 32], TokenBucket>>,
+    rate: f32,
+    burst: f32,
+}
+
+impl Limiter {
+    pub(crate) fn new(rate: f32, burst: f32) -> Self {
+        Self {
+            buckets: Mutex::default(),
+            rate,
+            burst,
+        }
+    }
+
+    fn check(&self, cap_hash: &[u8; 32], now: Instant) -> Result<(), Duration> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() > 100_000 {
+            // Forget buckets that have refilled: they hold no information.
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        buckets
+            .entry(*cap_hash)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+            .take(1.0, now)
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// The peer closed cleanly.
+    Eof,
+    /// IO failed.
+    Io(std::io::Error),
+    /// The peer broke the protocol; we answered if we could.
+    Protocol(ChannelError),
+}
+
+impl From<ChannelError> for Close {
+    fn from(e: ChannelError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+impl From<WireError> for Close {
+    fn from(e: WireError) -> Self {
+        Self::Protocol(ChannelError::Wire(e))
+    }
+}
+
+struct Subscription {
+    mailbox: MailboxId,
+    /// Highest sequence number pushed on this connection.
+    last_pushed: u64,
+    /// Pushed and not yet acknowledged, ascending.
+    in_flight: Vec<u64>,
+}
+
+struct Conn {
+    no: u64,
+    channel: Channel,
+    subs: Vec<Subscription>,
+    waker: Option<Arc<Waker>>,
+    inbuf: Vec<u8>,
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve<S: MailboxStore>(
+    mut stream: TcpStream,
+    shared: &Shared<S>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        Box::pin(handshake(&mut stream, shared)),
+    )
+    .await;
+    let (channel, inbuf) = match handshake {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return,
+        Ok(Err(reason)) => {
+            shared.metrics.handshake_failures.inc();
+            tracing::debug!(conn = no, %reason, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failures.inc();
+            tracing::debug!(conn = no, "handshake timed out");
+            return;
+        }
+    };
+    let mut conn = Conn {
+        no,
+        channel,
+        subs: Vec::new(),
+        waker: None,
+        inbuf,
+    };
+    let end = conn.run(&mut stream, shared, &mut stop).await;
+    if let Some(waker) = &conn.waker {
+        for sub in &conn.subs {
+            shared.hub.unsubscribe(sub.mailbox, waker);
+        }
+    }
+    match end {
+        Close::Eof => tracing::debug!(conn = no, "closed by peer"),
+        Close::Io(e) => tracing::debug!(conn = no, error = %e, "connection failed"),
+        Close::Protocol(e) => {
+            shared.metrics.protocol_errors.inc();
+            tracing::debug!(conn = no, error = %e, "closing after protocol violation");
+        }
+    }
+}
+
+/// Reads the client's first record and answers it. `Ok(None)` when the peer left quietly.
+async fn handshake<S: MailboxStore>(
+    stream: &mut TcpStream,
+    shared: &Shared<S>,
+) -> Result<Option<(Channel, Vec<u8>)>, String> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        match record::parse_record(&buf) {
+            Err(e) => return Err(e.to_string()),
+            Ok(Some((body, used))) => {
+                let mut answer = Vec::new();
+                let mut refused = false;
+                let (channel, _hello) = channel::accept(
+                    &shared.keys,
+                    body,
+                    |hello| {
+                        let version = PROTOCOL_VERSIONS
+                            .iter()
+                            .copied()
+                            .find(|v| hello.versions.contains(v));
+                        match version {
+                            Some(version) => ServerHello {
+                                version,
+                                error: None,
+                                padding: Vec::new(),
+                            },
+                            None => {
+                                refused = true;
+                                ServerHello {
+                                    version: 0,
+                                    error: Some(WireErrorMsg::from_code(
+                                        ErrorCode::UnsupportedVersion,
+                                    )),
+                                    padding: Vec::new(),
+                                }
+                            }
+                        }
+                    },
+                    &mut answer,
+                )
+                .map_err(|e| e.to_string())?;
+                write(stream, &answer).await.map_err(|e| e.to_string())?;
+                if refused {
+                    return Err("no protocol version in common".to_owned());
+                }
+                buf.drain(..used);
+                if buf.is_empty() {
+                    buf = Vec::new();
+                }
+                return Ok(Some((channel, buf)));
+            }
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(MAX_RECORD + 2 - buf.len());
+                }
+                stream.readable().await.map_err(|e| e.to_string())?;
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) if buf.is_empty() => return Ok(None),
+                    Ok(0) => return Err("stream ended inside the first record".to_owned()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "peer did not read",
+        )),
+    }
+}
+
+fn respond(id: u64, result: response::Result, out: &mut Vec<u8>) {
+    encode_message(
+        &ServerMessage {
+            body: Some(server_message::Body::Response(msg::Response {
+                id,
+                result: Some(result),
+            })),
+        },
+        out,
+    );
+}
+
+fn error_result(code: ErrorCode) -> response::Result {
+    response::Result::Error(WireErrorMsg::from_code(code))
+}
+
+fn field_error(e: &WireError) -> response::Result {
+    response::Result::Error(WireErrorMsg {
+        code: ErrorCode::BadRequest.as_u32(),
+        message: e.to_string(),
+        retry_after_ms: None,
+    })
+}
+
+fn store_error(e: &StoreError) -> response::Result {
+    let mut err = WireErrorMsg::from_code(e.code());
+    if !matches!(e, StoreError::Backend { .. }) {
+        err.message = e.to_string();
+    }
+    response::Result::Error(err)
+}
+
+impl Conn {
+    async fn run<S: MailboxStore>(
+        &mut self,
+        stream: &mut TcpStream,
+        shared: &Shared<S>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Close {
+        if !self.inbuf.is_empty() {
+            if let Err(close) = Box::pin(self.handle_input(stream, shared)).await {
+                return close;
+            }
+        }
+        loop {
+            let waker = self.waker.clone();
+            let woken = async {
+                match &waker {
+                    Some(w) => w.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    let mut out = Vec::new();
+                    respond(0, error_result(ErrorCode::ShuttingDown), &mut out);
+                    let _ = self.send(stream, &out).await;
+                    return Close::Eof;
+                }
+                ready = stream.readable() => {
+                    if let Err(e) = ready {
+                        return Close::Io(e);
+                    }
+                    match Box::pin(self.read(stream)).await {
+                        Ok(true) => {}
+                        Ok(false) => return Close::Eof,
+                        Err(close) => return close,
+                    }
+                    if let Err(close) = Box::pin(self.handle_input(stream, shared)).await {
+                        return close;
+                    }
+                }
+                () = woken => {
+                    let mut out = Vec::new();
+                    if let Err(close) = Box::pin(self.push(shared, &mut out)).await {
+                        return close;
+                    }
+                    if let Err(close) = self.send(stream, &out).await {
+                        return close;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has. `Ok(false)` at a clean end of stream.
+    async fn read(&mut self, stream: &mut TcpStream) -> Result<bool, Close> {
+        loop {
+            if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
+                self.inbuf.reserve(READ_CHUNK);
+            }
+            match stream.try_read_buf(&mut self.inbuf) {
+                Ok(0) if self.inbuf.is_empty() && !self.channel.is_mid_message() => {
+                    return Ok(false);
+                }
+                Ok(0) => {
+                    return Err(Close::Protocol(ChannelError::Wire(WireError::Truncated {
+                        what: "record or message",
+                        missing_hint: "early",
+                    })));
+                }
+                Ok(_) if self.inbuf.len() >= MAX_BUFFERED => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(Close::Io(e)),
+            }
+        }
+    }
+
+    async fn send(&mut self, stream: &mut TcpStream, data: &[u8]) -> Result<(), Close> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut wire = Vec::with_capacity(data.len() + data.len() / 8 + 300);
+        self.channel.seal(data, &mut wire)?;
+        write(stream, &wire).await.map_err(Close::Io)
+    }
+
+    /// Decrypts and handles every whole record buffered, then answers.
+    async fn handle_input<S: MailboxStore>(
+        &mut self,
+        stream: &mut TcpStream,
+        shared: &Shared<S>,
+    ) -> Result<(), Close> {
+        let mut requests = Vec::new();
+        let mut consumed = 0;
+        let mut scratch = Vec::new();
+        let mut malformed = None;
+        while let Some((body, used)) = record::parse_record(&self.inbuf[consumed..])? {
+            self.channel.open::<ChannelError>(body, &mut scratch, |m| {
+                match msg::decode_request(m) {
+                    Ok(r) if malformed.is_none() => requests.push(r),
+                    Ok(_) => {}
+                    Err(e) => malformed = Some(e),
+                }
+                Ok(())
+            })?;
+            consumed += used;
+        }
+        self.inbuf.drain(..consumed);
+        if self.inbuf.is_empty() {
+            self.inbuf = Vec::new();
+        }
+        let mut out = Vec::new();
+        self.handle_requests(requests, shared, &mut out).await;
+        if let Some(e) = malformed {
+            respond(0, field_error(&e), &mut out);
+            let _ = self.send(stream, &out).await;
+            return Err(Close::Protocol(ChannelError::Wire(e)));
+        }
+        self.send(stream, &out).await
+    }
+
+    async fn handle_requests<S: MailboxStore>(
+        &mut self,
+        requests: Vec<Request>,
+        shared: &Shared<S>,
+        out: &mut Vec<u8>,
+    ) {
+        let mut sends = Vec::new();
+        for req in requests {
+            match req.body {
+                Some(request::Body::Send(send)) => sends.push((req.id, send)),
+                body => {
+                    if !sends.is_empty() {
+                        self.handle_sends(std::mem::take(&mut sends), shared, out)
+                            .await;
+                    }
+                    let result = match body {
+                        Some(body) => self.handle_one(body, shared).await,
+                        None => field_error(&WireError::Field {
+                            what: "request",
+                            field: "body",
+                            problem: "missing or of a kind this relay does not know".to_owned(),
+                        }),
+                    };
+                    if matches!(result, response::Result::Error(_)) {
+                        shared.metrics.request_errors.inc();
+                    }
+                    respond(req.id, result, out);
+                }
+            }
+        }
+        if !sends.is_empty() {
+            self.handle_sends(sends, shared, out).await;
+        }
+    }
+
+    async fn handle_sends<S: MailboxStore>(
+        &mut self,
+        sends: Vec<(u64, msg::Send)>,
+        shared: &Shared<S>,
+        out: &mut Vec<u8>,
+    ) {
+        let now = Instant::now();
+        let unix = crate::unix_now();
+        let mut batch = Vec::with_capacity(sends.len());
+        let mut ids = Vec::with_capacity(sends.len());
+        for (id, send) in sends {
+            match self.check_send(send, shared, now, unix).await {
+                Ok(m) => {
+                    ids.push((id, m.mailbox));
+                    batch.push(m);
+                }
+                Err(result) => {
+                    shared.metrics.request_errors.inc();
+                    respond(id, result, out);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let results = shared.store.append(batch).await;
+        shared
+            .metrics
+            .store_append_latency
+            .observe(started.elapsed());
+        let mut woken: Vec<MailboxId> = Vec::new();
+        for ((id, mailbox), result) in ids.into_iter().zip(results) {
+            let result = match result {
+                Ok(appended) => {
+                    if appended.duplicate {
+                        shared.metrics.messages_duplicate.inc();
+                    } else {
+                        shared.metrics.messages_in.inc();
+                        if !woken.contains(&mailbox) {
+                            woken.push(mailbox);
+                        }
+                    }
+                    response::Result::Sent(msg::Sent {
+                        seq: appended.seq,
+                        duplicate: appended.duplicate,
+                    })
+                }
+                Err(e) => {
+                    shared.metrics.request_errors.inc();
+                    store_error(&e)
+                }
+            };
+            respond(id, result, out);
+        }
+        for mailbox in woken {
+            shared.hub.wake(mailbox);
+        }
+    }
+
+    async fn check_send<S: MailboxStore>(
+        &self,
+        send: msg::Send,
+        shared: &Shared<S>,
+        now: Instant,
+        unix: u64,
+    ) -> Result<NewMessage, response::Result> {
+        let mailbox = MailboxId::parse("send", &send.mailbox_id).map_err(|e| field_error(&e))?;
+        let cap: [u8; 32] =
+            msg::fixed("send", "sender_cap", &send.sender_cap).map_err(|e| field_error(&e))?;
+        let message_id = MessageId::parse(&send.message_id).map_err(|e| field_error(&e))?;
+        if send.ciphertext.len() > pigeon_wire::MAX_CIPHERTEXT {
+            return Err(error_result(ErrorCode::MessageTooLarge));
+        }
+        let record = match shared.store.mailbox(mailbox).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(error_result(ErrorCode::NoSuchMailbox)),
+            Err(e) => return Err(store_error(&e)),
+        };
+        let hash = auth::cap_hash(&cap);
+        if !bool::from(hash.ct_eq(&record.sender_cap_hash)) {
+            return Err(error_result(ErrorCode::BadCapability));
+        }
+        if let Err(wait) = shared.limiter.check(&hash, now) {
+            shared.metrics.rate_limited.inc();
+            let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
+            err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
+            return Err(response::Result::Error(err));
+        }
+        Ok(NewMessage {
+            mailbox,
+            message_id,
+            ciphertext: send.ciphertext,
+            now: unix,
+        })
+    }
+
+    fn verify(
+        &self,
+        key: &[u8; 32],
+        op: AuthOp,
+        object: &[u8; 32],
+        bound: &[u8; 32],
+        signature: &[u8],
+    ) -> Result<(), response::Result> {
+        auth::verify(
+            key,
+            op,
+            self.channel.handshake_hash(),
+            object,
+            bound,
+            signature,
+        )
+        .map_err(|e| {
+            let mut err = WireErrorMsg::from_code(ErrorCode::BadSignature);
+            err.message = e.to_string();
+            response::Result::Error(err)
+        })
+    }
+
+    async fn handle_one<S: MailboxStore>(
+        &mut self,
+        body: request::Body,
+        shared: &Shared<S>,
+    ) -> response::Result {
+        match self.dispatch(body, shared).await {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    async fn dispatch<S: MailboxStore>(
+        &mut self,
+        body: request::Body,
+        shared: &Shared<S>,
+    ) -> Result<response::Result, response::Result> {
+        let bad = |e: WireError| field_error(&e);
+        match body {
+            request::Body::Send(_) => Err(error_result(ErrorCode::BadRequest)),
+            request::Body::CreateMailbox(c) => {
+                let id = MailboxId::parse("create_mailbox", &c.mailbox_id).map_err(bad)?;
+                let key: [u8; 32] =
+                    msg::fixed("create_mailbox", "recipient_key", &c.recipient_key).map_err(bad)?;
+                let cap_hash: [u8; 32] =
+                    msg::fixed("create_mailbox", "sender_cap_hash", &c.sender_cap_hash)
+                        .map_err(bad)?;
+                self.verify(&key, AuthOp::CreateMailbox, &id.0, &cap_hash, &c.signature)?;
+                let record = pigeon_store::MailboxRecord {
+                    recipient_key: key,
+                    sender_cap_hash: cap_hash,
+                    created_at: crate::unix_now(),
+                };
+                shared
+                    .store
+                    .create_mailbox(id, record)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                Ok(response::Result::Created(msg::Created {}))
+            }
+            request::Body::Subscribe(s) => {
+                let id = MailboxId::parse("subscribe", &s.mailbox_id).map_err(bad)?;
+                let record = self.owned(shared, id).await?;
+                self.verify(
+                    &record.recipient_key,
+                    AuthOp::Subscribe,
+                    &id.0,
+                    &[0; 32],
+                    &s.signature,
+                )?;
+                if self.subs.len() >= MAX_SUBSCRIPTIONS
+                    && !self.subs.iter().any(|s| s.mailbox == id)
+                {
+                    return Err(error_result(ErrorCode::RateLimited));
+                }
+                let pending = shared
+                    .store
+                    .pending(id)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                // (Re)subscribing starts delivery over from the oldest unacknowledged message.
+                self.subs.retain(|s| s.mailbox != id);
+                self.subs.push(Subscription {
+                    mailbox: id,
+                    last_pushed: 0,
+                    in_flight: Vec::new(),
+                });
+                let waker = self.waker.get_or_insert_with(Arc::default);
+                shared.hub.subscribe(id, waker);
+                waker.wake(id);
+                Ok(response::Result::Subscribed(msg::Subscribed { pending }))
+            }
+            request::Body::Unsubscribe(u) => {
+                let id = MailboxId::parse("unsubscribe", &u.mailbox_id).map_err(bad)?;
+                let before = self.subs.len();
+                self.subs.retain(|s| s.mailbox != id);
+                if before == self.subs.len() {
+                    return Err(error_result(ErrorCode::NotSubscribed));
+                }
+                if let Some(w) = &self.waker {
+                    shared.hub.unsubscribe(id, w);
+                }
+                Ok(response::Result::Done(msg::Done {}))
+            }
+            request::Body::Ack(a) => {
+                let id = MailboxId::parse("ack", &a.mailbox_id).map_err(bad)?;
+                if a.seqs.len() > MAX_ACK_SEQS {
+                    return Err(bad(WireError::Field {
+                        what: "ack",
+                        field: "seqs",
+                        problem: format!("at most {MAX_ACK_SEQS} per ack"),
+                    }));
+                }
+                let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id) else {
+                    return Err(error_result(ErrorCode::NotSubscribed));
+                };
+                let mut acked = a.seqs.clone();
+                acked.sort_unstable();
+                sub.in_flight
+                    .retain(|seq| acked.binary_search(seq).is_err());
+                let started = Instant::now();
+                let deleted = shared
+                    .store
+                    .ack(id, a.seqs)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                shared.metrics.store_ack_latency.observe(started.elapsed());
+                shared.metrics.messages_acked.add(deleted);
+                if let Some(w) = &self.waker {
+                    w.wake(id);
+                }
+                Ok(response::Result::Acked(msg::Acked { deleted }))
+            }
+            request::Body::DeleteMailbox(d) => {
+                let id = MailboxId::parse("delete_mailbox", &d.mailbox_id).map_err(bad)?;
+                let record = self.owned(shared, id).await?;
+                self.verify(
+                    &record.recipient_key,
+                    AuthOp::DeleteMailbox,
+                    &id.0,
+                    &[0; 32],
+                    &d.signature,
+                )?;
+                shared
+                    .store
+                    .delete_mailbox(id)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                self.subs.retain(|s| s.mailbox != id);
+                if let Some(w) = &self.waker {
+                    shared.hub.unsubscribe(id, w);
+                }
+                Ok(response::Result::Done(msg::Done {}))
+            }
+            request::Body::PublishKeyPackages(p) => {
+                let slot: [u8; 32] =
+                    msg::fixed("publish_key_packages", "slot_id", &p.slot_id).map_err(bad)?;
+                let owner: [u8; 32] =
+                    msg::fixed("publish_key_packages", "owner_key", &p.owner_key).map_err(bad)?;
+                let digest = auth::packages_digest(&p.one_time, p.last_resort.as_deref());
+                self.verify(
+                    &owner,
+                    AuthOp::PublishKeyPackages,
+                    &slot,
+                    &digest,
+                    &p.signature,
+                )?;
+                let available = shared
+                    .store
+                    .publish_key_packages(slot, owner, p.one_time, p.last_resort)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                Ok(response::Result::Published(msg::Published {
+                    one_time_available: available,
+                }))
+            }
+            request::Body::FetchKeyPackage(f) => {
+                let slot: [u8; 32] =
+                    msg::fixed("fetch_key_package", "slot_id", &f.slot_id).map_err(bad)?;
+                match shared
+                    .store
+                    .take_key_package(slot)
+                    .await
+                    .map_err(|e| store_error(&e))?
+                {
+                    Some(kp) => Ok(response::Result::KeyPackage(msg::KeyPackage {
+                        data: kp.data,
+                        last_resort: kp.last_resort,
+                    })),
+                    None => Err(error_result(ErrorCode::NoKeyPackage)),
+                }
+            }
+            request::Body::Ping(p) => {
+                if p.payload.len() > MAX_PING {
+                    return Err(bad(WireError::Field {
+                        what: "ping",
+                        field: "payload",
+                        problem: format!("at most {MAX_PING} bytes"),
+                    }));
+                }
+                Ok(response::Result::Pong(p))
+            }
+        }
+    }
+
+    async fn owned<S: MailboxStore>(
+        &self,
+        shared: &Shared<S>,
+        id: MailboxId,
+    ) -> Result<pigeon_store::MailboxRecord, response::Result> {
+        match shared.store.mailbox(id).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(error_result(ErrorCode::NoSuchMailbox)),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    /// Pushes what the store holds past each woken subscription's position, within its window.
+    async fn push<S: MailboxStore>(
+        &mut self,
+        shared: &Shared<S>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
+        let Some(waker) = &self.waker else {
+            return Ok(());
+        };
+        let dirty = waker.take_dirty();
+        for mailbox in dirty {
+            let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == mailbox) else {
+                continue;
+            };
+            let room = shared
+                .config
+                .push_window
+                .saturating_sub(sub.in_flight.len());
+            if room == 0 {
+                continue;
+            }
+            let messages = match shared
+                .store
+                .read(mailbox, sub.last_pushed, room, shared.config.push_bytes)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(conn = self.no, error = %e, "store read failed; will retry on next wake");
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let full = messages.len() == room;
+            let mut push = msg::Push {
+                mailbox_id: mailbox.0.to_vec(),
+                deliveries: Vec::with_capacity(messages.len()),
+            };
+            for m in messages {
+                sub.last_pushed = sub.last_pushed.max(m.seq);
+                sub.in_flight.push(m.seq);
+                push.deliveries.push(msg::Delivery {
+                    seq: m.seq,
+                    message_id: m.message_id.0.to_vec(),
+                    received_at: m.received_at / 60 * 60,
+                    ciphertext: m.ciphertext,
+                });
+            }
+            shared
+                .metrics
+                .messages_out
+                .add(push.deliveries.len() as u64);
+            encode_message(
+                &ServerMessage {
+                    body: Some(server_message::Body::Push(push)),
+                },
+                out,
+            );
+            if !full {
+                // Reads may have been capped by bytes: look again if anything might remain.
+                waker.wake(mailbox);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The Pigeonpost relay: anonymous one-way mailboxes on a durable store, behind a Noise channel.
+//!
+//! [`run`] serves a listener until `shutdown` resolves, then drains: it stops accepting, lets
+//! every connection finish the requests it has read (each answered only once durable), and
+//! returns. Everything it needs is injected, so tests run it in-process and the `pigeon relay`
+//! command runs it on real sockets.
+//!
+//! The relay learns no identity. A connection proves nothing about who it is; it proves
+//! ownership of a mailbox with a signature bound to the channel (see `pigeon_proto::auth`) and
+//! posts with a capability whose hash the mailbox holds. Logs carry connection numbers, error
+//! kinds and counts, never ids, keys or payloads.
+
+mod conn;
+mod hub;
+pub mod metrics;
+
+pub use metrics::Metrics;
+
+use pigeon_proto::StaticKeypair;
+use pigeon_store::MailboxStore;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// Tunables of a relay. The defaults suit a public relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Most simultaneous connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Time a new connection has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// Most pushed-but-unacknowledged messages per subscription.
+    pub push_window: usize,
+    /// Most bytes of ciphertext in one push read.
+    pub push_bytes: usize,
+    /// Sends per second allowed per sender capability (sustained).
+    pub sends_per_sec: f32,
+    /// Burst of sends allowed per sender capability.
+    pub send_burst: f32,
+    /// How often expired messages are swept.
+    pub expiry_interval: Duration,
+    /// How long a graceful drain may take before connections are cut.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 19_000,
+            handshake_timeout: Duration::from_secs(15),
+            push_window: 512,
+            push_bytes: 1 << 20,
+            sends_per_sec: 500.0,
+            send_burst: 2000.0,
+            expiry_interval: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything connections share.
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) keys: StaticKeypair,
+    pub(crate) config: RelayConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hub: hub::Hub,
+    pub(crate) limiter: conn::Limiter,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Accepting connections failed in a way that will not pass.
+    #[error("accepting connections failed: {0}")]
+    Accept(#[source] std::io::Error),
+}
+
+/// Serves `listener` with `store` and the relay's static `keys` until `shutdown` resolves, then
+/// drains gracefully.
+///
+/// # Errors
+/// [`RelayError::Accept`] if the listener fails permanently.
+pub async fn run<S: MailboxStore>(
+    listener: TcpListener,
+    store: S,
+    keys: StaticKeypair,
+    config: RelayConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let shared = Arc::new(Shared {
+        store,
+        keys,
+        limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
+        config,
+        metrics,
+        hub: hub::Hub::default(),
+        active: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared), stop_rx.clone()));
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    // The peer address is deliberately not kept or logged.
+                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections {
+                        shared.metrics.refused_connections.inc();
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.connections_open.inc();
+                    shared.metrics.connections_total.inc();
+                    let shared = Arc::clone(&shared);
+                    let stop = stop_rx.clone();
+                    tokio::spawn(async move {
+                        conn::serve(stream, &shared, stop).await;
+                        shared.metrics.connections_open.dec();
+                        if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            shared.idle.notify_waiters();
+                        }
+                    });
+                }
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(error = %e, "accept failed; pausing briefly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => break Err(RelayError::Accept(e)),
+            }
+        }
+    };
+    drop(listener);
+    tracing::info!(
+        connections = shared.active.load(Ordering::Relaxed),
+        "draining"
+    );
+    let _ = stop_tx.send(true);
+    let drained = async {
+        loop {
+            let idle = shared.idle.notified();
+            if shared.active.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+    };
+    if tokio::time::timeout(shared.config.drain_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    expiry.abort();
+    result
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // EMFILE/ENFILE (out of file descriptors) surface as `Other`/uncategorized: pause and retry
+    // rather than stop serving everyone else.
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut | Other
+    ) || e.raw_os_error().is_some()
+}
+
+async fn expiry_loop<S: MailboxStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(shared.config.expiry_interval) => {}
+        }
+        match shared.store.expire(unix_now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired old messages"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// Unix seconds now. The only clock read in the relay besides tokio's timers.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

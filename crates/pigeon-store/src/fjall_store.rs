@@ -1,0 +1,1140 @@
+//! The embedded backend: [`FjallStore`], on the fjall LSM-tree engine.
+//!
+//! # Where work happens
+//! * **Writes** (create, append, ack, delete, key packages, expiry) go to one dedicated writer
+//!   thread over a bounded channel. It drains everything queued (up to
+//!   [`FjallOptions::max_batch_ops`] operations or [`FjallOptions::max_batch_bytes`] bytes), applies it
+//!   as one fjall write batch, fsyncs the journal once (`fdatasync`), and only then answers every
+//!   caller: group commit. Being the only writer, it alone assigns sequence numbers, so
+//!   per-mailbox order is the durable order. See `writer.rs` for the details.
+//! * **Reads** (`mailbox`, `read`, `pending`) run inline on the calling task: mailbox records
+//!   and counts come from an in-memory cache that the writer updates after each durable round;
+//!   message reads are fjall range scans, usually served from memory. A read that misses the
+//!   block cache does blocking disk IO on the caller's thread.
+//!
+//! # Layout
+//! Five keyspaces (`meta`, `msgs`, `dedup`, `expiry`, `slots`); the byte layout is in
+//! `codec.rs`. Expiry uses a time-ordered index: one small `expiry` entry per appended message,
+//! keyed by receive time first, so [`MailboxStore::expire`] reads only what is due instead of
+//! scanning every de-duplication record. The entry outlives the message's ack, because the
+//! message's de-duplication record must stay until expiry too. Appends write three keys (message,
+//! de-duplication record, index entry) and never the mailbox's meta record.
+//!
+//! # Failure
+//! A failed commit or fsync stops all writes for the life of the handle (fjall poisons itself
+//! the same way): every later write returns [`StoreError::Backend`]; reopen to recover from the
+//! journal. Bytes on disk that do not decode are reported as [`StoreError::Backend`] naming the
+//! kind of record, never panicked on, and never quoted.
+
+mod cache;
+mod codec;
+mod writer;
+
+use crate::{
+    Appended, CreateOutcome, Limits, MailboxId, MailboxRecord, MailboxStore, NewMessage,
+    StoreError, StoredMessage, TakenKeyPackage,
+};
+use cache::{Cache, Entry};
+use codec::{FORMAT, FORMAT_KEY, decode_meta, decode_msg, msg_key, msg_key_seq};
+use fjall::config::CompressionPolicy;
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+use writer::{Request, Tuning, Writer};
+
+/// Tuning of a [`FjallStore`]; the defaults suit a relay on a small machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FjallOptions {
+    /// Most operations (messages, acknowledged sequence numbers, ...) in one group commit.
+    pub max_batch_ops: usize,
+    /// Most payload bytes in one group commit (one request may overshoot it).
+    pub max_batch_bytes: usize,
+    /// Requests that may wait for the writer before callers are held back.
+    pub queue_depth: usize,
+    /// Mailboxes whose state is kept in memory (by the writer, and again for readers).
+    pub cached_mailboxes: usize,
+    /// Size of fjall's block cache.
+    pub block_cache_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_ops: 4096,
+            max_batch_bytes: 8 * 1024 * 1024,
+            queue_depth: 8192,
+            cached_mailboxes: 1_000_000,
+            block_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// State shared by the handle (readers) and the writer thread.
+struct Shared {
+    db: Database,
+    meta: Keyspace,
+    msgs: Keyspace,
+    dedup: Keyspace,
+    expiry: Keyspace,
+    slots: Keyspace,
+    cache: Cache,
+    limits: Limits,
+}
+
+impl Shared {
+    /// (stored messages, highest stored sequence number) of a mailbox.
+    fn scan_mailbox(&self, op: &'static str, id: &MailboxId) -> Result<(u64, u64), StoreError> {
+        let mut count = 0;
+        let mut last = 0;
+        for guard in self.msgs.prefix(id.0) {
+            let key = guard.key().map_err(|e| backend(op, &e))?;
+            last = msg_key_seq(op, &key)?;
+            count += 1;
+        }
+        Ok((count, last))
+    }
+
+    /// The cached entry, loading the record (and the count if `with_count`) on a miss.
+    fn entry(
+        &self,
+        op: &'static str,
+        id: MailboxId,
+        with_count: bool,
+    ) -> Result<Option<Entry>, StoreError> {
+        let (hit, ticket) = self.cache.get(&id);
+        if let Some(entry) = hit
+            && (entry.count.is_some() || !with_count)
+        {
+            return Ok(Some(entry));
+        }
+        let Some(raw) = self.meta.get(id.0).map_err(|e| backend(op, &e))? else {
+            return Ok(None);
+        };
+        let record = decode_meta(op, &raw)?.record;
+        let count = if with_count {
+            Some(self.scan_mailbox(op, &id)?.0)
+        } else {
+            None
+        };
+        let entry = Entry { record, count };
+        self.cache.fill(id, entry, ticket);
+        Ok(Some(entry))
+    }
+}
+
+fn backend(op: &'static str, e: &fjall::Error) -> StoreError {
+    StoreError::Backend {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+fn writer_gone(op: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        reason: "the store's writer thread has stopped".to_owned(),
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Closes the queue and waits for the writer to finish what was queued.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}
+
+/// The embedded [`MailboxStore`]: fjall on local disk, group-committed by one writer thread.
+///
+/// Cheap to clone (all clones share one store). Dropping the last clone lets the writer finish
+/// its queue and waits for it, which closes the database.
+#[derive(Clone)]
+pub struct FjallStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("limits", &self.inner.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `dir` with default [`FjallOptions`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the database cannot be opened (IO, another process holds it,
+    /// a layout this version does not know) or the writer thread cannot be started.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Self, StoreError> {
+        Self::open_with(dir, limits, FjallOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// As [`FjallStore::open`].
+    pub fn open_with(
+        dir: &Path,
+        limits: Limits,
+        options: FjallOptions,
+    ) -> Result<Self, StoreError> {
+        let op = "open";
+        let db = Database::builder(dir)
+            // Durability is ours: one fsync per group commit.
+            .manual_journal_persist(true)
+            // Ciphertext does not compress.
+            .journal_compression(CompressionType::None)
+            .cache_size(options.block_cache_bytes)
+            .open()
+            .map_err(|e| backend(op, &e))?;
+        let plain = || KeyspaceCreateOptions::default().manual_journal_persist(true);
+        let keyspace = |name: &str, opts: fn() -> KeyspaceCreateOptions| {
+            db.keyspace(name, opts).map_err(|e| backend(op, &e))
+        };
+        let meta = keyspace("meta", plain)?;
+        let msgs = keyspace("msgs", || {
+            KeyspaceCreateOptions::default()
+                .manual_journal_persist(true)
+                .data_block_compression_policy(CompressionPolicy::all(CompressionType::None))
+        })?;
+        let dedup = keyspace("dedup", plain)?;
+        let expiry = keyspace("expiry", plain)?;
+        let slots = keyspace("slots", plain)?;
+
+        match meta.get(FORMAT_KEY).map_err(|e| backend(op, &e))? {
+            Some(v) if v.as_ref() == [FORMAT] => {}
+            Some(_) => {
+                return Err(StoreError::Backend {
+                    op,
+                    reason: "the store has a layout this version does not know".to_owned(),
+                });
+            }
+            None => {
+                meta.insert(FORMAT_KEY, [FORMAT])
+                    .map_err(|e| backend(op, &e))?;
+                db.persist(PersistMode::SyncAll)
+                    .map_err(|e| backend(op, &e))?;
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            db,
+            meta,
+            msgs,
+            dedup,
+            expiry,
+            slots,
+            cache: Cache::new(options.cached_mailboxes),
+            limits,
+        });
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let tuning = Tuning {
+            max_batch_ops: options.max_batch_ops.max(1),
+            max_batch_bytes: options.max_batch_bytes.max(1),
+            cached_mailboxes: options.cached_mailboxes,
+        };
+        let writer = Writer::new(Arc::clone(&shared), rx, tuning);
+        let handle = std::thread::Builder::new()
+            .name("pigeon-store-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Backend {
+                op,
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::debug!("mailbox store opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Some(handle),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Sends a request to the writer and waits for its (durable) answer.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, StoreError> {
+        let tx = self.inner.tx.as_ref().ok_or_else(|| writer_gone(op))?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(make(reply)).await.map_err(|_| writer_gone(op))?;
+        answer.await.map_err(|_| writer_gone(op))
+    }
+}
+
+impl MailboxStore for FjallStore {
+    async fn create_mailbox(
+        &self,
+        id: MailboxId,
+        record: MailboxRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.call("create_mailbox", |reply| Request::Create {
+            id,
+            record,
+            reply,
+        })
+        .await?
+    }
+
+    async fn mailbox(&self, id: MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
+        Ok(self
+            .shared()
+            .entry("mailbox", id, false)?
+            .map(|entry| entry.record))
+    }
+
+    async fn append(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let n = batch.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        match self
+            .call("append", |reply| Request::Append { batch, reply })
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = e.to_string();
+                (0..n)
+                    .map(|_| {
+                        Err(StoreError::Backend {
+                            op: "append",
+                            reason: reason.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        id: MailboxId,
+        after_seq: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let op = "read";
+        let shared = self.shared();
+        if shared.entry(op, id, false)?.is_none() {
+            return Err(StoreError::NoSuchMailbox);
+        }
+        let mut out = Vec::new();
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(out);
+        };
+        if max_messages == 0 {
+            return Ok(out);
+        }
+        let mut bytes = 0usize;
+        for guard in shared
+            .msgs
+            .range(msg_key(&id, first)..=msg_key(&id, u64::MAX))
+        {
+            let (key, value) = guard.into_inner().map_err(|e| backend(op, &e))?;
+            let seq = msg_key_seq(op, &key)?;
+            let (message_id, received_at, ciphertext) = decode_msg(op, &value)?;
+            if !out.is_empty() && bytes.saturating_add(ciphertext.len()) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(ciphertext.len());
+            out.push(StoredMessage {
+                seq,
+                message_id,
+                received_at,
+                ciphertext: ciphertext.to_vec(),
+            });
+            if out.len() >= max_messages {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pending(&self, id: MailboxId) -> Result<u64, StoreError> {
+        match self.shared().entry("pending", id, true)? {
+            Some(Entry {
+                count: Some(count), ..
+            }) => Ok(count),
+            Some(_) => Err(StoreError::Backend {
+                op: "pending",
+                reason: "message count unavailable".to_owned(),
+            }),
+            None => Err(StoreError::NoSuchMailbox),
+        }
+    }
+
+    async fn ack(&self, id: MailboxId, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        if seqs.is_empty() {
+            // Still tell a missing mailbox apart.
+            return match self.shared().entry("ack", id, false)? {
+                Some(_) => Ok(0),
+                None => Err(StoreError::NoSuchMailbox),
+            };
+        }
+        self.call("ack", |reply| Request::Ack { id, seqs, reply })
+            .await?
+    }
+
+    async fn delete_mailbox(&self, id: MailboxId) -> Result<bool, StoreError> {
+        self.call("delete_mailbox", |reply| Request::Delete { id, reply })
+            .await?
+    }
+
+    async fn publish_key_packages(
+        &self,
+        slot: [u8; 32],
+        owner_key: [u8; 32],
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<u32, StoreError> {
+        self.call("publish_key_packages", |reply| Request::Publish {
+            slot,
+            owner: owner_key,
+            one_time,
+            last_resort,
+            reply,
+        })
+        .await?
+    }
+
+    async fn take_key_package(
+        &self,
+        slot: [u8; 32],
+    ) -> Result<Option<TakenKeyPackage>, StoreError> {
+        self.call("take_key_package", |reply| Request::Take { slot, reply })
+            .await?
+    }
+
+    async fn expire(&self, now: u64) -> Result<u64, StoreError> {
+        self.call("expire", |reply| Request::Expire { now, reply })
+            .await?
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(k: u8) -> MailboxRecord {
+        MailboxRecord {
+            recipient_key: [k; 32],
+            sender_cap_hash: [k.wrapping_add(1); 32],
+            created_at: 1_000,
+        }
+    }
+
+    fn mbx(k: u8) -> MailboxId {
+        MailboxId([k; 32])
+    }
+
+    fn mid(n: u64) -> crate::MessageId {
+        let mut raw = [0u8; 16];
+        raw[8..].copy_from_slice(&n.to_be_bytes());
+        crate::MessageId(raw)
+    }
+
+    fn msg(mailbox: MailboxId, n: u64, now: u64) -> NewMessage {
+        NewMessage {
+            mailbox,
+            message_id: mid(n),
+            ciphertext: format!("ciphertext {n}").into_bytes(),
+            now,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_ciphertext: 1024,
+            max_depth: 50,
+            expiry_secs: 100,
+            max_key_packages: 3,
+            max_key_package_len: 64,
+        }
+    }
+
+    async fn append_one(store: &FjallStore, m: NewMessage) -> Result<Appended, StoreError> {
+        store.append(vec![m]).await.pop().unwrap()
+    }
+
+    async fn seqs(store: &FjallStore, id: MailboxId) -> Vec<u64> {
+        let msgs = store.read(id, 0, usize::MAX, usize::MAX).await.unwrap();
+        msgs.iter().map(|m| m.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn create_is_idempotent_and_lookup_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), None);
+        assert_eq!(
+            store.create_mailbox(mbx(1), record(1)).await.unwrap(),
+            CreateOutcome::Created
+        );
+        assert_eq!(
+            store.create_mailbox(mbx(1), record(1)).await.unwrap(),
+            CreateOutcome::AlreadyExists
+        );
+        let mut other_cap = record(1);
+        other_cap.sender_cap_hash = [9; 32];
+        assert!(matches!(
+            store.create_mailbox(mbx(1), other_cap).await,
+            Err(StoreError::MailboxExists)
+        ));
+        assert!(matches!(
+            store.create_mailbox(mbx(1), record(7)).await,
+            Err(StoreError::MailboxExists)
+        ));
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
+        assert!(matches!(
+            store.pending(mbx(2)).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+    }
+
+    #[tokio::test]
+    async fn appends_keep_order_and_reads_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        for n in 1..=5 {
+            let a = append_one(&store, msg(mbx(1), n, 10)).await.unwrap();
+            assert_eq!(
+                a,
+                Appended {
+                    seq: n,
+                    duplicate: false
+                }
+            );
+        }
+        let batch: Vec<_> = (6..=10).map(|n| msg(mbx(1), n, 11)).collect();
+        let results = store.append(batch).await;
+        let got: Vec<u64> = results.into_iter().map(|r| r.unwrap().seq).collect();
+        assert_eq!(got, (6..=10).collect::<Vec<_>>());
+
+        let all = store.read(mbx(1), 0, 100, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 10);
+        for (i, m) in all.iter().enumerate() {
+            let n = i as u64 + 1;
+            assert_eq!(m.seq, n);
+            assert_eq!(m.message_id, mid(n));
+            assert_eq!(m.ciphertext, format!("ciphertext {n}").into_bytes());
+            assert_eq!(m.received_at, if n <= 5 { 10 } else { 11 });
+        }
+        let page = store.read(mbx(1), 4, 3, usize::MAX).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6, 7]);
+        // A byte budget smaller than one message still yields one.
+        let tiny = store.read(mbx(1), 0, 100, 1).await.unwrap();
+        assert_eq!(tiny.len(), 1);
+        let two = store.read(mbx(1), 0, 100, 25).await.unwrap();
+        assert_eq!(two.len(), 2, "12 + 12 bytes fit in 25, a third does not");
+        assert!(store.read(mbx(1), 10, 100, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .read(mbx(1), u64::MAX, 100, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.read(mbx(1), 0, 0, 100).await.unwrap().is_empty());
+        assert!(matches!(
+            store.read(mbx(2), 0, 1, 1).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_caught_in_batch_after_ack_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            store.create_mailbox(mbx(1), record(1)).await.unwrap();
+            let results = store
+                .append(vec![
+                    msg(mbx(1), 1, 10),
+                    msg(mbx(1), 2, 10),
+                    msg(mbx(1), 1, 10),
+                ])
+                .await;
+            let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+            assert_eq!(
+                results,
+                [
+                    Appended {
+                        seq: 1,
+                        duplicate: false
+                    },
+                    Appended {
+                        seq: 2,
+                        duplicate: false
+                    },
+                    Appended {
+                        seq: 1,
+                        duplicate: true
+                    },
+                ]
+            );
+            // Same id in another mailbox is another message.
+            store.create_mailbox(mbx(2), record(2)).await.unwrap();
+            let other = append_one(&store, msg(mbx(2), 1, 10)).await.unwrap();
+            assert!(!other.duplicate);
+
+            let retry = append_one(&store, msg(mbx(1), 2, 12)).await.unwrap();
+            assert_eq!(
+                retry,
+                Appended {
+                    seq: 2,
+                    duplicate: true
+                }
+            );
+            assert_eq!(store.ack(mbx(1), vec![1, 2]).await.unwrap(), 2);
+            let after_ack = append_one(&store, msg(mbx(1), 1, 13)).await.unwrap();
+            assert_eq!(
+                after_ack,
+                Appended {
+                    seq: 1,
+                    duplicate: true
+                }
+            );
+            assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let after_reopen = append_one(&store, msg(mbx(1), 2, 14)).await.unwrap();
+        assert_eq!(
+            after_reopen,
+            Appended {
+                seq: 2,
+                duplicate: true
+            }
+        );
+        let fresh = append_one(&store, msg(mbx(1), 3, 14)).await.unwrap();
+        assert_eq!(
+            fresh,
+            Appended {
+                seq: 3,
+                duplicate: false
+            }
+        );
+        assert_eq!(seqs(&store, mbx(1)).await, [3]);
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let mut big = msg(mbx(1), 1, 10);
+        big.ciphertext = vec![0; 1025];
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        assert!(matches!(
+            append_one(&store, big).await,
+            Err(StoreError::MessageTooLarge {
+                len: 1025,
+                limit: 1024
+            })
+        ));
+        let mut exact = msg(mbx(1), 2, 10);
+        exact.ciphertext = vec![0; 1024];
+        append_one(&store, exact).await.unwrap();
+        assert!(matches!(
+            append_one(&store, msg(mbx(9), 1, 10)).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+
+        // Depth counts stored, unacknowledged messages; one batch fills it and overflows.
+        let batch: Vec<_> = (100..160).map(|n| msg(mbx(1), n, 10)).collect();
+        let results = store.append(batch).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 49);
+        assert!(matches!(
+            results.last().unwrap(),
+            Err(StoreError::MailboxFull { limit: 50 })
+        ));
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 50);
+        // A retry of a stored message is still answered when full.
+        let dup = append_one(&store, msg(mbx(1), 100, 10)).await.unwrap();
+        assert!(dup.duplicate);
+        assert_eq!(store.ack(mbx(1), vec![1]).await.unwrap(), 1);
+        let next = append_one(&store, msg(mbx(1), 500, 10)).await.unwrap();
+        assert_eq!(next.seq, 51);
+        assert!(matches!(
+            append_one(&store, msg(mbx(1), 501, 10)).await,
+            Err(StoreError::MailboxFull { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn ack_counts_what_it_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        let batch: Vec<_> = (1..=6).map(|n| msg(mbx(1), n, 10)).collect();
+        store.append(batch).await;
+        assert_eq!(store.ack(mbx(1), vec![2, 4, 4, 0, 99]).await.unwrap(), 2);
+        assert_eq!(store.ack(mbx(1), vec![2, 4]).await.unwrap(), 0);
+        assert_eq!(store.ack(mbx(1), vec![]).await.unwrap(), 0);
+        assert_eq!(seqs(&store, mbx(1)).await, [1, 3, 5, 6]);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 4);
+        assert!(matches!(
+            store.ack(mbx(2), vec![1]).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+        assert!(matches!(
+            store.ack(mbx(2), vec![]).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+
+        // An ack queued right behind the append of the same message (likely the same round).
+        let (appended, acked) = tokio::join!(
+            append_one(&store, msg(mbx(1), 7, 10)),
+            store.ack(mbx(1), vec![7, 7, 1])
+        );
+        assert_eq!(appended.unwrap().seq, 7);
+        assert_eq!(acked.unwrap(), 2);
+        assert_eq!(seqs(&store, mbx(1)).await, [3, 5, 6]);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_everything_of_the_mailbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        store.create_mailbox(mbx(2), record(2)).await.unwrap();
+        store
+            .append((1..=4).map(|n| msg(mbx(1), n, 10)).collect())
+            .await;
+        store.append(vec![msg(mbx(2), 1, 10)]).await;
+        store.ack(mbx(1), vec![1]).await.unwrap();
+
+        assert!(store.delete_mailbox(mbx(1)).await.unwrap());
+        assert!(!store.delete_mailbox(mbx(1)).await.unwrap());
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), None);
+        assert!(matches!(
+            store.read(mbx(1), 0, 10, 100).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+        assert!(matches!(
+            append_one(&store, msg(mbx(1), 5, 10)).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+        // The other mailbox is untouched.
+        assert_eq!(seqs(&store, mbx(2)).await, [1]);
+
+        // Re-created: empty, and old message ids (even acked ones) are no longer duplicates.
+        store.create_mailbox(mbx(1), record(3)).await.unwrap();
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
+        let again = append_one(&store, msg(mbx(1), 1, 20)).await.unwrap();
+        assert_eq!(
+            again,
+            Appended {
+                seq: 1,
+                duplicate: false
+            }
+        );
+        // Old expiry entries must not take the new message with them.
+        assert_eq!(
+            store.expire(10 + 100).await.unwrap(),
+            1,
+            "only mailbox 2's message"
+        );
+        assert_eq!(seqs(&store, mbx(1)).await, [1]);
+        assert_eq!(store.expire(20 + 100).await.unwrap(), 1);
+        assert!(seqs(&store, mbx(1)).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn key_packages_bind_owner_and_go_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slot, owner) = ([5u8; 32], [6u8; 32]);
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            assert_eq!(store.take_key_package(slot).await.unwrap(), None);
+            let held = store
+                .publish_key_packages(slot, owner, vec![b"a".to_vec(), b"b".to_vec()], None)
+                .await
+                .unwrap();
+            assert_eq!(held, 2);
+            assert!(matches!(
+                store
+                    .publish_key_packages(slot, [7; 32], vec![b"x".to_vec()], None)
+                    .await,
+                Err(StoreError::SlotOwnedElsewhere)
+            ));
+            assert!(matches!(
+                store
+                    .publish_key_packages(slot, owner, vec![vec![1]; 2], None)
+                    .await,
+                Err(StoreError::KeyPackageLimit { .. })
+            ));
+            assert!(matches!(
+                store
+                    .publish_key_packages(slot, owner, vec![], Some(vec![0; 65]))
+                    .await,
+                Err(StoreError::KeyPackageLimit { .. })
+            ));
+            let held = store
+                .publish_key_packages(slot, owner, vec![b"c".to_vec()], Some(b"last".to_vec()))
+                .await
+                .unwrap();
+            assert_eq!(held, 3);
+            let first = store.take_key_package(slot).await.unwrap().unwrap();
+            assert_eq!(
+                first,
+                TakenKeyPackage {
+                    data: b"a".to_vec(),
+                    last_resort: false
+                }
+            );
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            taken.push(store.take_key_package(slot).await.unwrap().unwrap());
+        }
+        let data: Vec<_> = taken
+            .iter()
+            .map(|t| (t.data.clone(), t.last_resort))
+            .collect();
+        assert_eq!(
+            data,
+            [
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false),
+                (b"last".to_vec(), true),
+                (b"last".to_vec(), true),
+            ]
+        );
+        assert!(matches!(
+            store
+                .publish_key_packages(slot, [7; 32], vec![], None)
+                .await,
+            Err(StoreError::SlotOwnedElsewhere)
+        ));
+        // A slot without a last-resort package runs dry.
+        let other = [8u8; 32];
+        store
+            .publish_key_packages(other, owner, vec![b"z".to_vec()], None)
+            .await
+            .unwrap();
+        assert!(store.take_key_package(other).await.unwrap().is_some());
+        assert_eq!(store.take_key_package(other).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn expiry_deletes_messages_and_dedup_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        store
+            .append(vec![
+                msg(mbx(1), 1, 10),
+                msg(mbx(1), 2, 10),
+                msg(mbx(1), 3, 50),
+            ])
+            .await;
+        store.ack(mbx(1), vec![2]).await.unwrap();
+        assert_eq!(
+            store.expire(50).await.unwrap(),
+            0,
+            "nothing is due before now ≥ 110"
+        );
+        assert_eq!(store.expire(109).await.unwrap(), 0);
+        assert_eq!(
+            store.expire(110).await.unwrap(),
+            1,
+            "the boundary is inclusive"
+        );
+        assert_eq!(seqs(&store, mbx(1)).await, [3]);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 1);
+        // Both expired ids (one acked, one not) are no longer duplicates; 3 still is.
+        let again = store
+            .append(vec![
+                msg(mbx(1), 1, 111),
+                msg(mbx(1), 2, 111),
+                msg(mbx(1), 3, 111),
+            ])
+            .await;
+        let again: Vec<_> = again.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            again,
+            [
+                Appended {
+                    seq: 4,
+                    duplicate: false
+                },
+                Appended {
+                    seq: 5,
+                    duplicate: false
+                },
+                Appended {
+                    seq: 3,
+                    duplicate: true
+                },
+            ]
+        );
+        assert_eq!(store.expire(110).await.unwrap(), 0);
+        assert_eq!(store.expire(u64::MAX).await.unwrap(), 3);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
+        // Sequence numbers are not reused after everything expired.
+        assert_eq!(
+            append_one(&store, msg(mbx(1), 9, 500)).await.unwrap().seq,
+            6
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_runs_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let lim = Limits {
+            max_depth: 10_000,
+            ..limits()
+        };
+        let store = FjallStore::open(dir.path(), lim).unwrap();
+        let total = writer::EXPIRE_CHUNK as u64 * 2 + 17;
+        for k in 0..3u8 {
+            store.create_mailbox(mbx(k), record(k)).await.unwrap();
+        }
+        let batch: Vec<_> = (0..total)
+            .map(|n| msg(mbx((n % 3) as u8), n, n % 7))
+            .collect();
+        assert!(store.append(batch).await.iter().all(Result::is_ok));
+        store.ack(mbx(0), (1..=100).collect()).await.unwrap();
+        let (expired, appended) = tokio::join!(
+            store.expire(1_000),
+            append_one(&store, msg(mbx(1), total + 1, 1_000))
+        );
+        assert_eq!(expired.unwrap(), total - 100);
+        assert!(appended.unwrap().seq > 0);
+        for k in 0..3u8 {
+            let left = store.pending(mbx(k)).await.unwrap();
+            assert_eq!(left, u64::from(k == 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_survives_reopen_and_seqs_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            for k in 1..=3u8 {
+                store.create_mailbox(mbx(k), record(k)).await.unwrap();
+                store
+                    .append((1..=5).map(|n| msg(mbx(k), n, 10)).collect())
+                    .await;
+            }
+            // Mailbox 2 loses its highest message, mailbox 3 everything.
+            store.ack(mbx(2), vec![5]).await.unwrap();
+            store.ack(mbx(3), (1..=5).collect()).await.unwrap();
+            store
+                .publish_key_packages([1; 32], [2; 32], vec![b"kp".to_vec()], None)
+                .await
+                .unwrap();
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        for k in 1..=3u8 {
+            assert_eq!(store.mailbox(mbx(k)).await.unwrap(), Some(record(k)));
+        }
+        assert_eq!(seqs(&store, mbx(1)).await, [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&store, mbx(2)).await, [1, 2, 3, 4]);
+        assert!(seqs(&store, mbx(3)).await.is_empty());
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 5);
+        assert_eq!(store.pending(mbx(2)).await.unwrap(), 4);
+        assert_eq!(store.pending(mbx(3)).await.unwrap(), 0);
+        let m1 = store.read(mbx(1), 2, 1, 100).await.unwrap();
+        assert_eq!(m1[0].ciphertext, b"ciphertext 3");
+        for k in 1..=3u8 {
+            let a = append_one(&store, msg(mbx(k), 100, 20)).await.unwrap();
+            assert_eq!(
+                a,
+                Appended {
+                    seq: 6,
+                    duplicate: false
+                },
+                "mailbox {k}"
+            );
+        }
+        let kp = store.take_key_package([1; 32]).await.unwrap().unwrap();
+        assert_eq!(kp.data, b"kp");
+        drop(store);
+        // And once more, with the writer's state rebuilt from disk again.
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(
+            append_one(&store, msg(mbx(3), 101, 20)).await.unwrap().seq,
+            7
+        );
+        assert_eq!(store.take_key_package([1; 32]).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_keep_per_mailbox_order_and_lose_nothing() {
+        const PRODUCERS: u64 = 32;
+        const MAILBOXES: u8 = 8;
+        const PER_PRODUCER: u64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let lim = Limits {
+            max_depth: 100_000,
+            ..limits()
+        };
+        let store = FjallStore::open(dir.path(), lim).unwrap();
+        for k in 0..MAILBOXES {
+            store.create_mailbox(mbx(k), record(k)).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for p in 0..PRODUCERS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last_seq = BTreeMap::new();
+                for i in 0..PER_PRODUCER {
+                    let k = ((p + i) % u64::from(MAILBOXES)) as u8;
+                    let m = NewMessage {
+                        mailbox: mbx(k),
+                        message_id: mid(p << 32 | i),
+                        ciphertext: (p << 32 | i).to_be_bytes().to_vec(),
+                        now: 10,
+                    };
+                    let a = append_one(&store, m).await.unwrap();
+                    assert!(!a.duplicate);
+                    let prev = last_seq.insert(k, a.seq).unwrap_or(0);
+                    assert!(a.seq > prev, "seqs rise for one producer");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut total = 0;
+        for k in 0..MAILBOXES {
+            let msgs = store.read(mbx(k), 0, usize::MAX, usize::MAX).await.unwrap();
+            let got: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+            let want: Vec<u64> = (1..=msgs.len() as u64).collect();
+            assert_eq!(got, want, "dense and ordered in mailbox {k}");
+            // Each producer's messages appear in the order it sent them.
+            let mut last_i: BTreeMap<u64, u64> = BTreeMap::new();
+            for m in &msgs {
+                let tag = u64::from_be_bytes(m.ciphertext.as_slice().try_into().unwrap());
+                let (p, i) = (tag >> 32, tag & 0xffff_ffff);
+                if let Some(prev) = last_i.insert(p, i) {
+                    assert!(i > prev);
+                }
+            }
+            assert_eq!(store.pending(mbx(k)).await.unwrap(), msgs.len() as u64);
+            total += msgs.len() as u64;
+        }
+        assert_eq!(total, PRODUCERS * PER_PRODUCER);
+    }
+
+    #[tokio::test]
+    async fn corrupt_bytes_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            store.create_mailbox(mbx(1), record(1)).await.unwrap();
+            store.create_mailbox(mbx(2), record(2)).await.unwrap();
+            store.append(vec![msg(mbx(2), 1, 10)]).await;
+        }
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+            let msgs = db.keyspace("msgs", KeyspaceCreateOptions::default).unwrap();
+            meta.insert(mbx(1).0, b"garbage").unwrap();
+            msgs.insert(msg_key(&mbx(2), 1), b"short").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let err = store.mailbox(mbx(1)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend { .. }));
+        assert!(err.to_string().contains("corrupt mailbox record"), "{err}");
+        assert!(matches!(
+            append_one(&store, msg(mbx(1), 1, 10)).await,
+            Err(StoreError::Backend { .. })
+        ));
+        let err = store.read(mbx(2), 0, 10, 100).await.unwrap_err();
+        assert!(err.to_string().contains("corrupt message"), "{err}");
+        // The corrupt message is still past its expiry entry's time: it goes.
+        assert_eq!(store.expire(10 + 100).await.unwrap(), 1);
+        assert!(store.read(mbx(2), 0, 10, 100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn answered_writes_are_in_the_journal_without_a_clean_shutdown() {
+        // Copying the files of a store that is still open is what a crash leaves behind
+        // (short of losing the page cache, which only the fsync covers).
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        store
+            .append((1..=3).map(|n| msg(mbx(1), n, 10)).collect())
+            .await;
+        store.ack(mbx(1), vec![2]).await.unwrap();
+        copy_dir(dir.path(), copy.path());
+        let recovered = FjallStore::open(copy.path(), limits()).unwrap();
+        assert_eq!(seqs(&recovered, mbx(1)).await, [1, 3]);
+        drop(store);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&target).unwrap();
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_store_and_drop_closes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let clone = store.clone();
+        clone.create_mailbox(mbx(1), record(1)).await.unwrap();
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+        assert!(
+            FjallStore::open(dir.path(), limits()).is_err(),
+            "locked while open"
+        );
+        drop(store);
+        drop(clone);
+        let reopened = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(reopened.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+    }
+
+    #[test]
+    fn store_is_send_sync_and_futures_are_send() {
+        fn assert_send_sync<T: Send + Sync>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_send_sync(&store);
+        fn assert_send<F: Send>(_: F) {}
+        assert_send(store.append(Vec::new()));
+        assert_send(store.read(mbx(1), 0, 1, 1));
+    }
+}

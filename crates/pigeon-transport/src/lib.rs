@@ -1,0 +1,84 @@
+//! How Pigeonpost bytes cross the network: routes, links, and plain TCP.
+//!
+//! * [`Route`]: plain data saying how to reach a relay (transport, host, port, parameters).
+//! * [`RelayLink`]: a relay's static Noise key and its routes, shared as
+//!   `pigeon://relay#<base64url>`. The envelope ([`encode_link`], [`decode_link`]) is shared by
+//!   every kind of link ([`LinkKind`]); the payloads are versioned protobuf ([`proto`]).
+//! * [`dial`]: opens a [`Connection`] over whichever transport a route names; [`tcp`] holds the
+//!   plain TCP dialer and listener. Disguised transports live in crates of their own
+//!   (`pigeon-transport-<name>`) and produce the same [`Connection`].
+//!
+//! Parsing never panics and every refusal says what was wrong. Errors sort themselves into the
+//! shared [`pigeon_wire::ErrorKind`]: a refused, reset or timed-out connection is
+//! [`LocalNetwork`](pigeon_wire::ErrorKind::LocalNetwork), which is what censorship looks like.
+
+mod error;
+mod link;
+pub mod proto;
+mod relay_link;
+mod route;
+pub mod tcp;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use error::{ConnectFailure, TransportError};
+pub use link::{
+    LinkError, LinkKind, MAX_LINK_LEN, SCHEME, decode_any_link, decode_link, encode_link,
+    encoded_link_len,
+};
+pub use relay_link::{MAX_LABEL_CHARS, MAX_ROUTES, RELAY_KEY_LEN, RELAY_LINK_VERSION, RelayLink};
+pub use route::{
+    DnsName, Host, MAX_HOST_LEN, MAX_PARAM_KEY, MAX_PARAM_VALUE, MAX_PARAMS, MAX_TRANSPORT_NAME,
+    Route, RouteError, Transport, UnknownTransport,
+};
+
+/// A byte stream to a relay or proxy, over any transport.
+///
+/// Whatever a transport does to disguise the bytes, what it hands back is this: an ordered,
+/// reliable byte stream that the Noise channel runs on.
+pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for T {}
+
+/// Opens a connection over the transport `route` names, giving up after `timeout`.
+///
+/// # Errors
+/// [`TransportError::Unsupported`] for a transport this build cannot dial, and otherwise what
+/// the transport's dialer reports.
+pub async fn dial(route: &Route, timeout: Duration) -> Result<Box<dyn Connection>, TransportError> {
+    match route.transport() {
+        Transport::Tcp => Ok(Box::new(tcp::dial(route, timeout).await?)),
+        Transport::Unsupported(unknown) => Err(TransportError::Unsupported {
+            transport: unknown.name().to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn dial_picks_the_transport_by_route() {
+        let route: Route = "obfs9://127.0.0.1:9".parse().expect("valid");
+        let Err(err) = dial(&route, Duration::from_secs(1)).await else {
+            panic!("obfs9 dialed");
+        };
+        assert_eq!(
+            err.to_string(),
+            "transport `obfs9` is not supported by this build"
+        );
+        assert_eq!(err.kind(), pigeon_wire::ErrorKind::BadInput);
+
+        let listener = tcp::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let route = Route::tcp("127.0.0.1", port).expect("valid");
+        let mut conn = dial(&route, Duration::from_secs(5)).await.expect("dial");
+        conn.write_all(b"x").await.expect("write");
+    }
+}
