@@ -8,4 +8,4 @@ pub mod mailbox;
 pub mod relay;
 
 pub use mailbox::OwnedMailbox;
-pub use relay::{ClientError, Event, RelayConnection};
+pub use relay::{ClientError, CloseReason, Event, RelayConnection};

@@ -74,8 +74,22 @@ impl ClientError {
 pub enum Event {
     /// Messages from a subscribed mailbox.
     Push(msg::Push),
-    /// The relay closed the session, with its reason when it gave one.
-    Closed(Option<msg::Error>),
+    /// The session is over.
+    Closed(CloseReason),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The relay said why (for example, it is shutting down).
+    Relay(msg::Error),
+    /// The connection ended without a word.
+    Eof,
+    /// Reading failed.
+    Io(String),
+    /// The relay sent bytes that break the protocol (or the path altered them).
+    Protocol(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<response::Result>>>>;
@@ -545,17 +559,19 @@ async fn reader(
     mut buf: Vec<u8>,
 ) {
     let mut scratch = Vec::new();
-    let mut close_reason = None;
+    let mut close_reason = CloseReason::Eof;
     'outer: loop {
         let mut consumed = 0;
         let mut messages = Vec::new();
         loop {
             let parsed = record::parse_record(&buf[consumed..]);
-            let Ok(Some((body, used))) = parsed else {
-                if parsed.is_err() {
+            let (body, used) = match parsed {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(e) => {
+                    close_reason = CloseReason::Protocol(e.to_string());
                     break 'outer;
                 }
-                break;
             };
             let opened = match channel.lock() {
                 Ok(mut ch) => ch.open::<ChannelError>(body, &mut scratch, |m| {
@@ -564,7 +580,8 @@ async fn reader(
                 }),
                 Err(_) => break 'outer,
             };
-            if opened.is_err() {
+            if let Err(e) = opened {
+                close_reason = CloseReason::Protocol(e.to_string());
                 break 'outer;
             }
             consumed += used;
@@ -574,7 +591,7 @@ async fn reader(
             match m.body {
                 Some(server_message::Body::Response(r)) if r.id == 0 => {
                     if let Some(response::Result::Error(e)) = r.result {
-                        close_reason = Some(e);
+                        close_reason = CloseReason::Relay(e);
                     }
                 }
                 Some(server_message::Body::Response(r)) => {
@@ -595,7 +612,11 @@ async fn reader(
             buf.reserve(64 * 1024);
         }
         match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) => {
+                close_reason = CloseReason::Io(e.to_string());
+                break;
+            }
             Ok(_) => {}
         }
     }

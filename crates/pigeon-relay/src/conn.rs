@@ -399,14 +399,32 @@ impl Conn {
         shared: &Shared<S>,
         out: &mut Vec<u8>,
     ) {
+        // Consecutive sends become one store batch and consecutive acks one concurrent group,
+        // so a pipelining client pays one durable commit per read, not one per request.
         let mut sends = Vec::new();
+        let mut acks = Vec::new();
         for req in requests {
             match req.body {
-                Some(request::Body::Send(send)) => sends.push((req.id, send)),
+                Some(request::Body::Send(send)) => {
+                    if !acks.is_empty() {
+                        self.handle_acks(std::mem::take(&mut acks), shared, out).await;
+                    }
+                    sends.push((req.id, send));
+                }
+                Some(request::Body::Ack(ack)) => {
+                    if !sends.is_empty() {
+                        self.handle_sends(std::mem::take(&mut sends), shared, out)
+                            .await;
+                    }
+                    acks.push((req.id, ack));
+                }
                 body => {
                     if !sends.is_empty() {
                         self.handle_sends(std::mem::take(&mut sends), shared, out)
                             .await;
+                    }
+                    if !acks.is_empty() {
+                        self.handle_acks(std::mem::take(&mut acks), shared, out).await;
                     }
                     let result = match body {
                         Some(body) => self.handle_one(body, shared).await,
@@ -426,6 +444,70 @@ impl Conn {
         if !sends.is_empty() {
             self.handle_sends(sends, shared, out).await;
         }
+        if !acks.is_empty() {
+            self.handle_acks(acks, shared, out).await;
+        }
+    }
+
+    /// Validates acks, then makes them durable together.
+    async fn handle_acks<S: MailboxStore>(
+        &mut self,
+        acks: Vec<(u64, msg::Ack)>,
+        shared: &Shared<S>,
+        out: &mut Vec<u8>,
+    ) {
+        let mut valid = Vec::with_capacity(acks.len());
+        for (id, ack) in acks {
+            match self.check_ack(ack) {
+                Ok((mailbox, seqs)) => valid.push((id, mailbox, seqs)),
+                Err(result) => {
+                    shared.metrics.request_errors.inc();
+                    respond(id, result, out);
+                }
+            }
+        }
+        let started = Instant::now();
+        let results = futures_util::future::join_all(
+            valid
+                .iter()
+                .map(|(_, mailbox, seqs)| shared.store.ack(*mailbox, seqs.clone())),
+        )
+        .await;
+        shared.metrics.store_ack_latency.observe(started.elapsed());
+        for ((id, mailbox, _), result) in valid.into_iter().zip(results) {
+            let result = match result {
+                Ok(deleted) => {
+                    shared.metrics.messages_acked.add(deleted);
+                    if let Some(w) = &self.waker {
+                        w.wake(mailbox);
+                    }
+                    response::Result::Acked(msg::Acked { deleted })
+                }
+                Err(e) => {
+                    shared.metrics.request_errors.inc();
+                    store_error(&e)
+                }
+            };
+            respond(id, result, out);
+        }
+    }
+
+    fn check_ack(&mut self, a: msg::Ack) -> Result<(MailboxId, Vec<u64>), response::Result> {
+        let id = MailboxId::parse("ack", &a.mailbox_id).map_err(|e| field_error(&e))?;
+        if a.seqs.len() > MAX_ACK_SEQS {
+            return Err(field_error(&WireError::Field {
+                what: "ack",
+                field: "seqs",
+                problem: format!("at most {MAX_ACK_SEQS} per ack"),
+            }));
+        }
+        let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id) else {
+            return Err(error_result(ErrorCode::NotSubscribed));
+        };
+        let mut acked = a.seqs.clone();
+        acked.sort_unstable();
+        sub.in_flight.retain(|seq| acked.binary_search(seq).is_err());
+        Ok((id, a.seqs))
     }
 
     async fn handle_sends<S: MailboxStore>(
@@ -630,35 +712,7 @@ impl Conn {
                 }
                 Ok(response::Result::Done(msg::Done {}))
             }
-            request::Body::Ack(a) => {
-                let id = MailboxId::parse("ack", &a.mailbox_id).map_err(bad)?;
-                if a.seqs.len() > MAX_ACK_SEQS {
-                    return Err(bad(WireError::Field {
-                        what: "ack",
-                        field: "seqs",
-                        problem: format!("at most {MAX_ACK_SEQS} per ack"),
-                    }));
-                }
-                let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id) else {
-                    return Err(error_result(ErrorCode::NotSubscribed));
-                };
-                let mut acked = a.seqs.clone();
-                acked.sort_unstable();
-                sub.in_flight
-                    .retain(|seq| acked.binary_search(seq).is_err());
-                let started = Instant::now();
-                let deleted = shared
-                    .store
-                    .ack(id, a.seqs)
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                shared.metrics.store_ack_latency.observe(started.elapsed());
-                shared.metrics.messages_acked.add(deleted);
-                if let Some(w) = &self.waker {
-                    w.wake(id);
-                }
-                Ok(response::Result::Acked(msg::Acked { deleted }))
-            }
+            request::Body::Ack(_) => Err(error_result(ErrorCode::BadRequest)),
             request::Body::DeleteMailbox(d) => {
                 let id = MailboxId::parse("delete_mailbox", &d.mailbox_id).map_err(bad)?;
                 let record = self.owned(shared, id).await?;
@@ -779,30 +833,31 @@ impl Conn {
                 continue;
             }
             let full = messages.len() == room;
+            // One push message must stay under the peer's message limit: split the batch.
+            let limit = pigeon_wire::MAX_MESSAGE - 1024;
             let mut push = msg::Push {
                 mailbox_id: mailbox.0.to_vec(),
-                deliveries: Vec::with_capacity(messages.len()),
+                deliveries: Vec::new(),
             };
+            let mut size = 0;
             for m in messages {
                 sub.last_pushed = sub.last_pushed.max(m.seq);
                 sub.in_flight.push(m.seq);
-                push.deliveries.push(msg::Delivery {
+                let d = msg::Delivery {
                     seq: m.seq,
                     message_id: m.message_id.0.to_vec(),
                     received_at: m.received_at / 60 * 60,
                     ciphertext: m.ciphertext,
-                });
+                };
+                let d_size = prost::Message::encoded_len(&d) + 8;
+                if size + d_size > limit && !push.deliveries.is_empty() {
+                    emit_push(&mut push, shared, out);
+                    size = 0;
+                }
+                size += d_size;
+                push.deliveries.push(d);
             }
-            shared
-                .metrics
-                .messages_out
-                .add(push.deliveries.len() as u64);
-            encode_message(
-                &ServerMessage {
-                    body: Some(server_message::Body::Push(push)),
-                },
-                out,
-            );
+            emit_push(&mut push, shared, out);
             if !full {
                 // Reads may have been capped by bytes: look again if anything might remain.
                 waker.wake(mailbox);
@@ -810,4 +865,25 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Appends `push` (if it carries anything) to `out` and empties it.
+fn emit_push<S: MailboxStore>(push: &mut msg::Push, shared: &Shared<S>, out: &mut Vec<u8>) {
+    if push.deliveries.is_empty() {
+        return;
+    }
+    shared
+        .metrics
+        .messages_out
+        .add(push.deliveries.len() as u64);
+    let body = msg::Push {
+        mailbox_id: push.mailbox_id.clone(),
+        deliveries: std::mem::take(&mut push.deliveries),
+    };
+    encode_message(
+        &ServerMessage {
+            body: Some(server_message::Body::Push(body)),
+        },
+        out,
+    );
 }

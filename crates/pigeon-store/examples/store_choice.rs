@@ -11,7 +11,7 @@
 //!   `DELETE` per acknowledged message.
 //!
 //! Run: `cargo run --release -p pigeon-store --example store_choice`
-//! (`STORE_CHOICE_MESSAGES=20000` for a quick run). Each phase is bounded by a timeout.
+//! (`STORE_CHOICE_MESSAGES=20000` for a quick run, `STORE_CHOICE_ONLY=fjall|sqlite` for one). Each phase is bounded by a timeout.
 
 use pigeon_store::{
     FjallStore, Limits, MailboxId, MailboxRecord, MailboxStore, MessageId, NewMessage,
@@ -352,15 +352,21 @@ async fn main() -> Result<(), BoxError> {
          {PRODUCERS} producers (1 message per durable append), acks of {ACK_CHUNK} seqs"
     );
 
+    let only = std::env::var("STORE_CHOICE_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir()?;
     let limits = Limits {
         max_depth: 1_000_000,
         ..Limits::default()
     };
-    let fjall = FjallStore::open(&dir.path().join("fjall"), limits)?;
-    let (append, ack) = run(fjall.clone(), messages).await?;
-    println!("fjall : append {append:>9.0} msg/s   ack {ack:>9.0} msg/s");
-    drop(fjall);
+    if only.is_empty() || only == "fjall" {
+        let fjall = FjallStore::open(&dir.path().join("fjall"), limits)?;
+        let (append, ack) = run(fjall.clone(), messages).await?;
+        println!("fjall : append {append:>9.0} msg/s   ack {ack:>9.0} msg/s");
+        drop(fjall);
+    }
+    if !(only.is_empty() || only == "sqlite") {
+        return Ok(());
+    }
 
     let (sqlite, handle) = SqliteStore::open(&dir.path().join("sqlite.db"))?;
     let (append, ack) = run(sqlite.clone(), messages).await?;

@@ -295,6 +295,8 @@ impl Writer {
     fn round(&mut self, inbox: &mut Vec<Request>) {
         self.round += 1;
         self.wrote = false;
+        let t0 = std::time::Instant::now();
+        let n_in = inbox.len();
         for request in inbox.drain(..) {
             match &self.failed {
                 Some(reason) => request.refuse(reason),
@@ -304,6 +306,7 @@ impl Writer {
         if self.failed.is_none() && !self.expire_jobs.is_empty() {
             self.expire_step();
         }
+        let t1 = std::time::Instant::now();
         if self.failed.is_none() {
             let durable = self.flush_batch().and_then(|()| {
                 if self.wrote {
@@ -321,6 +324,9 @@ impl Writer {
                 self.fail(reason);
             }
         }
+        let t2 = std::time::Instant::now();
+        STATS.with(|s| { let mut s = s.borrow_mut(); s.0 += 1; s.1 += n_in; s.2 += (t1-t0).as_micros(); s.3 += (t2-t1).as_micros();
+            if s.0 % 200 == 0 { eprintln!("rounds {} avg reqs {} proc {}us persist {}us", s.0, s.1/200, s.2/200, s.3/200); s.1=0; s.2=0; s.3=0; } });
         if self.failed.is_none() {
             for id in self.touched.drain(..) {
                 let entry = self.boxes.get(&id).map(|b| Entry {
@@ -815,3 +821,5 @@ impl Writer {
         Ok((removed, seen < EXPIRE_CHUNK))
     }
 }
+
+thread_local! { static STATS: std::cell::RefCell<(u64, usize, u128, u128)> = const { std::cell::RefCell::new((0,0,0,0)) }; }

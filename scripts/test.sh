@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests (real relay processes on
+# loopback). System packages: none are needed yet; when a crate needs one, this script installs
+# it idempotently and says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee target/test.log
+grep -E '^test result:' target/test.log | awk '
+  { passed += $4; failed += $6 }
+  END { printf "tests: %d passed, %d failed\n", passed, failed; exit failed > 0 }'
