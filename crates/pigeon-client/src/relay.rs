@@ -601,9 +601,8 @@ async fn reader(
                     }
                 }
                 Some(server_message::Body::Push(p)) => {
-                    if events.send(Event::Push(p)).await.is_err() {
-                        // Nobody listens for pushes; keep serving responses.
-                    }
+                    // An error means nobody listens for pushes; keep serving responses.
+                    let _ = events.send(Event::Push(p)).await;
                 }
                 None => {}
             }

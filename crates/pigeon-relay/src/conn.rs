@@ -278,10 +278,10 @@ impl Conn {
         shared: &Shared<S>,
         stop: &mut watch::Receiver<bool>,
     ) -> Close {
-        if !self.inbuf.is_empty() {
-            if let Err(close) = Box::pin(self.handle_input(stream, shared)).await {
-                return close;
-            }
+        if !self.inbuf.is_empty()
+            && let Err(close) = Box::pin(self.handle_input(stream, shared)).await
+        {
+            return close;
         }
         loop {
             let waker = self.waker.clone();

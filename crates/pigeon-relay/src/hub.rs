@@ -22,10 +22,10 @@ pub(crate) struct Waker {
 impl Waker {
     /// Marks `mailbox` as having news and wakes the connection.
     pub(crate) fn wake(&self, mailbox: MailboxId) {
-        if let Ok(mut dirty) = self.dirty.lock() {
-            if !dirty.contains(&mailbox) {
-                dirty.push(mailbox);
-            }
+        if let Ok(mut dirty) = self.dirty.lock()
+            && !dirty.contains(&mailbox)
+        {
+            dirty.push(mailbox);
         }
         self.notify.notify_one();
     }
@@ -69,12 +69,12 @@ impl Hub {
     }
 
     pub(crate) fn unsubscribe(&self, mailbox: MailboxId, waker: &Arc<Waker>) {
-        if let Ok(mut map) = self.shard(&mailbox).lock() {
-            if let Some(list) = map.get_mut(&mailbox) {
-                list.retain(|w| !Arc::ptr_eq(w, waker));
-                if list.is_empty() {
-                    map.remove(&mailbox);
-                }
+        if let Ok(mut map) = self.shard(&mailbox).lock()
+            && let Some(list) = map.get_mut(&mailbox)
+        {
+            list.retain(|w| !Arc::ptr_eq(w, waker));
+            if list.is_empty() {
+                map.remove(&mailbox);
             }
         }
     }
