@@ -229,7 +229,7 @@ pub(crate) async fn run(
         .create_stream(stream::Config {
             name: STREAM.to_owned(),
             subjects: vec!["mbx.*".to_owned()],
-            retention: if std::env::var("NB_RET").is_ok() { stream::RetentionPolicy::Limits } else { stream::RetentionPolicy::WorkQueue },
+            retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: 1,
             ..Default::default()
@@ -244,7 +244,7 @@ pub(crate) async fn run(
 
     // Receivers first, so that nothing published waits for a consumer to exist.
     let mut recv_tasks = Vec::new();
-    for r in 0..(if std::env::var("NB_NOCONS").is_ok() {0} else {connections}) {
+    for r in 0..connections {
         let client = connect(&server.url).await?;
         let js = jetstream::new(client);
         let js_stream = js.get_stream(STREAM).await?;

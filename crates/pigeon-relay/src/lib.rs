@@ -120,6 +120,7 @@ pub async fn run<S: MailboxStore>(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    set_keepalive(&stream);
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.connections_open.inc();
                     shared.metrics.connections_total.inc();
@@ -164,6 +165,16 @@ pub async fn run<S: MailboxStore>(
     }
     expiry.abort();
     result
+}
+
+/// Lets the kernel find peers that vanished (power loss, a dropped mobile link) so their
+/// connections do not stay open forever; costs nothing in user space.
+fn set_keepalive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(120))
+        .with_interval(Duration::from_secs(30))
+        .with_retries(4);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 fn is_transient_accept_error(e: &std::io::Error) -> bool {
