@@ -186,6 +186,11 @@ async fn load(
             let mut payload = vec![0x5a; MSG_SIZE];
             while !stop.load(Ordering::Relaxed) {
                 if let Some(r) = per_sender {
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        reason = "a message count well within u64, never negative"
+                    )]
                     let due = (start.elapsed().as_secs_f64() * r) as u64;
                     if n >= due {
                         tokio::time::sleep(Duration::from_micros(500)).await;
@@ -249,12 +254,14 @@ async fn load(
                 if counting {
                     delivered.fetch_add(seqs.len() as u64, Ordering::Relaxed);
                 }
-                let _ = conn
-                    .submit(request::Body::Ack(msg::Ack {
+                // The ack's answer is not awaited: dropping its receiver discards it.
+                drop(
+                    conn.submit(request::Body::Ack(msg::Ack {
                         mailbox_id: push.mailbox_id,
                         seqs,
                     }))
-                    .await?;
+                    .await?,
+                );
             }
             anyhow::Ok((conn, hist))
         }));

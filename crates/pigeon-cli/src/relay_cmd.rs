@@ -99,22 +99,23 @@ fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
     Ok(Route::tcp(&ip.to_string(), bound.port())?)
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (before the link is printed, so a supervisor
+/// that stops the relay right after start gets a graceful drain) and returns the future that
+/// resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("could not create {}", args.data.display()))?;
     let keys = load_or_create_key(&args.data)?;
@@ -160,7 +161,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         ..RelayConfig::default()
     };
     tracing::info!(listen = %bound, "relay serving");
-    pigeon_relay::run(listener, store, keys, config, metrics, shutdown_signal()).await?;
+    pigeon_relay::run(listener, store, keys, config, metrics, shutdown).await?;
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -87,7 +87,11 @@ async fn party(
             other => panic!("{name}: session ended after {received} messages: {other:?}"),
         };
         pushes += 1;
-        assert_eq!(push.mailbox_id, inbox.0.to_vec(), "{name}: push for another mailbox");
+        assert_eq!(
+            push.mailbox_id,
+            inbox.0.to_vec(),
+            "{name}: push for another mailbox"
+        );
         assert!(!push.deliveries.is_empty(), "{name}: empty push");
         let mut seqs = Vec::with_capacity(push.deliveries.len());
         for d in push.deliveries {

@@ -13,6 +13,7 @@ use pigeon_wire::record;
 use pigeon_wire::stream::encode_message;
 use pigeon_wire::{ErrorCode, ErrorKind, PROTOCOL_VERSIONS};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -226,13 +227,16 @@ impl RelayConnection {
         let (req_tx, req_rx) = mpsc::channel(QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (read_half, write_half) = tokio::io::split(stream);
+        // Set (under the `pending` lock) once the reader has stopped: no answer can come then.
+        let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(writer(
             write_half,
             Arc::clone(&channel),
             Arc::clone(&pending),
+            Arc::clone(&closed),
             req_rx,
         ));
-        tokio::spawn(reader(read_half, channel, pending, ev_tx, rest));
+        tokio::spawn(reader(read_half, channel, pending, closed, ev_tx, rest));
         Ok(Self {
             requests: req_tx,
             events: ev_rx,
@@ -500,6 +504,7 @@ async fn writer(
     mut stream: WriteHalf<Box<dyn Connection>>,
     channel: Arc<Mutex<Channel>>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     mut requests: mpsc::Receiver<Outgoing>,
 ) {
     let mut next_id: u64 = 1;
@@ -531,6 +536,12 @@ async fn writer(
                 );
                 waiting.insert(id, out.reply);
             }
+            if closed.load(Ordering::Acquire) {
+                // The reader is gone, so nothing would ever answer these: fail them now
+                // rather than leave their callers waiting forever.
+                waiting.clear();
+                return;
+            }
         }
         let sealed = match channel.lock() {
             Ok(mut ch) => ch.seal(&plain, &mut wire),
@@ -555,6 +566,7 @@ async fn reader(
     mut stream: ReadHalf<Box<dyn Connection>>,
     channel: Arc<Mutex<Channel>>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     events: mpsc::Sender<Event>,
     mut buf: Vec<u8>,
 ) {
@@ -620,6 +632,7 @@ async fn reader(
         }
     }
     if let Ok(mut waiting) = pending.lock() {
+        closed.store(true, Ordering::Release);
         waiting.clear();
     }
     let _ = events.send(Event::Closed(close_reason)).await;
