@@ -32,8 +32,9 @@ enum Command {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PIGEON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn,async_nats=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIGEON_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn,async_nats=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

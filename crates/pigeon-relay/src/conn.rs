@@ -407,7 +407,8 @@ impl Conn {
             match req.body {
                 Some(request::Body::Send(send)) => {
                     if !acks.is_empty() {
-                        self.handle_acks(std::mem::take(&mut acks), shared, out).await;
+                        self.handle_acks(std::mem::take(&mut acks), shared, out)
+                            .await;
                     }
                     sends.push((req.id, send));
                 }
@@ -424,7 +425,8 @@ impl Conn {
                             .await;
                     }
                     if !acks.is_empty() {
-                        self.handle_acks(std::mem::take(&mut acks), shared, out).await;
+                        self.handle_acks(std::mem::take(&mut acks), shared, out)
+                            .await;
                     }
                     let result = match body {
                         Some(body) => self.handle_one(body, shared).await,
@@ -506,7 +508,8 @@ impl Conn {
         };
         let mut acked = a.seqs.clone();
         acked.sort_unstable();
-        sub.in_flight.retain(|seq| acked.binary_search(seq).is_err());
+        sub.in_flight
+            .retain(|seq| acked.binary_search(seq).is_err());
         Ok((id, a.seqs))
     }
 

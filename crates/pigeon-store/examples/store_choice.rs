@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 const MAILBOXES: u64 = 1_000;
-const PRODUCERS: u64 = 256;
 const MESSAGE_LEN: usize = 1024;
 const ACK_CHUNK: u64 = 32;
 const SQLITE_BATCH: usize = 256;
@@ -232,15 +231,31 @@ impl Backend for SqliteStore {
 
 // ---- the workload ----
 
+/// Random-looking bytes (as real ids are) from a counter: splitmix64.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn mailbox(k: u64) -> MailboxId {
     let mut raw = [0u8; 32];
-    raw[..8].copy_from_slice(&k.to_be_bytes());
-    raw[8..16].copy_from_slice(&k.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    for (i, chunk) in raw.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&mix(k * 4 + i as u64).to_be_bytes());
+    }
     MailboxId(raw)
 }
 
+fn message_id(i: u64) -> MessageId {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&mix(i ^ 0x5555_5555).to_be_bytes());
+    raw[8..].copy_from_slice(&i.to_be_bytes());
+    MessageId(raw)
+}
+
 /// (append msgs/s, ack msgs/s)
-async fn run<B: Backend>(store: B, messages: u64) -> Result<(f64, f64), BoxError> {
+async fn run<B: Backend>(store: B, messages: u64, producers: u64) -> Result<(f64, f64), BoxError> {
     for k in 0..MAILBOXES {
         store.setup(mailbox(k)).await?;
     }
@@ -250,24 +265,22 @@ async fn run<B: Backend>(store: B, messages: u64) -> Result<(f64, f64), BoxError
 
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for p in 0..PRODUCERS {
+    for p in 0..producers {
         let store = store.clone();
         let payload = Arc::clone(&payload);
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < messages {
-                let mut id = [0u8; 16];
-                id[8..].copy_from_slice(&i.to_be_bytes());
                 let mut ciphertext = payload.to_vec();
                 ciphertext[..8].copy_from_slice(&i.to_le_bytes());
                 let m = NewMessage {
                     mailbox: mailbox(i % MAILBOXES),
-                    message_id: MessageId(id),
+                    message_id: message_id(i),
                     ciphertext,
                     now: 1_000,
                 };
                 store.append_one(m).await?;
-                i += PRODUCERS;
+                i += producers;
             }
             Ok::<(), BoxError>(())
         }));
@@ -285,7 +298,7 @@ async fn run<B: Backend>(store: B, messages: u64) -> Result<(f64, f64), BoxError
     // Every mailbox got messages / MAILBOXES (± 1) of seqs 1..; acknowledge them in chunks.
     let start = Instant::now();
     let mut tasks = Vec::new();
-    let workers = PRODUCERS.min(MAILBOXES);
+    let workers = producers.min(MAILBOXES);
     for w in 0..workers {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
@@ -346,10 +359,15 @@ async fn main() -> Result<(), BoxError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    let producers: u64 = std::env::var("STORE_CHOICE_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+        .max(1);
     println!("{}", machine());
     println!(
         "workload: {messages} x {MESSAGE_LEN} B messages, {MAILBOXES} mailboxes, \
-         {PRODUCERS} producers (1 message per durable append), acks of {ACK_CHUNK} seqs"
+         {producers} producers (1 message per durable append), acks of {ACK_CHUNK} seqs"
     );
 
     let only = std::env::var("STORE_CHOICE_ONLY").unwrap_or_default();
@@ -360,7 +378,7 @@ async fn main() -> Result<(), BoxError> {
     };
     if only.is_empty() || only == "fjall" {
         let fjall = FjallStore::open(&dir.path().join("fjall"), limits)?;
-        let (append, ack) = run(fjall.clone(), messages).await?;
+        let (append, ack) = run(fjall.clone(), messages, producers).await?;
         println!("fjall : append {append:>9.0} msg/s   ack {ack:>9.0} msg/s");
         drop(fjall);
     }
@@ -369,7 +387,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let (sqlite, handle) = SqliteStore::open(&dir.path().join("sqlite.db"))?;
-    let (append, ack) = run(sqlite.clone(), messages).await?;
+    let (append, ack) = run(sqlite.clone(), messages, producers).await?;
     println!(
         "sqlite: append {append:>9.0} msg/s   ack {ack:>9.0} msg/s   (WAL, synchronous=FULL, \
          {SQLITE_BATCH} ops per transaction)"

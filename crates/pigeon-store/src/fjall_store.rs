@@ -3,22 +3,32 @@
 //! # Where work happens
 //! * **Writes** (create, append, ack, delete, key packages, expiry) go to one dedicated writer
 //!   thread over a bounded channel. It drains everything queued (up to
-//!   [`FjallOptions::max_batch_ops`] operations or [`FjallOptions::max_batch_bytes`] bytes), applies it
-//!   as one fjall write batch, fsyncs the journal once (`fdatasync`), and only then answers every
-//!   caller: group commit. Being the only writer, it alone assigns sequence numbers, so
-//!   per-mailbox order is the durable order. See `writer.rs` for the details.
+//!   [`FjallOptions::max_batch_ops`] operations or [`FjallOptions::max_batch_bytes`] bytes),
+//!   applies it as one fjall write batch and commits it; a second thread fsyncs the journal
+//!   (`fdatasync`) once for every round that is waiting, and only then publishes the new state
+//!   to readers and answers every caller: group commit. Being the only writer, the writer thread
+//!   alone assigns sequence numbers, so per-mailbox order is the durable order. See `writer.rs`.
+//! * **Callers** do what needs no ordering before they queue: size checks, building the stored
+//!   value, and looking the message id up for de-duplication (`recent.rs`), so the writer thread,
+//!   the bottleneck, only writes.
 //! * **Reads** (`mailbox`, `read`, `pending`) run inline on the calling task: mailbox records
-//!   and counts come from an in-memory cache that the writer updates after each durable round;
-//!   message reads are fjall range scans, usually served from memory. A read that misses the
-//!   block cache does blocking disk IO on the caller's thread.
+//!   and counts come from an in-memory cache that is updated after each durable round; message
+//!   reads are fjall range scans, usually served from memory. A read that misses the block cache
+//!   does blocking disk IO on the caller's thread. A read may see a message a few milliseconds
+//!   before its append is acknowledged (committed, fsync still under way).
 //!
 //! # Layout
 //! Five keyspaces (`meta`, `msgs`, `dedup`, `expiry`, `slots`); the byte layout is in
-//! `codec.rs`. Expiry uses a time-ordered index: one small `expiry` entry per appended message,
-//! keyed by receive time first, so [`MailboxStore::expire`] reads only what is due instead of
-//! scanning every de-duplication record. The entry outlives the message's ack, because the
-//! message's de-duplication record must stay until expiry too. Appends write three keys (message,
-//! de-duplication record, index entry) and never the mailbox's meta record.
+//! `codec.rs`. Message and de-duplication keys use a short store-local mailbox number instead of
+//! the 32-byte id, which keeps them inline in fjall's memtable. An append writes two keys
+//! (message, de-duplication record) and never the mailbox's meta record.
+//!
+//! Expiry uses a time-ordered index, but not one key per message: each group-commit round
+//! writes one `expiry` entry per distinct receive time (usually one), keyed by that time and
+//! listing the round's messages. [`MailboxStore::expire`] then reads only what is due, instead
+//! of scanning every de-duplication record, and appends pay a few bytes instead of a third key.
+//! An entry outlives the acks of its messages, because their de-duplication records must stay
+//! until expiry too.
 //!
 //! # Failure
 //! A failed commit or fsync stops all writes for the life of the handle (fjall poisons itself
@@ -28,6 +38,7 @@
 
 mod cache;
 mod codec;
+mod recent;
 mod writer;
 
 use crate::{
@@ -35,14 +46,18 @@ use crate::{
     StoreError, StoredMessage, TakenKeyPackage,
 };
 use cache::{Cache, Entry};
-use codec::{FORMAT, FORMAT_KEY, decode_meta, decode_msg, msg_key, msg_key_seq};
+use codec::{
+    FORMAT, FORMAT_KEY, Key, decode_dedup, decode_meta, decode_msg, dedup_key, msg_key, msg_key_seq,
+};
 use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use recent::Precheck;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Request, Tuning, Writer};
+use writer::{Prepared, Request, Tuning, Writer};
 
 /// Tuning of a [`FjallStore`]; the defaults suit a relay on a small machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,19 +96,37 @@ struct Shared {
     slots: Keyspace,
     cache: Cache,
     limits: Limits,
+    /// Commits the writer has made visible (see `recent.rs`).
+    commits: AtomicU64,
 }
 
 impl Shared {
-    /// (stored messages, highest stored sequence number) of a mailbox.
-    fn scan_mailbox(&self, op: &'static str, id: &MailboxId) -> Result<(u64, u64), StoreError> {
+    /// Looks a message id up for the writer (see `recent.rs`); any trouble leaves it to the
+    /// writer.
+    fn precheck(&self, message: &NewMessage) -> Precheck {
+        let Ok(Some(entry)) = self.entry("append", message.mailbox, false) else {
+            return Precheck::None;
+        };
+        let number = entry.number;
+        let as_of = self.commits.load(Ordering::Acquire);
+        match self.dedup.get(dedup_key(number, &message.message_id)) {
+            Ok(None) => Precheck::Absent { number, as_of },
+            Ok(Some(raw)) => match decode_dedup("append", &raw) {
+                Ok((seq, _)) => Precheck::Known { number, seq, as_of },
+                Err(_) => Precheck::None,
+            },
+            Err(_) => Precheck::None,
+        }
+    }
+
+    /// How many messages the mailbox with this number holds.
+    fn count_messages(&self, op: &'static str, number: u64) -> Result<u64, StoreError> {
         let mut count = 0;
-        let mut last = 0;
-        for guard in self.msgs.prefix(id.0) {
-            let key = guard.key().map_err(|e| backend(op, &e))?;
-            last = msg_key_seq(op, &key)?;
+        for guard in self.msgs.prefix(Key::prefix(number)) {
+            guard.key().map_err(|e| backend(op, &e))?;
             count += 1;
         }
-        Ok((count, last))
+        Ok(count)
     }
 
     /// The cached entry, loading the record (and the count if `with_count`) on a miss.
@@ -112,13 +145,17 @@ impl Shared {
         let Some(raw) = self.meta.get(id.0).map_err(|e| backend(op, &e))? else {
             return Ok(None);
         };
-        let record = decode_meta(op, &raw)?.record;
+        let meta = decode_meta(op, &raw)?;
         let count = if with_count {
-            Some(self.scan_mailbox(op, &id)?.0)
+            Some(self.count_messages(op, meta.number)?)
         } else {
             None
         };
-        let entry = Entry { record, count };
+        let entry = Entry {
+            record: meta.record,
+            number: meta.number,
+            count,
+        };
         self.cache.fill(id, entry, ticket);
         Ok(Some(entry))
     }
@@ -240,6 +277,7 @@ impl FjallStore {
             slots,
             cache: Cache::new(options.cached_mailboxes),
             limits,
+            commits: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let tuning = Tuning {
@@ -247,7 +285,7 @@ impl FjallStore {
             max_batch_bytes: options.max_batch_bytes.max(1),
             cached_mailboxes: options.cached_mailboxes,
         };
-        let writer = Writer::new(Arc::clone(&shared), rx, tuning);
+        let writer = Writer::new(Arc::clone(&shared), rx, tuning)?;
         let handle = std::thread::Builder::new()
             .name("pigeon-store-writer".to_owned())
             .spawn(move || writer.run())
@@ -308,6 +346,19 @@ impl MailboxStore for FjallStore {
         if n == 0 {
             return Vec::new();
         }
+        let shared = self.shared();
+        let limit = shared.limits.max_ciphertext;
+        let batch = batch
+            .iter()
+            .map(|m| {
+                let check = if m.ciphertext.len() <= limit {
+                    shared.precheck(m)
+                } else {
+                    Precheck::None
+                };
+                Prepared::new(m, limit, check)
+            })
+            .collect();
         match self
             .call("append", |reply| Request::Append { batch, reply })
             .await
@@ -336,9 +387,9 @@ impl MailboxStore for FjallStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let op = "read";
         let shared = self.shared();
-        if shared.entry(op, id, false)?.is_none() {
+        let Some(entry) = shared.entry(op, id, false)? else {
             return Err(StoreError::NoSuchMailbox);
-        }
+        };
         let mut out = Vec::new();
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(out);
@@ -347,10 +398,11 @@ impl MailboxStore for FjallStore {
             return Ok(out);
         }
         let mut bytes = 0usize;
-        for guard in shared
-            .msgs
-            .range(msg_key(&id, first)..=msg_key(&id, u64::MAX))
-        {
+        let (from, to) = (
+            msg_key(entry.number, first),
+            msg_key(entry.number, u64::MAX),
+        );
+        for guard in shared.msgs.range(from..=to) {
             let (key, value) = guard.into_inner().map_err(|e| backend(op, &e))?;
             let seq = msg_key_seq(op, &key)?;
             let (message_id, received_at, ciphertext) = decode_msg(op, &value)?;
@@ -907,6 +959,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expiry_index_keys_stay_unique_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            store.create_mailbox(mbx(1), record(1)).await.unwrap();
+            append_one(&store, msg(mbx(1), 1, 10)).await.unwrap();
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        append_one(&store, msg(mbx(1), 2, 10)).await.unwrap();
+        drop(store);
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(store.expire(110).await.unwrap(), 2);
+        assert!(
+            !append_one(&store, msg(mbx(1), 1, 111))
+                .await
+                .unwrap()
+                .duplicate
+        );
+    }
+
+    #[tokio::test]
     async fn expiry_runs_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let lim = Limits {
@@ -919,7 +992,7 @@ mod tests {
             store.create_mailbox(mbx(k), record(k)).await.unwrap();
         }
         let batch: Vec<_> = (0..total)
-            .map(|n| msg(mbx((n % 3) as u8), n, n % 7))
+            .map(|n| msg(mbx(u8::try_from(n % 3).unwrap()), n, n % 7))
             .collect();
         assert!(store.append(batch).await.iter().all(Result::is_ok));
         store.ack(mbx(0), (1..=100).collect()).await.unwrap();
@@ -1009,7 +1082,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut last_seq = BTreeMap::new();
                 for i in 0..PER_PRODUCER {
-                    let k = ((p + i) % u64::from(MAILBOXES)) as u8;
+                    let k = u8::try_from((p + i) % u64::from(MAILBOXES)).unwrap();
                     let m = NewMessage {
                         mailbox: mbx(k),
                         message_id: mid(p << 32 | i),
@@ -1061,7 +1134,8 @@ mod tests {
             let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
             let msgs = db.keyspace("msgs", KeyspaceCreateOptions::default).unwrap();
             meta.insert(mbx(1).0, b"garbage").unwrap();
-            msgs.insert(msg_key(&mbx(2), 1), b"short").unwrap();
+            // Mailbox 2 was the second created: its number is 1.
+            msgs.insert(msg_key(1, 1).as_ref(), b"short").unwrap();
             db.persist(PersistMode::SyncAll).unwrap();
         }
         let store = FjallStore::open(dir.path(), limits()).unwrap();

@@ -18,7 +18,7 @@
 
 mod fjall_store;
 
-pub use fjall_store::FjallStore;
+pub use fjall_store::{FjallOptions, FjallStore};
 
 use pigeon_wire::ErrorCode;
 pub use pigeon_wire::msg::{MailboxId, MessageId};

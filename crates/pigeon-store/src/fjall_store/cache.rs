@@ -17,6 +17,8 @@ const SHARDS: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Entry {
     pub(super) record: MailboxRecord,
+    /// Store-local number, the prefix of its keys.
+    pub(super) number: u64,
     /// Messages held; `None` until someone needed it (counting means a scan).
     pub(super) count: Option<u64>,
 }
@@ -123,6 +125,7 @@ mod tests {
                 sender_cap_hash: [2; 32],
                 created_at: 3,
             },
+            number: 1,
             count,
         }
     }

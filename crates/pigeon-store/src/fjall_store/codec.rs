@@ -1,15 +1,24 @@
 //! Key and value layouts of the fjall backend, and their checked decoding.
 //!
-//! Every integer is big-endian so keys sort in numeric order. Decoding never panics: a value of
-//! the wrong shape is reported as [`StoreError::Backend`] naming what was corrupt (never its bytes).
+//! Each mailbox gets a store-local number when it is created (never reused, also not after the
+//! mailbox is deleted and created again). Message and de-duplication keys start with that number
+//! in LEB128 instead of the 32-byte id: the keys stay at most 20 bytes for the first 2^28
+//! mailboxes, which fjall keeps inline instead of behind a pointer, and that makes its in-memory
+//! table markedly cheaper to search (measured: about a third less CPU per message). LEB128 is
+//! prefix-free, so a prefix scan over one number never reaches another mailbox.
+//!
+//! Fixed-width integers are big-endian so keys sort in numeric order. Decoding never panics: a
+//! value of the wrong shape is [`StoreError::Backend`] naming what was corrupt (never its bytes).
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `meta` | mailbox (32) | format (1) · recipient key (32) · capability hash (32) · created (8) · high-water seq (8) |
+//! | `meta` | mailbox id (32) | format (1) · recipient key (32) · capability hash (32) · created (8) · high-water seq (8) · number (8) |
 //! | `meta` | [`FORMAT_KEY`] | format (1) |
-//! | `msgs` | mailbox (32) · seq (8) | message id (16) · received (8) · ciphertext |
-//! | `dedup` | mailbox (32) · message id (16) | seq (8) · received (8) |
-//! | `expiry` | received (8) · mailbox (32) · seq (8) | message id (16) |
+//! | `meta` | [`ROUND_KEY`] | next round number (8) |
+//! | `meta` | [`NUMBER_KEY`] | next mailbox number (8) |
+//! | `msgs` | number (LEB128) · seq (8) | message id (16) · received (8) · ciphertext |
+//! | `dedup` | number (LEB128) · message id (16) | seq (8) · received (8) |
+//! | `expiry` | received (8) · round (8) | n × (number (8) · mailbox id (32) · seq (8) · message id (16)) |
 //! | `slots` | slot (32) · 0 | owner key (32) · next package number (8) |
 //! | `slots` | slot (32) · 1 | last-resort package |
 //! | `slots` | slot (32) · 2 · package number (8) | one-time package |
@@ -18,19 +27,24 @@ use crate::{MailboxId, MailboxRecord, MessageId, StoreError};
 use pigeon_wire::{ID_LEN, MESSAGE_ID_LEN};
 
 /// Version of this layout, kept under [`FORMAT_KEY`] and at the front of every meta value.
-pub(super) const FORMAT: u8 = 1;
+/// (1 was the first layout, with 32-byte mailbox ids in every key and no mailbox numbers.)
+pub(super) const FORMAT: u8 = 2;
 /// Where the layout version lives in `meta`; its length differs from a mailbox id, so no clash.
 pub(super) const FORMAT_KEY: &[u8] = b"pigeon-store:format";
-
-pub(super) type MsgKey = [u8; ID_LEN + 8];
-pub(super) type DedupKey = [u8; ID_LEN + MESSAGE_ID_LEN];
-pub(super) type ExpiryKey = [u8; 8 + ID_LEN + 8];
+/// Where the next expiry index round number lives in `meta` (it keeps index keys unique).
+pub(super) const ROUND_KEY: &[u8] = b"pigeon-store:round";
+/// Where the next mailbox number lives in `meta`.
+pub(super) const NUMBER_KEY: &[u8] = b"pigeon-store:mailbox-number";
 
 /// Length of the fixed header in front of a stored ciphertext.
 pub(super) const MSG_HEADER: usize = MESSAGE_ID_LEN + 8;
-const META_LEN: usize = 1 + 32 + 32 + 8 + 8;
+/// One message in an expiry index entry: number, mailbox id, seq, message id.
+pub(super) const EXPIRY_ITEM: usize = 8 + ID_LEN + 8 + MESSAGE_ID_LEN;
+const META_LEN: usize = 1 + 32 + 32 + 8 + 8 + 8;
 const DEDUP_VALUE_LEN: usize = 16;
 const OWNER_LEN: usize = 32 + 8;
+/// Longest LEB128 encoding of a u64.
+const LEB_MAX: usize = 10;
 
 pub(super) const SLOT_OWNER: u8 = 0;
 pub(super) const SLOT_LAST_RESORT: u8 = 1;
@@ -52,14 +66,60 @@ fn array_at<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
     bytes.get(at..at + N)?.try_into().ok()
 }
 
+/// A short key built on the stack: a mailbox number and a fixed-width tail.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    buf: [u8; LEB_MAX + MESSAGE_ID_LEN],
+    len: u8,
+}
+
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl Key {
+    fn new(number: u64, tail: &[u8]) -> Self {
+        let mut buf = [0u8; LEB_MAX + MESSAGE_ID_LEN];
+        let mut len = 0;
+        let mut rest = number;
+        loop {
+            // Seven bits per byte; the mask makes the conversion exact.
+            let low = u8::try_from(rest & 0x7f).unwrap_or(0);
+            rest >>= 7;
+            if rest == 0 {
+                buf[len] = low;
+                len += 1;
+                break;
+            }
+            buf[len] = low | 0x80;
+            len += 1;
+        }
+        let end = len + tail.len();
+        buf[len..end].copy_from_slice(tail);
+        Self {
+            buf,
+            // At most LEB_MAX + 16 = 26.
+            len: u8::try_from(end).unwrap_or(u8::MAX),
+        }
+    }
+
+    /// The prefix of every message or de-duplication key of a mailbox.
+    pub(super) fn prefix(number: u64) -> Self {
+        Self::new(number, &[])
+    }
+}
+
 // ---- meta ----
 
-/// A decoded meta value: the record plus the highest sequence number ever handed out by a
-/// deletion-time snapshot (see the writer's notes on sequence continuity).
+/// A decoded meta value: the record, the mailbox's number, and the highest sequence number
+/// handed out as of the last deletion (see the writer's notes on sequence continuity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Meta {
     pub(super) record: MailboxRecord,
     pub(super) high_water: u64,
+    pub(super) number: u64,
 }
 
 pub(super) fn encode_meta(meta: &Meta) -> [u8; META_LEN] {
@@ -69,6 +129,7 @@ pub(super) fn encode_meta(meta: &Meta) -> [u8; META_LEN] {
     out[33..65].copy_from_slice(&meta.record.sender_cap_hash);
     out[65..73].copy_from_slice(&meta.record.created_at.to_be_bytes());
     out[73..81].copy_from_slice(&meta.high_water.to_be_bytes());
+    out[81..89].copy_from_slice(&meta.number.to_be_bytes());
     out
 }
 
@@ -84,26 +145,33 @@ pub(super) fn decode_meta(op: &'static str, bytes: &[u8]) -> Result<Meta, StoreE
                 created_at: u64_at(bytes, 65)?,
             },
             high_water: u64_at(bytes, 73)?,
+            number: u64_at(bytes, 81)?,
         })
     })();
     parsed.ok_or_else(|| corrupt(op, "mailbox record"))
 }
 
-// ---- messages ----
-
-pub(super) fn msg_key(mailbox: &MailboxId, seq: u64) -> MsgKey {
-    let mut out = [0u8; ID_LEN + 8];
-    out[..ID_LEN].copy_from_slice(&mailbox.0);
-    out[ID_LEN..].copy_from_slice(&seq.to_be_bytes());
-    out
+/// A counter kept in `meta` ([`ROUND_KEY`], [`NUMBER_KEY`]).
+pub(super) fn decode_counter(op: &'static str, value: &[u8]) -> Result<u64, StoreError> {
+    match value.len() {
+        8 => u64_at(value, 0).ok_or_else(|| corrupt(op, "counter")),
+        _ => Err(corrupt(op, "counter")),
+    }
 }
 
-/// The sequence number in a message key of the expected mailbox.
+// ---- messages ----
+
+pub(super) fn msg_key(number: u64, seq: u64) -> Key {
+    Key::new(number, &seq.to_be_bytes())
+}
+
+/// The sequence number at the end of a message key.
 pub(super) fn msg_key_seq(op: &'static str, key: &[u8]) -> Result<u64, StoreError> {
-    if key.len() != ID_LEN + 8 {
-        return Err(corrupt(op, "message key"));
-    }
-    u64_at(key, ID_LEN).ok_or_else(|| corrupt(op, "message key"))
+    key.len()
+        .checked_sub(8)
+        .filter(|&at| at > 0)
+        .and_then(|at| u64_at(key, at))
+        .ok_or_else(|| corrupt(op, "message key"))
 }
 
 pub(super) fn msg_header(message_id: &MessageId, received_at: u64) -> [u8; MSG_HEADER] {
@@ -128,11 +196,8 @@ pub(super) fn decode_msg<'v>(
 
 // ---- de-duplication ----
 
-pub(super) fn dedup_key(mailbox: &MailboxId, message_id: &MessageId) -> DedupKey {
-    let mut out = [0u8; ID_LEN + MESSAGE_ID_LEN];
-    out[..ID_LEN].copy_from_slice(&mailbox.0);
-    out[ID_LEN..].copy_from_slice(&message_id.0);
-    out
+pub(super) fn dedup_key(number: u64, message_id: &MessageId) -> Key {
+    Key::new(number, &message_id.0)
 }
 
 pub(super) fn encode_dedup(seq: u64, received_at: u64) -> [u8; DEDUP_VALUE_LEN] {
@@ -153,40 +218,51 @@ pub(super) fn decode_dedup(op: &'static str, value: &[u8]) -> Result<(u64, u64),
 
 // ---- expiry index ----
 
-pub(super) fn expiry_key(received_at: u64, mailbox: &MailboxId, seq: u64) -> ExpiryKey {
-    let mut out = [0u8; 8 + ID_LEN + 8];
+pub(super) fn expiry_key(received_at: u64, round: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
     out[..8].copy_from_slice(&received_at.to_be_bytes());
-    out[8..8 + ID_LEN].copy_from_slice(&mailbox.0);
-    out[8 + ID_LEN..].copy_from_slice(&seq.to_be_bytes());
+    out[8..].copy_from_slice(&round.to_be_bytes());
     out
 }
 
-/// One entry of the expiry index, decoded.
+/// One message listed in an expiry index entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ExpiryEntry {
-    pub(super) received_at: u64,
+pub(super) struct ExpiryItem {
+    pub(super) number: u64,
     pub(super) mailbox: MailboxId,
     pub(super) seq: u64,
     pub(super) message_id: MessageId,
 }
 
-pub(super) fn decode_expiry(
+pub(super) fn push_expiry_item(value: &mut Vec<u8>, item: &ExpiryItem) {
+    value.extend_from_slice(&item.number.to_be_bytes());
+    value.extend_from_slice(&item.mailbox.0);
+    value.extend_from_slice(&item.seq.to_be_bytes());
+    value.extend_from_slice(&item.message_id.0);
+}
+
+/// The receive time of an expiry index entry and the messages it lists.
+pub(super) fn decode_expiry<'v>(
     op: &'static str,
     key: &[u8],
-    value: &[u8],
-) -> Result<ExpiryEntry, StoreError> {
-    if key.len() != 8 + ID_LEN + 8 || value.len() != MESSAGE_ID_LEN {
+    value: &'v [u8],
+) -> Result<(u64, impl Iterator<Item = ExpiryItem> + 'v), StoreError> {
+    let received_at = match key.len() {
+        16 => u64_at(key, 0),
+        _ => None,
+    };
+    let Some(received_at) = received_at.filter(|_| value.len().is_multiple_of(EXPIRY_ITEM)) else {
         return Err(corrupt(op, "expiry index entry"));
-    }
-    let parsed = (|| {
-        Some(ExpiryEntry {
-            received_at: u64_at(key, 0)?,
-            mailbox: MailboxId(array_at(key, 8)?),
-            seq: u64_at(key, 8 + ID_LEN)?,
-            message_id: MessageId(array_at(value, 0)?),
+    };
+    let items = value.chunks_exact(EXPIRY_ITEM).filter_map(|raw| {
+        Some(ExpiryItem {
+            number: u64_at(raw, 0)?,
+            mailbox: MailboxId(array_at(raw, 8)?),
+            seq: u64_at(raw, 8 + ID_LEN)?,
+            message_id: MessageId(array_at(raw, 16 + ID_LEN)?),
         })
-    })();
-    parsed.ok_or_else(|| corrupt(op, "expiry index entry"))
+    });
+    Ok((received_at, items))
 }
 
 // ---- key-package slots ----
@@ -236,6 +312,7 @@ mod tests {
                 created_at: 7,
             },
             high_water: 42,
+            number: 9,
         };
         assert_eq!(decode_meta("t", &encode_meta(&meta)).unwrap(), meta);
         assert!(decode_meta("t", &[]).is_err());
@@ -243,16 +320,29 @@ mod tests {
         bad[0] = 99;
         assert!(decode_meta("t", &bad).is_err());
         assert!(decode_meta("t", &encode_meta(&meta)[..80]).is_err());
+        assert_eq!(decode_counter("t", &7u64.to_be_bytes()).unwrap(), 7);
+        assert!(decode_counter("t", &[1]).is_err());
     }
 
     #[test]
-    fn keys_sort_numerically() {
-        let id = MailboxId([9; 32]);
-        assert!(msg_key(&id, 255) < msg_key(&id, 256));
-        assert!(expiry_key(255, &id, 9) < expiry_key(256, &MailboxId([0; 32]), 0));
+    fn keys_are_short_prefix_free_and_sort_by_seq() {
+        assert_eq!(msg_key(5, 1).as_ref(), [5, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(Key::prefix(300).as_ref(), [0xac, 0x02]);
+        assert_eq!(Key::prefix(u64::MAX).as_ref().len(), LEB_MAX);
+        assert_eq!(
+            dedup_key((1 << 28) - 1, &MessageId([0; 16])).as_ref().len(),
+            20
+        );
+        assert!(msg_key(7, 255).as_ref() < msg_key(7, 256).as_ref());
+        // No number's prefix is the start of another number's key.
+        for (a, b) in [(1u64, 128u64), (0, 1 << 7), (127, 1 << 14), (1, 1 << 35)] {
+            assert!(!msg_key(b, 1).as_ref().starts_with(Key::prefix(a).as_ref()));
+            assert!(!msg_key(a, 1).as_ref().starts_with(Key::prefix(b).as_ref()));
+        }
+        assert_eq!(msg_key_seq("t", msg_key(300, 77).as_ref()).unwrap(), 77);
+        assert!(msg_key_seq("t", &[0; 8]).is_err());
+        assert!(expiry_key(255, 9) < expiry_key(256, 0));
         assert!(one_time_key(&[3; 32], 1) < one_time_key(&[3; 32], 2));
-        assert_eq!(msg_key_seq("t", &msg_key(&id, 77)).unwrap(), 77);
-        assert!(msg_key_seq("t", &[0; 12]).is_err());
     }
 
     #[test]
@@ -267,10 +357,29 @@ mod tests {
         assert_eq!(decode_dedup("t", &encode_dedup(3, 4)).unwrap(), (3, 4));
         assert!(decode_dedup("t", &[1, 2]).is_err());
 
-        let id = MailboxId([8; 32]);
-        let e = decode_expiry("t", &expiry_key(10, &id, 11), &[6; 16]).unwrap();
-        assert_eq!((e.received_at, e.mailbox, e.seq), (10, id, 11));
-        assert!(decode_expiry("t", &[0; 3], &[6; 16]).is_err());
+        let items = [
+            ExpiryItem {
+                number: 1,
+                mailbox: MailboxId([8; 32]),
+                seq: 11,
+                message_id: MessageId([6; 16]),
+            },
+            ExpiryItem {
+                number: 2,
+                mailbox: MailboxId([9; 32]),
+                seq: 12,
+                message_id: MessageId([7; 16]),
+            },
+        ];
+        let mut value = Vec::new();
+        for item in &items {
+            push_expiry_item(&mut value, item);
+        }
+        let (at, decoded) = decode_expiry("t", &expiry_key(10, 1), &value).unwrap();
+        assert_eq!(at, 10);
+        assert_eq!(decoded.collect::<Vec<_>>(), items);
+        assert!(decode_expiry("t", &[0; 3], &value).is_err());
+        assert!(decode_expiry("t", &expiry_key(1, 1), &value[..50]).is_err());
 
         assert_eq!(
             decode_owner("t", &encode_owner(&[1; 32], 5)).unwrap(),

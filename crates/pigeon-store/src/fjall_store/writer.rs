@@ -1,21 +1,23 @@
-//! The writer thread: the only place that changes the store.
+//! The writer thread, the only place that changes the store, and its sync thread.
 //!
 //! Callers send a [`Request`] over a bounded channel (which pushes back on them when the writer
-//! falls behind) and await a oneshot answer. The thread takes the first request, drains whatever
-//! else is queued up to a bound, applies everything to one fjall write batch, commits it, fsyncs
-//! the journal once, publishes the new mailbox state to the readers' cache and only then answers
-//! every caller. Concurrent callers thus share one fsync (group commit).
+//! falls behind) and await a oneshot answer. The writer takes the first request, drains
+//! whatever else is queued up to a bound, applies everything to one fjall write batch and
+//! commits it (journal write and memtable, no fsync). It hands the round to the [`Syncer`],
+//! which fsyncs the journal once for all rounds waiting, publishes the new mailbox state to the
+//! readers' cache and only then answers the round's callers. Concurrent callers thus share one
+//! fsync (group commit), and the next round is prepared while the last one is synced.
 //!
-//! Being the only writer, the thread owns the authoritative per-mailbox state (record, next
-//! sequence number, message count) in a map loaded lazily from disk, so sequence numbers rise
-//! strictly in durable order and limits are checked without a read-modify-write race.
+//! Being the only writer, the thread owns the authoritative per-mailbox state (record, number,
+//! next sequence number, which sequence numbers are held) in a map loaded lazily from disk, so
+//! sequence numbers rise strictly in durable order, limits are checked without a
+//! read-modify-write race, and an ack needs no read.
 //!
-//! Reads inside one uncommitted batch do not see the batch, so the thread keeps small overlays
-//! (message ids and acknowledged keys of the open batch). Operations that need to scan what
-//! the batch holds (deleting a mailbox, key packages, expiry, acknowledging a message appended
-//! in the same batch) first commit the open batch without fsync, which makes it visible to reads;
-//! the single fsync at the end of the round still covers everything. A key is therefore never
-//! written twice in one batch.
+//! Reads do not see the open batch, so the writer remembers the message ids it wrote lately
+//! (`recent.rs`). Operations that need to scan what the batch holds (deleting a mailbox, key
+//! packages, expiry, acknowledging a message appended in the same batch) first commit the open
+//! batch, which makes it visible to reads; the round's fsync still covers everything. A key is
+//! therefore never written twice in one batch.
 //!
 //! Sequence numbers continue across restarts without reuse: on load, the next number is one past
 //! the larger of the highest stored message and the mailbox's high-water mark. Appends never
@@ -25,23 +27,64 @@
 use super::Shared;
 use super::cache::Entry;
 use super::codec::{
-    DedupKey, MSG_HEADER, Meta, MsgKey, SLOT_LAST_RESORT, SLOT_ONE_TIME, SLOT_OWNER, decode_dedup,
-    decode_expiry, decode_meta, decode_msg, decode_owner, dedup_key, encode_dedup, encode_meta,
-    encode_owner, expiry_key, msg_header, msg_key, one_time_key, slot_key,
+    EXPIRY_ITEM, ExpiryItem, Key, Meta, NUMBER_KEY, ROUND_KEY, SLOT_LAST_RESORT, SLOT_ONE_TIME,
+    SLOT_OWNER, decode_counter, decode_dedup, decode_expiry, decode_meta, decode_owner, dedup_key,
+    encode_dedup, encode_meta, encode_owner, expiry_key, msg_header, msg_key, msg_key_seq,
+    one_time_key, push_expiry_item, slot_key,
 };
+use super::recent::{Precheck, Recent};
 use crate::{
-    Appended, CreateOutcome, MailboxId, MailboxRecord, NewMessage, StoreError, TakenKeyPackage,
+    Appended, CreateOutcome, MailboxId, MailboxRecord, MessageId, NewMessage, StoreError,
+    TakenKeyPackage,
 };
 use byteview::ByteView;
 use fjall::{OwnedWriteBatch, PersistMode, Slice};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
-/// Index entries handled per expiry round, so a large expiry never stalls appends for long.
+/// Commits whose new de-duplication records the writer remembers (see `recent.rs`).
+const RECENT_COMMITS: usize = 16;
+
+/// Messages handled per expiry round (at least one index entry), so a large expiry never
+/// stalls appends for long.
 pub(super) const EXPIRE_CHUNK: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A message ready for the writer: its stored value is built on the caller's thread.
+pub(super) struct Prepared {
+    mailbox: MailboxId,
+    message_id: MessageId,
+    now: u64,
+    /// Ciphertext length.
+    len: usize,
+    /// Header and ciphertext; `None` when the ciphertext is over the limit.
+    value: Option<Slice>,
+    /// The caller's de-duplication lookup.
+    precheck: Precheck,
+}
+
+impl Prepared {
+    pub(super) fn new(message: &NewMessage, max_ciphertext: usize, precheck: Precheck) -> Self {
+        let len = message.ciphertext.len();
+        let value = (len <= max_ciphertext).then(|| {
+            let header = msg_header(&message.message_id, message.now);
+            Slice::from(ByteView::fused(&header, &message.ciphertext))
+        });
+        Self {
+            mailbox: message.mailbox,
+            message_id: message.message_id,
+            now: message.now,
+            len,
+            value,
+            precheck,
+        }
+    }
+}
 
 /// One write operation for the writer thread.
 pub(super) enum Request {
@@ -51,7 +94,7 @@ pub(super) enum Request {
         reply: Reply<CreateOutcome>,
     },
     Append {
-        batch: Vec<NewMessage>,
+        batch: Vec<Prepared>,
         reply: oneshot::Sender<Vec<Result<Appended, StoreError>>>,
     },
     Ack {
@@ -84,10 +127,7 @@ impl Request {
     /// (operations, bytes) this request adds to a round, for the batch bounds.
     fn weight(&self) -> (usize, usize) {
         match self {
-            Self::Append { batch, .. } => (
-                batch.len(),
-                batch.iter().map(|m| m.ciphertext.len() + 128).sum(),
-            ),
+            Self::Append { batch, .. } => (batch.len(), batch.iter().map(|m| m.len + 128).sum()),
             Self::Ack { seqs, .. } => (seqs.len().max(1), seqs.len() * 48),
             Self::Publish {
                 one_time,
@@ -185,11 +225,59 @@ impl Done {
     }
 }
 
+/// The sequence numbers a mailbox holds, as sorted, disjoint, half-open runs.
+///
+/// Appends extend the last run and acks usually take from the front, so there is typically one
+/// run; there are never more runs than messages (at most the depth limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Runs {
+    runs: Vec<(u64, u64)>,
+    count: u64,
+}
+
+impl Runs {
+    /// Adds `seq`, which must be above every held number.
+    fn push(&mut self, seq: u64) {
+        match self.runs.last_mut() {
+            Some((_, end)) if *end == seq => *end += 1,
+            _ => self.runs.push((seq, seq + 1)),
+        }
+        self.count += 1;
+    }
+
+    /// Removes `seq`; false if it was not held.
+    fn remove(&mut self, seq: u64) -> bool {
+        let after = self.runs.partition_point(|&(start, _)| start <= seq);
+        let Some(i) = after.checked_sub(1) else {
+            return false;
+        };
+        let (start, end) = self.runs[i];
+        if seq >= end {
+            return false;
+        }
+        match (seq == start, seq + 1 == end) {
+            (true, true) => {
+                self.runs.remove(i);
+            }
+            (true, false) => self.runs[i].0 += 1,
+            (false, true) => self.runs[i].1 -= 1,
+            (false, false) => {
+                self.runs[i].1 = seq;
+                self.runs.insert(i + 1, (seq + 1, end));
+            }
+        }
+        self.count -= 1;
+        true
+    }
+}
+
 /// The writer's state of one mailbox.
 struct Mailbox {
     record: MailboxRecord,
+    /// Store-local number, the prefix of its keys.
+    number: u64,
     next_seq: u64,
-    count: u64,
+    stored: Runs,
     /// First sequence number appended in the open batch, valid when `uncommitted_epoch` is it.
     uncommitted_from: u64,
     uncommitted_epoch: u64,
@@ -205,6 +293,69 @@ struct ExpireJob {
     reply: Reply<u64>,
 }
 
+/// A committed round on its way to durability.
+struct Settled {
+    done: Vec<Done>,
+    /// Mailbox state to show readers once durable.
+    publish: Vec<(MailboxId, Option<Entry>)>,
+    /// Whether the round committed anything.
+    wrote: bool,
+    /// Why the writer failed, if it has.
+    failure: Option<String>,
+}
+
+/// Makes committed rounds durable, in order, then shows them to readers and answers callers.
+///
+/// Running beside the writer lets one round's fsync overlap the next round's work, and rounds
+/// that queue up behind an fsync share the next one. fjall holds its journal lock during an
+/// fsync, so the writer's next commit waits for it; the gain is the work before the commit.
+/// A failed fsync is final: fjall poisons itself, this thread fails every later round, and it
+/// tells the writer to refuse further requests.
+struct Syncer {
+    shared: Arc<Shared>,
+    rx: Receiver<Settled>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Syncer {
+    fn run(self) {
+        let mut failed: Option<String> = None;
+        let mut rounds = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            rounds.push(first);
+            while let Ok(more) = self.rx.try_recv() {
+                rounds.push(more);
+            }
+            if failed.is_none() && rounds.iter().any(|r| r.wrote) {
+                // fdatasync suffices: fjall pre-allocates each journal file and fsyncs it (and
+                // its directory) when it is created or rotated.
+                if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {
+                    let reason = e.to_string();
+                    tracing::error!(reason = %reason, "store fsync failed; refusing writes until restarted");
+                    *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(reason.clone());
+                    self.shared.cache.clear();
+                    failed = Some(reason);
+                }
+            }
+            for round in rounds.drain(..) {
+                if failed.is_none() && round.failure.is_some() {
+                    self.shared.cache.clear();
+                    failed = round.failure;
+                }
+                if failed.is_none() {
+                    for (id, entry) in round.publish {
+                        self.shared.cache.publish(id, entry);
+                    }
+                }
+                for done in round.done {
+                    done.send(failed.as_deref());
+                }
+            }
+        }
+    }
+}
+
 /// Bounds of one round.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Tuning {
@@ -217,15 +368,28 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     tuning: Tuning,
+    /// Committed rounds, on their way to the syncer thread.
+    settle: Option<SyncSender<Settled>>,
+    syncer: Option<JoinHandle<()>>,
+    /// Set by the syncer when an fsync failed.
+    sync_failure: Arc<Mutex<Option<String>>>,
     batch: OwnedWriteBatch,
     /// Number of the open batch; bumped at each commit.
     epoch: u64,
     round: u64,
     boxes: HashMap<MailboxId, Mailbox>,
-    /// Message ids appended in the open batch.
-    dedup_overlay: HashMap<DedupKey, u64>,
-    /// Messages deleted in the open batch.
-    acked_overlay: HashSet<MsgKey>,
+    /// Message ids written in the open batch and the last few commits.
+    recent: Recent,
+    /// Non-empty commits made, mirrored in `Shared::commits`.
+    commits: u64,
+    /// Expiry index of the open batch: (receive time, listed messages).
+    index: Vec<(u64, Vec<u8>)>,
+    /// Number of the next expiry index round, kept in `meta` with the entries.
+    next_round: u64,
+    /// Number for the next new mailbox, kept in `meta` with the mailbox.
+    next_number: u64,
+    /// Whether the open batch must store `next_number`.
+    number_dirty: bool,
     meta_dirty: Vec<MailboxId>,
     touched: Vec<MailboxId>,
     done: Vec<Done>,
@@ -244,25 +408,59 @@ fn backend(op: &'static str) -> impl Fn(fjall::Error) -> StoreError {
 }
 
 impl Writer {
-    pub(super) fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, tuning: Tuning) -> Self {
+    /// A writer for `shared`, reading the round counter from disk.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        tuning: Tuning,
+    ) -> Result<Self, StoreError> {
+        let op = "open";
+        let counter = |key: &[u8]| match shared.meta.get(key).map_err(backend(op))? {
+            Some(raw) => decode_counter(op, &raw),
+            None => Ok(0),
+        };
+        let next_round = counter(ROUND_KEY)?;
+        let next_number = counter(NUMBER_KEY)?;
         let batch = shared.db.batch();
-        Self {
+        // Two rounds may wait for their fsync while a third is being built.
+        let (settle, settled) = sync_channel(2);
+        let sync_failure = Arc::new(Mutex::new(None));
+        let syncer = Syncer {
+            shared: Arc::clone(&shared),
+            rx: settled,
+            failure: Arc::clone(&sync_failure),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("pigeon-store-sync".to_owned())
+            .spawn(move || syncer.run())
+            .map_err(|e| StoreError::Backend {
+                op,
+                reason: format!("cannot start the sync thread: {e}"),
+            })?;
+        Ok(Self {
             shared,
             rx,
             tuning,
+            settle: Some(settle),
+            syncer: Some(syncer),
+            sync_failure,
             batch,
             epoch: 1,
             round: 0,
             boxes: HashMap::new(),
-            dedup_overlay: HashMap::new(),
-            acked_overlay: HashSet::new(),
+            recent: Recent::new(RECENT_COMMITS, 0),
+            commits: 0,
+            index: Vec::new(),
+            next_round,
+            next_number,
+            number_dirty: false,
             meta_dirty: Vec::new(),
             touched: Vec::new(),
             done: Vec::new(),
             expire_jobs: VecDeque::new(),
             wrote: false,
             failed: None,
-        }
+        })
     }
 
     /// Runs rounds until every sender is gone and the queue is empty.
@@ -289,14 +487,29 @@ impl Writer {
             }
             self.round(&mut inbox);
         }
+        // Let the syncer make the last rounds durable and answer them, then stop it.
+        self.settle = None;
+        if let Some(handle) = self.syncer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("store sync thread panicked");
+        }
         tracing::debug!("store writer finished its queue and stops");
     }
 
     fn round(&mut self, inbox: &mut Vec<Request>) {
         self.round += 1;
         self.wrote = false;
-        let t0 = std::time::Instant::now();
-        let n_in = inbox.len();
+        if self.failed.is_none() {
+            let synced = self
+                .sync_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(reason) = synced {
+                self.fail(reason);
+            }
+        }
         for request in inbox.drain(..) {
             match &self.failed {
                 Some(reason) => request.refuse(reason),
@@ -306,39 +519,40 @@ impl Writer {
         if self.failed.is_none() && !self.expire_jobs.is_empty() {
             self.expire_step();
         }
-        let t1 = std::time::Instant::now();
-        if self.failed.is_none() {
-            let durable = self.flush_batch().and_then(|()| {
-                if self.wrote {
-                    // fdatasync suffices: fjall pre-allocates each journal file and fsyncs it
-                    // (and its directory) when it is created or rotated.
-                    self.shared
-                        .db
-                        .persist(PersistMode::SyncData)
-                        .map_err(|e| e.to_string())
-                } else {
-                    Ok(())
-                }
+        if self.failed.is_none()
+            && let Err(reason) = self.flush_batch()
+        {
+            self.fail(reason);
+        }
+        let mut publish = Vec::with_capacity(self.touched.len());
+        for id in self.touched.drain(..) {
+            let entry = self.boxes.get(&id).map(|b| Entry {
+                record: b.record,
+                number: b.number,
+                count: Some(b.stored.count),
             });
-            if let Err(reason) = durable {
+            publish.push((id, entry));
+        }
+        let capacity = self.done.len();
+        let settled = Settled {
+            done: std::mem::replace(&mut self.done, Vec::with_capacity(capacity)),
+            publish,
+            wrote: self.wrote,
+            failure: self.failed.clone(),
+        };
+        let sent = match &self.settle {
+            Some(settle) => settle.send(settled).map_err(|e| e.0),
+            None => Err(settled),
+        };
+        if let Err(settled) = sent {
+            // Without the syncer nothing can be made durable.
+            let reason = "the store's sync thread has stopped".to_owned();
+            for done in settled.done {
+                done.send(Some(&reason));
+            }
+            if self.failed.is_none() {
                 self.fail(reason);
             }
-        }
-        let t2 = std::time::Instant::now();
-        STATS.with(|s| { let mut s = s.borrow_mut(); s.0 += 1; s.1 += n_in; s.2 += (t1-t0).as_micros(); s.3 += (t2-t1).as_micros();
-            if s.0 % 200 == 0 { eprintln!("rounds {} avg reqs {} proc {}us persist {}us", s.0, s.1/200, s.2/200, s.3/200); s.1=0; s.2=0; s.3=0; } });
-        if self.failed.is_none() {
-            for id in self.touched.drain(..) {
-                let entry = self.boxes.get(&id).map(|b| Entry {
-                    record: b.record,
-                    count: Some(b.count),
-                });
-                self.shared.cache.publish(id, entry);
-            }
-        }
-        let failure = self.failed.as_deref();
-        for done in self.done.drain(..) {
-            done.send(failure);
         }
         if self.boxes.len() > self.tuning.cached_mailboxes {
             // Everything is committed; a cleared map reloads lazily.
@@ -351,8 +565,9 @@ impl Writer {
         self.failed = Some(reason);
         self.batch = self.shared.db.batch();
         self.boxes.clear();
-        self.dedup_overlay.clear();
-        self.acked_overlay.clear();
+        self.recent.reset(self.commits);
+        self.index.clear();
+        self.number_dirty = false;
         self.meta_dirty.clear();
         self.touched.clear();
         self.shared.cache.clear();
@@ -368,19 +583,41 @@ impl Writer {
                 let meta = Meta {
                     record: b.record,
                     high_water: b.next_seq - 1,
+                    number: b.number,
                 };
                 self.batch
                     .insert(&self.shared.meta, id.0, encode_meta(&meta));
             }
         }
+        if !self.index.is_empty() {
+            let round = self.next_round;
+            for (received_at, items) in self.index.drain(..) {
+                self.batch.insert(
+                    &self.shared.expiry,
+                    expiry_key(received_at, round),
+                    Slice::from(items),
+                );
+            }
+            self.next_round += 1;
+            self.batch
+                .insert(&self.shared.meta, ROUND_KEY, self.next_round.to_be_bytes());
+        }
+        if std::mem::take(&mut self.number_dirty) {
+            self.batch.insert(
+                &self.shared.meta,
+                NUMBER_KEY,
+                self.next_number.to_be_bytes(),
+            );
+        }
         let batch = std::mem::replace(&mut self.batch, self.shared.db.batch());
         self.epoch += 1;
-        self.dedup_overlay.clear();
-        self.acked_overlay.clear();
         if batch.is_empty() {
             return Ok(());
         }
         batch.commit().map_err(|e| e.to_string())?;
+        self.commits += 1;
+        self.shared.commits.store(self.commits, Ordering::Release);
+        self.recent.committed(self.commits);
         self.wrote = true;
         Ok(())
     }
@@ -449,13 +686,19 @@ impl Writer {
             return Ok(false);
         };
         let meta = decode_meta(op, &raw)?;
-        let (count, last) = self.shared.scan_mailbox(op, &id)?;
+        let mut stored = Runs::default();
+        for guard in self.shared.msgs.prefix(Key::prefix(meta.number)) {
+            let key = guard.key().map_err(backend(op))?;
+            stored.push(msg_key_seq(op, &key)?);
+        }
+        let last = stored.runs.last().map_or(0, |&(_, end)| end - 1);
         self.boxes.insert(
             id,
             Mailbox {
                 record: meta.record,
+                number: meta.number,
                 next_seq: meta.high_water.max(last) + 1,
-                count,
+                stored,
                 uncommitted_from: 0,
                 uncommitted_epoch: 0,
                 meta_epoch: 0,
@@ -491,12 +734,16 @@ impl Writer {
                 _ => Err(StoreError::MailboxExists),
             };
         }
+        let number = self.next_number;
+        self.next_number += 1;
+        self.number_dirty = true;
         self.boxes.insert(
             id,
             Mailbox {
                 record,
+                number,
                 next_seq: 1,
-                count: 0,
+                stored: Runs::default(),
                 uncommitted_from: 0,
                 uncommitted_epoch: 0,
                 meta_epoch: 0,
@@ -507,28 +754,34 @@ impl Writer {
         Ok(CreateOutcome::Created)
     }
 
-    fn append(&mut self, message: NewMessage) -> Result<Appended, StoreError> {
+    fn append(&mut self, message: Prepared) -> Result<Appended, StoreError> {
         let op = "append";
         let limits = self.shared.limits;
-        if message.ciphertext.len() > limits.max_ciphertext {
+        let Some(value) = message.value else {
             return Err(StoreError::MessageTooLarge {
-                len: message.ciphertext.len(),
+                len: message.len,
                 limit: limits.max_ciphertext,
             });
-        }
+        };
         let id = message.mailbox;
         if !self.load(op, id)? {
             return Err(StoreError::NoSuchMailbox);
         }
-        let dkey = dedup_key(&id, &message.message_id);
-        if let Some(&seq) = self.dedup_overlay.get(&dkey) {
-            return Ok(Appended {
-                seq,
-                duplicate: true,
-            });
-        }
-        if let Some(raw) = self.shared.dedup.get(dkey).map_err(backend(op))? {
-            let (seq, _) = decode_dedup(op, &raw)?;
+        let Some(number) = self.boxes.get(&id).map(|b| b.number) else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let dkey = dedup_key(number, &message.message_id);
+        let stored = match self.recent.resolve(message.precheck, number, &dkey) {
+            Some(known) => known,
+            None => match self.recent.get(&dkey) {
+                Some(seq) => Some(seq),
+                None => match self.shared.dedup.get(dkey).map_err(backend(op))? {
+                    Some(raw) => Some(decode_dedup(op, &raw)?.0),
+                    None => None,
+                },
+            },
+        };
+        if let Some(seq) = stored {
             return Ok(Appended {
                 seq,
                 duplicate: true,
@@ -538,32 +791,42 @@ impl Writer {
         let Some(b) = self.boxes.get_mut(&id) else {
             return Err(StoreError::NoSuchMailbox);
         };
-        if b.count >= limits.max_depth {
+        if b.stored.count >= limits.max_depth {
             return Err(StoreError::MailboxFull {
                 limit: limits.max_depth,
             });
         }
         let seq = b.next_seq;
         b.next_seq += 1;
-        b.count += 1;
+        b.stored.push(seq);
         if b.uncommitted_epoch != epoch {
             b.uncommitted_epoch = epoch;
             b.uncommitted_from = seq;
         }
-        let header = msg_header(&message.message_id, message.now);
-        debug_assert_eq!(header.len(), MSG_HEADER);
-        let value = ByteView::fused(&header, &message.ciphertext);
         let shared = &self.shared;
         self.batch
-            .insert(&shared.msgs, msg_key(&id, seq), Slice::from(value));
+            .insert(&shared.msgs, msg_key(number, seq).as_ref(), value);
         self.batch
-            .insert(&shared.dedup, dkey, encode_dedup(seq, message.now));
-        self.batch.insert(
-            &shared.expiry,
-            expiry_key(message.now, &id, seq),
-            message.message_id.0,
+            .insert(&shared.dedup, dkey.as_ref(), encode_dedup(seq, message.now));
+        let items = match self.index.iter().rposition(|(at, _)| *at == message.now) {
+            Some(i) => &mut self.index[i].1,
+            None => {
+                self.index
+                    .push((message.now, Vec::with_capacity(EXPIRY_ITEM * 64)));
+                let last = self.index.len() - 1;
+                &mut self.index[last].1
+            }
+        };
+        push_expiry_item(
+            items,
+            &ExpiryItem {
+                number,
+                mailbox: id,
+                seq,
+                message_id: message.message_id,
+            },
         );
-        self.dedup_overlay.insert(dkey, seq);
+        self.recent.insert(dkey, seq);
         self.mark(id, false);
         Ok(Appended {
             seq,
@@ -581,41 +844,29 @@ impl Writer {
         let Some(b) = self.boxes.get(&id) else {
             return Err(StoreError::NoSuchMailbox);
         };
-        let next_seq = b.next_seq;
         let in_open_batch = b.uncommitted_epoch == self.epoch
-            && seqs.last().is_some_and(|&s| s >= b.uncommitted_from);
+            && seqs
+                .iter()
+                .any(|&s| s >= b.uncommitted_from && s < b.next_seq);
         if in_open_batch {
-            // Acknowledging a message of the open batch: commit it first, so the message is
-            // visible to the existence check and never inserted and deleted in one batch.
+            // Never insert and delete one key in one batch: commit the append first.
             self.barrier(op)?;
         }
+        let Some(b) = self.boxes.get_mut(&id) else {
+            return Err(StoreError::NoSuchMailbox);
+        };
         let mut deleted = 0u64;
-        let mut outcome = Ok(());
-        for &seq in seqs.iter().filter(|&&s| s != 0 && s < next_seq) {
-            let key = msg_key(&id, seq);
-            if self.acked_overlay.contains(&key) {
-                continue;
-            }
-            match self.shared.msgs.contains_key(key) {
-                Ok(true) => {
-                    self.batch.remove(&self.shared.msgs, key);
-                    self.acked_overlay.insert(key);
-                    deleted += 1;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    outcome = Err(backend(op)(e));
-                    break;
-                }
+        for &seq in &seqs {
+            if b.stored.remove(seq) {
+                self.batch
+                    .remove(&self.shared.msgs, msg_key(b.number, seq).as_ref());
+                deleted += 1;
             }
         }
         if deleted > 0 {
-            if let Some(b) = self.boxes.get_mut(&id) {
-                b.count = b.count.saturating_sub(deleted);
-            }
             self.mark(id, true);
         }
-        outcome.map(|()| deleted)
+        Ok(deleted)
     }
 
     fn delete(&mut self, id: MailboxId) -> Result<bool, StoreError> {
@@ -624,12 +875,17 @@ impl Writer {
         if !self.load(op, id)? {
             return Ok(false);
         }
+        let Some(number) = self.boxes.get(&id).map(|b| b.number) else {
+            return Ok(false);
+        };
+        self.recent.deleting(self.commits + 1);
+        let prefix = Key::prefix(number);
         let mut keys: Vec<Slice> = Vec::new();
-        for guard in self.shared.msgs.prefix(id.0) {
+        for guard in self.shared.msgs.prefix(prefix) {
             keys.push(guard.key().map_err(backend(op))?);
         }
         let messages = keys.len();
-        for guard in self.shared.dedup.prefix(id.0) {
+        for guard in self.shared.dedup.prefix(prefix) {
             keys.push(guard.key().map_err(backend(op))?);
         }
         let (msgs, dedup) = (&self.shared.msgs, &self.shared.dedup);
@@ -637,8 +893,8 @@ impl Writer {
             self.batch
                 .remove(if i < messages { msgs } else { dedup }, key);
         }
-        // Expiry index entries stay; expiry finds their message and record gone (or, for a
-        // re-created mailbox, with another receive time) and only drops the entry.
+        // Expiry index entries stay: they name this mailbox's number, which is never reused,
+        // so expiry only deletes keys that are gone already.
         self.batch.remove(&self.shared.meta, id.0);
         self.boxes.remove(&id);
         self.touched.push(id);
@@ -766,9 +1022,9 @@ impl Writer {
         }
     }
 
-    /// Deletes up to [`EXPIRE_CHUNK`] index entries at or before `cutoff`, with their message
-    /// and de-duplication record when those are the ones the entry was written for.
-    /// Returns (messages deleted, whether no such entry is left).
+    /// Works through expiry index entries at or before `cutoff` (about [`EXPIRE_CHUNK`]
+    /// messages): deletes each listed message still held and each listed de-duplication
+    /// record, then the entry. Returns (messages deleted, whether no due entry is left).
     fn expire_chunk(&mut self, cutoff: u64) -> Result<(u64, bool), StoreError> {
         let op = "expire";
         let shared = Arc::clone(&self.shared);
@@ -776,50 +1032,90 @@ impl Writer {
             Some(end) => shared.expiry.range(..end.to_be_bytes()),
             None => shared.expiry.iter(),
         };
-        let mut seen = 0usize;
+        let mut handled = 0usize;
         let mut removed = 0u64;
         let mut corrupt = 0usize;
-        for guard in iter.take(EXPIRE_CHUNK) {
-            seen += 1;
-            let (key, value) = guard.into_inner().map_err(backend(op))?;
-            let Ok(entry) = decode_expiry(op, &key, &value) else {
-                // Unreadable entries would block expiry for good: drop them, and say so.
-                corrupt += 1;
-                self.batch.remove(&shared.expiry, key);
-                continue;
-            };
-            let mkey = msg_key(&entry.mailbox, entry.seq);
-            if let Some(raw) = shared.msgs.get(mkey).map_err(backend(op))? {
-                // A corrupt message has no receive time to trust; it is past its entry's.
-                let matches =
-                    decode_msg(op, &raw).map_or(true, |(_, at, _)| at == entry.received_at);
-                if matches {
-                    if self.load(op, entry.mailbox)? {
-                        if let Some(b) = self.boxes.get_mut(&entry.mailbox) {
-                            b.count = b.count.saturating_sub(1);
-                        }
-                        self.mark(entry.mailbox, true);
-                    }
-                    self.batch.remove(&shared.msgs, mkey);
-                    removed += 1;
-                }
+        let mut finished = true;
+        for guard in iter {
+            if handled >= EXPIRE_CHUNK {
+                finished = false;
+                break;
             }
-            let dkey = dedup_key(&entry.mailbox, &entry.message_id);
-            if let Some(raw) = shared.dedup.get(dkey).map_err(backend(op))? {
-                let matches = decode_dedup(op, &raw).map_or(true, |(seq, at)| {
-                    seq == entry.seq && at == entry.received_at
-                });
-                if matches {
-                    self.batch.remove(&shared.dedup, dkey);
+            let (key, value) = guard.into_inner().map_err(backend(op))?;
+            if handled == 0 {
+                self.recent.deleting(self.commits + 1);
+            }
+            match decode_expiry(op, &key, &value) {
+                Ok((_, items)) => {
+                    for item in items {
+                        handled += 1;
+                        removed += self.expire_item(&item)?;
+                    }
                 }
+                // An unreadable entry would block expiry for good: drop it, and say so.
+                Err(_) => corrupt += 1,
             }
             self.batch.remove(&shared.expiry, key);
+            handled += 1;
         }
         if corrupt > 0 {
             tracing::warn!(entries = corrupt, "expiry dropped unreadable index entries");
         }
-        Ok((removed, seen < EXPIRE_CHUNK))
+        Ok((removed, finished))
+    }
+
+    /// Expires one listed message; returns 1 if the message was still held.
+    ///
+    /// The mailbox number in the item is never reused, so the keys it names are this message's
+    /// or gone: no need to read them first.
+    fn expire_item(&mut self, item: &ExpiryItem) -> Result<u64, StoreError> {
+        let op = "expire";
+        let mut removed = 0;
+        if self.load(op, item.mailbox)?
+            && let Some(b) = self.boxes.get_mut(&item.mailbox)
+            && b.number == item.number
+            && b.stored.remove(item.seq)
+        {
+            self.batch
+                .remove(&self.shared.msgs, msg_key(item.number, item.seq).as_ref());
+            self.mark(item.mailbox, true);
+            removed = 1;
+        }
+        self.batch.remove(
+            &self.shared.dedup,
+            dedup_key(item.number, &item.message_id).as_ref(),
+        );
+        Ok(removed)
     }
 }
 
-thread_local! { static STATS: std::cell::RefCell<(u64, usize, u128, u128)> = const { std::cell::RefCell::new((0,0,0,0)) }; }
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_track_held_sequence_numbers() {
+        let mut runs = Runs::default();
+        for seq in 1..=6 {
+            runs.push(seq);
+        }
+        assert_eq!(runs.runs, [(1, 7)]);
+        assert!(runs.remove(3));
+        assert!(!runs.remove(3));
+        assert!(runs.remove(1));
+        assert!(runs.remove(6));
+        assert!(!runs.remove(0));
+        assert!(!runs.remove(99));
+        assert_eq!(runs.runs, [(2, 3), (4, 6)]);
+        assert_eq!(runs.count, 3);
+        runs.push(9);
+        runs.push(10);
+        assert_eq!(runs.runs, [(2, 3), (4, 6), (9, 11)]);
+        for seq in [2, 4, 5, 9, 10] {
+            assert!(runs.remove(seq));
+        }
+        assert!(runs.runs.is_empty());
+        assert_eq!(runs.count, 0);
+    }
+}
