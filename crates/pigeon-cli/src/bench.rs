@@ -50,6 +50,9 @@ pub(crate) struct RelayBenchArgs {
     /// Sends in flight per sender connection.
     #[arg(long, default_value_t = 1024)]
     window: usize,
+    /// Run the latency phase at this many messages per second instead of 70 % of the maximum.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Skip the idle-connection memory phase.
     #[arg(long)]
     skip_idle: bool,
@@ -363,14 +366,14 @@ async fn idle_connections(
 async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let measure = Duration::from_secs(args.seconds);
-    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000"];
+    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000", "--metrics", "127.0.0.1:9701"];
     let relay = RelayProcess::start(&tmp.path().join("relay"), &relay_flags)?;
     let setup = setup(&relay.link, &args).await?;
     if !args.json {
         eprintln!("saturating for {} s …", args.seconds);
     }
     let (max, setup) = load(setup, &args, None, Duration::from_secs(2), measure).await?;
-    let target = max.rate() * 0.7;
+    let target = args.latency_rate.unwrap_or(max.rate() * 0.7);
     if !args.json {
         eprintln!(
             "max {:.0} msg/s; latency at 70 % ({target:.0} msg/s) for {} s …",
