@@ -366,7 +366,7 @@ async fn idle_connections(
 async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let measure = Duration::from_secs(args.seconds);
-    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000", "--metrics", "127.0.0.1:9701"];
+    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000"];
     let relay = RelayProcess::start(&tmp.path().join("relay"), &relay_flags)?;
     let setup = setup(&relay.link, &args).await?;
     if !args.json {

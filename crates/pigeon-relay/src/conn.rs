@@ -7,9 +7,12 @@
 
 use crate::Shared;
 use crate::hub::Waker;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use pigeon_proto::auth::{self, AuthOp};
 use pigeon_proto::channel::{self, Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
+use pigeon_store::Appended;
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
 use pigeon_wire::msg::{
     self, Error as WireErrorMsg, Request, ServerHello, ServerMessage, request, response,
@@ -19,6 +22,8 @@ use pigeon_wire::record::{self, MAX_RECORD};
 use pigeon_wire::stream::encode_message;
 use pigeon_wire::{ErrorCode, PROTOCOL_VERSIONS, WireError};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +44,8 @@ const MAX_ACK_SEQS: usize = 4096;
 const MAX_PING: usize = 64;
 /// Most subscriptions per connection.
 const MAX_SUBSCRIPTIONS: usize = 64;
+/// Most store operations (send batches, ack groups) one connection may have in flight.
+const MAX_INFLIGHT: usize = 32;
 /// A client that does not take our bytes within this time is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,6 +101,28 @@ impl From<WireError> for Close {
     fn from(e: WireError) -> Self {
         Self::Protocol(ChannelError::Wire(e))
     }
+}
+
+/// A store operation under way for this connection, and what to answer when it is done.
+type Op<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
+
+/// Store operations in flight; allocated only while there are some.
+type Inflight<'a> = Option<FuturesUnordered<Op<'a>>>;
+
+/// A finished store operation.
+enum Done {
+    /// A batch of sends is durable (or failed).
+    Sent {
+        ids: Vec<(u64, MailboxId)>,
+        results: Vec<Result<Appended, StoreError>>,
+        started: Instant,
+    },
+    /// A group of acks is durable (or failed).
+    Acked {
+        ids: Vec<(u64, MailboxId)>,
+        results: Vec<Result<u64, StoreError>>,
+        started: Instant,
+    },
 }
 
 struct Subscription {
@@ -272,14 +301,19 @@ fn store_error(e: &StoreError) -> response::Result {
 }
 
 impl Conn {
-    async fn run<S: MailboxStore>(
+    /// Serves the session. Sends and acks are handed to the store and answered when durable,
+    /// without stopping the connection: while one batch is being made durable the next is
+    /// read, and pushes keep flowing. Any other request waits until those are answered, so
+    /// requests that depend on each other keep their order.
+    async fn run<'a, S: MailboxStore>(
         &mut self,
         stream: &mut TcpStream,
-        shared: &Shared<S>,
+        shared: &'a Shared<S>,
         stop: &mut watch::Receiver<bool>,
     ) -> Close {
+        let mut inflight: Inflight<'a> = None;
         if !self.inbuf.is_empty()
-            && let Err(close) = Box::pin(self.handle_input(stream, shared)).await
+            && let Err(close) = Box::pin(self.handle_input(stream, shared, &mut inflight)).await
         {
             return close;
         }
@@ -291,15 +325,35 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            let busy = inflight.as_ref().map_or(0, FuturesUnordered::len);
+            let next_done = async {
+                match inflight.as_mut() {
+                    Some(ops) if !ops.is_empty() => ops.next().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = stop.changed() => {
                     let mut out = Vec::new();
+                    self.drain(&mut inflight, shared, &mut out).await;
                     respond(0, error_result(ErrorCode::ShuttingDown), &mut out);
                     let _ = self.send(stream, &out).await;
                     return Close::Eof;
                 }
-                ready = stream.readable() => {
+                done = next_done => {
+                    let mut out = Vec::new();
+                    if let Some(done) = done {
+                        self.finish(done, shared, &mut out);
+                    }
+                    if inflight.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                        inflight = None;
+                    }
+                    if let Err(close) = self.send(stream, &out).await {
+                        return close;
+                    }
+                }
+                ready = stream.readable(), if busy < MAX_INFLIGHT => {
                     if let Err(e) = ready {
                         return Close::Io(e);
                     }
@@ -308,7 +362,9 @@ impl Conn {
                         Ok(false) => return Close::Eof,
                         Err(close) => return close,
                     }
-                    if let Err(close) = Box::pin(self.handle_input(stream, shared)).await {
+                    if let Err(close) =
+                        Box::pin(self.handle_input(stream, shared, &mut inflight)).await
+                    {
                         return close;
                     }
                 }
@@ -320,6 +376,86 @@ impl Conn {
                     if let Err(close) = self.send(stream, &out).await {
                         return close;
                     }
+                }
+            }
+        }
+    }
+
+    /// Waits for every store operation in flight and answers it.
+    async fn drain<S: MailboxStore>(
+        &mut self,
+        inflight: &mut Inflight<'_>,
+        shared: &Shared<S>,
+        out: &mut Vec<u8>,
+    ) {
+        if let Some(mut ops) = inflight.take() {
+            while let Some(done) = ops.next().await {
+                self.finish(done, shared, out);
+            }
+        }
+    }
+
+    /// Answers a finished store operation.
+    fn finish<S: MailboxStore>(&mut self, done: Done, shared: &Shared<S>, out: &mut Vec<u8>) {
+        match done {
+            Done::Sent {
+                ids,
+                results,
+                started,
+            } => {
+                shared
+                    .metrics
+                    .store_append_latency
+                    .observe(started.elapsed());
+                let mut woken: Vec<MailboxId> = Vec::new();
+                for ((id, mailbox), result) in ids.into_iter().zip(results) {
+                    let result = match result {
+                        Ok(appended) => {
+                            if appended.duplicate {
+                                shared.metrics.messages_duplicate.inc();
+                            } else {
+                                shared.metrics.messages_in.inc();
+                                if !woken.contains(&mailbox) {
+                                    woken.push(mailbox);
+                                }
+                            }
+                            response::Result::Sent(msg::Sent {
+                                seq: appended.seq,
+                                duplicate: appended.duplicate,
+                            })
+                        }
+                        Err(e) => {
+                            shared.metrics.request_errors.inc();
+                            store_error(&e)
+                        }
+                    };
+                    respond(id, result, out);
+                }
+                for mailbox in woken {
+                    shared.hub.wake(mailbox);
+                }
+            }
+            Done::Acked {
+                ids,
+                results,
+                started,
+            } => {
+                shared.metrics.store_ack_latency.observe(started.elapsed());
+                for ((id, mailbox), result) in ids.into_iter().zip(results) {
+                    let result = match result {
+                        Ok(deleted) => {
+                            shared.metrics.messages_acked.add(deleted);
+                            if let Some(w) = &self.waker {
+                                w.wake(mailbox);
+                            }
+                            response::Result::Acked(msg::Acked { deleted })
+                        }
+                        Err(e) => {
+                            shared.metrics.request_errors.inc();
+                            store_error(&e)
+                        }
+                    };
+                    respond(id, result, out);
                 }
             }
         }
@@ -359,10 +495,11 @@ impl Conn {
     }
 
     /// Decrypts and handles every whole record buffered, then answers.
-    async fn handle_input<S: MailboxStore>(
+    async fn handle_input<'a, S: MailboxStore>(
         &mut self,
         stream: &mut TcpStream,
-        shared: &Shared<S>,
+        shared: &'a Shared<S>,
+        inflight: &mut Inflight<'a>,
     ) -> Result<(), Close> {
         let mut requests = Vec::new();
         let mut consumed = 0;
@@ -384,8 +521,10 @@ impl Conn {
             self.inbuf = Vec::new();
         }
         let mut out = Vec::new();
-        self.handle_requests(requests, shared, &mut out).await;
+        self.handle_requests(requests, shared, &mut out, inflight)
+            .await;
         if let Some(e) = malformed {
+            self.drain(inflight, shared, &mut out).await;
             respond(0, field_error(&e), &mut out);
             let _ = self.send(stream, &out).await;
             return Err(Close::Protocol(ChannelError::Wire(e)));
@@ -393,11 +532,12 @@ impl Conn {
         self.send(stream, &out).await
     }
 
-    async fn handle_requests<S: MailboxStore>(
+    async fn handle_requests<'a, S: MailboxStore>(
         &mut self,
         requests: Vec<Request>,
-        shared: &Shared<S>,
+        shared: &'a Shared<S>,
         out: &mut Vec<u8>,
+        inflight: &mut Inflight<'a>,
     ) {
         // Consecutive sends become one store batch and consecutive acks one concurrent group,
         // so a pipelining client pays one durable commit per read, not one per request.
@@ -407,27 +547,27 @@ impl Conn {
             match req.body {
                 Some(request::Body::Send(send)) => {
                     if !acks.is_empty() {
-                        self.handle_acks(std::mem::take(&mut acks), shared, out)
-                            .await;
+                        self.start_acks(std::mem::take(&mut acks), shared, out, inflight);
                     }
                     sends.push((req.id, send));
                 }
                 Some(request::Body::Ack(ack)) => {
                     if !sends.is_empty() {
-                        self.handle_sends(std::mem::take(&mut sends), shared, out)
+                        self.start_sends(std::mem::take(&mut sends), shared, out, inflight)
                             .await;
                     }
                     acks.push((req.id, ack));
                 }
                 body => {
                     if !sends.is_empty() {
-                        self.handle_sends(std::mem::take(&mut sends), shared, out)
+                        self.start_sends(std::mem::take(&mut sends), shared, out, inflight)
                             .await;
                     }
                     if !acks.is_empty() {
-                        self.handle_acks(std::mem::take(&mut acks), shared, out)
-                            .await;
+                        self.start_acks(std::mem::take(&mut acks), shared, out, inflight);
                     }
+                    // Everything else sees the effects of what came before it.
+                    self.drain(inflight, shared, out).await;
                     let result = match body {
                         Some(body) => self.handle_one(body, shared).await,
                         None => field_error(&WireError::Field {
@@ -444,80 +584,61 @@ impl Conn {
             }
         }
         if !sends.is_empty() {
-            self.handle_sends(sends, shared, out).await;
+            self.start_sends(sends, shared, out, inflight).await;
         }
         if !acks.is_empty() {
-            self.handle_acks(acks, shared, out).await;
+            self.start_acks(acks, shared, out, inflight);
         }
     }
 
-    /// Validates acks, then makes them durable together.
-    async fn handle_acks<S: MailboxStore>(
+    /// Validates acks and hands them to the store as one concurrent group.
+    fn start_acks<'a, S: MailboxStore>(
         &mut self,
         acks: Vec<(u64, msg::Ack)>,
-        shared: &Shared<S>,
+        shared: &'a Shared<S>,
         out: &mut Vec<u8>,
+        inflight: &mut Inflight<'a>,
     ) {
-        let mut valid = Vec::with_capacity(acks.len());
+        let mut ids = Vec::with_capacity(acks.len());
+        let mut work = Vec::with_capacity(acks.len());
         for (id, ack) in acks {
             match self.check_ack(ack) {
-                Ok((mailbox, seqs)) => valid.push((id, mailbox, seqs)),
+                Ok((mailbox, seqs)) => {
+                    ids.push((id, mailbox));
+                    work.push((mailbox, seqs));
+                }
                 Err(result) => {
                     shared.metrics.request_errors.inc();
                     respond(id, result, out);
                 }
             }
         }
-        let started = Instant::now();
-        let results = futures_util::future::join_all(
-            valid
-                .iter()
-                .map(|(_, mailbox, seqs)| shared.store.ack(*mailbox, seqs.clone())),
-        )
-        .await;
-        shared.metrics.store_ack_latency.observe(started.elapsed());
-        for ((id, mailbox, _), result) in valid.into_iter().zip(results) {
-            let result = match result {
-                Ok(deleted) => {
-                    shared.metrics.messages_acked.add(deleted);
-                    if let Some(w) = &self.waker {
-                        w.wake(mailbox);
-                    }
-                    response::Result::Acked(msg::Acked { deleted })
-                }
-                Err(e) => {
-                    shared.metrics.request_errors.inc();
-                    store_error(&e)
-                }
-            };
-            respond(id, result, out);
+        if work.is_empty() {
+            return;
         }
+        let op: Op<'a> = Box::pin(async move {
+            let started = Instant::now();
+            let results = futures_util::future::join_all(
+                work.into_iter()
+                    .map(|(mailbox, seqs)| shared.store.ack(mailbox, seqs)),
+            )
+            .await;
+            Done::Acked {
+                ids,
+                results,
+                started,
+            }
+        });
+        inflight.get_or_insert_with(FuturesUnordered::new).push(op);
     }
 
-    fn check_ack(&mut self, a: msg::Ack) -> Result<(MailboxId, Vec<u64>), response::Result> {
-        let id = MailboxId::parse("ack", &a.mailbox_id).map_err(|e| field_error(&e))?;
-        if a.seqs.len() > MAX_ACK_SEQS {
-            return Err(field_error(&WireError::Field {
-                what: "ack",
-                field: "seqs",
-                problem: format!("at most {MAX_ACK_SEQS} per ack"),
-            }));
-        }
-        let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id) else {
-            return Err(error_result(ErrorCode::NotSubscribed));
-        };
-        let mut acked = a.seqs.clone();
-        acked.sort_unstable();
-        sub.in_flight
-            .retain(|seq| acked.binary_search(seq).is_err());
-        Ok((id, a.seqs))
-    }
-
-    async fn handle_sends<S: MailboxStore>(
+    /// Validates sends and hands them to the store as one batch.
+    async fn start_sends<'a, S: MailboxStore>(
         &mut self,
         sends: Vec<(u64, msg::Send)>,
-        shared: &Shared<S>,
+        shared: &'a Shared<S>,
         out: &mut Vec<u8>,
+        inflight: &mut Inflight<'a>,
     ) {
         let now = Instant::now();
         let unix = crate::unix_now();
@@ -538,39 +659,35 @@ impl Conn {
         if batch.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let results = shared.store.append(batch).await;
-        shared
-            .metrics
-            .store_append_latency
-            .observe(started.elapsed());
-        let mut woken: Vec<MailboxId> = Vec::new();
-        for ((id, mailbox), result) in ids.into_iter().zip(results) {
-            let result = match result {
-                Ok(appended) => {
-                    if appended.duplicate {
-                        shared.metrics.messages_duplicate.inc();
-                    } else {
-                        shared.metrics.messages_in.inc();
-                        if !woken.contains(&mailbox) {
-                            woken.push(mailbox);
-                        }
-                    }
-                    response::Result::Sent(msg::Sent {
-                        seq: appended.seq,
-                        duplicate: appended.duplicate,
-                    })
-                }
-                Err(e) => {
-                    shared.metrics.request_errors.inc();
-                    store_error(&e)
-                }
-            };
-            respond(id, result, out);
+        let op: Op<'a> = Box::pin(async move {
+            let started = Instant::now();
+            let results = shared.store.append(batch).await;
+            Done::Sent {
+                ids,
+                results,
+                started,
+            }
+        });
+        inflight.get_or_insert_with(FuturesUnordered::new).push(op);
+    }
+
+    fn check_ack(&mut self, a: msg::Ack) -> Result<(MailboxId, Vec<u64>), response::Result> {
+        let id = MailboxId::parse("ack", &a.mailbox_id).map_err(|e| field_error(&e))?;
+        if a.seqs.len() > MAX_ACK_SEQS {
+            return Err(field_error(&WireError::Field {
+                what: "ack",
+                field: "seqs",
+                problem: format!("at most {MAX_ACK_SEQS} per ack"),
+            }));
         }
-        for mailbox in woken {
-            shared.hub.wake(mailbox);
-        }
+        let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id) else {
+            return Err(error_result(ErrorCode::NotSubscribed));
+        };
+        let mut acked = a.seqs.clone();
+        acked.sort_unstable();
+        sub.in_flight
+            .retain(|seq| acked.binary_search(seq).is_err());
+        Ok((id, a.seqs))
     }
 
     async fn check_send<S: MailboxStore>(
