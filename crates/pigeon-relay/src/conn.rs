@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 /// Connection numbers for log correlation: a counter, not an identity.
 static CONN_NO: AtomicU64 = AtomicU64::new(0);
@@ -125,6 +124,14 @@ enum Done {
     },
 }
 
+/// What ended an idle wait.
+enum Event {
+    Stop,
+    Done(Option<Done>),
+    Readable(std::io::Result<()>),
+    Woken,
+}
+
 struct Subscription {
     mailbox: MailboxId,
     /// Highest sequence number pushed on this connection.
@@ -142,11 +149,7 @@ struct Conn {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve<S: MailboxStore>(
-    mut stream: TcpStream,
-    shared: &Shared<S>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve<S: MailboxStore>(mut stream: TcpStream, shared: &Shared<S>) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
     let handshake = tokio::time::timeout(
         shared.config.handshake_timeout,
@@ -174,7 +177,7 @@ pub(crate) async fn serve<S: MailboxStore>(
         waker: None,
         inbuf,
     };
-    let end = conn.run(&mut stream, shared, &mut stop).await;
+    let end = conn.run(&mut stream, shared).await;
     if let Some(waker) = &conn.waker {
         for sub in &conn.subs {
             shared.hub.unsubscribe(sub.mailbox, waker);
@@ -309,7 +312,6 @@ impl Conn {
         &mut self,
         stream: &mut TcpStream,
         shared: &'a Shared<S>,
-        stop: &mut watch::Receiver<bool>,
     ) -> Close {
         let mut inflight: Inflight<'a> = None;
         if !self.inbuf.is_empty()
@@ -318,42 +320,54 @@ impl Conn {
             return close;
         }
         loop {
+            // The idle wait polls the socket, the wake-ups and the store by hand rather than
+            // through `select!`: an idle connection then holds two small `Notified` futures and
+            // nothing else, which keeps it within its memory budget.
+            let mut stop = std::pin::pin!(shared.stop.notified());
+            stop.as_mut().enable();
             let waker = self.waker.clone();
-            let woken = async {
-                match &waker {
-                    Some(w) => w.notify.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let mut woken = std::pin::pin!(waker.as_deref().map(|w| w.notify.notified()));
             let busy = inflight.as_ref().map_or(0, FuturesUnordered::len);
-            let next_done = async {
-                match inflight.as_mut() {
-                    Some(ops) if !ops.is_empty() => ops.next().await,
-                    _ => std::future::pending().await,
+            let event = std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                if shared.stopping.load(Ordering::Acquire) || stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Stop);
                 }
-            };
-            tokio::select! {
-                biased;
-                _ = stop.changed() => {
-                    let mut out = Vec::new();
-                    self.drain(&mut inflight, shared, &mut out).await;
+                if let Some(ops) = inflight.as_mut()
+                    && let Poll::Ready(done) = ops.poll_next_unpin(cx)
+                {
+                    return Poll::Ready(Event::Done(done));
+                }
+                if busy < MAX_INFLIGHT
+                    && let Poll::Ready(ready) = stream.poll_read_ready(cx)
+                {
+                    return Poll::Ready(Event::Readable(ready));
+                }
+                if let Some(w) = woken.as_mut().as_pin_mut()
+                    && w.poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::Woken);
+                }
+                Poll::Pending
+            })
+            .await;
+            let mut out = Vec::new();
+            match event {
+                Event::Stop => {
+                    Box::pin(self.drain(&mut inflight, shared, &mut out)).await;
                     respond(0, error_result(ErrorCode::ShuttingDown), &mut out);
-                    let _ = self.send(stream, &out).await;
+                    let _ = Box::pin(self.send(stream, &out)).await;
                     return Close::Eof;
                 }
-                done = next_done => {
-                    let mut out = Vec::new();
+                Event::Done(done) => {
                     if let Some(done) = done {
                         self.finish(done, shared, &mut out);
                     }
                     if inflight.as_ref().is_some_and(FuturesUnordered::is_empty) {
                         inflight = None;
                     }
-                    if let Err(close) = self.send(stream, &out).await {
-                        return close;
-                    }
                 }
-                ready = stream.readable(), if busy < MAX_INFLIGHT => {
+                Event::Readable(ready) => {
                     if let Err(e) = ready {
                         return Close::Io(e);
                     }
@@ -368,15 +382,14 @@ impl Conn {
                         return close;
                     }
                 }
-                () = woken => {
-                    let mut out = Vec::new();
+                Event::Woken => {
                     if let Err(close) = Box::pin(self.push(shared, &mut out)).await {
                         return close;
                     }
-                    if let Err(close) = self.send(stream, &out).await {
-                        return close;
-                    }
                 }
+            }
+            if let Err(close) = Box::pin(self.send(stream, &out)).await {
+                return close;
             }
         }
     }

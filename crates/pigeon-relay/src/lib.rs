@@ -71,6 +71,9 @@ pub(crate) struct Shared<S> {
     pub(crate) limiter: conn::Limiter,
     active: AtomicUsize,
     idle: Notify,
+    /// Set, and `stop` notified, when the relay starts draining.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    pub(crate) stop: Notify,
 }
 
 /// Why the relay stopped with an error.
@@ -104,6 +107,8 @@ pub async fn run<S: MailboxStore>(
         hub: hub::Hub::default(),
         active: AtomicUsize::new(0),
         idle: Notify::new(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        stop: Notify::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared), stop_rx.clone()));
@@ -125,9 +130,8 @@ pub async fn run<S: MailboxStore>(
                     shared.metrics.connections_open.inc();
                     shared.metrics.connections_total.inc();
                     let shared = Arc::clone(&shared);
-                    let stop = stop_rx.clone();
                     tokio::spawn(async move {
-                        conn::serve(stream, &shared, stop).await;
+                        conn::serve(stream, &shared).await;
                         shared.metrics.connections_open.dec();
                         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                             shared.idle.notify_waiters();
@@ -148,6 +152,8 @@ pub async fn run<S: MailboxStore>(
         "draining"
     );
     let _ = stop_tx.send(true);
+    shared.stopping.store(true, Ordering::Release);
+    shared.stop.notify_waiters();
     let drained = async {
         loop {
             let idle = shared.idle.notified();
