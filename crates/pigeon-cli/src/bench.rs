@@ -445,7 +445,12 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
             max.rate()
         );
         println!(
-            "latency at 70 % load ({:.0} msg/s): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target p99 ≤ 3 ms)",
+            "latency at {} ({:.0} msg/s): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (target p99 ≤ 3 ms)",
+            if args.latency_rate.is_some() {
+                "the requested rate"
+            } else {
+                "70 % load"
+            },
             at70.rate(),
             at70.quantile_ms(0.5),
             at70.quantile_ms(0.99),
