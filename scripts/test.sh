@@ -12,7 +12,9 @@ echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace 2>&1 | tee target/test.log
-grep -E '^test result:' target/test.log | awk '
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+grep -E '^test result:' "$log" | awk '
   { passed += $4; failed += $6 }
   END { printf "tests: %d passed, %d failed\n", passed, failed; exit failed > 0 }'

@@ -98,6 +98,11 @@ struct Shared {
     limits: Limits,
     /// Commits the writer has made visible (see `recent.rs`).
     commits: AtomicU64,
+    /// The newest view of the database that is durable: taken by the writer after a round's
+    /// commit and published by the sync thread once that round is fsync'd. Message reads go
+    /// through it, so nothing is pushed to a recipient before it would survive a crash.
+    /// `None` until the first round after opening (everything on disk then is durable).
+    durable: std::sync::RwLock<Option<Arc<fjall::Snapshot>>>,
 }
 
 impl Shared {
@@ -278,6 +283,7 @@ impl FjallStore {
             cache: Cache::new(options.cached_mailboxes),
             limits,
             commits: AtomicU64::new(0),
+            durable: std::sync::RwLock::new(None),
         });
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let tuning = Tuning {
@@ -402,7 +408,16 @@ impl MailboxStore for FjallStore {
             msg_key(entry.number, first),
             msg_key(entry.number, u64::MAX),
         );
-        for guard in shared.msgs.range(from..=to) {
+        let durable = shared
+            .durable
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let range: Box<dyn Iterator<Item = fjall::Guard>> = match &durable {
+            Some(view) => Box::new(fjall::Readable::range(&**view, &shared.msgs, from..=to)),
+            None => Box::new(shared.msgs.range(from..=to)),
+        };
+        for guard in range {
             let (key, value) = guard.into_inner().map_err(|e| backend(op, &e))?;
             let seq = msg_key_seq(op, &key)?;
             let (message_id, received_at, ciphertext) = decode_msg(op, &value)?;

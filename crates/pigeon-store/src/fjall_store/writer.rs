@@ -300,6 +300,8 @@ struct Settled {
     publish: Vec<(MailboxId, Option<Entry>)>,
     /// Whether the round committed anything.
     wrote: bool,
+    /// The database as of this round's commit, to show readers once it is durable.
+    view: Option<fjall::Snapshot>,
     /// Why the writer failed, if it has.
     failure: Option<String>,
 }
@@ -344,6 +346,13 @@ impl Syncer {
                     failed = round.failure;
                 }
                 if failed.is_none() {
+                    if let Some(view) = round.view {
+                        *self
+                            .shared
+                            .durable
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(view));
+                    }
                     for (id, entry) in round.publish {
                         self.shared.cache.publish(id, entry);
                     }
@@ -538,6 +547,7 @@ impl Writer {
             done: std::mem::replace(&mut self.done, Vec::with_capacity(capacity)),
             publish,
             wrote: self.wrote,
+            view: self.wrote.then(|| self.shared.db.snapshot()),
             failure: self.failed.clone(),
         };
         let sent = match &self.settle {
