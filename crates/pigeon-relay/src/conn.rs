@@ -12,7 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use pigeon_proto::auth::{self, AuthOp};
 use pigeon_proto::channel::{self, Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
-use pigeon_store::Appended;
+use pigeon_store::{Appended, StoredMessage};
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
 use pigeon_wire::msg::{
     self, Error as WireErrorMsg, Request, ServerHello, ServerMessage, request, response,
@@ -113,6 +113,8 @@ enum Done {
     /// A batch of sends is durable (or failed).
     Sent {
         ids: Vec<(u64, MailboxId)>,
+        /// For mailboxes someone is subscribed to: the message, to deliver live once durable.
+        live: Vec<Option<(MessageId, Vec<u8>, u64)>>,
         results: Vec<Result<Appended, StoreError>>,
         started: Instant,
     },
@@ -413,6 +415,7 @@ impl Conn {
         match done {
             Done::Sent {
                 ids,
+                live,
                 results,
                 started,
             } => {
@@ -421,15 +424,25 @@ impl Conn {
                     .store_append_latency
                     .observe(started.elapsed());
                 let mut woken: Vec<MailboxId> = Vec::new();
-                for ((id, mailbox), result) in ids.into_iter().zip(results) {
+                for (((id, mailbox), live), result) in ids.into_iter().zip(live).zip(results) {
                     let result = match result {
                         Ok(appended) => {
                             if appended.duplicate {
                                 shared.metrics.messages_duplicate.inc();
                             } else {
                                 shared.metrics.messages_in.inc();
-                                if !woken.contains(&mailbox) {
-                                    woken.push(mailbox);
+                                match live {
+                                    Some((message_id, ciphertext, received_at)) => {
+                                        let message = Arc::new(StoredMessage {
+                                            seq: appended.seq,
+                                            message_id,
+                                            received_at,
+                                            ciphertext,
+                                        });
+                                        shared.hub.deliver(mailbox, &message);
+                                    }
+                                    None if !woken.contains(&mailbox) => woken.push(mailbox),
+                                    None => {}
                                 }
                             }
                             response::Result::Sent(msg::Sent {
@@ -657,10 +670,17 @@ impl Conn {
         let unix = crate::unix_now();
         let mut batch = Vec::with_capacity(sends.len());
         let mut ids = Vec::with_capacity(sends.len());
+        let mut live = Vec::with_capacity(sends.len());
         for (id, send) in sends {
             match self.check_send(send, shared, now, unix).await {
                 Ok(m) => {
                     ids.push((id, m.mailbox));
+                    live.push(
+                        shared
+                            .hub
+                            .is_watched(&m.mailbox)
+                            .then(|| (m.message_id, m.ciphertext.clone(), m.now)),
+                    );
                     batch.push(m);
                 }
                 Err(result) => {
@@ -677,6 +697,7 @@ impl Conn {
             let results = shared.store.append(batch).await;
             Done::Sent {
                 ids,
+                live,
                 results,
                 started,
             }
@@ -939,7 +960,33 @@ impl Conn {
         let Some(waker) = &self.waker else {
             return Ok(());
         };
-        let dirty = waker.take_dirty();
+        let waker = Arc::clone(waker);
+        let mut dirty = waker.take_dirty();
+        // Live messages first: a caught-up subscription takes the next sequence number straight
+        // from the commit; a gap or a full window sends it to the store instead.
+        let mut batches: Vec<(MailboxId, Vec<StoredMessage>)> = Vec::new();
+        for (mailbox, m) in waker.take_live() {
+            let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == mailbox) else {
+                continue;
+            };
+            if dirty.contains(&mailbox) || m.seq <= sub.last_pushed {
+                continue;
+            }
+            if m.seq != sub.last_pushed + 1 || sub.in_flight.len() >= shared.config.push_window {
+                dirty.push(mailbox);
+                continue;
+            }
+            sub.last_pushed = m.seq;
+            sub.in_flight.push(m.seq);
+            let message = Arc::unwrap_or_clone(m);
+            match batches.iter_mut().find(|(id, _)| *id == mailbox) {
+                Some((_, list)) => list.push(message),
+                None => batches.push((mailbox, vec![message])),
+            }
+        }
+        for (mailbox, messages) in batches {
+            encode_pushes(mailbox, messages, shared, out);
+        }
         for mailbox in dirty {
             let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == mailbox) else {
                 continue;
@@ -965,39 +1012,52 @@ impl Conn {
             if messages.is_empty() {
                 continue;
             }
-            let full = messages.len() == room;
-            // One push message must stay under the peer's message limit: split the batch.
-            let limit = pigeon_wire::MAX_MESSAGE - 1024;
-            let mut push = msg::Push {
-                mailbox_id: mailbox.0.to_vec(),
-                deliveries: Vec::new(),
-            };
-            let mut size = 0;
-            for m in messages {
+            let bytes: usize = messages.iter().map(|m| m.ciphertext.len()).sum();
+            for m in &messages {
                 sub.last_pushed = sub.last_pushed.max(m.seq);
                 sub.in_flight.push(m.seq);
-                let d = msg::Delivery {
-                    seq: m.seq,
-                    message_id: m.message_id.0.to_vec(),
-                    received_at: m.received_at / 60 * 60,
-                    ciphertext: m.ciphertext,
-                };
-                let d_size = prost::Message::encoded_len(&d) + 8;
-                if size + d_size > limit && !push.deliveries.is_empty() {
-                    emit_push(&mut push, shared, out);
-                    size = 0;
-                }
-                size += d_size;
-                push.deliveries.push(d);
             }
-            emit_push(&mut push, shared, out);
-            if !full {
-                // Reads may have been capped by bytes: look again if anything might remain.
+            let count = messages.len();
+            encode_pushes(mailbox, messages, shared, out);
+            if count < room && bytes + pigeon_wire::MAX_CIPHERTEXT > shared.config.push_bytes {
+                // The read may have stopped at its byte limit: look again.
                 waker.wake(mailbox);
             }
         }
         Ok(())
     }
+}
+
+/// Encodes `messages` of one mailbox as push messages, split to stay under the peer's message
+/// limit.
+fn encode_pushes<S: MailboxStore>(
+    mailbox: MailboxId,
+    messages: Vec<StoredMessage>,
+    shared: &Shared<S>,
+    out: &mut Vec<u8>,
+) {
+    let limit = pigeon_wire::MAX_MESSAGE - 1024;
+    let mut push = msg::Push {
+        mailbox_id: mailbox.0.to_vec(),
+        deliveries: Vec::new(),
+    };
+    let mut size = 0;
+    for m in messages {
+        let d = msg::Delivery {
+            seq: m.seq,
+            message_id: m.message_id.0.to_vec(),
+            received_at: m.received_at / 60 * 60,
+            ciphertext: m.ciphertext,
+        };
+        let d_size = prost::Message::encoded_len(&d) + 8;
+        if size + d_size > limit && !push.deliveries.is_empty() {
+            emit_push(&mut push, shared, out);
+            size = 0;
+        }
+        size += d_size;
+        push.deliveries.push(d);
+    }
+    emit_push(&mut push, shared, out);
 }
 
 /// Appends `push` (if it carries anything) to `out` and empties it.

@@ -1,10 +1,13 @@
 //! Wakes subscribed connections when their mailboxes receive messages.
 //!
-//! The hub carries no messages, only "mailbox M has news" marks: the connection then reads from
-//! the store, which stays the one source of truth for order and content. A slow subscriber
-//! therefore costs no memory here, and a wake-up that races a subscription is harmless.
+//! A commit hands each new message to the subscribed connections ("live" delivery), so a
+//! subscriber that is caught up pushes it without reading the store. The live queue is bounded:
+//! past it, or whenever a connection sees a gap in sequence numbers, it falls back to a "mailbox
+//! M has news" mark and reads from the store, which stays the one source of truth for order and
+//! content. A slow subscriber therefore costs bounded memory here, and a wake-up that races a
+//! subscription is harmless.
 
-use pigeon_store::MailboxId;
+use pigeon_store::{MailboxId, StoredMessage};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -17,7 +20,12 @@ pub(crate) struct Waker {
     pub(crate) notify: Notify,
     /// Mailboxes with news since the connection last looked.
     pub(crate) dirty: Mutex<Vec<MailboxId>>,
+    /// New durable messages, in commit order, for mailboxes this connection is subscribed to.
+    live: Mutex<Vec<(MailboxId, Arc<StoredMessage>)>>,
 }
+
+/// Most live messages queued for one connection before it must read from the store instead.
+const LIVE_CAP: usize = 4096;
 
 impl Waker {
     /// Marks `mailbox` as having news and wakes the connection.
@@ -28,6 +36,31 @@ impl Waker {
             dirty.push(mailbox);
         }
         self.notify.notify_one();
+    }
+
+    /// Offers a new durable message; marks the mailbox instead when the queue is full.
+    pub(crate) fn offer(&self, mailbox: MailboxId, message: &Arc<StoredMessage>) {
+        let queued = self.live.lock().is_ok_and(|mut live| {
+            if live.len() < LIVE_CAP {
+                live.push((mailbox, Arc::clone(message)));
+                true
+            } else {
+                false
+            }
+        });
+        if queued {
+            self.notify.notify_one();
+        } else {
+            self.wake(mailbox);
+        }
+    }
+
+    /// Takes the queued live messages.
+    pub(crate) fn take_live(&self) -> Vec<(MailboxId, Arc<StoredMessage>)> {
+        self.live
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 
     /// Takes the marks.
@@ -76,6 +109,24 @@ impl Hub {
             if list.is_empty() {
                 map.remove(&mailbox);
             }
+        }
+    }
+
+    /// Whether any connection is subscribed to `mailbox`.
+    pub(crate) fn is_watched(&self, mailbox: &MailboxId) -> bool {
+        self.shard(mailbox)
+            .lock()
+            .is_ok_and(|map| map.contains_key(mailbox))
+    }
+
+    /// Hands a new durable message to every subscribed connection.
+    pub(crate) fn deliver(&self, mailbox: MailboxId, message: &Arc<StoredMessage>) {
+        let wakers: Vec<Arc<Waker>> = match self.shard(&mailbox).lock() {
+            Ok(map) => map.get(&mailbox).cloned().unwrap_or_default(),
+            Err(_) => return,
+        };
+        for w in wakers {
+            w.offer(mailbox, message);
         }
     }
 
