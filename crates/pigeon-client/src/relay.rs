@@ -103,7 +103,7 @@ struct Outgoing {
 /// A live session with a relay.
 pub struct RelayConnection {
     requests: mpsc::Sender<Outgoing>,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
     handshake_hash: [u8; 32],
     version: u32,
 }
@@ -225,7 +225,10 @@ impl RelayConnection {
         let channel = Arc::new(Mutex::new(channel));
         let pending: Pending = Arc::default();
         let (req_tx, req_rx) = mpsc::channel(QUEUE);
-        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        // Unbounded on purpose: the reader must never wait for the application, or a response
+        // the application is waiting for could sit behind a push nobody takes. What can queue
+        // is bounded by the relay's per-subscription window of unacknowledged messages.
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (read_half, write_half) = tokio::io::split(stream);
         // Set (under the `pending` lock) once the reader has stopped: no answer can come then.
         let closed = Arc::new(AtomicBool::new(false));
@@ -567,7 +570,7 @@ async fn reader(
     channel: Arc<Mutex<Channel>>,
     pending: Pending,
     closed: Arc<AtomicBool>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
     mut buf: Vec<u8>,
 ) {
     let mut scratch = Vec::new();
@@ -614,7 +617,7 @@ async fn reader(
                 }
                 Some(server_message::Body::Push(p)) => {
                     // An error means nobody listens for pushes; keep serving responses.
-                    let _ = events.send(Event::Push(p)).await;
+                    let _ = events.send(Event::Push(p));
                 }
                 None => {}
             }
@@ -635,5 +638,5 @@ async fn reader(
         closed.store(true, Ordering::Release);
         waiting.clear();
     }
-    let _ = events.send(Event::Closed(close_reason)).await;
+    let _ = events.send(Event::Closed(close_reason));
 }

@@ -112,9 +112,7 @@ type Inflight<'a> = Option<FuturesUnordered<Op<'a>>>;
 enum Done {
     /// A batch of sends is durable (or failed).
     Sent {
-        ids: Vec<(u64, MailboxId)>,
-        /// For mailboxes someone is subscribed to: the message, to deliver live once durable.
-        live: Vec<Option<(MessageId, Vec<u8>, u64)>>,
+        ids: Vec<u64>,
         results: Vec<Result<Appended, StoreError>>,
         started: Instant,
     },
@@ -263,14 +261,21 @@ async fn handshake<S: MailboxStore>(
     }
 }
 
+/// Writes `bytes`, giving up only if the peer takes nothing for [`WRITE_TIMEOUT`]: a slow link
+/// that keeps reading is never cut off, a peer that stopped reading is.
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "peer did not read",
-        )),
+    for chunk in bytes.chunks(64 * 1024) {
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(chunk)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "peer did not read",
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn respond(id: u64, result: response::Result, out: &mut Vec<u8>) {
@@ -373,15 +378,27 @@ impl Conn {
                     if let Err(e) = ready {
                         return Close::Io(e);
                     }
-                    match Box::pin(self.read(stream)).await {
-                        Ok(true) => {}
-                        Ok(false) => return Close::Eof,
+                    let open = match Box::pin(self.read(stream)).await {
+                        Ok(open) => open,
                         Err(close) => return close,
-                    }
+                    };
                     if let Err(close) =
                         Box::pin(self.handle_input(stream, shared, &mut inflight)).await
                     {
                         return close;
+                    }
+                    if !open {
+                        // Answer what the peer sent before closing (it may still read), then
+                        // end; a record or message cut off by the close is a violation.
+                        Box::pin(self.drain(&mut inflight, shared, &mut out)).await;
+                        let _ = Box::pin(self.send(stream, &out)).await;
+                        if !self.inbuf.is_empty() || self.channel.is_mid_message() {
+                            return Close::Protocol(ChannelError::Wire(WireError::Truncated {
+                                what: "record or message",
+                                missing_hint: "early",
+                            }));
+                        }
+                        return Close::Eof;
                     }
                 }
                 Event::Woken => {
@@ -415,7 +432,6 @@ impl Conn {
         match done {
             Done::Sent {
                 ids,
-                live,
                 results,
                 started,
             } => {
@@ -423,27 +439,13 @@ impl Conn {
                     .metrics
                     .store_append_latency
                     .observe(started.elapsed());
-                let mut woken: Vec<MailboxId> = Vec::new();
-                for (((id, mailbox), live), result) in ids.into_iter().zip(live).zip(results) {
+                for (id, result) in ids.into_iter().zip(results) {
                     let result = match result {
                         Ok(appended) => {
                             if appended.duplicate {
                                 shared.metrics.messages_duplicate.inc();
                             } else {
                                 shared.metrics.messages_in.inc();
-                                match live {
-                                    Some((message_id, ciphertext, received_at)) => {
-                                        let message = Arc::new(StoredMessage {
-                                            seq: appended.seq,
-                                            message_id,
-                                            received_at,
-                                            ciphertext,
-                                        });
-                                        shared.hub.deliver(mailbox, &message);
-                                    }
-                                    None if !woken.contains(&mailbox) => woken.push(mailbox),
-                                    None => {}
-                                }
                             }
                             response::Result::Sent(msg::Sent {
                                 seq: appended.seq,
@@ -456,9 +458,6 @@ impl Conn {
                         }
                     };
                     respond(id, result, out);
-                }
-                for mailbox in woken {
-                    shared.hub.wake(mailbox);
                 }
             }
             Done::Acked {
@@ -478,6 +477,10 @@ impl Conn {
                         }
                         Err(e) => {
                             shared.metrics.request_errors.inc();
+                            // The window slots were freed when the ack was read: refill them.
+                            if let Some(w) = &self.waker {
+                                w.wake(mailbox);
+                            }
                             store_error(&e)
                         }
                     };
@@ -487,22 +490,15 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has. `Ok(false)` at a clean end of stream.
+    /// Reads what the socket has. `Ok(false)` once the peer has closed its side (what it sent
+    /// before closing is still in the buffer, to be handled).
     async fn read(&mut self, stream: &mut TcpStream) -> Result<bool, Close> {
         loop {
             if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
                 self.inbuf.reserve(READ_CHUNK);
             }
             match stream.try_read_buf(&mut self.inbuf) {
-                Ok(0) if self.inbuf.is_empty() && !self.channel.is_mid_message() => {
-                    return Ok(false);
-                }
-                Ok(0) => {
-                    return Err(Close::Protocol(ChannelError::Wire(WireError::Truncated {
-                        what: "record or message",
-                        missing_hint: "early",
-                    })));
-                }
+                Ok(0) => return Ok(false),
                 Ok(_) if self.inbuf.len() >= MAX_BUFFERED => return Ok(true),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
@@ -670,11 +666,13 @@ impl Conn {
         let unix = crate::unix_now();
         let mut batch = Vec::with_capacity(sends.len());
         let mut ids = Vec::with_capacity(sends.len());
+        let mut mailboxes = Vec::with_capacity(sends.len());
         let mut live = Vec::with_capacity(sends.len());
         for (id, send) in sends {
             match self.check_send(send, shared, now, unix).await {
                 Ok(m) => {
-                    ids.push((id, m.mailbox));
+                    ids.push(id);
+                    mailboxes.push(m.mailbox);
                     live.push(
                         shared
                             .hub
@@ -695,9 +693,33 @@ impl Conn {
         let op: Op<'a> = Box::pin(async move {
             let started = Instant::now();
             let results = shared.store.append(batch).await;
+            // Subscribers hear of new messages here, as soon as they are durable, even if this
+            // connection is gone by the time its answers would be written.
+            let mut woken: Vec<MailboxId> = Vec::new();
+            for ((mailbox, live), result) in mailboxes.into_iter().zip(live).zip(&results) {
+                let Ok(appended) = result else { continue };
+                if appended.duplicate {
+                    continue;
+                }
+                match live {
+                    Some((message_id, ciphertext, received_at)) => {
+                        let message = Arc::new(StoredMessage {
+                            seq: appended.seq,
+                            message_id,
+                            received_at,
+                            ciphertext,
+                        });
+                        shared.hub.deliver(mailbox, &message);
+                    }
+                    None if !woken.contains(&mailbox) => woken.push(mailbox),
+                    None => {}
+                }
+            }
+            for mailbox in woken {
+                shared.hub.wake(mailbox);
+            }
             Done::Sent {
                 ids,
-                live,
                 results,
                 started,
             }
@@ -705,7 +727,17 @@ impl Conn {
         inflight.get_or_insert_with(FuturesUnordered::new).push(op);
     }
 
+    /// Drops subscriptions to mailboxes that were deleted, by this or any other session.
+    fn apply_revocations(&mut self) {
+        if let Some(w) = &self.waker {
+            for mailbox in w.take_revoked() {
+                self.subs.retain(|s| s.mailbox != mailbox);
+            }
+        }
+    }
+
     fn check_ack(&mut self, a: msg::Ack) -> Result<(MailboxId, Vec<u64>), response::Result> {
+        self.apply_revocations();
         let id = MailboxId::parse("ack", &a.mailbox_id).map_err(|e| field_error(&e))?;
         if a.seqs.len() > MAX_ACK_SEQS {
             return Err(field_error(&WireError::Field {
@@ -843,6 +875,8 @@ impl Conn {
                     .await
                     .map_err(|e| store_error(&e))?;
                 // (Re)subscribing starts delivery over from the oldest unacknowledged message.
+                // Revocations that came before this subscription must not end it later.
+                self.apply_revocations();
                 self.subs.retain(|s| s.mailbox != id);
                 self.subs.push(Subscription {
                     mailbox: id,
@@ -882,10 +916,9 @@ impl Conn {
                     .delete_mailbox(id)
                     .await
                     .map_err(|e| store_error(&e))?;
+                // Every session subscribed to it (other devices too) stops serving it.
                 self.subs.retain(|s| s.mailbox != id);
-                if let Some(w) = &self.waker {
-                    shared.hub.unsubscribe(id, w);
-                }
+                shared.hub.revoke(id);
                 Ok(response::Result::Done(msg::Done {}))
             }
             request::Body::PublishKeyPackages(p) => {
@@ -961,7 +994,11 @@ impl Conn {
             return Ok(());
         };
         let waker = Arc::clone(waker);
+        self.apply_revocations();
         let mut dirty = waker.take_dirty();
+        // One push round writes at most about `push_bytes`; the rest waits for the next round,
+        // so no single write grows without bound on a slow link.
+        let mut budget = shared.config.push_bytes;
         // Live messages first: a caught-up subscription takes the next sequence number straight
         // from the commit; a gap or a full window sends it to the store instead.
         let mut batches: Vec<(MailboxId, Vec<StoredMessage>)> = Vec::new();
@@ -972,10 +1009,14 @@ impl Conn {
             if dirty.contains(&mailbox) || m.seq <= sub.last_pushed {
                 continue;
             }
-            if m.seq != sub.last_pushed + 1 || sub.in_flight.len() >= shared.config.push_window {
+            if m.seq != sub.last_pushed + 1
+                || sub.in_flight.len() >= shared.config.push_window
+                || budget < m.ciphertext.len()
+            {
                 dirty.push(mailbox);
                 continue;
             }
+            budget -= m.ciphertext.len();
             sub.last_pushed = m.seq;
             sub.in_flight.push(m.seq);
             let message = Arc::unwrap_or_clone(m);
@@ -991,6 +1032,11 @@ impl Conn {
             let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == mailbox) else {
                 continue;
             };
+            if budget == 0 {
+                // Out of budget this round: come back for it.
+                waker.wake(mailbox);
+                continue;
+            }
             let room = shared
                 .config
                 .push_window
@@ -1000,12 +1046,17 @@ impl Conn {
             }
             let messages = match shared
                 .store
-                .read(mailbox, sub.last_pushed, room, shared.config.push_bytes)
+                .read(mailbox, sub.last_pushed, room, budget)
                 .await
             {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(conn = self.no, error = %e, "store read failed; will retry on next wake");
+                    tracing::warn!(conn = self.no, error = %e, "store read failed; retrying shortly");
+                    let waker = Arc::clone(&waker);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        waker.wake(mailbox);
+                    });
                     continue;
                 }
             };
@@ -1013,13 +1064,15 @@ impl Conn {
                 continue;
             }
             let bytes: usize = messages.iter().map(|m| m.ciphertext.len()).sum();
+            let limit = budget;
+            budget = budget.saturating_sub(bytes);
             for m in &messages {
                 sub.last_pushed = sub.last_pushed.max(m.seq);
                 sub.in_flight.push(m.seq);
             }
             let count = messages.len();
             encode_pushes(mailbox, messages, shared, out);
-            if count < room && bytes + pigeon_wire::MAX_CIPHERTEXT > shared.config.push_bytes {
+            if count < room && bytes + pigeon_wire::MAX_CIPHERTEXT > limit {
                 // The read may have stopped at its byte limit: look again.
                 waker.wake(mailbox);
             }

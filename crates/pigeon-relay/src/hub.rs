@@ -14,18 +14,26 @@ use tokio::sync::Notify;
 
 const SHARDS: usize = 64;
 
+/// A new durable message of a mailbox, on its way to a subscriber.
+pub(crate) type Live = (MailboxId, Arc<StoredMessage>);
+
 /// A connection's wake-up handle.
 #[derive(Debug, Default)]
 pub(crate) struct Waker {
     pub(crate) notify: Notify,
     /// Mailboxes with news since the connection last looked.
     pub(crate) dirty: Mutex<Vec<MailboxId>>,
-    /// New durable messages, in commit order, for mailboxes this connection is subscribed to.
-    live: Mutex<Vec<(MailboxId, Arc<StoredMessage>)>>,
+    /// New durable messages, in commit order, for mailboxes this connection is subscribed to,
+    /// and their ciphertext bytes.
+    live: Mutex<(Vec<Live>, usize)>,
+    /// Mailboxes deleted (by any session) that this connection must stop serving.
+    revoked: Mutex<Vec<MailboxId>>,
 }
 
-/// Most live messages queued for one connection before it must read from the store instead.
+/// Most live messages, and bytes of them, queued for one connection before it must read from
+/// the store instead: a busy or slow connection costs bounded memory here.
 const LIVE_CAP: usize = 4096;
+const LIVE_CAP_BYTES: usize = 4 << 20;
 
 impl Waker {
     /// Marks `mailbox` as having news and wakes the connection.
@@ -41,8 +49,10 @@ impl Waker {
     /// Offers a new durable message; marks the mailbox instead when the queue is full.
     pub(crate) fn offer(&self, mailbox: MailboxId, message: &Arc<StoredMessage>) {
         let queued = self.live.lock().is_ok_and(|mut live| {
-            if live.len() < LIVE_CAP {
-                live.push((mailbox, Arc::clone(message)));
+            let (queue, bytes) = &mut *live;
+            if queue.len() < LIVE_CAP && *bytes + message.ciphertext.len() <= LIVE_CAP_BYTES {
+                queue.push((mailbox, Arc::clone(message)));
+                *bytes += message.ciphertext.len();
                 true
             } else {
                 false
@@ -56,10 +66,18 @@ impl Waker {
     }
 
     /// Takes the queued live messages.
-    pub(crate) fn take_live(&self) -> Vec<(MailboxId, Arc<StoredMessage>)> {
+    pub(crate) fn take_live(&self) -> Vec<Live> {
         self.live
             .lock()
-            .map(|mut l| std::mem::take(&mut *l))
+            .map(|mut l| std::mem::take(&mut *l).0)
+            .unwrap_or_default()
+    }
+
+    /// Takes the mailboxes revoked since the last look.
+    pub(crate) fn take_revoked(&self) -> Vec<MailboxId> {
+        self.revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default()
     }
 
@@ -117,6 +135,20 @@ impl Hub {
         self.shard(mailbox)
             .lock()
             .is_ok_and(|map| map.contains_key(mailbox))
+    }
+
+    /// Ends every subscription to a deleted mailbox, on every connection.
+    pub(crate) fn revoke(&self, mailbox: MailboxId) {
+        let wakers = match self.shard(&mailbox).lock() {
+            Ok(mut map) => map.remove(&mailbox).unwrap_or_default(),
+            Err(_) => return,
+        };
+        for w in wakers {
+            if let Ok(mut revoked) = w.revoked.lock() {
+                revoked.push(mailbox);
+            }
+            w.notify.notify_one();
+        }
     }
 
     /// Hands a new durable message to every subscribed connection.
