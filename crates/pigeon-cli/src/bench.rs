@@ -77,24 +77,26 @@ fn machine() -> String {
     )
 }
 
-fn meminfo(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+/// The number after `key:` in a `/proc` file of `key: value kB` lines.
+fn proc_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     text.lines()
-        .find(|l| l.starts_with(&format!("{key}:")))?
+        .find(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
 }
 
+fn meminfo(key: &str) -> Option<u64> {
+    proc_field("/proc/meminfo", key)
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    proc_field(&format!("/proc/{pid}/status"), "VmRSS")
 }
 
 fn tcp_mem_pages() -> Option<u64> {

@@ -49,7 +49,7 @@ impl RelayProcess {
 
     /// Asks the relay to drain and waits for it to exit.
     pub(crate) fn stop(mut self) -> anyhow::Result<()> {
-        // SAFETY-free: sending a signal through the `kill` command keeps this crate free of FFI.
+        // The `kill` command sends the signal, which keeps this crate free of `unsafe` FFI.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

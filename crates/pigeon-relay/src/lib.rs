@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// Tunables of a relay. The defaults suit a public relay.
 #[derive(Clone, Debug)]
@@ -110,8 +110,7 @@ pub async fn run<S: MailboxStore>(
         stopping: std::sync::atomic::AtomicBool::new(false),
         stop: Notify::new(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared), stop_rx.clone()));
+    let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared)));
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -151,7 +150,8 @@ pub async fn run<S: MailboxStore>(
         connections = shared.active.load(Ordering::Relaxed),
         "draining"
     );
-    let _ = stop_tx.send(true);
+    // A sweep cut short here loses nothing: the store finishes what it was handed.
+    expiry.abort();
     shared.stopping.store(true, Ordering::Release);
     shared.stop.notify_waiters();
     let drained = async {
@@ -169,7 +169,6 @@ pub async fn run<S: MailboxStore>(
     {
         tracing::warn!("drain timed out; closing remaining connections");
     }
-    expiry.abort();
     result
 }
 
@@ -193,12 +192,9 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     ) || e.raw_os_error().is_some()
 }
 
-async fn expiry_loop<S: MailboxStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
+async fn expiry_loop<S: MailboxStore>(shared: Arc<Shared<S>>) {
     loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(shared.config.expiry_interval) => {}
-        }
+        tokio::time::sleep(shared.config.expiry_interval).await;
         match shared.store.expire(unix_now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired old messages"),
