@@ -1,0 +1,281 @@
+//! What travels inside MLS: the `Content` a person sends, padded to a size bucket, and the
+//! `Envelope` that carries MLS messages through a relay mailbox.
+//!
+//! Padding happens before encryption, so the ciphertext a relay stores reveals only which
+//! bucket a message fell into, not its length. The padded form is
+//! `u32 length (big endian) ‖ Content protobuf ‖ zero bytes`; parsing insists the padding is
+//! all zeros and the total is exactly a bucket, so a sender cannot smuggle bytes past it.
+
+use prost::Message as _;
+
+/// Plaintext sizes after padding. The last bucket leaves room for MLS framing, the AEAD tag
+/// and the envelope inside the relay's 64 KiB ciphertext limit.
+pub const BUCKETS: [usize; 5] = [256, 1024, 4096, 16 * 1024, 60 * 1024];
+
+/// Longest text one message may carry, in bytes of UTF-8.
+pub const MAX_TEXT: usize = 48 * 1024;
+
+/// Length of the sender-chosen id of a [`Content`].
+pub const CONTENT_ID_LEN: usize = 16;
+
+const LEN_PREFIX: usize = 4;
+
+/// One unit of conversation, chosen by the sender and seen only by the group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Content {
+    /// Random id the sender chose; receivers de-duplicate and acknowledge with it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// The sender's clock when it was written, in milliseconds since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub sent_at_ms: u64,
+    /// What it says.
+    #[prost(oneof = "body::Body", tags = "3, 4, 5")]
+    pub body: Option<body::Body>,
+}
+
+/// The kinds of [`Content`].
+pub mod body {
+    /// What a [`super::Content`] says.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        /// A text message.
+        #[prost(message, tag = "3")]
+        Text(super::Text),
+        /// Who the sender is and where to answer them.
+        #[prost(message, tag = "4")]
+        Intro(super::Intro),
+        /// The sender received these contents.
+        #[prost(message, tag = "5")]
+        Receipt(super::Receipt),
+    }
+}
+
+/// A text message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Text {
+    /// UTF-8 text.
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
+/// Sent once each way when a conversation starts.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Intro {
+    /// The name the sender goes by.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// From the accepting side: the invitation's secret, proving it holds the link (the relay
+    /// that served the key package does not).
+    #[prost(bytes = "vec", tag = "2")]
+    pub invite_secret: Vec<u8>,
+    /// From the accepting side: where to send replies (opaque to this crate; the client
+    /// encodes a relay link, mailbox id and sender capability).
+    #[prost(bytes = "vec", tag = "3")]
+    pub reply_to: Vec<u8>,
+}
+
+/// Delivery receipt.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Receipt {
+    /// Ids of the contents received.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub ids: Vec<Vec<u8>>,
+}
+
+/// What one relay message carries.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    /// Its kind.
+    #[prost(oneof = "envelope::Kind", tags = "1, 2")]
+    pub kind: Option<envelope::Kind>,
+}
+
+/// The kinds of [`Envelope`].
+pub mod envelope {
+    /// What an [`super::Envelope`] holds.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Starts a conversation: the Welcome and the first application message.
+        #[prost(message, tag = "1")]
+        Join(super::Join),
+        /// One MLS message (application message or commit).
+        #[prost(bytes = "vec", tag = "2")]
+        Mls(Vec<u8>),
+    }
+}
+
+/// The first relay message of a conversation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Join {
+    /// The MLS Welcome (serialized `MlsMessageOut`).
+    #[prost(bytes = "vec", tag = "1")]
+    pub welcome: Vec<u8>,
+    /// The first application message, in the epoch the Welcome starts (carries an [`Intro`]).
+    #[prost(bytes = "vec", tag = "2")]
+    pub first: Vec<u8>,
+}
+
+/// Why padded content was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// Bigger than the largest bucket.
+    #[error("the message is {0} bytes; at most {max} fit in one message", max = BUCKETS[BUCKETS.len() - 1] - LEN_PREFIX)]
+    TooLarge(usize),
+    /// The padded form is not a bucket size.
+    #[error("padded content of {0} bytes is not one of the padding sizes")]
+    NotABucket(usize),
+    /// The length prefix points past the end.
+    #[error("padded content claims {claimed} bytes but holds {held}")]
+    BadLength {
+        /// What the prefix said.
+        claimed: usize,
+        /// What was there.
+        held: usize,
+    },
+    /// Non-zero bytes in the padding.
+    #[error("the padding holds non-zero bytes")]
+    DirtyPadding,
+    /// The protobuf did not decode.
+    #[error("the content does not decode: {0}")]
+    Decode(String),
+    /// Decoded, but breaks a rule.
+    #[error("the content is invalid: {0}")]
+    Invalid(&'static str),
+}
+
+/// The smallest bucket that holds `len` bytes, if any.
+pub fn bucket_for(len: usize) -> Option<usize> {
+    BUCKETS.iter().copied().find(|b| *b >= len)
+}
+
+impl Content {
+    /// Encodes and pads to the smallest bucket that fits.
+    ///
+    /// # Errors
+    /// [`ContentError::TooLarge`] when no bucket fits.
+    pub fn pad(&self) -> Result<Vec<u8>, ContentError> {
+        let body = self.encode_to_vec();
+        let total =
+            bucket_for(body.len() + LEN_PREFIX).ok_or(ContentError::TooLarge(body.len()))?;
+        let len = u32::try_from(body.len()).map_err(|_| ContentError::TooLarge(body.len()))?;
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&body);
+        out.resize(total, 0);
+        Ok(out)
+    }
+
+    /// Parses padded content and checks it.
+    ///
+    /// # Errors
+    /// [`ContentError`] saying what is wrong.
+    pub fn unpad(padded: &[u8]) -> Result<Self, ContentError> {
+        if !BUCKETS.contains(&padded.len()) {
+            return Err(ContentError::NotABucket(padded.len()));
+        }
+        let (prefix, rest) = padded.split_at(LEN_PREFIX);
+        let mut len = [0u8; LEN_PREFIX];
+        len.copy_from_slice(prefix);
+        let claimed = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        if claimed > rest.len() {
+            return Err(ContentError::BadLength {
+                claimed,
+                held: rest.len(),
+            });
+        }
+        let (body, padding) = rest.split_at(claimed);
+        if padding.iter().any(|b| *b != 0) {
+            return Err(ContentError::DirtyPadding);
+        }
+        let content = Self::decode(body).map_err(|e| ContentError::Decode(e.to_string()))?;
+        content.check()?;
+        Ok(content)
+    }
+
+    fn check(&self) -> Result<(), ContentError> {
+        if self.id.len() != CONTENT_ID_LEN {
+            return Err(ContentError::Invalid("the content id is not 16 bytes"));
+        }
+        match &self.body {
+            None => Err(ContentError::Invalid("the content has no body")),
+            Some(body::Body::Text(t)) if t.text.len() > MAX_TEXT => {
+                Err(ContentError::Invalid("the text is too long"))
+            }
+            Some(body::Body::Intro(i)) if i.name.chars().count() > 64 => Err(
+                ContentError::Invalid("the name is longer than 64 characters"),
+            ),
+            Some(body::Body::Receipt(r))
+                if r.ids.len() > 1024 || r.ids.iter().any(|id| id.len() != CONTENT_ID_LEN) =>
+            {
+                Err(ContentError::Invalid("the receipt's ids are malformed"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Content {
+        Content {
+            id: vec![7; 16],
+            sent_at_ms: 1,
+            body: Some(body::Body::Text(Text { text: s.to_owned() })),
+        }
+    }
+
+    #[test]
+    fn pads_to_buckets_and_round_trips() {
+        for (len, bucket) in [
+            (0, 256),
+            (200, 256),
+            (300, 1024),
+            (5000, 16384),
+            (40000, 61440),
+        ] {
+            let c = text(&"x".repeat(len));
+            let padded = c.pad().expect("pad");
+            assert_eq!(padded.len(), bucket, "text of {len}");
+            assert_eq!(Content::unpad(&padded).expect("unpad"), c);
+        }
+        assert!(matches!(
+            text(&"x".repeat(70_000)).pad(),
+            Err(ContentError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_malformed_padding() {
+        let padded = text("hi").pad().expect("pad");
+        assert_eq!(
+            Content::unpad(&padded[..255]),
+            Err(ContentError::NotABucket(255))
+        );
+        let mut dirty = padded.clone();
+        dirty[200] = 1;
+        assert_eq!(Content::unpad(&dirty), Err(ContentError::DirtyPadding));
+        let mut long = padded.clone();
+        long[..4].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(matches!(
+            Content::unpad(&long),
+            Err(ContentError::BadLength { .. })
+        ));
+        let mut garbage = vec![0u8; 256];
+        garbage[3] = 5;
+        garbage[4..9].copy_from_slice(&[0xff; 5]);
+        assert!(matches!(
+            Content::unpad(&garbage),
+            Err(ContentError::Decode(_))
+        ));
+        let mut no_id = text("hi");
+        no_id.id.clear();
+        assert!(matches!(
+            Content::unpad(&no_id.pad().expect("pad")),
+            Err(ContentError::Invalid(_))
+        ));
+    }
+}
