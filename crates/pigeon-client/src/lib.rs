@@ -1,11 +1,21 @@
 //! The Pigeonpost client library.
 //!
-//! For now it holds the connection to a relay ([`relay::RelayConnection`]): a Noise channel
-//! over any transport, with pipelined requests and pushed mailbox messages. Profiles,
-//! contacts, conversations and the outbox build on it.
+//! * [`Profile`]: one person's encrypted database (SQLCipher) with contacts, conversations
+//!   (MLS state included), an outbox and inbox de-duplication. No network.
+//! * [`Client`]: a profile plus sessions with relays: invitations, sending with retry and
+//!   backoff, receiving with exactly-once recording, and an event stream for interfaces.
+//! * [`RelayConnection`]: one Noise session with one relay, pipelined.
+//! * [`Invite`]: the `pigeon://invite#…` link, parsed strictly.
 
+mod client;
+pub mod invite;
 pub mod mailbox;
+pub mod profile;
 pub mod relay;
 
+pub use client::{Client, ClientEvent, Error, FlushReport};
+pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
+pub use pigeon_e2ee::Suite;
+pub use profile::{Contact, Handled, Message, Passphrase, Profile, ProfileError};
 pub use relay::{ClientError, CloseReason, Event, RelayConnection};

@@ -301,9 +301,17 @@ impl RelayConnection {
         Ok(rx)
     }
 
-    /// The next push or close notice; `None` once the session is over and all were taken.
+    /// The next push or close notice; `None` once the session is over and all were taken
+    /// (or [`Self::take_events`] took the stream).
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
+    }
+
+    /// Takes the stream of pushes and close notices, to be read elsewhere (for example merged
+    /// with other relays' streams); requests keep working through `self`.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        let (_closed, empty) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
     }
 
     /// Creates `mailbox` on the relay (idempotent).

@@ -1,0 +1,614 @@
+//! The client: a [`Profile`] plus connections to the relays it needs.
+//!
+//! Each contact may live on a different relay. The client opens one session per relay on
+//! demand, merges their pushes into one stream, hands each delivery to the profile (one
+//! transaction each) and only then acknowledges it, so a crash anywhere means a redelivery the
+//! profile recognises, never a lost or doubled message. Outgoing ciphertext is written to the
+//! outbox before any network IO; [`Client::flush`] posts it in order per destination and
+//! drops each item only once the relay holds it durably, backing off on failure.
+
+use crate::invite::{Invite, InviteError};
+use crate::profile::{
+    Contact, Handled, Message, OutboxItem, Profile, ProfileError, now_ms, parse_stored_relay,
+};
+use crate::relay::{ClientError, CloseReason, Event};
+use crate::{OwnedMailbox, RelayConnection};
+use pigeon_e2ee::Suite;
+use pigeon_transport::RelayLink;
+use pigeon_wire::msg::{self, MailboxId};
+use pigeon_wire::{ErrorCode, ErrorKind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Longest wait before retrying an outbox item.
+const MAX_BACKOFF_MS: i64 = 300_000;
+
+/// Why a client operation failed, in words for people.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The profile failed.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The invitation link is unusable.
+    #[error("this invitation cannot be used: {0}")]
+    Invite(#[from] InviteError),
+    /// A relay could not be reached or refused.
+    #[error("{}", relay_sentence(whose, source))]
+    Relay {
+        /// Whose relay, for people ("your relay", "alice's relay").
+        whose: String,
+        /// What went wrong.
+        #[source]
+        source: ClientError,
+    },
+    /// The invitation's key package is gone.
+    #[error(
+        "this invitation was already used or has expired: ask {0} for a new one (each invitation works once)"
+    )]
+    InviteUsed(String),
+}
+
+fn relay_sentence(whose: &str, e: &ClientError) -> String {
+    match e {
+        ClientError::Unreachable { tried, last, kind } => {
+            let hint = if *kind == ErrorKind::LocalNetwork {
+                ": the network may be blocking it, or the relay is down"
+            } else {
+                ""
+            };
+            format!("could not reach {whose} through any route (tried {tried}): {last}{hint}")
+        }
+        other => format!("{whose}: {other}"),
+    }
+}
+
+impl Error {
+    /// Who is at fault.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Profile(e) => e.kind(),
+            Self::Invite(_) => ErrorKind::BadInput,
+            Self::Relay { source, .. } => source.kind(),
+            Self::InviteUsed(_) => ErrorKind::Peer,
+        }
+    }
+}
+
+/// Something that happened, for a user interface.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A message arrived.
+    Message(Message),
+    /// Someone accepted an invitation.
+    NewContact(Contact),
+    /// A contact introduced itself.
+    Introduced(Contact),
+    /// A contact confirmed receipt of messages.
+    Delivered {
+        /// The contact.
+        contact_id: i64,
+        /// How many messages.
+        count: usize,
+    },
+    /// A contact refreshed the conversation's keys.
+    Rekeyed {
+        /// The contact.
+        contact_id: i64,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// A message was refused (tampered, replayed, malformed) and dropped.
+    Dropped(String),
+    /// A relay session ended; call [`Client::subscribe_all`] to reconnect.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Client::flush`] did.
+#[derive(Debug, Default)]
+pub struct FlushReport {
+    /// Items the relays now hold.
+    pub sent: usize,
+    /// Items still waiting.
+    pub waiting: usize,
+    /// What the relays held: (mailbox, ciphertext bytes) of each item sent.
+    pub stored: Vec<([u8; 32], usize)>,
+    /// Why items are waiting, one sentence per destination that failed.
+    pub errors: Vec<String>,
+}
+
+struct Session {
+    link: RelayLink,
+    conn: RelayConnection,
+    subscribed: BTreeSet<[u8; 32]>,
+}
+
+/// A profile with its relay sessions.
+pub struct Client {
+    profile: Profile,
+    sessions: BTreeMap<[u8; 32], Session>,
+    events_tx: mpsc::UnboundedSender<([u8; 32], Event)>,
+    events_rx: mpsc::UnboundedReceiver<([u8; 32], Event)>,
+    /// Deliveries still expected per mailbox since subscribing.
+    waiting: BTreeMap<[u8; 32], u64>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `profile`; connects lazily, each attempt bounded by `timeout`.
+    pub fn new(profile: Profile, timeout: Duration) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            profile,
+            sessions: BTreeMap::new(),
+            events_tx,
+            events_rx,
+            waiting: BTreeMap::new(),
+            timeout,
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    async fn session(&mut self, link: &RelayLink, whose: &str) -> Result<&Session, Error> {
+        let key = *link.relay_key();
+        if !self.sessions.contains_key(&key) {
+            let mut conn =
+                RelayConnection::connect(link, self.timeout)
+                    .await
+                    .map_err(|source| Error::Relay {
+                        whose: whose.to_owned(),
+                        source,
+                    })?;
+            let mut events = conn.take_events();
+            let tx = self.events_tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if tx.send((key, event)).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.sessions.insert(
+                key,
+                Session {
+                    link: link.clone(),
+                    conn,
+                    subscribed: BTreeSet::new(),
+                },
+            );
+        }
+        self.sessions.get(&key).ok_or_else(|| Error::Relay {
+            whose: whose.to_owned(),
+            source: ClientError::Lost("the session closed".to_owned()),
+        })
+    }
+
+    fn relay_failed(&mut self, link: &RelayLink, e: &ClientError) {
+        if matches!(e, ClientError::Lost(_) | ClientError::Unreachable { .. }) {
+            self.sessions.remove(link.relay_key());
+        }
+    }
+
+    /// Makes an invitation on this profile's relay and returns its link.
+    ///
+    /// # Errors
+    /// When the relay cannot be reached or refuses.
+    pub async fn invite(&mut self) -> Result<String, Error> {
+        let prepared = self.profile.prepare_invite()?;
+        let invite = &prepared.invite;
+        let relay = invite.relay.clone();
+        let result: Result<(), ClientError> = async {
+            let session = self
+                .session(&relay, "your relay")
+                .await
+                .map_err(|e| match e {
+                    Error::Relay { source, .. } => source,
+                    other => ClientError::Lost(other.to_string()),
+                })?;
+            let mailbox = MailboxId(invite.mailbox_id);
+            session
+                .conn
+                .create_mailbox(
+                    &prepared.mailbox_key,
+                    &mailbox,
+                    pigeon_proto::auth::cap_hash(&invite.sender_cap),
+                )
+                .await?;
+            for (offer, kp) in invite.offers.iter().zip(&prepared.key_packages) {
+                session
+                    .conn
+                    .publish_key_packages(
+                        &prepared.slot_key,
+                        &offer.slot_id,
+                        vec![kp.clone()],
+                        None,
+                    )
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(source) = result {
+            self.relay_failed(&relay, &source);
+            return Err(Error::Relay {
+                whose: "your relay".to_owned(),
+                source,
+            });
+        }
+        Ok(invite.to_link()?)
+    }
+
+    /// Accepts an invitation (preferring X-Wing) and sends the inviter the first message.
+    /// `local_name` names the contact here instead of the name the invitation carries.
+    ///
+    /// # Errors
+    /// For an unusable link, an unreachable relay, or a used invitation.
+    pub async fn accept(
+        &mut self,
+        link: &str,
+        local_name: Option<&str>,
+    ) -> Result<(Contact, FlushReport), Error> {
+        self.accept_with(link, local_name, &Suite::PREFERENCE).await
+    }
+
+    /// As [`Self::accept`], speaking only `suites` (most preferred first).
+    ///
+    /// # Errors
+    /// As [`Self::accept`].
+    pub async fn accept_with(
+        &mut self,
+        link: &str,
+        local_name: Option<&str>,
+        suites: &[Suite],
+    ) -> Result<(Contact, FlushReport), Error> {
+        let invite = Invite::parse(link)?;
+        let offer = suites
+            .iter()
+            .find_map(|s| invite.offers.iter().find(|o| o.suite == *s))
+            .ok_or(InviteError::NoSuite)?
+            .clone();
+        let whose = format!("{}'s relay", invite.name);
+        let key_package = {
+            let session = self.session(&invite.relay, &whose).await?;
+            match session.conn.fetch_key_package(&offer.slot_id).await {
+                Ok(kp) => kp.data,
+                Err(ClientError::Refused {
+                    code: ErrorCode::NoKeyPackage,
+                    ..
+                }) => return Err(Error::InviteUsed(invite.name.clone())),
+                Err(source) => {
+                    self.relay_failed(&invite.relay.clone(), &source);
+                    return Err(Error::Relay { whose, source });
+                }
+            }
+        };
+        let own = self.profile.relay()?;
+        let inbox = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+        {
+            let session = self.session(&own, "your relay").await?;
+            if let Err(source) = session
+                .conn
+                .create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
+                .await
+            {
+                self.relay_failed(&own, &source);
+                return Err(Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source,
+                });
+            }
+        }
+        let contact =
+            self.profile
+                .accept(&invite, offer.suite, &key_package, &inbox, local_name)?;
+        let report = self.flush(true).await?;
+        Ok((contact, report))
+    }
+
+    /// Encrypts and queues `text` for the contact called `contact`, then tries to send
+    /// everything queued.
+    ///
+    /// # Errors
+    /// For an unknown contact or bad text; relay failures only show in the report (the
+    /// message stays queued).
+    pub async fn send(
+        &mut self,
+        contact: &str,
+        text: &str,
+    ) -> Result<(Message, FlushReport), Error> {
+        let contact = self.profile.find_contact(contact)?;
+        let message = self.profile.compose(contact.id, text)?;
+        let report = self.flush(true).await?;
+        Ok((message, report))
+    }
+
+    /// Posts queued items, oldest first; per destination, stops at the first failure so the
+    /// order holds. With `force`, ignores the backoff (a person asked to send now).
+    ///
+    /// # Errors
+    /// Only on profile failures.
+    pub async fn flush(&mut self, force: bool) -> Result<FlushReport, Error> {
+        let mut report = FlushReport::default();
+        let now = now_ms();
+        let mut blocked: BTreeSet<(String, [u8; 32])> = BTreeSet::new();
+        for item in self.profile.outbox()? {
+            let dest = (item.relay.clone(), item.mailbox);
+            if blocked.contains(&dest) || (!force && item.next_attempt_at_ms > now) {
+                blocked.insert(dest);
+                report.waiting += 1;
+                continue;
+            }
+            match self.post(&item).await {
+                Ok(()) => {
+                    self.profile.sent(item.id)?;
+                    report.sent += 1;
+                    report.stored.push((item.mailbox, item.payload.len()));
+                }
+                Err(e) => {
+                    let delay = backoff_ms(item.attempts);
+                    self.profile.failed(item.id, delay)?;
+                    report.errors.push(e.to_string());
+                    blocked.insert(dest);
+                    report.waiting += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn post(&mut self, item: &OutboxItem) -> Result<(), Error> {
+        let link = parse_stored_relay(&item.relay)?;
+        let whose = self.whose(&item.mailbox);
+        let session = self.session(&link, &whose).await?;
+        match session
+            .conn
+            .send(
+                &MailboxId(item.mailbox),
+                &item.sender_cap,
+                item.message_id,
+                item.payload.clone(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                self.relay_failed(&link, &source);
+                Err(Error::Relay { whose, source })
+            }
+        }
+    }
+
+    fn whose(&self, peer_mailbox: &[u8; 32]) -> String {
+        self.profile
+            .contact_by_peer_mailbox(peer_mailbox)
+            .ok()
+            .flatten()
+            .map_or_else(
+                || "the contact's relay".to_owned(),
+                |n| format!("{n}'s relay"),
+            )
+    }
+
+    /// Connects to every relay this profile receives on and subscribes to every mailbox not
+    /// yet subscribed. Returns how many messages were waiting.
+    ///
+    /// # Errors
+    /// When a relay cannot be reached (mailboxes on other relays stay subscribed).
+    pub async fn subscribe_all(&mut self) -> Result<u64, Error> {
+        let mut pending = 0;
+        let mut first_error = None;
+        for inbox in self.profile.inboxes()? {
+            let link = parse_stored_relay(&inbox.relay)?;
+            let result = async {
+                let session = self.session(&link, "your relay").await?;
+                if session.subscribed.contains(&inbox.mailbox) {
+                    return Ok(None);
+                }
+                session
+                    .conn
+                    .subscribe(&inbox.key, &MailboxId(inbox.mailbox))
+                    .await
+                    .map(Some)
+                    .map_err(|source| Error::Relay {
+                        whose: "your relay".to_owned(),
+                        source,
+                    })
+            }
+            .await;
+            match result {
+                Ok(Some(n)) => {
+                    pending += n;
+                    *self.waiting.entry(inbox.mailbox).or_default() += n;
+                    if let Some(s) = self.sessions.get_mut(link.relay_key()) {
+                        s.subscribed.insert(inbox.mailbox);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Error::Relay { source, .. } = &e {
+                        self.relay_failed(&link, source);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(pending),
+        }
+    }
+
+    /// Deliveries announced at subscription and not yet received.
+    pub fn backlog(&self) -> u64 {
+        self.waiting.values().sum()
+    }
+
+    /// Waits for the next thing from any relay and handles it. Returns `None` when no session
+    /// is open.
+    ///
+    /// # Errors
+    /// On profile failures (nothing unrecorded was acknowledged).
+    pub async fn next_events(&mut self) -> Result<Option<Vec<ClientEvent>>, Error> {
+        if self.sessions.is_empty() {
+            return Ok(None);
+        }
+        let Some((key, event)) = self.events_rx.recv().await else {
+            return Ok(None);
+        };
+        match event {
+            Event::Push(push) => self.handle_push(key, push).await.map(Some),
+            Event::Closed(reason) => {
+                if let Some(s) = self.sessions.remove(&key) {
+                    for m in s.subscribed {
+                        self.waiting.remove(&m);
+                    }
+                }
+                let reason = match reason {
+                    CloseReason::Relay(e) => format!("the relay closed the session: {}", e.message),
+                    CloseReason::Eof => "the connection ended".to_owned(),
+                    CloseReason::Io(e) => format!("the connection failed: {e}"),
+                    CloseReason::Protocol(e) => format!("the relay broke the protocol: {e}"),
+                };
+                Ok(Some(vec![ClientEvent::Disconnected { reason }]))
+            }
+        }
+    }
+
+    async fn handle_push(
+        &mut self,
+        key: [u8; 32],
+        push: msg::Push,
+    ) -> Result<Vec<ClientEvent>, Error> {
+        let mut events = Vec::new();
+        let Ok(mailbox) = <[u8; 32]>::try_from(push.mailbox_id.as_slice()) else {
+            return Ok(vec![ClientEvent::Dropped(
+                "the relay pushed for a malformed mailbox id".to_owned(),
+            )]);
+        };
+        let mut seqs = Vec::new();
+        let mut receipts: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
+        for d in &push.deliveries {
+            let handled = self
+                .profile
+                .handle_delivery(&mailbox, &d.message_id, &d.ciphertext)?;
+            seqs.push(d.seq);
+            if let Some(w) = self.waiting.get_mut(&mailbox) {
+                *w = w.saturating_sub(1);
+            }
+            match handled {
+                Handled::Message {
+                    message,
+                    content_id,
+                } => {
+                    receipts
+                        .entry(message.contact_id)
+                        .or_default()
+                        .push(content_id);
+                    events.push(ClientEvent::Message(message));
+                }
+                Handled::NewContact(c) => events.push(ClientEvent::NewContact(c)),
+                Handled::Intro { contact_id } => {
+                    events.push(ClientEvent::Introduced(self.profile.contact(contact_id)?));
+                }
+                Handled::Receipt {
+                    contact_id,
+                    delivered,
+                } => events.push(ClientEvent::Delivered {
+                    contact_id,
+                    count: delivered,
+                }),
+                Handled::Rekeyed { contact_id, epoch } => {
+                    events.push(ClientEvent::Rekeyed { contact_id, epoch });
+                }
+                Handled::Duplicate => {}
+                Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
+            }
+        }
+        if let Some(session) = self.sessions.get(&key) {
+            // A failed ack only means a redelivery, which the profile recognises.
+            let _ = session.conn.ack(&MailboxId(mailbox), seqs).await;
+        }
+        for (contact, ids) in receipts {
+            self.profile.compose_receipt(contact, ids)?;
+        }
+        Ok(events)
+    }
+
+    /// Subscribes, takes everything waiting (until the backlog is drained, nothing arrives
+    /// for `quiet`, or `limit` passes), then posts what is queued. Returns what happened.
+    ///
+    /// # Errors
+    /// When your relay cannot be reached, or on profile failures.
+    pub async fn sync(
+        &mut self,
+        quiet: Duration,
+        limit: Duration,
+    ) -> Result<(Vec<ClientEvent>, FlushReport), Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut events = Vec::new();
+        let subscribed = self.subscribe_all().await;
+        let first = self.flush(false).await?;
+        loop {
+            let wait = if self.backlog() > 0 {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            } else {
+                quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            };
+            match tokio::time::timeout(wait, self.next_events()).await {
+                Ok(Ok(Some(mut batch))) => events.append(&mut batch),
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        let mut report = self.flush(false).await?;
+        report.sent += first.sent;
+        report.stored.extend(first.stored);
+        report.errors.extend(first.errors);
+        subscribed?;
+        Ok((events, report))
+    }
+
+    /// The link of every relay session open now.
+    pub fn connected_relays(&self) -> Vec<RelayLink> {
+        self.sessions.values().map(|s| s.link.clone()).collect()
+    }
+}
+
+fn backoff_ms(attempts: i64) -> i64 {
+    let base = 1000i64
+        .saturating_mul(1 << attempts.clamp(0, 16))
+        .min(MAX_BACKOFF_MS);
+    // ±20% jitter so many clients retrying at once spread out.
+    let jitter = pigeon_proto::auth::random_bytes::<1>().map_or(128, |b| i64::from(b[0]));
+    base * (80 + jitter * 40 / 255) / 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_ceiling_with_jitter() {
+        for (attempts, low, high) in [(0, 800, 1200), (3, 6400, 9600), (40, 240_000, 360_000)] {
+            let b = backoff_ms(attempts);
+            assert!((low..=high).contains(&b), "{attempts}: {b}");
+        }
+    }
+}

@@ -1,0 +1,1170 @@
+//! The profile: one person's encrypted database and everything that happens to it without a
+//! network.
+//!
+//! The database is SQLCipher (AES-256, key from the passphrase through SQLCipher's PBKDF2),
+//! holding our tables and openmls's state side by side on one connection, so every operation
+//! — decrypt a message and record it, encrypt one and queue it — is a single transaction:
+//! either all of it happens or none of it does, whenever the process dies. Deleted rows are
+//! overwritten (`secure_delete`), so keys an epoch change retires are gone from the file, not
+//! just unlinked.
+//!
+//! The network side ([`crate::Client`]) moves bytes between this and relays: it queues through
+//! [`Profile::compose`], sends what [`Profile::outbox`] holds, and hands each delivery to
+//! [`Profile::handle_delivery`] before acknowledging it.
+
+use crate::invite::{Invite, Offer, ReplyToPayload, check_name};
+use pigeon_e2ee::content::{Intro, Join, Receipt, Text, body::Body, envelope::Kind};
+use pigeon_e2ee::{Content, CryptoProvider, E2eeError, Envelope, Group, Identity, Suite};
+use pigeon_proto::auth::{self, SigningKey};
+use pigeon_transport::RelayLink;
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+mod receive;
+mod schema;
+
+use schema::{CONTACT_QUERY_ALL, SCHEMA};
+
+/// The database file inside a profile directory.
+pub const DB_FILE: &str = "profile.db";
+/// The committing side refreshes the group's keys after this many of its own messages.
+pub const REKEY_EVERY: i64 = 50;
+/// Delivered message ids are remembered this long (longer than a relay keeps a message).
+const SEEN_DAYS: i64 = 60;
+const SCHEMA_VERSION: i64 = 1;
+
+/// A passphrase, wiped from memory when dropped and never printed.
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// Wraps a passphrase.
+    pub fn new(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(…)")
+    }
+}
+
+/// Why a profile operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// No profile in the directory.
+    #[error("there is no profile in {0}: create one with `pigeon init`")]
+    NotFound(PathBuf),
+    /// A profile already exists.
+    #[error("a profile already exists in {0}")]
+    Exists(PathBuf),
+    /// The passphrase does not open the database (or the file is not a profile).
+    #[error(
+        "the passphrase does not open the profile in {0} (or the file is not a Pigeonpost profile)"
+    )]
+    WrongPassphrase(PathBuf),
+    /// The profile is from a newer version.
+    #[error("the profile was written by a newer version of pigeon (schema {0}): update pigeon")]
+    TooNew(i64),
+    /// A file-system or database failure.
+    #[error("the profile database failed while {doing}: {reason}")]
+    Db {
+        /// What was being done.
+        doing: &'static str,
+        /// SQLite's description.
+        reason: String,
+    },
+    /// No contact by that name or number.
+    #[error("no contact called {0:?}: `pigeon contacts` lists them")]
+    NoContact(String),
+    /// More than one contact matches.
+    #[error("{0:?} matches more than one contact; use its number from `pigeon contacts`")]
+    Ambiguous(String),
+    /// Bad user input (a name, a text).
+    #[error("{0}")]
+    Invalid(String),
+    /// Only one side of a conversation may refresh its keys, and only at the right moment.
+    #[error("{0}")]
+    NotNow(String),
+    /// End-to-end encryption failed.
+    #[error(transparent)]
+    E2ee(#[from] E2eeError),
+    /// Randomness failed.
+    #[error("the random source failed: {0}")]
+    Random(String),
+}
+
+impl ProfileError {
+    /// Who is at fault.
+    pub fn kind(&self) -> pigeon_wire::ErrorKind {
+        use pigeon_wire::ErrorKind;
+        match self {
+            Self::E2ee(e) if e.is_bad_input() => ErrorKind::Peer,
+            Self::NotFound(_)
+            | Self::Exists(_)
+            | Self::WrongPassphrase(_)
+            | Self::NoContact(_)
+            | Self::Ambiguous(_)
+            | Self::Invalid(_)
+            | Self::NotNow(_) => ErrorKind::BadInput,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> ProfileError {
+    move |e| ProfileError::Db {
+        doing,
+        reason: e.to_string(),
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], ProfileError> {
+    auth::random_bytes().map_err(|e| ProfileError::Random(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// serde_json for openmls's stored values.
+#[derive(Default)]
+pub(crate) struct JsonCodec;
+
+impl openmls_sqlite_storage::Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+type Storage<'a> = openmls_sqlite_storage::SqliteStorageProvider<JsonCodec, &'a Connection>;
+type Mls<'a> = pigeon_e2ee::Provider<'a, Storage<'a>>;
+
+/// A contact as people see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// Local number (stable; `#3` in the CLI).
+    pub id: i64,
+    /// Display name (unique in this profile).
+    pub name: String,
+    /// The conversation's ciphersuite.
+    pub suite: Suite,
+    /// Messages not yet read.
+    pub unread: i64,
+    /// Outgoing messages not yet taken by the relay.
+    pub queued: i64,
+    /// When the contact was added.
+    pub created_at_ms: i64,
+}
+
+/// A text message in a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Local number.
+    pub id: i64,
+    /// The contact's number.
+    pub contact_id: i64,
+    /// The contact's name.
+    pub contact: String,
+    /// True when this profile sent it.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at_ms: i64,
+    /// When it was stored here.
+    pub stored_at_ms: i64,
+    /// For outgoing messages: the peer confirmed receipt.
+    pub delivered: bool,
+}
+
+/// A message waiting to be posted to a relay.
+#[derive(Clone, Debug)]
+pub struct OutboxItem {
+    /// Row number (delete it with [`Profile::sent`] once the relay acknowledges).
+    pub id: i64,
+    /// The destination relay.
+    pub relay: String,
+    /// The destination mailbox.
+    pub mailbox: [u8; 32],
+    /// The capability to post there.
+    pub sender_cap: [u8; 32],
+    /// The relay-level message id (the same on every retry, so the relay de-duplicates).
+    pub message_id: [u8; 16],
+    /// The encoded envelope.
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// Not before this time (milliseconds since the Unix epoch).
+    pub next_attempt_at_ms: i64,
+}
+
+/// A mailbox this profile reads.
+#[derive(Clone)]
+pub struct Inbox {
+    /// Its relay.
+    pub relay: String,
+    /// Its id.
+    pub mailbox: [u8; 32],
+    /// The key that proves ownership.
+    pub key: SigningKey,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inbox")
+    }
+}
+
+/// A fresh invitation's parts that go to the relay.
+pub struct PreparedInvite {
+    /// The invitation.
+    pub invite: Invite,
+    /// Owns the mailbox.
+    pub mailbox_key: SigningKey,
+    /// Owns the key-package slots.
+    pub slot_key: SigningKey,
+    /// One key package per offer, in the same order.
+    pub key_packages: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PreparedInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedInvite")
+    }
+}
+
+/// What a delivery turned out to be.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Handled {
+    /// A text message.
+    Message {
+        /// The message.
+        message: Message,
+        /// The sender's content id (what a receipt names).
+        content_id: Vec<u8>,
+    },
+    /// Someone accepted an invitation: a new contact.
+    NewContact(Contact),
+    /// The peer introduced itself (its name may have changed).
+    Intro {
+        /// The contact.
+        contact_id: i64,
+    },
+    /// Receipts for our messages.
+    Receipt {
+        /// The contact.
+        contact_id: i64,
+        /// Messages newly marked delivered.
+        delivered: usize,
+    },
+    /// The peer refreshed the conversation's keys.
+    Rekeyed {
+        /// The contact.
+        contact_id: i64,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Seen before (redelivered after a lost acknowledgement): nothing to do.
+    Duplicate,
+    /// Refused (tampered, replayed, not for us...): dropped, state unchanged.
+    Dropped(String),
+}
+
+/// One person's profile.
+pub struct Profile {
+    conn: Connection,
+    crypto: CryptoProvider,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ContactRow {
+    id: i64,
+    name: String,
+    group_id: Vec<u8>,
+    signature_key: Vec<u8>,
+    committer: bool,
+    peer_relay: String,
+    peer_mailbox: [u8; 32],
+    peer_cap: [u8; 32],
+    sent_since_update: i64,
+    peer_epoch: i64,
+}
+
+fn blob32(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
+    v.as_slice().try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "a 32-byte column holds another length".into(),
+        )
+    })
+}
+
+fn signing_key(bytes: Vec<u8>) -> rusqlite::Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&blob32(bytes)?))
+}
+
+impl Profile {
+    /// Creates a profile in `dir` (created with mode 0700 if missing).
+    ///
+    /// # Errors
+    /// [`ProfileError::Exists`] if there is one; [`ProfileError::Invalid`] for a bad name.
+    pub fn create(
+        dir: &Path,
+        passphrase: &Passphrase,
+        name: &str,
+        relay: &RelayLink,
+    ) -> Result<Self, ProfileError> {
+        check_name(name).map_err(ProfileError::Invalid)?;
+        if passphrase.0.is_empty() {
+            return Err(ProfileError::Invalid("the passphrase is empty".to_owned()));
+        }
+        let path = dir.join(DB_FILE);
+        if path.exists() {
+            return Err(ProfileError::Exists(dir.to_owned()));
+        }
+        create_private_dir(dir)?;
+        let profile = Self::open_path(dir, passphrase)?;
+        profile
+            .conn
+            .execute(
+                "INSERT INTO profile (id, name, relay, created_at) VALUES (1, ?1, ?2, ?3)",
+                params![name, relay.to_string(), now_ms()],
+            )
+            .map_err(db("saving the profile"))?;
+        restrict(&path)?;
+        Ok(profile)
+    }
+
+    /// Opens the profile in `dir`.
+    ///
+    /// # Errors
+    /// [`ProfileError::NotFound`], [`ProfileError::WrongPassphrase`], or a database failure.
+    pub fn open(dir: &Path, passphrase: &Passphrase) -> Result<Self, ProfileError> {
+        if !dir.join(DB_FILE).exists() {
+            return Err(ProfileError::NotFound(dir.to_owned()));
+        }
+        let profile = Self::open_path(dir, passphrase)?;
+        profile.name()?;
+        Ok(profile)
+    }
+
+    fn open_path(dir: &Path, passphrase: &Passphrase) -> Result<Self, ProfileError> {
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path).map_err(db("opening the database"))?;
+        conn.pragma_update(None, "key", passphrase.0.as_str())
+            .map_err(db("setting the key"))?;
+        if conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_err()
+        {
+            return Err(ProfileError::WrongPassphrase(dir.to_owned()));
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(15))
+            .map_err(db("setting the busy timeout"))?;
+        for (pragma, value) in [
+            ("secure_delete", "ON"),
+            ("journal_mode", "DELETE"),
+            ("synchronous", "FULL"),
+            ("foreign_keys", "ON"),
+        ] {
+            conn.pragma_update_and_check(None, pragma, value, |_| Ok(()))
+                .or_else(|_| conn.pragma_update(None, pragma, value))
+                .map_err(db("configuring the database"))?;
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db("reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(ProfileError::TooNew(version));
+        }
+        openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+            .run_migrations()
+            .map_err(|e| ProfileError::Db {
+                doing: "preparing the encryption state tables",
+                reason: e.to_string(),
+            })?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).map_err(db("creating tables"))?;
+        }
+        let crypto = pigeon_e2ee::crypto()?;
+        Ok(Self {
+            conn,
+            crypto,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn mls(&self) -> Mls<'_> {
+        pigeon_e2ee::Provider::new(&self.crypto, Storage::new(&self.conn))
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: committed on `Ok`, rolled back on `Err`.
+    fn tx<T>(&self, f: impl FnOnce() -> Result<T, ProfileError>) -> Result<T, ProfileError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db("starting a transaction"))?;
+        match f() {
+            Ok(v) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(db("committing")(e));
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The display name.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn name(&self) -> Result<String, ProfileError> {
+        self.conn
+            .query_row("SELECT name FROM profile WHERE id = 1", [], |r| r.get(0))
+            .map_err(db("reading the profile"))
+    }
+
+    /// The relay this profile receives on.
+    ///
+    /// # Errors
+    /// On database failure or a damaged stored link.
+    pub fn relay(&self) -> Result<RelayLink, ProfileError> {
+        let text: String = self
+            .conn
+            .query_row("SELECT relay FROM profile WHERE id = 1", [], |r| r.get(0))
+            .map_err(db("reading the profile"))?;
+        parse_stored_relay(&text)
+    }
+
+    /// Makes an invitation: a mailbox, key packages and secrets, saved as pending. The caller
+    /// creates the mailbox and publishes the key packages on the relay before showing the link.
+    ///
+    /// # Errors
+    /// On database or key-generation failure.
+    pub fn prepare_invite(&self) -> Result<PreparedInvite, ProfileError> {
+        let relay = self.relay()?;
+        let name = self.name()?;
+        let mailbox_key =
+            auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;
+        let slot_key =
+            auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;
+        let (mailbox_id, sender_cap, secret) = (random()?, random()?, random()?);
+        self.tx(|| {
+            let mls = self.mls();
+            let identity = Identity::generate(&mls)?;
+            let mut offers = Vec::new();
+            let mut key_packages = Vec::new();
+            for suite in Suite::PREFERENCE {
+                offers.push(Offer {
+                    suite,
+                    slot_id: random()?,
+                });
+                key_packages.push(identity.key_package(&mls, suite)?);
+            }
+            let signature_key: [u8; 32] = identity.public_key().try_into().map_err(|_| {
+                ProfileError::Invalid("the signature key is not 32 bytes".to_owned())
+            })?;
+            let invite = Invite {
+                relay: relay.clone(),
+                mailbox_id,
+                sender_cap,
+                signature_key,
+                secret,
+                name,
+                offers,
+            };
+            let link = invite
+                .to_link()
+                .map_err(|e| ProfileError::Invalid(e.to_string()))?;
+            self.conn
+                .execute(
+                    "INSERT INTO invites (mailbox_id, mailbox_key, relay, signature_key, secret, link, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        mailbox_id.as_slice(),
+                        mailbox_key.to_bytes().as_slice(),
+                        relay.to_string(),
+                        signature_key.as_slice(),
+                        secret.as_slice(),
+                        link,
+                        now_ms()
+                    ],
+                )
+                .map_err(db("saving the invitation"))?;
+            Ok(PreparedInvite {
+                invite,
+                mailbox_key,
+                slot_key,
+                key_packages,
+            })
+        })
+    }
+
+    /// Accepts an invitation: starts the group with the inviter's key package, names the
+    /// contact, and queues the Welcome with our introduction to the inviter's mailbox.
+    /// `inbox` is the mailbox (already created on our relay) where replies will arrive.
+    ///
+    /// # Errors
+    /// [`ProfileError::E2ee`] when the key package is not the inviter's or is unusable.
+    pub fn accept(
+        &self,
+        invite: &Invite,
+        suite: Suite,
+        key_package: &[u8],
+        inbox: &crate::OwnedMailbox,
+        local_name: Option<&str>,
+    ) -> Result<Contact, ProfileError> {
+        let relay = self.relay()?;
+        let my_name = self.name()?;
+        if let Some(n) = local_name {
+            check_name(n).map_err(ProfileError::Invalid)?;
+        }
+        self.tx(|| {
+            let mls = self.mls();
+            let identity = Identity::generate(&mls)?;
+            let (mut group, welcome) =
+                Group::start(&mls, &identity, suite, key_package, &invite.signature_key)?;
+            let reply_to = ReplyToPayload {
+                relay: relay.to_payload().encode_to_vec(),
+                mailbox_id: inbox.id.0.to_vec(),
+                sender_cap: inbox.sender_cap.to_vec(),
+            };
+            let intro = new_content(Body::Intro(Intro {
+                name: my_name,
+                invite_secret: invite.secret.to_vec(),
+                reply_to: reply_to.encode_to_vec(),
+            }))?;
+            let first = group.seal(&mls, &identity, &intro)?;
+            let name = self.unique_name(local_name.unwrap_or(&invite.name))?;
+            self.conn
+                .execute(
+                    "INSERT INTO contacts (name, named_by_user, group_id, signature_key, suite, committer,
+                       inbox_id, inbox_key, inbox_relay, peer_relay, peer_mailbox, peer_cap, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![
+                        name,
+                        local_name.is_some(),
+                        group.id(),
+                        identity.public_key(),
+                        suite.code(),
+                        inbox.id.0.as_slice(),
+                        inbox.key.to_bytes().as_slice(),
+                        relay.to_string(),
+                        invite.relay.to_string(),
+                        invite.mailbox_id.as_slice(),
+                        invite.sender_cap.as_slice(),
+                        now_ms()
+                    ],
+                )
+                .map_err(db("saving the contact"))?;
+            let contact_id = self.conn.last_insert_rowid();
+            let envelope = Envelope {
+                kind: Some(Kind::Join(Join { welcome, first })),
+            };
+            self.queue(
+                &invite.relay.to_string(),
+                &invite.mailbox_id,
+                &invite.sender_cap,
+                &envelope,
+            )?;
+            self.contact(contact_id)
+        })
+    }
+
+    fn unique_name(&self, wanted: &str) -> Result<String, ProfileError> {
+        let taken = |n: &str| -> Result<bool, ProfileError> {
+            self.conn
+                .query_row("SELECT 1 FROM contacts WHERE name = ?1", [n], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(db("checking names"))
+        };
+        if !taken(wanted)? {
+            return Ok(wanted.to_owned());
+        }
+        for i in 2..10_000 {
+            let candidate = format!("{wanted} ({i})");
+            if !taken(&candidate)? {
+                return Ok(candidate);
+            }
+        }
+        Err(ProfileError::Invalid(format!(
+            "too many contacts are called {wanted:?}"
+        )))
+    }
+
+    fn queue(
+        &self,
+        relay: &str,
+        mailbox: &[u8; 32],
+        cap: &[u8; 32],
+        envelope: &Envelope,
+    ) -> Result<(), ProfileError> {
+        let message_id: [u8; 16] = random()?;
+        self.conn
+            .execute(
+                "INSERT INTO outbox (relay, mailbox_id, sender_cap, message_id, payload, created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    relay,
+                    mailbox.as_slice(),
+                    cap.as_slice(),
+                    message_id.as_slice(),
+                    envelope.encode_to_vec(),
+                    now_ms()
+                ],
+            )
+            .map_err(db("queueing a message"))?;
+        Ok(())
+    }
+
+    /// Every contact, by number.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn contacts(&self) -> Result<Vec<Contact>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(CONTACT_QUERY_ALL)
+            .map_err(db("listing contacts"))?;
+        let rows = stmt
+            .query_map([], contact_from_row)
+            .map_err(db("listing contacts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("listing contacts"))
+    }
+
+    /// One contact by number.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] if there is none.
+    pub fn contact(&self, id: i64) -> Result<Contact, ProfileError> {
+        self.contacts()?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ProfileError::NoContact(format!("#{id}")))
+    }
+
+    /// The contact called `query`: an exact name, a case-insensitive name, or `#N` / `N`.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] or [`ProfileError::Ambiguous`].
+    pub fn find_contact(&self, query: &str) -> Result<Contact, ProfileError> {
+        let contacts = self.contacts()?;
+        if let Some(c) = contacts.iter().find(|c| c.name == query) {
+            return Ok(c.clone());
+        }
+        let folded: Vec<_> = contacts
+            .iter()
+            .filter(|c| c.name.to_lowercase() == query.to_lowercase())
+            .collect();
+        match folded.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [_, _, ..] => return Err(ProfileError::Ambiguous(query.to_owned())),
+            [] => {}
+        }
+        if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
+            && let Some(c) = contacts.iter().find(|c| c.id == n)
+        {
+            return Ok(c.clone());
+        }
+        Err(ProfileError::NoContact(query.to_owned()))
+    }
+
+    /// The name of the contact whose mailbox is `peer_mailbox`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn contact_by_peer_mailbox(
+        &self,
+        peer_mailbox: &[u8; 32],
+    ) -> Result<Option<String>, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT name FROM contacts WHERE peer_mailbox = ?1",
+                [peer_mailbox.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("finding a contact"))
+    }
+
+    fn contact_row(&self, id: i64) -> Result<ContactRow, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, group_id, signature_key, committer, peer_relay, peer_mailbox, peer_cap,
+                        sent_since_update, peer_epoch FROM contacts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(ContactRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        group_id: r.get(2)?,
+                        signature_key: r.get(3)?,
+                        committer: r.get(4)?,
+                        peer_relay: r.get(5)?,
+                        peer_mailbox: blob32(r.get(6)?)?,
+                        peer_cap: blob32(r.get(7)?)?,
+                        sent_since_update: r.get(8)?,
+                        peer_epoch: r.get(9)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("reading a contact"))?
+            .ok_or_else(|| ProfileError::NoContact(format!("#{id}")))
+    }
+
+    /// Encrypts `text` for a contact and queues it (one transaction: the group's new state,
+    /// the message and the queued ciphertext are saved together). The committing side also
+    /// refreshes the group's keys every [`REKEY_EVERY`] messages, when it safely can.
+    ///
+    /// # Errors
+    /// [`ProfileError::Invalid`] for an empty or oversized text.
+    pub fn compose(&self, contact_id: i64, text: &str) -> Result<Message, ProfileError> {
+        if text.trim().is_empty() {
+            return Err(ProfileError::Invalid("the message is empty".to_owned()));
+        }
+        if text.len() > pigeon_e2ee::content::MAX_TEXT {
+            return Err(ProfileError::Invalid(format!(
+                "the message is {} bytes; at most {} fit in one message",
+                text.len(),
+                pigeon_e2ee::content::MAX_TEXT
+            )));
+        }
+        self.tx(|| {
+            let row = self.contact_row(contact_id)?;
+            let mls = self.mls();
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let mut group = Group::load(&mls, &row.group_id)?;
+            if row.committer
+                && row.sent_since_update >= REKEY_EVERY
+                && i64::try_from(group.epoch()).unwrap_or(i64::MAX) == row.peer_epoch
+            {
+                self.rekey_in_tx(&row, &mls, &identity, &mut group)?;
+            }
+            let content = new_content(Body::Text(Text {
+                text: text.to_owned(),
+            }))?;
+            let ct = group.seal(&mls, &identity, &content)?;
+            self.queue(
+                &row.peer_relay,
+                &row.peer_mailbox,
+                &row.peer_cap,
+                &Envelope {
+                    kind: Some(Kind::Mls(ct)),
+                },
+            )?;
+            self.conn
+                .execute(
+                    "UPDATE contacts SET sent_since_update = sent_since_update + 1 WHERE id = ?1",
+                    [row.id],
+                )
+                .map_err(db("counting messages"))?;
+            self.insert_message(&row, true, &content.id, text, to_i64(content.sent_at_ms))?
+                .ok_or_else(|| ProfileError::Invalid("a message id repeated".to_owned()))
+        })
+    }
+
+    /// Queues a receipt for contents received from a contact.
+    ///
+    /// # Errors
+    /// On database or encryption failure.
+    pub fn compose_receipt(&self, contact_id: i64, ids: Vec<Vec<u8>>) -> Result<(), ProfileError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.tx(|| {
+            let row = self.contact_row(contact_id)?;
+            let mls = self.mls();
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let mut group = Group::load(&mls, &row.group_id)?;
+            for chunk in ids.chunks(512) {
+                let content = new_content(Body::Receipt(Receipt {
+                    ids: chunk.to_vec(),
+                }))?;
+                let ct = group.seal(&mls, &identity, &content)?;
+                self.queue(
+                    &row.peer_relay,
+                    &row.peer_mailbox,
+                    &row.peer_cap,
+                    &Envelope {
+                        kind: Some(Kind::Mls(ct)),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Refreshes a conversation's keys now (a self-update commit, queued to the peer).
+    ///
+    /// # Errors
+    /// [`ProfileError::NotNow`] unless this side commits for the conversation and the peer has
+    /// spoken since the last refresh.
+    pub fn rekey(&self, contact_id: i64) -> Result<u64, ProfileError> {
+        self.tx(|| {
+            let row = self.contact_row(contact_id)?;
+            if !row.committer {
+                return Err(ProfileError::NotNow(format!(
+                    "{} refreshes the keys of this conversation; this side cannot",
+                    row.name
+                )));
+            }
+            let mls = self.mls();
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let mut group = Group::load(&mls, &row.group_id)?;
+            if i64::try_from(group.epoch()).unwrap_or(i64::MAX) != row.peer_epoch {
+                return Err(ProfileError::NotNow(format!(
+                    "the keys were just refreshed; wait until {} has sent something",
+                    row.name
+                )));
+            }
+            self.rekey_in_tx(&row, &mls, &identity, &mut group)?;
+            Ok(group.epoch())
+        })
+    }
+
+    fn rekey_in_tx(
+        &self,
+        row: &ContactRow,
+        mls: &Mls<'_>,
+        identity: &Identity,
+        group: &mut Group,
+    ) -> Result<(), ProfileError> {
+        let commit = group.update(mls, identity)?;
+        self.queue(
+            &row.peer_relay,
+            &row.peer_mailbox,
+            &row.peer_cap,
+            &Envelope {
+                kind: Some(Kind::Mls(commit)),
+            },
+        )?;
+        self.conn
+            .execute(
+                "UPDATE contacts SET sent_since_update = 0 WHERE id = ?1",
+                [row.id],
+            )
+            .map_err(db("recording a key refresh"))?;
+        Ok(())
+    }
+
+    /// The conversation's current epoch authenticator (both sides see the same value).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn epoch_authenticator(&self, contact_id: i64) -> Result<(u64, Vec<u8>), ProfileError> {
+        let row = self.contact_row(contact_id)?;
+        let group = Group::load(&self.mls(), &row.group_id)?;
+        Ok((group.epoch(), group.epoch_authenticator()))
+    }
+
+    fn insert_message(
+        &self,
+        row: &ContactRow,
+        outgoing: bool,
+        uid: &[u8],
+        text: &str,
+        sent_at_ms: i64,
+    ) -> Result<Option<Message>, ProfileError> {
+        let now = now_ms();
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO messages (contact_id, outgoing, uid, body, sent_at, stored_at, read)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?2)",
+                params![row.id, outgoing, uid, text, sent_at_ms, now],
+            )
+            .map_err(db("saving a message"))?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Message {
+            id: self.conn.last_insert_rowid(),
+            contact_id: row.id,
+            contact: row.name.clone(),
+            outgoing,
+            text: text.to_owned(),
+            sent_at_ms,
+            stored_at_ms: now,
+            delivered: false,
+        }))
+    }
+
+    /// Messages waiting for a relay, oldest first.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn outbox(&self) -> Result<Vec<OutboxItem>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, relay, mailbox_id, sender_cap, message_id, payload, attempts, next_attempt_at
+                 FROM outbox ORDER BY id",
+            )
+            .map_err(db("reading the outbox"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let mid: Vec<u8> = r.get(4)?;
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    relay: r.get(1)?,
+                    mailbox: blob32(r.get(2)?)?,
+                    sender_cap: blob32(r.get(3)?)?,
+                    message_id: mid.as_slice().try_into().map_err(|_| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            4,
+                            rusqlite::types::Type::Blob,
+                            "a message id is not 16 bytes".into(),
+                        )
+                    })?,
+                    payload: r.get(5)?,
+                    attempts: r.get(6)?,
+                    next_attempt_at_ms: r.get(7)?,
+                })
+            })
+            .map_err(db("reading the outbox"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading the outbox"))
+    }
+
+    /// The relay holds `item` durably: drop it from the outbox.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn sent(&self, item_id: i64) -> Result<(), ProfileError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [item_id])
+            .map_err(db("updating the outbox"))?;
+        Ok(())
+    }
+
+    /// Sending `item` failed: count the attempt and hold it back for `retry_after_ms`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn failed(&self, item_id: i64, retry_after_ms: i64) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
+                params![item_id, now_ms().saturating_add(retry_after_ms)],
+            )
+            .map_err(db("updating the outbox"))?;
+        Ok(())
+    }
+
+    /// Every mailbox this profile reads: pending invitations and contacts.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn inboxes(&self) -> Result<Vec<Inbox>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT relay, mailbox_id, mailbox_key FROM invites
+                 UNION ALL SELECT inbox_relay, inbox_id, inbox_key FROM contacts",
+            )
+            .map_err(db("listing mailboxes"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Inbox {
+                    relay: r.get(0)?,
+                    mailbox: blob32(r.get(1)?)?,
+                    key: signing_key(r.get(2)?)?,
+                })
+            })
+            .map_err(db("listing mailboxes"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("listing mailboxes"))
+    }
+
+    /// Unread incoming messages (of one contact, or all), oldest first; marks them read.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn take_unread(&self, contact_id: Option<i64>) -> Result<Vec<Message>, ProfileError> {
+        self.tx(|| {
+            let messages = self.messages(contact_id, true, i64::MAX)?;
+            for m in &messages {
+                self.conn
+                    .execute("UPDATE messages SET read = 1 WHERE id = ?1", [m.id])
+                    .map_err(db("marking messages read"))?;
+            }
+            Ok(messages)
+        })
+    }
+
+    /// The latest `limit` messages (of one contact, or all), oldest first.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn history(
+        &self,
+        contact_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Message>, ProfileError> {
+        self.messages(contact_id, false, limit)
+    }
+
+    fn messages(
+        &self,
+        contact_id: Option<i64>,
+        unread_only: bool,
+        limit: i64,
+    ) -> Result<Vec<Message>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT * FROM (
+                   SELECT m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at, m.stored_at, m.delivered
+                   FROM messages m JOIN contacts c ON c.id = m.contact_id
+                   WHERE (?1 IS NULL OR m.contact_id = ?1) AND (?2 = 0 OR m.read = 0)
+                   ORDER BY m.id DESC LIMIT ?3)
+                 ORDER BY id",
+            )
+            .map_err(db("reading messages"))?;
+        let rows = stmt
+            .query_map(params![contact_id, unread_only, limit], |r| {
+                Ok(Message {
+                    id: r.get(0)?,
+                    contact_id: r.get(1)?,
+                    contact: r.get(2)?,
+                    outgoing: r.get(3)?,
+                    text: r.get(4)?,
+                    sent_at_ms: r.get(5)?,
+                    stored_at_ms: r.get(6)?,
+                    delivered: r.get(7)?,
+                })
+            })
+            .map_err(db("reading messages"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading messages"))
+    }
+
+    /// Forgets delivery ids older than any relay keeps a message.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn prune(&self) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "DELETE FROM seen WHERE seen_at < ?1",
+                [now_ms() - SEEN_DAYS * 86_400_000],
+            )
+            .map_err(db("pruning"))?;
+        Ok(())
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn new_content(body: Body) -> Result<Content, ProfileError> {
+    Ok(Content {
+        id: random::<16>()?.to_vec(),
+        sent_at_ms: u64::try_from(now_ms()).unwrap_or(0),
+        body: Some(body),
+    })
+}
+
+/// A relay link read back from the profile.
+///
+/// # Errors
+/// If the stored text is damaged.
+pub fn parse_stored_relay(text: &str) -> Result<RelayLink, ProfileError> {
+    RelayLink::parse(text).map_err(|e| ProfileError::Db {
+        doing: "reading a stored relay link",
+        reason: e.to_string(),
+    })
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ProfileError> {
+    let io = |e: std::io::Error| ProfileError::Db {
+        doing: "creating the profile directory",
+        reason: e.to_string(),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir).map_err(io)
+    }
+}
+
+fn restrict(path: &Path) -> Result<(), ProfileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            ProfileError::Db {
+                doing: "restricting the profile's permissions",
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn contact_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+    let code: u16 = r.get(2)?;
+    Ok(Contact {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        suite: Suite::from_code(code).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Integer,
+                "unknown ciphersuite".into(),
+            )
+        })?,
+        created_at_ms: r.get(3)?,
+        unread: r.get(4)?,
+        queued: r.get(5)?,
+    })
+}
