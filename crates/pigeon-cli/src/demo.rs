@@ -1,84 +1,101 @@
-//! `pigeon demo`: a relay on an embedded store and two people exchanging messages through it.
+//! `pigeon demo`: a relay on an embedded store and two people, alice and bob, who meet through
+//! an invitation and talk end-to-end encrypted (MLS, X-Wing post-quantum hybrid) through it.
 //!
-//! Until the end-to-end layer (MLS) lands, the demo seals each message with ChaCha20-Poly1305
-//! under a key the two demo parties share in-process, standing in for the MLS group key: the
-//! relay only ever sees ciphertext either way.
+//! Everything is real: the relay is the `pigeon relay` binary in a child process on loopback,
+//! the profiles are encrypted SQLite databases, and the clients are the same library the
+//! `pigeon` commands use. The demo prints what each person read and what the relay held,
+//! which is only mailbox ids and ciphertext sizes.
 
 use crate::relay_proc::RelayProcess;
 use anyhow::Context as _;
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use pigeon_client::{Event, OwnedMailbox, RelayConnection};
-use pigeon_proto::auth::random_bytes;
+use pigeon_client::{Client, ClientEvent, FlushReport, Passphrase, Profile};
 use std::time::{Duration, Instant};
 
 /// Arguments of `pigeon demo`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// Keep the relay's data directory here instead of a temporary one.
+    /// Keep the relay's data and both profiles here instead of a temporary directory.
     #[arg(long)]
     data: Option<std::path::PathBuf>,
 }
 
-struct Person {
-    name: &'static str,
-    conn: RelayConnection,
-    inbox: OwnedMailbox,
-}
+const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn seal(key: &ChaCha20Poly1305, text: &str) -> anyhow::Result<Vec<u8>> {
-    let nonce: [u8; 12] = random_bytes()?;
-    let mut out = nonce.to_vec();
-    out.extend(
-        key.encrypt(Nonce::from_slice(&nonce), text.as_bytes())
-            .map_err(|_| anyhow::anyhow!("encryption failed"))?,
-    );
-    Ok(out)
-}
-
-fn open(key: &ChaCha20Poly1305, ct: &[u8]) -> anyhow::Result<String> {
-    anyhow::ensure!(ct.len() > 12, "ciphertext too short");
-    let plain = key
-        .decrypt(Nonce::from_slice(&ct[..12]), &ct[12..])
-        .map_err(|_| anyhow::anyhow!("a message failed authentication"))?;
-    Ok(String::from_utf8(plain)?)
-}
-
-async fn receive(
-    person: &mut Person,
-    key: &ChaCha20Poly1305,
-) -> anyhow::Result<(String, usize, u64)> {
-    let event = tokio::time::timeout(Duration::from_secs(10), person.conn.next_event())
-        .await
-        .context("no message arrived within 10 s")?;
-    match event {
-        Some(Event::Push(push)) => {
-            let d = push.deliveries.first().context("empty push")?;
-            let text = open(key, &d.ciphertext)?;
-            person.conn.ack(&person.inbox.id, vec![d.seq]).await?;
-            Ok((text, d.ciphertext.len(), d.seq))
+/// Handles events (and posts what they queue) until one matches.
+async fn wait_for(
+    client: &mut Client,
+    held: &mut Vec<([u8; 32], usize)>,
+    what: &str,
+    mut matches: impl FnMut(&ClientEvent) -> bool,
+) -> anyhow::Result<ClientEvent> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let batch = tokio::time::timeout_at(deadline, client.next_events())
+            .await
+            .with_context(|| format!("{what} did not arrive within {TIMEOUT:?}"))??
+            .with_context(|| format!("the relay session ended before {what} arrived"))?;
+        record(held, client.flush(false).await?)?;
+        if let Some(e) = batch.into_iter().find(&mut matches) {
+            return Ok(e);
         }
-        other => anyhow::bail!("the relay closed the session: {other:?}"),
     }
+}
+
+fn record(held: &mut Vec<([u8; 32], usize)>, report: FlushReport) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        report.waiting == 0,
+        "the relay did not take a message: {}",
+        report.errors.join("; ")
+    );
+    held.extend(report.stored);
+    Ok(())
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = args.data.unwrap_or_else(|| tmp.path().join("relay"));
-    println!("Starting a relay on an embedded store in {}", dir.display());
-    let relay = RelayProcess::start(&dir, &[])?;
+    let dir = args.data.unwrap_or_else(|| tmp.path().to_owned());
+    println!(
+        "Starting a relay on an embedded store in {}",
+        dir.join("relay").display()
+    );
+    let relay = RelayProcess::start(&dir.join("relay"), &[])?;
     println!("Relay link: {}\n", relay.link);
+    let pass = || Passphrase::new("demo passphrase".to_owned());
+    let mut alice = Client::new(
+        Profile::create(&dir.join("alice"), &pass(), "alice", &relay.link)?,
+        TIMEOUT,
+    );
+    let mut bob = Client::new(
+        Profile::create(&dir.join("bob"), &pass(), "bob", &relay.link)?,
+        TIMEOUT,
+    );
+    println!(
+        "alice and bob each have an encrypted profile (SQLCipher) under {}",
+        dir.display()
+    );
+    let mut held = Vec::new();
+
     let started = Instant::now();
-    let mut people = Vec::new();
-    for name in ["alice", "bob"] {
-        let conn = RelayConnection::connect(&relay.link, Duration::from_secs(5)).await?;
-        let inbox = OwnedMailbox::generate()?;
-        conn.create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
-            .await?;
-        conn.subscribe(&inbox.key, &inbox.id).await?;
-        people.push(Person { name, conn, inbox });
-    }
-    let key = ChaCha20Poly1305::new(Key::from_slice(&random_bytes::<32>()?));
+    let link = alice.invite().await?;
+    println!("\nalice invites bob with a link (or its QR code):\n  {link}");
+    alice.subscribe_all().await?;
+    let (contact, report) = bob.accept(&link, None).await?;
+    record(&mut held, report)?;
+    println!(
+        "bob accepts it: a conversation with {} ({})",
+        contact.name,
+        contact.suite.name()
+    );
+    wait_for(&mut alice, &mut held, "bob's acceptance", |e| {
+        matches!(e, ClientEvent::NewContact(_))
+    })
+    .await?;
+    bob.subscribe_all().await?;
+    wait_for(&mut bob, &mut held, "alice's introduction", |e| {
+        matches!(e, ClientEvent::Introduced(_))
+    })
+    .await?;
+
     let script = [
         (0, "Hi Bob, is this thing on?"),
         (1, "Loud and clear, Alice. The relay only sees ciphertext."),
@@ -88,33 +105,48 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "Whatever it acknowledged is on disk; it delivers after a restart.",
         ),
     ];
-    let mut held = Vec::new();
-    println!("Transcript:");
+    println!("\nTranscript:");
+    let mut first_message = None;
     for (from, text) in script {
-        let to = 1 - from;
-        let ct = seal(&key, text)?;
-        let (target, cap) = (people[to].inbox.id, people[to].inbox.sender_cap);
-        let sent = people[from]
-            .conn
-            .send(&target, &cap, random_bytes()?, ct)
-            .await?;
-        let (got, size, seq) = receive(&mut people[to], &key).await?;
-        anyhow::ensure!(got == text && seq == sent.seq, "message arrived altered");
-        println!(
-            "  {:>5} → {:<5} {}",
-            people[from].name, people[to].name, got
-        );
-        held.push((target, size, seq));
+        let (sender, receiver, names) = if from == 0 {
+            (&mut alice, &mut bob, ("alice", "bob"))
+        } else {
+            (&mut bob, &mut alice, ("bob", "alice"))
+        };
+        let (_, report) = sender.send(names.1, text).await?;
+        record(&mut held, report)?;
+        let got = wait_for(
+            receiver,
+            &mut held,
+            "a message",
+            |e| matches!(e, ClientEvent::Message(m) if m.text == text),
+        )
+        .await?;
+        first_message.get_or_insert_with(|| started.elapsed());
+        if let ClientEvent::Message(m) = got {
+            println!("  {:>5} → {:<5} {}", names.0, names.1, m.text);
+        }
     }
-    println!("\nWhat the relay held (then deleted on acknowledgement):");
-    for (mailbox, size, seq) in held {
+    // Let the last receipts land so the relay's mailboxes end empty.
+    let _ = tokio::time::timeout(Duration::from_millis(300), bob.next_events()).await;
+    record(&mut held, alice.flush(true).await?)?;
+    record(&mut held, bob.flush(true).await?)?;
+
+    println!("\nWhat the relay held (each message deleted once its recipient acknowledged it):");
+    for (mailbox, size) in &held {
         println!(
-            "  mailbox {}…  seq {seq}  {size} bytes of ciphertext",
-            hex::encode(&mailbox.0[..6])
+            "  mailbox {}…  {size:>5} bytes of ciphertext",
+            hex::encode(&mailbox[..6])
         );
     }
-    println!("\nFour messages in {:.0?}.", started.elapsed());
-    drop(people);
+    println!(
+        "\n{} relay messages (invitation, introductions, texts, receipts); no names, no text.",
+        held.len()
+    );
+    if let Some(t) = first_message {
+        println!("From invitation to first message read: {t:.0?}.");
+    }
+    drop((alice, bob));
     relay.stop()?;
     Ok(())
 }

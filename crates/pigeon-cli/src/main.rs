@@ -2,10 +2,12 @@
 
 mod bench;
 mod bench_nats;
+mod chat_cmd;
 mod demo;
 mod qr;
 mod relay_cmd;
 mod relay_proc;
+mod user_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -16,12 +18,28 @@ struct Cli {
     /// Log as JSON lines instead of text (logs never contain keys, ids or message content).
     #[arg(long, global = true)]
     log_json: bool,
+    #[command(flatten)]
+    profile: user_cmd::ProfileArg,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create your profile (an encrypted database) and choose the relay you receive on.
+    Init(user_cmd::InitArgs),
+    /// Make a one-time invitation link (and QR code) to share with one person.
+    Invite(user_cmd::InviteArgs),
+    /// Accept an invitation link: start an end-to-end encrypted conversation.
+    Accept(user_cmd::AcceptArgs),
+    /// List your contacts.
+    Contacts,
+    /// Send a message.
+    Send(user_cmd::SendArgs),
+    /// Fetch and print new messages (and mark them read).
+    Read(user_cmd::ReadArgs),
+    /// Talk interactively with one contact.
+    Chat(chat_cmd::ChatArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
     Relay(relay_cmd::RelayArgs),
     /// Run a benchmark and print its figures.
@@ -33,7 +51,9 @@ enum Command {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIGEON_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn,async_nats=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,fjall=warn,lsm_tree=warn,async_nats=warn,refinery_core=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -58,15 +78,23 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let profile = cli.profile;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Relay(args) => relay_cmd::run(args).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Demo(args) => demo::run(args).await,
+            Command::Relay(args) => relay_cmd::run(args).await.map(|()| 0),
+            Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
+            Command::Demo(args) => demo::run(args).await.map(|()| 0),
+            Command::Init(args) => user_cmd::init(&profile, args).map(|()| 0),
+            Command::Invite(args) => user_cmd::invite(&profile, args).await.map(|()| 0),
+            Command::Accept(args) => user_cmd::accept(&profile, args).await,
+            Command::Contacts => user_cmd::contacts(&profile).map(|()| 0),
+            Command::Send(args) => user_cmd::send(&profile, args).await,
+            Command::Read(args) => user_cmd::read(&profile, args).await,
+            Command::Chat(args) => chat_cmd::run(&profile, args).await,
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

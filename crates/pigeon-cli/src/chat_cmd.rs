@@ -1,0 +1,120 @@
+//! `pigeon chat CONTACT`: type to send, replies appear as they arrive.
+//!
+//! The database is the source of truth: after each batch from the relay the screen shows
+//! what is unread there, so nothing a relay delivered is missed even if a batch was cut short.
+//! When a relay session drops, it reconnects with backoff; what you type meanwhile is saved
+//! and sent once a relay takes it.
+
+use crate::user_cmd::{CONNECT_TIMEOUT, ProfileArg, message_line, notice, open_profile};
+use pigeon_client::Client;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt as _;
+
+/// `pigeon chat`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ChatArgs {
+    /// The contact's name or number.
+    contact: String,
+    /// How many earlier messages to show.
+    #[arg(long, default_value_t = 20)]
+    history: i64,
+}
+
+pub(crate) async fn run(arg: &ProfileArg, args: ChatArgs) -> anyhow::Result<u8> {
+    let profile = open_profile(arg)?;
+    let contact = profile.find_contact(&args.contact)?;
+    let mut client = Client::new(profile, CONNECT_TIMEOUT);
+    for m in client
+        .profile()
+        .history(Some(contact.id), args.history.max(0))?
+    {
+        println!("{}", message_line(&m));
+    }
+    client.profile().take_unread(Some(contact.id))?;
+    println!(
+        "— chatting with {} ({}). Type and press Enter to send; /quit or Ctrl-D leaves.",
+        contact.name,
+        contact.suite.name()
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut connected = false;
+    let mut retry = Duration::ZERO;
+    let mut flush_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                let text = line.trim();
+                if text == "/quit" {
+                    break;
+                }
+                if text.is_empty() {
+                    continue;
+                }
+                match client.profile().compose(contact.id, text) {
+                    Ok(_) => {
+                        let report = client.flush(true).await?;
+                        for e in &report.errors {
+                            println!("* saved, not sent yet: {e}");
+                        }
+                    }
+                    Err(e) => println!("* {e}"),
+                }
+            }
+            batch = client.next_events(), if connected => {
+                match batch? {
+                    Some(events) => {
+                        for e in &events {
+                            if let Some(line) = notice(e, client.profile()) {
+                                println!("{line}");
+                            }
+                            if let pigeon_client::ClientEvent::Disconnected { .. } = e {
+                                connected = false;
+                                retry = Duration::from_secs(1);
+                            }
+                        }
+                        show_unread(&client, contact.id)?;
+                        client.flush(false).await?;
+                    }
+                    None => {
+                        connected = false;
+                        retry = Duration::from_secs(1);
+                    }
+                }
+            }
+            () = tokio::time::sleep(retry), if !connected => {
+                match client.subscribe_all().await {
+                    Ok(_) => {
+                        connected = true;
+                        retry = Duration::ZERO;
+                        client.flush(true).await?;
+                    }
+                    Err(e) => {
+                        println!("* {e}; retrying in {}s", (retry * 2).max(Duration::from_secs(1)).as_secs());
+                        retry = (retry * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    }
+                }
+            }
+            _ = flush_tick.tick() => {
+                client.flush(false).await?;
+            }
+        }
+    }
+    let report = client.flush(true).await?;
+    Ok(crate::user_cmd::report_queued(&report))
+}
+
+fn show_unread(client: &Client, contact_id: i64) -> anyhow::Result<()> {
+    for m in client.profile().take_unread(Some(contact_id))? {
+        println!("{}", message_line(&m));
+    }
+    for c in client.profile().contacts()? {
+        if c.id != contact_id && c.unread > 0 {
+            println!(
+                "* {} unread from {} (`pigeon read {}`)",
+                c.unread, c.name, c.name
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! The commands people use: `init`, `invite`, `accept`, `contacts`, `send`, `read`.
+
+use crate::qr;
+use anyhow::Context as _;
+use pigeon_client::{Client, ClientEvent, Contact, FlushReport, Message, Passphrase, Profile};
+use pigeon_transport::RelayLink;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long one connection attempt to a relay may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exit status when a message was saved but could not be sent yet (EX_TEMPFAIL).
+pub(crate) const EXIT_QUEUED: u8 = 75;
+
+/// Where the profile lives.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ProfileArg {
+    /// The profile directory [default: $XDG_DATA_HOME/pigeonpost or ~/.local/share/pigeonpost].
+    #[arg(long, global = true, env = "PIGEON_PROFILE", value_name = "DIR")]
+    pub(crate) profile: Option<PathBuf>,
+}
+
+impl ProfileArg {
+    pub(crate) fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.profile {
+            return Ok(p.clone());
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(data).join("pigeonpost"));
+        }
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .context("no profile directory: pass --profile DIR or set PIGEON_PROFILE")?;
+        Ok(PathBuf::from(home).join(".local/share/pigeonpost"))
+    }
+}
+
+/// `pigeon init`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct InitArgs {
+    /// The name your contacts see (travels only inside encrypted messages and your invitations).
+    #[arg(long)]
+    name: String,
+    /// The relay you receive on (a `pigeon://relay#…` link from its operator).
+    #[arg(long, value_name = "RELAY_LINK")]
+    relay: String,
+}
+
+/// `pigeon invite`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct InviteArgs {
+    /// Print only the link, without the QR code.
+    #[arg(long)]
+    no_qr: bool,
+}
+
+/// `pigeon accept`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct AcceptArgs {
+    /// The `pigeon://invite#…` link.
+    link: String,
+    /// Call the contact this instead of the name in the invitation.
+    #[arg(long = "as", value_name = "NAME")]
+    local_name: Option<String>,
+}
+
+/// `pigeon send`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SendArgs {
+    /// The contact's name or number (see `pigeon contacts`).
+    contact: String,
+    /// The message.
+    #[arg(required = true, num_args = 1..)]
+    text: Vec<String>,
+}
+
+/// `pigeon read`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ReadArgs {
+    /// Only this contact's messages.
+    contact: Option<String>,
+    /// After the backlog, keep listening this many seconds for new messages.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    wait: f64,
+}
+
+/// The passphrase from `PIGEON_PASSPHRASE`, or asked for on the terminal.
+pub(crate) fn passphrase(confirm: bool) -> anyhow::Result<Passphrase> {
+    if let Ok(p) = std::env::var("PIGEON_PASSPHRASE") {
+        return Ok(Passphrase::new(p));
+    }
+    let first = rpassword::prompt_password("Profile passphrase: ").context(
+        "no passphrase: set PIGEON_PASSPHRASE or run pigeon in a terminal to be asked for it",
+    )?;
+    if confirm {
+        let second = rpassword::prompt_password("Repeat it: ")
+            .context("could not read the passphrase again")?;
+        anyhow::ensure!(first == second, "the two passphrases differ");
+    }
+    Ok(Passphrase::new(first))
+}
+
+pub(crate) fn open_profile(arg: &ProfileArg) -> anyhow::Result<Profile> {
+    let dir = arg.dir()?;
+    Ok(Profile::open(&dir, &passphrase(false)?)?)
+}
+
+pub(crate) fn open_client(arg: &ProfileArg) -> anyhow::Result<Client> {
+    Ok(Client::new(open_profile(arg)?, CONNECT_TIMEOUT))
+}
+
+pub(crate) fn init(arg: &ProfileArg, args: InitArgs) -> anyhow::Result<()> {
+    let dir = arg.dir()?;
+    let relay = RelayLink::parse(&args.relay).context("the --relay link is unusable")?;
+    let profile = Profile::create(&dir, &passphrase(true)?, args.name.trim(), &relay)?;
+    println!(
+        "Created the profile of {} in {}.",
+        profile.name()?,
+        dir.display()
+    );
+    println!("Invite someone with `pigeon invite`, or accept a link with `pigeon accept LINK`.");
+    Ok(())
+}
+
+pub(crate) async fn invite(arg: &ProfileArg, args: InviteArgs) -> anyhow::Result<()> {
+    let mut client = open_client(arg)?;
+    let link = client.invite().await?;
+    println!("{link}");
+    if !args.no_qr {
+        println!("{}", qr::render(&link)?);
+    }
+    eprintln!(
+        "Share this link (or QR code) with one person, privately; it works once. \
+         When they accept, `pigeon read` shows them."
+    );
+    Ok(())
+}
+
+pub(crate) async fn accept(arg: &ProfileArg, args: AcceptArgs) -> anyhow::Result<u8> {
+    let mut client = open_client(arg)?;
+    let (contact, report) = client
+        .accept(&args.link, args.local_name.as_deref())
+        .await?;
+    println!(
+        "You can now talk with {} ({}). Send with: pigeon send {} TEXT",
+        contact.name,
+        contact.suite.name(),
+        shell_word(&contact.name)
+    );
+    Ok(report_queued(&report))
+}
+
+pub(crate) fn contacts(arg: &ProfileArg) -> anyhow::Result<()> {
+    let profile = open_profile(arg)?;
+    let contacts = profile.contacts()?;
+    if contacts.is_empty() {
+        println!("No contacts yet: `pigeon invite` makes a link to share.");
+    }
+    for c in contacts {
+        println!("{}", contact_line(&c));
+    }
+    Ok(())
+}
+
+fn contact_line(c: &Contact) -> String {
+    let mut line = format!("#{:<3} {:<24} {}", c.id, c.name, c.suite.name());
+    if c.unread > 0 {
+        line.push_str(&format!(", {} unread", c.unread));
+    }
+    if c.queued > 0 {
+        line.push_str(&format!(", {} waiting to be sent", c.queued));
+    }
+    line
+}
+
+pub(crate) async fn send(arg: &ProfileArg, args: SendArgs) -> anyhow::Result<u8> {
+    let mut client = open_client(arg)?;
+    let text = args.text.join(" ");
+    let (message, report) = client.send(&args.contact, &text).await?;
+    if report.waiting == 0 {
+        println!("Sent to {}.", message.contact);
+    }
+    Ok(report_queued(&report))
+}
+
+/// Prints why items wait; returns the exit status.
+pub(crate) fn report_queued(report: &FlushReport) -> u8 {
+    if report.waiting == 0 {
+        return 0;
+    }
+    eprintln!(
+        "Saved, but {} message(s) could not be sent yet; pigeon sends them the next time it \
+         connects (`pigeon read`, `pigeon chat` or `pigeon send`):",
+        report.waiting
+    );
+    for e in &report.errors {
+        eprintln!("  {e}");
+    }
+    EXIT_QUEUED
+}
+
+pub(crate) async fn read(arg: &ProfileArg, args: ReadArgs) -> anyhow::Result<u8> {
+    let mut client = open_client(arg)?;
+    let only = match &args.contact {
+        Some(name) => Some(client.profile().find_contact(name)?.id),
+        None => None,
+    };
+    let quiet = Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0));
+    let (events, report) = client.sync(quiet, quiet + Duration::from_secs(30)).await?;
+    for e in &events {
+        if let Some(line) = notice(e, client.profile()) {
+            println!("{line}");
+        }
+    }
+    let unread = client.profile().take_unread(only)?;
+    if unread.is_empty() {
+        println!("No new messages.");
+    }
+    for m in &unread {
+        println!("{}", message_line(m));
+    }
+    client.profile().prune()?;
+    Ok(report_queued(&report))
+}
+
+/// A line for events that are not messages (messages print from the database).
+pub(crate) fn notice(event: &ClientEvent, profile: &Profile) -> Option<String> {
+    match event {
+        ClientEvent::NewContact(c) => Some(format!(
+            "* {} accepted your invitation ({}). Send with: pigeon send {} TEXT",
+            c.name,
+            c.suite.name(),
+            shell_word(&c.name)
+        )),
+        ClientEvent::Dropped(reason) => {
+            Some(format!("* a message was refused and dropped: {reason}"))
+        }
+        ClientEvent::Disconnected { reason } => Some(format!("* disconnected: {reason}")),
+        ClientEvent::Rekeyed { contact_id, epoch } => profile.contact(*contact_id).ok().map(|c| {
+            format!(
+                "* {} refreshed the conversation's keys (epoch {epoch})",
+                c.name
+            )
+        }),
+        _ => None,
+    }
+}
+
+pub(crate) fn message_line(m: &Message) -> String {
+    let who = if m.outgoing { "you" } else { &m.contact };
+    format!("[{}] {}: {}", clock(m.sent_at_ms), who, m.text)
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC.
+pub(crate) fn clock(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// The name quoted for a shell if it needs it.
+pub(crate) fn shell_word(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_alphanumeric() || "-_.@".contains(c))
+    {
+        name.to_owned()
+    } else {
+        format!("'{}'", name.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(0), "1970-01-01 00:00");
+        assert_eq!(clock(1_795_613_400_000), "2026-11-25 13:30");
+        assert_eq!(clock(951_782_400_000), "2000-02-29 00:00");
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(shell_word("alice"), "alice");
+        assert_eq!(shell_word("bob (2)"), "'bob (2)'");
+        assert_eq!(shell_word("o'neil"), r"'o'\''neil'");
+    }
+}
