@@ -137,6 +137,8 @@ pub(crate) async fn invite(arg: &ProfileArg, args: InviteArgs) -> anyhow::Result
 }
 
 pub(crate) async fn accept(arg: &ProfileArg, args: AcceptArgs) -> anyhow::Result<u8> {
+    // A bad link is refused before the passphrase is asked for.
+    pigeon_client::Invite::parse(&args.link).map_err(pigeon_client::Error::from)?;
     let mut client = open_client(arg)?;
     let (contact, report) = client
         .accept(&args.link, args.local_name.as_deref())

@@ -158,6 +158,12 @@ impl Relay {
         &self.link
     }
 
+    /// Makes later restarts listen on the port this run got, so links saved by clients (which
+    /// name the port) stay valid.
+    pub(crate) fn pin_port(&mut self) {
+        self.opts.listen = self.addr();
+    }
+
     /// Lines the relay printed on stdout after its link, collected for up to `wait`.
     pub(crate) fn stdout_lines(&mut self, wait: Duration) -> Vec<String> {
         let mut lines = Vec::new();

@@ -13,6 +13,7 @@ use openmls::group::PastEpochDeletion;
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider as _};
 use tls_codec::{Deserialize as _, Serialize as _};
 
 /// Past epochs whose message keys are kept after a commit, for messages the peer sent before
@@ -22,6 +23,22 @@ const PAST_EPOCHS: usize = 1;
 const OUT_OF_ORDER: u32 = 64;
 /// How far ahead of the last message one may be (bounds the work a forged generation causes).
 const MAX_FORWARD: u32 = 5000;
+
+/// A resumption-PSK store with room for none, in openmls's stored shape.
+///
+/// Pigeonpost does not use resumption PSKs, and keeping them (openmls keeps the last 32
+/// epochs' by default) would leave a secret of every old epoch in the profile. The joining
+/// side gets this through `number_of_resumption_psks(0)`; openmls 0.9.2 ignores that setting
+/// when it creates a group, so [`Group::start`] writes this empty store over the creator's.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NoResumptionPsks {
+    max_number_of_secrets: usize,
+    resumption_psk: Vec<()>,
+    cursor: usize,
+}
+
+impl openmls_traits::storage::Entity<CURRENT_VERSION> for NoResumptionPsks {}
+impl openmls_traits::storage::traits::ResumptionPskStore<CURRENT_VERSION> for NoResumptionPsks {}
 
 /// A signature key for one conversation (or one pending invitation), with its credential.
 ///
@@ -182,6 +199,7 @@ impl Group {
             .use_ratchet_tree_extension(true)
             .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(PAST_EPOCHS)
+            .number_of_resumption_psks(0)
             .sender_ratchet_configuration(ratchet())
             .build();
         let mut group = MlsGroup::new(
@@ -197,6 +215,20 @@ impl Group {
         group
             .merge_pending_commit(provider)
             .map_err(mls("merging the add commit"))?;
+        provider
+            .storage()
+            .write_resumption_psk_store(
+                group.group_id(),
+                &NoResumptionPsks {
+                    max_number_of_secrets: 0,
+                    resumption_psk: Vec::new(),
+                    cursor: 0,
+                },
+            )
+            .map_err(mls("dropping resumption secrets"))?;
+        let group = MlsGroup::load(provider.storage(), group.group_id())
+            .map_err(mls("reloading the group"))?
+            .ok_or(E2eeError::UnknownGroup)?;
         let welcome = welcome
             .tls_serialize_detached()
             .map_err(mls("serializing the welcome"))?;
@@ -220,6 +252,7 @@ impl Group {
             .use_ratchet_tree_extension(true)
             .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(PAST_EPOCHS)
+            .number_of_resumption_psks(0)
             .sender_ratchet_configuration(ratchet())
             .build();
         let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
