@@ -8,6 +8,11 @@
 //! Parsing is strict, and every refusal says what is wrong in words a person can act on: a link
 //! that was cut off, wrapped over two lines, or pasted where another kind was expected. Only ASCII
 //! whitespace around the link is forgiven.
+//!
+//! The data ends with a 4-byte check (the first bytes of BLAKE2s over the kind and payload),
+//! so a mistyped or altered link is refused as such instead of decoding to other valid values:
+//! one changed character in an invitation could otherwise name another mailbox and burn the
+//! invitation's one-time key package.
 
 use std::fmt;
 
@@ -150,6 +155,9 @@ pub enum LinkError {
     /// The last data character carries bits that a correct encoder never sets.
     #[error("the last character of the link is wrong; the link was probably cut off or altered")]
     BadLastCharacter,
+    /// The check at the end of the data does not match: a typo, or the link was altered.
+    #[error("the link was mistyped or altered (its check does not match); copy it again")]
+    Checksum,
     /// The decoded data is not a valid payload.
     #[error("the {kind} link's data is damaged: {reason}")]
     BadPayload {
@@ -238,8 +246,9 @@ pub fn encode_link(kind: LinkKind, payload: &[u8]) -> Result<String, LinkError> 
 
 /// Length in bytes of the link [`encode_link`] makes for a payload of `payload_len` bytes.
 pub fn encoded_link_len(kind: LinkKind, payload_len: usize) -> usize {
-    // Unpadded base64: 4 characters per 3 bytes, rounded up.
-    let data = payload_len / 3 * 4 + [0, 2, 3][payload_len % 3];
+    // Unpadded base64 of payload and check: 4 characters per 3 bytes, rounded up.
+    let bytes = payload_len + CHECK_LEN;
+    let data = bytes / 3 * 4 + [0, 2, 3][bytes % 3];
     SCHEME.len() + kind.as_str().len() + 1 + data
 }
 
@@ -249,7 +258,26 @@ pub(crate) fn encode_link_unchecked(kind: LinkKind, payload: &[u8]) -> String {
     out.push_str(SCHEME);
     out.push_str(kind.as_str());
     out.push('#');
-    URL_SAFE_NO_PAD.encode_string(payload, &mut out);
+    let mut data = Vec::with_capacity(payload.len() + CHECK_LEN);
+    data.extend_from_slice(payload);
+    data.extend_from_slice(&check(kind, payload));
+    URL_SAFE_NO_PAD.encode_string(&data, &mut out);
+    out
+}
+
+/// Bytes of check at the end of a link's data.
+const CHECK_LEN: usize = 4;
+
+fn check(kind: LinkKind, payload: &[u8]) -> [u8; CHECK_LEN] {
+    use blake2::Digest as _;
+    let mut h = blake2::Blake2s256::new();
+    h.update(b"pigeon link check v1\0");
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(payload);
+    let digest = h.finalize();
+    let mut out = [0; CHECK_LEN];
+    out.copy_from_slice(&digest[..CHECK_LEN]);
     out
 }
 
@@ -310,7 +338,14 @@ pub fn decode_any_link(text: &str) -> Result<(LinkKind, Vec<u8>), LinkError> {
         | base64::DecodeError::InvalidLength(_)
         | base64::DecodeError::InvalidPadding => LinkError::BadLength,
     })?;
-    Ok((kind, payload))
+    let Some(split) = payload.len().checked_sub(CHECK_LEN) else {
+        return Err(LinkError::BadLength);
+    };
+    let (body, sum) = payload.split_at(split);
+    if sum != check(kind, body) {
+        return Err(LinkError::Checksum);
+    }
+    Ok((kind, body.to_vec()))
 }
 
 /// Splits `kind#data` (the link after the scheme) into the kind and the data.
@@ -409,12 +444,8 @@ mod tests {
                 let link = encode_link(kind, &payload).expect("short");
                 assert_eq!(link.len(), encoded_link_len(kind, len));
                 assert!(link.starts_with(&format!("pigeon://{kind}#")));
-                if len == 0 {
-                    assert_eq!(decode_link(kind, &link), Err(LinkError::EmptyData));
-                } else {
-                    assert_eq!(decode_link(kind, &link).expect("decodes"), payload);
-                    assert_eq!(decode_any_link(&link).expect("decodes"), (kind, payload));
-                }
+                assert_eq!(decode_link(kind, &link).expect("decodes"), payload);
+                assert_eq!(decode_any_link(&link).expect("decodes"), (kind, payload));
             }
         }
     }
@@ -428,9 +459,10 @@ mod tests {
         assert_eq!(decode_link(LinkKind::Proxy, &upper).expect("ok"), b"hello");
         // Non-ASCII whitespace is not trimmed: it is a bad character.
         let nbsp = format!("{link}\u{a0}");
+        let position = link.chars().count() + 1;
         assert!(matches!(
             decode_link(LinkKind::Proxy, &nbsp),
-            Err(LinkError::BadCharacter { position: 23, .. })
+            Err(LinkError::BadCharacter { position: p, .. }) if p == position
         ));
     }
 
@@ -454,8 +486,27 @@ mod tests {
     }
 
     #[test]
+    fn every_single_character_change_is_caught() {
+        let link = encode_link(LinkKind::Invite, &[7; 90]).expect("short");
+        let start = "pigeon://invite#".len();
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for i in start..link.len() {
+            for c in alphabet.chars().step_by(7) {
+                if link[i..].starts_with(c) {
+                    continue;
+                }
+                let changed = format!("{}{c}{}", &link[..i], &link[i + 1..]);
+                assert!(
+                    decode_link(LinkKind::Invite, &changed).is_err(),
+                    "{changed}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn encode_refuses_overlong_links() {
-        let max_payload = (MAX_LINK_LEN - "pigeon://relay#".len()) / 4 * 3;
+        let max_payload = (MAX_LINK_LEN - "pigeon://relay#".len()) / 4 * 3 - CHECK_LEN;
         assert!(encode_link(LinkKind::Relay, &vec![1; max_payload]).is_ok());
         assert!(matches!(
             encode_link(LinkKind::Relay, &vec![1; max_payload + 3]),

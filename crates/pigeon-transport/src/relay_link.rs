@@ -452,10 +452,23 @@ mod tests {
                 "`pigeon://` is not a kind of link",
             ),
             (
-                format!("pigeon://invite#{data}"),
+                encode_link(LinkKind::Invite, &bytes).expect("short"),
                 "this is an invitation link (pigeon://invite#…), but a relay link",
             ),
-            (format!("pigeon://proxy#{data}"), "this is a proxy link"),
+            (
+                encode_link(LinkKind::Proxy, &bytes).expect("short"),
+                "this is a proxy link",
+            ),
+            (format!("pigeon://invite#{data}"), "mistyped or altered"),
+            (
+                format!(
+                    "pigeon://relay#{}{}{}",
+                    &data[..20],
+                    if &data[20..21] == "A" { "B" } else { "A" },
+                    &data[21..]
+                ),
+                "mistyped or altered",
+            ),
             (
                 "pigeon://relay".to_owned(),
                 "has no `#` after `pigeon://relay`",
@@ -497,7 +510,11 @@ mod tests {
                 "pigeon://relay#AB".to_owned(),
                 "last character of the link is wrong",
             ),
-            ("pigeon://relay#_w".to_owned(), "data is damaged"),
+            ("pigeon://relay#_w".to_owned(), "impossible length"),
+            (
+                encode_link(LinkKind::Relay, &[0xff]).expect("short"),
+                "data is damaged",
+            ),
             (
                 encode_link(LinkKind::Relay, &bytes[..bytes.len() - 3]).expect("short"),
                 "data is damaged",
