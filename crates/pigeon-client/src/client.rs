@@ -551,8 +551,9 @@ impl Client {
         Ok(events)
     }
 
-    /// Subscribes, takes everything waiting (until the backlog is drained, nothing arrives
-    /// for `quiet`, or `limit` passes), then posts what is queued. Returns what happened.
+    /// Posts what is queued (now, whatever the backoff: someone asked), subscribes, takes
+    /// everything waiting (until the backlog is drained, nothing arrives for `quiet`, or
+    /// `limit` passes), then posts what that queued. Returns what happened.
     ///
     /// # Errors
     /// When your relay cannot be reached, or on profile failures.
@@ -564,7 +565,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + limit;
         let mut events = Vec::new();
         let subscribed = self.subscribe_all().await;
-        let first = self.flush(false).await?;
+        let first = self.flush(true).await?;
         loop {
             let wait = if self.backlog() > 0 {
                 deadline.saturating_duration_since(tokio::time::Instant::now())

@@ -302,7 +302,7 @@ mod tests {
         let relay = sample().relay.to_string();
         let cases: Vec<(String, &str)> = vec![
             (relay, "relay link"),
-            (link[..link.len() / 2].to_owned(), "damaged"),
+            (link[..link.len() / 2].to_owned(), "altered"),
             (
                 encode_link(
                     LinkKind::Invite,

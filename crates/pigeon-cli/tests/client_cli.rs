@@ -1,0 +1,282 @@
+//! The `pigeon` commands people use, run as real processes against a real relay: init, invite,
+//! accept, contacts, send, read and chat, human errors, and 100 malformed invitation links
+//! (issue #3).
+
+#[path = "support.rs"]
+mod support;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::{Relay, RelayOpts, Rng, seed_from_env};
+
+const PASS: &str = "cli test passphrase";
+
+fn pigeon(profile: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
+    cmd.env("PIGEON_PASSPHRASE", PASS)
+        .env("PIGEON_PROFILE", profile)
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(profile: &Path, args: &[&str]) -> Output {
+    pigeon(profile).args(args).output().expect("run pigeon")
+}
+
+fn ok(profile: &Path, args: &[&str]) -> String {
+    let out = run(profile, args);
+    assert!(
+        out.status.success(),
+        "pigeon {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// alice and bob initialised on `relay`, introduced through an invitation.
+fn introduced(root: &Path, relay: &Relay) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    let link = relay.link.to_string();
+    ok(&alice, &["init", "--name", "alice", "--relay", &link]);
+    ok(&bob, &["init", "--name", "bob", "--relay", &link]);
+    let invite = ok(&alice, &["invite"]);
+    let line = invite.lines().next().expect("a link line");
+    assert!(line.starts_with("pigeon://invite#"), "{invite}");
+    assert!(
+        invite.contains('█') || invite.contains('▀'),
+        "a QR code follows"
+    );
+    let accepted = ok(&bob, &["accept", line]);
+    assert!(accepted.contains("talk with alice"), "{accepted}");
+    // The same invitation works once.
+    let again = run(&bob, &["accept", line]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already used"),
+        "{}",
+        stderr(&again)
+    );
+    let read = ok(&alice, &["read", "--wait", "0.5"]);
+    assert!(read.contains("bob accepted your invitation"), "{read}");
+    (alice, bob)
+}
+
+#[test]
+fn people_meet_and_talk_through_the_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let (alice, bob) = introduced(dir.path(), &relay);
+
+    let contacts = ok(&bob, &["contacts"]);
+    assert!(
+        contacts.contains("alice") && contacts.contains("X-Wing"),
+        "{contacts}"
+    );
+    assert!(
+        ok(
+            &alice,
+            &["send", "bob", "hello", "bob,", "how", "are", "you?"]
+        )
+        .contains("Sent to bob")
+    );
+    let read = ok(&bob, &["read", "alice", "--wait", "0.5"]);
+    assert!(read.contains("alice: hello bob, how are you?"), "{read}");
+    assert!(ok(&bob, &["read", "--wait", "0"]).contains("No new messages"));
+
+    // Interactive chat: bob types, alice's reply appears.
+    let mut chat = pigeon(&bob)
+        .args(["chat", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chat");
+    let mut stdin = chat.stdin.take().expect("stdin");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = chat.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("chat never printed {needle:?}; it printed {seen:?}");
+    };
+    wait_line("chatting with alice");
+    writeln!(stdin, "typed in the chat").expect("type");
+    let read = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = ok(&alice, &["read", "bob", "--wait", "0.3"]);
+            if r.contains("typed in the chat") || Instant::now() > deadline {
+                break r;
+            }
+        }
+    };
+    assert!(read.contains("bob: typed in the chat"), "{read}");
+    ok(&alice, &["send", "bob", "a reply while you chat"]);
+    wait_line("alice: a reply while you chat");
+    writeln!(stdin, "/quit").expect("quit");
+    drop(stdin);
+    let status = chat.wait().expect("chat exits");
+    assert!(status.success(), "chat exited with {status}");
+
+    // Errors speak to people.
+    let out = run(&alice, &["send", "carol", "hi"]);
+    assert!(
+        stderr(&out).contains("no contact called \"carol\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&dir.path().join("nobody"), &["contacts"]);
+    assert!(stderr(&out).contains("pigeon init"), "{}", stderr(&out));
+    relay.assert_no_panic();
+}
+
+#[test]
+fn unreachable_relay_is_explained_and_the_message_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    relay.pin_port();
+    let (alice, bob) = introduced(dir.path(), &relay);
+    relay.stop();
+    let out = run(&alice, &["send", "bob", "sent while the relay is down"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not reach bob's relay through any route (tried tcp://127.0.0.1:")
+            && err.contains("the network may be blocking it"),
+        "{err}"
+    );
+    let contacts = ok(&alice, &["contacts"]);
+    assert!(contacts.contains("1 waiting to be sent"), "{contacts}");
+    relay.restart();
+    // Any later connection sends it; bob reads it once.
+    ok(&alice, &["read", "--wait", "0"]);
+    let read = ok(&bob, &["read", "--wait", "0.5"]);
+    assert_eq!(
+        read.matches("sent while the relay is down").count(),
+        1,
+        "{read}"
+    );
+}
+
+/// Malformed invitation links of many kinds, derived from a real one.
+fn malformed(valid: &str, rng: &mut Rng) -> Vec<String> {
+    let (head, data) = valid.split_once('#').expect("a # in the link");
+    let mut out = vec![
+        String::new(),
+        "   ".to_owned(),
+        "pigeon://".to_owned(),
+        "pigeon://invite".to_owned(),
+        "pigeon://invite#".to_owned(),
+        format!("{head}#{data}!"),
+        format!("{head}#{data} {data}"),
+        valid.replace("pigeon://invite", "pigeon://relay"),
+        valid.replace("pigeon://invite", "pigeon://proxy"),
+        valid.replace("pigeon://invite", "pigeon://nonsense"),
+        valid.replace("pigeon://", "https://"),
+        format!("{head}#{}", "A".repeat(5000)),
+        format!("{head}#{}", "_".repeat(64)),
+        format!("{head}#AAAA"),
+        format!("{head}#{}", &data[..data.len() - 1]),
+        format!("{valid}\n{valid}"),
+        "pigeon://invite#\u{1}\u{7f}".to_owned(),
+        "пиджин://invite#abc".to_owned(),
+    ];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    while out.len() < 100 {
+        let mut bytes = data.as_bytes().to_vec();
+        match rng.below(4) {
+            0 => {
+                let cut = 1 + usize::try_from(rng.below(bytes.len() as u64 - 1)).expect("fits");
+                bytes.truncate(cut);
+            }
+            1 => {
+                for _ in 0..=rng.below(6) {
+                    let i = usize::try_from(rng.below(bytes.len() as u64)).expect("fits");
+                    bytes[i] = alphabet[usize::try_from(rng.below(64)).expect("fits")];
+                }
+            }
+            2 => {
+                let n = 4 + usize::try_from(rng.below(600)).expect("fits");
+                bytes = (0..n)
+                    .map(|_| alphabet[usize::try_from(rng.below(64)).expect("fits")])
+                    .collect();
+            }
+            _ => {
+                let i = usize::try_from(rng.below(bytes.len() as u64)).expect("fits");
+                bytes.remove(i);
+            }
+        }
+        let text = format!("{head}#{}", String::from_utf8(bytes).expect("ascii"));
+        if text != valid {
+            out.push(text);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_hundred_malformed_invitations_get_clear_errors_and_change_nothing() {
+    let seed = seed_from_env("PIGEON_INVITE_SEED");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let (alice, bob) = introduced(dir.path(), &relay);
+    let fresh = ok(&alice, &["invite", "--no-qr"]);
+    let valid = fresh.lines().next().expect("link").to_owned();
+    let before = ok(&bob, &["contacts"]);
+    let cases = malformed(&valid, &mut rng);
+    assert_eq!(cases.len(), 100);
+    for (i, link) in cases.iter().enumerate() {
+        let out = run(&bob, &["accept", link]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "case {i} (seed {seed}) {link:?}: status {}, stderr {err}",
+            out.status
+        );
+        assert!(
+            err.starts_with("error: ") && err.len() > 30 && !err.contains("panicked"),
+            "case {i} (seed {seed}) {link:?}: {err}"
+        );
+    }
+    // Nothing changed, and the real invitation still works after all that.
+    assert_eq!(ok(&bob, &["contacts"]), before);
+    let accepted = ok(&bob, &["accept", &valid, "--as", "alice (work)"]);
+    assert!(accepted.contains("alice (work)"), "{accepted}");
+    ok(
+        &bob,
+        &["send", "alice (work)", "from the second conversation"],
+    );
+    let read = ok(&alice, &["read", "--wait", "0.5"]);
+    assert!(
+        read.contains("bob (2) accepted your invitation")
+            && read.contains("bob (2): from the second conversation"),
+        "{read}"
+    );
+    relay.assert_no_panic();
+}
