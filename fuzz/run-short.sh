@@ -13,7 +13,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(frame_decode protobuf_decode link_parse)
+    targets=(frame_decode protobuf_decode link_parse invite_parse e2ee_decode)
 fi
 
 export RUSTC_BOOTSTRAP=1

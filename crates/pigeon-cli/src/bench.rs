@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) enum BenchCommand {
     /// Relay throughput, latency and idle-connection memory.
     Relay(RelayBenchArgs),
+    /// End-to-end encryption and profile costs, and invitation-to-first-message latency.
+    Client(crate::bench_client::ClientBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -63,10 +65,11 @@ const MSG_SIZE: usize = 1024;
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Relay(args) => relay(args).await,
+        BenchCommand::Client(args) => crate::bench_client::run(args).await,
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem_kib = meminfo("MemTotal").unwrap_or(0);

@@ -1,6 +1,7 @@
 //! The `pigeon` command: one binary for the relay, the benchmarks and the demo.
 
 mod bench;
+mod bench_client;
 mod bench_nats;
 mod chat_cmd;
 mod demo;

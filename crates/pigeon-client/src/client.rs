@@ -504,10 +504,13 @@ impl Client {
         };
         let mut seqs = Vec::new();
         let mut receipts: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
-        for d in &push.deliveries {
-            let handled = self
-                .profile
-                .handle_delivery(&mailbox, &d.message_id, &d.ciphertext)?;
+        let batch: Vec<(&[u8], &[u8])> = push
+            .deliveries
+            .iter()
+            .map(|d| (d.message_id.as_slice(), d.ciphertext.as_slice()))
+            .collect();
+        let handled_all = self.profile.handle_deliveries(&mailbox, &batch)?;
+        for (d, handled) in push.deliveries.iter().zip(handled_all) {
             seqs.push(d.seq);
             if let Some(w) = self.waiting.get_mut(&mailbox) {
                 *w = w.saturating_sub(1);

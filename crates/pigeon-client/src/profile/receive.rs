@@ -1,4 +1,4 @@
-//! The receive path: one relay delivery, one transaction.
+//! The receive path: relay deliveries, each batch one transaction, each delivery a savepoint.
 
 use super::{Handled, Profile, ProfileError, blob32, db, new_content, now_ms, to_i64};
 use crate::invite::{ReplyToPayload, check_name};
@@ -25,45 +25,70 @@ impl Profile {
         message_id: &[u8],
         payload: &[u8],
     ) -> Result<Handled, ProfileError> {
+        self.tx(|| self.handle_one(mailbox, message_id, payload))
+    }
+
+    /// As [`Self::handle_delivery`] for a batch from one mailbox, in one transaction (one
+    /// fsync for the batch): all are recorded, or, on a local failure, none.
+    ///
+    /// # Errors
+    /// As [`Self::handle_delivery`].
+    pub fn handle_deliveries(
+        &self,
+        mailbox: &[u8; 32],
+        deliveries: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Handled>, ProfileError> {
         self.tx(|| {
-            let seen = self
-                .conn
-                .query_row(
-                    "SELECT 1 FROM seen WHERE mailbox_id = ?1 AND message_id = ?2",
-                    params![mailbox.as_slice(), message_id],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(db("checking for duplicates"))?;
-            if seen.is_some() {
-                return Ok(Handled::Duplicate);
-            }
-            self.conn
-                .execute_batch("SAVEPOINT delivery")
-                .map_err(db("starting a savepoint"))?;
-            let handled = match self.route(mailbox, payload) {
-                Ok(h) => {
-                    self.conn
-                        .execute_batch("RELEASE delivery")
-                        .map_err(db("releasing a savepoint"))?;
-                    h
-                }
-                Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
-                    self.conn
-                        .execute_batch("ROLLBACK TO delivery; RELEASE delivery")
-                        .map_err(db("rolling back"))?;
-                    Handled::Dropped(e.to_string())
-                }
-                Err(e) => return Err(e),
-            };
-            self.conn
-                .execute(
-                    "INSERT INTO seen (mailbox_id, message_id, seen_at) VALUES (?1, ?2, ?3)",
-                    params![mailbox.as_slice(), message_id, now_ms()],
-                )
-                .map_err(db("recording a delivery"))?;
-            Ok(handled)
+            deliveries
+                .iter()
+                .map(|(id, payload)| self.handle_one(mailbox, id, payload))
+                .collect()
         })
+    }
+
+    fn handle_one(
+        &self,
+        mailbox: &[u8; 32],
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Handled, ProfileError> {
+        let seen = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM seen WHERE mailbox_id = ?1 AND message_id = ?2",
+                params![mailbox.as_slice(), message_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("checking for duplicates"))?;
+        if seen.is_some() {
+            return Ok(Handled::Duplicate);
+        }
+        self.conn
+            .execute_batch("SAVEPOINT delivery")
+            .map_err(db("starting a savepoint"))?;
+        let handled = match self.route(mailbox, payload) {
+            Ok(h) => {
+                self.conn
+                    .execute_batch("RELEASE delivery")
+                    .map_err(db("releasing a savepoint"))?;
+                h
+            }
+            Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
+                self.conn
+                    .execute_batch("ROLLBACK TO delivery; RELEASE delivery")
+                    .map_err(db("rolling back"))?;
+                Handled::Dropped(e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
+        self.conn
+            .execute(
+                "INSERT INTO seen (mailbox_id, message_id, seen_at) VALUES (?1, ?2, ?3)",
+                params![mailbox.as_slice(), message_id, now_ms()],
+            )
+            .map_err(db("recording a delivery"))?;
+        Ok(handled)
     }
 
     fn route(&self, mailbox: &[u8; 32], payload: &[u8]) -> Result<Handled, ProfileError> {
