@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests (real relay processes on
-# loopback). System packages: none are needed yet; when a crate needs one, this script installs
-# it idempotently and says so.
+# loopback, the censorship lab in network namespaces it creates). Installs the system packages
+# the build and the tests need first (idempotently; it says what it installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+scripts/system-packages.sh test
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

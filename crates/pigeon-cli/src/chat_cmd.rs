@@ -13,6 +13,8 @@ use tokio::io::AsyncBufReadExt as _;
 /// `pigeon chat`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ChatArgs {
+    #[command(flatten)]
+    profile: ProfileArg,
     /// The contact's name or number.
     contact: String,
     /// How many earlier messages to show.
@@ -20,8 +22,8 @@ pub(crate) struct ChatArgs {
     history: i64,
 }
 
-pub(crate) async fn run(arg: &ProfileArg, args: ChatArgs) -> anyhow::Result<u8> {
-    let profile = open_profile(arg)?;
+pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
+    let profile = open_profile(&args.profile)?;
     let contact = profile.find_contact(&args.contact)?;
     let mut client = Client::new(profile, CONNECT_TIMEOUT);
     for m in client

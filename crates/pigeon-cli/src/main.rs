@@ -19,8 +19,6 @@ struct Cli {
     /// Log as JSON lines instead of text (logs never contain keys, ids or message content).
     #[arg(long, global = true)]
     log_json: bool,
-    #[command(flatten)]
-    profile: user_cmd::ProfileArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +32,7 @@ enum Command {
     /// Accept an invitation link: start an end-to-end encrypted conversation.
     Accept(user_cmd::AcceptArgs),
     /// List your contacts.
-    Contacts,
+    Contacts(user_cmd::ContactsArgs),
     /// Send a message.
     Send(user_cmd::SendArgs),
     /// Fetch and print new messages (and mark them read).
@@ -46,6 +44,9 @@ enum Command {
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Censorship lab: a censoring middlebox, an active prober and a scenario runner.
+    #[command(subcommand)]
+    Lab(pigeon_lab::cli::LabCommand),
     /// Start a relay in a temporary directory and run a scripted exchange through it.
     Demo(demo::DemoArgs),
 }
@@ -79,19 +80,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let profile = cli.profile;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Relay(args) => relay_cmd::run(args).await.map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
-            Command::Init(args) => user_cmd::init(&profile, args).map(|()| 0),
-            Command::Invite(args) => user_cmd::invite(&profile, args).await.map(|()| 0),
-            Command::Accept(args) => user_cmd::accept(&profile, args).await,
-            Command::Contacts => user_cmd::contacts(&profile).map(|()| 0),
-            Command::Send(args) => user_cmd::send(&profile, args).await,
-            Command::Read(args) => user_cmd::read(&profile, args).await,
-            Command::Chat(args) => chat_cmd::run(&profile, args).await,
+            Command::Lab(cmd) => pigeon_lab::cli::run(cmd).await.map(|()| 0),
+            Command::Init(args) => user_cmd::init(args).map(|()| 0),
+            Command::Invite(args) => user_cmd::invite(args).await.map(|()| 0),
+            Command::Accept(args) => user_cmd::accept(args).await,
+            Command::Contacts(args) => user_cmd::contacts(args).map(|()| 0),
+            Command::Send(args) => user_cmd::send(args).await,
+            Command::Read(args) => user_cmd::read(args).await,
+            Command::Chat(args) => chat_cmd::run(args).await,
         }
     });
     match result {

@@ -16,7 +16,7 @@ pub(crate) const EXIT_QUEUED: u8 = 75;
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ProfileArg {
     /// The profile directory [default: $XDG_DATA_HOME/pigeonpost or ~/.local/share/pigeonpost].
-    #[arg(long, global = true, env = "PIGEON_PROFILE", value_name = "DIR")]
+    #[arg(long, env = "PIGEON_PROFILE", value_name = "DIR")]
     pub(crate) profile: Option<PathBuf>,
 }
 
@@ -38,6 +38,8 @@ impl ProfileArg {
 /// `pigeon init`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct InitArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
     /// The name your contacts see (travels only inside encrypted messages and your invitations).
     #[arg(long)]
     name: String,
@@ -46,9 +48,18 @@ pub(crate) struct InitArgs {
     relay: String,
 }
 
+/// `pigeon contacts`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ContactsArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
+}
+
 /// `pigeon invite`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct InviteArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
     /// Print only the link, without the QR code.
     #[arg(long)]
     no_qr: bool,
@@ -57,6 +68,8 @@ pub(crate) struct InviteArgs {
 /// `pigeon accept`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct AcceptArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
     /// The `pigeon://invite#…` link.
     link: String,
     /// Call the contact this instead of the name in the invitation.
@@ -67,6 +80,8 @@ pub(crate) struct AcceptArgs {
 /// `pigeon send`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SendArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
     /// The contact's name or number (see `pigeon contacts`).
     contact: String,
     /// The message.
@@ -77,6 +92,8 @@ pub(crate) struct SendArgs {
 /// `pigeon read`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ReadArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
     /// Only this contact's messages.
     contact: Option<String>,
     /// After the backlog, keep listening this many seconds for new messages.
@@ -109,7 +126,8 @@ pub(crate) fn open_client(arg: &ProfileArg) -> anyhow::Result<Client> {
     Ok(Client::new(open_profile(arg)?, CONNECT_TIMEOUT))
 }
 
-pub(crate) fn init(arg: &ProfileArg, args: InitArgs) -> anyhow::Result<()> {
+pub(crate) fn init(args: InitArgs) -> anyhow::Result<()> {
+    let arg = &args.profile;
     let dir = arg.dir()?;
     let relay = RelayLink::parse(&args.relay).context("the --relay link is unusable")?;
     let profile = Profile::create(&dir, &passphrase(true)?, args.name.trim(), &relay)?;
@@ -122,7 +140,8 @@ pub(crate) fn init(arg: &ProfileArg, args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn invite(arg: &ProfileArg, args: InviteArgs) -> anyhow::Result<()> {
+pub(crate) async fn invite(args: InviteArgs) -> anyhow::Result<()> {
+    let arg = &args.profile;
     let mut client = open_client(arg)?;
     let link = client.invite().await?;
     println!("{link}");
@@ -136,7 +155,8 @@ pub(crate) async fn invite(arg: &ProfileArg, args: InviteArgs) -> anyhow::Result
     Ok(())
 }
 
-pub(crate) async fn accept(arg: &ProfileArg, args: AcceptArgs) -> anyhow::Result<u8> {
+pub(crate) async fn accept(args: AcceptArgs) -> anyhow::Result<u8> {
+    let arg = &args.profile;
     // A bad link is refused before the passphrase is asked for.
     pigeon_client::Invite::parse(&args.link).map_err(pigeon_client::Error::from)?;
     let mut client = open_client(arg)?;
@@ -152,7 +172,8 @@ pub(crate) async fn accept(arg: &ProfileArg, args: AcceptArgs) -> anyhow::Result
     Ok(report_queued(&report))
 }
 
-pub(crate) fn contacts(arg: &ProfileArg) -> anyhow::Result<()> {
+pub(crate) fn contacts(args: ContactsArgs) -> anyhow::Result<()> {
+    let arg = &args.profile;
     let profile = open_profile(arg)?;
     let contacts = profile.contacts()?;
     if contacts.is_empty() {
@@ -175,7 +196,8 @@ fn contact_line(c: &Contact) -> String {
     line
 }
 
-pub(crate) async fn send(arg: &ProfileArg, args: SendArgs) -> anyhow::Result<u8> {
+pub(crate) async fn send(args: SendArgs) -> anyhow::Result<u8> {
+    let arg = &args.profile;
     let mut client = open_client(arg)?;
     let text = args.text.join(" ");
     let (message, report) = client.send(&args.contact, &text).await?;
@@ -201,7 +223,8 @@ pub(crate) fn report_queued(report: &FlushReport) -> u8 {
     EXIT_QUEUED
 }
 
-pub(crate) async fn read(arg: &ProfileArg, args: ReadArgs) -> anyhow::Result<u8> {
+pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
+    let arg = &args.profile;
     let mut client = open_client(arg)?;
     let only = match &args.contact {
         Some(name) => Some(client.profile().find_contact(name)?.id),

@@ -1,0 +1,550 @@
+//! The scenario runner: a relay and two clients talk through the censor; did it get through?
+//!
+//! A scenario starts a lab with a profile, runs an unmodified `pigeon relay` on a foreign-hosting
+//! address in the server namespace, and then drives the clients from the client namespace:
+//!
+//! * **conversation** (`pigeon init/invite/accept/send/read`, two profiles): used when the
+//!   `pigeon` binary has the client commands. All of it lives in [`client_conversation`].
+//!   (Older binaries without them get the channel check below.)
+//! * **channel check**, used until then: the same Noise IK channel the clients use
+//!   (`pigeon-proto`), from the client namespace to the relay, pinging until at least 256 KiB
+//!   came back server→client. It measures the transport and the censor, not the chat layer, and
+//!   results say which of the two ran (`mode`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use prost::Message;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::net::lab::Lab;
+use crate::net::{FOREIGN, sys};
+use crate::profile::Profile;
+
+/// The transports the runner knows how to start.
+pub const TRANSPORTS: &[&str] = &["tcp"];
+/// Server→client bytes a scenario must see for freezes to show.
+pub const MIN_DOWNLOAD: u64 = 256 * 1024;
+/// The relay's port in the lab.
+pub const RELAY_PORT: u16 = 4433;
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// Profile name.
+    pub profile: String,
+    /// Transport name.
+    pub transport: String,
+    /// Seed of the censor's randomness.
+    pub seed: u64,
+    /// `conversation` or `channel` (see the module docs).
+    pub mode: String,
+    /// Whether it got through for the whole scenario.
+    pub got_through: bool,
+    /// Milliseconds to the first message (or first pong), if any arrived.
+    pub first_message_ms: Option<u64>,
+    /// Messages (or pongs) delivered.
+    pub delivered: u64,
+    /// Messages (or pings) attempted.
+    pub attempted: u64,
+    /// Message bytes the clients received (conversation: `read` output; channel: records).
+    pub bytes: u64,
+    /// IP bytes the censor forwarded server→client during the scenario (all flows).
+    pub wire_bytes_down: u64,
+    /// The route that won (transport and address).
+    pub route: String,
+    /// Censor rules that fired, with counts (`"5:freeze": 1`).
+    pub rules_fired: std::collections::BTreeMap<String, u64>,
+    /// Whether the profile expects this transport to get through.
+    pub expected_pass: bool,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Censor profile.
+    pub profile: Profile,
+    /// Transport.
+    pub transport: String,
+    /// Seed.
+    pub seed: u64,
+    /// Time scale for the censor's durations.
+    pub time_scale: f64,
+    /// The `pigeon` binary.
+    pub pigeon: PathBuf,
+    /// Give up on one exchange after this long.
+    pub step_timeout: Duration,
+}
+
+/// Finds the `pigeon` binary: `explicit`, else next to the current executable (or one level
+/// up, for test binaries in `target/*/deps`), else on `PATH`.
+///
+/// # Errors
+/// When none is found.
+pub fn find_pigeon(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("pigeon"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("pigeon"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("pigeon")));
+    }
+    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
+        anyhow!(
+            "no `pigeon` binary next to {} or on PATH; pass --pigeon",
+            exe.display()
+        )
+    })
+}
+
+/// Whether `pigeon` has the client commands the conversation needs.
+pub async fn has_client_commands(pigeon: &Path) -> bool {
+    let Ok(out) = tokio::process::Command::new(pigeon)
+        .arg("--help")
+        .output()
+        .await
+    else {
+        return false;
+    };
+    let help = String::from_utf8_lossy(&out.stdout);
+    ["init", "invite", "accept", "send", "read"]
+        .iter()
+        .all(|c| help.lines().any(|l| l.trim_start().starts_with(c)))
+}
+
+/// A `pigeon relay` in the server namespace, killed on drop.
+#[derive(Debug)]
+pub struct RelayProcess {
+    _drain: AbortOnDrop,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    link: String,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl RelayProcess {
+    /// The relay's `pigeon://relay#…` link.
+    pub fn link(&self) -> &str {
+        &self.link
+    }
+}
+
+/// Starts `pigeon relay` on the foreign-hosting address 203.0.113.10:4433 in the lab's server
+/// namespace and waits for its link.
+///
+/// # Errors
+/// If it does not start or prints no link within 30 s.
+pub async fn start_relay(lab: &Lab, pigeon: &Path) -> anyhow::Result<RelayProcess> {
+    let dir = tempfile::tempdir().context("relay directory")?;
+    let listen = format!("{FOREIGN}:{RELAY_PORT}");
+    let mut child = lab
+        .topology
+        .server
+        .command(&pigeon.to_string_lossy())
+        .arg("relay")
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--listen", &listen, "--public", &listen])
+        .env("PIGEON_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting pigeon relay")?;
+    let stdout = child.stdout.take().context("relay stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let link = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(at) = line.find("pigeon://relay#") {
+                return Some(line[at..].trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .context("the relay printed no pigeon://relay# link within 30 s")?;
+    // Keep reading its stdout (the QR code, anything later): a closed pipe would kill it.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(RelayProcess {
+        _drain: AbortOnDrop(drain),
+        _child: child,
+        _dir: dir,
+        link,
+    })
+}
+
+/// Runs one scenario.
+///
+/// # Errors
+/// When the lab or the relay cannot start; a censored exchange is a result, not an error.
+pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
+    if !TRANSPORTS.contains(&s.transport.as_str()) {
+        bail!(
+            "transport {:?} is not built yet; known: {}",
+            s.transport,
+            TRANSPORTS.join(", ")
+        );
+    }
+    let mut lab = Lab::start(s.profile.clone(), s.seed, s.time_scale)
+        .await
+        .context("starting the lab")?;
+    let relay = start_relay(&lab, &s.pigeon).await?;
+    let mut result = ScenarioResult {
+        profile: s.profile.name.clone(),
+        transport: s.transport.clone(),
+        seed: s.seed,
+        mode: String::new(),
+        got_through: false,
+        first_message_ms: None,
+        delivered: 0,
+        attempted: 0,
+        bytes: 0,
+        wire_bytes_down: 0,
+        route: format!("{} {FOREIGN}:{RELAY_PORT} (foreign hosting)", s.transport),
+        rules_fired: Default::default(),
+        expected_pass: s.profile.expect_pass.contains(&s.transport),
+        error: None,
+    };
+    let outcome = if has_client_commands(&s.pigeon).await {
+        result.mode = "conversation".into();
+        client_conversation(&lab, &s.pigeon, &relay.link, s.step_timeout).await
+    } else {
+        result.mode = "channel".into();
+        channel_check(&lab, &relay.link, s.step_timeout).await
+    };
+    match outcome {
+        Ok(o) => o.fill(&mut result),
+        Err(Failed(o, e)) => {
+            o.fill(&mut result);
+            result.error = Some(e);
+        }
+    }
+    result.got_through = result.error.is_none()
+        && result.attempted > 0
+        && result.delivered == result.attempted
+        && result.bytes >= MIN_DOWNLOAD;
+    drop(relay);
+    let done = lab.finish();
+    result.wire_bytes_down = done.stats.bytes_down;
+    result.rules_fired = done
+        .stats
+        .fired
+        .iter()
+        .map(|(r, n)| (r.to_string(), *n))
+        .collect();
+    Ok(result)
+}
+
+/// Measurements of an exchange so far.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Milliseconds to the first message or pong.
+    pub first_ms: Option<u64>,
+    /// Messages or pongs delivered.
+    pub delivered: u64,
+    /// Messages or pings attempted.
+    pub attempted: u64,
+    /// Server→client bytes received.
+    pub bytes: u64,
+}
+
+impl Outcome {
+    fn fill(&self, r: &mut ScenarioResult) {
+        r.first_message_ms = self.first_ms;
+        r.delivered = self.delivered;
+        r.attempted = self.attempted;
+        r.bytes = self.bytes;
+    }
+}
+
+/// An exchange that stopped early: what was measured, and why it stopped.
+#[derive(Debug)]
+pub struct Failed(pub Outcome, pub String);
+
+/// Runs a blocking closure on a new thread inside namespace `ns` (a fresh thread, never a
+/// pooled one, because entering a namespace is permanent for the thread).
+async fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let ns = ns.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lab-client".into())
+        .spawn(move || {
+            let r = sys::enter_netns(&ns)
+                .map(|()| f())
+                .map_err(anyhow::Error::from);
+            let _ = tx.send(r);
+        })
+        .context("spawning a client thread")?;
+    rx.await.context("client thread ended early")?
+}
+
+/// The channel check: Noise IK handshake to the relay as a client does, then pings until
+/// [`MIN_DOWNLOAD`] bytes came back.
+///
+/// # Errors
+/// [`Failed`] with what was measured when the exchange stopped early.
+pub async fn channel_check(lab: &Lab, link: &str, step: Duration) -> Result<Outcome, Failed> {
+    let link = pigeon_transport::RelayLink::parse(link)
+        .map_err(|e| Failed(Outcome::default(), format!("relay link: {e}")))?;
+    let route = link
+        .supported_routes()
+        .next()
+        .cloned()
+        .ok_or_else(|| Failed(Outcome::default(), "relay link has no usable route".into()))?;
+    let addr: SocketAddr = format!("{}:{}", FOREIGN, route.port())
+        .parse()
+        .map_err(|e| Failed(Outcome::default(), format!("{e}")))?;
+    let key = *link.relay_key();
+    tracing::debug!(%addr, "channel check");
+    let joined = in_netns(lab.topology.client.name(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failed(Outcome::default(), format!("runtime: {e}")))?;
+        rt.block_on(pings(addr, key, step))
+    })
+    .await;
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(Failed(Outcome::default(), format!("{e:#}"))),
+    }
+}
+
+async fn read_record(
+    sock: &mut tokio::net::TcpStream,
+    out: &mut Outcome,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    sock.read_exact(&mut len).await?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    sock.read_exact(&mut body).await?;
+    out.bytes += 2 + body.len() as u64;
+    Ok(body)
+}
+
+async fn pings(addr: SocketAddr, key: [u8; 32], step: Duration) -> Result<Outcome, Failed> {
+    use pigeon_wire::msg::{
+        ClientHello, Ping, Request, ServerMessage, request, response, server_message,
+    };
+    let start = Instant::now();
+    let mut o = Outcome::default();
+    let fail = |o: &Outcome, e: String| Failed(o.clone(), e);
+    let mut sock = tokio::time::timeout(step, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| fail(&o, "connect timed out".into()))?
+        .map_err(|e| fail(&o, format!("connect: {e}")))?;
+    let mut first = Vec::new();
+    let hello = ClientHello {
+        versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
+        padding: Vec::new(),
+    };
+    let hs = pigeon_proto::ClientHandshake::start(&key, &hello, &mut first)
+        .map_err(|e| fail(&o, format!("handshake: {e}")))?;
+    sock.write_all(&first)
+        .await
+        .map_err(|e| fail(&o, format!("write: {e}")))?;
+    let body = tokio::time::timeout(step, read_record(&mut sock, &mut o))
+        .await
+        .map_err(|_| fail(&o, "no handshake answer (timed out)".into()))?
+        .map_err(|e| fail(&o, format!("handshake answer: {e}")))?;
+    let (mut channel, _) = hs
+        .finish(&body)
+        .map_err(|e| fail(&o, format!("handshake: {e}")))?;
+    let mut scratch = Vec::new();
+    let target = MIN_DOWNLOAD + 16 * 1024;
+    let mut id = 0u64;
+    while o.bytes < target && id < 4096 {
+        id += 1;
+        o.attempted += 1;
+        let mut data = Vec::new();
+        pigeon_wire::stream::encode_message(
+            &Request {
+                id,
+                body: Some(request::Body::Ping(Ping {
+                    payload: id.to_be_bytes().repeat(8),
+                })),
+            },
+            &mut data,
+        );
+        let mut wire = Vec::new();
+        channel
+            .seal(&data, &mut wire)
+            .map_err(|e| fail(&o, format!("seal: {e}")))?;
+        sock.write_all(&wire)
+            .await
+            .map_err(|e| fail(&o, format!("write: {e}")))?;
+        let mut answered = false;
+        while !answered {
+            let body = tokio::time::timeout(step, read_record(&mut sock, &mut o))
+                .await
+                .map_err(|_| fail(&o, format!("ping {id}: no answer within {step:?}")))?
+                .map_err(|e| fail(&o, format!("ping {id}: {e}")))?;
+            channel
+                .open::<pigeon_proto::ChannelError>(&body, &mut scratch, |m| {
+                    if let Ok(msg) = ServerMessage::decode(m)
+                        && let Some(server_message::Body::Response(r)) = msg.body
+                        && r.id == id
+                        && matches!(r.result, Some(response::Result::Pong(_)))
+                    {
+                        answered = true;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| fail(&o, format!("channel: {e}")))?;
+        }
+        o.delivered += 1;
+        if o.first_ms.is_none() {
+            o.first_ms = Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        }
+    }
+    Ok(o)
+}
+
+/// Messages alice sends bob in a conversation, and their size: 17 × ~16 KB ≥ 256 KiB.
+const CONVERSATION_MESSAGES: u64 = 17;
+const CONVERSATION_MESSAGE_LEN: usize = 16_000;
+
+/// The conversation with two unmodified `pigeon` clients in the client namespace (profiles in
+/// a temporary directory): both `init` on the relay, alice `invite`s, bob `accept`s and sends
+/// "hello" (time to first message = until alice's `read` shows it), then alice sends 17
+/// messages of 16 KB and bob `read`s them: at least 256 KiB server→client.
+///
+/// # Errors
+/// [`Failed`] with what was measured when a step fails or times out.
+pub async fn client_conversation(
+    lab: &Lab,
+    pigeon: &Path,
+    relay_link: &str,
+    step: Duration,
+) -> Result<Outcome, Failed> {
+    let mut o = Outcome::default();
+    let dir = tempfile::tempdir().map_err(|e| Failed(o.clone(), format!("tempdir: {e}")))?;
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    let run = |profile: &Path, args: Vec<String>| {
+        let mut cmd = lab.topology.client.command(&pigeon.to_string_lossy());
+        cmd.args(args);
+        cmd.env("PIGEON_PROFILE", profile)
+            .env("PIGEON_PASSPHRASE", "lab")
+            .env("PIGEON_LOG", "warn");
+        async move {
+            let out = tokio::time::timeout(step, cmd.output())
+                .await
+                .map_err(|_| format!("timed out after {step:?}"))?
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
+        run(p, s(&["init", "--name", name, "--relay", relay_link]))
+            .await
+            .map_err(|e| Failed(o.clone(), format!("{name} init: {e}")))?;
+    }
+    let invite = run(&alice, s(&["invite", "--no-qr"]))
+        .await
+        .map_err(|e| Failed(o.clone(), format!("invite: {e}")))?;
+    let invite = invite
+        .lines()
+        .find(|l| l.starts_with("pigeon://invite#"))
+        .ok_or_else(|| Failed(o.clone(), "invite printed no pigeon://invite# line".into()))?
+        .to_owned();
+    run(&bob, vec!["accept".into(), invite])
+        .await
+        .map_err(|e| Failed(o.clone(), format!("accept: {e}")))?;
+    let start = Instant::now();
+    o.attempted += 1;
+    run(&bob, s(&["send", "alice", "hello from bob"]))
+        .await
+        .map_err(|e| Failed(o.clone(), format!("bob send: {e}")))?;
+    let read = run(&alice, s(&["read", "--wait", "0"]))
+        .await
+        .map_err(|e| Failed(o.clone(), format!("alice read: {e}")))?;
+    if !read.contains("hello from bob") {
+        return Err(Failed(o, "alice did not receive bob's hello".into()));
+    }
+    o.delivered += 1;
+    o.bytes += read.len() as u64;
+    o.first_ms = Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let body = "x".repeat(CONVERSATION_MESSAGE_LEN);
+    for i in 0..CONVERSATION_MESSAGES {
+        o.attempted += 1;
+        run(
+            &alice,
+            vec!["send".into(), "bob".into(), format!("{i:05} {body}")],
+        )
+        .await
+        .map_err(|e| Failed(o.clone(), format!("alice send {i}: {e}")))?;
+    }
+    let read = run(&bob, s(&["read", "alice", "--wait", "2"]))
+        .await
+        .map_err(|e| Failed(o.clone(), format!("bob read: {e}")))?;
+    o.bytes += read.len() as u64;
+    o.delivered += (0..CONVERSATION_MESSAGES)
+        .filter(|i| read.contains(&format!("{i:05} xxxxxxxx")))
+        .count() as u64;
+    Ok(o)
+}
+
+/// Renders results as a Markdown table.
+pub fn markdown(results: &[ScenarioResult]) -> String {
+    let mut out = String::from(
+        "| profile | transport | mode | got through | expected | first message (ms) | delivered | bytes received | IP bytes s→c | rules fired | seed |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let fired = if r.rules_fired.is_empty() {
+            "—".to_owned()
+        } else {
+            r.rules_fired
+                .iter()
+                .map(|(k, v)| format!("{k}×{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |\n",
+            r.profile,
+            r.transport,
+            r.mode,
+            if r.got_through { "yes" } else { "**no**" },
+            if r.expected_pass { "pass" } else { "—" },
+            r.first_message_ms.map_or("—".into(), |m| m.to_string()),
+            r.delivered,
+            r.attempted,
+            r.bytes,
+            r.wire_bytes_down,
+            fired,
+            r.seed,
+        ));
+    }
+    out
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Pigeonpost needs, idempotently, and says what it installs.
+#   scripts/system-packages.sh build   what compiling needs (C toolchain and perl for the
+#                                       vendored OpenSSL under SQLCipher)
+#   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
+#                                       curl, openssl, headless Chromium for the censorship lab)
+# Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+build=(gcc g++ make perl pkg-config)
+test=(iproute2 curl openssl nginx-light chromium)
+
+case "${1:-build}" in
+  build) want=("${build[@]}") ;;
+  test) want=("${build[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
+
+need=()
+for p in "${want[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "${#need[@]}" -eq 0 ]; then
+  echo "== system packages: all present (${want[*]})"
+  exit 0
+fi
+echo "== system packages: installing ${need[*]}"
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
