@@ -171,6 +171,14 @@ fn unreachable_relay_is_explained_and_the_message_waits() {
     );
     let contacts = ok(&alice, &["contacts"]);
     assert!(contacts.contains("1 waiting to be sent"), "{contacts}");
+    // An invitation needs the relay; a failed one leaves nothing behind.
+    let out = run(&alice, &["invite"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("could not reach your relay through any route"),
+        "{}",
+        stderr(&out)
+    );
     relay.restart();
     // Any later connection sends it; bob reads it once.
     ok(&alice, &["read", "--wait", "0"]);

@@ -247,6 +247,7 @@ impl Client {
         .await;
         if let Err(source) = result {
             self.relay_failed(&relay, &source);
+            self.profile.cancel_invite(&prepared)?;
             return Err(Error::Relay {
                 whose: "your relay".to_owned(),
                 source,
@@ -441,6 +442,14 @@ impl Client {
                     }
                 }
                 Ok(None) => {}
+                Err(Error::Relay {
+                    source: ClientError::Refused { code, .. },
+                    ..
+                }) => {
+                    // The relay lost or expired this mailbox (or never had it): the others
+                    // are still worth reading.
+                    tracing::warn!(code = code.as_u32(), "a mailbox could not be subscribed");
+                }
                 Err(e) => {
                     if let Error::Relay { source, .. } = &e {
                         self.relay_failed(&link, source);

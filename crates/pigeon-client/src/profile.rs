@@ -535,6 +535,28 @@ impl Profile {
         })
     }
 
+    /// Withdraws an invitation that never reached the relay: forgets its mailbox, key
+    /// packages and signature key.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn cancel_invite(&self, prepared: &PreparedInvite) -> Result<(), ProfileError> {
+        self.tx(|| {
+            self.conn
+                .execute(
+                    "DELETE FROM invites WHERE mailbox_id = ?1",
+                    [prepared.invite.mailbox_id.as_slice()],
+                )
+                .map_err(db("withdrawing the invitation"))?;
+            let mls = self.mls();
+            for kp in &prepared.key_packages {
+                pigeon_e2ee::forget_key_package(&mls, kp)?;
+            }
+            Identity::load(&mls, &prepared.invite.signature_key)?.forget(&mls)?;
+            Ok(())
+        })
+    }
+
     /// Accepts an invitation: starts the group with the inviter's key package, names the
     /// contact, and queues the Welcome with our introduction to the inviter's mailbox.
     /// `inbox` is the mailbox (already created on our relay) where replies will arrive.

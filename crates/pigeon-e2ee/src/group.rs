@@ -121,6 +121,35 @@ impl Identity {
     }
 }
 
+/// Deletes the private keys of a key package this device made (serialized as
+/// [`Identity::key_package`] returns it), for an invitation withdrawn before use.
+///
+/// # Errors
+/// If the bytes are not a key package, or storage fails.
+pub fn forget_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    key_package: &[u8],
+) -> Result<(), E2eeError> {
+    let message =
+        MlsMessageIn::tls_deserialize_exact(key_package).map_err(mls("reading a key package"))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+        return Err(E2eeError::Mls {
+            op: "reading a key package",
+            reason: "not a key package".to_owned(),
+        });
+    };
+    let kp = kp
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(mls("reading a key package"))?;
+    let hash = kp
+        .hash_ref(provider.crypto())
+        .map_err(mls("hashing a key package"))?;
+    provider
+        .storage()
+        .delete_key_package(&hash)
+        .map_err(mls("deleting a key package"))
+}
+
 /// What decrypting a message yielded.
 #[derive(Debug)]
 #[non_exhaustive]

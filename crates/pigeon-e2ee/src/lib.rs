@@ -16,7 +16,7 @@ pub mod content;
 mod group;
 
 pub use content::{Content, ContentError, Envelope};
-pub use group::{Group, Identity, Opened};
+pub use group::{Group, Identity, Opened, forget_key_package};
 pub use openmls_libcrux_crypto::CryptoProvider;
 
 use openmls::prelude::Ciphersuite;
