@@ -145,8 +145,9 @@ fn x25519_public(private: &[u8; 32]) -> Result<[u8; 32], ChannelError> {
 fn pad_hello(mut payload: Vec<u8>) -> Vec<u8> {
     // Appending an unknown-field-free padding field keeps the protobuf valid: callers encode
     // the hello with an empty `padding`, and we add the field (tag 15, wire type 2) here.
-    if payload.len() + 3 < HELLO_PADDED_LEN {
-        let pad = HELLO_PADDED_LEN - payload.len() - 3;
+    // The field costs 2 bytes (tag, one-byte length) plus the padding itself.
+    if payload.len() + 2 < HELLO_PADDED_LEN {
+        let pad = HELLO_PADDED_LEN - payload.len() - 2;
         payload.push(0x7a); // field 15, length-delimited
         // pad < 128 always (HELLO_PADDED_LEN < 128), so the length is one varint byte.
         payload.push(u8::try_from(pad).unwrap_or(0));
@@ -364,6 +365,20 @@ impl<E> From<WireError> for Feed<E> {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
+    #[test]
+    fn hellos_pad_to_exactly_96_bytes() {
+        let hello = ClientHello {
+            versions: vec![1],
+            padding: Vec::new(),
+        };
+        let padded = pad_hello(hello.encode_to_vec());
+        assert_eq!(padded.len(), HELLO_PADDED_LEN);
+        let back = ClientHello::decode(padded.as_slice()).expect("still a ClientHello");
+        assert_eq!(back.versions, vec![1]);
+    }
+
     use super::*;
     use pigeon_wire::msg::{self, Ping, Request, request};
     use pigeon_wire::stream::encode_message;
