@@ -42,6 +42,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
     let mut connected = false;
     let mut retry = Duration::ZERO;
     let mut flush_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut others = std::collections::BTreeMap::new();
     loop {
         tokio::select! {
             line = lines.next_line() => {
@@ -75,7 +76,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                                 retry = Duration::from_secs(1);
                             }
                         }
-                        show_unread(&client, contact.id)?;
+                        show_unread(&client, contact.id, &mut others)?;
                         client.flush(false).await?;
                     }
                     None => {
@@ -106,17 +107,27 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
     Ok(crate::user_cmd::report_queued(&report))
 }
 
-fn show_unread(client: &Client, contact_id: i64) -> anyhow::Result<()> {
+/// Prints this conversation's new messages, and a notice when another contact's unread count
+/// grows.
+fn show_unread(
+    client: &Client,
+    contact_id: i64,
+    others: &mut std::collections::BTreeMap<i64, i64>,
+) -> anyhow::Result<()> {
     for m in client.profile().take_unread(Some(contact_id))? {
         println!("{}", message_line(&m));
     }
     for c in client.profile().contacts()? {
-        if c.id != contact_id && c.unread > 0 {
+        let shown = others.entry(c.id).or_insert(0);
+        if c.id != contact_id && c.unread > *shown {
             println!(
                 "* {} unread from {} (`pigeon read {}`)",
-                c.unread, c.name, c.name
+                c.unread,
+                c.name,
+                crate::user_cmd::shell_word(&c.name)
             );
         }
+        *shown = c.unread;
     }
     Ok(())
 }
