@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Pigeonpost needs, idempotently, and says what it installs.
 #   scripts/system-packages.sh build   what compiling needs (C toolchain and perl for the
-#                                       vendored OpenSSL under SQLCipher)
+#                                       vendored OpenSSL under SQLCipher; cmake, clang and
+#                                       libclang for BoringSSL, which the `tls` transport builds)
 #   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
-#                                       curl, openssl, headless Chromium for the censorship lab)
+#                                       curl, openssl, headless Chromium for the censorship lab,
+#                                       tshark for fingerprint captures)
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-build=(gcc g++ make perl pkg-config)
-test=(iproute2 curl openssl nginx-light chromium)
+build=(gcc g++ make perl pkg-config cmake clang libclang-dev)
+test=(iproute2 curl openssl nginx-light chromium tshark)
 
 case "${1:-build}" in
   build) want=("${build[@]}") ;;
