@@ -675,6 +675,18 @@ impl Profile {
         Ok(())
     }
 
+    /// Queues one MLS message to the contact's mailbox.
+    fn queue_mls(&self, row: &ContactRow, mls: Vec<u8>) -> Result<(), ProfileError> {
+        self.queue(
+            &row.peer_relay,
+            &row.peer_mailbox,
+            &row.peer_cap,
+            &Envelope {
+                kind: Some(Kind::Mls(mls)),
+            },
+        )
+    }
+
     /// Every contact, by number.
     ///
     /// # Errors
@@ -796,7 +808,7 @@ impl Profile {
             let mut group = Group::load(&mls, &row.group_id)?;
             if row.committer
                 && row.sent_since_update >= REKEY_EVERY
-                && i64::try_from(group.epoch()).unwrap_or(i64::MAX) == row.peer_epoch
+                && to_i64(group.epoch()) == row.peer_epoch
             {
                 self.rekey_in_tx(&row, &mls, &identity, &mut group)?;
             }
@@ -804,14 +816,7 @@ impl Profile {
                 text: text.to_owned(),
             }))?;
             let ct = group.seal(&mls, &identity, &content)?;
-            self.queue(
-                &row.peer_relay,
-                &row.peer_mailbox,
-                &row.peer_cap,
-                &Envelope {
-                    kind: Some(Kind::Mls(ct)),
-                },
-            )?;
+            self.queue_mls(&row, ct)?;
             self.conn
                 .execute(
                     "UPDATE contacts SET sent_since_update = sent_since_update + 1 WHERE id = ?1",
@@ -841,14 +846,7 @@ impl Profile {
                     ids: chunk.to_vec(),
                 }))?;
                 let ct = group.seal(&mls, &identity, &content)?;
-                self.queue(
-                    &row.peer_relay,
-                    &row.peer_mailbox,
-                    &row.peer_cap,
-                    &Envelope {
-                        kind: Some(Kind::Mls(ct)),
-                    },
-                )?;
+                self.queue_mls(&row, ct)?;
             }
             Ok(())
         })
@@ -871,7 +869,7 @@ impl Profile {
             let mls = self.mls();
             let identity = Identity::load(&mls, &row.signature_key)?;
             let mut group = Group::load(&mls, &row.group_id)?;
-            if i64::try_from(group.epoch()).unwrap_or(i64::MAX) != row.peer_epoch {
+            if to_i64(group.epoch()) != row.peer_epoch {
                 return Err(ProfileError::NotNow(format!(
                     "the keys were just refreshed; wait until {} has sent something",
                     row.name
@@ -890,14 +888,7 @@ impl Profile {
         group: &mut Group,
     ) -> Result<(), ProfileError> {
         let commit = group.update(mls, identity)?;
-        self.queue(
-            &row.peer_relay,
-            &row.peer_mailbox,
-            &row.peer_cap,
-            &Envelope {
-                kind: Some(Kind::Mls(commit)),
-            },
-        )?;
+        self.queue_mls(row, commit)?;
         self.conn
             .execute(
                 "UPDATE contacts SET sent_since_update = 0 WHERE id = ?1",
