@@ -514,6 +514,7 @@ fn stored_secrets(db: &Path) -> Vec<Vec<u8>> {
             _ => {}
         }
     }
+    pigeon_client::install_sqlcipher();
     let conn = rusqlite::Connection::open(db).expect("open");
     conn.pragma_update(None, "key", PASS).expect("key");
     let mut stmt = conn

@@ -17,5 +17,8 @@ pub use client::{Client, ClientEvent, Error, FlushReport};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
 pub use pigeon_e2ee::Suite;
+/// Makes SQLCipher's cryptography available; [`Profile`] calls it itself. For code that opens a
+/// profile's database directly (tests, tools).
+pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{Contact, Handled, Message, Passphrase, Profile, ProfileError};
 pub use relay::{ClientError, CloseReason, Event, RelayConnection};

@@ -19,6 +19,7 @@ use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
@@ -34,7 +35,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A passphrase, wiped from memory when dropped and never printed.
 pub struct Passphrase(Zeroizing<String>);
@@ -374,7 +375,12 @@ impl Profile {
 
     fn open_path(dir: &Path, passphrase: &Passphrase) -> Result<Self, ProfileError> {
         let path = dir.join(DB_FILE);
+        pigeon_sqlcipher::install();
         let mut conn = Connection::open(&path).map_err(db("opening the database"))?;
+        // A wrong passphrase is reported below, in words; SQLCipher need not print its own
+        // diagnostics to stderr.
+        conn.pragma_update(None, "cipher_log_level", "NONE")
+            .map_err(db("configuring the database"))?;
         conn.pragma_update(None, "key", passphrase.0.as_str())
             .map_err(db("setting the key"))?;
         if conn
@@ -409,8 +415,12 @@ impl Profile {
                 doing: "preparing the encryption state tables",
                 reason: e.to_string(),
             })?;
-        if version < SCHEMA_VERSION {
+        if version < 1 {
             conn.execute_batch(SCHEMA).map_err(db("creating tables"))?;
+        }
+        if version < 2 {
+            conn.execute_batch(schema::MIGRATE_2)
+                .map_err(db("adding the route caps table"))?;
         }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
@@ -423,6 +433,49 @@ impl Profile {
     /// The profile directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Download caps learned per route (route text → bytes): see `pigeon_transport::Rotate`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn route_caps(&self) -> Result<BTreeMap<String, u32>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT route, cap FROM route_caps")
+            .map_err(db("reading route caps"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db("reading route caps"))?;
+        let mut caps = BTreeMap::new();
+        for row in rows {
+            let (route, cap) = row.map_err(db("reading route caps"))?;
+            if let Ok(cap) = u32::try_from(cap) {
+                caps.insert(route, cap);
+            }
+        }
+        Ok(caps)
+    }
+
+    /// Remembers learned download caps, keeping the smaller where one is known.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn save_route_caps(&self, caps: &BTreeMap<String, u32>) -> Result<(), ProfileError> {
+        self.tx(|| {
+            for (route, cap) in caps {
+                self.conn
+                    .execute(
+                        "INSERT INTO route_caps (route, cap, learned_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (route) DO UPDATE SET cap = min(cap, excluded.cap),
+                           learned_at = excluded.learned_at
+                         WHERE excluded.cap < cap",
+                        rusqlite::params![route, i64::from(*cap), now_ms()],
+                    )
+                    .map_err(db("saving route caps"))?;
+            }
+            Ok(())
+        })
     }
 
     fn mls(&self) -> Mls<'_> {

@@ -79,3 +79,16 @@ CREATE TABLE seen (
 PRAGMA user_version = 1;
 COMMIT;
 ";
+
+/// Version 2: download caps learned per route (the `tls` transport's freeze avoidance), so that
+/// every run of the client keeps under a cap learned once.
+pub(super) const MIGRATE_2: &str = "
+BEGIN;
+CREATE TABLE route_caps (
+  route TEXT PRIMARY KEY,
+  cap INTEGER NOT NULL,
+  learned_at INTEGER NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
+COMMIT;
+";
