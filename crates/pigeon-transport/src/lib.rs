@@ -17,7 +17,9 @@ mod link;
 pub mod proto;
 mod relay_link;
 mod route;
+mod server_stream;
 pub mod tcp;
+mod tls_params;
 
 use std::time::Duration;
 
@@ -33,6 +35,8 @@ pub use route::{
     DnsName, Host, MAX_HOST_LEN, MAX_PARAM_KEY, MAX_PARAM_VALUE, MAX_PARAMS, MAX_TRANSPORT_NAME,
     Route, RouteError, Transport, UnknownTransport,
 };
+pub use server_stream::ServerStream;
+pub use tls_params::{MAX_TLS_PATH, MIN_ROTATE, Rotate, TlsParams};
 
 /// A byte stream to a relay or proxy, over any transport.
 ///
@@ -50,6 +54,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for T {}
 pub async fn dial(route: &Route, timeout: Duration) -> Result<Box<dyn Connection>, TransportError> {
     match route.transport() {
         Transport::Tcp => Ok(Box::new(tcp::dial(route, timeout).await?)),
+        // The disguised transports live in crates of their own, which dial every transport.
+        Transport::Tls => Err(TransportError::Unsupported {
+            transport: "tls".to_owned(),
+        }),
         Transport::Unsupported(unknown) => Err(TransportError::Unsupported {
             transport: unknown.name().to_owned(),
         }),

@@ -278,7 +278,7 @@ mod tests {
     }
 
     fn random_route(rng: &mut Rng) -> Route {
-        let transport = rng.pick(&["tcp", "tcp", "tls", "obfs4", "quic", "x-future-2"]);
+        let transport = rng.pick(&["tcp", "tcp", "wss", "obfs4", "quic", "x-future-2"]);
         let host = match rng.below(4) {
             0 => format!(
                 "{}.{}.{}.{}",

@@ -35,15 +35,18 @@ pub const MAX_PARAM_VALUE: usize = 255;
 /// so a link from a newer version still works through the routes this build can use, and the
 /// others can be reported as "unsupported transport X".
 ///
-/// Transports with settings of their own (for example a later `Tls { sni, path }`) will take them
-/// from the route's parameters when the route is parsed, and put them back when it is written,
-/// so the link format needs no change to add one.
+/// Transports with settings of their own take them from the route's parameters, which are
+/// checked when the route is parsed (see [`crate::TlsParams`]), so the link format needs no
+/// change to add one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Transport {
     /// Plain TCP: the Noise channel straight on a TCP connection. It looks like what it is and
     /// defeats no censor; for tests and local use.
     Tcp,
+    /// TLS that looks like Chrome visiting a website, with the tunnel inside an HTTP/2 request
+    /// (`pigeon-transport-tls`). Its settings are the route's parameters: [`crate::TlsParams`].
+    Tls,
     /// A transport this build does not know.
     Unsupported(UnknownTransport),
 }
@@ -85,6 +88,7 @@ impl Transport {
         }
         Ok(match name {
             "tcp" => Self::Tcp,
+            "tls" => Self::Tls,
             _ => Self::Unsupported(UnknownTransport(name.to_owned())),
         })
     }
@@ -93,6 +97,7 @@ impl Transport {
     pub fn name(&self) -> &str {
         match self {
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
             Self::Unsupported(unknown) => unknown.name(),
         }
     }
@@ -430,7 +435,36 @@ impl Route {
             check_param(key, value)?;
         }
         route.params.clone_from(&payload.params);
+        route.check_transport_params()?;
         Ok(route)
+    }
+
+    /// A `tls` route to `host` and `port` with `params`.
+    ///
+    /// # Errors
+    /// A [`RouteError`] if the host or port is not valid.
+    pub fn tls(host: &str, port: u16, params: &crate::TlsParams) -> Result<Self, RouteError> {
+        let mut route = Self::new(Transport::Tls, Host::parse(host)?, port)?;
+        params.write(&mut route.params);
+        route.check_transport_params()?;
+        Ok(route)
+    }
+
+    /// The settings of a `tls` route; `None` for other transports.
+    ///
+    /// # Errors
+    /// A [`RouteError`] if a parameter is missing or wrong (never for a route that was parsed
+    /// or built with [`Route::tls`]).
+    pub fn tls_params(&self) -> Option<Result<crate::TlsParams, RouteError>> {
+        (self.transport == Transport::Tls)
+            .then(|| crate::TlsParams::from_params(&self.host, &self.params))
+    }
+
+    fn check_transport_params(&self) -> Result<(), RouteError> {
+        match self.tls_params() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The route's link form.
@@ -548,6 +582,7 @@ impl FromStr for Route {
             })?;
             route = route.with_param(key, &value)?;
         }
+        route.check_transport_params()?;
         Ok(route)
     }
 }
@@ -646,6 +681,7 @@ mod tests {
             "tcp://[::1]:1",
             "tcp://relay.example.org:443?a=1&b=x%20y%26z%3D%25",
             "quic://[2001:db8::1]:443?sni=example.com",
+            "tls://relay.example.org:443?key=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8&path=%2Fs%2Fk2&sni=relay.example.org",
             "tcp://localhost:65535?empty=",
         ];
         for text in cases {
@@ -684,6 +720,24 @@ mod tests {
         ] {
             assert!(text.parse::<Route>().is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn tls_routes_check_their_params() {
+        let err = "tls://relay.example.org:443?path=%2Fx"
+            .parse::<Route>()
+            .expect_err("no key");
+        assert!(err.to_string().contains("`key`"), "{err}");
+        let params =
+            crate::TlsParams::new(None, "/x", [7; 32], None, crate::Rotate::Off).expect("valid");
+        let route = Route::tls("203.0.113.10", 443, &params).expect("valid");
+        assert_eq!(route.tls_params(), Some(Ok(params)));
+        assert!(
+            Route::tcp("h.example", 1)
+                .expect("valid")
+                .tls_params()
+                .is_none()
+        );
     }
 
     #[test]
