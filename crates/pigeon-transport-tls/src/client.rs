@@ -1,0 +1,954 @@
+//! The client: Chrome's TLS and HTTP/2, a tunnel inside a streaming `POST`, and legs that follow
+//! one another under a per-connection download cap.
+//!
+//! [`Dialer::dial`] opens the first leg (TCP, TLS as Chrome, HTTP/2 as Chrome, the request with a
+//! fresh token) and, once the server has answered it, hands back a byte stream. A task per
+//! session then carries the stream over legs:
+//!
+//! * **Rotation.** When the route has a download cap (`rotate=16k`, or one learned), each leg
+//!   gets a budget below it, drawn with jitter (55–80 % of the cap, less the handshake it already
+//!   received), written into its token. Once a leg has received 45 % of its share, the next leg
+//!   is opened; when its response arrives, the request body moves there, and the server moves
+//!   the response there (it ends the old one). Downstream bytes are delivered leg by leg in order.
+//! * **Learning.** With `rotate=auto` and no cap known yet, a leg that goes silent while an
+//!   answer is owed (5 s, then a PING, then 5 s more) is taken for frozen: the bytes it received
+//!   become the cap for that route, and the session ends (the caller reconnects, and the relay
+//!   redelivers what was not acknowledged).
+//! * **Shaping.** The first client records of a leg are kept under 411 bytes (the request
+//!   headers excepted, as a browser's are), so the TLS-in-TLS heuristic (several large client
+//!   records, then a burst from the server) does not see a tunnel's handshake in them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pigeon_transport::{Connection, Host, Rotate, Route, TlsParams, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::chrome::{self, ChromeTls, Target};
+use crate::error::TlsError;
+use crate::h2::{self, Event, Priority, Role};
+use crate::token::{self, SessionId, TokenKey};
+
+/// Chrome 156 on Linux, as Debian ships it.
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+Chrome/156.0.0.0 Safari/537.36";
+const SEC_CH_UA: &str = "\"Not:A-Brand\";v=\"8\", \"Chromium\";v=\"156\"";
+/// How long a leg may stay silent while an answer is owed before it is pinged, and again
+/// before it is taken for frozen.
+const STALL: Duration = Duration::from_secs(5);
+/// A leg idle this long is pinged, so that a freeze that hit it while idle is found.
+const KEEPALIVE: Duration = Duration::from_secs(25);
+/// How often a leg looks whether TLS is waiting for the rest of a record.
+const CHECK: Duration = Duration::from_secs(1);
+/// Records kept under the TLS-in-TLS heuristic's size at the start of each leg.
+const SHAPED_RECORDS: u32 = 12;
+/// Largest record while shaping: below the 411 bytes the heuristic counts.
+const SHAPED_RECORD: usize = 380;
+/// Largest DATA frame: with its header it fills one 16 KiB record, as Chrome's do.
+const DATA_FRAME: usize = 16_375;
+/// Fewest bytes a stalled leg must have received for the stall to count as a freeze.
+const MIN_LEARNED: u64 = 4096;
+/// A stream chunk handed between tasks.
+const CHUNK: usize = 64 * 1024;
+
+/// Opens connections over any route this build supports: `tcp` and `tls`.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    tls: ChromeTls,
+    /// Download caps learned per route (route text → bytes).
+    learned: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl Dialer {
+    /// A dialer with Chrome's TLS settings and nothing learned.
+    ///
+    /// # Errors
+    /// [`TlsError::Setup`] if BoringSSL refuses Chrome's settings.
+    pub fn new() -> Result<Self, TlsError> {
+        Ok(Self {
+            tls: ChromeTls::new()?,
+            learned: Arc::default(),
+        })
+    }
+
+    /// The download caps learned so far, by route, to keep across runs.
+    pub fn learned(&self) -> BTreeMap<String, u32> {
+        self.learned.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Remembers a download cap for `route` (from an earlier run).
+    pub fn learn(&self, route: &str, cap: u32) {
+        if let Ok(mut learned) = self.learned.lock() {
+            learned.insert(route.to_owned(), cap.max(pigeon_transport::MIN_ROTATE));
+        }
+    }
+
+    /// Opens a connection over `route`, giving up after `timeout`.
+    ///
+    /// # Errors
+    /// A [`TlsError`] saying what failed; [`TlsError::kind`] sorts it.
+    pub async fn dial(
+        &self,
+        route: &Route,
+        timeout: Duration,
+    ) -> Result<Box<dyn Connection>, TlsError> {
+        match route.transport() {
+            Transport::Tls => {
+                let params = route
+                    .tls_params()
+                    .ok_or_else(|| route_error(route, "not a tls route"))?
+                    .map_err(|e| route_error(route, &e.to_string()))?;
+                let stream = tokio::time::timeout(timeout, self.dial_tls(route, params))
+                    .await
+                    .map_err(|_| TlsError::Timeout {
+                        route: route.to_string(),
+                        after: timeout,
+                    })??;
+                Ok(Box::new(stream))
+            }
+            _ => Ok(pigeon_transport::dial(route, timeout).await?),
+        }
+    }
+
+    async fn dial_tls(&self, route: &Route, params: TlsParams) -> Result<TunnelStream, TlsError> {
+        let name = route.to_string();
+        let cap = match params.rotate() {
+            Rotate::Off => None,
+            Rotate::Cap(cap) => Some(cap),
+            Rotate::Auto => self.learned.lock().ok().and_then(|l| l.get(&name).copied()),
+        };
+        let ctx = Arc::new(SessionCtx {
+            tls: self.tls.clone(),
+            learned: Arc::clone(&self.learned),
+            route: route.clone(),
+            name,
+            target: target(route, &params),
+            authority: authority(route, &params),
+            key: TokenKey::new(*params.key()),
+            path: params.path().to_owned(),
+            session: random(),
+            cap,
+            learn: params.rotate() == Rotate::Auto,
+        });
+        let (events_tx, events) = mpsc::channel(64);
+        let first = open_leg(&ctx, 0, events_tx.clone()).await?;
+        // The tunnel's first bytes follow the request at once, as a browser's streaming upload
+        // does: a reverse proxy may hold the response headers until the response has data,
+        // which here comes only after the client's first bytes.
+        let (user, ours) = tokio::io::duplex(4 * CHUNK);
+        let failure = Arc::new(Mutex::new(None));
+        tokio::spawn(run_session(
+            ctx,
+            first,
+            events_tx,
+            events,
+            ours,
+            Arc::clone(&failure),
+        ));
+        Ok(TunnelStream {
+            inner: user,
+            failure,
+        })
+    }
+}
+
+/// The caller's end of a tunnel session. When the session ends because a leg failed, reading
+/// reports why (a refused request, a frozen connection) instead of a bare end of stream.
+pub(crate) struct TunnelStream {
+    inner: tokio::io::DuplexStream,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                match this.failure.lock().ok().and_then(|f| f.clone()) {
+                    Some(why) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why)))
+                    }
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn route_error(route: &Route, problem: &str) -> TlsError {
+    TlsError::Route {
+        route: route.to_string(),
+        problem: problem.to_owned(),
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS random source does not fail on the platforms this runs on; if it ever did, an
+    // all-zero nonce or session id is still unique enough for one run and reveals nothing.
+    let _ = getrandom::fill(&mut out);
+    out
+}
+
+fn target(route: &Route, params: &TlsParams) -> Target {
+    Target {
+        sni: params.sni().map(|n| n.as_str().to_owned()),
+        pin: params.pin().copied(),
+        cache_key: format!("{}:{}", route.host(), route.port()),
+    }
+}
+
+/// `:authority` as Chrome writes it: the name (or address) and the port unless it is 443.
+fn authority(route: &Route, params: &TlsParams) -> String {
+    let host = match (params.sni(), route.host()) {
+        (Some(sni), _) => sni.as_str().to_owned(),
+        (None, Host::Ipv6(ip)) => format!("[{ip}]"),
+        (None, host) => host.to_string(),
+    };
+    if route.port() == 443 {
+        host
+    } else {
+        format!("{host}:{}", route.port())
+    }
+}
+
+/// What every leg of a session shares.
+struct SessionCtx {
+    tls: ChromeTls,
+    learned: Arc<Mutex<BTreeMap<String, u32>>>,
+    route: Route,
+    name: String,
+    target: Target,
+    authority: String,
+    key: TokenKey,
+    path: String,
+    session: SessionId,
+    /// The download cap in force for this session, if any.
+    cap: Option<u32>,
+    /// Whether a stall teaches this route a cap.
+    learn: bool,
+}
+
+/// Counts the bytes read from a socket — what a censor counts toward a freeze — and follows
+/// the TLS record boundaries in them: a stream that stops in the middle of a record owes more
+/// bytes, which is how a freeze shows even when nothing was asked.
+struct Counting<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+    records: RecordTracker,
+    mid_record: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where in the TLS record stream the bytes read so far end.
+#[derive(Default)]
+struct RecordTracker {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl RecordTracker {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header_len = 0;
+            }
+        }
+    }
+
+    fn mid_record(&self) -> bool {
+        self.body_left > 0 || self.header_len > 0
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let got = &buf.filled()[before..];
+        this.received.fetch_add(got.len() as u64, Ordering::Relaxed);
+        this.records.feed(got);
+        this.mid_record
+            .store(this.records.mid_record(), Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+type Tls = tokio_boring::SslStream<Counting<TcpStream>>;
+
+/// What the session tells a leg.
+enum LegCmd {
+    /// Tunnel bytes to send.
+    Write(Bytes),
+    /// End the request body: the next leg carries what follows.
+    EndUp,
+}
+
+/// What a leg tells the session.
+enum LegEvent {
+    /// The server answered the request: the leg carries the tunnel.
+    Ready(u16),
+    /// Tunnel bytes from the server.
+    Data(u16, Bytes),
+    /// The server ended the response on this leg.
+    DownEnded(u16),
+    /// The leg failed.
+    Failed(u16, TlsError),
+}
+
+/// A leg as the session sees it.
+struct LegHandle {
+    cmd: mpsc::Sender<LegCmd>,
+    received: Arc<AtomicU64>,
+    /// Its share of the cap, in TCP bytes received (handshake included).
+    share: Option<u64>,
+    ready: bool,
+    /// The leg's task; aborted when the handle is dropped, unless the leg was retired.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LegHandle {
+    /// Lets a leg that has done its part finish on its own: it ends its request body (if the
+    /// session has not yet) and closes once the server has ended its response.
+    fn retire(mut self) {
+        self.task = None;
+    }
+}
+
+impl Drop for LegHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Opens leg `index`: TCP, TLS, the HTTP/2 preface and the request. Its task then reports on
+/// `events`.
+async fn open_leg(
+    ctx: &Arc<SessionCtx>,
+    index: u16,
+    events: mpsc::Sender<LegEvent>,
+) -> Result<LegHandle, TlsError> {
+    let route = &ctx.route;
+    let tcp =
+        pigeon_transport::tcp::connect(route.host(), route.port(), Duration::from_secs(30)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mid_record = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counting = Counting {
+        inner: tcp,
+        received: Arc::clone(&received),
+        records: RecordTracker::default(),
+        mid_record: Arc::clone(&mid_record),
+    };
+    let config = ctx.tls.configure(&ctx.target)?;
+    let domain = ctx
+        .target
+        .sni
+        .clone()
+        .unwrap_or_else(|| route.host().to_string());
+    let mut stream = tokio_boring::connect(config, &domain, counting)
+        .await
+        .map_err(|e| handshake_error(&ctx.name, &e))?;
+    ctx.tls.remember(&ctx.target.cache_key, stream.ssl());
+    if stream.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
+        return Err(TlsError::NotHttp2 {
+            route: ctx.name.clone(),
+        });
+    }
+    let handshake = received.load(Ordering::Relaxed);
+    let (share, budget) = match ctx.cap {
+        Some(cap) => {
+            // 55–80 % of the cap for this connection, drawn anew for each.
+            let jitter = 55 + u64::from(random::<1>()[0]) * 25 / 255;
+            let share = u64::from(cap) * jitter / 100;
+            let budget = share.saturating_sub(handshake) * 9 / 10;
+            (
+                Some(share),
+                Some(u32::try_from(budget.max(1024)).unwrap_or(u32::MAX)),
+            )
+        }
+        None => (None, None),
+    };
+    let leg = token::Leg {
+        session: ctx.session,
+        index,
+        budget,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token = token::mint(&ctx.key, &ctx.path, &leg, now, random());
+    tracing::debug!(
+        index,
+        handshake,
+        ?budget,
+        "tunnel leg: TLS done, request sent"
+    );
+    // Chrome writes the preface, its SETTINGS and its WINDOW_UPDATE as one record, and the
+    // request's HEADERS as the next.
+    let mut opening = h2::PREFACE.to_vec();
+    h2::write_settings(&mut opening, &chrome::H2_SETTINGS);
+    h2::write_window_update(&mut opening, 0, chrome::H2_CONNECTION_WINDOW - 65_535);
+    stream.write_all(&opening).await?;
+    let path = format!("{}/{token}", ctx.path);
+    let origin = format!("https://{}", ctx.authority);
+    let referer = format!("https://{}/", ctx.authority);
+    let mut encoder = loona_hpack::Encoder::new();
+    let block = h2::encode_headers(
+        &mut encoder,
+        &[
+            (":method", "POST"),
+            (":authority", &ctx.authority),
+            (":scheme", "https"),
+            (":path", &path),
+            ("sec-ch-ua-platform", "\"Linux\""),
+            ("user-agent", USER_AGENT),
+            ("sec-ch-ua", SEC_CH_UA),
+            ("content-type", "application/octet-stream"),
+            ("sec-ch-ua-mobile", "?0"),
+            ("accept", "*/*"),
+            ("origin", &origin),
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "empty"),
+            ("referer", &referer),
+            ("accept-encoding", "gzip, deflate, br, zstd"),
+            ("accept-language", "en-US,en;q=0.9"),
+            ("priority", "u=1, i"),
+        ],
+    );
+    let mut headers = Vec::new();
+    h2::write_headers(
+        &mut headers,
+        h2::STREAM,
+        &block,
+        Some(Priority {
+            exclusive: true,
+            depends_on: 0,
+            weight: 220,
+        }),
+        false,
+    );
+    stream.write_all(&headers).await?;
+    let (cmd, cmd_rx) = mpsc::channel(64);
+    let task = tokio::spawn(run_leg(
+        Arc::clone(ctx),
+        index,
+        stream,
+        (Arc::clone(&received), mid_record),
+        cmd_rx,
+        events,
+    ));
+    Ok(LegHandle {
+        cmd,
+        received,
+        share,
+        ready: false,
+        task: Some(task),
+    })
+}
+
+fn handshake_error(route: &str, e: &tokio_boring::HandshakeError<Counting<TcpStream>>) -> TlsError {
+    let verify = e
+        .ssl()
+        .map(|ssl| ssl.verify_result())
+        .filter(Result::is_err);
+    if verify.is_some() || e.to_string().contains("CERTIFICATE_VERIFY_FAILED") {
+        return TlsError::Certificate {
+            route: route.to_owned(),
+        };
+    }
+    TlsError::Handshake {
+        route: route.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// One leg's task: reads the server's frames and writes the session's bytes.
+async fn run_leg(
+    ctx: Arc<SessionCtx>,
+    index: u16,
+    mut stream: Tls,
+    (received, mid_record): (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
+    mut cmds: mpsc::Receiver<LegCmd>,
+    events: mpsc::Sender<LegEvent>,
+) {
+    let mut leg = LegState {
+        h2: h2::Leg::new(
+            Role::Client,
+            chrome::H2_SETTINGS[2].1,
+            chrome::H2_CONNECTION_WINDOW,
+        ),
+        decoder: h2::decoder(),
+        pending: VecDeque::new(),
+        pending_len: 0,
+        end_up: false,
+        records: 0,
+        owed_since: None,
+        pinged: false,
+        last_activity: Instant::now(),
+        mid_record,
+    };
+    let result = leg.run(&ctx, index, &mut stream, &mut cmds, &events).await;
+    if let Err(e) = result {
+        let e = match e {
+            LegEnd::Stalled => {
+                let got = received.load(Ordering::Relaxed);
+                if ctx.learn && got >= MIN_LEARNED {
+                    let cap = u32::try_from(got).unwrap_or(u32::MAX);
+                    if let Ok(mut learned) = ctx.learned.lock() {
+                        let entry = learned.entry(ctx.name.clone()).or_insert(cap);
+                        *entry = (*entry).min(cap).max(pigeon_transport::MIN_ROTATE);
+                    }
+                    tracing::info!(
+                        bytes = got,
+                        "a connection froze; keeping later connections under that"
+                    );
+                }
+                TlsError::Stalled {
+                    route: ctx.name.clone(),
+                    received: got,
+                }
+            }
+            LegEnd::Error(e) => e,
+        };
+        let _ = events.send(LegEvent::Failed(index, e)).await;
+    }
+}
+
+enum LegEnd {
+    Stalled,
+    Error(TlsError),
+}
+
+impl From<TlsError> for LegEnd {
+    fn from(e: TlsError) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl From<io::Error> for LegEnd {
+    fn from(e: io::Error) -> Self {
+        Self::Error(TlsError::Io(e))
+    }
+}
+
+struct LegState {
+    h2: h2::Leg,
+    decoder: loona_hpack::Decoder<'static>,
+    /// Bytes from the session waiting for the window.
+    pending: VecDeque<Bytes>,
+    pending_len: usize,
+    end_up: bool,
+    /// Records written since the request headers.
+    records: u32,
+    /// Since when an answer is owed (we wrote, nothing came back yet).
+    owed_since: Option<Instant>,
+    pinged: bool,
+    last_activity: Instant,
+    /// The socket's bytes end inside a TLS record: more are owed.
+    mid_record: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LegState {
+    async fn run(
+        &mut self,
+        ctx: &SessionCtx,
+        index: u16,
+        stream: &mut Tls,
+        cmds: &mut mpsc::Receiver<LegCmd>,
+        events: &mpsc::Sender<LegEvent>,
+    ) -> Result<(), LegEnd> {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut inbuf: Vec<u8> = Vec::new();
+        let mut cmds_open = true;
+        loop {
+            let deadline = self.deadline();
+            let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
+            tokio::select! {
+                read = stream.read(&mut buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        if self.h2.remote_ended() && self.h2.local_ended() {
+                            return Ok(());
+                        }
+                        return Err(LegEnd::Error(TlsError::Io(io::ErrorKind::UnexpectedEof.into())));
+                    }
+                    let now = Instant::now();
+                    self.pinged = false;
+                    self.last_activity = now;
+                    // Bytes came; whether more are owed depends on where they stopped.
+                    self.owed_since = self.mid_record.load(Ordering::Relaxed).then_some(now);
+                    inbuf.extend_from_slice(&buf[..n]);
+                    let mut control = Vec::new();
+                    let mut out_events = Vec::new();
+                    let used = self.h2.receive(&inbuf, &mut control, &mut |e| match e {
+                        Event::Data(d) => out_events.push(Ok(LegEvent::Data(index, Bytes::copy_from_slice(d)))),
+                        Event::Headers { block, .. } => out_events.push(Err(block)),
+                        Event::End => out_events.push(Ok(LegEvent::DownEnded(index))),
+                        Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, TlsError::Io(io::ErrorKind::ConnectionReset.into())))),
+                        Event::PingAck(_) => {}
+                    }).map_err(TlsError::from)?;
+                    inbuf.drain(..used);
+                    if !inbuf.is_empty() && self.owed_since.is_none() {
+                        // A frame cut short: the rest is owed.
+                        self.owed_since = Some(now);
+                    }
+                    if !control.is_empty() {
+                        stream.write_all(&control).await?;
+                    }
+                    for event in out_events {
+                        let event = match event {
+                            Ok(event) => event,
+                            Err(block) => self.response(ctx, index, &block)?,
+                        };
+                        let failed = matches!(event, LegEvent::Failed(..));
+                        if events.send(event).await.is_err() || failed {
+                            return Ok(());
+                        }
+                    }
+                }
+                cmd = cmds.recv(), if take_cmds => match cmd {
+                    Some(LegCmd::Write(bytes)) => {
+                        self.pending_len += bytes.len();
+                        self.pending.push_back(bytes);
+                    }
+                    Some(LegCmd::EndUp) => self.end_up = true,
+                    None => {
+                        // Retired, or the session ended: end the request body and close once
+                        // the response has ended too.
+                        cmds_open = false;
+                        self.end_up = true;
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if self.owed_since.is_none() && self.mid_record.load(Ordering::Relaxed) {
+                        // TLS has bytes of a record it cannot finish: the rest is owed.
+                        self.owed_since = Some(now - CHECK);
+                    }
+                    if let Some(since) = self.owed_since {
+                        if now >= since + 2 * STALL {
+                            return Err(LegEnd::Stalled);
+                        }
+                        if now >= since + STALL && !self.pinged {
+                            self.pinged = true;
+                            let mut ping = Vec::new();
+                            h2::Leg::ping(&mut ping, random());
+                            stream.write_all(&ping).await?;
+                        }
+                    } else if now >= self.last_activity + KEEPALIVE {
+                        let mut ping = Vec::new();
+                        h2::Leg::ping(&mut ping, random());
+                        stream.write_all(&ping).await?;
+                        self.owed_since = Some(now);
+                        self.pinged = true;
+                        self.last_activity = now;
+                    }
+                }
+            }
+            self.flush(stream).await?;
+            if !cmds_open && self.pending.is_empty() && self.h2.remote_ended() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        match self.owed_since {
+            Some(since) if self.pinged => since + 2 * STALL,
+            Some(since) => since + STALL,
+            // Looked at again within a second: a record TLS is still waiting for counts as
+            // owed bytes.
+            None => (self.last_activity + KEEPALIVE).min(Instant::now() + CHECK),
+        }
+    }
+
+    /// The response to the leg's request: 200 opens the tunnel, anything else is a refusal.
+    fn response(&mut self, ctx: &SessionCtx, index: u16, block: &[u8]) -> Result<LegEvent, LegEnd> {
+        let headers = h2::decode_headers(&mut self.decoder, block).map_err(TlsError::from)?;
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| v.parse::<u16>().ok());
+        match status {
+            Some(200) => Ok(LegEvent::Ready(index)),
+            // Trailers (no status) after the response: nothing to do.
+            None => Ok(LegEvent::Data(index, Bytes::new())),
+            Some(status) => Err(LegEnd::Error(TlsError::Refused {
+                route: ctx.name.clone(),
+                status,
+            })),
+        }
+    }
+
+    /// Sends what the windows allow, one DATA frame per record (small records at first).
+    async fn flush(&mut self, stream: &mut Tls) -> Result<(), LegEnd> {
+        while let Some(front) = self.pending.front_mut() {
+            let max = if self.records < SHAPED_RECORDS {
+                SHAPED_RECORD - h2::FRAME_HEADER_LEN
+            } else {
+                DATA_FRAME
+            };
+            let mut frame = Vec::with_capacity(max + h2::FRAME_HEADER_LEN);
+            let take = front.len().min(max);
+            let sent = self.h2.send_data(&front[..take], max, &mut frame);
+            if sent == 0 {
+                break;
+            }
+            stream.write_all(&frame).await?;
+            self.records += 1;
+            let _ = front.split_to(sent);
+            self.pending_len -= sent;
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+            if self.owed_since.is_none() {
+                self.owed_since = Some(Instant::now());
+            }
+            self.last_activity = Instant::now();
+        }
+        if self.end_up && self.pending.is_empty() && !self.h2.local_ended() {
+            let mut end = Vec::new();
+            self.h2.end(&mut end);
+            stream.write_all(&end).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The session's task: the caller's stream on one side, legs on the other.
+async fn run_session(
+    ctx: Arc<SessionCtx>,
+    first: LegHandle,
+    events_tx: mpsc::Sender<LegEvent>,
+    mut events: mpsc::Receiver<LegEvent>,
+    mut user: tokio::io::DuplexStream,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let mut legs: BTreeMap<u16, LegHandle> = BTreeMap::new();
+    let mut first = first;
+    first.ready = true;
+    legs.insert(0, first);
+    let mut up: u16 = 0;
+    let mut down: u16 = 0;
+    let mut queued: HashMap<u16, VecDeque<Bytes>> = HashMap::new();
+    // Legs whose response ended before the legs ahead of them.
+    let mut ended: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+    let mut opening: Option<tokio::task::JoinHandle<(u16, Result<LegHandle, TlsError>)>> = None;
+    let mut up_open = true;
+    let mut buf = vec![0u8; CHUNK];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            read = user.read(&mut buf), if up_open => match read {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    if let Some(leg) = legs.get(&up) {
+                        let _ = leg.cmd.send(LegCmd::EndUp).await;
+                    }
+                }
+                Ok(n) => {
+                    let Some(leg) = legs.get(&up) else { break };
+                    if leg.cmd.send(LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    LegEvent::Ready(index) => {
+                        tracing::debug!(index, "tunnel leg: ready");
+                        if let Some(leg) = legs.get_mut(&index) {
+                            leg.ready = true;
+                        }
+                        if index > up && legs.contains_key(&index) {
+                            // The request body moves to the new leg.
+                            if let Some(old) = legs.get(&up) {
+                                let _ = old.cmd.send(LegCmd::EndUp).await;
+                            }
+                            up = index;
+                            if !up_open
+                                && let Some(leg) = legs.get(&up)
+                            {
+                                let _ = leg.cmd.send(LegCmd::EndUp).await;
+                            }
+                        }
+                    }
+                    LegEvent::Data(index, bytes) => {
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        if index == down {
+                            if user.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        } else {
+                            queued.entry(index).or_default().push_back(bytes);
+                        }
+                    }
+                    LegEvent::DownEnded(index) => {
+                        tracing::debug!(index, down, up, "tunnel leg: response ended");
+                        // Legs report on their own: a later leg's end may come first.
+                        ended.insert(index);
+                        let mut failed = false;
+                        while ended.remove(&down) {
+                            // Downstream moves on to the next leg, with what it already sent.
+                            down = down.wrapping_add(1);
+                            for bytes in queued.remove(&down).unwrap_or_default() {
+                                if user.write_all(&bytes).await.is_err() {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                    }
+                    LegEvent::Failed(index, e) => {
+                        if index >= down || index >= up {
+                            tracing::debug!(error = %e, "tunnel leg failed; ending the session");
+                            if let Ok(mut f) = failure.lock() {
+                                *f = Some(e.to_string());
+                            }
+                            break;
+                        }
+                        // An old leg's failure after its part was done costs nothing.
+                        legs.remove(&index);
+                    }
+                }
+            }
+            opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
+                opening = None;
+                match opened {
+                    Ok((index, Ok(leg))) => {
+                        legs.insert(index, leg);
+                    }
+                    Ok((_, Err(e))) => {
+                        // Tried again at the next tick while it is still needed.
+                        tracing::debug!(error = %e, "could not open the next tunnel leg");
+                    }
+                    Err(_) => break,
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        // Open the next leg once the current one has used 45 % of its share (so it is ready
+        // before the current one is spent), or at once if the server moved on without one.
+        let newest = legs.keys().next_back().copied().unwrap_or(0);
+        let needed = match legs.get(&down) {
+            None => true,
+            Some(leg) => {
+                newest == down
+                    && leg.share.is_some_and(|share| {
+                        leg.received.load(Ordering::Relaxed) * 100 >= share * 45
+                    })
+            }
+        };
+        if opening.is_none() && needed {
+            let ctx = Arc::clone(&ctx);
+            let events = events_tx.clone();
+            let index = newest.wrapping_add(1);
+            opening = Some(tokio::spawn(async move {
+                (index, open_leg(&ctx, index, events).await)
+            }));
+        }
+        // Legs both directions have left are done.
+        let done: Vec<u16> = legs.keys().copied().filter(|&i| i < down.min(up)).collect();
+        for i in done {
+            if let Some(leg) = legs.remove(&i) {
+                leg.retire();
+            }
+        }
+    }
+    if let Some(task) = opening {
+        task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_is_written_as_chrome_writes_it() {
+        let params = TlsParams::new(None, "/p", [1; 32], None, Rotate::Auto).expect("params");
+        let r = Route::tls("relay.example.org", 443, &params).expect("route");
+        let p = r.tls_params().expect("tls").expect("valid");
+        assert_eq!(authority(&r, &p), "relay.example.org");
+        let r = Route::tls("203.0.113.10", 8443, &params).expect("route");
+        let p = r.tls_params().expect("tls").expect("valid");
+        assert_eq!(authority(&r, &p), "203.0.113.10:8443");
+        assert_eq!(target(&r, &p).sni, None);
+    }
+}

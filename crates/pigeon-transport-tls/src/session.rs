@@ -1,0 +1,601 @@
+//! The server's side of a tunnel session: [`ServerSession`], what the relay reads and writes.
+//!
+//! A session is a sequence of legs (TLS connections, each carrying one HTTP/2 request and its
+//! response), so that no single TCP connection carries more than the client's budget for it
+//! (the 16–20 KB freeze). The client opens leg k+1 before leg k is spent; the server attaches it
+//! to the session ([`Registry`]), ends leg k's response, and goes on writing on leg k+1, while
+//! it reads leg k's request body to its end before reading leg k+1's. Each direction is
+//! therefore one ordered byte stream, split at the ends of HTTP/2 streams; nothing is resent,
+//! because nothing is lost while a leg stays within its budget. (A leg that dies or freezes
+//! anyway ends the session: the client reconnects, and the relay's store redelivers what was
+//! not acknowledged.)
+//!
+//! While idle, a session holds its legs' sockets, keys, window counters and empty buffers;
+//! reads allocate only while bytes are being handled, like the relay's own connection code.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+use crate::h2::{self, Event};
+use crate::record::{self, Opened, Records};
+use crate::token::SessionId;
+
+/// Bytes read from a socket per call, at most.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most tunnel bytes a leg holds for the relay before it stops reading its socket.
+const MAX_READY: usize = 256 * 1024;
+/// Bytes a leg keeps in hand for the END_STREAM frame (and its record) when spending a budget.
+const END_RESERVE: u64 = 64;
+/// Payload of a DATA frame so that frame and header fill one TLS record exactly, as Chrome's do.
+const DATA_PER_RECORD: usize = record::MAX_PLAINTEXT - h2::FRAME_HEADER_LEN;
+
+/// One leg on the server: a connection and its HTTP/2 stream.
+pub(crate) struct ServerLeg {
+    pub(crate) index: u16,
+    tcp: TcpStream,
+    /// TLS record protection; `None` for a leg behind a reverse proxy (cleartext HTTP/2).
+    records: Option<Records>,
+    h2: h2::Leg,
+    /// Received wire bytes not yet opened (a partial record).
+    raw: Vec<u8>,
+    /// Opened bytes not yet parsed (a partial frame).
+    plain: Vec<u8>,
+    /// Tunnel bytes parsed and not yet handed on.
+    ready: Vec<u8>,
+    /// Wire bytes owed to the peer (acknowledgements, window updates) not yet written.
+    owed: Vec<u8>,
+    /// Most wire bytes this leg may carry to the client after the handshake (`None`: no cap).
+    budget: Option<u32>,
+    written: u64,
+    /// When tunnel bytes were last written on this leg.
+    last_write: std::time::Instant,
+    /// The socket reached its end or failed.
+    eof: bool,
+}
+
+impl std::fmt::Debug for ServerLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerLeg")
+            .field("index", &self.index)
+            .field("budget", &self.budget)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a leg's setup (in `crate::front`) hands over.
+pub(crate) struct LegParts {
+    pub(crate) index: u16,
+    pub(crate) tcp: TcpStream,
+    pub(crate) records: Option<Records>,
+    pub(crate) h2: h2::Leg,
+    pub(crate) raw: Vec<u8>,
+    pub(crate) plain: Vec<u8>,
+    pub(crate) ready: Vec<u8>,
+    pub(crate) budget: Option<u32>,
+    /// Wire bytes already written on this connection after the handshake.
+    pub(crate) written: u64,
+}
+
+impl ServerLeg {
+    pub(crate) fn new(parts: LegParts) -> Self {
+        Self {
+            index: parts.index,
+            tcp: parts.tcp,
+            records: parts.records,
+            h2: parts.h2,
+            raw: parts.raw,
+            plain: parts.plain,
+            ready: parts.ready,
+            owed: Vec::new(),
+            budget: parts.budget,
+            written: parts.written,
+            last_write: std::time::Instant::now(),
+            eof: false,
+        }
+    }
+
+    /// Whether the client ended its request body on this leg.
+    fn up_ended(&self) -> bool {
+        self.h2.remote_ended()
+    }
+
+    /// Whether this end ended its response body on this leg.
+    fn down_ended(&self) -> bool {
+        self.h2.local_ended()
+    }
+
+    /// Protects `frames` for the wire and appends them to `out`.
+    fn seal(&mut self, frames: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        match &mut self.records {
+            Some(records) => records.seal(frames, out).map_err(io::Error::other),
+            None => {
+                out.extend_from_slice(frames);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads what the socket has (up to a chunk), opens and parses it. Returns whether anything
+    /// was read; `Err(WouldBlock)` passes through when the socket had nothing.
+    fn pull(&mut self) -> io::Result<()> {
+        if self.eof || self.ready.len() >= MAX_READY {
+            return Ok(());
+        }
+        let mut got = 0;
+        loop {
+            if self.raw.capacity() - self.raw.len() < 4096 {
+                self.raw.reserve(16 * 1024);
+            }
+            match self.tcp.try_read_buf(&mut self.raw) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    got += n;
+                    if got >= READ_CHUNK {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.process()
+    }
+
+    /// Opens whole records and parses whole frames from what was read.
+    fn process(&mut self) -> io::Result<()> {
+        match &mut self.records {
+            Some(records) => {
+                let mut at = 0;
+                while let Some(opened) = records
+                    .open(&mut self.raw[at..])
+                    .map_err(io::Error::other)?
+                {
+                    match opened {
+                        Opened::Data { start, end, used } => {
+                            self.plain
+                                .extend_from_slice(&self.raw[at + start..at + end]);
+                            at += used;
+                        }
+                        Opened::Closed { used } => {
+                            at += used;
+                            self.eof = true;
+                            break;
+                        }
+                    }
+                }
+                self.raw.drain(..at);
+            }
+            None => {
+                if self.plain.is_empty() {
+                    std::mem::swap(&mut self.plain, &mut self.raw);
+                } else {
+                    self.plain.append(&mut self.raw);
+                }
+            }
+        }
+        shrink(&mut self.raw);
+        let mut control = Vec::new();
+        let mut failure = None;
+        let ready = &mut self.ready;
+        let used = self
+            .h2
+            .receive(&self.plain, &mut control, &mut |event| match event {
+                Event::Data(d) => ready.extend_from_slice(d),
+                Event::Reset(_) | Event::GoAway(_) => {
+                    failure = Some("the client reset the tunnel stream");
+                }
+                // Trailers, ping acks and the end of the body need nothing here: the end shows
+                // in `remote_ended`.
+                Event::Headers { .. } | Event::End | Event::PingAck(_) => {}
+            })
+            .map_err(io::Error::other)?;
+        self.plain.drain(..used);
+        shrink(&mut self.plain);
+        if !control.is_empty() {
+            let mut wire = std::mem::take(&mut self.owed);
+            self.seal(&control, &mut wire)?;
+            self.owed = wire;
+            self.try_flush()?;
+        }
+        if let Some(why) = failure {
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, why));
+        }
+        Ok(())
+    }
+
+    /// Writes owed bytes without waiting.
+    fn try_flush(&mut self) -> io::Result<()> {
+        while !self.owed.is_empty() {
+            match self.tcp.try_write(&self.owed) {
+                Ok(n) => {
+                    self.written += n as u64;
+                    self.owed.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        shrink(&mut self.owed);
+        Ok(())
+    }
+
+    /// Writes `wire` (and anything owed before it), waiting as needed.
+    async fn send(&mut self, wire: &[u8]) -> io::Result<()> {
+        if !self.owed.is_empty() {
+            let owed = std::mem::take(&mut self.owed);
+            self.tcp.write_all(&owed).await?;
+            self.written += owed.len() as u64;
+        }
+        self.tcp.write_all(wire).await?;
+        self.written += wire.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the response body, if it is not ended yet.
+    async fn end_down(&mut self) -> io::Result<()> {
+        if self.down_ended() {
+            return Ok(());
+        }
+        let mut frames = Vec::new();
+        self.h2.end(&mut frames);
+        let mut wire = Vec::new();
+        self.seal(&frames, &mut wire)?;
+        self.send(&wire).await
+    }
+
+    /// Tunnel bytes this leg may still carry to the client under its budget.
+    fn room(&self) -> usize {
+        let Some(budget) = self.budget else {
+            return usize::MAX;
+        };
+        let left = u64::from(budget).saturating_sub(self.written + END_RESERVE);
+        let per_record = (h2::FRAME_HEADER_LEN + record::OVERHEAD) as u64;
+        // Whole records of payload, then what is left of a last one.
+        let full = left / (DATA_PER_RECORD as u64 + per_record);
+        let rest = (left % (DATA_PER_RECORD as u64 + per_record)).saturating_sub(per_record);
+        usize::try_from(full * DATA_PER_RECORD as u64 + rest).unwrap_or(usize::MAX)
+    }
+}
+
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = Vec::new();
+    }
+}
+
+/// Where the front hands a session the legs that follow its first.
+#[derive(Debug)]
+pub(crate) struct Attach {
+    id: SessionId,
+    /// Legs handed over and not yet taken, in order (a burst can bring the next before the
+    /// relay has taken the one before).
+    queue: Mutex<VecDeque<Box<ServerLeg>>>,
+    /// The index the next leg handed over must have.
+    next: AtomicU16,
+    waker: AtomicWaker,
+}
+
+/// Most legs waiting to be taken.
+const ATTACH_QUEUE: usize = 2;
+
+impl Attach {
+    /// Whether a leg with `index` would be taken now.
+    pub(crate) fn expects(&self, index: u16) -> bool {
+        self.next.load(Ordering::Acquire) == index
+            && self.queue.lock().is_ok_and(|q| q.len() < ATTACH_QUEUE)
+    }
+
+    /// Hands over the next leg; gives it back if it is not the one expected.
+    pub(crate) fn offer(&self, leg: Box<ServerLeg>) -> Result<(), Box<ServerLeg>> {
+        let Ok(mut queue) = self.queue.lock() else {
+            return Err(leg);
+        };
+        if queue.len() >= ATTACH_QUEUE || self.next.load(Ordering::Acquire) != leg.index {
+            return Err(leg);
+        }
+        self.next
+            .store(leg.index.wrapping_add(1), Ordering::Release);
+        queue.push_back(leg);
+        drop(queue);
+        self.waker.wake();
+        Ok(())
+    }
+
+    fn take(&self) -> Option<Box<ServerLeg>> {
+        self.queue.lock().ok()?.pop_front()
+    }
+}
+
+/// The sessions a server has open, by id, so later legs find their session.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<SessionId, Weak<Attach>>>,
+}
+
+impl Registry {
+    /// The attach point of session `id`, if it is open.
+    pub(crate) fn find(&self, id: &SessionId) -> Option<Arc<Attach>> {
+        self.sessions.lock().ok()?.get(id)?.upgrade()
+    }
+
+    /// Whether `id` is taken.
+    pub(crate) fn contains(&self, id: &SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Opens a session on its first leg.
+    pub(crate) fn open(self: &Arc<Self>, first: ServerLeg, id: SessionId) -> ServerSession {
+        let attach = Arc::new(Attach {
+            id,
+            queue: Mutex::new(VecDeque::new()),
+            next: AtomicU16::new(first.index.wrapping_add(1)),
+            waker: AtomicWaker::new(),
+        });
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(id, Arc::downgrade(&attach));
+        }
+        ServerSession {
+            registry: Arc::clone(self),
+            attach,
+            legs: VecDeque::from([Box::new(first)]),
+            carried: Vec::new(),
+        }
+    }
+
+    fn close(&self, id: &SessionId) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(id);
+        }
+    }
+}
+
+/// Most legs a session holds at once (the current one, the next, and ones finishing).
+const MAX_LEGS: usize = 4;
+/// A leg that has not been written to for this long gives way to a newer leg at the next write.
+const SWITCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A tunnel session as the relay sees it: one byte stream each way, whatever legs carry it.
+#[derive(Debug)]
+pub struct ServerSession {
+    registry: Arc<Registry>,
+    attach: Arc<Attach>,
+    /// Legs in order. The relay reads the first whose request body has not ended and writes
+    /// the first whose response has not ended; legs done both ways leave from the front.
+    legs: VecDeque<Box<ServerLeg>>,
+    /// Tunnel bytes of legs that left before the relay read them, read first.
+    carried: Vec<u8>,
+}
+
+impl Drop for ServerSession {
+    fn drop(&mut self) {
+        self.registry.close(&self.attach.id);
+    }
+}
+
+impl ServerSession {
+    /// Takes an attached leg, if one arrived. Writing moves to it when the current leg is
+    /// spent, or at the first write after the current leg has been quiet for [`SWITCH_IDLE`]:
+    /// in a burst the current leg is used to its budget while the new one stands ready.
+    fn adopt(&mut self) -> io::Result<()> {
+        if self.legs.len() < MAX_LEGS
+            && let Some(leg) = self.attach.take()
+        {
+            tracing::debug!(
+                index = leg.index,
+                legs = self.legs.len() + 1,
+                "tunnel leg attached"
+            );
+            self.legs.push_back(leg);
+        }
+        Ok(())
+    }
+
+    /// Drops legs at the front that are done both ways, keeping at least one; what the relay
+    /// has not read of them yet is carried over.
+    fn retire(&mut self) {
+        while self.legs.len() > 1
+            && self
+                .legs
+                .front()
+                .is_some_and(|old| old.up_ended() && old.down_ended() && old.owed.is_empty())
+        {
+            if let Some(mut old) = self.legs.pop_front() {
+                self.carried.append(&mut old.ready);
+            }
+        }
+    }
+
+    /// Writes what legs owe, without waiting.
+    fn flush_owed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        for leg in &mut self.legs {
+            if !leg.owed.is_empty() && leg.tcp.poll_write_ready(cx).is_ready() {
+                leg.try_flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived on legs whose request body has not ended, without waiting, so
+    /// that an ended body is seen (and its leg can go) even while the relay only writes. What
+    /// arrives is kept for the relay's next read.
+    fn pump(&mut self) -> io::Result<()> {
+        for leg in &mut self.legs {
+            if leg.up_ended() || leg.eof {
+                continue;
+            }
+            match leg.pull() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+        self.retire();
+        self.adopt()
+    }
+
+    /// The leg whose request body the relay reads now.
+    fn up_leg(&mut self) -> Option<&mut ServerLeg> {
+        self.legs
+            .iter_mut()
+            .find(|l| !l.up_ended() || !l.ready.is_empty())
+            .map(|l| &mut **l)
+    }
+
+    /// Index of the leg the relay writes to now.
+    fn down_leg(&self) -> Option<usize> {
+        self.legs.iter().position(|l| !l.down_ended())
+    }
+}
+
+impl pigeon_transport::ServerStream for ServerSession {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.attach.waker.register(cx.waker());
+        if let Err(e) = self.adopt().and_then(|()| self.flush_owed(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        self.retire();
+        if !self.carried.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.up_leg() {
+            Some(leg) if !leg.ready.is_empty() || leg.eof => Poll::Ready(Ok(())),
+            Some(leg) => leg.tcp.poll_read_ready(cx),
+            // Every request body so far has ended: the next leg's comes once it is here.
+            None => Poll::Pending,
+        }
+    }
+
+    fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.adopt()?;
+        self.retire();
+        if !self.carried.is_empty() {
+            let n = self.carried.len();
+            buf.append(&mut self.carried);
+            shrink(&mut self.carried);
+            return Ok(n);
+        }
+        for _ in 0..MAX_LEGS {
+            let Some(leg) = self.up_leg() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            leg.pull()?;
+            if !leg.ready.is_empty() {
+                return hand(leg, buf);
+            }
+            if leg.up_ended() {
+                // Its request body just ended: go on with the next leg's.
+                continue;
+            }
+            if leg.eof {
+                tracing::debug!(
+                    index = leg.index,
+                    "tunnel leg closed before its request ended"
+                );
+                return Ok(0);
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut data = data;
+        while !data.is_empty() {
+            self.adopt()?;
+            self.pump()?;
+            for leg in &mut self.legs {
+                if !leg.owed.is_empty() {
+                    leg.send(&[]).await?;
+                }
+            }
+            self.retire();
+            let Some(at) = self.down_leg() else {
+                // Every leg is spent, and the client has not brought the next one yet.
+                std::future::poll_fn(|cx| {
+                    self.attach.waker.register(cx.waker());
+                    // Wake also when an old leg's request body ends: it can then go, making
+                    // room for the next.
+                    for leg in &mut self.legs {
+                        if !leg.up_ended() && !leg.eof {
+                            let _ = leg.tcp.poll_read_ready(cx);
+                        }
+                    }
+                    match self.pump() {
+                        Err(e) => Poll::Ready(Err(e)),
+                        Ok(()) if self.down_leg().is_some() => Poll::Ready(Ok(())),
+                        Ok(()) => Poll::Pending,
+                    }
+                })
+                .await?;
+                continue;
+            };
+            let newer = at + 1 < self.legs.len();
+            let leg = &mut self.legs[at];
+            if newer && leg.last_write.elapsed() >= SWITCH_IDLE {
+                tracing::debug!(index = leg.index, "tunnel leg quiet; moving to the next");
+                leg.end_down().await?;
+                continue;
+            }
+            let room = leg.room();
+            if room < 512.min(data.len()) {
+                tracing::debug!(index = leg.index, written = leg.written, "tunnel leg spent");
+                leg.end_down().await?;
+                continue;
+            }
+            if leg.h2.send_window() == 0 {
+                // Wait for the client to open its window; what it sends meanwhile is kept.
+                leg.tcp.readable().await?;
+                match leg.pull() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if leg.eof {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                continue;
+            }
+            let take = data.len().min(room).min(256 * 1024);
+            let mut frames = Vec::with_capacity(take + take / 1024 + 64);
+            let max_frame = if leg.records.is_some() {
+                DATA_PER_RECORD
+            } else {
+                h2::MAX_FRAME
+            };
+            let sent = leg.h2.send_data(&data[..take], max_frame, &mut frames);
+            let mut wire = Vec::with_capacity(frames.len() + frames.len() / 512 + 64);
+            leg.seal(&frames, &mut wire)?;
+            leg.send(&wire).await?;
+            leg.last_write = std::time::Instant::now();
+            data = &data[sent..];
+        }
+        Ok(())
+    }
+}
+
+fn hand(leg: &mut ServerLeg, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if leg.ready.is_empty() {
+        if leg.eof {
+            return Ok(0);
+        }
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let n = leg.ready.len();
+    if buf.is_empty() {
+        std::mem::swap(buf, &mut leg.ready);
+    } else {
+        buf.append(&mut leg.ready);
+    }
+    shrink(&mut leg.ready);
+    Ok(n)
+}
