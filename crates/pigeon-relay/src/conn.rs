@@ -14,6 +14,7 @@ use pigeon_proto::channel::{self, Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
 use pigeon_store::{Appended, StoredMessage};
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
+use pigeon_transport::ServerStream;
 use pigeon_wire::msg::{
     self, Error as WireErrorMsg, Request, ServerHello, ServerMessage, request, response,
     server_message,
@@ -28,8 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Connection numbers for log correlation: a counter, not an identity.
 static CONN_NO: AtomicU64 = AtomicU64::new(0);
@@ -149,7 +148,7 @@ struct Conn {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve<S: MailboxStore>(mut stream: TcpStream, shared: &Shared<S>) {
+pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(mut stream: T, shared: &Shared<S>) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
     let handshake = tokio::time::timeout(
         shared.config.handshake_timeout,
@@ -194,8 +193,8 @@ pub(crate) async fn serve<S: MailboxStore>(mut stream: TcpStream, shared: &Share
 }
 
 /// Reads the client's first record and answers it. `Ok(None)` when the peer left quietly.
-async fn handshake<S: MailboxStore>(
-    stream: &mut TcpStream,
+async fn handshake<S: MailboxStore, T: ServerStream>(
+    stream: &mut T,
     shared: &Shared<S>,
 ) -> Result<Option<(Channel, Vec<u8>)>, String> {
     let mut buf = Vec::with_capacity(1024);
@@ -248,7 +247,9 @@ async fn handshake<S: MailboxStore>(
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(MAX_RECORD + 2 - buf.len());
                 }
-                stream.readable().await.map_err(|e| e.to_string())?;
+                std::future::poll_fn(|cx| stream.poll_read_ready(cx))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match stream.try_read_buf(&mut buf) {
                     Ok(0) if buf.is_empty() => return Ok(None),
                     Ok(0) => return Err("stream ended inside the first record".to_owned()),
@@ -263,7 +264,7 @@ async fn handshake<S: MailboxStore>(
 
 /// Writes `bytes`, giving up only if the peer takes nothing for [`WRITE_TIMEOUT`]: a slow link
 /// that keeps reading is never cut off, a peer that stopped reading is.
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write<T: ServerStream>(stream: &mut T, bytes: &[u8]) -> std::io::Result<()> {
     for chunk in bytes.chunks(64 * 1024) {
         match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(chunk)).await {
             Ok(r) => r?,
@@ -315,9 +316,9 @@ impl Conn {
     /// without stopping the connection: while one batch is being made durable the next is
     /// read, and pushes keep flowing. Any other request waits until those are answered, so
     /// requests that depend on each other keep their order.
-    async fn run<'a, S: MailboxStore>(
+    async fn run<'a, S: MailboxStore, T: ServerStream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut T,
         shared: &'a Shared<S>,
     ) -> Close {
         let mut inflight: Inflight<'a> = None;
@@ -492,7 +493,7 @@ impl Conn {
 
     /// Reads what the socket has. `Ok(false)` once the peer has closed its side (what it sent
     /// before closing is still in the buffer, to be handled).
-    async fn read(&mut self, stream: &mut TcpStream) -> Result<bool, Close> {
+    async fn read<T: ServerStream>(&mut self, stream: &mut T) -> Result<bool, Close> {
         loop {
             if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 4 {
                 self.inbuf.reserve(READ_CHUNK);
@@ -507,7 +508,7 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, stream: &mut TcpStream, data: &[u8]) -> Result<(), Close> {
+    async fn send<T: ServerStream>(&mut self, stream: &mut T, data: &[u8]) -> Result<(), Close> {
         if data.is_empty() {
             return Ok(());
         }
@@ -517,9 +518,9 @@ impl Conn {
     }
 
     /// Decrypts and handles every whole record buffered, then answers.
-    async fn handle_input<'a, S: MailboxStore>(
+    async fn handle_input<'a, S: MailboxStore, T: ServerStream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut T,
         shared: &'a Shared<S>,
         inflight: &mut Inflight<'a>,
     ) -> Result<(), Close> {

@@ -85,6 +85,25 @@ pub enum RelayError {
     Accept(#[source] std::io::Error),
 }
 
+/// Where a relay's connections come from.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// The plain `tcp` transport.
+    Tcp(TcpListener),
+    /// The `tls` transport's front: an HTTPS site with the tunnel behind its secret path.
+    Tls(pigeon_transport_tls::Front),
+    /// The `tls` transport behind a reverse proxy or CDN that forwards the secret path as
+    /// cleartext HTTP/2.
+    Backend(pigeon_transport_tls::Backend),
+}
+
+/// A connection to serve, whatever it came through.
+enum Incoming {
+    Tcp(tokio::net::TcpStream),
+    Tunnel(pigeon_transport_tls::ServerSession),
+}
+
 /// Serves `listener` with `store` and the relay's static `keys` until `shutdown` resolves, then
 /// drains gracefully.
 ///
@@ -92,6 +111,31 @@ pub enum RelayError {
 /// [`RelayError::Accept`] if the listener fails permanently.
 pub async fn run<S: MailboxStore>(
     listener: TcpListener,
+    store: S,
+    keys: StaticKeypair,
+    config: RelayConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    serve(
+        vec![Listener::Tcp(listener)],
+        store,
+        keys,
+        config,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves every listener in `listeners` with `store` and the relay's static `keys` until
+/// `shutdown` resolves, then drains gracefully: it stops accepting, lets every connection finish
+/// the requests it has read (each answered only once durable), and returns.
+///
+/// # Errors
+/// [`RelayError::Accept`] if a plain TCP listener fails permanently.
+pub async fn serve<S: MailboxStore>(
+    listeners: Vec<Listener>,
     store: S,
     keys: StaticKeypair,
     config: RelayConfig,
@@ -111,41 +155,48 @@ pub async fn run<S: MailboxStore>(
         stop: Notify::new(),
     });
     let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared)));
+    let (incoming_tx, mut incoming) =
+        tokio::sync::mpsc::channel::<Result<Incoming, std::io::Error>>(64);
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accept_loop(listener, incoming_tx.clone())))
+        .collect();
+    drop(incoming_tx);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+            next = incoming.recv() => match next {
+                Some(Ok(conn)) => {
                     // The peer address is deliberately not kept or logged.
                     if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections {
                         shared.metrics.refused_connections.inc();
-                        drop(stream);
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
-                    set_keepalive(&stream);
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.connections_open.inc();
                     shared.metrics.connections_total.inc();
                     let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
-                        conn::serve(stream, &shared).await;
+                        match conn {
+                            Incoming::Tcp(stream) => conn::serve(stream, &shared).await,
+                            Incoming::Tunnel(session) => conn::serve(session, &shared).await,
+                        }
                         shared.metrics.connections_open.dec();
                         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                             shared.idle.notify_waiters();
                         }
                     });
                 }
-                Err(e) if is_transient_accept_error(&e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing briefly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => break Err(RelayError::Accept(e)),
+                Some(Err(e)) => break Err(RelayError::Accept(e)),
+                None => break Ok(()),
             }
         }
     };
-    drop(listener);
+    for acceptor in acceptors {
+        acceptor.abort();
+    }
+    drop(incoming);
     tracing::info!(
         connections = shared.active.load(Ordering::Relaxed),
         "draining"
@@ -170,6 +221,48 @@ pub async fn run<S: MailboxStore>(
         tracing::warn!("drain timed out; closing remaining connections");
     }
     result
+}
+
+/// Accepts from one listener until it fails for good or the relay stops (the task is aborted).
+async fn accept_loop(
+    listener: Listener,
+    out: tokio::sync::mpsc::Sender<Result<Incoming, std::io::Error>>,
+) {
+    match listener {
+        Listener::Tcp(listener) => loop {
+            match listener.accept().await {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    set_keepalive(&stream);
+                    if out.send(Ok(Incoming::Tcp(stream))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(error = %e, "accept failed; pausing briefly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    let _ = out.send(Err(e)).await;
+                    return;
+                }
+            }
+        },
+        Listener::Tls(mut front) => {
+            while let Some(session) = front.accept().await {
+                if out.send(Ok(Incoming::Tunnel(session))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Listener::Backend(mut backend) => {
+            while let Some(session) = backend.accept().await {
+                if out.send(Ok(Incoming::Tunnel(session))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Lets the kernel find peers that vanished (power loss, a dropped mobile link) so their
