@@ -137,6 +137,8 @@ pub struct Client {
     /// Deliveries still expected per mailbox since subscribing.
     waiting: BTreeMap<[u8; 32], u64>,
     timeout: Duration,
+    /// The learned download caps as last kept in the profile.
+    saved_caps: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -150,6 +152,13 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for `profile`; connects lazily, each attempt bounded by `timeout`.
     pub fn new(profile: Profile, timeout: Duration) -> Self {
+        // Download caps this profile learned in earlier runs go to the process's dialer.
+        let saved_caps = profile.route_caps().unwrap_or_default();
+        if let Ok(dialer) = crate::relay::dialer() {
+            for (route, cap) in &saved_caps {
+                dialer.learn(route, *cap);
+            }
+        }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self {
             profile,
@@ -158,6 +167,7 @@ impl Client {
             events_rx,
             waiting: BTreeMap::new(),
             timeout,
+            saved_caps,
         }
     }
 
@@ -413,6 +423,7 @@ impl Client {
     /// # Errors
     /// When a relay cannot be reached (mailboxes on other relays stay subscribed).
     pub async fn subscribe_all(&mut self) -> Result<u64, Error> {
+        self.save_learned();
         let mut pending = 0;
         let mut first_error = None;
         for inbox in self.profile.inboxes()? {
@@ -585,17 +596,43 @@ impl Client {
                 quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
             };
             match tokio::time::timeout(wait, self.next_events()).await {
-                Ok(Ok(Some(mut batch))) => events.append(&mut batch),
+                Ok(Ok(Some(mut batch))) => {
+                    let lost = batch
+                        .iter()
+                        .any(|e| matches!(e, ClientEvent::Disconnected { .. }));
+                    events.append(&mut batch);
+                    if lost && tokio::time::Instant::now() < deadline {
+                        // Reconnect and carry on: the relay redelivers what was not acked.
+                        self.save_learned();
+                        let _ = self.subscribe_all().await;
+                    }
+                }
                 Ok(Ok(None)) | Err(_) => break,
                 Ok(Err(e)) => return Err(e),
             }
         }
+        self.save_learned();
         let mut report = self.flush(false).await?;
         report.sent += first.sent;
         report.stored.extend(first.stored);
         report.errors.extend(first.errors);
         subscribed?;
         Ok((events, report))
+    }
+
+    /// Keeps the download caps the dialer learned in this run in the profile, for the next.
+    fn save_learned(&mut self) {
+        if let Ok(dialer) = crate::relay::dialer() {
+            let learned = dialer.learned();
+            if learned != self.saved_caps {
+                match self.profile.save_route_caps(&learned) {
+                    Ok(()) => self.saved_caps = learned,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not keep the learned download caps")
+                    }
+                }
+            }
+        }
     }
 
     /// The link of every relay session open now.

@@ -7,7 +7,8 @@
 
 use pigeon_proto::auth::{self, AuthOp, SigningKey};
 use pigeon_proto::channel::{Channel, ChannelError, ClientHandshake};
-use pigeon_transport::{Connection, RelayLink, Route, TransportError};
+use pigeon_transport::{Connection, RelayLink, Route};
+use pigeon_transport_tls::{Dialer, TlsError};
 use pigeon_wire::msg::{self, MailboxId, Request, request, response, server_message};
 use pigeon_wire::record;
 use pigeon_wire::stream::encode_message;
@@ -119,31 +120,125 @@ impl std::fmt::Debug for RelayConnection {
 /// Requests queued per connection before callers wait.
 const QUEUE: usize = 4096;
 
+/// How long one route is tried alone before the next starts beside it.
+pub const ROUTE_STAGGER: Duration = Duration::from_millis(250);
+
+/// The process's dialer: one TLS session cache and one set of learned download caps for every
+/// connection this process makes.
+///
+/// # Errors
+/// [`ClientError::Random`]-like setup failure if BoringSSL refuses Chrome's settings (a broken
+/// build), reported as [`ClientError::Unreachable`] of kind `Internal`.
+pub fn dialer() -> Result<&'static Dialer, ClientError> {
+    static DIALER: std::sync::OnceLock<Result<Dialer, String>> = std::sync::OnceLock::new();
+    DIALER
+        .get_or_init(|| Dialer::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| ClientError::Unreachable {
+            tried: "none".into(),
+            last: format!("the tls transport could not start: {e}"),
+            kind: ErrorKind::Internal,
+        })
+}
+
+/// The route that last completed a handshake, per relay (in this process).
+fn worked() -> &'static Mutex<HashMap<[u8; 32], String>> {
+    static WORKED: std::sync::OnceLock<Mutex<HashMap<[u8; 32], String>>> =
+        std::sync::OnceLock::new();
+    WORKED.get_or_init(Mutex::default)
+}
+
+fn last_worked(relay: &[u8; 32]) -> Option<String> {
+    worked().lock().ok()?.get(relay).cloned()
+}
+
+fn remember_worked(relay: &[u8; 32], route: &Route) {
+    if let Ok(mut map) = worked().lock() {
+        map.insert(*relay, route.to_string());
+    }
+}
+
 impl RelayConnection {
-    /// Connects through the link's routes in order, returning the first that completes a
-    /// handshake.
+    /// Connects through the link's routes, returning the first that completes a handshake.
+    ///
+    /// Routes are tried in parallel with staggered starts ([`ROUTE_STAGGER`] apart, or at once
+    /// when the one before has failed), the route that last worked for this relay first: a
+    /// blocked route costs a quarter of a second, not its whole timeout.
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried, when none worked.
     pub async fn connect(link: &RelayLink, timeout: Duration) -> Result<Self, ClientError> {
-        let mut tried = Vec::new();
+        Self::connect_with(dialer()?, link, timeout).await
+    }
+
+    /// [`RelayConnection::connect`] with a given dialer.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] listing every route tried, when none worked.
+    pub async fn connect_with(
+        dialer: &Dialer,
+        link: &RelayLink,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        use futures_util::StreamExt as _;
+        let mut routes: Vec<&Route> = link.supported_routes().collect();
+        if let Some(best) = last_worked(link.relay_key())
+            && let Some(at) = routes.iter().position(|r| r.to_string() == best)
+        {
+            let route = routes.remove(at);
+            routes.insert(0, route);
+        }
+        let tried = if routes.is_empty() {
+            "none".to_owned()
+        } else {
+            routes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut last = (
             "the link has no route this build supports".to_owned(),
             ErrorKind::BadInput,
         );
-        for route in link.supported_routes() {
-            tried.push(route.to_string());
-            match Self::connect_route(route, link.relay_key(), timeout).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => last = (e.to_string(), e.kind()),
+        let mut attempts = futures_util::stream::FuturesUnordered::new();
+        let mut next = routes.into_iter();
+        let attempt = |route: &Route| {
+            let route = route.clone();
+            let key = *link.relay_key();
+            async move {
+                let result = Self::connect_route_with(dialer, &route, &key, timeout).await;
+                (route, result)
+            }
+        };
+        if let Some(route) = next.next() {
+            attempts.push(attempt(route));
+        }
+        while !attempts.is_empty() {
+            tokio::select! {
+                Some((route, result)) = attempts.next() => match result {
+                    Ok(conn) => {
+                        remember_worked(link.relay_key(), &route);
+                        return Ok(conn);
+                    }
+                    Err(e) => {
+                        last = (e.to_string(), e.kind());
+                        if attempts.is_empty()
+                            && let Some(route) = next.next()
+                        {
+                            attempts.push(attempt(route));
+                        }
+                    }
+                },
+                () = tokio::time::sleep(ROUTE_STAGGER) => {
+                    if let Some(route) = next.next() {
+                        attempts.push(attempt(route));
+                    }
+                }
             }
         }
         Err(ClientError::Unreachable {
-            tried: if tried.is_empty() {
-                "none".to_owned()
-            } else {
-                tried.join(", ")
-            },
+            tried,
             last: last.0,
             kind: last.1,
         })
@@ -159,14 +254,21 @@ impl RelayConnection {
         relay_key: &[u8; 32],
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let unreachable = |e: TransportError| ClientError::Unreachable {
+        Self::connect_route_with(dialer()?, route, relay_key, timeout).await
+    }
+
+    async fn connect_route_with(
+        dialer: &Dialer,
+        route: &Route,
+        relay_key: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let unreachable = |e: TlsError| ClientError::Unreachable {
             tried: route.to_string(),
             kind: e.kind(),
             last: e.to_string(),
         };
-        let stream = pigeon_transport::dial(route, timeout)
-            .await
-            .map_err(unreachable)?;
+        let stream = dialer.dial(route, timeout).await.map_err(unreachable)?;
         match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Unreachable {
