@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Pigeonpost needs, idempotently, and says what it installs.
-#   scripts/system-packages.sh build   what compiling needs (C toolchain and perl for the
-#                                       vendored OpenSSL under SQLCipher; cmake, clang and
-#                                       libclang for BoringSSL, which the `tls` transport builds)
+#   scripts/system-packages.sh build   what compiling needs (a C toolchain for SQLCipher, whose
+#                                       cryptography is Rust; cmake, clang, libclang, perl and git
+#                                       for BoringSSL, which the `tls` transport builds;
+#                                       libssl-dev only so that the `-lcrypto` SQLCipher's build
+#                                       script asks for resolves: nothing is taken from it)
 #   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
-#                                       curl, openssl, headless Chromium for the censorship lab,
-#                                       tshark for fingerprint captures)
+#                                       curl, openssl, headless Chromium for the censorship lab
+#                                       and the fingerprint tests, tshark for their captures)
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-build=(gcc g++ make perl pkg-config cmake clang libclang-dev)
+build=(gcc g++ make perl pkg-config cmake clang libclang-dev git libssl-dev)
 test=(iproute2 curl openssl nginx-light chromium tshark)
 
 case "${1:-build}" in

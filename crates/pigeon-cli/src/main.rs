@@ -8,6 +8,7 @@ mod demo;
 mod qr;
 mod relay_cmd;
 mod relay_proc;
+mod tls_setup;
 mod user_cmd;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +41,7 @@ enum Command {
     /// Talk interactively with one contact.
     Chat(chat_cmd::ChatArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
-    Relay(relay_cmd::RelayArgs),
+    Relay(Box<relay_cmd::RelayArgs>),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -82,7 +83,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Relay(args) => relay_cmd::run(args).await.map(|()| 0),
+            Command::Relay(args) => relay_cmd::run(*args).await.map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd).await.map(|()| 0),

@@ -41,6 +41,61 @@ pub(crate) struct RelayArgs {
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// The `tls` transport's settings of `pigeon relay`.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "The tls transport (a real HTTPS site in front of the relay)")]
+pub(crate) struct TlsArgs {
+    /// Address for the tls front: HTTPS with the tunnel behind a secret path (e.g. 0.0.0.0:443).
+    #[arg(long, value_name = "HOST:PORT")]
+    tls: Option<SocketAddr>,
+    /// Certificate chain (PEM) for the tls front; without it the relay makes its own and pins it
+    /// in the link (store it in the data directory: tls-cert.pem).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Pin the certificate's key in the link even though it comes from --cert (for a
+    /// certificate no browser would accept).
+    #[arg(long)]
+    pin: bool,
+    /// What everyone without the secret sees: a directory of static files, or another web server
+    /// (`http://HOST:PORT`) that connections are passed to as they came.
+    #[arg(long, value_name = "DIR|URL")]
+    cover: Option<String>,
+    /// The other web server's cleartext HTTP/2 (h2c) port, for HTTP/2 connections
+    /// (`http://HOST:PORT`); without it they are translated to HTTP/1.1.
+    #[arg(long, value_name = "URL", requires = "cover")]
+    cover_h2c: Option<String>,
+    /// The other web server's own HTTPS port (`HOST:PORT`): connections that do not open with a
+    /// well-formed TLS ClientHello (scanners, probers, plain HTTP) are passed to it as they
+    /// came, so its own TLS stack answers them.
+    #[arg(long, value_name = "HOST:PORT")]
+    cover_tls: Option<SocketAddr>,
+    /// Address for cleartext HTTP/2 from a reverse proxy or CDN that terminates TLS and forwards
+    /// the secret path here (nginx: `grpc_pass grpc://HOST:PORT`). Keep it on loopback or a
+    /// private network.
+    #[arg(long, value_name = "HOST:PORT")]
+    tls_backend: Option<SocketAddr>,
+    /// Host (and port) clients dial for tls, when not the --tls address (a DNS name, or the
+    /// proxy's address when --tls-backend is used).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    tls_public: Option<String>,
+    /// Name to send in the TLS ClientHello (SNI); defaults to the public host when it is a name.
+    /// Use a name whose DNS points at this server.
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+    /// The secret path prefix (default: made once at random and kept in the data directory).
+    #[arg(long, value_name = "PATH")]
+    tls_path: Option<String>,
+    /// Per-connection download cap clients keep under: `auto` (learn it), `off`, or bytes
+    /// (`16k`). Sets the link's `rotate` parameter.
+    #[arg(long, value_name = "auto|off|BYTES", default_value = "auto")]
+    rotate: String,
 }
 
 const KEY_FILE: &str = "relay.key";
@@ -72,6 +127,96 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<StaticKeypair> {
         }
         Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
     }
+}
+
+/// The `tls` transport's listeners and the route for the link.
+struct TlsSetup {
+    listeners: Vec<pigeon_relay::Listener>,
+    route: Route,
+}
+
+async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup>> {
+    if args.tls.is_none() && args.tls_backend.is_none() {
+        return Ok(None);
+    }
+    let state = crate::tls_setup::TlsState::load_or_create(dir, args.tls_path.as_deref())?;
+    // The front is bound first, so that a port of 0 becomes the real one in the link.
+    let front_listener = match args.tls {
+        Some(addr) => Some(
+            pigeon_transport::tcp::bind(addr)
+                .await
+                .with_context(|| format!("could not listen on {addr} for tls"))?,
+        ),
+        None => None,
+    };
+    let bound = front_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
+    let public_host = match (&args.tls_public, bound) {
+        (Some(public), _) => public.clone(),
+        (None, Some(addr)) if !addr.ip().is_unspecified() => addr.to_string(),
+        (None, _) => anyhow::bail!(
+            "pass --tls-public with the name or address clients reach the tls front by"
+        ),
+    };
+    let (host, port) = crate::tls_setup::split_host_port(&public_host, bound.map(|a| a.port()))?;
+    let sni = match &args.sni {
+        Some(name) => Some(name.clone()),
+        None => match pigeon_transport::Host::parse(&host) {
+            Ok(pigeon_transport::Host::Name(name)) => Some(name.as_str().to_owned()),
+            _ => None,
+        },
+    };
+    let cert = crate::tls_setup::load_or_make_cert(
+        dir,
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        sni.as_deref().unwrap_or(&host),
+    )?;
+    let pin = (cert.made_here || args.pin).then_some(cert.pin);
+    let rotate = crate::tls_setup::parse_rotate(&args.rotate)?;
+    let sni_name = sni
+        .as_deref()
+        .map(|n| match pigeon_transport::Host::parse(n) {
+            Ok(pigeon_transport::Host::Name(name)) => Ok(name),
+            _ => Err(anyhow::anyhow!("--sni {n:?} is not a DNS name")),
+        })
+        .transpose()?;
+    let params =
+        pigeon_transport::TlsParams::new(sni_name, &state.path, *state.key.as_bytes(), pin, rotate)
+            .context("the tls settings")?;
+    let route = Route::tls(&host, port, &params).context("the tls route")?;
+    let mut listeners = Vec::new();
+    if let Some(listener) = front_listener {
+        let cover =
+            crate::tls_setup::parse_cover(args.cover.as_deref(), args.cover_h2c.as_deref(), dir)?;
+        let config = pigeon_transport_tls::FrontConfig {
+            tls: pigeon_transport_tls::server_tls_config(cert.chain, cert.key)?,
+            path: state.path.clone(),
+            key: state.key.clone(),
+            cover,
+            cover_tls: args.cover_tls,
+            handshake_timeout: std::time::Duration::from_secs(30),
+            max_handshakes: 512,
+        };
+        let front = pigeon_transport_tls::Front::from_listener(listener, config)?;
+        tracing::info!(listen = %front.local_addr(), "tls front serving");
+        listeners.push(pigeon_relay::Listener::Tls(front));
+    }
+    if let Some(addr) = args.tls_backend {
+        let backend = pigeon_transport_tls::Backend::bind(
+            addr,
+            state.path.clone(),
+            state.key.clone(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("could not listen on {addr} for the reverse proxy"))?;
+        tracing::info!(listen = %backend.local_addr(), "tls backend (h2c) serving");
+        listeners.push(pigeon_relay::Listener::Backend(backend));
+    }
+    Ok(Some(TlsSetup { listeners, route }))
 }
 
 fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
@@ -130,7 +275,21 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let link = RelayLink::new(*keys.public(), vec![link_route(&args, bound)?], None)?;
+    let tls = setup_tls(&args.data, &args.tls).await?;
+    let mut routes = Vec::new();
+    let mut listeners = Vec::new();
+    if let Some(tls) = tls {
+        routes.push(tls.route);
+        listeners.extend(tls.listeners);
+        // With a disguised transport, the plain one goes into the link only when asked for.
+        if args.public.is_some() {
+            routes.push(link_route(&args, bound)?);
+        }
+    } else {
+        routes.push(link_route(&args, bound)?);
+    }
+    listeners.insert(0, pigeon_relay::Listener::Tcp(listener));
+    let link = RelayLink::new(*keys.public(), routes, None)?;
     let link_text = link.to_string();
     {
         let mut out = std::io::stdout().lock();
@@ -161,7 +320,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         ..RelayConfig::default()
     };
     tracing::info!(listen = %bound, "relay serving");
-    pigeon_relay::run(listener, store, keys, config, metrics, shutdown).await?;
+    pigeon_relay::serve(listeners, store, keys, config, metrics, shutdown).await?;
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -39,13 +39,15 @@ pub(crate) struct RelayOpts {
 }
 
 impl RelayOpts {
-    /// A relay on `dir/data`, logging to `dir/relay.log` at `info`, on a free loopback port,
+    /// A relay on `dir/data`, logging to `dir/relay.log` at `info` (or at
+    /// `PIGEON_TEST_RELAY_LOG` when set, for debugging), on a free loopback port,
     /// with a send rate limit high enough for load tests.
     pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             data: dir.join("data"),
             log: dir.join("relay.log"),
-            log_filter: "info".to_owned(),
+            log_filter: std::env::var("PIGEON_TEST_RELAY_LOG")
+                .unwrap_or_else(|_| "info".to_owned()),
             listen: "127.0.0.1:0".to_owned(),
             no_qr: true,
             extra: vec!["--sends-per-sec".to_owned(), "1000000".to_owned()],
