@@ -4,7 +4,8 @@
 //! The crate has two halves, kept apart as the house style asks:
 //!
 //! * **Sans-IO cores** that take bytes and an explicit `now` and return decisions: packet views
-//!   ([`packet`]), the TLS ClientHello parser ([`tls`]), JA4 fingerprints ([`ja4`]), QUIC v1
+//!   ([`packet`]), the TLS ClientHello parser ([`tls`]), JA4 fingerprints ([`ja4`]), HTTP/2
+//!   fingerprints ([`h2fp`], with a recording HTTPS server for tests), QUIC v1
 //!   Initial decryption ([`quic`]), DNS messages ([`dns`]), the censor with rules 1–15 of
 //!   `CENSORS.md` ([`censor`]) and the profiles that switch and parameterise them ([`profile`]).
 //! * **A thin IO shell**: network namespaces, TUN devices and the userspace router that feeds
@@ -18,6 +19,7 @@ pub mod censor;
 pub mod cli;
 pub mod dns;
 mod error;
+pub mod h2fp;
 pub mod ja4;
 pub mod net;
 pub mod packet;
