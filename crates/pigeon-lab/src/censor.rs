@@ -1224,7 +1224,13 @@ impl Censor {
         if flow.blocked.is_some() {
             return Output::drop();
         }
-        if let Some(s) = rules.signatures.as_ref().filter(|s| s.enabled) {
+        // DNS on port 53 is exempt: a query's first byte is its random ID, and the OpenVPN
+        // opcode test would otherwise take one query in 128 for a tunnel.
+        if let Some(s) = rules
+            .signatures
+            .as_ref()
+            .filter(|s| s.enabled && key.3 != 53)
+        {
             if flow.signature.is_none()
                 && let Some(sig) = udp_signature(payload, up, s.wireguard, s.openvpn)
             {

@@ -26,11 +26,16 @@ use crate::net::{FOREIGN, sys};
 use crate::profile::Profile;
 
 /// The transports the runner knows how to start.
-pub const TRANSPORTS: &[&str] = &["tcp"];
-/// Server→client bytes a scenario must see for freezes to show.
-pub const MIN_DOWNLOAD: u64 = 256 * 1024;
-/// The relay's port in the lab.
+pub const TRANSPORTS: &[&str] = &["tcp", "tls"];
+/// Server→client bytes a scenario must see: past any freeze threshold many times over.
+pub const MIN_DOWNLOAD: u64 = 1 << 20;
+/// The relay's port in the lab for `tcp`.
 pub const RELAY_PORT: u16 = 4433;
+/// The relay's tls front in the lab: HTTPS on port 443 of a foreign-hosting address, under a
+/// name whose A record (in the lab's DNS, which the censor checks too) points at it.
+pub const TLS_PORT: u16 = 443;
+/// The name the tls front is reached by.
+pub const TLS_NAME: &str = "relay.example";
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -150,14 +155,32 @@ impl RelayProcess {
     }
 }
 
-/// Starts `pigeon relay` on the foreign-hosting address 203.0.113.10:4433 in the lab's server
-/// namespace and waits for its link.
+/// Starts `pigeon relay` for `transport` in the lab's server namespace and waits for its link:
+/// `tcp` on the foreign-hosting address 203.0.113.10:4433; `tls` with its front on
+/// 203.0.113.10:443, reached as `relay.example` (its link then has only the tls route).
 ///
 /// # Errors
 /// If it does not start or prints no link within 30 s.
-pub async fn start_relay(lab: &Lab, pigeon: &Path) -> anyhow::Result<RelayProcess> {
+pub async fn start_relay(
+    lab: &Lab,
+    pigeon: &Path,
+    transport: &str,
+) -> anyhow::Result<RelayProcess> {
     let dir = tempfile::tempdir().context("relay directory")?;
     let listen = format!("{FOREIGN}:{RELAY_PORT}");
+    let front = format!("{FOREIGN}:{TLS_PORT}");
+    let public = format!("{TLS_NAME}:{TLS_PORT}");
+    let transport_args: Vec<&str> = match transport {
+        "tls" => vec![
+            "--listen",
+            "127.0.0.1:7700",
+            "--tls",
+            &front,
+            "--tls-public",
+            &public,
+        ],
+        _ => vec!["--listen", &listen, "--public", &listen],
+    };
     let mut child = lab
         .topology
         .server
@@ -165,7 +188,7 @@ pub async fn start_relay(lab: &Lab, pigeon: &Path) -> anyhow::Result<RelayProces
         .arg("relay")
         .arg("--data")
         .arg(dir.path())
-        .args(["--listen", &listen, "--public", &listen])
+        .args(&transport_args)
         .env("PIGEON_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -210,7 +233,12 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
     let mut lab = Lab::start(s.profile.clone(), s.seed, s.time_scale)
         .await
         .context("starting the lab")?;
-    let relay = start_relay(&lab, &s.pigeon).await?;
+    let relay = start_relay(&lab, &s.pigeon, &s.transport).await?;
+    let port = if s.transport == "tls" {
+        TLS_PORT
+    } else {
+        RELAY_PORT
+    };
     let mut result = ScenarioResult {
         profile: s.profile.name.clone(),
         transport: s.transport.clone(),
@@ -222,7 +250,7 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         attempted: 0,
         bytes: 0,
         wire_bytes_down: 0,
-        route: format!("{} {FOREIGN}:{RELAY_PORT} (foreign hosting)", s.transport),
+        route: format!("{} {FOREIGN}:{port} (foreign hosting)", s.transport),
         rules_fired: Default::default(),
         expected_pass: s.profile.expect_pass.contains(&s.transport),
         error: None,
@@ -425,14 +453,15 @@ async fn pings(addr: SocketAddr, key: [u8; 32], step: Duration) -> Result<Outcom
     Ok(o)
 }
 
-/// Messages alice sends bob in a conversation, and their size: 17 × ~16 KB ≥ 256 KiB.
-const CONVERSATION_MESSAGES: u64 = 17;
-const CONVERSATION_MESSAGE_LEN: usize = 16_000;
+/// Messages alice sends bob in a conversation, and their size: 22 × 48 KB ≥ 1 MiB.
+const CONVERSATION_MESSAGES: u64 = 22;
+const CONVERSATION_MESSAGE_LEN: usize = 48_000;
 
 /// The conversation with two unmodified `pigeon` clients in the client namespace (profiles in
 /// a temporary directory): both `init` on the relay, alice `invite`s, bob `accept`s and sends
-/// "hello" (time to first message = until alice's `read` shows it), then alice sends 17
-/// messages of 16 KB and bob `read`s them: at least 256 KiB server→client.
+/// "hello" (time to first message = until alice's `read` shows it), then alice sends 22
+/// messages of 48 KB and bob `read`s them: at least 1 MiB server→client, many times any freeze
+/// threshold.
 ///
 /// # Errors
 /// [`Failed`] with what was measured when a step fails or times out.
@@ -446,16 +475,16 @@ pub async fn client_conversation(
     let dir = tempfile::tempdir().map_err(|e| Failed(o.clone(), format!("tempdir: {e}")))?;
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
-    let run = |profile: &Path, args: Vec<String>| {
+    let run_for = |profile: &Path, args: Vec<String>, limit: Duration| {
         let mut cmd = lab.topology.client.command(&pigeon.to_string_lossy());
         cmd.args(args);
         cmd.env("PIGEON_PROFILE", profile)
             .env("PIGEON_PASSPHRASE", "lab")
             .env("PIGEON_LOG", "warn");
         async move {
-            let out = tokio::time::timeout(step, cmd.output())
+            let out = tokio::time::timeout(limit, cmd.output())
                 .await
-                .map_err(|_| format!("timed out after {step:?}"))?
+                .map_err(|_| format!("timed out after {limit:?}"))?
                 .map_err(|e| e.to_string())?;
             if out.status.success() {
                 Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -464,6 +493,9 @@ pub async fn client_conversation(
             }
         }
     };
+    let run = |profile: &Path, args: Vec<String>| run_for(profile, args, step);
+    // The big download may learn a freeze and cross many connections: it gets longer.
+    let run_long = |profile: &Path, args: Vec<String>| run_for(profile, args, step * 4);
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
         run(p, s(&["init", "--name", name, "--relay", relay_link]))
@@ -505,9 +537,19 @@ pub async fn client_conversation(
         .await
         .map_err(|e| Failed(o.clone(), format!("alice send {i}: {e}")))?;
     }
-    let read = run(&bob, s(&["read", "alice", "--wait", "2"]))
-        .await
-        .map_err(|e| Failed(o.clone(), format!("bob read: {e}")))?;
+    // bob reads until he has them all (a connection that froze costs a reconnection; each
+    // `read` is a new process, as a person would run it), at most three times.
+    let mut read = String::new();
+    for _ in 0..3 {
+        read.push_str(
+            &run_long(&bob, s(&["read", "alice", "--wait", "2"]))
+                .await
+                .map_err(|e| Failed(o.clone(), format!("bob read: {e}")))?,
+        );
+        if (0..CONVERSATION_MESSAGES).all(|i| read.contains(&format!("{i:05} xxxxxxxx"))) {
+            break;
+        }
+    }
     o.bytes += read.len() as u64;
     o.delivered += (0..CONVERSATION_MESSAGES)
         .filter(|i| read.contains(&format!("{i:05} xxxxxxxx")))

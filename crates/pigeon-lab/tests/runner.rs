@@ -34,9 +34,19 @@ fn pigeon() -> Option<PathBuf> {
 }
 
 fn scenario(profile: &str, pigeon: PathBuf, seed: u64, step_secs: u64) -> Scenario {
+    scenario_over("tcp", profile, pigeon, seed, step_secs)
+}
+
+fn scenario_over(
+    transport: &str,
+    profile: &str,
+    pigeon: PathBuf,
+    seed: u64,
+    step_secs: u64,
+) -> Scenario {
     Scenario {
         profile: Profile::load(profile).expect("profile"),
-        transport: "tcp".into(),
+        transport: transport.into(),
         seed,
         time_scale: 0.01,
         pigeon,
@@ -71,6 +81,47 @@ async fn tcp_transport_caught_by_signature_in_ru_home() {
     );
 }
 
+/// The `tls` transport (issue #5) gets a conversation of more than 1 MiB through the censors that
+/// catch `tcp` (the next test and LAB.md), and its first message arrives within the 2 s budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_gets_through_ru_home_ru_mobile_and_the_gfw() {
+    let Some(pigeon) = pigeon() else { return };
+    for (profile, seed) in [("ru-home-2026", 21), ("ru-mobile-2026", 22), ("cn-gfw", 23)] {
+        let r = runner::run_scenario(&scenario_over("tls", profile, pigeon.clone(), seed, 15))
+            .await
+            .expect("runs");
+        println!("{}", runner::markdown(std::slice::from_ref(&r)));
+        assert!(r.got_through, "{profile} seed {seed}: {r:?}");
+        assert!(r.bytes >= runner::MIN_DOWNLOAD, "{profile}: {r:?}");
+        assert!(
+            r.first_message_ms.is_some_and(|ms| ms <= 2000),
+            "{profile}: first message in {:?} ms",
+            r.first_message_ms
+        );
+    }
+}
+
+/// The 16–20 KB freeze with its threshold swept: a conversation of more than 1 MiB keeps flowing
+/// over `tls`, whose client learns the threshold from the first connection that froze and keeps
+/// every later connection under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_keeps_flowing_under_the_freeze_swept_from_14_to_32_kib() {
+    let Some(pigeon) = pigeon() else { return };
+    for (kib, seed) in [(14u64, 31), (23, 32), (32, 33)] {
+        let mut s = scenario_over("tls", "ru-home-2026", pigeon.clone(), seed, 15);
+        if let Some(freeze) = s.profile.rules.freeze.as_mut() {
+            freeze.threshold_bytes = kib * 1024;
+        }
+        let r = runner::run_scenario(&s).await.expect("runs");
+        println!("{}", runner::markdown(std::slice::from_ref(&r)));
+        assert!(r.got_through, "T = {kib} KiB, seed {seed}: {r:?}");
+        assert!(r.bytes >= runner::MIN_DOWNLOAD, "T = {kib} KiB: {r:?}");
+        // Each of the two profiles learns the threshold at most once.
+        let froze = r.rules_fired.get("5:freeze").copied().unwrap_or(0);
+        assert!(froze <= 2, "T = {kib} KiB: {froze} connections froze");
+    }
+}
+
 /// Rule 7 against the real relay: a fully-encrypted-looking first packet (Noise IK message 1)
 /// gets the server probed; the relay answers the replayed handshake, so the prober flags it and
 /// the censor blocks it. (A finding for the transports to come: the plain relay has no replay
@@ -87,7 +138,9 @@ async fn prober_flags_the_plain_relay() {
     let mut lab = pigeon_lab::net::lab::Lab::start(profile, seed, 1.0)
         .await
         .expect("lab");
-    let relay = runner::start_relay(&lab, &pigeon).await.expect("relay");
+    let relay = runner::start_relay(&lab, &pigeon, "tcp")
+        .await
+        .expect("relay");
     let step = Duration::from_secs(2);
     let first = runner::channel_check(&lab, relay.link(), step).await;
     assert!(

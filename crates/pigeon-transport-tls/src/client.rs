@@ -11,7 +11,7 @@
 //!   is opened; when its response arrives, the request body moves there, and the server moves
 //!   the response there (it ends the old one). Downstream bytes are delivered leg by leg in order.
 //! * **Learning.** With `rotate=auto` and no cap known yet, a leg that goes silent while an
-//!   answer is owed (5 s, then a PING, then 5 s more) is taken for frozen: the bytes it received
+//!   answer is owed (3 s, then a PING, then 3 s more) is taken for frozen: the bytes it received
 //!   become the cap for that route, and the session ends (the caller reconnects, and the relay
 //!   redelivers what was not acknowledged).
 //! * **Shaping.** The first client records of a leg are kept under 411 bytes (the request
@@ -43,8 +43,9 @@ const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KH
 Chrome/156.0.0.0 Safari/537.36";
 const SEC_CH_UA: &str = "\"Not:A-Brand\";v=\"8\", \"Chromium\";v=\"156\"";
 /// How long a leg may stay silent while an answer is owed before it is pinged, and again
-/// before it is taken for frozen.
-const STALL: Duration = Duration::from_secs(5);
+/// before it is taken for frozen (bytes that stop inside a TLS record are owed too, which is
+/// how a freeze shows).
+const STALL: Duration = Duration::from_secs(3);
 /// A leg idle this long is pinged, so that a freeze that hit it while idle is found.
 const KEEPALIVE: Duration = Duration::from_secs(25);
 /// How often a leg looks whether TLS is waiting for the rest of a record.

@@ -650,6 +650,19 @@ fn rule12_signatures_pigeon_tcp_and_wireguard() {
             .forward
     );
     assert!(cen.fired()[&RuleId::Signature] >= 3);
+    // A DNS query whose random ID starts with an OpenVPN opcode is still DNS (the tls
+    // scenarios found the resolver blocked one query in 128).
+    let before = cen.fired()[&RuleId::Signature];
+    let mut query = vec![0x38, 0x12, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(b"\x05relay\x07example\x00\x00\x01\x00\x01");
+    for i in 0..4 {
+        let resolver = Ipv4Addr::new(198, 51, 100, 53);
+        assert!(
+            cen.handle(ms(10 + i), &build_udp(CLIENT, 40_100, resolver, 53, &query))
+                .forward
+        );
+    }
+    assert_eq!(cen.fired()[&RuleId::Signature], before);
 }
 
 #[test]
