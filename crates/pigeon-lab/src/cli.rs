@@ -196,9 +196,13 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 }
             }
             let text = format!(
-                "# Censorship lab results\n\nWritten by `pigeon lab matrix --seed {seed}`. `mode = channel` means the \
-                 Noise channel to the relay was measured (the client CLI was not available); \
-                 `conversation` means two `pigeon` clients talked.\n\n{}",
+                "# Censorship lab results\n\nWritten by `pigeon lab matrix --seed {seed} --out {}`. \
+                 `mode = channel` means the Noise channel to the relay was measured (the client CLI \
+                 was not available); `conversation` means two `pigeon` clients talked. \
+                 \"first message\" runs from a `send` to the other side's `read` showing it; \
+                 \"bytes received\" is what the readers printed; \"IP bytes s→c\" what the censor \
+                 forwarded toward the clients.\n\n{}",
+                a.out.display(),
                 runner::markdown(&results)
             );
             std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out.display()))?;
