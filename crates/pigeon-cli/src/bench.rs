@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use pigeon_client::{Event, OwnedMailbox, RelayConnection};
 use pigeon_proto::channel::ClientHandshake;
-use pigeon_transport::RelayLink;
+use pigeon_transport::{Connection, RelayLink, Route};
 use pigeon_wire::msg::{self, request};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub(crate) enum BenchCommand {
     Relay(RelayBenchArgs),
     /// End-to-end encryption and profile costs, and invitation-to-first-message latency.
     Client(crate::bench_client::ClientBenchArgs),
+    /// The tls transport next to tcp: bulk download, handshake time, idle-connection memory.
+    Tls(crate::bench_tls::TlsBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -66,6 +68,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Relay(args) => relay(args).await,
         BenchCommand::Client(args) => crate::bench_client::run(args).await,
+        BenchCommand::Tls(args) => crate::bench_tls::run(args).await,
     }
 }
 
@@ -306,17 +309,14 @@ async fn load(
     ))
 }
 
-/// Opens `n` connections that complete the handshake and one ping each, then stay idle.
+/// Opens `n` connections over `route` that complete the handshake and one ping each, then stay
+/// idle.
 async fn idle_connections(
-    link: &RelayLink,
+    route: &Route,
+    key: [u8; 32],
     n: usize,
-) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
-    let route = link
-        .supported_routes()
-        .next()
-        .context("no usable route")?
-        .clone();
-    let key = *link.relay_key();
+) -> anyhow::Result<Vec<Box<dyn Connection>>> {
+    let dialer = pigeon_client::relay::dialer()?;
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -324,7 +324,7 @@ async fn idle_connections(
         let route = route.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let mut s = pigeon_transport::tcp::dial(&route, Duration::from_secs(10)).await?;
+            let mut s = dialer.dial(&route, Duration::from_secs(20)).await?;
             let mut out = Vec::new();
             let hello = msg::ClientHello {
                 versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
@@ -368,6 +368,32 @@ async fn idle_connections(
     Ok(streams)
 }
 
+/// Memory per idle authenticated connection over `route` to the relay process `pid`: its RSS
+/// growth per connection (user space), and that plus the growth of kernel slab and TCP buffers
+/// (both ends of each loopback connection, counted whole).
+pub(crate) async fn idle_memory(
+    pid: u32,
+    route: &Route,
+    key: [u8; 32],
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = rss_kib(pid).context("relay RSS")?;
+    let slab0 = meminfo("Slab").unwrap_or(0);
+    let tcp0 = tcp_mem_pages().unwrap_or(0);
+    let streams = idle_connections(route, key, n).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = rss_kib(pid).context("relay RSS")?;
+    let slab1 = meminfo("Slab").unwrap_or(0);
+    let tcp1 = tcp_mem_pages().unwrap_or(0);
+    let n = streams.len() as f64;
+    let user = (rss1.saturating_sub(rss0) * 1024) as f64 / n;
+    let kernel =
+        ((slab1.saturating_sub(slab0) * 1024) + tcp1.saturating_sub(tcp0) * 4096) as f64 / n;
+    drop(streams);
+    Ok((user, user + kernel))
+}
+
 async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let measure = Duration::from_secs(args.seconds);
@@ -397,26 +423,24 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let mut idle_total = None;
     if !args.skip_idle {
         let relay = RelayProcess::start(&tmp.path().join("relay-idle"), &[])?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss0 = rss_kib(relay.pid()).context("relay RSS")?;
-        let slab0 = meminfo("Slab").unwrap_or(0);
-        let tcp0 = tcp_mem_pages().unwrap_or(0);
+        let route = relay
+            .link
+            .supported_routes()
+            .next()
+            .context("no usable route")?
+            .clone();
         if !args.json {
             eprintln!("opening {} idle connections …", args.idle_connections);
         }
-        let streams = idle_connections(&relay.link, args.idle_connections).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss1 = rss_kib(relay.pid()).context("relay RSS")?;
-        let slab1 = meminfo("Slab").unwrap_or(0);
-        let tcp1 = tcp_mem_pages().unwrap_or(0);
-        let n = streams.len() as f64;
-        let user = (rss1.saturating_sub(rss0) * 1024) as f64 / n;
-        // Kernel memory is shared by both ends of each loopback connection; it is counted whole.
-        let kernel =
-            ((slab1.saturating_sub(slab0) * 1024) + tcp1.saturating_sub(tcp0) * 4096) as f64 / n;
+        let (user, total) = idle_memory(
+            relay.pid(),
+            &route,
+            *relay.link.relay_key(),
+            args.idle_connections,
+        )
+        .await?;
         idle_user = Some(user);
-        idle_total = Some(user + kernel);
-        drop(streams);
+        idle_total = Some(total);
     }
 
     let nats = if args.vs_nats {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_client;
 mod bench_nats;
+mod bench_tls;
 mod chat_cmd;
 mod demo;
 mod qr;

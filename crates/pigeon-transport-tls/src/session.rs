@@ -488,7 +488,12 @@ impl pigeon_transport::ServerStream for ServerSession {
             let Some(leg) = self.up_leg() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            leg.pull()?;
+            // What an earlier pump (during a write) left in `ready` is handed on even when the
+            // socket has nothing new.
+            match leg.pull() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => other?,
+            }
             if !leg.ready.is_empty() {
                 return hand(leg, buf);
             }
@@ -598,4 +603,64 @@ fn hand(leg: &mut ServerLeg, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
     shrink(&mut leg.ready);
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pigeon_transport::ServerStream as _;
+
+    /// A session over one cleartext leg (as behind a reverse proxy), and the client's socket.
+    async fn session() -> (ServerSession, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let leg = ServerLeg::new(LegParts {
+            index: 0,
+            tcp: server,
+            records: None,
+            h2: h2::Leg::new(h2::Role::Server, 65_535, 65_535),
+            raw: Vec::new(),
+            plain: Vec::new(),
+            ready: Vec::new(),
+            budget: None,
+            written: 0,
+        });
+        (Arc::new(Registry::default()).open(leg, [7; 16]), client)
+    }
+
+    /// Bytes a write took off the socket (to see window updates) are read next even though the
+    /// socket is empty by then. (They were not: the relay's reads saw "would block" forever
+    /// while the client waited for an answer to them, and a download stopped after 6 MiB.)
+    #[tokio::test]
+    async fn bytes_taken_off_the_socket_during_a_write_are_read_next() {
+        let (mut session, mut client) = session().await;
+        let mut frame = Vec::new();
+        h2::write_frame(&mut frame, h2::kind::DATA, 0, h2::STREAM, b"ack 1");
+        tokio::io::AsyncWriteExt::write_all(&mut client, &frame)
+            .await
+            .expect("client writes");
+        // What a write does first: it pumps the legs, which takes the frame off the socket.
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while session.legs[0].ready.is_empty() {
+                session.legs[0].tcp.readable().await.expect("readable");
+                let _ = session.pump();
+            }
+        })
+        .await
+        .expect("the frame arrives");
+        std::future::poll_fn(|cx| session.poll_read_ready(cx))
+            .await
+            .expect("ready");
+        let mut got = Vec::new();
+        let n = session.try_read_buf(&mut got).expect("the pumped bytes");
+        assert_eq!((n, got.as_slice()), (5, &b"ack 1"[..]));
+        // Nothing more: now it would block.
+        let err = session.try_read_buf(&mut got).expect_err("empty");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
 }
