@@ -786,6 +786,22 @@ impl LegState {
     }
 }
 
+/// Moves the request body to leg `index` once it is both here (its opening task handed it
+/// over) and ready (its response came); the two happen in either order. The leg the body
+/// leaves ends its request, so the server can retire it.
+async fn promote(legs: &BTreeMap<u16, LegHandle>, up: &mut u16, up_open: bool, index: u16) {
+    if index <= *up || !legs.get(&index).is_some_and(|leg| leg.ready) {
+        return;
+    }
+    if let Some(old) = legs.get(up) {
+        let _ = old.cmd.send(LegCmd::EndUp).await;
+    }
+    *up = index;
+    if !up_open && let Some(leg) = legs.get(up) {
+        let _ = leg.cmd.send(LegCmd::EndUp).await;
+    }
+}
+
 /// The session's task: the caller's stream on one side, legs on the other.
 async fn run_session(
     ctx: Arc<SessionCtx>,
@@ -804,6 +820,8 @@ async fn run_session(
     let mut queued: HashMap<u16, VecDeque<Bytes>> = HashMap::new();
     // Legs whose response ended before the legs ahead of them.
     let mut ended: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+    // Legs whose response (200) came before their opening task handed them over.
+    let mut early: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
     let mut opening: Option<tokio::task::JoinHandle<(u16, Result<LegHandle, TlsError>)>> = None;
     let mut up_open = true;
     let mut buf = vec![0u8; CHUNK];
@@ -829,19 +847,14 @@ async fn run_session(
                 match event {
                     LegEvent::Ready(index) => {
                         tracing::debug!(index, "tunnel leg: ready");
-                        if let Some(leg) = legs.get_mut(&index) {
-                            leg.ready = true;
-                        }
-                        if index > up && legs.contains_key(&index) {
-                            // The request body moves to the new leg.
-                            if let Some(old) = legs.get(&up) {
-                                let _ = old.cmd.send(LegCmd::EndUp).await;
+                        match legs.get_mut(&index) {
+                            Some(leg) => {
+                                leg.ready = true;
+                                promote(&legs, &mut up, up_open, index).await;
                             }
-                            up = index;
-                            if !up_open
-                                && let Some(leg) = legs.get(&up)
-                            {
-                                let _ = leg.cmd.send(LegCmd::EndUp).await;
+                            // Its answer came before its opening task handed it over.
+                            None => {
+                                early.insert(index);
                             }
                         }
                     }
@@ -892,8 +905,10 @@ async fn run_session(
             opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
                 opening = None;
                 match opened {
-                    Ok((index, Ok(leg))) => {
+                    Ok((index, Ok(mut leg))) => {
+                        leg.ready = early.remove(&index);
                         legs.insert(index, leg);
+                        promote(&legs, &mut up, up_open, index).await;
                     }
                     Ok((_, Err(e))) => {
                         // Tried again at the next tick while it is still needed.
