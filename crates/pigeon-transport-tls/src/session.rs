@@ -123,8 +123,8 @@ impl ServerLeg {
         }
     }
 
-    /// Reads what the socket has (up to a chunk), opens and parses it. Returns whether anything
-    /// was read; `Err(WouldBlock)` passes through when the socket had nothing.
+    /// Reads what the socket has (up to a chunk), opens and parses it; `Err(WouldBlock)` passes
+    /// through when the socket had nothing. An idle leg keeps no buffer.
     fn pull(&mut self) -> io::Result<()> {
         if self.eof || self.ready.len() >= MAX_READY {
             return Ok(());
@@ -146,7 +146,11 @@ impl ServerLeg {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => break,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Nothing came: the buffer reserved for it is not kept while idle.
+                    shrink(&mut self.raw);
+                    return Err(e);
+                }
             }
         }
         self.process()
@@ -662,5 +666,9 @@ mod tests {
         // Nothing more: now it would block.
         let err = session.try_read_buf(&mut got).expect_err("empty");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // Idle, the leg holds no buffer (they were reserved for the read that found nothing).
+        let leg = &session.legs[0];
+        let held = [&leg.raw, &leg.plain, &leg.ready, &leg.owed].map(Vec::capacity);
+        assert_eq!(held, [0; 4], "raw, plain, ready, owed");
     }
 }
