@@ -95,6 +95,29 @@ pub fn server_tls_config(
     Ok(Arc::new(config))
 }
 
+/// The same settings as [`server_tls_config`], with the certificate chosen by `resolver` at
+/// each handshake: a certificate that is renewed while the front runs (ACME) is swapped in the
+/// resolver, and the front never restarts.
+///
+/// # Errors
+/// [`TlsError::Config`] if rustls refuses the settings.
+pub fn server_tls_config_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.enable_secret_extraction = true;
+    config.send_tls13_tickets = 2;
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| TlsError::Config(format!("session tickets: {e}")))?;
+    Ok(Arc::new(config))
+}
+
 /// What fronts and backends share: the token checks and the open sessions.
 #[derive(Debug)]
 struct Gate {

@@ -31,7 +31,7 @@ pub use chrome::ChromeTls;
 pub use client::Dialer;
 pub use cover::Cover;
 pub use error::TlsError;
-pub use front::{Backend, Front, FrontConfig, server_tls_config};
+pub use front::{Backend, Front, FrontConfig, server_tls_config, server_tls_config_with_resolver};
 pub use h2::H2Error;
 pub use record::RecordError;
 pub use session::ServerSession;
