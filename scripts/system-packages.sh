@@ -7,12 +7,13 @@
 #                                       script asks for resolves: nothing is taken from it)
 #   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
 #                                       curl, openssl, headless Chromium for the censorship lab
-#                                       and the fingerprint tests, tshark for their captures)
+#                                       and the fingerprint tests, tshark for their captures,
+#                                       pebble and pebble-challtestsrv for the ACME test)
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 build=(gcc g++ make perl pkg-config cmake clang libclang-dev git libssl-dev)
-test=(iproute2 curl openssl nginx-light chromium tshark)
+test=(iproute2 curl openssl nginx-light chromium tshark pebble)
 
 case "${1:-build}" in
   build) want=("${build[@]}") ;;

@@ -1,5 +1,6 @@
 //! The `pigeon` command: one binary for the relay, the benchmarks and the demo.
 
+mod acme;
 mod bench;
 mod bench_client;
 mod bench_nats;

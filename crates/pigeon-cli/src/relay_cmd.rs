@@ -52,17 +52,38 @@ pub(crate) struct TlsArgs {
     /// Address for the tls front: HTTPS with the tunnel behind a secret path (e.g. 0.0.0.0:443).
     #[arg(long, value_name = "HOST:PORT")]
     tls: Option<SocketAddr>,
-    /// Certificate chain (PEM) for the tls front; without it the relay makes its own and pins it
-    /// in the link (store it in the data directory: tls-cert.pem).
+    /// Certificate chain (PEM) for the tls front; without it (and without --acme) the relay
+    /// makes its own and pins it in the link (its key is kept in the data directory:
+    /// tls-key.pem).
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// Pin the certificate's key in the link even though it comes from --cert (for a
+    /// Pin the certificate's key in the link even though it comes from --cert or --acme (for a
     /// certificate no browser would accept).
     #[arg(long)]
     pin: bool,
+    /// Get the front's certificate for this DNS name from an ACME CA (Let's Encrypt unless
+    /// --acme-directory says otherwise), and renew it while the relay runs; using it agrees to
+    /// the CA's terms. The name's DNS must point at this server, and its port 80 at
+    /// --acme-http. Also the default --sni and --tls-public host. See docs/ACME.md.
+    #[arg(long, value_name = "DOMAIN", requires = "tls", conflicts_with_all = ["cert", "key"])]
+    acme: Option<String>,
+    /// Contact address for the ACME account (the CA writes about expiring certificates).
+    #[arg(long, value_name = "ADDR", requires = "acme")]
+    acme_email: Option<String>,
+    /// The ACME CA's directory URL.
+    #[arg(long, value_name = "URL", default_value = crate::acme::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// Address for the ACME HTTP-01 challenge listener, which redirects every other request to
+    /// https://DOMAIN/ (what a real site does on port 80). Port 80 of DOMAIN must reach it.
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:80")]
+    acme_http: SocketAddr,
+    /// Trust only this root certificate (PEM) for the ACME directory's HTTPS, instead of the
+    /// system's (for a test CA such as pebble).
+    #[arg(long, value_name = "FILE", requires = "acme")]
+    acme_ca: Option<PathBuf>,
     /// What everyone without the secret sees: a directory of static files, or another web server
     /// (`http://HOST:PORT`) that connections are passed to as they came.
     #[arg(long, value_name = "DIR|URL")]
@@ -133,6 +154,8 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<StaticKeypair> {
 struct TlsSetup {
     listeners: Vec<pigeon_relay::Listener>,
     route: Route,
+    /// The ACME client, with --acme: kept for as long as the relay serves.
+    acme: Option<crate::acme::Acme>,
 }
 
 async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup>> {
@@ -153,28 +176,58 @@ async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup
         .as_ref()
         .map(tokio::net::TcpListener::local_addr)
         .transpose()?;
-    let public_host = match (&args.tls_public, bound) {
-        (Some(public), _) => public.clone(),
-        (None, Some(addr)) if !addr.ip().is_unspecified() => addr.to_string(),
-        (None, _) => anyhow::bail!(
+    let public_host = match (&args.tls_public, &args.acme, bound) {
+        (Some(public), _, _) => public.clone(),
+        // The certified name, on the front's port (unless that is given with --tls-public).
+        (None, Some(domain), _) => domain.clone(),
+        (None, None, Some(addr)) if !addr.ip().is_unspecified() => addr.to_string(),
+        (None, _, _) => anyhow::bail!(
             "pass --tls-public with the name or address clients reach the tls front by"
         ),
     };
     let (host, port) = crate::tls_setup::split_host_port(&public_host, bound.map(|a| a.port()))?;
-    let sni = match &args.sni {
-        Some(name) => Some(name.clone()),
-        None => match pigeon_transport::Host::parse(&host) {
+    let sni = match (&args.sni, &args.acme) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(domain)) => Some(domain.clone()),
+        (None, None) => match pigeon_transport::Host::parse(&host) {
             Ok(pigeon_transport::Host::Name(name)) => Some(name.as_str().to_owned()),
             _ => None,
         },
     };
-    let cert = crate::tls_setup::load_or_make_cert(
-        dir,
-        args.cert.as_deref(),
-        args.key.as_deref(),
-        sni.as_deref().unwrap_or(&host),
-    )?;
-    let pin = (cert.made_here || args.pin).then_some(cert.pin);
+    let (cert, pin) = match &args.acme {
+        Some(domain) => {
+            let redirect = if port == 443 {
+                format!("https://{domain}")
+            } else {
+                format!("https://{domain}:{port}")
+            };
+            let acme = crate::acme::Acme::start(
+                dir,
+                crate::acme::AcmeConfig {
+                    domain: domain.clone(),
+                    email: args.acme_email.clone(),
+                    directory: args.acme_directory.clone(),
+                    http: args.acme_http,
+                    ca: args.acme_ca.clone(),
+                    redirect,
+                },
+            )
+            .await?;
+            // A CA's certificate is checked by clients as browsers check it: no pin unless asked.
+            let pin = args.pin.then_some(acme.pin());
+            (FrontCert::Acme(acme), pin)
+        }
+        None => {
+            let cert = crate::tls_setup::load_or_make_cert(
+                dir,
+                args.cert.as_deref(),
+                args.key.as_deref(),
+                sni.as_deref().unwrap_or(&host),
+            )?;
+            let pin = (cert.made_here || args.pin).then_some(cert.pin);
+            (FrontCert::Fixed(cert), pin)
+        }
+    };
     let rotate = crate::tls_setup::parse_rotate(&args.rotate)?;
     let sni_name = sni
         .as_deref()
@@ -191,8 +244,16 @@ async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup
     if let Some(listener) = front_listener {
         let cover =
             crate::tls_setup::parse_cover(args.cover.as_deref(), args.cover_h2c.as_deref(), dir)?;
+        let tls = match &cert {
+            FrontCert::Fixed(cert) => {
+                pigeon_transport_tls::server_tls_config(cert.chain.clone(), cert.key.clone_key())?
+            }
+            FrontCert::Acme(acme) => {
+                pigeon_transport_tls::server_tls_config_with_resolver(acme.resolver())?
+            }
+        };
         let config = pigeon_transport_tls::FrontConfig {
-            tls: pigeon_transport_tls::server_tls_config(cert.chain, cert.key)?,
+            tls,
             path: state.path.clone(),
             key: state.key.clone(),
             cover,
@@ -216,7 +277,23 @@ async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup
         tracing::info!(listen = %backend.local_addr(), "tls backend (h2c) serving");
         listeners.push(pigeon_relay::Listener::Backend(backend));
     }
-    Ok(Some(TlsSetup { listeners, route }))
+    let acme = match cert {
+        FrontCert::Acme(acme) => Some(acme),
+        FrontCert::Fixed(_) => None,
+    };
+    Ok(Some(TlsSetup {
+        listeners,
+        route,
+        acme,
+    }))
+}
+
+/// Where the front's certificate comes from.
+enum FrontCert {
+    /// From --cert/--key, or made here.
+    Fixed(crate::tls_setup::Cert),
+    /// From an ACME CA, swapped in as it is renewed.
+    Acme(crate::acme::Acme),
 }
 
 fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
@@ -275,7 +352,9 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let tls = setup_tls(&args.data, &args.tls).await?;
+    let mut tls = setup_tls(&args.data, &args.tls).await?;
+    // The ACME client runs (answers challenges, renews) for as long as the relay serves.
+    let _acme = tls.as_mut().and_then(|t| t.acme.take());
     let mut routes = Vec::new();
     let mut listeners = Vec::new();
     if let Some(tls) = tls {
