@@ -128,6 +128,18 @@ pub async fn run<S: MailboxStore>(
     .await
 }
 
+/// One connection's task: serves it to its end, then counts it gone.
+async fn connection<S: MailboxStore, T: pigeon_transport::ServerStream>(
+    stream: T,
+    shared: Arc<Shared<S>>,
+) {
+    conn::serve(stream, &shared).await;
+    shared.metrics.connections_open.dec();
+    if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.idle.notify_waiters();
+    }
+}
+
 /// Serves every listener in `listeners` with `store` and the relay's static `keys` until
 /// `shutdown` resolves, then drains gracefully: it stops accepting, lets every connection finish
 /// the requests it has read (each answered only once durable), and returns.
@@ -176,17 +188,12 @@ pub async fn serve<S: MailboxStore>(
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.connections_open.inc();
                     shared.metrics.connections_total.inc();
+                    // One task type per transport, so each holds only its own stream.
                     let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        match conn {
-                            Incoming::Tcp(stream) => conn::serve(stream, &shared).await,
-                            Incoming::Tunnel(session) => conn::serve(session, &shared).await,
-                        }
-                        shared.metrics.connections_open.dec();
-                        if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            shared.idle.notify_waiters();
-                        }
-                    });
+                    match conn {
+                        Incoming::Tcp(stream) => tokio::spawn(connection(stream, shared)),
+                        Incoming::Tunnel(session) => tokio::spawn(connection(session, shared)),
+                    };
                 }
                 Some(Err(e)) => break Err(RelayError::Accept(e)),
                 None => break Ok(()),
