@@ -242,8 +242,9 @@ pub(crate) struct Leg {
     recv_stream: i64,
     recv_conn_max: u32,
     recv_stream_max: u32,
-    /// A header block being assembled from CONTINUATION frames.
-    partial_headers: Option<(Vec<u8>, bool)>,
+    /// A header block being assembled from CONTINUATION frames: its stream, the fragments so
+    /// far, and whether it ends the stream.
+    partial_headers: Option<(u32, Vec<u8>, bool)>,
     local_ended: bool,
     remote_ended: bool,
 }
@@ -355,10 +356,10 @@ impl Leg {
             kind::DATA => self.data(h, payload, out, on),
             kind::HEADERS => self.headers(h, payload, on),
             kind::CONTINUATION => {
-                let Some((mut block, end_stream)) = self.partial_headers.take() else {
+                let Some((stream, mut block, end_stream)) = self.partial_headers.take() else {
                     return Err(H2Error::Protocol("CONTINUATION without HEADERS"));
                 };
-                if h.stream != STREAM && self.role == Role::Client {
+                if h.stream != stream {
                     return Err(H2Error::Protocol("CONTINUATION on another stream"));
                 }
                 if block.len() + payload.len() > MAX_HEADER_BLOCK {
@@ -366,20 +367,26 @@ impl Leg {
                 }
                 block.extend_from_slice(payload);
                 if h.flags & flag::END_HEADERS != 0 {
-                    self.header_block(h.stream, block, end_stream, on);
+                    self.header_block(h.stream, block, end_stream, on)
                 } else {
-                    self.partial_headers = Some((block, end_stream));
+                    self.partial_headers = Some((h.stream, block, end_stream));
+                    Ok(())
                 }
-                Ok(())
             }
             kind::PRIORITY => {
                 if payload.len() != 5 {
                     return Err(H2Error::FrameSize(payload.len()));
                 }
+                if h.stream == 0 {
+                    return Err(H2Error::Protocol("PRIORITY on stream 0"));
+                }
                 Ok(())
             }
             kind::RST_STREAM => {
-                let code = u32_at(payload, 4).ok_or(H2Error::FrameSize(payload.len()))?;
+                let code = exact_u32(payload)?;
+                if h.stream == 0 {
+                    return Err(H2Error::Protocol("RST_STREAM on stream 0"));
+                }
                 if h.stream == STREAM {
                     self.remote_ended = true;
                     on(Event::Reset(code));
@@ -403,14 +410,20 @@ impl Leg {
                 Ok(())
             }
             kind::GOAWAY => {
-                let code = u32_at(&payload[payload.len().min(4)..], 4)
+                // The last stream, the error code, and any debug data.
+                let code = payload
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
                     .ok_or(H2Error::FrameSize(payload.len()))?;
+                if h.stream != 0 {
+                    return Err(H2Error::Protocol("GOAWAY on a stream"));
+                }
                 on(Event::GoAway(code));
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
-                let inc =
-                    u32_at(payload, 4).ok_or(H2Error::FrameSize(payload.len()))? & 0x7fff_ffff;
+                let inc = exact_u32(payload)? & 0x7fff_ffff;
                 if inc == 0 {
                     return Err(H2Error::Protocol("a WINDOW_UPDATE of 0"));
                 }
@@ -454,8 +467,10 @@ impl Leg {
             on(Event::Data(data));
         }
         // Credit the windows back once half is used: what arrives is handed on at once.
+        // Never a WINDOW_UPDATE of 0 (a protocol error for the peer): with a window of 0 or 1,
+        // half of it is 0.
         let conn_used = i64::from(self.recv_conn_max) - self.recv_conn;
-        if conn_used >= i64::from(self.recv_conn_max / 2) {
+        if conn_used > 0 && conn_used >= i64::from(self.recv_conn_max / 2) {
             write_window_update(out, 0, u32::try_from(conn_used).unwrap_or(0));
             self.recv_conn += conn_used;
         }
@@ -464,7 +479,7 @@ impl Leg {
             on(Event::End);
         } else {
             let stream_used = i64::from(self.recv_stream_max) - self.recv_stream;
-            if stream_used >= i64::from(self.recv_stream_max / 2) {
+            if stream_used > 0 && stream_used >= i64::from(self.recv_stream_max / 2) {
                 write_window_update(out, STREAM, u32::try_from(stream_used).unwrap_or(0));
                 self.recv_stream += stream_used;
             }
@@ -486,14 +501,14 @@ impl Leg {
         }
         let end_stream = h.flags & flag::END_STREAM != 0;
         if h.flags & flag::END_HEADERS != 0 {
-            self.header_block(h.stream, rest.to_vec(), end_stream, on);
+            self.header_block(h.stream, rest.to_vec(), end_stream, on)
         } else {
             if rest.len() > MAX_HEADER_BLOCK {
                 return Err(H2Error::Protocol("header block too large"));
             }
-            self.partial_headers = Some((rest.to_vec(), end_stream));
+            self.partial_headers = Some((h.stream, rest.to_vec(), end_stream));
+            Ok(())
         }
-        Ok(())
     }
 
     fn header_block(
@@ -502,17 +517,29 @@ impl Leg {
         block: Vec<u8>,
         end_stream: bool,
         on: &mut dyn FnMut(Event<'_>),
-    ) {
-        if stream != STREAM {
-            // A server leg refuses other requests (its client never makes any); a client leg
-            // never sees other streams (push is off).
-            return;
+    ) -> Result<(), H2Error> {
+        match (stream, self.role) {
+            (STREAM, _) => {}
+            (0, _) => return Err(H2Error::Protocol("HEADERS on stream 0")),
+            // A server opens no streams when push is off.
+            (_, Role::Client) => {
+                return Err(H2Error::Protocol(
+                    "HEADERS on a stream the client did not open",
+                ));
+            }
+            // A server leg refuses other requests (its client never makes any).
+            (_, Role::Server) => return Ok(()),
+        }
+        if self.remote_ended {
+            // Closed (remote) or reset: a stream error (STREAM_CLOSED) that ends the leg.
+            return Err(H2Error::Protocol("HEADERS after the stream ended"));
         }
         on(Event::Headers { block, end_stream });
         if end_stream {
             self.remote_ended = true;
             on(Event::End);
         }
+        Ok(())
     }
 
     fn settings(
@@ -563,9 +590,12 @@ impl Leg {
     }
 }
 
-fn u32_at(payload: &[u8], len: usize) -> Option<u32> {
-    let b: [u8; 4] = payload.get(..4)?.try_into().ok()?;
-    (payload.len() >= len).then(|| u32::from_be_bytes(b))
+/// The payload of a frame that holds exactly one 32-bit field (RST_STREAM, WINDOW_UPDATE).
+fn exact_u32(payload: &[u8]) -> Result<u32, H2Error> {
+    let b: [u8; 4] = payload
+        .try_into()
+        .map_err(|_| H2Error::FrameSize(payload.len()))?;
+    Ok(u32::from_be_bytes(b))
 }
 
 fn strip_padding(flags: u8, payload: &[u8]) -> Result<&[u8], H2Error> {
@@ -779,6 +809,138 @@ mod tests {
         let mut leg = Leg::new(Role::Client, 65_535, 65_535);
         let (used, _) = events(&mut leg, &[0, 0, 8, 6, 0, 0, 0, 0], &mut Vec::new());
         assert_eq!(used, 0);
+    }
+
+    /// Regression, found with the `tls_h2` fuzz harness (its event-order check): a HEADERS
+    /// frame after the stream ended or was reset was reported as another header block and
+    /// another end, which a client leg takes as a second answer and a second end of its
+    /// download. RFC 9113 section 5.1 makes it an error.
+    #[test]
+    fn headers_after_the_stream_ended_are_refused() {
+        let mut ended = Vec::new();
+        write_frame(
+            &mut ended,
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            STREAM,
+            &[0x88],
+        );
+        let mut reset = Vec::new();
+        write_frame(&mut reset, kind::RST_STREAM, 0, STREAM, &[0, 0, 0, 8]);
+        for (first, events) in [
+            (
+                ended.clone(),
+                vec!["Headers { block: [136], end_stream: true }", "End"],
+            ),
+            (reset, vec!["Reset(8)"]),
+        ] {
+            for role in [Role::Client, Role::Server] {
+                let mut wire = first.clone();
+                write_headers(&mut wire, STREAM, &[0x88], None, true);
+                let mut leg = Leg::new(role, 65_535, 65_535);
+                let mut seen = Vec::new();
+                let result = leg.receive(&wire, &mut Vec::new(), &mut |e| {
+                    seen.push(format!("{e:?}"));
+                });
+                assert_eq!(
+                    result,
+                    Err(H2Error::Protocol("HEADERS after the stream ended"))
+                );
+                assert_eq!(seen, events);
+            }
+        }
+    }
+
+    /// Regression, found with the `tls_h2` fuzz harness (its control-frame check): with a
+    /// window of 0 or 1, an empty DATA frame was answered with a WINDOW_UPDATE of 0, which
+    /// the peer must treat as a protocol error (RFC 9113 section 6.9).
+    #[test]
+    fn empty_data_in_a_tiny_window_credits_nothing() {
+        for (stream_max, conn_max) in [(0, 65_535), (1, 65_535), (65_535, 0), (65_535, 1)] {
+            let mut leg = Leg::new(Role::Server, stream_max, conn_max);
+            let mut wire = Vec::new();
+            write_frame(&mut wire, kind::DATA, 0, STREAM, &[]);
+            write_frame(&mut wire, kind::DATA, 0, STREAM, &[]);
+            let mut out = Vec::new();
+            let (used, seen) = events(&mut leg, &wire, &mut out);
+            assert_eq!((used, seen.len()), (wire.len(), 0));
+            assert!(out.is_empty(), "{stream_max}/{conn_max}: {out:?}");
+        }
+    }
+
+    /// Frames that RFC 9113 makes connection errors, which a leg used to let through: a
+    /// CONTINUATION on another stream than its HEADERS, RST_STREAM and WINDOW_UPDATE of the
+    /// wrong length, HEADERS, PRIORITY and RST_STREAM on stream 0, GOAWAY on a stream, and
+    /// (to a client, with push off) HEADERS on a stream it did not open.
+    #[test]
+    fn frames_on_the_wrong_stream_or_of_the_wrong_size_are_refused() {
+        let frame = |k: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let mut w = Vec::new();
+            write_frame(&mut w, k, flags, stream, payload);
+            w
+        };
+        let mut split = frame(kind::HEADERS, 0, STREAM, &[0x82]);
+        split.extend(frame(kind::CONTINUATION, flag::END_HEADERS, 3, &[0x84]));
+        let mut split3 = frame(kind::HEADERS, 0, 3, &[0x82]);
+        split3.extend(frame(
+            kind::CONTINUATION,
+            flag::END_HEADERS,
+            STREAM,
+            &[0x84],
+        ));
+        let cases: Vec<(Vec<u8>, H2Error)> = vec![
+            (split, H2Error::Protocol("CONTINUATION on another stream")),
+            (split3, H2Error::Protocol("CONTINUATION on another stream")),
+            (
+                frame(kind::RST_STREAM, 0, STREAM, &[0; 5]),
+                H2Error::FrameSize(5),
+            ),
+            (
+                frame(kind::WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0, 0]),
+                H2Error::FrameSize(5),
+            ),
+            (
+                frame(kind::HEADERS, flag::END_HEADERS, 0, &[0x82]),
+                H2Error::Protocol("HEADERS on stream 0"),
+            ),
+            (
+                frame(kind::PRIORITY, 0, 0, &[0, 0, 0, 1, 16]),
+                H2Error::Protocol("PRIORITY on stream 0"),
+            ),
+            (
+                frame(kind::RST_STREAM, 0, 0, &[0; 4]),
+                H2Error::Protocol("RST_STREAM on stream 0"),
+            ),
+            (
+                frame(kind::GOAWAY, 0, STREAM, &[0; 8]),
+                H2Error::Protocol("GOAWAY on a stream"),
+            ),
+        ];
+        for (wire, want) in cases {
+            for role in [Role::Client, Role::Server] {
+                let mut leg = Leg::new(role, 65_535, 65_535);
+                assert_eq!(
+                    leg.receive(&wire, &mut Vec::new(), &mut |_| {}),
+                    Err(want.clone()),
+                    "{role:?} {wire:?}"
+                );
+            }
+        }
+        // HEADERS on another stream: a server leg ignores the request; a client leg, to which
+        // no server may open a stream, refuses it.
+        let other = frame(kind::HEADERS, flag::END_HEADERS, 2, &[0x88]);
+        let mut server = Leg::new(Role::Server, 65_535, 65_535);
+        assert_eq!(
+            server.receive(&other, &mut Vec::new(), &mut |_| {}),
+            Ok(other.len())
+        );
+        let mut client = Leg::new(Role::Client, 65_535, 65_535);
+        assert_eq!(
+            client.receive(&other, &mut Vec::new(), &mut |_| {}),
+            Err(H2Error::Protocol(
+                "HEADERS on a stream the client did not open"
+            ))
+        );
     }
 
     #[test]
