@@ -54,6 +54,13 @@ pub enum RecordError {
     /// An alert other than close_notify.
     #[error("the peer sent a TLS alert ({0})")]
     Alert(u8),
+    /// An alert that is not two bytes (level and description).
+    #[error("a TLS alert of {0} bytes, not 2")]
+    BadAlert(usize),
+    /// An inner content type that has no place after the handshake (change_cipher_spec, or
+    /// one that does not exist).
+    #[error("a TLS record of content type {0} after the handshake")]
+    UnexpectedContent(u8),
     /// A handshake message after the handshake (KeyUpdate and the like are not supported).
     #[error("the peer sent a handshake message after the handshake")]
     PostHandshake,
@@ -249,8 +256,9 @@ impl Records {
             })),
             ALERT if type_at == 2 && body[1] == 0 => Ok(Some(Opened::Closed { used })),
             ALERT if type_at == 2 => Err(RecordError::Alert(body[1])),
+            ALERT => Err(RecordError::BadAlert(type_at)),
             HANDSHAKE => Err(RecordError::PostHandshake),
-            _ => Err(RecordError::BadHeader),
+            other => Err(RecordError::UnexpectedContent(other)),
         }
     }
 }
@@ -296,6 +304,43 @@ mod tests {
                 }
             }
             assert_eq!(got, data);
+        }
+    }
+
+    /// Regression, noticed writing the `tls_record` fuzz harness's model of inner plaintexts
+    /// (RFC 8446 section 5.4): a malformed alert or an unknown inner content type was
+    /// reported as "a TLS record header that is not TLS 1.3 application data", though the
+    /// header was fine.
+    #[test]
+    fn inner_content_types_are_named() {
+        type Outcome = Result<Option<Opened>, RecordError>;
+        let cases: [(&[u8], Outcome); 7] = [
+            (
+                &[b'h', b'i', 23, 0, 0],
+                Ok(Some(Opened::Data {
+                    start: 5,
+                    end: 7,
+                    used: 26,
+                })),
+            ),
+            (&[1, 0, 21], Ok(Some(Opened::Closed { used: 24 }))),
+            (&[2, 40, 21], Err(RecordError::Alert(40))),
+            (&[2, 40, 7, 21, 0], Err(RecordError::BadAlert(3))),
+            (&[24, 0, 0, 1, 0, 22], Err(RecordError::PostHandshake)),
+            (&[1, 20], Err(RecordError::UnexpectedContent(20))),
+            (&[0, 0, 0], Err(RecordError::NoContentType)),
+        ];
+        for (inner, want) in cases {
+            let (mut a, mut b) = pair(Aead::ChaCha20Poly1305);
+            let len = u8::try_from(inner.len() + 16).expect("small");
+            let header = [APPLICATION_DATA, 3, 3, 0, len];
+            let mut record = header.to_vec();
+            record.extend_from_slice(inner);
+            let tag =
+                a.tx.seal_in_place(&header, &mut record[HEADER_LEN..])
+                    .expect("seal");
+            record.extend_from_slice(&tag);
+            assert_eq!(b.open(&mut record), want, "{inner:?}");
         }
     }
 
