@@ -620,14 +620,26 @@ pub(crate) fn encode_headers(
     encoder.encode(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
 }
 
+/// Most Huffman-coded strings a header block may hold. `loona-hpack` builds its Huffman table
+/// afresh for each such string (tens of microseconds), so a 16 KiB block of one-byte strings,
+/// which anyone can send the front before it knows what a connection is, would take a quarter
+/// of a second to decode. A browser's request or a server's response holds a few dozen.
+const MAX_HUFFMAN_STRINGS: usize = 128;
+
 /// Decodes a header block into (name, value) pairs, each at most `MAX_HEADER_BLOCK` in all.
 ///
 /// # Errors
-/// [`H2Error::Hpack`] when the block does not decode.
+/// [`H2Error::Hpack`] when the block does not decode, or holds more than
+/// [`MAX_HUFFMAN_STRINGS`] Huffman-coded strings.
 pub(crate) fn decode_headers(
     decoder: &mut loona_hpack::Decoder<'_>,
     block: &[u8],
 ) -> Result<Vec<(String, String)>, H2Error> {
+    if huffman_strings(block) > MAX_HUFFMAN_STRINGS {
+        return Err(H2Error::Hpack(format!(
+            "more than {MAX_HUFFMAN_STRINGS} Huffman-coded strings"
+        )));
+    }
     let mut out = Vec::new();
     let mut total = 0usize;
     decoder
@@ -645,6 +657,66 @@ pub(crate) fn decode_headers(
         return Err(H2Error::Hpack("header list too large".into()));
     }
     Ok(out)
+}
+
+/// Counts the Huffman-coded strings in a header block without decoding it (RFC 7541 section
+/// 6), up to where the block stops making sense; decoding then says what is wrong.
+fn huffman_strings(block: &[u8]) -> usize {
+    let mut at = 0;
+    let mut count = 0;
+    while let Some(&first) = block.get(at) {
+        // The representation: how many bits its index or size takes in the first byte, and
+        // whether a literal name follows (index 0).
+        let (prefix, literal) = match first {
+            0x80..=0xff => (7, None),
+            0x40..=0x7f => (6, Some(first & 0x3f == 0)),
+            0x20..=0x3f => (5, None),
+            _ => (4, Some(first & 0x0f == 0)),
+        };
+        let Some((_, next)) = hpack_integer(block, at, prefix) else {
+            break;
+        };
+        at = next;
+        let strings = match literal {
+            None => 0,
+            Some(true) => 2,
+            Some(false) => 1,
+        };
+        for _ in 0..strings {
+            let Some(&head) = block.get(at) else {
+                return count;
+            };
+            if head & 0x80 != 0 {
+                count += 1;
+            }
+            let Some((len, next)) = hpack_integer(block, at, 7) else {
+                return count;
+            };
+            at = next.saturating_add(len);
+        }
+    }
+    count
+}
+
+/// The HPACK integer (RFC 7541 section 5.1) with a `prefix`-bit prefix at `block[at]`, and
+/// where it ends; `None` if it is cut short or longer than four continuation bytes (as
+/// `loona-hpack` refuses).
+fn hpack_integer(block: &[u8], at: usize, prefix: u32) -> Option<(usize, usize)> {
+    let max = (1usize << prefix) - 1;
+    let mut value = usize::from(*block.get(at)?) & max;
+    let mut at = at + 1;
+    if value < max {
+        return Some((value, at));
+    }
+    for shift in [0, 7, 14, 21] {
+        let byte = *block.get(at)?;
+        at += 1;
+        value += usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
 
 /// A new HPACK decoder that refuses dynamic tables larger than the default 4,096 bytes.
@@ -964,5 +1036,39 @@ mod tests {
             assert_eq!(got, want);
         }
         assert!(decode_headers(&mut dec, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// Regression, found profiling the `tls_h2` fuzz target: `loona-hpack` builds a Huffman
+    /// table for every Huffman-coded string, so a 16 KiB block of 3,276 fields with one-byte
+    /// Huffman names and values took about 0.25 s of CPU to decode, and the front decodes the
+    /// first request of any connection. Such a block is now refused before decoding.
+    #[test]
+    fn blocks_of_many_huffman_strings_are_refused_unread() {
+        // A literal field without indexing: a new name and a value, each one Huffman-coded
+        // byte ("0": code 00000, padded with ones).
+        let field = [0x00, 0x81, 0x07, 0x81, 0x07];
+        let block: Vec<u8> = field.iter().copied().cycle().take(16_380).collect();
+        assert_eq!(huffman_strings(&block), 6552);
+        assert_eq!(
+            decode_headers(&mut decoder(), &block),
+            Err(H2Error::Hpack("more than 128 Huffman-coded strings".into()))
+        );
+        // A block at the limit still decodes, Huffman and all.
+        let at_limit = &block[..64 * field.len()];
+        let headers = decode_headers(&mut decoder(), at_limit).expect("decodes");
+        assert_eq!(headers.len(), 64);
+        assert_eq!(headers[0], ("0".to_owned(), "0".to_owned()));
+        // The count follows every representation: indexed, with and without a literal name,
+        // long integers, a size update.
+        let mixed = [
+            0x82, // indexed
+            0x41, 0x81, 0x07, // incremental indexing, indexed name, Huffman value
+            0x40, 0x01, b'a', 0x81, 0x07, // incremental indexing, literal name
+            0x3f, 0xe1, 0x1f, // size update to 4,096
+            0x1f, 0x10, 0x81, 0x07, // never indexed, name index 31 in two bytes
+            0x00, 0x81, 0x07, 0x01, b'b', // without indexing, Huffman name, plain value
+        ];
+        assert_eq!(huffman_strings(&mixed), 4);
+        assert!(decode_headers(&mut decoder(), &mixed).is_ok());
     }
 }
