@@ -13,7 +13,8 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(frame_decode protobuf_decode link_parse invite_parse e2ee_decode)
+    targets=(frame_decode protobuf_decode link_parse invite_parse e2ee_decode
+        tls_h2 tls_opening tls_record tls_token)
 fi
 
 export RUSTC_BOOTSTRAP=1

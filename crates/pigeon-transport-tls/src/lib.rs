@@ -20,6 +20,9 @@ mod client;
 mod cover;
 mod error;
 mod front;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h2;
 mod opening;
 mod record;

@@ -114,7 +114,8 @@ impl Direction {
         })
     }
 
-    #[cfg(test)]
+    /// Keys given directly, for tests and the fuzzing entry points.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(aead: Aead, key: [u8; 32], iv: [u8; 12], seq: u64) -> Self {
         Self {
             aead,
