@@ -9,12 +9,12 @@
 //!
 //! Only application data is expected after the handshake: a close_notify alert ends the leg, and
 //! any other alert or post-handshake handshake message (KeyUpdate, which Chrome does not send)
-//! is refused. The AEAD cipher is built from the stored key for each record (a few hundred
-//! nanoseconds), so nothing larger than the raw key is kept between records.
+//! is refused. The AEAD (ring's, the one rustls uses) is built from the stored key for each
+//! record (a few hundred nanoseconds), so nothing larger than the raw key is kept between records.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit, Nonce, Tag};
-use chacha20poly1305::ChaCha20Poly1305;
+use ring::aead::{
+    AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey,
+};
 use zeroize::Zeroizing;
 
 /// Most plaintext in one record.
@@ -137,40 +137,35 @@ impl Direction {
         Ok(nonce)
     }
 
+    /// The AEAD key of this direction, built for one record (ring's key schedule is a few
+    /// hundred bytes; it is not kept between records).
+    fn key(&self) -> Result<LessSafeKey, RecordError> {
+        let (algorithm, key) = match self.aead {
+            Aead::Aes128Gcm => (&AES_128_GCM, &self.key[..16]),
+            Aead::Aes256Gcm => (&AES_256_GCM, &self.key[..]),
+            Aead::ChaCha20Poly1305 => (&CHACHA20_POLY1305, &self.key[..]),
+        };
+        UnboundKey::new(algorithm, key)
+            .map(LessSafeKey::new)
+            .map_err(|_| RecordError::BadRecord)
+    }
+
     fn seal_in_place(&mut self, aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], RecordError> {
-        let nonce = self.next_nonce()?;
-        let nonce = Nonce::from_slice(&nonce);
-        let tag = match self.aead {
-            Aead::Aes128Gcm => Aes128Gcm::new_from_slice(&self.key[..16])
-                .map_err(|_| RecordError::BadRecord)?
-                .encrypt_in_place_detached(nonce, aad, buf),
-            Aead::Aes256Gcm => Aes256Gcm::new_from_slice(&self.key[..])
-                .map_err(|_| RecordError::BadRecord)?
-                .encrypt_in_place_detached(nonce, aad, buf),
-            Aead::ChaCha20Poly1305 => ChaCha20Poly1305::new_from_slice(&self.key[..])
-                .map_err(|_| RecordError::BadRecord)?
-                .encrypt_in_place_detached(nonce, aad, buf),
-        }
-        .map_err(|_| RecordError::BadRecord)?;
-        Ok(tag.into())
+        let key = self.key()?;
+        let nonce = Nonce::assume_unique_for_key(self.next_nonce()?);
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
+            .map_err(|_| RecordError::BadRecord)?;
+        tag.as_ref().try_into().map_err(|_| RecordError::BadRecord)
     }
 
     fn open_in_place(&mut self, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), RecordError> {
-        let nonce = self.next_nonce()?;
-        let nonce = Nonce::from_slice(&nonce);
-        let tag = Tag::from_slice(tag);
-        match self.aead {
-            Aead::Aes128Gcm => Aes128Gcm::new_from_slice(&self.key[..16])
-                .map_err(|_| RecordError::BadRecord)?
-                .decrypt_in_place_detached(nonce, aad, buf, tag),
-            Aead::Aes256Gcm => Aes256Gcm::new_from_slice(&self.key[..])
-                .map_err(|_| RecordError::BadRecord)?
-                .decrypt_in_place_detached(nonce, aad, buf, tag),
-            Aead::ChaCha20Poly1305 => ChaCha20Poly1305::new_from_slice(&self.key[..])
-                .map_err(|_| RecordError::BadRecord)?
-                .decrypt_in_place_detached(nonce, aad, buf, tag),
-        }
-        .map_err(|_| RecordError::BadRecord)
+        let key = self.key()?;
+        let nonce = Nonce::assume_unique_for_key(self.next_nonce()?);
+        let tag = ring::aead::Tag::try_from(tag).map_err(|_| RecordError::BadRecord)?;
+        key.open_in_place_separate_tag(nonce, Aad::from(aad), tag, buf, 0..)
+            .map(|_| ())
+            .map_err(|_| RecordError::BadRecord)
     }
 }
 
