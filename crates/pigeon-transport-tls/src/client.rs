@@ -733,7 +733,8 @@ impl LegState {
         }
     }
 
-    /// The response to the leg's request: 200 opens the tunnel, anything else is a refusal.
+    /// The response to the leg's request: 200 opens the tunnel, 1xx is passed over, any other
+    /// status is a refusal.
     fn response(&mut self, ctx: &SessionCtx, index: u16, block: &[u8]) -> Result<LegEvent, LegEnd> {
         let headers = h2::decode_headers(&mut self.decoder, block).map_err(TlsError::from)?;
         let status = headers
@@ -742,8 +743,10 @@ impl LegState {
             .and_then(|(_, v)| v.parse::<u16>().ok());
         match status {
             Some(200) => Ok(LegEvent::Ready(index)),
-            // Trailers (no status) after the response: nothing to do.
+            // Trailers (no status) after the response, and informational answers (a CDN's 103
+            // Early Hints) before it: nothing to do.
             None => Ok(LegEvent::Data(index, Bytes::new())),
+            Some(100..=199) => Ok(LegEvent::Data(index, Bytes::new())),
             Some(status) => Err(LegEnd::Error(TlsError::Refused {
                 route: ctx.name.clone(),
                 status,
