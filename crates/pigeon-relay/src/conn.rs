@@ -150,31 +150,9 @@ struct Conn {
 /// Serves one accepted connection to its end.
 pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(mut stream: T, shared: &Shared<S>) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
-    let handshake = tokio::time::timeout(
-        shared.config.handshake_timeout,
-        Box::pin(handshake(&mut stream, shared)),
-    )
-    .await;
-    let (channel, inbuf) = match handshake {
-        Ok(Ok(Some(done))) => done,
-        Ok(Ok(None)) => return,
-        Ok(Err(reason)) => {
-            shared.metrics.handshake_failures.inc();
-            tracing::debug!(conn = no, %reason, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.handshake_failures.inc();
-            tracing::debug!(conn = no, "handshake timed out");
-            return;
-        }
-    };
-    let mut conn = Conn {
-        no,
-        channel,
-        subs: Vec::new(),
-        waker: None,
-        inbuf,
+    // Boxed, so that what only the handshake needs is not kept in every idle connection's task.
+    let Some(mut conn) = Box::pin(open(&mut stream, shared, no)).await else {
+        return;
     };
     let end = conn.run(&mut stream, shared).await;
     if let Some(waker) = &conn.waker {
@@ -190,6 +168,38 @@ pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(mut stream: T, share
             tracing::debug!(conn = no, error = %e, "closing after protocol violation");
         }
     }
+}
+
+/// Runs the handshake within its time limit and makes the connection's state; `None` when the
+/// peer left, failed or was too slow (counted and logged here).
+async fn open<S: MailboxStore, T: ServerStream>(
+    stream: &mut T,
+    shared: &Shared<S>,
+    no: u64,
+) -> Option<Conn> {
+    let handshake =
+        tokio::time::timeout(shared.config.handshake_timeout, handshake(stream, shared)).await;
+    let (channel, inbuf) = match handshake {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return None,
+        Ok(Err(reason)) => {
+            shared.metrics.handshake_failures.inc();
+            tracing::debug!(conn = no, %reason, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failures.inc();
+            tracing::debug!(conn = no, "handshake timed out");
+            return None;
+        }
+    };
+    Some(Conn {
+        no,
+        channel,
+        subs: Vec::new(),
+        waker: None,
+        inbuf,
+    })
 }
 
 /// Reads the client's first record and answers it. `Ok(None)` when the peer left quietly.
