@@ -346,3 +346,84 @@ pub(crate) fn seed_from_env(var: &str) -> u64 {
     eprintln!("seed = {seed} (repeat with {var}={seed})");
     seed
 }
+
+/// A free loopback TCP port (free when asked; a test binds it soon after).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `curl -sk` with a 5 s limit and `args`: the body and the HTTP status code.
+pub(crate) fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_owned(), code.to_owned())
+}
+
+/// A self-signed P-256 certificate for `cover.test`, made with openssl as an operator would:
+/// `dir/cert.pem` and `dir/key.pem`.
+pub(crate) fn cover_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=cover.test"])
+        .args(["-addext", "subjectAltName=DNS:cover.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// The `pigeon` client on `profile` with passphrase `pass`, logging at `warn` (or at
+/// `PIGEON_TEST_CLIENT_LOG` when set, for debugging).
+pub(crate) fn client(profile: &Path, pass: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
+    cmd.env("PIGEON_PASSPHRASE", pass)
+        .env("PIGEON_PROFILE", profile)
+        .env(
+            "PIGEON_LOG",
+            std::env::var("PIGEON_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the client with `args`, which must succeed; its standard output.
+pub(crate) fn client_ok(profile: &Path, pass: &str, args: &[&str]) -> String {
+    let out = client(profile, pass)
+        .args(args)
+        .output()
+        .expect("run pigeon");
+    let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
+    assert!(
+        out.status.success(),
+        "pigeon {shown:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}

@@ -6,70 +6,17 @@
 #[path = "support.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Relay, RelayOpts};
+use support::{Relay, RelayOpts, cover_certificate, curl, free_port};
 
 const PASS: &str = "nginx test passphrase";
 const SECRET_PATH: &str = "/api/v2/sync";
 
-fn pigeon(profile: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
-    cmd.env("PIGEON_PASSPHRASE", PASS)
-        .env("PIGEON_PROFILE", profile)
-        .env("PIGEON_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
-}
-
 fn ok(profile: &Path, args: &[&str]) -> String {
-    let out: Output = pigeon(profile).args(args).output().expect("run pigeon");
-    assert!(
-        out.status.success(),
-        "pigeon {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A self-signed certificate for `cover.test` (openssl, as an operator would make one).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=cover.test"])
-        .args(["-addext", "subjectAltName=DNS:cover.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    support::client_ok(profile, PASS, args)
 }
 
 /// Debian's nginx with a site of its own, forwarding the secret path to the relay.
@@ -148,21 +95,10 @@ http {{
     Nginx { child }
 }
 
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sk", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (body.to_owned(), code.to_owned())
-}
-
 #[test]
 fn two_people_talk_through_nginx_and_strangers_get_nginx() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = cover_certificate(dir.path());
     let (port, backend) = (free_port(), free_port());
     let proxy = nginx(&dir.path().join("nginx"), port, backend, &cert, &key);
     let relay = Relay::start(

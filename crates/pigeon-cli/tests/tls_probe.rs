@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 #[path = "support.rs"]
 mod support;
 
-use support::{Relay, RelayOpts};
+use support::{Relay, RelayOpts, cover_certificate, free_port};
 
 struct Nginx(Child);
 
@@ -20,14 +20,6 @@ impl Drop for Nginx {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn wait_for(port: u16) {
@@ -123,25 +115,7 @@ fn first_flight(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn the_front_cannot_be_told_from_the_bare_cover() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=cover.test"])
-        .args(["-addext", "subjectAltName=DNS:cover.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success());
+    let (cert, key) = cover_certificate(dir.path());
     let (https, http1, h2c) = (free_port(), free_port(), free_port());
     let _nginx = nginx(&dir.path().join("nginx"), https, http1, h2c, &cert, &key);
     let relay = Relay::start(

@@ -8,38 +8,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use support::{Relay, RelayOpts};
+use support::{Relay, RelayOpts, curl};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const PASS: &str = "tls test passphrase";
 
-/// The clients log at `warn`, or at `PIGEON_TEST_CLIENT_LOG` when set (for debugging).
-fn pigeon(profile: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
-    cmd.env("PIGEON_PASSPHRASE", PASS)
-        .env("PIGEON_PROFILE", profile)
-        .env(
-            "PIGEON_LOG",
-            std::env::var("PIGEON_TEST_CLIENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdin(Stdio::null());
-    cmd
-}
-
 fn ok(profile: &Path, args: &[&str]) -> String {
-    let out: Output = pigeon(profile).args(args).output().expect("run pigeon");
-    let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
-    assert!(
-        out.status.success(),
-        "pigeon {shown:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    support::client_ok(profile, PASS, args)
 }
 
 /// A relay whose link has only the tls route, its front on `front`.
@@ -127,17 +104,6 @@ fn two_people_talk_through_the_tls_front() {
     let (alice, bob) = introduced(dir.path(), &relay.link.to_string());
     exchange((&alice, "alice"), (&bob, "bob"), 20, 100);
     exchange((&bob, "bob"), (&alice, "alice"), 5, 16_000);
-}
-
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sk", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl (apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (body.to_owned(), code.to_owned())
 }
 
 #[test]
