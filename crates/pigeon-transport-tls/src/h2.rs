@@ -244,7 +244,8 @@ pub(crate) struct Leg {
     recv_stream_max: u32,
     /// A header block being assembled from CONTINUATION frames: its stream, the fragments so
     /// far, and whether it ends the stream.
-    partial_headers: Option<(u32, Vec<u8>, bool)>,
+    /// (Boxed: rare, and kept in every idle leg otherwise.)
+    partial_headers: Option<Box<(u32, Vec<u8>, bool)>>,
     local_ended: bool,
     remote_ended: bool,
 }
@@ -356,7 +357,8 @@ impl Leg {
             kind::DATA => self.data(h, payload, out, on),
             kind::HEADERS => self.headers(h, payload, on),
             kind::CONTINUATION => {
-                let Some((stream, mut block, end_stream)) = self.partial_headers.take() else {
+                let Some((stream, mut block, end_stream)) = self.partial_headers.take().map(|b| *b)
+                else {
                     return Err(H2Error::Protocol("CONTINUATION without HEADERS"));
                 };
                 if h.stream != stream {
@@ -369,7 +371,7 @@ impl Leg {
                 if h.flags & flag::END_HEADERS != 0 {
                     self.header_block(h.stream, block, end_stream, on)
                 } else {
-                    self.partial_headers = Some((h.stream, block, end_stream));
+                    self.partial_headers = Some(Box::new((h.stream, block, end_stream)));
                     Ok(())
                 }
             }
@@ -506,7 +508,7 @@ impl Leg {
             if rest.len() > MAX_HEADER_BLOCK {
                 return Err(H2Error::Protocol("header block too large"));
             }
-            self.partial_headers = Some((h.stream, rest.to_vec(), end_stream));
+            self.partial_headers = Some(Box::new((h.stream, rest.to_vec(), end_stream)));
             Ok(())
         }
     }

@@ -43,6 +43,20 @@ pub(crate) struct ServerLeg {
     /// TLS record protection; `None` for a leg behind a reverse proxy (cleartext HTTP/2).
     records: Option<Records>,
     h2: h2::Leg,
+    /// The leg's buffers, allocated only while one of them holds bytes: an idle leg has none.
+    bufs: Option<Box<Buffers>>,
+    /// Most wire bytes this leg may carry to the client after the handshake (`None`: no cap).
+    budget: Option<u32>,
+    written: u64,
+    /// When tunnel bytes were last written on this leg.
+    last_write: std::time::Instant,
+    /// The socket reached its end or failed.
+    eof: bool,
+}
+
+/// What a leg has in hand between socket and relay.
+#[derive(Default)]
+struct Buffers {
     /// Received wire bytes not yet opened (a partial record).
     raw: Vec<u8>,
     /// Opened bytes not yet parsed (a partial frame).
@@ -51,13 +65,23 @@ pub(crate) struct ServerLeg {
     ready: Vec<u8>,
     /// Wire bytes owed to the peer (acknowledgements, window updates) not yet written.
     owed: Vec<u8>,
-    /// Most wire bytes this leg may carry to the client after the handshake (`None`: no cap).
-    budget: Option<u32>,
-    written: u64,
-    /// When tunnel bytes were last written on this leg.
-    last_write: std::time::Instant,
-    /// The socket reached its end or failed.
-    eof: bool,
+}
+
+impl Buffers {
+    /// Gives back the memory of empty buffers; whether all four are empty.
+    fn shrink(&mut self) -> bool {
+        let mut empty = true;
+        for buf in [
+            &mut self.raw,
+            &mut self.plain,
+            &mut self.ready,
+            &mut self.owed,
+        ] {
+            shrink(buf);
+            empty &= buf.capacity() == 0;
+        }
+        empty
+    }
 }
 
 impl std::fmt::Debug for ServerLeg {
@@ -86,20 +110,46 @@ pub(crate) struct LegParts {
 
 impl ServerLeg {
     pub(crate) fn new(parts: LegParts) -> Self {
-        Self {
+        let mut leg = Self {
             index: parts.index,
             tcp: parts.tcp,
             records: parts.records,
             h2: parts.h2,
-            raw: parts.raw,
-            plain: parts.plain,
-            ready: parts.ready,
-            owed: Vec::new(),
+            bufs: Some(Box::new(Buffers {
+                raw: parts.raw,
+                plain: parts.plain,
+                ready: parts.ready,
+                owed: Vec::new(),
+            })),
             budget: parts.budget,
             written: parts.written,
             last_write: std::time::Instant::now(),
             eof: false,
+        };
+        leg.settle();
+        leg
+    }
+
+    /// The leg's buffers, allocated if it had none.
+    fn bufs(&mut self) -> &mut Buffers {
+        self.bufs.get_or_insert_default()
+    }
+
+    /// Frees the buffers that hold nothing, and the box when none holds anything.
+    fn settle(&mut self) {
+        if self.bufs.as_mut().is_some_and(|b| b.shrink()) {
+            self.bufs = None;
         }
+    }
+
+    /// Tunnel bytes parsed and not yet handed on.
+    fn ready_len(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.ready.len())
+    }
+
+    /// Whether wire bytes are owed to the peer.
+    fn owes(&self) -> bool {
+        self.bufs.as_ref().is_some_and(|b| !b.owed.is_empty())
     }
 
     /// Whether the client ended its request body on this leg.
@@ -126,15 +176,16 @@ impl ServerLeg {
     /// Reads what the socket has (up to a chunk), opens and parses it; `Err(WouldBlock)` passes
     /// through when the socket had nothing. An idle leg keeps no buffer.
     fn pull(&mut self) -> io::Result<()> {
-        if self.eof || self.ready.len() >= MAX_READY {
+        if self.eof || self.ready_len() >= MAX_READY {
             return Ok(());
         }
+        let raw = &mut self.bufs.get_or_insert_default().raw;
         let mut got = 0;
         loop {
-            if self.raw.capacity() - self.raw.len() < 4096 {
-                self.raw.reserve(16 * 1024);
+            if raw.capacity() - raw.len() < 4096 {
+                raw.reserve(16 * 1024);
             }
-            match self.tcp.try_read_buf(&mut self.raw) {
+            match self.tcp.try_read_buf(raw) {
                 Ok(0) => {
                     self.eof = true;
                     break;
@@ -148,27 +199,30 @@ impl ServerLeg {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => break,
                 Err(e) => {
                     // Nothing came: the buffer reserved for it is not kept while idle.
-                    shrink(&mut self.raw);
+                    self.settle();
                     return Err(e);
                 }
             }
         }
-        self.process()
+        let processed = self.process();
+        self.settle();
+        processed
     }
 
     /// Opens whole records and parses whole frames from what was read.
     fn process(&mut self) -> io::Result<()> {
+        let bufs = self.bufs.get_or_insert_default();
         match &mut self.records {
             Some(records) => {
                 let mut at = 0;
                 while let Some(opened) = records
-                    .open(&mut self.raw[at..])
+                    .open(&mut bufs.raw[at..])
                     .map_err(io::Error::other)?
                 {
                     match opened {
                         Opened::Data { start, end, used } => {
-                            self.plain
-                                .extend_from_slice(&self.raw[at + start..at + end]);
+                            bufs.plain
+                                .extend_from_slice(&bufs.raw[at + start..at + end]);
                             at += used;
                         }
                         Opened::Closed { used } => {
@@ -178,23 +232,22 @@ impl ServerLeg {
                         }
                     }
                 }
-                self.raw.drain(..at);
+                bufs.raw.drain(..at);
             }
             None => {
-                if self.plain.is_empty() {
-                    std::mem::swap(&mut self.plain, &mut self.raw);
+                if bufs.plain.is_empty() {
+                    std::mem::swap(&mut bufs.plain, &mut bufs.raw);
                 } else {
-                    self.plain.append(&mut self.raw);
+                    bufs.plain.append(&mut bufs.raw);
                 }
             }
         }
-        shrink(&mut self.raw);
         let mut control = Vec::new();
         let mut failure = None;
-        let ready = &mut self.ready;
+        let ready = &mut bufs.ready;
         let used = self
             .h2
-            .receive(&self.plain, &mut control, &mut |event| match event {
+            .receive(&bufs.plain, &mut control, &mut |event| match event {
                 Event::Data(d) => ready.extend_from_slice(d),
                 Event::Reset(_) | Event::GoAway(_) => {
                     failure = Some("the client reset the tunnel stream");
@@ -204,12 +257,11 @@ impl ServerLeg {
                 Event::Headers { .. } | Event::End | Event::PingAck(_) => {}
             })
             .map_err(io::Error::other)?;
-        self.plain.drain(..used);
-        shrink(&mut self.plain);
+        bufs.plain.drain(..used);
         if !control.is_empty() {
-            let mut wire = std::mem::take(&mut self.owed);
+            let mut wire = std::mem::take(&mut bufs.owed);
             self.seal(&control, &mut wire)?;
-            self.owed = wire;
+            self.bufs().owed = wire;
             self.try_flush()?;
         }
         if let Some(why) = failure {
@@ -220,24 +272,28 @@ impl ServerLeg {
 
     /// Writes owed bytes without waiting.
     fn try_flush(&mut self) -> io::Result<()> {
-        while !self.owed.is_empty() {
-            match self.tcp.try_write(&self.owed) {
+        let Some(bufs) = self.bufs.as_mut() else {
+            return Ok(());
+        };
+        while !bufs.owed.is_empty() {
+            match self.tcp.try_write(&bufs.owed) {
                 Ok(n) => {
                     self.written += n as u64;
-                    self.owed.drain(..n);
+                    bufs.owed.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        shrink(&mut self.owed);
+        self.settle();
         Ok(())
     }
 
     /// Writes `wire` (and anything owed before it), waiting as needed.
     async fn send(&mut self, wire: &[u8]) -> io::Result<()> {
-        if !self.owed.is_empty() {
-            let owed = std::mem::take(&mut self.owed);
+        if self.owes() {
+            let owed = std::mem::take(&mut self.bufs().owed);
+            self.settle();
             self.tcp.write_all(&owed).await?;
             self.written += owed.len() as u64;
         }
@@ -352,7 +408,7 @@ impl Registry {
         ServerSession {
             registry: Arc::clone(self),
             attach,
-            legs: VecDeque::from([Box::new(first)]),
+            legs: VecDeque::from([first]),
             carried: Vec::new(),
         }
     }
@@ -376,7 +432,8 @@ pub struct ServerSession {
     attach: Arc<Attach>,
     /// Legs in order. The relay reads the first whose request body has not ended and writes
     /// the first whose response has not ended; legs done both ways leave from the front.
-    legs: VecDeque<Box<ServerLeg>>,
+    /// (Held inline, not boxed: one allocation for an idle session's one leg.)
+    legs: VecDeque<ServerLeg>,
     /// Tunnel bytes of legs that left before the relay read them, read first.
     carried: Vec<u8>,
 }
@@ -400,7 +457,7 @@ impl ServerSession {
                 legs = self.legs.len() + 1,
                 "tunnel leg attached"
             );
-            self.legs.push_back(leg);
+            self.legs.push_back(*leg);
         }
         Ok(())
     }
@@ -412,10 +469,14 @@ impl ServerSession {
             && self
                 .legs
                 .front()
-                .is_some_and(|old| old.up_ended() && old.down_ended() && old.owed.is_empty())
+                .is_some_and(|old| old.up_ended() && old.down_ended() && !old.owes())
         {
-            if let Some(mut old) = self.legs.pop_front() {
-                self.carried.append(&mut old.ready);
+            if let Some(mut bufs) = self.legs.pop_front().and_then(|old| old.bufs) {
+                self.carried.append(&mut bufs.ready);
+            }
+            if self.legs.len() == 1 {
+                // Room for four legs was made when the second came; one is kept while idle.
+                self.legs.shrink_to_fit();
             }
         }
     }
@@ -423,7 +484,7 @@ impl ServerSession {
     /// Writes what legs owe, without waiting.
     fn flush_owed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         for leg in &mut self.legs {
-            if !leg.owed.is_empty() && leg.tcp.poll_write_ready(cx).is_ready() {
+            if leg.owes() && leg.tcp.poll_write_ready(cx).is_ready() {
                 leg.try_flush()?;
             }
         }
@@ -451,8 +512,7 @@ impl ServerSession {
     fn up_leg(&mut self) -> Option<&mut ServerLeg> {
         self.legs
             .iter_mut()
-            .find(|l| !l.up_ended() || !l.ready.is_empty())
-            .map(|l| &mut **l)
+            .find(|l| !l.up_ended() || l.ready_len() > 0)
     }
 
     /// Index of the leg the relay writes to now.
@@ -472,7 +532,7 @@ impl pigeon_transport::ServerStream for ServerSession {
             return Poll::Ready(Ok(()));
         }
         match self.up_leg() {
-            Some(leg) if !leg.ready.is_empty() || leg.eof => Poll::Ready(Ok(())),
+            Some(leg) if leg.ready_len() > 0 || leg.eof => Poll::Ready(Ok(())),
             Some(leg) => leg.tcp.poll_read_ready(cx),
             // Every request body so far has ended: the next leg's comes once it is here.
             None => Poll::Pending,
@@ -498,7 +558,7 @@ impl pigeon_transport::ServerStream for ServerSession {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => other?,
             }
-            if !leg.ready.is_empty() {
+            if leg.ready_len() > 0 {
                 return hand(leg, buf);
             }
             if leg.up_ended() {
@@ -523,7 +583,7 @@ impl pigeon_transport::ServerStream for ServerSession {
             self.adopt()?;
             self.pump()?;
             for leg in &mut self.legs {
-                if !leg.owed.is_empty() {
+                if leg.owes() {
                     leg.send(&[]).await?;
                 }
             }
@@ -593,19 +653,19 @@ impl pigeon_transport::ServerStream for ServerSession {
 }
 
 fn hand(leg: &mut ServerLeg, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if leg.ready.is_empty() {
+    let Some(bufs) = leg.bufs.as_mut().filter(|b| !b.ready.is_empty()) else {
         if leg.eof {
             return Ok(0);
         }
         return Err(io::ErrorKind::WouldBlock.into());
-    }
-    let n = leg.ready.len();
+    };
+    let n = bufs.ready.len();
     if buf.is_empty() {
-        std::mem::swap(buf, &mut leg.ready);
+        std::mem::swap(buf, &mut bufs.ready);
     } else {
-        buf.append(&mut leg.ready);
+        buf.append(&mut bufs.ready);
     }
-    shrink(&mut leg.ready);
+    leg.settle();
     Ok(n)
 }
 
@@ -650,7 +710,7 @@ mod tests {
             .expect("client writes");
         // What a write does first: it pumps the legs, which takes the frame off the socket.
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while session.legs[0].ready.is_empty() {
+            while session.legs[0].ready_len() == 0 {
                 session.legs[0].tcp.readable().await.expect("readable");
                 let _ = session.pump();
             }
@@ -667,8 +727,6 @@ mod tests {
         let err = session.try_read_buf(&mut got).expect_err("empty");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         // Idle, the leg holds no buffer (they were reserved for the read that found nothing).
-        let leg = &session.legs[0];
-        let held = [&leg.raw, &leg.plain, &leg.ready, &leg.owed].map(Vec::capacity);
-        assert_eq!(held, [0; 4], "raw, plain, ready, owed");
+        assert!(session.legs[0].bufs.is_none(), "an idle leg holds buffers");
     }
 }
