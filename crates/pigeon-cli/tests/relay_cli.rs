@@ -100,8 +100,18 @@ async fn prints_a_link_and_qr_keeps_its_key_and_stops_cleanly() {
         key,
         "the key changed"
     );
-    // SIGINT stops it cleanly too.
+    // SIGINT stops it cleanly too, and a subscribed connection (which waits on its own
+    // wake-up rather than the relay's stop signal) is told as well.
     let mut client = relay.connect().await;
+    let mbx = OwnedMailbox::generate().expect("random");
+    client
+        .create_mailbox(&mbx.key, &mbx.id, mbx.cap_hash())
+        .await
+        .expect("create mailbox");
+    client
+        .subscribe(&mbx.key, &mbx.id)
+        .await
+        .expect("subscribe");
     let status = relay.signal_and_wait("INT", Duration::from_secs(5));
     expect_shutting_down(&mut client).await;
     assert_eq!(status.code(), Some(0), "SIGINT exit: {status}");

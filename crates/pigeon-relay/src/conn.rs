@@ -148,24 +148,28 @@ struct Conn {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(mut stream: T, shared: &Shared<S>) {
+///
+/// The stream and the shared state are borrowed, not moved in: the caller's task owns them, so
+/// that they are not stored twice in the task (an `async fn` keeps its arguments besides what
+/// its body moves them into).
+pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(stream: &mut T, shared: &Shared<S>) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
     // Boxed, so that what only the handshake needs is not kept in every idle connection's task.
-    let Some(mut conn) = Box::pin(open(&mut stream, shared, no)).await else {
+    let Some(mut conn) = Box::pin(open(stream, shared, no)).await else {
         return;
     };
-    let end = conn.run(&mut stream, shared).await;
+    let end = conn.run(stream, shared).await;
     if let Some(waker) = &conn.waker {
         for sub in &conn.subs {
             shared.hub.unsubscribe(sub.mailbox, waker);
         }
     }
     match end {
-        Close::Eof => tracing::debug!(conn = no, "closed by peer"),
-        Close::Io(e) => tracing::debug!(conn = no, error = %e, "connection failed"),
+        Close::Eof => tracing::debug!(conn = conn.no, "closed by peer"),
+        Close::Io(e) => tracing::debug!(conn = conn.no, error = %e, "connection failed"),
         Close::Protocol(e) => {
             shared.metrics.protocol_errors.inc();
-            tracing::debug!(conn = no, error = %e, "closing after protocol violation");
+            tracing::debug!(conn = conn.no, error = %e, "closing after protocol violation");
         }
     }
 }
@@ -338,90 +342,115 @@ impl Conn {
             return close;
         }
         loop {
-            // The idle wait polls the socket, the wake-ups and the store by hand rather than
-            // through `select!`: an idle connection then holds two small `Notified` futures and
-            // nothing else, which keeps it within its memory budget.
-            let mut stop = std::pin::pin!(shared.stop.notified());
-            stop.as_mut().enable();
-            let waker = self.waker.clone();
-            let mut woken = std::pin::pin!(waker.as_deref().map(|w| w.notify.notified()));
-            let busy = inflight.as_ref().map_or(0, FuturesUnordered::len);
-            let event = std::future::poll_fn(|cx| {
-                use std::task::Poll;
-                if shared.stopping.load(Ordering::Acquire) || stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Stop);
-                }
-                if let Some(ops) = inflight.as_mut()
-                    && let Poll::Ready(done) = ops.poll_next_unpin(cx)
-                {
-                    return Poll::Ready(Event::Done(done));
-                }
-                if busy < MAX_INFLIGHT
-                    && let Poll::Ready(ready) = stream.poll_read_ready(cx)
-                {
-                    return Poll::Ready(Event::Readable(ready));
-                }
-                if let Some(w) = woken.as_mut().as_pin_mut()
-                    && w.poll(cx).is_ready()
-                {
-                    return Poll::Ready(Event::Woken);
-                }
-                Poll::Pending
-            })
-            .await;
-            let mut out = Vec::new();
-            match event {
-                Event::Stop => {
-                    Box::pin(self.drain(&mut inflight, shared, &mut out)).await;
-                    respond(0, error_result(ErrorCode::ShuttingDown), &mut out);
-                    let _ = Box::pin(self.send(stream, &out)).await;
-                    return Close::Eof;
-                }
-                Event::Done(done) => {
-                    if let Some(done) = done {
-                        self.finish(done, shared, &mut out);
-                    }
-                    if inflight.as_ref().is_some_and(FuturesUnordered::is_empty) {
-                        inflight = None;
-                    }
-                }
-                Event::Readable(ready) => {
-                    if let Err(e) = ready {
-                        return Close::Io(e);
-                    }
-                    let open = match Box::pin(self.read(stream)).await {
-                        Ok(open) => open,
-                        Err(close) => return close,
-                    };
-                    if let Err(close) =
-                        Box::pin(self.handle_input(stream, shared, &mut inflight)).await
-                    {
-                        return close;
-                    }
-                    if !open {
-                        // Answer what the peer sent before closing (it may still read), then
-                        // end; a record or message cut off by the close is a violation.
-                        Box::pin(self.drain(&mut inflight, shared, &mut out)).await;
-                        let _ = Box::pin(self.send(stream, &out)).await;
-                        if !self.inbuf.is_empty() || self.channel.is_mid_message() {
-                            return Close::Protocol(ChannelError::Wire(WireError::Truncated {
-                                what: "record or message",
-                                missing_hint: "early",
-                            }));
-                        }
-                        return Close::Eof;
-                    }
-                }
-                Event::Woken => {
-                    if let Err(close) = Box::pin(self.push(shared, &mut out)).await {
-                        return close;
-                    }
-                }
-            }
-            if let Err(close) = Box::pin(self.send(stream, &out)).await {
+            let event = self.wait(stream, shared, &mut inflight).await;
+            // Boxed: what handling needs is not kept in the task while the connection idles.
+            if let Some(close) = Box::pin(self.handle(event, stream, shared, &mut inflight)).await {
                 return close;
             }
         }
+    }
+
+    /// The idle wait: polls the socket, the store operations and one wake-up by hand rather
+    /// than through `select!`, so that an idle connection holds one small `Notified` future and
+    /// nothing else, which keeps it within its memory budget. The wake-up is the connection's
+    /// own while it has subscriptions (the relay's shutdown wakes those through the hub), and
+    /// the relay's stop signal otherwise.
+    async fn wait<'a, S: MailboxStore, T: ServerStream>(
+        &self,
+        stream: &mut T,
+        shared: &'a Shared<S>,
+        inflight: &mut Inflight<'a>,
+    ) -> Event {
+        use std::task::Poll;
+        let notified = match &self.waker {
+            Some(waker) if !self.subs.is_empty() => waker.notify.notified(),
+            _ => shared.stop.notified(),
+        };
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let busy = inflight.as_ref().map_or(0, FuturesUnordered::len);
+        std::future::poll_fn(|cx| {
+            if shared.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(Event::Stop);
+            }
+            if let Some(ops) = inflight.as_mut()
+                && let Poll::Ready(done) = ops.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Event::Done(done));
+            }
+            if busy < MAX_INFLIGHT
+                && let Poll::Ready(ready) = stream.poll_read_ready(cx)
+            {
+                return Poll::Ready(Event::Readable(ready));
+            }
+            if notified.as_mut().poll(cx).is_ready() {
+                // The stop signal sets `stopping` before it notifies.
+                if shared.stopping.load(Ordering::Acquire) {
+                    return Poll::Ready(Event::Stop);
+                }
+                return Poll::Ready(Event::Woken);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Handles what ended an idle wait; `Some` when the connection is to end.
+    async fn handle<'a, S: MailboxStore, T: ServerStream>(
+        &mut self,
+        event: Event,
+        stream: &mut T,
+        shared: &'a Shared<S>,
+        inflight: &mut Inflight<'a>,
+    ) -> Option<Close> {
+        let mut out = Vec::new();
+        match event {
+            Event::Stop => {
+                self.drain(inflight, shared, &mut out).await;
+                respond(0, error_result(ErrorCode::ShuttingDown), &mut out);
+                let _ = self.send(stream, &out).await;
+                return Some(Close::Eof);
+            }
+            Event::Done(done) => {
+                if let Some(done) = done {
+                    self.finish(done, shared, &mut out);
+                }
+                if inflight.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                    *inflight = None;
+                }
+            }
+            Event::Readable(ready) => {
+                if let Err(e) = ready {
+                    return Some(Close::Io(e));
+                }
+                let open = match self.read(stream).await {
+                    Ok(open) => open,
+                    Err(close) => return Some(close),
+                };
+                if let Err(close) = Box::pin(self.handle_input(stream, shared, inflight)).await {
+                    return Some(close);
+                }
+                if !open {
+                    // Answer what the peer sent before closing (it may still read), then
+                    // end; a record or message cut off by the close is a violation.
+                    self.drain(inflight, shared, &mut out).await;
+                    let _ = self.send(stream, &out).await;
+                    if !self.inbuf.is_empty() || self.channel.is_mid_message() {
+                        return Some(Close::Protocol(ChannelError::Wire(WireError::Truncated {
+                            what: "record or message",
+                            missing_hint: "early",
+                        })));
+                    }
+                    return Some(Close::Eof);
+                }
+            }
+            Event::Woken => {
+                if let Err(close) = Box::pin(self.push(shared, &mut out)).await {
+                    return Some(close);
+                }
+            }
+        }
+        self.send(stream, &out).await.err()
     }
 
     /// Waits for every store operation in flight and answers it.

@@ -162,6 +162,17 @@ impl Hub {
         }
     }
 
+    /// Wakes every subscribed connection (for the relay's shutdown).
+    pub(crate) fn wake_all(&self) {
+        for shard in &self.shards {
+            if let Ok(map) = shard.lock() {
+                for waker in map.values().flatten() {
+                    waker.notify.notify_one();
+                }
+            }
+        }
+    }
+
     pub(crate) fn wake(&self, mailbox: MailboxId) {
         let wakers: Vec<Arc<Waker>> = match self.shard(&mailbox).lock() {
             Ok(map) => map.get(&mailbox).cloned().unwrap_or_default(),
