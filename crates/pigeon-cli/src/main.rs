@@ -15,6 +15,13 @@ mod user_cmd;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than glibc's malloc: with tens of thousands of idle connections, glibc's
+/// per-thread arenas and the 128-byte-aligned task allocations leave about a quarter of the
+/// relay's heap in holes (2,170 B per idle `tls` connection against 1,648 B under jemalloc, by
+/// `pigeon bench tls --idle-connections 18000`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Pigeonpost: private messaging that keeps working when networks are censored.
 #[derive(Parser, Debug)]
 #[command(name = "pigeon", version, about, long_about = None)]
