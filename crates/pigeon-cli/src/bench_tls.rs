@@ -275,17 +275,21 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("machine: {}", crate::bench::machine());
-    println!(
-        "bulk download of {} MiB through the relay (median of {}):",
-        args.mib, args.runs
-    );
-    for (name, rate) in &bulk {
+    if args.runs == 0 {
+        println!("bulk download: skipped (--runs 0)");
+    } else {
         println!(
-            "  {name:<17} {rate:>8.1} MiB/s  ({:.0} % of tcp)",
-            rate / tcp_rate * 100.0
+            "bulk download of {} MiB through the relay (median of {}):",
+            args.mib, args.runs
         );
+        for (name, rate) in &bulk {
+            println!(
+                "  {name:<17} {rate:>8.1} MiB/s  ({:.0} % of tcp)",
+                rate / tcp_rate * 100.0
+            );
+        }
+        println!("  (target: tls ≥ 85 % of tcp)");
     }
-    println!("  (target: tls ≥ 85 % of tcp)");
     println!(
         "connect + handshake + ping, {} each, fresh dialer:",
         args.handshakes
