@@ -368,29 +368,103 @@ async fn idle_connections(
     Ok(streams)
 }
 
+/// Creates `n` mailboxes over a few connections (before the measurement, so that what the store
+/// keeps for them is not counted as the connections' memory).
+async fn create_mailboxes(
+    route: &Route,
+    key: [u8; 32],
+    n: usize,
+) -> anyhow::Result<Vec<OwnedMailbox>> {
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(Arc::new(
+            RelayConnection::connect_route(route, &key, Duration::from_secs(20)).await?,
+        ));
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let conn = Arc::clone(&conns[i % conns.len()]);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let mailbox = OwnedMailbox::generate()?;
+            conn.create_mailbox(&mailbox.key, &mailbox.id, mailbox.cap_hash())
+                .await?;
+            anyhow::Ok(mailbox)
+        }));
+    }
+    let mut mailboxes = Vec::with_capacity(n);
+    for t in tasks {
+        mailboxes.push(t.await??);
+    }
+    Ok(mailboxes)
+}
+
+/// Opens a connection per mailbox over `route` that subscribes to it, then stays idle (as a
+/// client waiting for messages does).
+async fn subscribed_connections(
+    route: &Route,
+    key: [u8; 32],
+    mailboxes: Vec<OwnedMailbox>,
+) -> anyhow::Result<Vec<RelayConnection>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(mailboxes.len());
+    for mailbox in mailboxes {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let route = route.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let conn =
+                RelayConnection::connect_route(&route, &key, Duration::from_secs(20)).await?;
+            conn.subscribe(&mailbox.key, &mailbox.id).await?;
+            anyhow::Ok(conn)
+        }));
+    }
+    let mut conns = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    Ok(conns)
+}
+
 /// Memory per idle authenticated connection over `route` to the relay process `pid`: its RSS
 /// growth per connection (user space), and that plus the growth of kernel slab and TCP buffers
-/// (both ends of each loopback connection, counted whole).
+/// (both ends of each loopback connection, counted whole). With `subscribed`, each connection
+/// also subscribes to a mailbox of its own (created before the measurement starts).
 pub(crate) async fn idle_memory(
     pid: u32,
     route: &Route,
     key: [u8; 32],
     n: usize,
+    subscribed: bool,
 ) -> anyhow::Result<(f64, f64)> {
+    let mailboxes = if subscribed {
+        create_mailboxes(route, key, n).await?
+    } else {
+        Vec::new()
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kib(pid).context("relay RSS")?;
     let slab0 = meminfo("Slab").unwrap_or(0);
     let tcp0 = tcp_mem_pages().unwrap_or(0);
-    let streams = idle_connections(route, key, n).await?;
+    let (raw, clients) = if subscribed {
+        (
+            Vec::new(),
+            subscribed_connections(route, key, mailboxes).await?,
+        )
+    } else {
+        (idle_connections(route, key, n).await?, Vec::new())
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(pid).context("relay RSS")?;
     let slab1 = meminfo("Slab").unwrap_or(0);
     let tcp1 = tcp_mem_pages().unwrap_or(0);
-    let n = streams.len() as f64;
+    let n = (raw.len() + clients.len()) as f64;
     let user = (rss1.saturating_sub(rss0) * 1024) as f64 / n;
     let kernel =
         ((slab1.saturating_sub(slab0) * 1024) + tcp1.saturating_sub(tcp0) * 4096) as f64 / n;
-    drop(streams);
+    drop((raw, clients));
     Ok((user, user + kernel))
 }
 
@@ -437,6 +511,7 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
             &route,
             *relay.link.relay_key(),
             args.idle_connections,
+            false,
         )
         .await?;
         idle_user = Some(user);

@@ -41,6 +41,10 @@ pub(crate) struct TlsBenchArgs {
     /// Skip the idle-connection memory phase.
     #[arg(long)]
     skip_idle: bool,
+    /// Have each idle connection subscribe to a mailbox of its own, as a client waiting for
+    /// messages does (the mailboxes are created before the measurement starts).
+    #[arg(long)]
+    idle_subscribed: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -247,6 +251,7 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
                 &tls,
                 *relay.link.relay_key(),
                 args.idle_connections,
+                args.idle_subscribed,
             )
             .await?,
         )
@@ -267,6 +272,7 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
         "handshake_tls_p50_ms": ms(&shakes[1].1, 0.5),
         "handshake_tls_p99_ms": ms(&shakes[1].1, 0.99),
         "idle_connections": args.idle_connections,
+        "idle_subscribed": args.idle_subscribed,
         "idle_tls_conn_user_bytes": idle.map(|(u, _)| u.round()),
         "idle_tls_conn_total_bytes": idle.map(|(_, t)| t.round()),
     });
@@ -303,7 +309,12 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
     }
     if let Some((user, total)) = idle {
         println!(
-            "memory per idle authenticated tls connection at {}: {user:.0} B user space (target ≤ 2048), {total:.0} B including the kernel",
+            "memory per idle authenticated{} tls connection at {}: {user:.0} B user space (target ≤ 2048), {total:.0} B including the kernel",
+            if args.idle_subscribed {
+                ", subscribed"
+            } else {
+                ""
+            },
             args.idle_connections
         );
     }

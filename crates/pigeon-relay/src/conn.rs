@@ -918,6 +918,11 @@ impl Conn {
                 // Revocations that came before this subscription must not end it later.
                 self.apply_revocations();
                 self.subs.retain(|s| s.mailbox != id);
+                // Most connections hold one subscription for hours, and a `Vec`'s first growth
+                // would make room for four (256 bytes); later ones grow as usual.
+                if self.subs.capacity() == 0 {
+                    self.subs.reserve_exact(1);
+                }
                 self.subs.push(Subscription {
                     mailbox: id,
                     last_pushed: 0,

@@ -112,7 +112,8 @@ impl Hub {
 
     pub(crate) fn subscribe(&self, mailbox: MailboxId, waker: &Arc<Waker>) {
         if let Ok(mut map) = self.shard(&mailbox).lock() {
-            let list = map.entry(mailbox).or_default();
+            // Most mailboxes have one subscriber: room for one, not the four of a first push.
+            let list = map.entry(mailbox).or_insert_with(|| Vec::with_capacity(1));
             if !list.iter().any(|w| Arc::ptr_eq(w, waker)) {
                 list.push(Arc::clone(waker));
             }
