@@ -25,10 +25,12 @@ use pigeon_wire::{ErrorCode, PROTOCOL_VERSIONS, WireError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use tokio::sync::futures::Notified;
 
 /// Connection numbers for log correlation: a counter, not an identity.
 static CONN_NO: AtomicU64 = AtomicU64::new(0);
@@ -325,6 +327,43 @@ fn store_error(e: &StoreError) -> response::Result {
     response::Result::Error(err)
 }
 
+/// One poll of an idle connection's wait: the stop signal, then the wake-up, then the store
+/// operations, then the socket (`None` while too many operations are in flight to read more).
+///
+/// The wake-up comes before anything that could end the wait: a `Notified` that takes the
+/// permit a `notify_one` left (as its first poll does) and is then dropped unread loses that
+/// wake-up for good, and a connection that missed one stops pushing to its subscriber until
+/// the next message comes (a bulk download through a busy tunnel stalled on exactly that).
+fn poll_idle<T: ServerStream>(
+    cx: &mut Context<'_>,
+    stopping: &AtomicBool,
+    notified: Pin<&mut Notified<'_>>,
+    inflight: &mut Inflight<'_>,
+    stream: Option<&mut T>,
+) -> Poll<Event> {
+    if stopping.load(Ordering::Acquire) {
+        return Poll::Ready(Event::Stop);
+    }
+    if notified.poll(cx).is_ready() {
+        // The stop signal sets `stopping` before it notifies.
+        if stopping.load(Ordering::Acquire) {
+            return Poll::Ready(Event::Stop);
+        }
+        return Poll::Ready(Event::Woken);
+    }
+    if let Some(ops) = inflight.as_mut()
+        && let Poll::Ready(done) = ops.poll_next_unpin(cx)
+    {
+        return Poll::Ready(Event::Done(done));
+    }
+    if let Some(stream) = stream
+        && let Poll::Ready(ready) = stream.poll_read_ready(cx)
+    {
+        return Poll::Ready(Event::Readable(ready));
+    }
+    Poll::Pending
+}
+
 impl Conn {
     /// Serves the session. Sends and acks are handed to the store and answered when durable,
     /// without stopping the connection: while one batch is being made durable the next is
@@ -361,36 +400,20 @@ impl Conn {
         shared: &'a Shared<S>,
         inflight: &mut Inflight<'a>,
     ) -> Event {
-        use std::task::Poll;
         let notified = match &self.waker {
             Some(waker) if !self.subs.is_empty() => waker.notify.notified(),
             _ => shared.stop.notified(),
         };
         let mut notified = std::pin::pin!(notified);
-        notified.as_mut().enable();
         let busy = inflight.as_ref().map_or(0, FuturesUnordered::len);
         std::future::poll_fn(|cx| {
-            if shared.stopping.load(Ordering::Acquire) {
-                return Poll::Ready(Event::Stop);
-            }
-            if let Some(ops) = inflight.as_mut()
-                && let Poll::Ready(done) = ops.poll_next_unpin(cx)
-            {
-                return Poll::Ready(Event::Done(done));
-            }
-            if busy < MAX_INFLIGHT
-                && let Poll::Ready(ready) = stream.poll_read_ready(cx)
-            {
-                return Poll::Ready(Event::Readable(ready));
-            }
-            if notified.as_mut().poll(cx).is_ready() {
-                // The stop signal sets `stopping` before it notifies.
-                if shared.stopping.load(Ordering::Acquire) {
-                    return Poll::Ready(Event::Stop);
-                }
-                return Poll::Ready(Event::Woken);
-            }
-            Poll::Pending
+            poll_idle(
+                cx,
+                &shared.stopping,
+                notified.as_mut(),
+                inflight,
+                (busy < MAX_INFLIGHT).then_some(&mut *stream),
+            )
         })
         .await
     }
@@ -1177,4 +1200,55 @@ fn emit_push<S: MailboxStore>(push: &mut msg::Push, shared: &Shared<S>, out: &mu
         },
         out,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    /// A wake-up left for a connection while its socket is readable is seen by one of its next
+    /// waits. (It was not: the wait took the wake-up, returned for the socket, and dropped it,
+    /// so a subscriber reading acknowledgements steadily stopped getting pushes.)
+    #[tokio::test]
+    async fn a_wake_up_is_not_lost_while_the_socket_is_readable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        AsyncWriteExt::write_all(&mut client, b"ack")
+            .await
+            .expect("write");
+        server.readable().await.expect("readable");
+
+        let stopping = AtomicBool::new(false);
+        let notify = Notify::new();
+        notify.notify_one();
+        let mut inflight: Inflight<'_> = None;
+        let mut woken = false;
+        // Each wait is a fresh one, as in `Conn::wait`; the socket stays readable throughout.
+        for _ in 0..3 {
+            let notified = notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            let event = std::future::poll_fn(|cx| {
+                poll_idle(
+                    cx,
+                    &stopping,
+                    notified.as_mut(),
+                    &mut inflight,
+                    Some(&mut server),
+                )
+            })
+            .await;
+            if matches!(event, Event::Woken) {
+                woken = true;
+                break;
+            }
+            assert!(matches!(event, Event::Readable(Ok(()))), "unexpected event");
+        }
+        assert!(woken, "the wake-up was lost");
+    }
 }

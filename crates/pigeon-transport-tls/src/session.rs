@@ -524,10 +524,15 @@ impl ServerSession {
 impl pigeon_transport::ServerStream for ServerSession {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.attach.waker.register(cx.waker());
-        if let Err(e) = self.adopt().and_then(|()| self.flush_owed(cx)) {
+        if let Err(e) = self.flush_owed(cx) {
             return Poll::Ready(Err(e));
         }
+        // Retired first: a leg that arrived while the session was full is taken now, not
+        // left waiting for a wake-up that has already come.
         self.retire();
+        if let Err(e) = self.adopt() {
+            return Poll::Ready(Err(e));
+        }
         if !self.carried.is_empty() {
             return Poll::Ready(Ok(()));
         }
@@ -540,8 +545,8 @@ impl pigeon_transport::ServerStream for ServerSession {
     }
 
     fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.adopt()?;
         self.retire();
+        self.adopt()?;
         if !self.carried.is_empty() {
             let n = self.carried.len();
             buf.append(&mut self.carried);
