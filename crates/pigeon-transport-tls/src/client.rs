@@ -934,7 +934,19 @@ async fn run_session(
                     })
             }
         };
-        if opening.is_none() && needed {
+        if opening.is_none() && needed && newest == u16::MAX {
+            // Leg numbers are 16 bits in the token, and the server takes leg 0 for a new
+            // session: after 65,536 legs (some 600 MB through 16 KiB legs) the session ends
+            // once the last leg's response is in, and the caller's reconnection starts a new
+            // one (the relay redelivers whatever was not acknowledged).
+            if !legs.contains_key(&down) {
+                tracing::info!("the tunnel session used all its legs; ending it for a new one");
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some("the tunnel session used all 65,536 of its legs".to_owned());
+                }
+                break;
+            }
+        } else if opening.is_none() && needed {
             let ctx = Arc::clone(&ctx);
             let events = events_tx.clone();
             let index = newest.wrapping_add(1);
