@@ -648,17 +648,27 @@ impl LegState {
                     self.last_activity = now;
                     // Bytes came; whether more are owed depends on where they stopped.
                     self.owed_since = self.mid_record.load(Ordering::Relaxed).then_some(now);
-                    inbuf.extend_from_slice(&buf[..n]);
+                    // Frames are parsed straight from the read buffer; only a frame cut short
+                    // waits in `inbuf` for the rest.
+                    let from_buf = inbuf.is_empty();
+                    if !from_buf {
+                        inbuf.extend_from_slice(&buf[..n]);
+                    }
+                    let src = if from_buf { &buf[..n] } else { &inbuf[..] };
                     let mut control = Vec::new();
                     let mut out_events = Vec::new();
-                    let used = self.h2.receive(&inbuf, &mut control, &mut |e| match e {
+                    let used = self.h2.receive(src, &mut control, &mut |e| match e {
                         Event::Data(d) => out_events.push(Ok(LegEvent::Data(index, Bytes::copy_from_slice(d)))),
                         Event::Headers { block, .. } => out_events.push(Err(block)),
                         Event::End => out_events.push(Ok(LegEvent::DownEnded(index))),
                         Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, TlsError::Io(io::ErrorKind::ConnectionReset.into())))),
                         Event::PingAck(_) => {}
                     }).map_err(TlsError::from)?;
-                    inbuf.drain(..used);
+                    if from_buf {
+                        inbuf.extend_from_slice(&buf[used..n]);
+                    } else {
+                        inbuf.drain(..used);
+                    }
                     if !inbuf.is_empty() && self.owed_since.is_none() {
                         // A frame cut short: the rest is owed.
                         self.owed_since = Some(now);

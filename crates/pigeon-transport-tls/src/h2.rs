@@ -294,20 +294,51 @@ impl Leg {
         max_payload: usize,
         out: &mut Vec<u8>,
     ) -> usize {
+        let sent: Result<usize, std::convert::Infallible> =
+            self.send_data_with(data, max_payload, |head, payload| {
+                out.extend_from_slice(head);
+                out.extend_from_slice(payload);
+                Ok(())
+            });
+        sent.unwrap_or_else(|never| match never {})
+    }
+
+    /// [`Leg::send_data`], handing each frame's header and payload to `emit` (which can seal
+    /// them into a record without copying them into a buffer first). The windows are charged
+    /// for all of it before `emit` runs; an error from it ends the leg.
+    pub(crate) fn send_data_with<E>(
+        &mut self,
+        data: &[u8],
+        max_payload: usize,
+        mut emit: impl FnMut(&[u8; FRAME_HEADER_LEN], &[u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
         if self.local_ended {
-            return 0;
+            return Ok(0);
         }
         let allowed = data.len().min(self.send_window());
         let max_frame = usize::try_from(self.peer_max_frame)
             .unwrap_or(MAX_FRAME)
             .min(max_payload.clamp(1, MAX_FRAME));
-        for chunk in data[..allowed].chunks(max_frame) {
-            write_frame(out, kind::DATA, 0, STREAM, chunk);
-        }
         let n = i64::try_from(allowed).unwrap_or(i64::MAX);
         self.send_conn -= n;
         self.send_stream -= n;
-        allowed
+        for chunk in data[..allowed].chunks(max_frame) {
+            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_be_bytes();
+            let stream = STREAM.to_be_bytes();
+            let head = [
+                len[1],
+                len[2],
+                len[3],
+                kind::DATA,
+                0,
+                stream[0],
+                stream[1],
+                stream[2],
+                stream[3],
+            ];
+            emit(&head, chunk)?;
+        }
+        Ok(allowed)
     }
 
     /// Ends this side of the stream with an empty DATA frame carrying END_STREAM.

@@ -584,6 +584,8 @@ impl pigeon_transport::ServerStream for ServerSession {
 
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         let mut data = data;
+        // Reused chunk to chunk, and gone when the write is done (an idle session keeps none).
+        let mut wire = Vec::new();
         while !data.is_empty() {
             self.adopt()?;
             self.pump()?;
@@ -640,15 +642,17 @@ impl pigeon_transport::ServerStream for ServerSession {
                 continue;
             }
             let take = data.len().min(room).min(256 * 1024);
-            let mut frames = Vec::with_capacity(take + take / 1024 + 64);
-            let max_frame = if leg.records.is_some() {
-                DATA_PER_RECORD
-            } else {
-                h2::MAX_FRAME
+            wire.clear();
+            let sent = match &mut leg.records {
+                // Each frame goes straight into its record: one copy of the data, not two.
+                Some(records) => leg
+                    .h2
+                    .send_data_with(&data[..take], DATA_PER_RECORD, |head, payload| {
+                        records.seal_parts(&[head, payload], &mut wire)
+                    })
+                    .map_err(io::Error::other)?,
+                None => leg.h2.send_data(&data[..take], h2::MAX_FRAME, &mut wire),
             };
-            let sent = leg.h2.send_data(&data[..take], max_frame, &mut frames);
-            let mut wire = Vec::with_capacity(frames.len() + frames.len() / 512 + 64);
-            leg.seal(&frames, &mut wire)?;
             leg.send(&wire).await?;
             leg.last_write = std::time::Instant::now();
             data = &data[sent..];
