@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pigeon_transport::{Connection, Host, Rotate, Route, TlsParams, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
@@ -628,14 +628,17 @@ impl LegState {
         cmds: &mut mpsc::Receiver<LegCmd>,
         events: &mpsc::Sender<LegEvent>,
     ) -> Result<(), LegEnd> {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut rbuf = BytesMut::new();
         let mut inbuf: Vec<u8> = Vec::new();
         let mut cmds_open = true;
         loop {
+            if rbuf.capacity() - rbuf.len() < 4096 {
+                rbuf.reserve(32 * 1024);
+            }
             let deadline = self.deadline();
             let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
             tokio::select! {
-                read = stream.read(&mut buf) => {
+                read = stream.read_buf(&mut rbuf) => {
                     let n = read?;
                     if n == 0 {
                         if self.h2.remote_ended() && self.h2.local_ended() {
@@ -648,24 +651,28 @@ impl LegState {
                     self.last_activity = now;
                     // Bytes came; whether more are owed depends on where they stopped.
                     self.owed_since = self.mid_record.load(Ordering::Relaxed).then_some(now);
-                    // Frames are parsed straight from the read buffer; only a frame cut short
-                    // waits in `inbuf` for the rest.
+                    // Frames are parsed straight from what was read, and their payloads handed on
+                    // as slices of it; only a frame cut short waits in `inbuf` for the rest.
+                    let chunk = rbuf.split().freeze();
                     let from_buf = inbuf.is_empty();
                     if !from_buf {
-                        inbuf.extend_from_slice(&buf[..n]);
+                        inbuf.extend_from_slice(&chunk);
                     }
-                    let src = if from_buf { &buf[..n] } else { &inbuf[..] };
+                    let src = if from_buf { &chunk[..] } else { &inbuf[..] };
                     let mut control = Vec::new();
                     let mut out_events = Vec::new();
                     let used = self.h2.receive(src, &mut control, &mut |e| match e {
-                        Event::Data(d) => out_events.push(Ok(LegEvent::Data(index, Bytes::copy_from_slice(d)))),
+                        Event::Data(d) => out_events.push(Ok(LegEvent::Data(
+                            index,
+                            if from_buf { share(&chunk, d) } else { Bytes::copy_from_slice(d) },
+                        ))),
                         Event::Headers { block, .. } => out_events.push(Err(block)),
                         Event::End => out_events.push(Ok(LegEvent::DownEnded(index))),
                         Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, TlsError::Io(io::ErrorKind::ConnectionReset.into())))),
                         Event::PingAck(_) => {}
                     }).map_err(TlsError::from)?;
                     if from_buf {
-                        inbuf.extend_from_slice(&buf[used..n]);
+                        inbuf.extend_from_slice(&chunk[used..]);
                     } else {
                         inbuf.drain(..used);
                     }
@@ -796,6 +803,16 @@ impl LegState {
             stream.write_all(&end).await?;
         }
         Ok(())
+    }
+}
+
+/// `part` as a slice of `whole`, without copying, when it lies inside `whole`; a copy otherwise.
+fn share(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    if start <= whole.len() && part.len() <= whole.len() - start {
+        whole.slice(start..start + part.len())
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -980,6 +997,19 @@ async fn run_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_slices_inside_and_copies_outside() {
+        let whole = Bytes::from_static(b"0123456789");
+        let inside = share(&whole, &whole[2..5]);
+        assert_eq!(&inside[..], b"234");
+        assert_eq!(inside.as_ptr(), whole[2..].as_ptr(), "not copied");
+        let other = *b"234";
+        let outside = share(&whole, &other);
+        assert_eq!(&outside[..], b"234");
+        assert_ne!(outside.as_ptr(), other.as_ptr());
+        assert!(share(&whole, &whole[10..]).is_empty());
+    }
 
     #[test]
     fn authority_is_written_as_chrome_writes_it() {
