@@ -67,6 +67,8 @@ pub struct Dialer {
     tls: ChromeTls,
     /// Download caps learned per route (route text → bytes).
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// The highest leg number a session may use (all of `u16` but in tests).
+    last_leg: u16,
 }
 
 impl Dialer {
@@ -78,7 +80,15 @@ impl Dialer {
         Ok(Self {
             tls: ChromeTls::new()?,
             learned: Arc::default(),
+            last_leg: u16::MAX,
         })
+    }
+
+    /// A dialer whose sessions end after leg `last`, to reach that end in a test.
+    #[cfg(test)]
+    fn with_last_leg(mut self, last: u16) -> Self {
+        self.last_leg = last;
+        self
     }
 
     /// The download caps learned so far, by route, to keep across runs.
@@ -139,6 +149,7 @@ impl Dialer {
             session: random(),
             cap,
             learn: params.rotate() == Rotate::Auto,
+            last_leg: self.last_leg,
         });
         let (events_tx, events) = mpsc::channel(64);
         let first = open_leg(&ctx, 0, events_tx.clone()).await?;
@@ -261,6 +272,8 @@ struct SessionCtx {
     cap: Option<u32>,
     /// Whether a stall teaches this route a cap.
     learn: bool,
+    /// The highest leg number the session may use.
+    last_leg: u16,
 }
 
 /// Counts the bytes read from a socket — what a censor counts toward a freeze — and follows
@@ -1024,7 +1037,7 @@ async fn run_session(
                     })
             }
         };
-        if opening.is_none() && needed && newest == u16::MAX {
+        if opening.is_none() && needed && newest == ctx.last_leg {
             // Leg numbers are 16 bits in the token, and the server takes leg 0 for a new
             // session: after 65,536 legs (some 600 MB through 16 KiB legs) the session ends
             // once the last leg's response is in, and the caller's reconnection starts a new
@@ -1032,7 +1045,10 @@ async fn run_session(
             if !legs.contains_key(&down) {
                 tracing::info!("the tunnel session used all its legs; ending it for a new one");
                 if let Ok(mut f) = failure.lock() {
-                    *f = Some("the tunnel session used all 65,536 of its legs".to_owned());
+                    *f = Some(format!(
+                        "the tunnel session used all {} of its legs",
+                        u32::from(ctx.last_leg) + 1
+                    ));
                 }
                 break;
             }
@@ -1115,6 +1131,64 @@ mod tests {
         assert_eq!(counting.inner.calls, 1, "one socket read for all of it");
         assert_eq!(received.load(Ordering::Relaxed), wire.len() as u64);
         assert!(mid.load(Ordering::Relaxed), "the cut record is owed");
+    }
+
+    /// A session that has used its last leg number ends once that leg's response is in, with
+    /// everything before it delivered, and says why (the caller reconnects).
+    #[tokio::test]
+    async fn a_session_ends_cleanly_after_its_last_leg() {
+        use crate::front::{Front, FrontConfig, server_tls_config};
+        use pigeon_transport::ServerStream as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = crate::certs::self_signed(&dir.path().join("key.pem"), "relay.test")
+            .expect("certificate");
+        let key = [9u8; 32];
+        let config = FrontConfig {
+            tls: server_tls_config(cert.chain, cert.key).expect("rustls"),
+            path: "/tunnel".to_owned(),
+            key: TokenKey::new(key),
+            cover: crate::Cover::Dir(dir.path().to_path_buf()),
+            cover_tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 16,
+        };
+        let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+            .await
+            .expect("front");
+        let params = TlsParams::new(None, "/tunnel", key, Some(cert.pin), Rotate::Cap(16 * 1024))
+            .expect("params");
+        let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let server = tokio::spawn(async move {
+            let mut session = front.accept().await.expect("a session");
+            // Ends with an error once the client has gone.
+            let _ = session.write_all(&sent).await;
+        });
+        let dialer = Dialer::new().expect("dialer").with_last_leg(4);
+        let mut conn = dialer
+            .dial(&route, Duration::from_secs(20))
+            .await
+            .expect("dial");
+        conn.write_all(b"hello").await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) => break "end of stream".to_owned(),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e.to_string(),
+                }
+            }
+        })
+        .await
+        .expect("the session ends");
+        assert!(end.contains("used all 5 of its legs"), "ended with: {end}");
+        assert!(got.len() > 4 * 4096, "only {} bytes came", got.len());
+        assert!(got.len() < data.len(), "more legs than allowed");
+        assert_eq!(got, data[..got.len()], "bytes lost or changed");
+        server.abort();
     }
 
     #[test]
