@@ -317,13 +317,9 @@ async fn idle_connections(
     n: usize,
 ) -> anyhow::Result<Vec<Box<dyn Connection>>> {
     let dialer = pigeon_client::relay::dialer()?;
-    let sem = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let permit = Arc::clone(&sem).acquire_owned().await?;
+    bounded(0..n, 64, |_| {
         let route = route.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let mut s = dialer.dial(&route, Duration::from_secs(20)).await?;
             let mut out = Vec::new();
             let hello = msg::ClientHello {
@@ -359,13 +355,37 @@ async fn idle_connections(
                 anyhow::ensure!(s.read_buf(&mut buf).await? > 0, "closed before pong");
             }
             anyhow::Ok(s)
+        }
+    })
+    .await
+}
+
+/// Runs `task` on each of `items`, at most `limit` at once, and returns the results in order.
+async fn bounded<I, T, F>(
+    items: I,
+    limit: usize,
+    task: impl Fn(I::Item) -> F,
+) -> anyhow::Result<Vec<T>>
+where
+    I: IntoIterator,
+    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut tasks = Vec::new();
+    for item in items {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let work = task(item);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            work.await
         }));
     }
-    let mut streams = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(tasks.len());
     for t in tasks {
-        streams.push(t.await??);
+        done.push(t.await??);
     }
-    Ok(streams)
+    Ok(done)
 }
 
 /// Creates `n` mailboxes over a few connections (before the measurement, so that what the store
@@ -381,24 +401,16 @@ async fn create_mailboxes(
             RelayConnection::connect_route(route, &key, Duration::from_secs(20)).await?,
         ));
     }
-    let sem = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let permit = Arc::clone(&sem).acquire_owned().await?;
+    bounded(0..n, 256, |i| {
         let conn = Arc::clone(&conns[i % conns.len()]);
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let mailbox = OwnedMailbox::generate()?;
             conn.create_mailbox(&mailbox.key, &mailbox.id, mailbox.cap_hash())
                 .await?;
             anyhow::Ok(mailbox)
-        }));
-    }
-    let mut mailboxes = Vec::with_capacity(n);
-    for t in tasks {
-        mailboxes.push(t.await??);
-    }
-    Ok(mailboxes)
+        }
+    })
+    .await
 }
 
 /// Opens a connection per mailbox over `route` that subscribes to it, then stays idle (as a
@@ -408,24 +420,16 @@ async fn subscribed_connections(
     key: [u8; 32],
     mailboxes: Vec<OwnedMailbox>,
 ) -> anyhow::Result<Vec<RelayConnection>> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(mailboxes.len());
-    for mailbox in mailboxes {
-        let permit = Arc::clone(&sem).acquire_owned().await?;
+    bounded(mailboxes, 64, |mailbox| {
         let route = route.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let conn =
                 RelayConnection::connect_route(&route, &key, Duration::from_secs(20)).await?;
             conn.subscribe(&mailbox.key, &mailbox.id).await?;
             anyhow::Ok(conn)
-        }));
-    }
-    let mut conns = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        conns.push(t.await??);
-    }
-    Ok(conns)
+        }
+    })
+    .await
 }
 
 /// Memory per idle authenticated connection over `route` to the relay process `pid`: its RSS

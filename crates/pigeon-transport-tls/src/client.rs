@@ -285,9 +285,7 @@ struct SessionCtx {
 /// up to [`READ_AHEAD`] bytes serves several records instead.
 struct Counting<S> {
     inner: S,
-    received: Arc<AtomicU64>,
-    records: RecordTracker,
-    mid_record: Arc<std::sync::atomic::AtomicBool>,
+    meter: Meter,
     /// Bytes read from the socket and not yet handed to TLS: `ahead[start..end]`. Allocated at
     /// the first read.
     ahead: Box<[u8]>,
@@ -298,6 +296,23 @@ struct Counting<S> {
 /// Most bytes read from a leg's socket at once.
 const READ_AHEAD: usize = 64 * 1024;
 
+/// What [`Counting`] knows of the bytes that came off the socket.
+struct Meter {
+    received: Arc<AtomicU64>,
+    records: RecordTracker,
+    mid_record: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Meter {
+    /// Notes bytes that came off the socket.
+    fn count(&mut self, got: &[u8]) {
+        self.received.fetch_add(got.len() as u64, Ordering::Relaxed);
+        self.records.feed(got);
+        self.mid_record
+            .store(self.records.mid_record(), Ordering::Relaxed);
+    }
+}
+
 impl<S> Counting<S> {
     fn new(
         inner: S,
@@ -306,21 +321,15 @@ impl<S> Counting<S> {
     ) -> Self {
         Self {
             inner,
-            received,
-            records: RecordTracker::default(),
-            mid_record,
+            meter: Meter {
+                received,
+                records: RecordTracker::default(),
+                mid_record,
+            },
             ahead: Box::default(),
             start: 0,
             end: 0,
         }
-    }
-
-    /// Notes bytes that came off the socket.
-    fn count(&mut self, got: &[u8]) {
-        self.received.fetch_add(got.len() as u64, Ordering::Relaxed);
-        self.records.feed(got);
-        self.mid_record
-            .store(self.records.mid_record(), Ordering::Relaxed);
     }
 
     /// Hands what was read ahead to `buf`; whether there was any.
@@ -382,7 +391,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
             // Large enough to read into directly.
             let before = buf.filled().len();
             let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-            this.count(&buf.filled()[before..]);
+            this.meter.count(&buf.filled()[before..]);
             return poll;
         }
         if this.ahead.is_empty() {
@@ -393,9 +402,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
             Poll::Ready(Ok(())) => {
                 let n = ahead.filled().len();
                 (this.start, this.end) = (0, n);
-                let got = std::mem::take(&mut this.ahead);
-                this.count(&got[..n]);
-                this.ahead = got;
+                this.meter.count(&this.ahead[..n]);
                 // Nothing read is the end of the stream, and hands nothing on.
                 this.hand(buf);
                 Poll::Ready(Ok(()))
@@ -882,7 +889,8 @@ impl LegState {
     }
 }
 
-/// `part` as a slice of `whole`, without copying, when it lies inside `whole`; a copy otherwise.
+/// `part` as a slice of `whole`, without copying, when it lies inside `whole`; a copy otherwise
+/// (`Bytes::slice_ref` would panic there instead).
 fn share(whole: &Bytes, part: &[u8]) -> Bytes {
     let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
     if start <= whole.len() && part.len() <= whole.len() - start {
@@ -1037,22 +1045,22 @@ async fn run_session(
                     })
             }
         };
-        if opening.is_none() && needed && newest == ctx.last_leg {
-            // Leg numbers are 16 bits in the token, and the server takes leg 0 for a new
-            // session: after 65,536 legs (some 600 MB through 16 KiB legs) the session ends
-            // once the last leg's response is in, and the caller's reconnection starts a new
-            // one (the relay redelivers whatever was not acknowledged).
-            if !legs.contains_key(&down) {
-                tracing::info!("the tunnel session used all its legs; ending it for a new one");
-                if let Ok(mut f) = failure.lock() {
-                    *f = Some(format!(
-                        "the tunnel session used all {} of its legs",
-                        u32::from(ctx.last_leg) + 1
-                    ));
-                }
-                break;
+        // Leg numbers are 16 bits in the token, and the server takes leg 0 for a new session:
+        // after 65,536 legs (some 600 MB through 16 KiB legs) the session ends once the last
+        // leg's response is in, and the caller's reconnection starts a new one (the relay
+        // redelivers whatever was not acknowledged).
+        let out_of_legs = newest == ctx.last_leg;
+        if opening.is_none() && needed && out_of_legs && !legs.contains_key(&down) {
+            tracing::info!("the tunnel session used all its legs; ending it for a new one");
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(format!(
+                    "the tunnel session used all {} of its legs",
+                    u32::from(ctx.last_leg) + 1
+                ));
             }
-        } else if opening.is_none() && needed {
+            break;
+        }
+        if opening.is_none() && needed && !out_of_legs {
             let ctx = Arc::clone(&ctx);
             let events = events_tx.clone();
             let index = newest.wrapping_add(1);

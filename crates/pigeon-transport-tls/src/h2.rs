@@ -122,12 +122,17 @@ pub(crate) fn parse_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame<'_>
 
 /// Appends a frame to `out`. `payload` must be at most 2^24 − 1 bytes.
 pub(crate) fn write_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = u32::try_from(payload.len())
-        .unwrap_or(u32::MAX)
-        .to_be_bytes();
-    out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(&frame_header(payload.len(), kind, flags, stream));
     out.extend_from_slice(payload);
+}
+
+/// The header of a frame whose payload is `len` bytes (at most 2^24 − 1).
+fn frame_header(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; FRAME_HEADER_LEN] {
+    let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    let stream = (stream & 0x7fff_ffff).to_be_bytes();
+    [
+        len[1], len[2], len[3], kind, flags, stream[0], stream[1], stream[2], stream[3],
+    ]
 }
 
 /// A SETTINGS frame with `params` in the order given.
@@ -323,20 +328,7 @@ impl Leg {
         self.send_conn -= n;
         self.send_stream -= n;
         for chunk in data[..allowed].chunks(max_frame) {
-            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_be_bytes();
-            let stream = STREAM.to_be_bytes();
-            let head = [
-                len[1],
-                len[2],
-                len[3],
-                kind::DATA,
-                0,
-                stream[0],
-                stream[1],
-                stream[2],
-                stream[3],
-            ];
-            emit(&head, chunk)?;
+            emit(&frame_header(chunk.len(), kind::DATA, 0, STREAM), chunk)?;
         }
         Ok(allowed)
     }
