@@ -30,7 +30,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6")]
     pub body: Option<body::Body>,
 }
 
@@ -48,6 +48,9 @@ pub mod body {
         /// The sender received these contents.
         #[prost(message, tag = "5")]
         Receipt(super::Receipt),
+        /// A group's log moved to new keys (sent after a removal, in the new epoch).
+        #[prost(message, tag = "6")]
+        LogKeys(super::LogKeys),
     }
 }
 
@@ -75,6 +78,18 @@ pub struct Intro {
     pub reply_to: Vec<u8>,
 }
 
+/// The keys of a group's log on its relay, after a removal rotated them: the removed
+/// device cannot read this (it is sent in the epoch after the removal).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogKeys {
+    /// The new member capability (post and read).
+    #[prost(bytes = "vec", tag = "1")]
+    pub member_cap: Vec<u8>,
+    /// The new owner key (Ed25519 secret key: rotate and delete).
+    #[prost(bytes = "vec", tag = "2")]
+    pub owner_key: Vec<u8>,
+}
+
 /// Delivery receipt.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Receipt {
@@ -87,7 +102,7 @@ pub struct Receipt {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
     /// Its kind.
-    #[prost(oneof = "envelope::Kind", tags = "1, 2")]
+    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<envelope::Kind>,
 }
 
@@ -102,6 +117,12 @@ pub mod envelope {
         /// One MLS message (application message or commit).
         #[prost(bytes = "vec", tag = "2")]
         Mls(Vec<u8>),
+        /// A request to join a group, sealed under a key from the group invitation's secret.
+        #[prost(bytes = "vec", tag = "3")]
+        JoinRequest(Vec<u8>),
+        /// A part of a group Welcome, sealed under a key from the invitation's secret.
+        #[prost(message, tag = "4")]
+        WelcomePart(super::WelcomePart),
     }
 }
 
@@ -114,6 +135,21 @@ pub struct Join {
     /// The first application message, in the epoch the Welcome starts (carries an [`Intro`]).
     #[prost(bytes = "vec", tag = "2")]
     pub first: Vec<u8>,
+}
+
+/// One part of a sealed group Welcome (a Welcome to a large group carries the group's tree and
+/// does not fit in one relay message).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WelcomePart {
+    /// Which part, from 0.
+    #[prost(uint32, tag = "1")]
+    pub part: u32,
+    /// How many parts there are.
+    #[prost(uint32, tag = "2")]
+    pub parts: u32,
+    /// The bytes of this part.
+    #[prost(bytes = "vec", tag = "3")]
+    pub bytes: Vec<u8>,
 }
 
 /// Why padded content was refused.
@@ -206,6 +242,9 @@ impl Content {
             Some(body::Body::Intro(i)) if i.name.chars().count() > 64 => Err(
                 ContentError::Invalid("the name is longer than 64 characters"),
             ),
+            Some(body::Body::LogKeys(k)) if k.member_cap.len() != 32 || k.owner_key.len() != 32 => {
+                Err(ContentError::Invalid("the log keys are malformed"))
+            }
             Some(body::Body::Receipt(r))
                 if r.ids.len() > 1024 || r.ids.iter().any(|id| id.len() != CONTENT_ID_LEN) =>
             {

@@ -8,6 +8,7 @@
 //! heard from in the new epoch) is enough for every in-flight message to decrypt.
 
 use crate::content::Content;
+use crate::members::capabilities;
 use crate::{E2eeError, Suite, mls};
 use openmls::group::PastEpochDeletion;
 use openmls::prelude::*;
@@ -31,10 +32,10 @@ const MAX_FORWARD: u32 = 5000;
 /// side gets this through `number_of_resumption_psks(0)`; openmls 0.9.2 ignores that setting
 /// when it creates a group, so [`Group::start`] writes this empty store over the creator's.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct NoResumptionPsks {
-    max_number_of_secrets: usize,
-    resumption_psk: Vec<()>,
-    cursor: usize,
+pub(crate) struct NoResumptionPsks {
+    pub(crate) max_number_of_secrets: usize,
+    pub(crate) resumption_psk: Vec<()>,
+    pub(crate) cursor: usize,
 }
 
 impl openmls_traits::storage::Entity<CURRENT_VERSION> for NoResumptionPsks {}
@@ -45,8 +46,8 @@ impl openmls_traits::storage::traits::ResumptionPskStore<CURRENT_VERSION> for No
 /// The credential holds only the public key: no name, no account. A fresh identity per
 /// conversation means nothing a relay sees links a person's conversations.
 pub struct Identity {
-    signer: SignatureKeyPair,
-    credential: CredentialWithKey,
+    pub(crate) signer: SignatureKeyPair,
+    pub(crate) credential: CredentialWithKey,
 }
 
 /// Both suites sign with Ed25519.
@@ -104,6 +105,7 @@ impl Identity {
         suite: Suite,
     ) -> Result<Vec<u8>, E2eeError> {
         let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
             .build(suite.mls(), provider, &self.signer, self.credential.clone())
             .map_err(mls("building a key package"))?;
         MlsMessageOut::from(bundle.key_package().clone())
@@ -160,17 +162,27 @@ pub enum Opened {
         content: Content,
         /// The epoch it was sent in.
         epoch: u64,
+        /// The sending device's signature key.
+        sender: Vec<u8>,
     },
-    /// The peer moved the conversation to a new epoch (fresh keys).
+    /// The peer moved the conversation to a new epoch (fresh keys). In a group, the commit
+    /// was checked against the roster's rules and merged.
     Commit {
         /// The new epoch.
         epoch: u64,
+        /// What changed in a group (empty for a 1:1 conversation).
+        changes: Box<crate::members::Changes>,
+    },
+    /// A member asked to leave (a self-remove proposal, kept until someone commits it).
+    Leaving {
+        /// The leaving device's signature key.
+        key: Vec<u8>,
     },
 }
 
 /// A conversation: an MLS group of two.
 pub struct Group {
-    group: MlsGroup,
+    pub(crate) group: MlsGroup,
 }
 
 impl std::fmt::Debug for Group {
@@ -181,11 +193,11 @@ impl std::fmt::Debug for Group {
     }
 }
 
-fn bad(what: &'static str) -> impl Fn(String) -> E2eeError + Copy {
+pub(crate) fn bad(what: &'static str) -> impl Fn(String) -> E2eeError + Copy {
     move |reason| E2eeError::BadInput { what, reason }
 }
 
-fn ratchet() -> SenderRatchetConfiguration {
+pub(crate) fn ratchet() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(OUT_OF_ORDER, MAX_FORWARD)
 }
 
@@ -377,7 +389,23 @@ impl Group {
         }
         let epoch = protocol.epoch().as_u64();
         let current = self.epoch();
-        if epoch > current || epoch.saturating_add(PAST_EPOCHS as u64) < current {
+        let kept = if self.is_group() {
+            crate::members::GROUP_PAST_EPOCHS
+        } else {
+            PAST_EPOCHS
+        };
+        if epoch > current || epoch.saturating_add(kept as u64) < current {
+            return Err(E2eeError::WrongEpoch {
+                got: epoch,
+                current,
+            });
+        }
+        let is_handshake = matches!(
+            protocol.content_type(),
+            ContentType::Commit | ContentType::Proposal
+        );
+        if is_handshake && epoch != current {
+            // A commit or proposal for an epoch that is over lost the race to another one.
             return Err(E2eeError::WrongEpoch {
                 got: epoch,
                 current,
@@ -387,22 +415,40 @@ impl Group {
             .group
             .process_message(provider, protocol)
             .map_err(|e| classify(&e).unwrap_or_else(|| bad(e.to_string())))?;
+        let sender = processed.sender().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => Ok(Opened::Content {
                 content: Content::unpad(&app.into_bytes())?,
                 epoch,
+                sender: match &sender {
+                    Sender::Member(leaf) => self
+                        .group
+                        .member_at(*leaf)
+                        .map(|m| m.signature_key)
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                },
             }),
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let changes = if self.is_group() {
+                    self.check_staged(&sender, &staged)?
+                } else {
+                    crate::members::Changes::default()
+                };
                 self.group
                     .merge_staged_commit(provider, *staged)
                     .map_err(mls("merging the peer's commit"))?;
                 Ok(Opened::Commit {
                     epoch: self.epoch(),
+                    changes: Box::new(changes),
                 })
             }
             ProcessedMessageContent::OwnPendingCommit
             | ProcessedMessageContent::OwnPrivateMessage => {
                 Err(bad("it is this device's own message, sent back".to_owned()))
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) if self.is_group() => {
+                self.take_proposal(provider, &sender, *proposal)
             }
             ProcessedMessageContent::ProposalMessage(_)
             | ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
@@ -585,7 +631,7 @@ mod tests {
         let commit = a.group.update(&a.provider, &a.identity).expect("update");
         assert!(matches!(
             b.group.open(&b.provider, &commit).expect("commit"),
-            Opened::Commit { epoch } if epoch == e0 + 1
+            Opened::Commit { epoch, .. } if epoch == e0 + 1
         ));
         assert_eq!(a.group.epoch_authenticator(), b.group.epoch_authenticator());
         assert_eq!(

@@ -14,10 +14,16 @@
 
 pub mod content;
 mod group;
+mod members;
+pub mod roster;
+mod verify;
 
 pub use content::{Content, ContentError, Envelope};
 pub use group::{Group, Identity, Opened, forget_key_package};
+pub use members::{Change, Changes, Committed, GROUP_PAST_EPOCHS, key_package_signature_key};
 pub use openmls_libcrux_crypto::CryptoProvider;
+pub use roster::{Roster, RosterEntry};
+pub use verify::safety_number;
 
 use openmls::prelude::Ciphersuite;
 use openmls_traits::OpenMlsProvider;
@@ -109,6 +115,13 @@ pub enum E2eeError {
     /// No such conversation in storage.
     #[error("no conversation state for this contact in the profile")]
     UnknownGroup,
+    /// This device may not make that change (every member would refuse the commit).
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A commit from another member breaks the group's rules or does not verify: it is not
+    /// applied, by this member or any other.
+    #[error("a commit was refused: {0}")]
+    InvalidCommit(String),
 }
 
 impl E2eeError {
@@ -122,6 +135,7 @@ impl E2eeError {
                 | Self::WrongEpoch { .. }
                 | Self::NotTheInviter
                 | Self::Content(_)
+                | Self::InvalidCommit(_)
         )
     }
 }

@@ -1,0 +1,785 @@
+//! Groups of any size: creating, joining, and changing who is in them.
+//!
+//! Any member device may commit. The relay's group log gives every commit one place in one
+//! order; every member applies, for its current epoch, the first commit that is valid —
+//! valid for MLS and for the roster's rules ([`crate::roster::check_commit`]) — and drops
+//! the rest as stale ([`crate::E2eeError::WrongEpoch`]) or invalid
+//! ([`crate::E2eeError::InvalidCommit`]). A device's own commit is staged here and merged
+//! only when the log shows it won ([`Group::merge_pending`]); when another commit won, the
+//! caller discards it ([`Group::discard_pending`]) and proposes its change again.
+
+use crate::group::{Group, Identity, NoResumptionPsks, ratchet};
+use crate::roster::{CommitShape, ROSTER_EXTENSION, Roster, RosterEntry, check_commit};
+use crate::{E2eeError, Opened, Suite, mls};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::storage::StorageProvider as _;
+use prost::Message as _;
+use std::collections::BTreeSet;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+/// Past epochs whose keys a group member keeps, for messages other members sent before they
+/// saw the latest commits (the log puts those after the commit).
+pub const GROUP_PAST_EPOCHS: usize = 4;
+
+/// What a merged commit changed, for the transcript.
+#[derive(Debug, Default, Clone)]
+#[non_exhaustive]
+pub struct Changes {
+    /// The committing device.
+    pub committer: Option<RosterEntry>,
+    /// Devices added.
+    pub added: Vec<RosterEntry>,
+    /// Devices removed by someone else.
+    pub removed: Vec<RosterEntry>,
+    /// Devices that left.
+    pub left: Vec<RosterEntry>,
+    /// The group's new name, when it changed.
+    pub renamed: Option<String>,
+    /// Devices made admin.
+    pub promoted: Vec<RosterEntry>,
+    /// This device was removed: the group is over for it.
+    pub self_removed: bool,
+}
+
+/// A change a member proposes to make in one commit (pending leave requests ride along).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Change {
+    /// Add the device whose key package this is, under this roster entry.
+    Add {
+        /// The serialized key package.
+        key_package: Vec<u8>,
+        /// Who it is (its `key` must be the key package's signature key).
+        entry: RosterEntry,
+    },
+    /// Remove these devices (by signature key).
+    Remove {
+        /// Their keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Refresh this device's own keys (post-compromise security).
+    Update,
+    /// Rename the group.
+    Rename(String),
+    /// Make a device admin.
+    Promote(Vec<u8>),
+    /// Commit the pending requests to leave and nothing else.
+    CommitLeaves,
+}
+
+/// A staged commit, not yet merged.
+#[derive(Debug)]
+pub struct Committed {
+    /// The commit, for the group's log.
+    pub commit: Vec<u8>,
+    /// The Welcome for added devices, if any.
+    pub welcome: Option<Vec<u8>>,
+    /// The epoch the commit is for (it wins only as the first valid commit of this epoch).
+    pub epoch: u64,
+}
+
+/// The leaf capabilities every Pigeonpost device announces: the roster extension.
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(ROSTER_EXTENSION)])
+        .build()
+}
+
+fn context_extensions(roster: &Roster) -> Result<Extensions<GroupContext>, E2eeError> {
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(ROSTER_EXTENSION)],
+            &[],
+            &[],
+        )),
+        Extension::Unknown(ROSTER_EXTENSION, UnknownExtension(roster.encode_to_vec())),
+    ])
+    .map_err(mls("building the group's extensions"))
+}
+
+fn roster_of(extensions: &Extensions<GroupContext>) -> Option<Result<Roster, String>> {
+    extensions
+        .unknown(ROSTER_EXTENSION)
+        .map(|ext| Roster::decode_checked(&ext.0))
+}
+
+fn invalid(reason: impl Into<String>) -> E2eeError {
+    E2eeError::InvalidCommit(reason.into())
+}
+
+impl Group {
+    /// Creates a group whose only member is this device, described by `roster` (which must
+    /// list exactly `identity`, as an admin).
+    ///
+    /// # Errors
+    /// [`E2eeError::NotAllowed`] for a roster that breaks the rules; MLS failures.
+    pub fn create<P: OpenMlsProvider>(
+        provider: &P,
+        identity: &Identity,
+        suite: Suite,
+        roster: &Roster,
+    ) -> Result<Self, E2eeError> {
+        roster.check().map_err(E2eeError::NotAllowed)?;
+        if roster.members.len() != 1
+            || roster.members[0].key != identity.public_key()
+            || !roster.members[0].admin
+        {
+            return Err(E2eeError::NotAllowed(
+                "a new group's roster lists its creator alone, as admin".to_owned(),
+            ));
+        }
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(suite.mls())
+            .use_ratchet_tree_extension(true)
+            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .max_past_epochs(GROUP_PAST_EPOCHS)
+            .number_of_resumption_psks(0)
+            .sender_ratchet_configuration(ratchet())
+            .capabilities(capabilities())
+            .with_group_context_extensions(context_extensions(roster)?)
+            .build();
+        let group = MlsGroup::new(
+            provider,
+            &identity.signer,
+            &config,
+            identity.credential.clone(),
+        )
+        .map_err(mls("creating a group"))?;
+        provider
+            .storage()
+            .write_resumption_psk_store(
+                group.group_id(),
+                &NoResumptionPsks {
+                    max_number_of_secrets: 0,
+                    resumption_psk: Vec::new(),
+                    cursor: 0,
+                },
+            )
+            .map_err(mls("dropping resumption secrets"))?;
+        let group = MlsGroup::load(provider.storage(), group.group_id())
+            .map_err(mls("reloading the group"))?
+            .ok_or(E2eeError::UnknownGroup)?;
+        Ok(Self { group })
+    }
+
+    /// Joins a group from a Welcome (this device's key package keys must be in storage).
+    /// The group must carry a roster that lists exactly its devices.
+    ///
+    /// # Errors
+    /// [`E2eeError::BadInput`] for a Welcome that does not parse, is not for this device, or
+    /// whose roster does not match the group.
+    pub fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Self, E2eeError> {
+        let bad = crate::group::bad("welcome");
+        let message =
+            MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| bad(e.to_string()))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(bad("not a welcome".to_owned()));
+        };
+        let config = MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .max_past_epochs(GROUP_PAST_EPOCHS)
+            .number_of_resumption_psks(0)
+            .sender_ratchet_configuration(ratchet())
+            .build();
+        let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
+            .map_err(|e| bad(e.to_string()))?;
+        if Suite::from_code(u16::from(staged.group_context().ciphersuite())).is_none() {
+            return Err(bad(
+                "it uses a ciphersuite Pigeonpost does not speak".to_owned()
+            ));
+        }
+        let roster = roster_of(staged.group_context().extensions())
+            .ok_or_else(|| bad("the group has no roster".to_owned()))?
+            .map_err(bad)?;
+        let keys: BTreeSet<Vec<u8>> = staged.members().map(|m| m.signature_key.clone()).collect();
+        let listed: BTreeSet<Vec<u8>> = roster.members.iter().map(|m| m.key.clone()).collect();
+        if keys != listed {
+            return Err(bad(
+                "the group's roster does not list exactly its devices".to_owned()
+            ));
+        }
+        let group = staged
+            .into_group(provider)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self { group })
+    }
+
+    /// True for a group with a roster (any size), false for a 1:1 conversation of the
+    /// first design.
+    pub fn is_group(&self) -> bool {
+        self.group.extensions().unknown(ROSTER_EXTENSION).is_some()
+    }
+
+    /// The group's roster in the current epoch.
+    ///
+    /// # Errors
+    /// [`E2eeError::UnknownGroup`] for a conversation without one.
+    pub fn roster(&self) -> Result<Roster, E2eeError> {
+        roster_of(self.group.extensions())
+            .ok_or(E2eeError::UnknownGroup)?
+            .map_err(|reason| E2eeError::Mls {
+                op: "reading the roster",
+                reason,
+            })
+    }
+
+    /// The signature keys of the group's devices.
+    pub fn member_keys(&self) -> BTreeSet<Vec<u8>> {
+        self.group.members().map(|m| m.signature_key).collect()
+    }
+
+    /// This device's signature key in the group.
+    pub fn own_key(&self) -> Vec<u8> {
+        self.group
+            .own_leaf_node()
+            .map(|l| l.signature_key().as_slice().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// True while a commit of this device's waits for the log's verdict.
+    pub fn has_pending_commit(&self) -> bool {
+        self.group.pending_commit().is_some()
+    }
+
+    /// Devices that asked to leave and are not removed yet.
+    pub fn leaving(&self) -> BTreeSet<Vec<u8>> {
+        self.group
+            .pending_proposals()
+            .filter_map(|p| match (p.proposal(), p.sender()) {
+                (Proposal::Remove(r), Sender::Member(by)) if r.removed() == *by => {
+                    self.group.member_at(r.removed()).map(|m| m.signature_key)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stages a commit that makes `change` (and removes every device that asked to leave).
+    /// Nothing is merged: publish the commit to the log, then [`Self::merge_pending`] if it
+    /// wins or [`Self::discard_pending`] if another commit does.
+    ///
+    /// # Errors
+    /// [`E2eeError::NotAllowed`] when this device may not make the change (the rules every
+    /// member applies would refuse it), [`E2eeError::BadInput`] for an unusable key package.
+    pub fn commit<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        identity: &Identity,
+        change: Change,
+    ) -> Result<Committed, E2eeError> {
+        if self.has_pending_commit() {
+            return Err(E2eeError::NotAllowed(
+                "a change to this group is still waiting for the relay's order".to_owned(),
+            ));
+        }
+        let old = self.roster()?;
+        let members = self.member_keys();
+        let leaving = self.leaving();
+        let mut roster = old.without(&leaving);
+        let mut shape = CommitShape {
+            committer: identity.public_key().to_vec(),
+            removed: leaving.clone(),
+            left: leaving,
+            ..CommitShape::default()
+        };
+        let mut adds = Vec::new();
+        let mut removals = Vec::new();
+        match change {
+            Change::Add { key_package, entry } => {
+                let kp = validate_key_package(provider, &key_package, self.group.ciphersuite())?;
+                if kp.leaf_node().signature_key().as_slice() != entry.key.as_slice() {
+                    return Err(E2eeError::NotAllowed(
+                        "the roster entry is not for this key package".to_owned(),
+                    ));
+                }
+                shape.added.insert(entry.key.clone());
+                roster.members.push(entry);
+                adds.push(kp);
+            }
+            Change::Remove { keys } => {
+                for key in keys {
+                    let leaf = self
+                        .group
+                        .members()
+                        .find(|m| m.signature_key == key)
+                        .map(|m| m.index)
+                        .ok_or_else(|| {
+                            E2eeError::NotAllowed("that device is not in the group".to_owned())
+                        })?;
+                    if !shape.removed.contains(&key) {
+                        removals.push(leaf);
+                    }
+                    shape.removed.insert(key.clone());
+                    roster.members.retain(|m| m.key != key);
+                }
+            }
+            Change::Update | Change::CommitLeaves => {}
+            Change::Rename(name) => roster.name = name,
+            Change::Promote(key) => {
+                let entry = roster
+                    .members
+                    .iter_mut()
+                    .find(|m| m.key == key)
+                    .ok_or_else(|| {
+                        E2eeError::NotAllowed("that device is not in the group".to_owned())
+                    })?;
+                entry.admin = true;
+            }
+        }
+        if roster != old {
+            shape.new_roster = Some(roster.clone());
+        }
+        check_commit(&old, &members, &shape).map_err(E2eeError::NotAllowed)?;
+        let mut builder = self
+            .group
+            .commit_builder()
+            .consume_proposal_store(true)
+            .force_self_update(true)
+            .propose_adds(adds)
+            .propose_removals(removals);
+        if roster != old {
+            builder = builder
+                .propose_group_context_extensions(context_extensions(&roster)?)
+                .map_err(mls("proposing the new roster"))?;
+        }
+        let bundle = builder
+            .load_psks(provider.storage())
+            .map_err(mls("building a commit"))?
+            .build(provider.rand(), provider.crypto(), &identity.signer, |_| {
+                true
+            })
+            .map_err(mls("building a commit"))?
+            .stage_commit(provider)
+            .map_err(mls("staging a commit"))?;
+        let commit = bundle
+            .commit()
+            .tls_serialize_detached()
+            .map_err(mls("serializing a commit"))?;
+        let welcome = bundle
+            .to_welcome_msg()
+            .map(|w| w.tls_serialize_detached())
+            .transpose()
+            .map_err(mls("serializing a welcome"))?;
+        Ok(Committed {
+            commit,
+            welcome,
+            epoch: self.epoch(),
+        })
+    }
+
+    /// This device's staged commit won: merges it. Returns what it changed.
+    ///
+    /// # Errors
+    /// If there is none, or storage fails.
+    pub fn merge_pending<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+    ) -> Result<Changes, E2eeError> {
+        let staged = self
+            .group
+            .pending_commit()
+            .ok_or_else(|| E2eeError::NotAllowed("no change is waiting".to_owned()))?;
+        let own = Sender::Member(self.group.own_leaf_index());
+        let changes = self.describe(&own, staged)?;
+        self.group
+            .merge_pending_commit(provider)
+            .map_err(mls("merging this device's commit"))?;
+        Ok(changes)
+    }
+
+    /// This device's staged commit lost (another commit of its epoch came first in the log):
+    /// forgets it.
+    ///
+    /// # Errors
+    /// If storage fails.
+    pub fn discard_pending<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), E2eeError> {
+        self.group
+            .clear_pending_commit(provider.storage())
+            .map_err(mls("dropping a lost commit"))
+    }
+
+    /// A proposal that this device leave the group, for the log. Another member commits it.
+    ///
+    /// # Errors
+    /// If MLS refuses.
+    pub fn propose_leave<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        identity: &Identity,
+    ) -> Result<Vec<u8>, E2eeError> {
+        self.group
+            .leave_group(provider, &identity.signer)
+            .map_err(mls("asking to leave"))?
+            .tls_serialize_detached()
+            .map_err(mls("serializing a request to leave"))
+    }
+
+    pub(crate) fn take_proposal<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        sender: &Sender,
+        proposal: QueuedProposal,
+    ) -> Result<Opened, E2eeError> {
+        let self_remove = match (proposal.proposal(), sender) {
+            (Proposal::Remove(r), Sender::Member(by)) if r.removed() == *by => {
+                self.group.member_at(r.removed()).map(|m| m.signature_key)
+            }
+            _ => None,
+        };
+        let Some(key) = self_remove else {
+            return Err(E2eeError::BadInput {
+                what: "proposal",
+                reason: "only a member's request to leave may come as a proposal".to_owned(),
+            });
+        };
+        self.group
+            .store_pending_proposal(provider.storage(), proposal)
+            .map_err(mls("keeping a request to leave"))?;
+        Ok(Opened::Leaving { key })
+    }
+
+    /// Applies the roster's rules to a commit from another member; what it changes if valid.
+    pub(crate) fn check_staged(
+        &self,
+        sender: &Sender,
+        staged: &StagedCommit,
+    ) -> Result<Changes, E2eeError> {
+        self.describe(sender, staged)
+    }
+
+    fn describe(&self, sender: &Sender, staged: &StagedCommit) -> Result<Changes, E2eeError> {
+        let Sender::Member(committer_leaf) = sender else {
+            return Err(invalid("a commit from outside the group"));
+        };
+        let committer = self
+            .group
+            .member_at(*committer_leaf)
+            .ok_or_else(|| invalid("a commit from an unknown leaf"))?
+            .signature_key;
+        for p in staged.queued_proposals() {
+            match p.proposal() {
+                Proposal::Add(_) | Proposal::Remove(_) | Proposal::GroupContextExtensions(_) => {}
+                _ => {
+                    return Err(invalid(
+                        "a commit carries a kind of proposal groups do not use",
+                    ));
+                }
+            }
+        }
+        if let Some(leaf) = staged.update_path_leaf_node()
+            && leaf.signature_key().as_slice() != committer.as_slice()
+        {
+            return Err(invalid("a commit changes its committer's signature key"));
+        }
+        let old = self.roster()?;
+        let mut shape = CommitShape {
+            committer: committer.clone(),
+            ..CommitShape::default()
+        };
+        for add in staged.add_proposals() {
+            shape.added.insert(
+                add.add_proposal()
+                    .key_package()
+                    .leaf_node()
+                    .signature_key()
+                    .as_slice()
+                    .to_vec(),
+            );
+        }
+        for remove in staged.remove_proposals() {
+            let leaf = remove.remove_proposal().removed();
+            let key = self
+                .group
+                .member_at(leaf)
+                .ok_or_else(|| invalid("a commit removes an empty leaf"))?
+                .signature_key;
+            if matches!(remove.sender(), Sender::Member(by) if *by == leaf) {
+                shape.left.insert(key.clone());
+            }
+            shape.removed.insert(key);
+        }
+        let new = roster_of(staged.group_context().extensions())
+            .ok_or_else(|| invalid("a commit drops the roster"))?
+            .map_err(invalid)?;
+        if new != old {
+            shape.new_roster = Some(new.clone());
+        }
+        let new = check_commit(&old, &self.member_keys(), &shape).map_err(invalid)?;
+        let entry = |key: &Vec<u8>| old.entry(key).cloned();
+        Ok(Changes {
+            committer: entry(&committer),
+            added: new
+                .members
+                .iter()
+                .filter(|m| shape.added.contains(&m.key))
+                .cloned()
+                .collect(),
+            removed: shape
+                .removed
+                .difference(&shape.left)
+                .filter_map(entry)
+                .collect(),
+            left: shape.left.iter().filter_map(entry).collect(),
+            renamed: (new.name != old.name).then(|| new.name.clone()),
+            promoted: new
+                .members
+                .iter()
+                .filter(|m| m.admin && old.entry(&m.key).is_some_and(|o| !o.admin))
+                .cloned()
+                .collect(),
+            self_removed: staged.self_removed(),
+        })
+    }
+}
+
+/// The signature key a key package (X-Wing) carries, after validating it.
+///
+/// # Errors
+/// [`E2eeError::BadInput`] for one that does not parse or validate.
+pub fn key_package_signature_key<P: OpenMlsProvider>(
+    provider: &P,
+    bytes: &[u8],
+) -> Result<Vec<u8>, E2eeError> {
+    let kp = validate_key_package(provider, bytes, Suite::XWing.mls())?;
+    Ok(kp.leaf_node().signature_key().as_slice().to_vec())
+}
+
+fn validate_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    bytes: &[u8],
+    suite: Ciphersuite,
+) -> Result<KeyPackage, E2eeError> {
+    let bad = crate::group::bad("key package");
+    let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| bad(e.to_string()))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+        return Err(bad("not a key package".to_owned()));
+    };
+    let kp = kp
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| bad(e.to_string()))?;
+    if kp.ciphersuite() != suite {
+        return Err(bad(
+            "it is for another ciphersuite than the group's".to_owned()
+        ));
+    }
+    Ok(kp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::{Text, body::Body};
+    use openmls_libcrux_crypto::Provider as MemoryProvider;
+
+    struct Device {
+        provider: MemoryProvider,
+        identity: Identity,
+        group: Option<Group>,
+    }
+
+    impl Device {
+        fn new() -> Self {
+            let provider = MemoryProvider::new().expect("provider");
+            let identity = Identity::generate(&provider).expect("identity");
+            Self {
+                provider,
+                identity,
+                group: None,
+            }
+        }
+
+        fn entry(&self, name: &str, admin: bool) -> RosterEntry {
+            RosterEntry {
+                key: self.identity.public_key().to_vec(),
+                person: self.identity.public_key()[..16].to_vec(),
+                name: name.to_owned(),
+                device: "phone".to_owned(),
+                admin,
+            }
+        }
+
+        fn group(&mut self) -> &mut Group {
+            self.group.as_mut().expect("in the group")
+        }
+
+        fn commit(&mut self, change: Change) -> Result<Committed, E2eeError> {
+            let g = self.group.as_mut().expect("in the group");
+            g.commit(&self.provider, &self.identity, change)
+        }
+
+        fn say(&mut self, text: &str) -> Vec<u8> {
+            let content = Content {
+                id: vec![9; 16],
+                sent_at_ms: 0,
+                body: Some(Body::Text(Text {
+                    text: text.to_owned(),
+                })),
+            };
+            let g = self.group.as_mut().expect("in the group");
+            g.seal(&self.provider, &self.identity, &content)
+                .expect("seal")
+        }
+
+        fn open(&mut self, ct: &[u8]) -> Result<Opened, E2eeError> {
+            let g = self.group.as_mut().expect("in the group");
+            g.open(&self.provider, ct)
+        }
+    }
+
+    use crate::Content;
+
+    /// The log: every device applies every entry in order; a device's own commit is merged
+    /// when it comes first for its epoch and discarded otherwise.
+    fn apply_log(devices: &mut [Device], log: &[(usize, Vec<u8>)]) {
+        for (i, d) in devices.iter_mut().enumerate() {
+            if d.group.is_none() {
+                continue;
+            }
+            for (from, ct) in log {
+                if *from == i {
+                    let g = d.group.as_mut().expect("group");
+                    if g.has_pending_commit() {
+                        // Own entry: a commit wins if nothing moved the epoch before it.
+                        g.merge_pending(&d.provider).expect("merge own");
+                    }
+                    continue;
+                }
+                let g = d.group.as_mut().expect("group");
+                match g.open(&d.provider, ct) {
+                    Ok(_) | Err(E2eeError::WrongEpoch { .. }) => {}
+                    Err(e) => panic!("device {i}: {e}"),
+                }
+                if g.has_pending_commit() {
+                    // Another commit merged first: ours lost.
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn five_members_any_may_commit_and_the_first_commit_per_epoch_wins() {
+        let mut devices: Vec<Device> = (0..5).map(|_| Device::new()).collect();
+        let roster = Roster {
+            name: "family".to_owned(),
+            members: vec![devices[0].entry("ann", true)],
+        };
+        let g = Group::create(
+            &devices[0].provider,
+            &devices[0].identity,
+            Suite::XWing,
+            &roster,
+        )
+        .expect("create");
+        devices[0].group = Some(g);
+        for i in 1..5 {
+            let kp = devices[i]
+                .identity
+                .key_package(&devices[i].provider, Suite::XWing)
+                .expect("kp");
+            let entry = devices[i].entry(&format!("m{i}"), false);
+            let committed = devices[0]
+                .commit(Change::Add {
+                    key_package: kp,
+                    entry,
+                })
+                .expect("add");
+            apply_log(&mut devices, &[(0, committed.commit)]);
+            let joined =
+                Group::join_group(&devices[i].provider, &committed.welcome.expect("welcome"))
+                    .expect("join");
+            devices[i].group = Some(joined);
+        }
+        let auth = devices[0].group().epoch_authenticator();
+        for d in &mut devices {
+            assert_eq!(d.group().epoch_authenticator(), auth);
+            assert_eq!(d.group().roster().expect("roster").members.len(), 5);
+        }
+        // A non-admin may not add.
+        let outsider = Device::new();
+        let kp = outsider
+            .identity
+            .key_package(&outsider.provider, Suite::XWing)
+            .expect("kp");
+        let err = devices[2]
+            .commit(Change::Add {
+                key_package: kp,
+                entry: outsider.entry("eve", false),
+            })
+            .expect_err("not admin");
+        assert!(matches!(err, E2eeError::NotAllowed(_)), "{err}");
+        // Two members refresh at once: the first in the log wins, the second is stale
+        // everywhere; the loser merges the winner and proposes again.
+        let c1 = devices[1].commit(Change::Update).expect("update 1");
+        let c2 = devices[2].commit(Change::Update).expect("update 2");
+        let before = devices[0].group().epoch();
+        for (i, d) in devices.iter_mut().enumerate() {
+            let g = d.group.as_mut().expect("group");
+            if i == 1 {
+                g.merge_pending(&d.provider).expect("winner merges");
+            } else {
+                assert!(matches!(
+                    g.open(&d.provider, &c1.commit),
+                    Ok(Opened::Commit { .. })
+                ));
+            }
+            if i != 2 {
+                assert!(matches!(
+                    g.open(&d.provider, &c2.commit),
+                    Err(E2eeError::WrongEpoch { .. })
+                ));
+            }
+            assert!(!g.has_pending_commit(), "device {i} still pending");
+        }
+        assert_eq!(devices[3].group().epoch(), before + 1);
+        let again = devices[2].commit(Change::Update).expect("again");
+        apply_log(&mut devices, &[(2, again.commit)]);
+        let auth = devices[0].group().epoch_authenticator();
+        for d in &mut devices {
+            assert_eq!(d.group().epoch_authenticator(), auth);
+        }
+        // A member leaves by proposal; another member commits it; the leaver reads nothing
+        // new.
+        let bye = {
+            let d = &mut devices[4];
+            let g = d.group.as_mut().expect("group");
+            g.propose_leave(&d.provider, &d.identity).expect("leave")
+        };
+        for d in devices.iter_mut().take(4) {
+            assert!(matches!(d.open(&bye), Ok(Opened::Leaving { .. })));
+        }
+        let leaves = devices[3]
+            .commit(Change::CommitLeaves)
+            .expect("commit leave");
+        apply_log(&mut devices[..4], &[(3, leaves.commit.clone())]);
+        match devices[4].open(&leaves.commit) {
+            Ok(Opened::Commit { changes, .. }) => assert!(changes.self_removed),
+            other => panic!("the leaver did not see its removal: {other:?}"),
+        }
+        let secret = devices[0].say("after the leave");
+        assert!(devices[4].open(&secret).is_err());
+        assert!(matches!(
+            devices[1].open(&secret),
+            Ok(Opened::Content { .. })
+        ));
+        assert_eq!(
+            devices[1].group().roster().expect("roster").members.len(),
+            4
+        );
+        // An admin removes a member; a forged commit by a non-admin is refused everywhere.
+        let removed_key = devices[3].identity.public_key().to_vec();
+        let removal = devices[0]
+            .commit(Change::Remove {
+                keys: vec![removed_key],
+            })
+            .expect("remove");
+        apply_log(&mut devices[..4], &[(0, removal.commit)]);
+        let secret = devices[1].say("without m3");
+        assert!(devices[3].open(&secret).is_err());
+        assert!(matches!(
+            devices[2].open(&secret),
+            Ok(Opened::Content { .. })
+        ));
+    }
+}

@@ -1,0 +1,358 @@
+//! The roster: who is in a group, under which name, on which device, and who is an admin.
+//!
+//! MLS knows leaves and their signature keys; people know names. The roster maps each leaf's
+//! signature key to the person and device it belongs to, and says who may change the group.
+//! It lives in the group context (a private extension, [`ROSTER_EXTENSION`]), so every
+//! member holds the same roster in the same epoch, the confirmation tag of every commit
+//! covers it, and a Welcome carries it to a new member. A commit that changes membership
+//! must change the roster to match (a GroupContextExtensions proposal in the same commit).
+//!
+//! The rules ([`check_commit`]) are evaluated by every member on every commit, before it is
+//! merged, from nothing but the old roster and the commit, so every member reaches the same
+//! verdict: a commit that breaks them is invalid everywhere and the next commit in the
+//! group's log order is taken instead.
+//!
+//! * Only admins add members, remove other members, promote, or rename the group.
+//! * Anyone may commit a member's own request to leave (a self-remove proposal), and anyone
+//!   may commit a plain key refresh.
+//! * The roster after the commit lists exactly the group's devices, each once, and at least
+//!   one admin.
+//! * Entries of members who stay are not rewritten, except an admin flag set by an admin.
+
+use prost::Message as _;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The private group-context extension type that holds the roster (from the range RFC 9420
+/// leaves to private use, 0xF000–0xFFFF).
+pub const ROSTER_EXTENSION: u16 = 0xF7A1;
+/// Longest group name, in characters.
+pub const MAX_GROUP_NAME_CHARS: usize = 64;
+/// Most devices a group may hold.
+pub const MAX_MEMBERS: usize = 10_000;
+
+/// Who is in the group.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+#[prost(skip_debug)]
+pub struct Roster {
+    /// The group's name, as its admins set it.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// One entry per device (leaf), in no particular order.
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<RosterEntry>,
+}
+
+/// One device of one person in a group.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+#[prost(skip_debug)]
+pub struct RosterEntry {
+    /// The device's signature key in this group (its leaf's credential).
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// A random id for the person, the same for each of the person's devices in this group
+    /// (and different in every group, so it links nothing).
+    #[prost(bytes = "vec", tag = "2")]
+    pub person: Vec<u8>,
+    /// The name the person goes by.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// The device's name ("phone", "laptop").
+    #[prost(string, tag = "4")]
+    pub device: String,
+    /// May add, remove and promote members and rename the group.
+    #[prost(bool, tag = "5")]
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for Roster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Roster")
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RosterEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RosterEntry")
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Roster {
+    /// Decodes and checks a roster.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn decode_checked(bytes: &[u8]) -> Result<Self, String> {
+        let roster = Self::decode(bytes).map_err(|e| format!("the roster does not decode: {e}"))?;
+        roster.check()?;
+        Ok(roster)
+    }
+
+    /// Checks names, sizes and that every key appears once.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        check_group_name(&self.name)?;
+        if self.members.len() > MAX_MEMBERS {
+            return Err(format!("the roster lists more than {MAX_MEMBERS} devices"));
+        }
+        let mut keys = BTreeSet::new();
+        for m in &self.members {
+            if m.key.len() != 32 {
+                return Err("a roster key is not 32 bytes".to_owned());
+            }
+            if m.person.len() != 16 {
+                return Err("a roster person id is not 16 bytes".to_owned());
+            }
+            if m.name.trim().is_empty() || m.name.chars().count() > 64 {
+                return Err("a member's name is empty or longer than 64 characters".to_owned());
+            }
+            if m.device.chars().count() > 64 {
+                return Err("a device name is longer than 64 characters".to_owned());
+            }
+            if !keys.insert(m.key.as_slice()) {
+                return Err("a device appears twice in the roster".to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for signature key `key`.
+    pub fn entry(&self, key: &[u8]) -> Option<&RosterEntry> {
+        self.members.iter().find(|m| m.key == key)
+    }
+
+    /// True when `key` belongs to an admin.
+    pub fn is_admin(&self, key: &[u8]) -> bool {
+        self.entry(key).is_some_and(|m| m.admin)
+    }
+
+    /// The roster without the devices whose keys are in `keys`.
+    pub fn without(&self, keys: &BTreeSet<Vec<u8>>) -> Self {
+        Self {
+            name: self.name.clone(),
+            members: self
+                .members
+                .iter()
+                .filter(|m| !keys.contains(&m.key))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn by_key(&self) -> BTreeMap<&[u8], &RosterEntry> {
+        self.members.iter().map(|m| (m.key.as_slice(), m)).collect()
+    }
+}
+
+/// Checks a group name.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("the group name is empty".to_owned());
+    }
+    if name.chars().count() > MAX_GROUP_NAME_CHARS {
+        return Err(format!(
+            "the group name is longer than {MAX_GROUP_NAME_CHARS} characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the group name holds control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// What a commit does, as [`check_commit`] sees it.
+#[derive(Debug, Default)]
+pub struct CommitShape {
+    /// Signature key of the committing device.
+    pub committer: Vec<u8>,
+    /// Signature keys of the devices the commit adds.
+    pub added: BTreeSet<Vec<u8>>,
+    /// Signature keys of the devices the commit removes.
+    pub removed: BTreeSet<Vec<u8>>,
+    /// Of `removed`, those that asked to leave themselves (self-remove proposals).
+    pub left: BTreeSet<Vec<u8>>,
+    /// The roster the commit installs (`None`: unchanged).
+    pub new_roster: Option<Roster>,
+}
+
+/// Applies the group's rules to a commit. `old` is the roster before it; `members` are the
+/// signature keys of the devices in the group before it.
+///
+/// # Errors
+/// A sentence naming the broken rule.
+pub fn check_commit(
+    old: &Roster,
+    members: &BTreeSet<Vec<u8>>,
+    shape: &CommitShape,
+) -> Result<Roster, String> {
+    let committer_admin = old.is_admin(&shape.committer);
+    let by_others: BTreeSet<_> = shape.removed.difference(&shape.left).cloned().collect();
+    if !committer_admin && (!shape.added.is_empty() || !by_others.is_empty()) {
+        return Err("a member who is not an admin added or removed someone".to_owned());
+    }
+    if shape.removed.contains(&shape.committer) {
+        return Err("a commit removes its own committer".to_owned());
+    }
+    let mut after: BTreeSet<Vec<u8>> = members.difference(&shape.removed).cloned().collect();
+    for key in &shape.added {
+        if !after.insert(key.clone()) {
+            return Err("a commit adds a device that is already a member".to_owned());
+        }
+    }
+    let new = match &shape.new_roster {
+        Some(r) => r.clone(),
+        None => {
+            if !shape.added.is_empty() || !shape.removed.is_empty() {
+                return Err("a commit changes members without changing the roster".to_owned());
+            }
+            return Ok(old.clone());
+        }
+    };
+    new.check()?;
+    let listed: BTreeSet<Vec<u8>> = new.members.iter().map(|m| m.key.clone()).collect();
+    if listed != after {
+        return Err("the new roster does not list exactly the group's devices".to_owned());
+    }
+    if !new.members.iter().any(|m| m.admin) {
+        return Err("the new roster has no admin".to_owned());
+    }
+    if new.name != old.name && !committer_admin {
+        return Err("a member who is not an admin renamed the group".to_owned());
+    }
+    let old_by_key = old.by_key();
+    for m in &new.members {
+        match old_by_key.get(m.key.as_slice()) {
+            Some(before) => {
+                let same_but_admin =
+                    before.person == m.person && before.name == m.name && before.device == m.device;
+                if !same_but_admin {
+                    return Err("a commit rewrites a member's entry".to_owned());
+                }
+                if before.admin != m.admin && !committer_admin {
+                    return Err("a member who is not an admin changed who is admin".to_owned());
+                }
+            }
+            None if m.admin && !committer_admin => {
+                return Err("a new member is made admin by a non-admin".to_owned());
+            }
+            None => {}
+        }
+    }
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(k: u8, admin: bool) -> RosterEntry {
+        RosterEntry {
+            key: vec![k; 32],
+            person: vec![k; 16],
+            name: format!("m{k}"),
+            device: String::new(),
+            admin,
+        }
+    }
+
+    fn roster(entries: &[(u8, bool)]) -> Roster {
+        Roster {
+            name: "family".to_owned(),
+            members: entries.iter().map(|(k, a)| entry(*k, *a)).collect(),
+        }
+    }
+
+    fn keys(ks: &[u8]) -> BTreeSet<Vec<u8>> {
+        ks.iter().map(|k| vec![*k; 32]).collect()
+    }
+
+    #[test]
+    fn only_admins_change_membership_and_rosters_must_match() {
+        let old = roster(&[(1, true), (2, false), (3, false)]);
+        let members = keys(&[1, 2, 3]);
+        // An admin adds 4.
+        let add = CommitShape {
+            committer: vec![1; 32],
+            added: keys(&[4]),
+            new_roster: Some(roster(&[(1, true), (2, false), (3, false), (4, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &add).is_ok());
+        // A member does the same: refused.
+        let by_member = CommitShape {
+            committer: vec![2; 32],
+            ..add
+        };
+        assert!(check_commit(&old, &members, &by_member).is_err());
+        // The roster must match the tree.
+        let mismatch = CommitShape {
+            committer: vec![1; 32],
+            added: keys(&[4]),
+            new_roster: Some(roster(&[(1, true), (2, false), (3, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &mismatch).is_err());
+        // A member commits 3's own request to leave.
+        let leave = CommitShape {
+            committer: vec![2; 32],
+            removed: keys(&[3]),
+            left: keys(&[3]),
+            new_roster: Some(roster(&[(1, true), (2, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &leave).is_ok());
+        // A member promotes itself: refused; an admin promotes it: fine.
+        let promote = CommitShape {
+            committer: vec![2; 32],
+            new_roster: Some(roster(&[(1, true), (2, true), (3, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &promote).is_err());
+        let promote = CommitShape {
+            committer: vec![1; 32],
+            ..promote
+        };
+        assert!(check_commit(&old, &members, &promote).is_ok());
+        // No admin left: refused.
+        let headless = CommitShape {
+            committer: vec![1; 32],
+            new_roster: Some(roster(&[(1, false), (2, false), (3, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &headless).is_err());
+        // A plain refresh by anyone: fine.
+        let refresh = CommitShape {
+            committer: vec![3; 32],
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &refresh).is_ok());
+        // Renaming by a member: refused.
+        let mut renamed = old.clone();
+        renamed.name = "other".to_owned();
+        let rename = CommitShape {
+            committer: vec![2; 32],
+            new_roster: Some(renamed),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &rename).is_err());
+    }
+
+    #[test]
+    fn garbage_rosters_are_refused_with_a_reason() {
+        assert!(Roster::decode_checked(&[0xff, 0xff]).is_err());
+        let mut dup = roster(&[(1, true), (1, false)]);
+        assert!(dup.check().is_err());
+        dup.members.truncate(1);
+        assert!(dup.check().is_ok());
+        dup.name = "\u{1b}[2J".to_owned();
+        assert!(dup.check().is_err());
+    }
+}
