@@ -583,6 +583,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn create_retried_later_is_still_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        let mut later = record(1);
+        later.created_at += 61;
+        assert_eq!(
+            store.create_mailbox(mbx(1), later).await.unwrap(),
+            CreateOutcome::AlreadyExists
+        );
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+    }
+
+    #[tokio::test]
     async fn appends_keep_order_and_reads_page() {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path(), limits()).unwrap();

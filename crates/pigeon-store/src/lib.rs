@@ -177,7 +177,8 @@ impl StoreError {
 ///
 /// All methods may be called concurrently from many tasks. Futures are `Send`.
 pub trait MailboxStore: Send + Sync + 'static {
-    /// Creates a mailbox; idempotent for the same record.
+    /// Creates a mailbox; idempotent for the same recipient key and capability hash (whatever
+    /// the creation time).
     fn create_mailbox(
         &self,
         id: MailboxId,

@@ -740,7 +740,13 @@ impl Writer {
         let op = "create_mailbox";
         if self.load(op, id)? {
             return match self.boxes.get(&id) {
-                Some(b) if b.record == record => Ok(CreateOutcome::AlreadyExists),
+                // What the creator chose, not when: a retry in a later second is a retry.
+                Some(b)
+                    if b.record.recipient_key == record.recipient_key
+                        && b.record.sender_cap_hash == record.sender_cap_hash =>
+                {
+                    Ok(CreateOutcome::AlreadyExists)
+                }
                 _ => Err(StoreError::MailboxExists),
             };
         }
