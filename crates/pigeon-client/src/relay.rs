@@ -9,7 +9,7 @@ use pigeon_proto::auth::{self, AuthOp, SigningKey};
 use pigeon_proto::channel::{Channel, ChannelError, ClientHandshake};
 use pigeon_transport::{Connection, RelayLink, Route};
 use pigeon_transport_tls::{Dialer, TlsError};
-use pigeon_wire::msg::{self, MailboxId, Request, request, response, server_message};
+use pigeon_wire::msg::{self, MailboxId, MailboxKind, Request, request, response, server_message};
 use pigeon_wire::record;
 use pigeon_wire::stream::encode_message;
 use pigeon_wire::{ErrorCode, ErrorKind, PROTOCOL_VERSIONS};
@@ -439,6 +439,7 @@ impl RelayConnection {
                 recipient_key: key.verifying_key().to_bytes().to_vec(),
                 sender_cap_hash: cap_hash.to_vec(),
                 signature: signature.to_vec(),
+                kind: MailboxKind::Inbox.as_u32(),
             }))
             .await?
         {
@@ -493,6 +494,8 @@ impl RelayConnection {
             .request(request::Body::Subscribe(msg::Subscribe {
                 mailbox_id: mailbox.0.to_vec(),
                 signature: signature.to_vec(),
+                after_seq: None,
+                member_cap: Vec::new(),
             }))
             .await?
         {

@@ -10,7 +10,8 @@
 //!
 //! `handshake_hash` is the Noise handshake hash of the current channel, so a signature seen on
 //! one connection is worthless on any other. `bound` commits to the request's other contents
-//! (the capability hash for creation, the packages for publishing; zeros otherwise).
+//! (the capability hash for creation, [`update_digest`] for updating a log, the packages for
+//! publishing; zeros otherwise).
 //!
 //! Senders hold a *capability*: 32 random bytes from the invitation. The relay stores only
 //! [`cap_hash`] of it, so a copy of the relay's store does not let anyone post.
@@ -22,6 +23,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 const DOMAIN: &[u8] = b"pigeonpost auth v1\0";
 const CAP_DOMAIN: &[u8] = b"pigeonpost sender capability v1\0";
 const PACKAGES_DOMAIN: &[u8] = b"pigeonpost key packages v1\0";
+const UPDATE_DOMAIN: &[u8] = b"pigeonpost mailbox update v1\0";
 
 /// What a signature authorizes. The byte values are part of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum AuthOp {
     DeleteMailbox = 3,
     /// Publish key packages into a slot.
     PublishKeyPackages = 4,
+    /// Replace a log's member capability (and owner key).
+    UpdateMailbox = 5,
 }
 
 /// Why a proof was refused.
@@ -134,6 +138,24 @@ pub fn packages_digest(one_time: &[Vec<u8>], last_resort: Option<&[u8]>) -> [u8;
     h.finalize().into()
 }
 
+/// Commits to an update request's new owner key (`None`: kept) and new capability hash, for
+/// [`AuthOp::UpdateMailbox`]:
+/// `BLAKE2s("pigeonpost mailbox update v1\0" || 0 || new_cap_hash)` without a new owner key,
+/// `BLAKE2s("pigeonpost mailbox update v1\0" || 1 || new_owner_key || new_cap_hash)` with one.
+pub fn update_digest(new_owner_key: Option<&[u8; 32]>, new_cap_hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(UPDATE_DOMAIN);
+    match new_owner_key {
+        Some(key) => {
+            h.update([1]);
+            h.update(key);
+        }
+        None => h.update([0]),
+    }
+    h.update(new_cap_hash);
+    h.finalize().into()
+}
+
 /// `N` bytes from the system's random source.
 ///
 /// # Errors
@@ -213,5 +235,19 @@ mod tests {
             packages_digest(&[vec![1]], None),
             packages_digest(&[], Some(&[1]))
         );
+    }
+
+    #[test]
+    fn update_digest_binds_owner_key_and_capability() {
+        let (key, cap) = ([1u8; 32], [2u8; 32]);
+        let keep = update_digest(None, &cap);
+        assert_ne!(keep, update_digest(Some(&key), &cap));
+        assert_ne!(keep, update_digest(None, &[3; 32]));
+        assert_ne!(
+            update_digest(Some(&key), &cap),
+            update_digest(Some(&[9; 32]), &cap)
+        );
+        // The same bytes read as "no key" never collide with a key: the tag byte differs.
+        assert_ne!(keep, update_digest(Some(&cap), &cap));
     }
 }

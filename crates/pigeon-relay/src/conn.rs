@@ -904,6 +904,15 @@ impl Conn {
                 let cap_hash: [u8; 32] =
                     msg::fixed("create_mailbox", "sender_cap_hash", &c.sender_cap_hash)
                         .map_err(bad)?;
+                if msg::MailboxKind::parse("create_mailbox", c.kind).map_err(bad)?
+                    != msg::MailboxKind::Inbox
+                {
+                    return Err(bad(WireError::Field {
+                        what: "create_mailbox",
+                        field: "kind",
+                        problem: "this relay serves inboxes only".to_owned(),
+                    }));
+                }
                 self.verify(&key, AuthOp::CreateMailbox, &id.0, &cap_hash, &c.signature)?;
                 let record = pigeon_store::MailboxRecord {
                     recipient_key: key,
@@ -989,6 +998,11 @@ impl Conn {
                 shared.hub.revoke(id);
                 Ok(response::Result::Done(msg::Done {}))
             }
+            request::Body::UpdateMailbox(_) => Err(bad(WireError::Field {
+                what: "update_mailbox",
+                field: "mailbox_id",
+                problem: "this relay serves inboxes only".to_owned(),
+            })),
             request::Body::PublishKeyPackages(p) => {
                 let slot: [u8; 32] =
                     msg::fixed("publish_key_packages", "slot_id", &p.slot_id).map_err(bad)?;

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     ShuttingDown = 14,
     /// Too many key packages for one slot.
     TooManyKeyPackages = 15,
+    /// The log's member capability was replaced; the new one is in the log.
+    CapabilityRetired = 16,
 }
 
 impl ErrorCode {
@@ -78,6 +80,7 @@ impl ErrorCode {
         Self::StoreUnavailable,
         Self::ShuttingDown,
         Self::TooManyKeyPackages,
+        Self::CapabilityRetired,
     ];
 
     /// The code as sent on the wire.
@@ -113,6 +116,9 @@ impl ErrorCode {
             Self::StoreUnavailable => "the relay could not reach its storage; retry later",
             Self::ShuttingDown => "the relay is shutting down; reconnect",
             Self::TooManyKeyPackages => "too many key packages for one slot",
+            Self::CapabilityRetired => {
+                "this capability was replaced: read the group's log for the new one"
+            }
         }
     }
 
@@ -132,7 +138,8 @@ impl ErrorCode {
             | Self::RateLimited
             | Self::NotSubscribed
             | Self::SlotOwnedElsewhere
-            | Self::TooManyKeyPackages => ErrorKind::Refused,
+            | Self::TooManyKeyPackages
+            | Self::CapabilityRetired => ErrorKind::Refused,
         }
     }
 

@@ -71,7 +71,7 @@ pub struct Request {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// What is asked.
-    #[prost(oneof = "request::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "request::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: Option<request::Body>,
 }
 
@@ -107,25 +107,34 @@ pub mod request {
         /// Liveness check.
         #[prost(message, tag = "10")]
         Ping(super::Ping),
+        /// Replace a log's member capability (and owner key).
+        #[prost(message, tag = "11")]
+        UpdateMailbox(super::UpdateMailbox),
     }
 }
 
 /// Create a mailbox owned by `recipient_key`, which `sender_cap_hash` opens for posting.
+///
+/// For a log (`kind` 1), `recipient_key` is the log's owner key (it may update and delete the
+/// log) and `sender_cap_hash` the hash of the member capability (it may post and read).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CreateMailbox {
     /// 32 random bytes chosen by the creator.
     #[prost(bytes = "vec", tag = "1")]
     pub mailbox_id: Vec<u8>,
-    /// Ed25519 public key of the recipient.
+    /// Ed25519 public key of the recipient (of a log: its owner).
     #[prost(bytes = "vec", tag = "2")]
     pub recipient_key: Vec<u8>,
     /// BLAKE2s-256 of the sender capability (the relay never learns the capability itself
-    /// until someone posts with it).
+    /// until someone posts with it); of a log: of the member capability.
     #[prost(bytes = "vec", tag = "3")]
     pub sender_cap_hash: Vec<u8>,
     /// Recipient's signature over the session-bound auth transcript (see pigeon-proto).
     #[prost(bytes = "vec", tag = "4")]
     pub signature: Vec<u8>,
+    /// A [`MailboxKind`] number: 0 an inbox, 1 a log.
+    #[prost(uint32, tag = "5")]
+    pub kind: u32,
 }
 
 /// Post one message.
@@ -151,9 +160,16 @@ pub struct Subscribe {
     /// The mailbox.
     #[prost(bytes = "vec", tag = "1")]
     pub mailbox_id: Vec<u8>,
-    /// Recipient's signature over the session-bound auth transcript.
+    /// Recipient's signature over the session-bound auth transcript (inboxes; logs ignore it).
     #[prost(bytes = "vec", tag = "2")]
     pub signature: Vec<u8>,
+    /// Logs only: push messages with a sequence number above this one (default 0, from the
+    /// oldest kept). Inboxes ignore it.
+    #[prost(uint64, optional, tag = "3")]
+    pub after_seq: Option<u64>,
+    /// Logs only: the 32-byte member capability, current or retired. Inboxes ignore it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub member_cap: Vec<u8>,
 }
 
 /// Stop pushes for a mailbox on this connection.
@@ -183,6 +199,26 @@ pub struct DeleteMailbox {
     pub mailbox_id: Vec<u8>,
     /// Recipient's signature over the session-bound auth transcript.
     #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+}
+
+/// Replace a log's member capability, and optionally its owner key. The capability it replaces
+/// is retired: it still reads the log up to the last message before the update, and posts
+/// nothing more.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateMailbox {
+    /// The log.
+    #[prost(bytes = "vec", tag = "1")]
+    pub mailbox_id: Vec<u8>,
+    /// The new owner's Ed25519 public key; empty keeps the current owner.
+    #[prost(bytes = "vec", tag = "2")]
+    pub new_owner_key: Vec<u8>,
+    /// BLAKE2s-256 of the new member capability.
+    #[prost(bytes = "vec", tag = "3")]
+    pub new_cap_hash: Vec<u8>,
+    /// The current owner's signature over the session-bound auth transcript, which covers
+    /// the new key and hash (see pigeon-proto's `update_digest`).
+    #[prost(bytes = "vec", tag = "4")]
     pub signature: Vec<u8>,
 }
 
@@ -427,6 +463,39 @@ pub fn fixed<const N: usize>(
     })
 }
 
+/// What a mailbox is, as numbered in [`CreateMailbox::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MailboxKind {
+    /// A one-way queue: its owner reads it, and acknowledged messages are deleted.
+    Inbox = 0,
+    /// A group's log: every holder of the member capability posts and reads it, each from its
+    /// own position; messages stay until they expire.
+    Log = 1,
+}
+
+impl MailboxKind {
+    /// The number on the wire.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// Parses a kind field.
+    ///
+    /// # Errors
+    /// [`WireError::Field`] for a number that names no kind.
+    pub fn parse(what: &'static str, n: u32) -> Result<Self, WireError> {
+        match n {
+            0 => Ok(Self::Inbox),
+            1 => Ok(Self::Log),
+            _ => Err(WireError::Field {
+                what,
+                field: "kind",
+                problem: format!("{n} is not a mailbox kind (0 inbox, 1 log)"),
+            }),
+        }
+    }
+}
+
 /// A 32-byte mailbox id, checked.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MailboxId(pub [u8; ID_LEN]);
@@ -485,5 +554,50 @@ mod tests {
         assert!(err.to_string().starts_with("malformed request"), "{err}");
         assert!(MailboxId::parse("send", &[1, 2, 3]).is_err());
         assert!(MessageId::parse(&[0; 16]).is_ok());
+    }
+
+    #[test]
+    fn mailbox_kinds_parse_and_others_are_field_errors() {
+        for kind in [MailboxKind::Inbox, MailboxKind::Log] {
+            assert_eq!(MailboxKind::parse("t", kind.as_u32()), Ok(kind));
+        }
+        let err = MailboxKind::parse("create_mailbox", 2).expect_err("no kind 2");
+        assert!(err.to_string().contains("`kind`"), "{err}");
+    }
+
+    #[test]
+    fn new_fields_default_to_the_old_behaviour() {
+        // A request from a client that knows no logs decodes as an inbox request.
+        let old = CreateMailbox {
+            mailbox_id: vec![1; 32],
+            recipient_key: vec![2; 32],
+            sender_cap_hash: vec![3; 32],
+            signature: vec![4; 64],
+            kind: 0,
+        };
+        let bytes = prost::Message::encode_to_vec(&old);
+        let decoded: CreateMailbox = prost::Message::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(decoded.kind, 0);
+        let sub = Subscribe {
+            mailbox_id: vec![1; 32],
+            signature: vec![4; 64],
+            after_seq: None,
+            member_cap: Vec::new(),
+        };
+        let decoded: Subscribe =
+            prost::Message::decode(prost::Message::encode_to_vec(&sub).as_slice())
+                .expect("decodes");
+        assert_eq!(decoded.after_seq, None);
+        let update = Request {
+            id: 9,
+            body: Some(request::Body::UpdateMailbox(UpdateMailbox {
+                mailbox_id: vec![1; 32],
+                new_owner_key: Vec::new(),
+                new_cap_hash: vec![5; 32],
+                signature: vec![6; 64],
+            })),
+        };
+        let bytes = prost::Message::encode_to_vec(&update);
+        assert_eq!(decode_request(&bytes).expect("decodes"), update);
     }
 }
