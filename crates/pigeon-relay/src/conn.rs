@@ -853,6 +853,7 @@ impl Conn {
             message_id,
             ciphertext: send.ciphertext,
             now: unix,
+            cap_hash: Some(hash),
         })
     }
 
@@ -914,11 +915,12 @@ impl Conn {
                     }));
                 }
                 self.verify(&key, AuthOp::CreateMailbox, &id.0, &cap_hash, &c.signature)?;
-                let record = pigeon_store::MailboxRecord {
-                    recipient_key: key,
-                    sender_cap_hash: cap_hash,
-                    created_at: crate::unix_now(),
-                };
+                let record = pigeon_store::MailboxRecord::new(
+                    msg::MailboxKind::Inbox,
+                    key,
+                    cap_hash,
+                    crate::unix_now(),
+                );
                 shared
                     .store
                     .create_mailbox(id, record)

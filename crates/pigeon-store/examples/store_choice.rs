@@ -14,7 +14,7 @@
 //! (`STORE_CHOICE_MESSAGES=20000` for a quick run, `STORE_CHOICE_ONLY=fjall|sqlite` for one). Each phase is bounded by a timeout.
 
 use pigeon_store::{
-    FjallStore, Limits, MailboxId, MailboxRecord, MailboxStore, MessageId, NewMessage,
+    FjallStore, Limits, MailboxId, MailboxKind, MailboxRecord, MailboxStore, MessageId, NewMessage,
 };
 use std::collections::HashMap;
 use std::error::Error;
@@ -44,11 +44,7 @@ trait Backend: Clone + Send + Sync + 'static {
 
 impl Backend for FjallStore {
     async fn setup(&self, mailbox: MailboxId) -> Result<(), BoxError> {
-        let record = MailboxRecord {
-            recipient_key: [1; 32],
-            sender_cap_hash: [2; 32],
-            created_at: 0,
-        };
+        let record = MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], 0);
         self.create_mailbox(mailbox, record).await?;
         Ok(())
     }
@@ -278,6 +274,7 @@ async fn run<B: Backend>(store: B, messages: u64, producers: u64) -> Result<(f64
                     message_id: message_id(i),
                     ciphertext,
                     now: 1_000,
+                    cap_hash: None,
                 };
                 store.append_one(m).await?;
                 i += producers;

@@ -1,7 +1,8 @@
 //! The embedded backend: [`FjallStore`], on the fjall LSM-tree engine.
 //!
 //! # Where work happens
-//! * **Writes** (create, append, ack, delete, key packages, expiry) go to one dedicated writer
+//! * **Writes** (create, append, ack, update, delete, key packages, expiry) go to one dedicated
+//!   writer
 //!   thread over a bounded channel. It drains everything queued (up to
 //!   [`FjallOptions::max_batch_ops`] operations or [`FjallOptions::max_batch_bytes`] bytes),
 //!   applies it as one fjall write batch and commits it; a second thread fsyncs the journal
@@ -11,7 +12,7 @@
 //! * **Callers** do what needs no ordering before they queue: size checks, building the stored
 //!   value, and looking the message id up for de-duplication (`recent.rs`), so the writer thread,
 //!   the bottleneck, only writes.
-//! * **Reads** (`mailbox`, `read`, `pending`) run inline on the calling task: mailbox records
+//! * **Reads** (`mailbox`, `read`, `pending`, `pending_after`) run inline on the calling task: mailbox records
 //!   and counts come from an in-memory cache that is updated after each durable round; message
 //!   reads are fjall range scans, usually served from memory. A read that misses the block cache
 //!   does blocking disk IO on the caller's thread. A read may see a message a few milliseconds
@@ -42,8 +43,8 @@ mod recent;
 mod writer;
 
 use crate::{
-    Appended, CreateOutcome, Limits, MailboxId, MailboxRecord, MailboxStore, NewMessage,
-    StoreError, StoredMessage, TakenKeyPackage,
+    Appended, CreateOutcome, Limits, MailboxId, MailboxKind, MailboxRecord, MailboxStore,
+    NewMessage, StoreError, StoredMessage, TakenKeyPackage,
 };
 use cache::{Cache, Entry};
 use codec::{
@@ -161,8 +162,35 @@ impl Shared {
             number: meta.number,
             count,
         };
-        self.cache.fill(id, entry, ticket);
+        self.cache.fill(id, entry.clone(), ticket);
         Ok(Some(entry))
+    }
+
+    /// Visits the messages of the mailbox with this number from sequence number `first` to
+    /// `last` (inclusive) in order, as of the newest durable view, while `visit` says go on.
+    fn scan_durable(
+        &self,
+        number: u64,
+        first: u64,
+        last: u64,
+        mut visit: impl FnMut(fjall::Guard) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let (from, to) = (msg_key(number, first), msg_key(number, last));
+        let durable = self
+            .durable
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let range: Box<dyn Iterator<Item = fjall::Guard>> = match &durable {
+            Some(view) => Box::new(fjall::Readable::range(&**view, &self.msgs, from..=to)),
+            None => Box::new(self.msgs.range(from..=to)),
+        };
+        for guard in range {
+            if !visit(guard)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -404,25 +432,12 @@ impl MailboxStore for FjallStore {
             return Ok(out);
         }
         let mut bytes = 0usize;
-        let (from, to) = (
-            msg_key(entry.number, first),
-            msg_key(entry.number, u64::MAX),
-        );
-        let durable = shared
-            .durable
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let range: Box<dyn Iterator<Item = fjall::Guard>> = match &durable {
-            Some(view) => Box::new(fjall::Readable::range(&**view, &shared.msgs, from..=to)),
-            None => Box::new(shared.msgs.range(from..=to)),
-        };
-        for guard in range {
+        shared.scan_durable(entry.number, first, u64::MAX, |guard| {
             let (key, value) = guard.into_inner().map_err(|e| backend(op, &e))?;
             let seq = msg_key_seq(op, &key)?;
             let (message_id, received_at, ciphertext) = decode_msg(op, &value)?;
             if !out.is_empty() && bytes.saturating_add(ciphertext.len()) > max_bytes {
-                break;
+                return Ok(false);
             }
             bytes = bytes.saturating_add(ciphertext.len());
             out.push(StoredMessage {
@@ -431,10 +446,8 @@ impl MailboxStore for FjallStore {
                 received_at,
                 ciphertext: ciphertext.to_vec(),
             });
-            if out.len() >= max_messages {
-                break;
-            }
-        }
+            Ok(out.len() < max_messages)
+        })?;
         Ok(out)
     }
 
@@ -451,13 +464,56 @@ impl MailboxStore for FjallStore {
         }
     }
 
+    async fn pending_after(
+        &self,
+        id: MailboxId,
+        after_seq: u64,
+        through_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let op = "pending";
+        if after_seq == 0 && through_seq == u64::MAX {
+            // Everything: the cached count, as `pending` keeps it.
+            return self.pending(id).await;
+        }
+        let shared = self.shared();
+        let Some(entry) = shared.entry(op, id, false)? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let Some(first) = after_seq.checked_add(1).filter(|&f| f <= through_seq) else {
+            return Ok(0);
+        };
+        let mut count = 0u64;
+        shared.scan_durable(entry.number, first, through_seq, |guard| {
+            guard.key().map_err(|e| backend(op, &e))?;
+            count += 1;
+            Ok(true)
+        })?;
+        Ok(count)
+    }
+
+    async fn update_mailbox(
+        &self,
+        id: MailboxId,
+        new_owner_key: Option<[u8; 32]>,
+        new_cap_hash: [u8; 32],
+    ) -> Result<u64, StoreError> {
+        self.call("update_mailbox", |reply| Request::Update {
+            id,
+            new_owner: new_owner_key,
+            new_cap_hash,
+            reply,
+        })
+        .await?
+    }
+
     async fn ack(&self, id: MailboxId, seqs: Vec<u64>) -> Result<u64, StoreError> {
-        if seqs.is_empty() {
-            // Still tell a missing mailbox apart.
-            return match self.shared().entry("ack", id, false)? {
-                Some(_) => Ok(0),
-                None => Err(StoreError::NoSuchMailbox),
-            };
+        // Tell a missing mailbox apart, and spare the writer what would delete nothing: an
+        // empty ack, or any ack of a log (a mailbox's kind never changes while it exists).
+        let entry = self.shared().entry("ack", id, false)?;
+        match entry {
+            None => return Err(StoreError::NoSuchMailbox),
+            Some(e) if seqs.is_empty() || e.record.kind == MailboxKind::Log => return Ok(0),
+            Some(_) => {}
         }
         self.call("ack", |reply| Request::Ack { id, seqs, reply })
             .await?
@@ -506,11 +562,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn record(k: u8) -> MailboxRecord {
-        MailboxRecord {
-            recipient_key: [k; 32],
-            sender_cap_hash: [k.wrapping_add(1); 32],
-            created_at: 1_000,
-        }
+        MailboxRecord::new(MailboxKind::Inbox, [k; 32], [k.wrapping_add(1); 32], 1_000)
     }
 
     fn mbx(k: u8) -> MailboxId {
@@ -529,6 +581,7 @@ mod tests {
             message_id: mid(n),
             ciphertext: format!("ciphertext {n}").into_bytes(),
             now,
+            cap_hash: None,
         }
     }
 
@@ -536,6 +589,7 @@ mod tests {
         Limits {
             max_ciphertext: 1024,
             max_depth: 50,
+            max_log_depth: 60,
             expiry_secs: 100,
             max_key_packages: 3,
             max_key_package_len: 64,
@@ -580,20 +634,6 @@ mod tests {
             store.pending(mbx(2)).await,
             Err(StoreError::NoSuchMailbox)
         ));
-    }
-
-    #[tokio::test]
-    async fn create_retried_later_is_still_a_retry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FjallStore::open(dir.path(), limits()).unwrap();
-        store.create_mailbox(mbx(1), record(1)).await.unwrap();
-        let mut later = record(1);
-        later.created_at += 61;
-        assert_eq!(
-            store.create_mailbox(mbx(1), later).await.unwrap(),
-            CreateOutcome::AlreadyExists
-        );
-        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
     }
 
     #[tokio::test]
@@ -1117,6 +1157,7 @@ mod tests {
                         message_id: mid(p << 32 | i),
                         ciphertext: (p << 32 | i).to_be_bytes().to_vec(),
                         now: 10,
+                        cap_hash: None,
                     };
                     let a = append_one(&store, m).await.unwrap();
                     assert!(!a.duplicate);
@@ -1228,6 +1269,307 @@ mod tests {
         drop(clone);
         let reopened = FjallStore::open(dir.path(), limits()).unwrap();
         assert_eq!(reopened.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+    }
+
+    fn log(k: u8) -> MailboxRecord {
+        MailboxRecord::new(MailboxKind::Log, [k; 32], cap(k), 1_000)
+    }
+
+    fn cap(k: u8) -> [u8; 32] {
+        [k.wrapping_add(100); 32]
+    }
+
+    fn posted_with(mut m: NewMessage, cap_hash: [u8; 32]) -> NewMessage {
+        m.cap_hash = Some(cap_hash);
+        m
+    }
+
+    #[tokio::test]
+    async fn create_retried_later_is_still_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), record(1)).await.unwrap();
+        let mut later = record(1);
+        later.created_at += 61;
+        assert_eq!(
+            store.create_mailbox(mbx(1), later).await.unwrap(),
+            CreateOutcome::AlreadyExists
+        );
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(record(1)));
+        // The same key and capability as a log is another mailbox.
+        let mut as_log = record(1);
+        as_log.kind = MailboxKind::Log;
+        assert!(matches!(
+            store.create_mailbox(mbx(1), as_log).await,
+            Err(StoreError::MailboxExists)
+        ));
+        store.create_mailbox(mbx(2), log(2)).await.unwrap();
+        assert_eq!(
+            store.create_mailbox(mbx(2), log(2)).await.unwrap(),
+            CreateOutcome::AlreadyExists
+        );
+        // Retired capabilities given at creation are not taken.
+        let mut with_retired = log(3);
+        with_retired.retired_caps.push(crate::RetiredCap {
+            cap_hash: [9; 32],
+            read_until: 5,
+        });
+        store.create_mailbox(mbx(3), with_retired).await.unwrap();
+        assert_eq!(store.mailbox(mbx(3)).await.unwrap(), Some(log(3)));
+    }
+
+    #[tokio::test]
+    async fn logs_keep_acknowledged_messages_and_count_from_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), log(1)).await.unwrap();
+        store
+            .append(
+                (1..=5)
+                    .map(|n| posted_with(msg(mbx(1), n, 10), cap(1)))
+                    .collect(),
+            )
+            .await;
+        assert_eq!(store.ack(mbx(1), vec![1, 2, 3, 4, 5]).await.unwrap(), 0);
+        assert_eq!(store.ack(mbx(1), vec![]).await.unwrap(), 0);
+        assert_eq!(seqs(&store, mbx(1)).await, [1, 2, 3, 4, 5]);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 5);
+        // Every reader has its own position; all see the same order.
+        let from_two = store.read(mbx(1), 2, 100, usize::MAX).await.unwrap();
+        assert_eq!(
+            from_two.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        for (after, through, want) in [
+            (0, u64::MAX, 5),
+            (2, u64::MAX, 3),
+            (2, 4, 2),
+            (0, 1, 1),
+            (4, 4, 0),
+            (5, u64::MAX, 0),
+            (9, 3, 0),
+            (u64::MAX, u64::MAX, 0),
+        ] {
+            assert_eq!(
+                store.pending_after(mbx(1), after, through).await.unwrap(),
+                want,
+                "after {after} through {through}"
+            );
+        }
+        assert!(matches!(
+            store.pending_after(mbx(9), 1, 2).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+        // Acks still delete from an inbox, and counting from a position works there too.
+        store.create_mailbox(mbx(2), record(2)).await.unwrap();
+        store
+            .append((1..=3).map(|n| msg(mbx(2), n, 10)).collect())
+            .await;
+        assert_eq!(store.ack(mbx(2), vec![1]).await.unwrap(), 1);
+        assert_eq!(store.pending_after(mbx(2), 0, 2).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_log_takes_posts_only_with_its_current_capability() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), log(1)).await.unwrap();
+        let a = posted_with(msg(mbx(1), 1, 10), cap(1));
+        assert_eq!(append_one(&store, a).await.unwrap().seq, 1);
+        assert!(matches!(
+            append_one(&store, posted_with(msg(mbx(1), 2, 10), [7; 32])).await,
+            Err(StoreError::BadCapability)
+        ));
+        // A caller that checked nothing is not checked (the relay always passes the hash).
+        assert_eq!(append_one(&store, msg(mbx(1), 3, 10)).await.unwrap().seq, 2);
+
+        // An update queued between two posts with the old capability retires it between them.
+        let (before, updated, after) = tokio::join!(
+            append_one(&store, posted_with(msg(mbx(1), 4, 10), cap(1))),
+            store.update_mailbox(mbx(1), None, cap(2)),
+            append_one(&store, posted_with(msg(mbx(1), 5, 10), cap(1))),
+        );
+        assert_eq!(before.unwrap().seq, 3);
+        assert_eq!(
+            updated.unwrap(),
+            3,
+            "read_until is the last seq before the update"
+        );
+        assert!(matches!(after, Err(StoreError::CapabilityRetired)));
+        assert!(matches!(
+            append_one(&store, posted_with(msg(mbx(1), 6, 10), [7; 32])).await,
+            Err(StoreError::BadCapability)
+        ));
+        let new = append_one(&store, posted_with(msg(mbx(1), 7, 10), cap(2))).await;
+        assert_eq!(new.unwrap().seq, 4);
+        assert_eq!(seqs(&store, mbx(1)).await, [1, 2, 3, 4]);
+        // An inbox ignores the hash: its capability is checked by the relay alone.
+        store.create_mailbox(mbx(2), record(2)).await.unwrap();
+        let any = posted_with(msg(mbx(2), 1, 10), [7; 32]);
+        assert!(append_one(&store, any).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn updates_retire_idempotently_and_keep_the_newest_eight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), log(1)).await.unwrap();
+        assert_eq!(store.update_mailbox(mbx(1), None, cap(1)).await.unwrap(), 0);
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(log(1)));
+        store
+            .append(
+                (1..=2)
+                    .map(|n| posted_with(msg(mbx(1), n, 10), cap(1)))
+                    .collect(),
+            )
+            .await;
+        let until = store
+            .update_mailbox(mbx(1), Some([42; 32]), cap(2))
+            .await
+            .unwrap();
+        assert_eq!(until, 2);
+        let rec = store.mailbox(mbx(1)).await.unwrap().unwrap();
+        assert_eq!(rec.recipient_key, [42; 32]);
+        assert_eq!(rec.sender_cap_hash, cap(2));
+        assert_eq!(
+            rec.retired_caps,
+            [crate::RetiredCap {
+                cap_hash: cap(1),
+                read_until: 2
+            }]
+        );
+        // A retry retires nothing more and answers the same `read_until`.
+        append_one(&store, posted_with(msg(mbx(1), 3, 10), cap(2)))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .update_mailbox(mbx(1), Some([42; 32]), cap(2))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap().unwrap(), rec);
+        // Ten more: the newest eight are kept, oldest first.
+        for k in 3..=12u8 {
+            store.update_mailbox(mbx(1), None, cap(k)).await.unwrap();
+        }
+        let rec = store.mailbox(mbx(1)).await.unwrap().unwrap();
+        let kept: Vec<[u8; 32]> = rec.retired_caps.iter().map(|r| r.cap_hash).collect();
+        assert_eq!(kept, (4..=11u8).map(cap).collect::<Vec<_>>());
+        assert!(rec.retired_caps.iter().all(|r| r.read_until == 3));
+        assert_eq!(rec.retired(&cap(1)), None);
+        // A retired capability made current again is no longer retired.
+        store.update_mailbox(mbx(1), None, cap(5)).await.unwrap();
+        let rec = store.mailbox(mbx(1)).await.unwrap().unwrap();
+        assert_eq!(rec.sender_cap_hash, cap(5));
+        assert_eq!(rec.retired(&cap(5)), None);
+        assert!(rec.retired(&cap(12)).is_some());
+        assert_eq!(rec.retired_caps.len(), 8);
+
+        store.create_mailbox(mbx(2), record(2)).await.unwrap();
+        assert!(matches!(
+            store.update_mailbox(mbx(2), None, [5; 32]).await,
+            Err(StoreError::NotALog { .. })
+        ));
+        assert_eq!(store.mailbox(mbx(2)).await.unwrap(), Some(record(2)));
+        assert!(matches!(
+            store.update_mailbox(mbx(3), None, [5; 32]).await,
+            Err(StoreError::NoSuchMailbox)
+        ));
+    }
+
+    #[tokio::test]
+    async fn logs_survive_reopen_and_a_crash_with_their_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let want = {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            store.create_mailbox(mbx(1), log(1)).await.unwrap();
+            store
+                .append(
+                    (1..=3)
+                        .map(|n| posted_with(msg(mbx(1), n, 10), cap(1)))
+                        .collect(),
+                )
+                .await;
+            store.ack(mbx(1), vec![1, 2, 3]).await.unwrap();
+            store
+                .update_mailbox(mbx(1), Some([42; 32]), cap(2))
+                .await
+                .unwrap();
+            // What a crash right now leaves behind.
+            copy_dir(dir.path(), copy.path());
+            store.mailbox(mbx(1)).await.unwrap().unwrap()
+        };
+        for path in [dir.path(), copy.path()] {
+            let store = FjallStore::open(path, limits()).unwrap();
+            assert_eq!(store.mailbox(mbx(1)).await.unwrap().as_ref(), Some(&want));
+            assert_eq!(want.kind, MailboxKind::Log);
+            assert_eq!(seqs(&store, mbx(1)).await, [1, 2, 3]);
+            assert_eq!(store.pending_after(mbx(1), 1, u64::MAX).await.unwrap(), 2);
+            assert!(matches!(
+                append_one(&store, posted_with(msg(mbx(1), 4, 10), cap(1))).await,
+                Err(StoreError::CapabilityRetired)
+            ));
+            let next = append_one(&store, posted_with(msg(mbx(1), 5, 10), cap(2))).await;
+            assert_eq!(next.unwrap().seq, 4);
+            assert!(
+                append_one(&store, posted_with(msg(mbx(1), 2, 11), cap(2)))
+                    .await
+                    .unwrap()
+                    .duplicate
+            );
+            assert_eq!(store.ack(mbx(1), vec![4]).await.unwrap(), 0);
+        }
+        // And once more after the writes of the last open.
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        assert_eq!(seqs(&store, mbx(1)).await, [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn logs_have_their_own_depth_and_expire_like_inboxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        store.create_mailbox(mbx(1), log(1)).await.unwrap();
+        let batch: Vec<_> = (1..=61).map(|n| msg(mbx(1), n, 10 + n / 31)).collect();
+        let results = store.append(batch).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 60);
+        assert!(matches!(
+            results.last().unwrap(),
+            Err(StoreError::MailboxFull { limit: 60 })
+        ));
+        // Acks free no room in a log: only expiry does.
+        store.ack(mbx(1), (1..=60).collect()).await.unwrap();
+        assert!(matches!(
+            append_one(&store, msg(mbx(1), 99, 12)).await,
+            Err(StoreError::MailboxFull { .. })
+        ));
+        // Messages 1..=30 were received at 10, 31..=60 at 11.
+        assert_eq!(store.expire(110).await.unwrap(), 30);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 30);
+        assert_eq!(store.pending_after(mbx(1), 0, 40).await.unwrap(), 10);
+        assert_eq!(seqs(&store, mbx(1)).await.first(), Some(&31));
+        // The expired ids are no longer duplicates; the kept ones are.
+        let again = store
+            .append(vec![msg(mbx(1), 1, 12), msg(mbx(1), 31, 12)])
+            .await;
+        assert_eq!(
+            again.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [
+                Appended {
+                    seq: 61,
+                    duplicate: false
+                },
+                Appended {
+                    seq: 31,
+                    duplicate: true
+                },
+            ]
+        );
+        assert_eq!(store.expire(u64::MAX).await.unwrap(), 31);
+        assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
+        assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(log(1)));
     }
 
     #[test]

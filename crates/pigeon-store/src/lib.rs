@@ -1,18 +1,33 @@
-//! Relay storage: anonymous one-way mailboxes and key-package slots.
+//! Relay storage: anonymous mailboxes and key-package slots.
 //!
 //! [`MailboxStore`] is the seam between the relay and whatever keeps its data durable. The
 //! embedded backend ([`FjallStore`]) keeps everything on one machine; a NATS JetStream backend
 //! for scale-out implements the same trait and must pass the same tests.
 //!
+//! A mailbox is one of two kinds ([`MailboxKind`]):
+//! * an **inbox**, a one-way queue: its owner reads it, and what it acknowledges is deleted;
+//! * a **log**, a group's shared history: everyone holding the member capability posts to it
+//!   and reads it from a position of their own; acknowledgements delete nothing, and messages
+//!   stay until they expire. Its owner may replace the member capability
+//!   ([`MailboxStore::update_mailbox`]); the replaced one is *retired*: it still reads the log
+//!   up to the last message before the replacement and posts nothing more.
+//!
 //! Promises every backend keeps:
 //! * [`MailboxStore::append`] returns only once the messages are durable (fsync'd, with group
-//!   commit across concurrent callers). What it acknowledged survives `kill -9`.
+//!   commit across concurrent callers). What it acknowledged survives `kill -9`; so does every
+//!   other change it answered (creation, update, ack, deletion).
 //! * Retries are de-duplicated by (mailbox, client message id) for as long as the message could
 //!   still be stored (the expiry window), even after it was acknowledged and deleted.
-//! * Per-mailbox order: sequence numbers rise strictly in the order appends were made durable.
-//! * Limits (message size, mailbox depth, key packages per slot) are refused with a
+//! * Per-mailbox order: sequence numbers rise strictly in the order appends were made durable,
+//!   and are never reused.
+//! * Logs keep every message until it expires, whoever acknowledged it. A log's capability
+//!   check is made in that same durable order: nothing posted with a capability is stored after
+//!   the update that retired it, so a retired capability's `read_until` covers everything it
+//!   posted.
+//! * Limits (message size, mailbox and log depth, key packages per slot) are refused with a
 //!   [`StoreError`] that maps to a stable wire error code.
-//! * The store sees only ciphertext, random ids and public keys. It never logs payloads or ids.
+//! * The store sees only ciphertext, random ids, public keys and capability hashes. It never
+//!   logs payloads or ids.
 //!
 //! Time is passed in explicitly as Unix seconds (`now`); no backend reads the clock.
 
@@ -21,18 +36,67 @@ mod fjall_store;
 pub use fjall_store::{FjallOptions, FjallStore};
 
 use pigeon_wire::ErrorCode;
-pub use pigeon_wire::msg::{MailboxId, MessageId};
+pub use pigeon_wire::msg::{MailboxId, MailboxKind, MessageId};
 use std::future::Future;
 
+/// Most retired capabilities a log remembers; an update past it forgets the oldest.
+pub const MAX_RETIRED_CAPS: usize = 8;
+
 /// What the store keeps about a mailbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MailboxRecord {
-    /// Ed25519 public key that may subscribe, ack and delete.
+    /// Inbox or log.
+    pub kind: MailboxKind,
+    /// Ed25519 public key that may subscribe, ack and delete (an inbox), or update and delete
+    /// (a log: its owner key).
     pub recipient_key: [u8; 32],
-    /// BLAKE2s-256 of the sender capability.
+    /// BLAKE2s-256 of the sender capability (a log: of its current member capability).
     pub sender_cap_hash: [u8; 32],
     /// Unix seconds of creation.
     pub created_at: u64,
+    /// A log's retired member capabilities, oldest first, at most [`MAX_RETIRED_CAPS`].
+    /// Always empty for an inbox, and ignored when creating a mailbox.
+    pub retired_caps: Vec<RetiredCap>,
+}
+
+impl MailboxRecord {
+    /// A new mailbox's record.
+    pub fn new(
+        kind: MailboxKind,
+        recipient_key: [u8; 32],
+        sender_cap_hash: [u8; 32],
+        created_at: u64,
+    ) -> Self {
+        Self {
+            kind,
+            recipient_key,
+            sender_cap_hash,
+            created_at,
+            retired_caps: Vec::new(),
+        }
+    }
+
+    /// Whether `other` describes the same mailbox as far as its creator chose it (kind, key,
+    /// capability): a create request that matches is a retry.
+    pub fn same_creation(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.recipient_key == other.recipient_key
+            && self.sender_cap_hash == other.sender_cap_hash
+    }
+
+    /// The retired capability with this hash, if the log has one.
+    pub fn retired(&self, cap_hash: &[u8; 32]) -> Option<&RetiredCap> {
+        self.retired_caps.iter().find(|r| &r.cap_hash == cap_hash)
+    }
+}
+
+/// A log's member capability that an update replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredCap {
+    /// BLAKE2s-256 of the capability.
+    pub cap_hash: [u8; 32],
+    /// The last sequence number assigned before it was replaced: it reads up to here.
+    pub read_until: u64,
 }
 
 /// One message to append.
@@ -46,6 +110,11 @@ pub struct NewMessage {
     pub ciphertext: Vec<u8>,
     /// Unix seconds now; stored as the receive time and starts the expiry clock.
     pub now: u64,
+    /// Hash of the capability it was posted with, when the caller checked one. A log takes it
+    /// only if it is the log's current capability *when the message is stored*, so that an
+    /// update racing the post cannot let a retired capability post past its `read_until`.
+    /// Inboxes ignore it.
+    pub cap_hash: Option<[u8; 32]>,
 }
 
 /// The outcome of appending one message.
@@ -93,8 +162,10 @@ pub enum CreateOutcome {
 pub struct Limits {
     /// Largest ciphertext accepted.
     pub max_ciphertext: usize,
-    /// Most messages one mailbox may hold.
+    /// Most messages one inbox may hold.
     pub max_depth: u64,
+    /// Most messages one log may hold (logs keep messages until they expire).
+    pub max_log_depth: u64,
     /// Seconds after which an unacknowledged message (and its de-duplication record) expires.
     pub expiry_secs: u64,
     /// Most one-time key packages one slot may hold.
@@ -108,6 +179,7 @@ impl Default for Limits {
         Self {
             max_ciphertext: pigeon_wire::MAX_CIPHERTEXT,
             max_depth: 10_000,
+            max_log_depth: 100_000,
             expiry_secs: 21 * 24 * 3600,
             max_key_packages: 200,
             max_key_package_len: 16 * 1024,
@@ -142,6 +214,18 @@ pub enum StoreError {
     /// Slot owned by another key.
     #[error("key-package slot belongs to another key")]
     SlotOwnedElsewhere,
+    /// The capability does not open this log (it is neither current nor retired).
+    #[error("the capability does not open this log")]
+    BadCapability,
+    /// The capability was the log's, and an update replaced it.
+    #[error("the capability was replaced by an update of the log")]
+    CapabilityRetired,
+    /// The operation applies to logs only, and the mailbox is an inbox.
+    #[error("the mailbox is an inbox; {op} applies to logs only")]
+    NotALog {
+        /// Which operation.
+        op: &'static str,
+    },
     /// Too many key packages, or one too large.
     #[error("key packages over the limit: {detail}")]
     KeyPackageLimit {
@@ -167,6 +251,9 @@ impl StoreError {
             Self::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             Self::MailboxFull { .. } => ErrorCode::MailboxFull,
             Self::SlotOwnedElsewhere => ErrorCode::SlotOwnedElsewhere,
+            Self::BadCapability => ErrorCode::BadCapability,
+            Self::CapabilityRetired => ErrorCode::CapabilityRetired,
+            Self::NotALog { .. } => ErrorCode::BadRequest,
             Self::KeyPackageLimit { .. } => ErrorCode::TooManyKeyPackages,
             Self::Backend { .. } => ErrorCode::StoreUnavailable,
         }
@@ -177,8 +264,8 @@ impl StoreError {
 ///
 /// All methods may be called concurrently from many tasks. Futures are `Send`.
 pub trait MailboxStore: Send + Sync + 'static {
-    /// Creates a mailbox; idempotent for the same recipient key and capability hash (whatever
-    /// the creation time).
+    /// Creates a mailbox; idempotent for the same kind, key and capability hash
+    /// ([`MailboxRecord::same_creation`]). A new mailbox starts without retired capabilities.
     fn create_mailbox(
         &self,
         id: MailboxId,
@@ -193,6 +280,10 @@ pub trait MailboxStore: Send + Sync + 'static {
 
     /// Appends messages, each to its own mailbox, and returns once all are durable. One result
     /// per input, in input order; a failure of one does not fail the others.
+    ///
+    /// A message to a log whose [`NewMessage::cap_hash`] is not the log's current capability
+    /// is refused ([`StoreError::CapabilityRetired`] for a retired one, else
+    /// [`StoreError::BadCapability`]); a log holds at most [`Limits::max_log_depth`] messages.
     fn append(
         &self,
         batch: Vec<NewMessage>,
@@ -211,7 +302,37 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// How many messages the mailbox holds.
     fn pending(&self, id: MailboxId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Deletes the given messages durably; returns how many were still stored.
+    /// How many messages the mailbox holds with `after_seq < seq <= through_seq`, as
+    /// [`MailboxStore::read`] would return them: what a log subscriber starting after
+    /// `after_seq` (with a retired capability: reading through its `read_until`) has waiting.
+    fn pending_after(
+        &self,
+        id: MailboxId,
+        after_seq: u64,
+        through_seq: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Replaces a log's member capability hash with `new_cap_hash`, and its owner key with
+    /// `new_owner_key` if given, durably. The capability replaced becomes retired with
+    /// `read_until` = the last sequence number assigned so far, which is returned; a log keeps
+    /// the newest [`MAX_RETIRED_CAPS`] retired capabilities. A capability made current again
+    /// is no longer retired.
+    ///
+    /// Idempotent: when `new_cap_hash` is current already, nothing is retired (the owner key
+    /// is still set if given) and the answer is the `read_until` of the newest retired
+    /// capability, or 0 if there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::NotALog`] for an inbox, [`StoreError::NoSuchMailbox`], or the backend's.
+    fn update_mailbox(
+        &self,
+        id: MailboxId,
+        new_owner_key: Option<[u8; 32]>,
+        new_cap_hash: [u8; 32],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes the given messages durably; returns how many were still stored. On a log it
+    /// deletes nothing and returns 0 (logs keep messages until they expire).
     fn ack(
         &self,
         id: MailboxId,
@@ -240,7 +361,7 @@ pub trait MailboxStore: Send + Sync + 'static {
         slot: [u8; 32],
     ) -> impl Future<Output = Result<Option<TakenKeyPackage>, StoreError>> + Send;
 
-    /// Deletes messages (and de-duplication records) older than the expiry; returns how many
-    /// messages went.
+    /// Deletes messages (and de-duplication records) older than the expiry, of inboxes and logs
+    /// alike; returns how many messages went.
     fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

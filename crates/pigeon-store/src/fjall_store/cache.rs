@@ -14,7 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 const SHARDS: usize = 64;
 
 /// What a reader may know about a mailbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Entry {
     pub(super) record: MailboxRecord,
     /// Store-local number, the prefix of its keys.
@@ -68,7 +68,7 @@ impl Cache {
         let ticket = Ticket {
             generation: shard.generation,
         };
-        (shard.map.get(id).copied(), ticket)
+        (shard.map.get(id).cloned(), ticket)
     }
 
     /// Stores what a reader loaded, unless the writer published to the shard since the ticket.
@@ -80,9 +80,10 @@ impl Cache {
         if shard.map.len() >= self.per_shard && !shard.map.contains_key(&id) {
             shard.map.clear();
         }
+        let count = entry.count;
         let slot = shard.map.entry(id).or_insert(entry);
         if slot.count.is_none() {
-            slot.count = entry.count;
+            slot.count = count;
         }
     }
 
@@ -117,14 +118,11 @@ impl Cache {
 #[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
+    use crate::MailboxKind;
 
     fn entry(count: Option<u64>) -> Entry {
         Entry {
-            record: MailboxRecord {
-                recipient_key: [1; 32],
-                sender_cap_hash: [2; 32],
-                created_at: 3,
-            },
+            record: MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], 3),
             number: 1,
             count,
         }

@@ -12,7 +12,8 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `meta` | mailbox id (32) | format (1) · recipient key (32) · capability hash (32) · created (8) · high-water seq (8) · number (8) |
+//! | `meta` | mailbox id (32) | an inbox: [`META_INBOX`] (1) · recipient key (32) · capability hash (32) · created (8) · high-water seq (8) · number (8) |
+//! | `meta` | mailbox id (32) | a log: [`META_LOG`] (1) · owner key (32) · capability hash (32) · created (8) · high-water seq (8) · number (8) · n (1) · n × (retired capability hash (32) · read until (8)) |
 //! | `meta` | [`FORMAT_KEY`] | format (1) |
 //! | `meta` | [`ROUND_KEY`] | next round number (8) |
 //! | `meta` | [`NUMBER_KEY`] | next mailbox number (8) |
@@ -23,12 +24,20 @@
 //! | `slots` | slot (32) · 1 | last-resort package |
 //! | `slots` | slot (32) · 2 · package number (8) | one-time package |
 
-use crate::{MailboxId, MailboxRecord, MessageId, StoreError};
+use crate::{
+    MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord, MessageId, RetiredCap, StoreError,
+};
 use pigeon_wire::{ID_LEN, MESSAGE_ID_LEN};
 
-/// Version of this layout, kept under [`FORMAT_KEY`] and at the front of every meta value.
+/// Version of this layout, kept under [`FORMAT_KEY`].
 /// (1 was the first layout, with 32-byte mailbox ids in every key and no mailbox numbers.)
 pub(super) const FORMAT: u8 = 2;
+/// First byte of an inbox's meta value. It is [`FORMAT`], as in every meta value written
+/// before logs existed: those read as inboxes, unchanged.
+pub(super) const META_INBOX: u8 = FORMAT;
+/// First byte of a log's meta value (a release without logs refuses it as corrupt rather than
+/// read a log as an inbox).
+pub(super) const META_LOG: u8 = 3;
 /// Where the layout version lives in `meta`; its length differs from a mailbox id, so no clash.
 pub(super) const FORMAT_KEY: &[u8] = b"pigeon-store:format";
 /// Where the next expiry index round number lives in `meta` (it keeps index keys unique).
@@ -40,7 +49,10 @@ pub(super) const NUMBER_KEY: &[u8] = b"pigeon-store:mailbox-number";
 pub(super) const MSG_HEADER: usize = MESSAGE_ID_LEN + 8;
 /// One message in an expiry index entry: number, mailbox id, seq, message id.
 pub(super) const EXPIRY_ITEM: usize = 8 + ID_LEN + 8 + MESSAGE_ID_LEN;
+/// An inbox's meta value; a log's starts the same.
 const META_LEN: usize = 1 + 32 + 32 + 8 + 8 + 8;
+/// One retired capability in a log's meta value.
+const RETIRED_LEN: usize = 32 + 8;
 const DEDUP_VALUE_LEN: usize = 16;
 const OWNER_LEN: usize = 32 + 8;
 /// Longest LEB128 encoding of a u64.
@@ -115,34 +127,73 @@ impl Key {
 
 /// A decoded meta value: the record, the mailbox's number, and the highest sequence number
 /// handed out as of the last deletion (see the writer's notes on sequence continuity).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Meta {
     pub(super) record: MailboxRecord,
     pub(super) high_water: u64,
     pub(super) number: u64,
 }
 
-pub(super) fn encode_meta(meta: &Meta) -> [u8; META_LEN] {
-    let mut out = [0u8; META_LEN];
-    out[0] = FORMAT;
-    out[1..33].copy_from_slice(&meta.record.recipient_key);
-    out[33..65].copy_from_slice(&meta.record.sender_cap_hash);
-    out[65..73].copy_from_slice(&meta.record.created_at.to_be_bytes());
-    out[73..81].copy_from_slice(&meta.high_water.to_be_bytes());
-    out[81..89].copy_from_slice(&meta.number.to_be_bytes());
+/// The meta value of a mailbox. An inbox's retired capabilities (it has none) are not
+/// written; a log's beyond [`MAX_RETIRED_CAPS`] neither (the writer keeps no more).
+pub(super) fn encode_meta(record: &MailboxRecord, high_water: u64, number: u64) -> Vec<u8> {
+    let retired = match record.kind {
+        MailboxKind::Inbox => &[][..],
+        MailboxKind::Log => {
+            let skip = record.retired_caps.len().saturating_sub(MAX_RETIRED_CAPS);
+            &record.retired_caps[skip..]
+        }
+    };
+    let mut out = Vec::with_capacity(META_LEN + 1 + retired.len() * RETIRED_LEN);
+    out.push(match record.kind {
+        MailboxKind::Inbox => META_INBOX,
+        MailboxKind::Log => META_LOG,
+    });
+    out.extend_from_slice(&record.recipient_key);
+    out.extend_from_slice(&record.sender_cap_hash);
+    out.extend_from_slice(&record.created_at.to_be_bytes());
+    out.extend_from_slice(&high_water.to_be_bytes());
+    out.extend_from_slice(&number.to_be_bytes());
+    if record.kind == MailboxKind::Log {
+        // At most MAX_RETIRED_CAPS (8).
+        out.push(u8::try_from(retired.len()).unwrap_or(u8::MAX));
+        for r in retired {
+            out.extend_from_slice(&r.cap_hash);
+            out.extend_from_slice(&r.read_until.to_be_bytes());
+        }
+    }
     out
 }
 
 pub(super) fn decode_meta(op: &'static str, bytes: &[u8]) -> Result<Meta, StoreError> {
-    if bytes.len() != META_LEN || bytes[0] != FORMAT {
-        return Err(corrupt(op, "mailbox record"));
-    }
     let parsed = (|| {
+        let kind = match *bytes.first()? {
+            META_INBOX if bytes.len() == META_LEN => MailboxKind::Inbox,
+            META_LOG => MailboxKind::Log,
+            _ => return None,
+        };
+        let mut retired_caps = Vec::new();
+        if kind == MailboxKind::Log {
+            let n = usize::from(*bytes.get(META_LEN)?);
+            if n > MAX_RETIRED_CAPS || bytes.len() != META_LEN + 1 + n * RETIRED_LEN {
+                return None;
+            }
+            retired_caps.reserve_exact(n);
+            for i in 0..n {
+                let at = META_LEN + 1 + i * RETIRED_LEN;
+                retired_caps.push(RetiredCap {
+                    cap_hash: array_at(bytes, at)?,
+                    read_until: u64_at(bytes, at + 32)?,
+                });
+            }
+        }
         Some(Meta {
             record: MailboxRecord {
+                kind,
                 recipient_key: array_at(bytes, 1)?,
                 sender_cap_hash: array_at(bytes, 33)?,
                 created_at: u64_at(bytes, 65)?,
+                retired_caps,
             },
             high_water: u64_at(bytes, 73)?,
             number: u64_at(bytes, 81)?,
@@ -303,25 +354,92 @@ pub(super) fn decode_owner(op: &'static str, value: &[u8]) -> Result<([u8; 32], 
 mod tests {
     use super::*;
 
+    fn inbox() -> MailboxRecord {
+        MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], 7)
+    }
+
+    fn log(retired: u8) -> MailboxRecord {
+        let mut record = MailboxRecord::new(MailboxKind::Log, [3; 32], [4; 32], 8);
+        record.retired_caps = (0..retired)
+            .map(|i| RetiredCap {
+                cap_hash: [10 + i; 32],
+                read_until: u64::from(i) * 100,
+            })
+            .collect();
+        record
+    }
+
     #[test]
     fn meta_round_trips_and_rejects_garbage() {
-        let meta = Meta {
-            record: MailboxRecord {
-                recipient_key: [1; 32],
-                sender_cap_hash: [2; 32],
-                created_at: 7,
-            },
-            high_water: 42,
-            number: 9,
-        };
-        assert_eq!(decode_meta("t", &encode_meta(&meta)).unwrap(), meta);
-        assert!(decode_meta("t", &[]).is_err());
-        let mut bad = encode_meta(&meta);
-        bad[0] = 99;
-        assert!(decode_meta("t", &bad).is_err());
-        assert!(decode_meta("t", &encode_meta(&meta)[..80]).is_err());
+        for record in [inbox(), log(0), log(1), log(8)] {
+            let meta = Meta {
+                record,
+                high_water: 42,
+                number: 9,
+            };
+            let bytes = encode_meta(&meta.record, 42, 9);
+            assert_eq!(decode_meta("t", &bytes).unwrap(), meta);
+            for cut in [0, 1, 80, bytes.len() - 1] {
+                assert!(decode_meta("t", &bytes[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode_meta("t", &longer).is_err());
+            let mut bad = bytes;
+            bad[0] = 99;
+            assert!(decode_meta("t", &bad).is_err());
+        }
+        assert_eq!(encode_meta(&inbox(), 1, 1).len(), META_LEN);
+        // A log that claims more retired capabilities than a log keeps is corrupt.
+        let mut nine = encode_meta(&log(8), 1, 1);
+        nine[META_LEN] = 9;
+        nine.extend_from_slice(&[0; RETIRED_LEN]);
+        assert!(decode_meta("t", &nine).is_err());
+        // More than a log keeps is never written.
+        let mut many = log(8);
+        many.retired_caps.insert(0, many.retired_caps[0]);
+        assert_eq!(
+            decode_meta("t", &encode_meta(&many, 1, 1)).unwrap().record,
+            log(8)
+        );
+        // An inbox's retired capabilities (it should have none) are not written.
+        let mut odd = inbox();
+        odd.retired_caps = log(2).retired_caps;
+        assert_eq!(
+            decode_meta("t", &encode_meta(&odd, 1, 1)).unwrap().record,
+            inbox()
+        );
         assert_eq!(decode_counter("t", &7u64.to_be_bytes()).unwrap(), 7);
         assert!(decode_counter("t", &[1]).is_err());
+    }
+
+    /// A relay upgraded from the release before logs keeps its mailboxes: their meta values,
+    /// written then (built here byte by byte, as that release's encoder did), read as inboxes.
+    #[test]
+    fn meta_written_before_logs_reads_as_an_inbox() {
+        let mut old = vec![2u8];
+        old.extend_from_slice(&[0xaa; 32]);
+        old.extend_from_slice(&[0xbb; 32]);
+        old.extend_from_slice(&1_700_000_000u64.to_be_bytes());
+        old.extend_from_slice(&77u64.to_be_bytes());
+        old.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(old.len(), 89);
+        let meta = decode_meta("t", &old).unwrap();
+        assert_eq!(
+            meta,
+            Meta {
+                record: MailboxRecord::new(
+                    MailboxKind::Inbox,
+                    [0xaa; 32],
+                    [0xbb; 32],
+                    1_700_000_000
+                ),
+                high_water: 77,
+                number: 5,
+            }
+        );
+        // And an inbox is still written exactly that way.
+        assert_eq!(encode_meta(&meta.record, 77, 5), old);
     }
 
     #[test]

@@ -21,21 +21,26 @@
 //!
 //! Sequence numbers continue across restarts without reuse: on load, the next number is one past
 //! the larger of the highest stored message and the mailbox's high-water mark. Appends never
-//! write the meta record; a batch that deletes messages of a mailbox (ack, expiry) rewrites it
-//! once with the high-water mark, so a deleted highest message is still remembered.
+//! write the meta record; a batch that deletes messages of a mailbox (ack, expiry) or updates
+//! it rewrites it once with the high-water mark, so a deleted highest message is still
+//! remembered.
+//!
+//! A log's capability check on append is made here too, against the record as of that append:
+//! an update retires a capability between two appends, never during one, so `read_until` (the
+//! last number assigned before the update) covers everything the retired capability posted.
 
 use super::Shared;
 use super::cache::Entry;
 use super::codec::{
-    EXPIRY_ITEM, ExpiryItem, Key, Meta, NUMBER_KEY, ROUND_KEY, SLOT_LAST_RESORT, SLOT_ONE_TIME,
+    EXPIRY_ITEM, ExpiryItem, Key, NUMBER_KEY, ROUND_KEY, SLOT_LAST_RESORT, SLOT_ONE_TIME,
     SLOT_OWNER, decode_counter, decode_dedup, decode_expiry, decode_meta, decode_owner, dedup_key,
     encode_dedup, encode_meta, encode_owner, expiry_key, msg_header, msg_key, msg_key_seq,
     one_time_key, push_expiry_item, slot_key,
 };
 use super::recent::{Precheck, Recent};
 use crate::{
-    Appended, CreateOutcome, MailboxId, MailboxRecord, MessageId, NewMessage, StoreError,
-    TakenKeyPackage,
+    Appended, CreateOutcome, MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord, MessageId,
+    NewMessage, RetiredCap, StoreError, TakenKeyPackage,
 };
 use byteview::ByteView;
 use fjall::{OwnedWriteBatch, PersistMode, Slice};
@@ -62,6 +67,8 @@ pub(super) struct Prepared {
     now: u64,
     /// Ciphertext length.
     len: usize,
+    /// The capability hash it was posted with, for a log's check.
+    cap_hash: Option<[u8; 32]>,
     /// Header and ciphertext; `None` when the ciphertext is over the limit.
     value: Option<Slice>,
     /// The caller's de-duplication lookup.
@@ -80,6 +87,7 @@ impl Prepared {
             message_id: message.message_id,
             now: message.now,
             len,
+            cap_hash: message.cap_hash,
             value,
             precheck,
         }
@@ -105,6 +113,12 @@ pub(super) enum Request {
     Delete {
         id: MailboxId,
         reply: Reply<bool>,
+    },
+    Update {
+        id: MailboxId,
+        new_owner: Option<[u8; 32]>,
+        new_cap_hash: [u8; 32],
+        reply: Reply<u64>,
     },
     Publish {
         slot: [u8; 32],
@@ -155,6 +169,7 @@ impl Request {
             }
             Self::Ack { reply, .. } => drop(reply.send(Err(err("ack")))),
             Self::Delete { reply, .. } => drop(reply.send(Err(err("delete_mailbox")))),
+            Self::Update { reply, .. } => drop(reply.send(Err(err("update_mailbox")))),
             Self::Publish { reply, .. } => drop(reply.send(Err(err("publish_key_packages")))),
             Self::Take { reply, .. } => drop(reply.send(Err(err("take_key_package")))),
             Self::Expire { reply, .. } => drop(reply.send(Err(err("expire")))),
@@ -171,6 +186,7 @@ enum Done {
     ),
     Ack(Reply<u64>, Result<u64, StoreError>),
     Delete(Reply<bool>, Result<bool, StoreError>),
+    Update(Reply<u64>, Result<u64, StoreError>),
     Publish(Reply<u32>, Result<u32, StoreError>),
     Take(
         Reply<Option<TakenKeyPackage>>,
@@ -216,6 +232,7 @@ impl Done {
             }
             Self::Ack(tx, r) => drop(tx.send(unless_failed(r, "ack", failure))),
             Self::Delete(tx, r) => drop(tx.send(unless_failed(r, "delete_mailbox", failure))),
+            Self::Update(tx, r) => drop(tx.send(unless_failed(r, "update_mailbox", failure))),
             Self::Publish(tx, r) => {
                 drop(tx.send(unless_failed(r, "publish_key_packages", failure)))
             }
@@ -536,7 +553,7 @@ impl Writer {
         let mut publish = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain(..) {
             let entry = self.boxes.get(&id).map(|b| Entry {
-                record: b.record,
+                record: b.record.clone(),
                 number: b.number,
                 count: Some(b.stored.count),
             });
@@ -590,13 +607,8 @@ impl Writer {
     fn flush_batch(&mut self) -> Result<(), String> {
         for id in self.meta_dirty.drain(..) {
             if let Some(b) = self.boxes.get(&id) {
-                let meta = Meta {
-                    record: b.record,
-                    high_water: b.next_seq - 1,
-                    number: b.number,
-                };
-                self.batch
-                    .insert(&self.shared.meta, id.0, encode_meta(&meta));
+                let value = encode_meta(&b.record, b.next_seq - 1, b.number);
+                self.batch.insert(&self.shared.meta, id.0, value);
             }
         }
         if !self.index.is_empty() {
@@ -660,6 +672,15 @@ impl Writer {
             Request::Delete { id, reply } => {
                 let r = self.delete(id);
                 self.done.push(Done::Delete(reply, r));
+            }
+            Request::Update {
+                id,
+                new_owner,
+                new_cap_hash,
+                reply,
+            } => {
+                let r = self.update(id, new_owner, new_cap_hash);
+                self.done.push(Done::Update(reply, r));
             }
             Request::Publish {
                 slot,
@@ -735,21 +756,16 @@ impl Writer {
     fn create(
         &mut self,
         id: MailboxId,
-        record: MailboxRecord,
+        mut record: MailboxRecord,
     ) -> Result<CreateOutcome, StoreError> {
         let op = "create_mailbox";
         if self.load(op, id)? {
             return match self.boxes.get(&id) {
-                // What the creator chose, not when: a retry in a later second is a retry.
-                Some(b)
-                    if b.record.recipient_key == record.recipient_key
-                        && b.record.sender_cap_hash == record.sender_cap_hash =>
-                {
-                    Ok(CreateOutcome::AlreadyExists)
-                }
+                Some(b) if b.record.same_creation(&record) => Ok(CreateOutcome::AlreadyExists),
                 _ => Err(StoreError::MailboxExists),
             };
         }
+        record.retired_caps = Vec::new();
         let number = self.next_number;
         self.next_number += 1;
         self.number_dirty = true;
@@ -783,9 +799,19 @@ impl Writer {
         if !self.load(op, id)? {
             return Err(StoreError::NoSuchMailbox);
         }
-        let Some(number) = self.boxes.get(&id).map(|b| b.number) else {
+        let Some(b) = self.boxes.get(&id) else {
             return Err(StoreError::NoSuchMailbox);
         };
+        let (number, kind) = (b.number, b.record.kind);
+        if kind == MailboxKind::Log
+            && let Some(hash) = message.cap_hash
+            && hash != b.record.sender_cap_hash
+        {
+            return Err(match b.record.retired(&hash) {
+                Some(_) => StoreError::CapabilityRetired,
+                None => StoreError::BadCapability,
+            });
+        }
         let dkey = dedup_key(number, &message.message_id);
         let stored = match self.recent.resolve(message.precheck, number, &dkey) {
             Some(known) => known,
@@ -807,10 +833,12 @@ impl Writer {
         let Some(b) = self.boxes.get_mut(&id) else {
             return Err(StoreError::NoSuchMailbox);
         };
-        if b.stored.count >= limits.max_depth {
-            return Err(StoreError::MailboxFull {
-                limit: limits.max_depth,
-            });
+        let limit = match kind {
+            MailboxKind::Inbox => limits.max_depth,
+            MailboxKind::Log => limits.max_log_depth,
+        };
+        if b.stored.count >= limit {
+            return Err(StoreError::MailboxFull { limit });
         }
         let seq = b.next_seq;
         b.next_seq += 1;
@@ -855,11 +883,15 @@ impl Writer {
         if !self.load(op, id)? {
             return Err(StoreError::NoSuchMailbox);
         }
-        seqs.sort_unstable();
-        seqs.dedup();
         let Some(b) = self.boxes.get(&id) else {
             return Err(StoreError::NoSuchMailbox);
         };
+        if b.record.kind == MailboxKind::Log {
+            // A log keeps its messages until they expire; an ack only frees the push window.
+            return Ok(0);
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
         let in_open_batch = b.uncommitted_epoch == self.epoch
             && seqs
                 .iter()
@@ -916,6 +948,54 @@ impl Writer {
         self.touched.push(id);
         self.barrier(op)?;
         Ok(true)
+    }
+
+    fn update(
+        &mut self,
+        id: MailboxId,
+        new_owner: Option<[u8; 32]>,
+        new_cap_hash: [u8; 32],
+    ) -> Result<u64, StoreError> {
+        let op = "update_mailbox";
+        if !self.load(op, id)? {
+            return Err(StoreError::NoSuchMailbox);
+        }
+        let Some(b) = self.boxes.get_mut(&id) else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        if b.record.kind != MailboxKind::Log {
+            return Err(StoreError::NotALog { op });
+        }
+        let mut changed = false;
+        if let Some(key) = new_owner
+            && key != b.record.recipient_key
+        {
+            b.record.recipient_key = key;
+            changed = true;
+        }
+        let read_until = if b.record.sender_cap_hash == new_cap_hash {
+            // A retry of an update that was made: nothing more to retire.
+            b.record.retired_caps.last().map_or(0, |r| r.read_until)
+        } else {
+            let read_until = b.next_seq - 1;
+            let old = std::mem::replace(&mut b.record.sender_cap_hash, new_cap_hash);
+            let retired = &mut b.record.retired_caps;
+            retired.retain(|r| r.cap_hash != new_cap_hash);
+            retired.push(RetiredCap {
+                cap_hash: old,
+                read_until,
+            });
+            if retired.len() > MAX_RETIRED_CAPS {
+                let excess = retired.len() - MAX_RETIRED_CAPS;
+                retired.drain(..excess);
+            }
+            changed = true;
+            read_until
+        };
+        if changed {
+            self.mark(id, true);
+        }
+        Ok(read_until)
     }
 
     fn publish(
