@@ -6,13 +6,13 @@
 //! client that pipelines pays one durable commit per batch, not per message.
 
 use crate::Shared;
-use crate::hub::Waker;
+use crate::hub::{Change, Waker};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use pigeon_proto::auth::{self, AuthOp};
 use pigeon_proto::channel::{self, Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
-use pigeon_store::{Appended, StoredMessage};
+use pigeon_store::{Appended, MailboxKind, MailboxRecord, StoredMessage};
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
 use pigeon_transport::ServerStream;
 use pigeon_wire::msg::{
@@ -135,10 +135,28 @@ enum Event {
 
 struct Subscription {
     mailbox: MailboxId,
-    /// Highest sequence number pushed on this connection.
+    /// Highest sequence number pushed on this connection (of a log: at first, where the
+    /// subscriber asked to start).
     last_pushed: u64,
+    /// Highest sequence number this subscription may push: a retired capability's
+    /// `read_until` on a log, `u64::MAX` otherwise.
+    read_until: u64,
     /// Pushed and not yet acknowledged, ascending.
     in_flight: Vec<u64>,
+}
+
+/// How far a capability with hash `cap_hash` reads a log: to the end when it is the current
+/// capability (`u64::MAX`), to its `read_until` when it is a retired one. Compared in constant
+/// time.
+fn log_reach(record: &MailboxRecord, cap_hash: &[u8; 32]) -> Option<u64> {
+    if bool::from(cap_hash.ct_eq(&record.sender_cap_hash)) {
+        return Some(u64::MAX);
+    }
+    record
+        .retired_caps
+        .iter()
+        .find(|r| bool::from(cap_hash.ct_eq(&r.cap_hash)))
+        .map(|r| r.read_until)
 }
 
 struct Conn {
@@ -757,8 +775,10 @@ impl Conn {
             let started = Instant::now();
             let results = shared.store.append(batch).await;
             // Subscribers hear of new messages here, as soon as they are durable, even if this
-            // connection is gone by the time its answers would be written.
+            // connection is gone by the time its answers would be written. Each mailbox's
+            // messages go to its subscribers together, in order (a log may have many).
             let mut woken: Vec<MailboxId> = Vec::new();
+            let mut delivered: Vec<(MailboxId, Vec<Arc<StoredMessage>>)> = Vec::new();
             for ((mailbox, live), result) in mailboxes.into_iter().zip(live).zip(&results) {
                 let Ok(appended) = result else { continue };
                 if appended.duplicate {
@@ -772,11 +792,17 @@ impl Conn {
                             received_at,
                             ciphertext,
                         });
-                        shared.hub.deliver(mailbox, &message);
+                        match delivered.iter_mut().find(|(id, _)| *id == mailbox) {
+                            Some((_, list)) => list.push(message),
+                            None => delivered.push((mailbox, vec![message])),
+                        }
                     }
                     None if !woken.contains(&mailbox) => woken.push(mailbox),
                     None => {}
                 }
+            }
+            for (mailbox, messages) in delivered {
+                shared.hub.deliver(mailbox, &messages);
             }
             for mailbox in woken {
                 shared.hub.wake(mailbox);
@@ -790,11 +816,22 @@ impl Conn {
         inflight.get_or_insert_with(FuturesUnordered::new).push(op);
     }
 
-    /// Drops subscriptions to mailboxes that were deleted, by this or any other session.
+    /// Drops subscriptions to mailboxes that were deleted, and limits those made with a log
+    /// capability that was retired since, by this or any other session.
     fn apply_revocations(&mut self) {
         if let Some(w) = &self.waker {
-            for mailbox in w.take_revoked() {
-                self.subs.retain(|s| s.mailbox != mailbox);
+            for (mailbox, change) in w.take_revoked() {
+                match change {
+                    Change::Deleted => self.subs.retain(|s| s.mailbox != mailbox),
+                    Change::Retired(read_until) => {
+                        for sub in &mut self.subs {
+                            // Not limited yet: made with the capability current until now.
+                            if sub.mailbox == mailbox && sub.read_until == u64::MAX {
+                                sub.read_until = read_until;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -840,7 +877,14 @@ impl Conn {
         };
         let hash = auth::cap_hash(&cap);
         if !bool::from(hash.ct_eq(&record.sender_cap_hash)) {
-            return Err(error_result(ErrorCode::BadCapability));
+            // Only a log's current capability posts; a retired one is told so, to look for
+            // the new one in the log.
+            let retired = record.kind == MailboxKind::Log && log_reach(&record, &hash).is_some();
+            return Err(error_result(if retired {
+                ErrorCode::CapabilityRetired
+            } else {
+                ErrorCode::BadCapability
+            }));
         }
         if let Err(wait) = shared.limiter.check(&hash, now) {
             shared.metrics.rate_limited.inc();
@@ -853,6 +897,7 @@ impl Conn {
             message_id,
             ciphertext: send.ciphertext,
             now: unix,
+            // A log checks it again as the message is stored, in order with its updates.
             cap_hash: Some(hash),
         })
     }
@@ -905,22 +950,9 @@ impl Conn {
                 let cap_hash: [u8; 32] =
                     msg::fixed("create_mailbox", "sender_cap_hash", &c.sender_cap_hash)
                         .map_err(bad)?;
-                if msg::MailboxKind::parse("create_mailbox", c.kind).map_err(bad)?
-                    != msg::MailboxKind::Inbox
-                {
-                    return Err(bad(WireError::Field {
-                        what: "create_mailbox",
-                        field: "kind",
-                        problem: "this relay serves inboxes only".to_owned(),
-                    }));
-                }
+                let kind = MailboxKind::parse("create_mailbox", c.kind).map_err(bad)?;
                 self.verify(&key, AuthOp::CreateMailbox, &id.0, &cap_hash, &c.signature)?;
-                let record = pigeon_store::MailboxRecord::new(
-                    msg::MailboxKind::Inbox,
-                    key,
-                    cap_hash,
-                    crate::unix_now(),
-                );
+                let record = MailboxRecord::new(kind, key, cap_hash, crate::unix_now());
                 shared
                     .store
                     .create_mailbox(id, record)
@@ -931,25 +963,44 @@ impl Conn {
             request::Body::Subscribe(s) => {
                 let id = MailboxId::parse("subscribe", &s.mailbox_id).map_err(bad)?;
                 let record = self.owned(shared, id).await?;
-                self.verify(
-                    &record.recipient_key,
-                    AuthOp::Subscribe,
-                    &id.0,
-                    &[0; 32],
-                    &s.signature,
-                )?;
+                // An inbox proves ownership; a log is opened by its member capability (current,
+                // or retired: then it reads up to its `read_until`), from a position of the
+                // subscriber's choosing.
+                let (after_seq, log_cap) = match record.kind {
+                    MailboxKind::Inbox => {
+                        self.verify(
+                            &record.recipient_key,
+                            AuthOp::Subscribe,
+                            &id.0,
+                            &[0; 32],
+                            &s.signature,
+                        )?;
+                        (0, None)
+                    }
+                    MailboxKind::Log => {
+                        let cap: [u8; 32] =
+                            msg::fixed("subscribe", "member_cap", &s.member_cap).map_err(bad)?;
+                        (s.after_seq.unwrap_or(0), Some(auth::cap_hash(&cap)))
+                    }
+                };
+                let read_until = match &log_cap {
+                    Some(hash) => log_reach(&record, hash)
+                        .ok_or_else(|| error_result(ErrorCode::BadCapability))?,
+                    None => u64::MAX,
+                };
                 if self.subs.len() >= MAX_SUBSCRIPTIONS
                     && !self.subs.iter().any(|s| s.mailbox == id)
                 {
                     return Err(error_result(ErrorCode::RateLimited));
                 }
-                let pending = shared
-                    .store
-                    .pending(id)
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                // (Re)subscribing starts delivery over from the oldest unacknowledged message.
-                // Revocations that came before this subscription must not end it later.
+                let pending = match record.kind {
+                    MailboxKind::Inbox => shared.store.pending(id).await,
+                    MailboxKind::Log => shared.store.pending_after(id, after_seq, read_until).await,
+                }
+                .map_err(|e| store_error(&e))?;
+                // (Re)subscribing starts delivery over from the oldest unacknowledged message
+                // (of a log: after `after_seq`). Revocations and retirements that came before
+                // this subscription must not end or limit it later.
                 self.apply_revocations();
                 self.subs.retain(|s| s.mailbox != id);
                 // Most connections hold one subscription for hours, and a `Vec`'s first growth
@@ -959,12 +1010,30 @@ impl Conn {
                 }
                 self.subs.push(Subscription {
                     mailbox: id,
-                    last_pushed: 0,
+                    last_pushed: after_seq,
+                    read_until,
                     in_flight: Vec::new(),
                 });
                 let waker = self.waker.get_or_insert_with(Arc::default);
                 shared.hub.subscribe(id, waker);
                 waker.wake(id);
+                if let Some(hash) = log_cap
+                    && read_until == u64::MAX
+                {
+                    // An update that retired the capability after the check above but before
+                    // the hub knew of this subscription would not have reached it: look again.
+                    // (An update after this look reaches it through the hub.)
+                    // A capability gone from the record altogether reads nothing more; a
+                    // deletion meanwhile reaches the subscription through the hub.
+                    if let Ok(Some(now)) = shared.store.mailbox(id).await {
+                        let reach = log_reach(&now, &hash).unwrap_or(0);
+                        if reach != u64::MAX
+                            && let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == id)
+                        {
+                            sub.read_until = reach;
+                        }
+                    }
+                }
                 Ok(response::Result::Subscribed(msg::Subscribed { pending }))
             }
             request::Body::Unsubscribe(u) => {
@@ -1000,11 +1069,54 @@ impl Conn {
                 shared.hub.revoke(id);
                 Ok(response::Result::Done(msg::Done {}))
             }
-            request::Body::UpdateMailbox(_) => Err(bad(WireError::Field {
-                what: "update_mailbox",
-                field: "mailbox_id",
-                problem: "this relay serves inboxes only".to_owned(),
-            })),
+            request::Body::UpdateMailbox(u) => {
+                let what = "update_mailbox";
+                let id = MailboxId::parse(what, &u.mailbox_id).map_err(bad)?;
+                let new_owner: Option<[u8; 32]> = match u.new_owner_key.as_slice() {
+                    [] => None,
+                    key => Some(msg::fixed(what, "new_owner_key", key).map_err(bad)?),
+                };
+                if let Some(key) = &new_owner
+                    && auth::VerifyingKey::from_bytes(key).is_err()
+                {
+                    return Err(bad(WireError::Field {
+                        what,
+                        field: "new_owner_key",
+                        problem: "is not an Ed25519 public key".to_owned(),
+                    }));
+                }
+                let new_cap_hash: [u8; 32] =
+                    msg::fixed(what, "new_cap_hash", &u.new_cap_hash).map_err(bad)?;
+                let record = self.owned(shared, id).await?;
+                let digest = auth::update_digest(new_owner.as_ref(), &new_cap_hash);
+                self.verify(
+                    &record.recipient_key,
+                    AuthOp::UpdateMailbox,
+                    &id.0,
+                    &digest,
+                    &u.signature,
+                )?;
+                // Checked after the signature, so that only the owner learns the kind.
+                if record.kind != MailboxKind::Log {
+                    return Err(bad(WireError::Field {
+                        what,
+                        field: "mailbox_id",
+                        problem: "names an inbox; only a log can be updated".to_owned(),
+                    }));
+                }
+                let read_until = shared
+                    .store
+                    .update_mailbox(id, new_owner, new_cap_hash)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                shared.metrics.log_updates.inc();
+                if record.sender_cap_hash != new_cap_hash {
+                    // Subscriptions made with the capability just retired (on any session)
+                    // stop at its `read_until`. (A retry retires nothing.)
+                    shared.hub.retire(id, read_until);
+                }
+                Ok(response::Result::Done(msg::Done {}))
+            }
             request::Body::PublishKeyPackages(p) => {
                 let slot: [u8; 32] =
                     msg::fixed("publish_key_packages", "slot_id", &p.slot_id).map_err(bad)?;
@@ -1060,7 +1172,7 @@ impl Conn {
         &self,
         shared: &Shared<S>,
         id: MailboxId,
-    ) -> Result<pigeon_store::MailboxRecord, response::Result> {
+    ) -> Result<MailboxRecord, response::Result> {
         match shared.store.mailbox(id).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(error_result(ErrorCode::NoSuchMailbox)),
@@ -1090,7 +1202,7 @@ impl Conn {
             let Some(sub) = self.subs.iter_mut().find(|s| s.mailbox == mailbox) else {
                 continue;
             };
-            if dirty.contains(&mailbox) || m.seq <= sub.last_pushed {
+            if dirty.contains(&mailbox) || m.seq <= sub.last_pushed || m.seq > sub.read_until {
                 continue;
             }
             if m.seq != sub.last_pushed + 1
@@ -1121,14 +1233,17 @@ impl Conn {
                 waker.wake(mailbox);
                 continue;
             }
-            let room = shared
+            let window = shared
                 .config
                 .push_window
                 .saturating_sub(sub.in_flight.len());
+            // Sequence numbers are never reused, so at most this many are left to read.
+            let left = sub.read_until.saturating_sub(sub.last_pushed);
+            let room = window.min(usize::try_from(left).unwrap_or(usize::MAX));
             if room == 0 {
                 continue;
             }
-            let messages = match shared
+            let mut messages = match shared
                 .store
                 .read(mailbox, sub.last_pushed, room, budget)
                 .await
@@ -1144,6 +1259,7 @@ impl Conn {
                     continue;
                 }
             };
+            messages.retain(|m| m.seq <= sub.read_until);
             if messages.is_empty() {
                 continue;
             }
@@ -1156,7 +1272,10 @@ impl Conn {
             }
             let count = messages.len();
             encode_pushes(mailbox, messages, shared, out);
-            if count < room && bytes + pigeon_wire::MAX_CIPHERTEXT > limit {
+            if count < room
+                && sub.last_pushed < sub.read_until
+                && bytes + pigeon_wire::MAX_CIPHERTEXT > limit
+            {
                 // The read may have stopped at its byte limit: look again.
                 waker.wake(mailbox);
             }
@@ -1224,6 +1343,14 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Notify;
+
+    /// Every subscribed connection keeps its subscriptions while idle (ARCHITECTURE.md, "Memory
+    /// per idle connection"): a log's reading limit costs one word, and nothing else may grow
+    /// it unnoticed.
+    #[test]
+    fn a_subscription_stays_small() {
+        assert_eq!(std::mem::size_of::<Subscription>(), 72);
+    }
 
     /// A wake-up left for a connection while its socket is readable is seen by one of its next
     /// waits. (It was not: the wait took the wake-up, returned for the socket, and dropped it,

@@ -6,6 +6,10 @@
 //! M has news" mark and reads from the store, which stays the one source of truth for order and
 //! content. A slow subscriber therefore costs bounded memory here, and a wake-up that races a
 //! subscription is harmless.
+//!
+//! A group's log may have a subscriber per member device (a thousand and more): a commit hands
+//! each mailbox's new messages over in one go, so the subscriber list is copied once per
+//! mailbox and batch rather than once per message, and each connection is woken once.
 
 use pigeon_store::{MailboxId, StoredMessage};
 use std::collections::HashMap;
@@ -26,8 +30,18 @@ pub(crate) struct Waker {
     /// New durable messages, in commit order, for mailboxes this connection is subscribed to,
     /// and their ciphertext bytes.
     live: Mutex<(Vec<Live>, usize)>,
-    /// Mailboxes deleted (by any session) that this connection must stop serving.
-    revoked: Mutex<Vec<MailboxId>>,
+    /// Changes (by any session) to mailboxes this connection serves, in order.
+    revoked: Mutex<Vec<(MailboxId, Change)>>,
+}
+
+/// A change to a mailbox that its subscriptions must follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// It was deleted: stop serving it.
+    Deleted,
+    /// Its member capability was retired, reading up to this sequence number: subscriptions
+    /// made before with the capability current then (every one not limited yet) stop there.
+    Retired(u64),
 }
 
 /// Most live messages, and bytes of them, queued for one connection before it must read from
@@ -46,19 +60,23 @@ impl Waker {
         self.notify.notify_one();
     }
 
-    /// Offers a new durable message; marks the mailbox instead when the queue is full.
-    pub(crate) fn offer(&self, mailbox: MailboxId, message: &Arc<StoredMessage>) {
-        let queued = self.live.lock().is_ok_and(|mut live| {
+    /// Offers new durable messages of one mailbox, in order; marks the mailbox instead once
+    /// the queue is full (the rest is read from the store).
+    pub(crate) fn offer(&self, mailbox: MailboxId, messages: &[Arc<StoredMessage>]) {
+        let queued = self.live.lock().map_or(0, |mut live| {
             let (queue, bytes) = &mut *live;
-            if queue.len() < LIVE_CAP && *bytes + message.ciphertext.len() <= LIVE_CAP_BYTES {
+            let mut queued = 0;
+            for message in messages {
+                if queue.len() >= LIVE_CAP || *bytes + message.ciphertext.len() > LIVE_CAP_BYTES {
+                    break;
+                }
                 queue.push((mailbox, Arc::clone(message)));
                 *bytes += message.ciphertext.len();
-                true
-            } else {
-                false
+                queued += 1;
             }
+            queued
         });
-        if queued {
+        if queued == messages.len() {
             self.notify.notify_one();
         } else {
             self.wake(mailbox);
@@ -73,12 +91,20 @@ impl Waker {
             .unwrap_or_default()
     }
 
-    /// Takes the mailboxes revoked since the last look.
-    pub(crate) fn take_revoked(&self) -> Vec<MailboxId> {
+    /// Takes the changes to mailboxes since the last look, in order.
+    pub(crate) fn take_revoked(&self) -> Vec<(MailboxId, Change)> {
         self.revoked
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default()
+    }
+
+    /// Records a change to `mailbox` and wakes the connection to follow it.
+    fn change(&self, mailbox: MailboxId, change: Change) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            revoked.push((mailbox, change));
+        }
+        self.notify.notify_one();
     }
 
     /// Takes the marks.
@@ -145,21 +171,35 @@ impl Hub {
             Err(_) => return,
         };
         for w in wakers {
-            if let Ok(mut revoked) = w.revoked.lock() {
-                revoked.push(mailbox);
-            }
-            w.notify.notify_one();
+            w.change(mailbox, Change::Deleted);
         }
     }
 
-    /// Hands a new durable message to every subscribed connection.
-    pub(crate) fn deliver(&self, mailbox: MailboxId, message: &Arc<StoredMessage>) {
-        let wakers: Vec<Arc<Waker>> = match self.shard(&mailbox).lock() {
-            Ok(map) => map.get(&mailbox).cloned().unwrap_or_default(),
-            Err(_) => return,
-        };
-        for w in wakers {
-            w.offer(mailbox, message);
+    /// Tells every connection subscribed to a log that its capability was retired at
+    /// `read_until` (see [`Change::Retired`]). A connection that subscribes after this call
+    /// checks the log's record itself.
+    pub(crate) fn retire(&self, mailbox: MailboxId, read_until: u64) {
+        for w in self.subscribers(&mailbox) {
+            w.change(mailbox, Change::Retired(read_until));
+        }
+    }
+
+    /// Hands new durable messages of one mailbox, in order, to every subscribed connection.
+    pub(crate) fn deliver(&self, mailbox: MailboxId, messages: &[Arc<StoredMessage>]) {
+        if messages.is_empty() {
+            return;
+        }
+        for w in self.subscribers(&mailbox) {
+            w.offer(mailbox, messages);
+        }
+    }
+
+    /// The connections subscribed to `mailbox`, copied out so that no lock is held while they
+    /// are woken.
+    fn subscribers(&self, mailbox: &MailboxId) -> Vec<Arc<Waker>> {
+        match self.shard(mailbox).lock() {
+            Ok(map) => map.get(mailbox).cloned().unwrap_or_default(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -175,11 +215,7 @@ impl Hub {
     }
 
     pub(crate) fn wake(&self, mailbox: MailboxId) {
-        let wakers: Vec<Arc<Waker>> = match self.shard(&mailbox).lock() {
-            Ok(map) => map.get(&mailbox).cloned().unwrap_or_default(),
-            Err(_) => return,
-        };
-        for w in wakers {
+        for w in self.subscribers(&mailbox) {
             w.wake(mailbox);
         }
     }

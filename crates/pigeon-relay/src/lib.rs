@@ -1,4 +1,5 @@
-//! The Pigeonpost relay: anonymous one-way mailboxes on a durable store, behind a Noise channel.
+//! The Pigeonpost relay: anonymous mailboxes on a durable store, behind a Noise channel: one-way
+//! inboxes, and logs that a group's members post to and each read from their own position.
 //!
 //! [`run`] serves a listener until `shutdown` resolves, then drains: it stops accepting, lets
 //! every connection finish the requests it has read (each answered only once durable), and
@@ -7,7 +8,8 @@
 //!
 //! The relay learns no identity. A connection proves nothing about who it is; it proves
 //! ownership of a mailbox with a signature bound to the channel (see `pigeon_proto::auth`) and
-//! posts with a capability whose hash the mailbox holds. Logs carry connection numbers, error
+//! posts with a capability whose hash the mailbox holds (a log's readers show its member
+//! capability too). Logs carry connection numbers, error
 //! kinds and counts, never ids, keys or payloads.
 
 mod conn;

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub request_errors: Counter,
     /// Requests refused by rate limiting.
     pub rate_limited: Counter,
+    /// Log capabilities replaced (updates answered, retries included).
+    pub log_updates: Counter,
     /// Time for the store to make a batch of sends durable.
     pub store_append_latency: Histogram,
     /// Time for the store to make acks durable.
@@ -185,6 +187,11 @@ impl Metrics {
                 "pigeon_rate_limited_total",
                 "Requests refused by rate limiting.",
                 &self.rate_limited,
+            ),
+            (
+                "pigeon_log_updates_total",
+                "Log capability updates answered.",
+                &self.log_updates,
             ),
         ] {
             counter(&mut out, name, help, c);
