@@ -448,6 +448,126 @@ impl RelayConnection {
         }
     }
 
+    /// Creates a group's log on the relay, owned by `owner` (which may update and delete it)
+    /// and opened by the member capability whose hash is `cap_hash` (which posts and reads).
+    /// Idempotent: a retry with the same owner and hash succeeds.
+    ///
+    /// # Errors
+    /// As [`Self::request`]; [`ErrorCode::MailboxExists`] if the id is taken otherwise.
+    pub async fn create_log(
+        &self,
+        owner: &SigningKey,
+        id: &MailboxId,
+        cap_hash: [u8; 32],
+    ) -> Result<(), ClientError> {
+        let signature = auth::sign(
+            owner,
+            AuthOp::CreateMailbox,
+            &self.handshake_hash,
+            &id.0,
+            &cap_hash,
+        );
+        match self
+            .request(request::Body::CreateMailbox(msg::CreateMailbox {
+                mailbox_id: id.0.to_vec(),
+                recipient_key: owner.verifying_key().to_bytes().to_vec(),
+                sender_cap_hash: cap_hash.to_vec(),
+                signature: signature.to_vec(),
+                kind: MailboxKind::Log.as_u32(),
+            }))
+            .await?
+        {
+            response::Result::Created(_) => Ok(()),
+            _ => Err(ClientError::Unexpected("create log")),
+        }
+    }
+
+    /// Subscribes to a log with a member capability: pushes of the messages with sequence
+    /// numbers above `after_seq` follow as [`Event::Push`], the kept ones first, then new
+    /// ones. Returns how many were waiting (exactly as many pushes of kept messages follow,
+    /// unless some expire meanwhile). Acks free the push window and delete nothing.
+    ///
+    /// With a retired capability the pushes stop at the last message before it was replaced;
+    /// a subscription made with the current one stops there too once an update replaces it.
+    /// Either way the log holds the new capability for those still in the group: subscribe
+    /// again with it, after the last sequence number seen.
+    ///
+    /// # Errors
+    /// As [`Self::request`]; [`ErrorCode::BadCapability`] if the capability never opened it.
+    pub async fn subscribe_log(
+        &self,
+        id: &MailboxId,
+        member_cap: &[u8; 32],
+        after_seq: u64,
+    ) -> Result<u64, ClientError> {
+        match self
+            .request(request::Body::Subscribe(msg::Subscribe {
+                mailbox_id: id.0.to_vec(),
+                signature: Vec::new(),
+                after_seq: Some(after_seq),
+                member_cap: member_cap.to_vec(),
+            }))
+            .await?
+        {
+            response::Result::Subscribed(s) => Ok(s.pending),
+            _ => Err(ClientError::Unexpected("subscribe log")),
+        }
+    }
+
+    /// Replaces a log's member capability by the one whose hash is `new_cap_hash`, and its
+    /// owner by `new_owner` if given; `owner` is the current owner. Returns once the change is
+    /// durable. The capability replaced is retired: it reads the log up to the last message
+    /// before this update and posts nothing more ([`ErrorCode::CapabilityRetired`]). Post the
+    /// new capability into the log (with the old one) *before* updating, so that every member
+    /// still reading with the old one finds it.
+    ///
+    /// Idempotent: a retry after a lost answer succeeds, even when it changed the owner (the
+    /// retry is then proven with `new_owner`).
+    ///
+    /// # Errors
+    /// As [`Self::request`]; [`ErrorCode::BadSignature`] if `owner` does not own the log,
+    /// [`ErrorCode::BadRequest`] for an inbox.
+    pub async fn update_log(
+        &self,
+        owner: &SigningKey,
+        id: &MailboxId,
+        new_owner: Option<&SigningKey>,
+        new_cap_hash: [u8; 32],
+    ) -> Result<(), ClientError> {
+        let new_key = new_owner.map(|k| k.verifying_key().to_bytes());
+        let attempt = |signer: &SigningKey| {
+            let digest = auth::update_digest(new_key.as_ref(), &new_cap_hash);
+            let signature = auth::sign(
+                signer,
+                AuthOp::UpdateMailbox,
+                &self.handshake_hash,
+                &id.0,
+                &digest,
+            );
+            self.request(request::Body::UpdateMailbox(msg::UpdateMailbox {
+                mailbox_id: id.0.to_vec(),
+                new_owner_key: new_key.map(|k| k.to_vec()).unwrap_or_default(),
+                new_cap_hash: new_cap_hash.to_vec(),
+                signature: signature.to_vec(),
+            }))
+        };
+        let answer = match (attempt(owner).await, new_owner) {
+            // The owner changed already: this is a retry of an update that was made.
+            (
+                Err(ClientError::Refused {
+                    code: ErrorCode::BadSignature,
+                    ..
+                }),
+                Some(new_owner),
+            ) => attempt(new_owner).await?,
+            (other, _) => other?,
+        };
+        match answer {
+            response::Result::Done(_) => Ok(()),
+            _ => Err(ClientError::Unexpected("update log")),
+        }
+    }
+
     /// Posts a message; returns once the relay holds it durably.
     ///
     /// # Errors
