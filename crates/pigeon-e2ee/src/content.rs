@@ -30,7 +30,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7")]
     pub body: Option<body::Body>,
 }
 
@@ -51,6 +51,9 @@ pub mod body {
         /// A group's log moved to new keys (sent after a removal, in the new epoch).
         #[prost(message, tag = "6")]
         LogKeys(super::LogKeys),
+        /// An invitation to a group, sent to a contact inside a 1:1 conversation.
+        #[prost(message, tag = "7")]
+        GroupInvite(super::GroupInvite),
     }
 }
 
@@ -88,6 +91,14 @@ pub struct LogKeys {
     /// The new owner key (Ed25519 secret key: rotate and delete).
     #[prost(bytes = "vec", tag = "2")]
     pub owner_key: Vec<u8>,
+}
+
+/// An invitation to a group (a `pigeon://invite#…` link with the group's name in it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupInvite {
+    /// The link.
+    #[prost(string, tag = "1")]
+    pub link: String,
 }
 
 /// Delivery receipt.
@@ -242,6 +253,9 @@ impl Content {
             Some(body::Body::Intro(i)) if i.name.chars().count() > 64 => Err(
                 ContentError::Invalid("the name is longer than 64 characters"),
             ),
+            Some(body::Body::GroupInvite(g)) if g.link.len() > 4096 => {
+                Err(ContentError::Invalid("the group invitation is too long"))
+            }
             Some(body::Body::LogKeys(k)) if k.member_cap.len() != 32 || k.owner_key.len() != 32 => {
                 Err(ContentError::Invalid("the log keys are malformed"))
             }

@@ -53,6 +53,8 @@ pub enum Change {
         /// Who it is (its `key` must be the key package's signature key).
         entry: RosterEntry,
     },
+    /// Add several devices in one commit (key package, roster entry).
+    AddMany(Vec<(Vec<u8>, RosterEntry)>),
     /// Remove these devices (by signature key).
     Remove {
         /// Their keys.
@@ -288,15 +290,18 @@ impl Group {
         let mut removals = Vec::new();
         match change {
             Change::Add { key_package, entry } => {
-                let kp = validate_key_package(provider, &key_package, self.group.ciphersuite())?;
-                if kp.leaf_node().signature_key().as_slice() != entry.key.as_slice() {
-                    return Err(E2eeError::NotAllowed(
-                        "the roster entry is not for this key package".to_owned(),
-                    ));
+                adds.push(self.add_one(provider, &mut shape, &mut roster, &key_package, entry)?);
+            }
+            Change::AddMany(list) => {
+                for (key_package, entry) in list {
+                    adds.push(self.add_one(
+                        provider,
+                        &mut shape,
+                        &mut roster,
+                        &key_package,
+                        entry,
+                    )?);
                 }
-                shape.added.insert(entry.key.clone());
-                roster.members.push(entry);
-                adds.push(kp);
             }
             Change::Remove { keys } => {
                 for key in keys {
@@ -367,6 +372,27 @@ impl Group {
             welcome,
             epoch: self.epoch(),
         })
+    }
+
+    fn add_one<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        shape: &mut CommitShape,
+        roster: &mut Roster,
+        key_package: &[u8],
+        entry: RosterEntry,
+    ) -> Result<KeyPackage, E2eeError> {
+        let kp = validate_key_package(provider, key_package, self.group.ciphersuite())?;
+        if kp.leaf_node().signature_key().as_slice() != entry.key.as_slice() {
+            return Err(E2eeError::NotAllowed(
+                "the roster entry is not for this key package".to_owned(),
+            ));
+        }
+        if !shape.added.insert(entry.key.clone()) {
+            return Err(E2eeError::NotAllowed("a device is added twice".to_owned()));
+        }
+        roster.members.push(entry);
+        Ok(kp)
     }
 
     /// This device's staged commit won: merges it. Returns what it changed.
