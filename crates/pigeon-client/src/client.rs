@@ -9,7 +9,8 @@
 
 use crate::invite::{Invite, InviteError};
 use crate::profile::{
-    Contact, Handled, Message, OutboxItem, Profile, ProfileError, now_ms, parse_stored_relay,
+    Contact, GroupChange, GroupInfo, GroupMessage, Handled, Message, OutboxItem, Profile,
+    ProfileError, now_ms, parse_stored_relay,
 };
 use crate::relay::{ClientError, CloseReason, Event};
 use crate::{OwnedMailbox, RelayConnection};
@@ -48,6 +49,20 @@ pub enum Error {
         "this invitation was already used or has expired: ask {0} for a new one (each invitation works once)"
     )]
     InviteUsed(String),
+    /// Not an error: a request to join a group went to its inviter, whose device adds this
+    /// one when it next reads its messages.
+    #[error(
+        "asked to join {group}; you are in once {inviter}'s device has read the request (`pigeon read` shows it){}",
+        if *sent { "" } else { " — the request is queued and goes out when the relay is reachable" }
+    )]
+    JoinRequested {
+        /// The group's name.
+        group: String,
+        /// Who invited.
+        inviter: String,
+        /// The request is on the relay.
+        sent: bool,
+    },
 }
 
 fn relay_sentence(whose: &str, e: &ClientError) -> String {
@@ -72,6 +87,7 @@ impl Error {
             Self::Invite(_) => ErrorKind::BadInput,
             Self::Relay { source, .. } => source.kind(),
             Self::InviteUsed(_) => ErrorKind::Peer,
+            Self::JoinRequested { .. } => ErrorKind::Peer,
         }
     }
 }
@@ -100,6 +116,10 @@ pub enum ClientEvent {
         /// The new epoch.
         epoch: u64,
     },
+    /// A line in a group's transcript (a message or a notice).
+    Group(GroupMessage),
+    /// This device joined a group.
+    JoinedGroup(GroupInfo),
     /// A message was refused (tampered, replayed, malformed) and dropped.
     Dropped(String),
     /// A relay session ended; call [`Client::subscribe_all`] to reconnect.
@@ -126,6 +146,8 @@ struct Session {
     link: RelayLink,
     conn: RelayConnection,
     subscribed: BTreeSet<[u8; 32]>,
+    /// Group logs subscribed on this session, with the capability used.
+    logs: BTreeMap<[u8; 32], [u8; 32]>,
 }
 
 /// A profile with its relay sessions.
@@ -201,6 +223,7 @@ impl Client {
                     link: link.clone(),
                     conn,
                     subscribed: BTreeSet::new(),
+                    logs: BTreeMap::new(),
                 },
             );
         }
@@ -290,6 +313,9 @@ impl Client {
         suites: &[Suite],
     ) -> Result<(Contact, FlushReport), Error> {
         let invite = Invite::parse(link)?;
+        if invite.group.is_some() {
+            return self.join_group(&invite).await;
+        }
         let offer = suites
             .iter()
             .find_map(|s| invite.offers.iter().find(|o| o.suite == *s))
@@ -350,6 +376,151 @@ impl Client {
         Ok((message, report))
     }
 
+    /// Creates a group on this profile's relay: a log there, and an MLS group with this
+    /// device as its only member and admin.
+    ///
+    /// # Errors
+    /// When the relay cannot be reached or refuses; for a bad name.
+    pub async fn create_group(&mut self, name: &str) -> Result<GroupInfo, Error> {
+        pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
+        let relay = self.profile.relay()?;
+        let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+        let result = async {
+            let session = self.session(&relay, "your relay").await?;
+            session
+                .conn
+                .create_log(&log.key, &log.id, log.cap_hash())
+                .await
+                .map_err(|source| Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source,
+                })
+        }
+        .await;
+        if let Err(e) = result {
+            if let Error::Relay { source, .. } = &e {
+                self.relay_failed(&relay, source);
+            }
+            return Err(e);
+        }
+        Ok(self.profile.create_group(name, &relay, &log)?)
+    }
+
+    /// Makes a one-time invitation link to a group (admins only).
+    ///
+    /// # Errors
+    /// When the relay cannot be reached or refuses; for a member who is not an admin.
+    pub async fn group_invite(&mut self, group: &str) -> Result<String, Error> {
+        let info = self.profile.find_group(group)?;
+        let prepared = self.profile.prepare_group_invite(info.id)?;
+        let invite = &prepared.invite;
+        let relay = invite.relay.clone();
+        let result = async {
+            let session = self.session(&relay, "your relay").await?;
+            session
+                .conn
+                .create_mailbox(
+                    &prepared.mailbox_key,
+                    &MailboxId(invite.mailbox_id),
+                    pigeon_proto::auth::cap_hash(&invite.sender_cap),
+                )
+                .await
+                .map_err(|source| Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source,
+                })
+        }
+        .await;
+        if let Err(e) = result {
+            if let Error::Relay { source, .. } = &e {
+                self.relay_failed(&relay, source);
+            }
+            self.profile.cancel_group_invite(&prepared)?;
+            return Err(e);
+        }
+        Ok(invite.to_link()?)
+    }
+
+    /// Asks to join the group an invitation is for; the Welcome comes once an admin's device
+    /// has read the request (`sync` picks it up).
+    async fn join_group(&mut self, invite: &Invite) -> Result<(Contact, FlushReport), Error> {
+        let own = self.profile.relay()?;
+        let reply = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+        {
+            let session = self.session(&own, "your relay").await?;
+            if let Err(source) = session
+                .conn
+                .create_mailbox(&reply.key, &reply.id, reply.cap_hash())
+                .await
+            {
+                self.relay_failed(&own, &source);
+                return Err(Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source,
+                });
+            }
+        }
+        let group = self.profile.request_group_join(invite, &reply)?;
+        let report = self.flush(true).await?;
+        Err(Error::JoinRequested {
+            group,
+            inviter: invite.name.clone(),
+            sent: report.waiting == 0,
+        })
+    }
+
+    /// Encrypts and queues `text` for a group, then tries to send everything queued.
+    ///
+    /// # Errors
+    /// For an unknown group or bad text.
+    pub async fn send_group(
+        &mut self,
+        group: &str,
+        text: &str,
+    ) -> Result<(GroupMessage, FlushReport), Error> {
+        let info = self.profile.find_group(group)?;
+        let message = self.profile.compose_group(info.id, text)?;
+        let report = self.flush(true).await?;
+        Ok((message, report))
+    }
+
+    /// Adds an existing contact to a group: a one-time group invitation travels to the
+    /// contact inside your 1:1 conversation, and the contact's device asks to join with it.
+    ///
+    /// # Errors
+    /// For an unknown group or contact, a member who is not an admin, or a relay failure.
+    pub async fn group_add_contact(&mut self, group: &str, contact: &str) -> Result<(), Error> {
+        let contact = self.profile.find_contact(contact)?;
+        let link = self.group_invite(group).await?;
+        self.profile.compose_group_invite(contact.id, &link)?;
+        self.flush(true).await?;
+        Ok(())
+    }
+
+    /// Queues a change to a group (remove, promote, rename, refresh) and sends it.
+    ///
+    /// # Errors
+    /// When the rules refuse the change.
+    pub async fn group_change(
+        &mut self,
+        group: &str,
+        change: GroupChange<'_>,
+    ) -> Result<FlushReport, Error> {
+        let info = self.profile.find_group(group)?;
+        self.profile.group_change(info.id, change)?;
+        self.flush(true).await
+    }
+
+    /// Asks to leave a group.
+    ///
+    /// # Errors
+    /// For the group's last admin, or an unknown group.
+    pub async fn leave_group(&mut self, group: &str) -> Result<FlushReport, Error> {
+        let info = self.profile.find_group(group)?;
+        self.profile.leave_group(info.id)?;
+        self.flush(true).await
+    }
+
     /// Posts queued items, oldest first; per destination, stops at the first failure so the
     /// order holds. With `force`, ignores the backoff (a person asked to send now).
     ///
@@ -381,7 +552,45 @@ impl Client {
                 }
             }
         }
+        self.rotate_logs(&mut report).await?;
         Ok(report)
+    }
+
+    /// Sets the new keys of logs whose removal announcement is on the relay.
+    async fn rotate_logs(&mut self, report: &mut FlushReport) -> Result<(), Error> {
+        for r in self.profile.pending_rotations()? {
+            let link = parse_stored_relay(&r.relay)?;
+            let session = match self.session(&link, "the group's relay").await {
+                Ok(s) => s,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    continue;
+                }
+            };
+            match session
+                .conn
+                .update_log(
+                    &r.owner,
+                    &MailboxId(r.log_id),
+                    Some(&r.next_owner),
+                    pigeon_proto::auth::cap_hash(&r.next_cap),
+                )
+                .await
+            {
+                Ok(()) => self.profile.rotated(r.group)?,
+                Err(source) => {
+                    self.relay_failed(&link, &source);
+                    report.errors.push(
+                        Error::Relay {
+                            whose: "the group's relay".to_owned(),
+                            source,
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn post(&mut self, item: &OutboxItem) -> Result<(), Error> {
@@ -469,6 +678,47 @@ impl Client {
                 }
             }
         }
+        for log in self.profile.logs()? {
+            let link = parse_stored_relay(&log.relay)?;
+            let result = async {
+                let session = self.session(&link, "the group's relay").await?;
+                if session.logs.get(&log.log_id) == Some(&log.cap) {
+                    return Ok(None);
+                }
+                session
+                    .conn
+                    .subscribe_log(&MailboxId(log.log_id), &log.cap, log.cursor)
+                    .await
+                    .map(Some)
+                    .map_err(|source| Error::Relay {
+                        whose: "the group's relay".to_owned(),
+                        source,
+                    })
+            }
+            .await;
+            match result {
+                Ok(Some(n)) => {
+                    pending += n;
+                    self.waiting.insert(log.log_id, n);
+                    if let Some(s) = self.sessions.get_mut(link.relay_key()) {
+                        s.logs.insert(log.log_id, log.cap);
+                    }
+                }
+                Ok(None) => {}
+                Err(Error::Relay {
+                    source: ClientError::Refused { code, .. },
+                    ..
+                }) => {
+                    tracing::warn!(code = code.as_u32(), "a group log could not be subscribed");
+                }
+                Err(e) => {
+                    if let Error::Relay { source, .. } = &e {
+                        self.relay_failed(&link, source);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(pending),
@@ -496,7 +746,7 @@ impl Client {
             Event::Push(push) => self.handle_push(key, push).await.map(Some),
             Event::Closed(reason) => {
                 if let Some(s) = self.sessions.remove(&key) {
-                    for m in s.subscribed {
+                    for m in s.subscribed.into_iter().chain(s.logs.into_keys()) {
                         self.waiting.remove(&m);
                     }
                 }
@@ -522,7 +772,11 @@ impl Client {
                 "the relay pushed for a malformed mailbox id".to_owned(),
             )]);
         };
+        if self.profile.is_log(&mailbox)? {
+            return self.handle_log_push(key, mailbox, push).await;
+        }
         let mut seqs = Vec::new();
+        let mut invites = Vec::new();
         let mut receipts: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
         let batch: Vec<(&[u8], &[u8])> = push
             .deliveries
@@ -560,7 +814,10 @@ impl Client {
                 Handled::Rekeyed { contact_id, epoch } => {
                     events.push(ClientEvent::Rekeyed { contact_id, epoch });
                 }
-                Handled::Duplicate => {}
+                Handled::Group(m) => events.push(ClientEvent::Group(m)),
+                Handled::JoinedGroup(g) => events.push(ClientEvent::JoinedGroup(g)),
+                Handled::GroupInvite { contact_id, link } => invites.push((contact_id, link)),
+                Handled::Duplicate | Handled::GroupEpoch { .. } | Handled::LogKeysChanged => {}
                 Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
             }
         }
@@ -570,6 +827,68 @@ impl Client {
         }
         for (contact, ids) in receipts {
             self.profile.compose_receipt(contact, ids)?;
+        }
+        for (contact_id, link) in invites {
+            // A contact added this profile to a group: ask to join with the invitation it
+            // sent inside the conversation.
+            let from = self.profile.contact(contact_id)?.name;
+            match Invite::parse(&link) {
+                Ok(invite) if invite.group.is_some() => match self.join_group(&invite).await {
+                    Err(Error::JoinRequested { group, .. }) => {
+                        events.push(ClientEvent::Dropped(format!(
+                            "{from} added you to {group}; joining"
+                        )));
+                    }
+                    Err(e) => events.push(ClientEvent::Dropped(format!(
+                        "{from} added you to a group, but joining failed: {e}"
+                    ))),
+                    Ok(_) => {}
+                },
+                _ => events.push(ClientEvent::Dropped(format!(
+                    "{from} sent a group invitation that is not valid"
+                ))),
+            }
+        }
+        Ok(events)
+    }
+
+    async fn handle_log_push(
+        &mut self,
+        key: [u8; 32],
+        log: [u8; 32],
+        push: msg::Push,
+    ) -> Result<Vec<ClientEvent>, Error> {
+        let batch: Vec<(u64, &[u8], &[u8])> = push
+            .deliveries
+            .iter()
+            .map(|d| (d.seq, d.message_id.as_slice(), d.ciphertext.as_slice()))
+            .collect();
+        let handled = self.profile.handle_log_deliveries(&log, &batch)?;
+        if let Some(w) = self.waiting.get_mut(&log) {
+            *w = w.saturating_sub(push.deliveries.len() as u64);
+        }
+        let mut events = Vec::new();
+        let mut keys_changed = false;
+        for h in handled {
+            match h {
+                Handled::Group(m) => events.push(ClientEvent::Group(m)),
+                Handled::JoinedGroup(g) => events.push(ClientEvent::JoinedGroup(g)),
+                Handled::LogKeysChanged => keys_changed = true,
+                Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
+                _ => {}
+            }
+        }
+        if let Some(session) = self.sessions.get(&key) {
+            // A log keeps its messages; the ack only frees the push window.
+            let seqs = push.deliveries.iter().map(|d| d.seq).collect();
+            let _ = session.conn.ack(&MailboxId(log), seqs).await;
+        }
+        if keys_changed {
+            // Read on with the new capability from where this device is.
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.logs.remove(&log);
+            }
+            let _ = self.subscribe_all().await;
         }
         Ok(events)
     }
@@ -587,6 +906,9 @@ impl Client {
     ) -> Result<(Vec<ClientEvent>, FlushReport), Error> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut events = Vec::new();
+        self.profile.drive_groups()?;
+        let mut report_sent = 0;
+        let mut stored = Vec::new();
         let subscribed = self.subscribe_all().await;
         let first = self.flush(true).await?;
         loop {
@@ -601,6 +923,13 @@ impl Client {
                         .iter()
                         .any(|e| matches!(e, ClientEvent::Disconnected { .. }));
                     events.append(&mut batch);
+                    // What handling queued (a commit, a Welcome, a receipt) goes out now, so
+                    // a group change makes its round trip through the log within this sync.
+                    if !lost {
+                        let more = self.flush(false).await?;
+                        report_sent += more.sent;
+                        stored.extend(more.stored);
+                    }
                     if lost && tokio::time::Instant::now() < deadline {
                         // Reconnect and carry on: the relay redelivers what was not acked.
                         self.save_learned();
@@ -613,8 +942,9 @@ impl Client {
         }
         self.save_learned();
         let mut report = self.flush(false).await?;
-        report.sent += first.sent;
+        report.sent += first.sent + report_sent;
         report.stored.extend(first.stored);
+        report.stored.extend(stored);
         report.errors.extend(first.errors);
         subscribed?;
         Ok((events, report))

@@ -44,6 +44,11 @@ pub(crate) struct InvitePayload {
     name: String,
     #[prost(message, repeated, tag = "8")]
     offers: Vec<OfferPayload>,
+    /// Set for an invitation to a group: the group's name. The person invited then sends a
+    /// key package to the mailbox instead of taking one (the offer names the group's suite;
+    /// its slot and the signature key are unused).
+    #[prost(string, optional, tag = "9")]
+    group: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -91,6 +96,8 @@ pub struct Invite {
     pub name: String,
     /// Key-package slots, most preferred first (suites this build does not speak are dropped).
     pub offers: Vec<Offer>,
+    /// For an invitation to a group: the group's name.
+    pub group: Option<String>,
 }
 
 impl std::fmt::Debug for Invite {
@@ -214,7 +221,14 @@ impl Invite {
             secret: fixed("secret", &p.secret)?,
             name: p.name,
             offers,
+            group: p.group,
         };
+        if let Some(g) = &invite.group {
+            pigeon_e2ee::roster::check_group_name(g).map_err(|problem| InviteError::Field {
+                field: "group name",
+                problem,
+            })?;
+        }
         for (field, value) in [
             ("mailbox", &invite.mailbox_id),
             ("sender capability", &invite.sender_cap),
@@ -251,6 +265,7 @@ impl Invite {
                     slot_id: o.slot_id.to_vec(),
                 })
                 .collect(),
+            group: self.group.clone(),
         };
         encode_link(LinkKind::Invite, &payload.encode_to_vec()).map_err(InviteError::Link)
     }
@@ -285,6 +300,7 @@ mod tests {
                     slot_id: [6; 32],
                 },
             ],
+            group: None,
         }
     }
 

@@ -20,5 +20,8 @@ pub use pigeon_e2ee::Suite;
 /// Makes SQLCipher's cryptography available; [`Profile`] calls it itself. For code that opens a
 /// profile's database directly (tests, tools).
 pub use pigeon_sqlcipher::install as install_sqlcipher;
-pub use profile::{Contact, Handled, Message, Passphrase, Profile, ProfileError};
+pub use profile::{
+    Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
+    Profile, ProfileError,
+};
 pub use relay::{ClientError, CloseReason, Event, RelayConnection};

@@ -24,8 +24,14 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
+mod groups;
 mod receive;
 mod schema;
+
+pub use groups::{
+    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage, LogInbox,
+    MemberInfo, PendingRotation, PreparedGroupInvite,
+};
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
 
@@ -35,7 +41,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A passphrase, wiped from memory when dropped and never printed.
 pub struct Passphrase(Zeroizing<String>);
@@ -280,6 +286,26 @@ pub enum Handled {
         /// The new epoch.
         epoch: u64,
     },
+    /// A line in a group's transcript: a message or a notice.
+    Group(GroupMessage),
+    /// A group moved to a new epoch.
+    GroupEpoch {
+        /// The group.
+        group_id: i64,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// This device joined a group.
+    JoinedGroup(GroupInfo),
+    /// A contact invited this profile to a group.
+    GroupInvite {
+        /// The contact.
+        contact_id: i64,
+        /// The group invitation link.
+        link: String,
+    },
+    /// A group's log moved to new keys (subscribe again with them).
+    LogKeysChanged,
     /// Seen before (redelivered after a lost acknowledgement): nothing to do.
     Duplicate,
     /// Refused (tampered, replayed, not for us...): dropped, state unchanged.
@@ -422,6 +448,10 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_2)
                 .map_err(db("adding the route caps table"))?;
         }
+        if version < 3 {
+            conn.execute_batch(schema::MIGRATE_3)
+                .map_err(db("adding the group tables"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
@@ -560,6 +590,7 @@ impl Profile {
                 secret,
                 name,
                 offers,
+                group: None,
             };
             let link = invite
                 .to_link()
@@ -710,7 +741,18 @@ impl Profile {
         cap: &[u8; 32],
         envelope: &Envelope,
     ) -> Result<(), ProfileError> {
-        let message_id: [u8; 16] = random()?;
+        self.queue_with_id(relay, mailbox, cap, envelope, random()?)
+            .map(|_| ())
+    }
+
+    fn queue_with_id(
+        &self,
+        relay: &str,
+        mailbox: &[u8; 32],
+        cap: &[u8; 32],
+        envelope: &Envelope,
+        message_id: [u8; 16],
+    ) -> Result<[u8; 16], ProfileError> {
         self.conn
             .execute(
                 "INSERT INTO outbox (relay, mailbox_id, sender_cap, message_id, payload, created_at, next_attempt_at)
@@ -725,7 +767,7 @@ impl Profile {
                 ],
             )
             .map_err(db("queueing a message"))?;
-        Ok(())
+        Ok(message_id)
     }
 
     /// Queues one MLS message to the contact's mailbox.
@@ -881,6 +923,24 @@ impl Profile {
         })
     }
 
+    /// Sends a group invitation link to a contact inside your 1:1 conversation.
+    ///
+    /// # Errors
+    /// On database or encryption failure.
+    pub fn compose_group_invite(&self, contact_id: i64, link: &str) -> Result<(), ProfileError> {
+        self.tx(|| {
+            let row = self.contact_row(contact_id)?;
+            let mls = self.mls();
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let mut group = Group::load(&mls, &row.group_id)?;
+            let content = new_content(Body::GroupInvite(pigeon_e2ee::content::GroupInvite {
+                link: link.to_owned(),
+            }))?;
+            let ct = group.seal(&mls, &identity, &content)?;
+            self.queue_mls(&row, ct)
+        })
+    }
+
     /// Queues a receipt for contents received from a contact.
     ///
     /// # Errors
@@ -1001,8 +1061,10 @@ impl Profile {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, relay, mailbox_id, sender_cap, message_id, payload, attempts, next_attempt_at
-                 FROM outbox ORDER BY id",
+                "SELECT o.id, o.relay, o.mailbox_id,
+                   coalesce((SELECT g.log_cap FROM groups g WHERE g.log_id = o.mailbox_id), o.sender_cap),
+                   o.message_id, o.payload, o.attempts, o.next_attempt_at
+                 FROM outbox o ORDER BY o.id",
             )
             .map_err(db("reading the outbox"))?;
         let rows = stmt
@@ -1064,7 +1126,9 @@ impl Profile {
             .conn
             .prepare(
                 "SELECT relay, mailbox_id, mailbox_key FROM invites
-                 UNION ALL SELECT inbox_relay, inbox_id, inbox_key FROM contacts",
+                 UNION ALL SELECT inbox_relay, inbox_id, inbox_key FROM contacts
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_invites
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins",
             )
             .map_err(db("listing mailboxes"))?;
         let rows = stmt

@@ -99,6 +99,16 @@ impl Profile {
             })
         };
         let envelope = Envelope::decode(payload).map_err(|e| refuse(&e.to_string()))?;
+        if matches!(envelope.kind, Some(Kind::JoinRequest(_)))
+            && let Some(h) = self.group_join_request(mailbox, envelope.clone())?
+        {
+            return Ok(h);
+        }
+        if matches!(envelope.kind, Some(Kind::WelcomePart(_)))
+            && let Some(h) = self.group_welcome_part(mailbox, envelope.clone())?
+        {
+            return Ok(h);
+        }
         let invite = self
             .conn
             .query_row(
@@ -161,7 +171,7 @@ impl Profile {
         let suite = group
             .suite()
             .ok_or_else(|| refuse("unknown suite".to_owned()))?;
-        let Opened::Content { content, epoch } = group.open(&mls, &join.first)? else {
+        let Opened::Content { content, epoch, .. } = group.open(&mls, &join.first)? else {
             return Err(refuse(
                 "the first message is not an introduction".to_owned(),
             ));
@@ -252,7 +262,7 @@ impl Profile {
         let mls = self.mls();
         let mut group = Group::load(&mls, &row.group_id)?;
         let opened = group.open(&mls, ciphertext)?;
-        let Opened::Content { content, epoch } = opened else {
+        let Opened::Content { content, epoch, .. } = opened else {
             let epoch = group.epoch();
             return Ok(Handled::Rekeyed { contact_id, epoch });
         };
@@ -326,6 +336,13 @@ impl Profile {
                     delivered,
                 })
             }
+            Some(Body::GroupInvite(g)) => Ok(Handled::GroupInvite {
+                contact_id,
+                link: g.link,
+            }),
+            Some(Body::LogKeys(_)) => Ok(Handled::Dropped(
+                "group log keys arrived in a 1:1 conversation".to_owned(),
+            )),
             None => Ok(Handled::Dropped("empty content".to_owned())),
         }
     }

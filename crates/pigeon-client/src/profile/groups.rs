@@ -1,0 +1,1890 @@
+//! Groups in the profile: the conversation model of issue #14, without a network.
+//!
+//! A group is an MLS group (X-Wing) of any size whose commits and messages travel through
+//! one *log* on a relay. Every device reads the log from its own cursor and applies it in
+//! log order: for its current epoch, the first commit that is valid (for MLS and for the
+//! roster's rules) wins, and every later commit of that epoch is stale. A device's own
+//! commit is staged when it is made and merged only when the log shows it came first; if
+//! another commit came first, the change it carried (an *intent*) is proposed again in the
+//! new epoch. So concurrent commits never fork a group, and no member needs to know any
+//! other member is committing.
+//!
+//! Everything here is one SQLite transaction per operation, as in the rest of the profile:
+//! MLS state, log cursor, transcript, outbox and intents change together or not at all.
+
+use super::{Handled, Profile, ProfileError, blob32, db, new_content, now_ms, random, to_i64};
+use crate::OwnedMailbox;
+use crate::invite::{Invite, Offer, check_name};
+use blake2::{Blake2s256, Digest as _};
+use chacha20poly1305::aead::{Aead as _, KeyInit as _};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use pigeon_e2ee::content::{LogKeys, Text, WelcomePart, body::Body, envelope::Kind};
+use pigeon_e2ee::{
+    Change, Changes, Content, E2eeError, Envelope, Group, Identity, Opened, Roster, RosterEntry,
+    Suite,
+};
+use pigeon_proto::auth::{self, SigningKey};
+use pigeon_transport::RelayLink;
+use prost::Message as _;
+use rusqlite::{OptionalExtension, params};
+
+/// A device refreshes its own keys in each group after this many of its messages...
+pub const GROUP_REKEY_EVERY: i64 = 50;
+/// ...or after this long, whichever comes first.
+pub const GROUP_REKEY_AFTER_MS: i64 = 7 * 86_400_000;
+/// Largest part of a sealed Welcome in one relay message.
+const WELCOME_PART: usize = 48 * 1024;
+/// Most parts a Welcome may come in (a 10,000-device tree with X-Wing keys is ~16 MiB).
+const MAX_WELCOME_PARTS: u32 = 400;
+
+const STATE_ACTIVE: i64 = 0;
+const STATE_LEAVING: i64 = 1;
+const STATE_GONE: i64 = 2;
+
+/// A group as people see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Local number.
+    pub id: i64,
+    /// The group's name.
+    pub name: String,
+    /// Devices in the group.
+    pub members: usize,
+    /// This device is an admin.
+    pub admin: bool,
+    /// Unread messages.
+    pub unread: i64,
+    /// The current epoch.
+    pub epoch: u64,
+    /// "active", "leaving" or "gone".
+    pub state: &'static str,
+}
+
+/// One member device of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The person's name.
+    pub name: String,
+    /// The device's name.
+    pub device: String,
+    /// An admin.
+    pub admin: bool,
+    /// This device.
+    pub you: bool,
+    /// Its signature key in the group.
+    pub key: Vec<u8>,
+    /// Its safety number was compared and marked verified here.
+    pub verified: bool,
+}
+
+/// A line of a group's transcript: a message or a notice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// Local number.
+    pub id: i64,
+    /// The group's local number.
+    pub group_id: i64,
+    /// The group's name.
+    pub group: String,
+    /// Position in the group's log (the same on every member's device); `None` for an
+    /// outgoing message the log has not confirmed yet.
+    pub seq: Option<i64>,
+    /// Who sent it (for a notice: who caused it).
+    pub sender: String,
+    /// Sent by this profile.
+    pub outgoing: bool,
+    /// A notice (joins, leaves, removals, renames), not something a person wrote.
+    pub notice: bool,
+    /// The text.
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at_ms: i64,
+}
+
+/// A group log this profile reads.
+#[derive(Clone)]
+pub struct LogInbox {
+    /// Its relay.
+    pub relay: String,
+    /// The log's id.
+    pub log_id: [u8; 32],
+    /// The member capability (read and post).
+    pub cap: [u8; 32],
+    /// The last sequence number applied.
+    pub cursor: u64,
+}
+
+impl std::fmt::Debug for LogInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogInbox")
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rotation of a log's keys that the relay has not taken yet.
+pub struct PendingRotation {
+    /// The group's local number.
+    pub group: i64,
+    /// The log's relay.
+    pub relay: String,
+    /// The log.
+    pub log_id: [u8; 32],
+    /// The owner key now.
+    pub owner: SigningKey,
+    /// The owner key after.
+    pub next_owner: SigningKey,
+    /// The member capability after.
+    pub next_cap: [u8; 32],
+}
+
+impl std::fmt::Debug for PendingRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingRotation")
+    }
+}
+
+/// A fresh group invitation's parts that go to the relay.
+pub struct PreparedGroupInvite {
+    /// The invitation.
+    pub invite: Invite,
+    /// Owns the invitation's mailbox.
+    pub mailbox_key: SigningKey,
+}
+
+impl std::fmt::Debug for PreparedGroupInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedGroupInvite")
+    }
+}
+
+/// A change to commit, as kept in `group_intents` until it lands.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Intent {
+    /// 1 add, 2 remove, 3 update, 4 rename, 5 promote, 6 commit leaves.
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    key_package: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    entry: Option<RosterEntry>,
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    keys: Vec<Vec<u8>>,
+    #[prost(string, tag = "5")]
+    name: String,
+    /// For an add: where the Welcome goes, and the invitation's secret that seals it.
+    #[prost(string, tag = "6")]
+    welcome_relay: String,
+    #[prost(bytes = "vec", tag = "7")]
+    welcome_mailbox: Vec<u8>,
+    #[prost(bytes = "vec", tag = "8")]
+    welcome_cap: Vec<u8>,
+    #[prost(bytes = "vec", tag = "9")]
+    welcome_secret: Vec<u8>,
+}
+
+const ADD: u32 = 1;
+const REMOVE: u32 = 2;
+const UPDATE: u32 = 3;
+const RENAME: u32 = 4;
+const PROMOTE: u32 = 5;
+const COMMIT_LEAVES: u32 = 6;
+
+impl Intent {
+    fn change(&self) -> Result<Change, ProfileError> {
+        Ok(match self.kind {
+            ADD => Change::Add {
+                key_package: self.key_package.clone(),
+                entry: self
+                    .entry
+                    .clone()
+                    .ok_or_else(|| ProfileError::Invalid("an add without a member".to_owned()))?,
+            },
+            REMOVE => Change::Remove {
+                keys: self.keys.clone(),
+            },
+            UPDATE => Change::Update,
+            RENAME => Change::Rename(self.name.clone()),
+            PROMOTE => Change::Promote(self.keys.first().cloned().unwrap_or_default()),
+            COMMIT_LEAVES => Change::CommitLeaves,
+            other => {
+                return Err(ProfileError::Invalid(format!(
+                    "a stored group change of unknown kind {other}"
+                )));
+            }
+        })
+    }
+}
+
+/// A join request, sealed under the invitation's secret.
+#[derive(Clone, PartialEq, prost::Message)]
+struct JoinRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key_package: Vec<u8>,
+    #[prost(string, tag = "2")]
+    name: String,
+    #[prost(bytes = "vec", tag = "3")]
+    person: Vec<u8>,
+    #[prost(string, tag = "4")]
+    device: String,
+    #[prost(bytes = "vec", tag = "5")]
+    reply_relay: Vec<u8>,
+    #[prost(bytes = "vec", tag = "6")]
+    reply_mailbox: Vec<u8>,
+    #[prost(bytes = "vec", tag = "7")]
+    reply_cap: Vec<u8>,
+}
+
+/// What a new member needs besides the MLS Welcome: where the group's log is.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GroupWelcome {
+    #[prost(bytes = "vec", tag = "1")]
+    welcome: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    log_relay: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    log_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    log_cap: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    log_owner: Vec<u8>,
+    /// The log position of the commit that added the device: it reads what follows.
+    #[prost(uint64, tag = "6")]
+    after_seq: u64,
+}
+
+struct GroupRow {
+    id: i64,
+    name: String,
+    group_id: Vec<u8>,
+    signature_key: Vec<u8>,
+    log_relay: String,
+    log_id: [u8; 32],
+    log_cap: [u8; 32],
+    log_owner: Vec<u8>,
+    cursor: i64,
+    pending_commit: Option<Vec<u8>>,
+    pending_intent: Option<i64>,
+    sent_since_update: i64,
+    updated_at: i64,
+    state: i64,
+}
+
+fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
+    let cipher = ChaCha20Poly1305::new_from_slice(&sealing_key(secret, label))
+        .map_err(|_| ProfileError::Invalid("a sealing key has the wrong length".to_owned()))?;
+    let nonce: [u8; 12] = random()?;
+    let mut out = nonce.to_vec();
+    out.extend(
+        cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .map_err(|_| ProfileError::Invalid("sealing failed".to_owned()))?,
+    );
+    Ok(out)
+}
+
+fn open_sealed(secret: &[u8; 32], label: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ProfileError> {
+    let refuse = || {
+        peer(
+            "sealed group message",
+            "it does not open with the invitation's key",
+        )
+    };
+    if sealed.len() < 12 + 16 {
+        return Err(refuse());
+    }
+    let cipher =
+        ChaCha20Poly1305::new_from_slice(&sealing_key(secret, label)).map_err(|_| refuse())?;
+    let (nonce, body) = sealed.split_at(12);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), body)
+        .map_err(|_| refuse())
+}
+
+fn sealing_key(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(b"pigeonpost group invitation v1\0");
+    h.update(label);
+    h.update(secret);
+    h.finalize().into()
+}
+
+fn peer(what: &'static str, reason: &str) -> ProfileError {
+    ProfileError::E2ee(E2eeError::BadInput {
+        what,
+        reason: reason.to_owned(),
+    })
+}
+
+fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], ProfileError> {
+    v.try_into()
+        .map_err(|_| peer(what, "a 32-byte field holds another length"))
+}
+
+fn name_of(roster: &Roster, key: &[u8]) -> String {
+    roster.entry(key).map_or_else(
+        || "someone no longer in the group".to_owned(),
+        |e| e.name.clone(),
+    )
+}
+
+impl Profile {
+    fn group_row(&self, id: i64) -> Result<GroupRow, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
+                        cursor, pending_commit, pending_intent, sent_since_update, updated_at, state
+                 FROM groups WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(GroupRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        group_id: r.get(2)?,
+                        signature_key: r.get(3)?,
+                        log_relay: r.get(4)?,
+                        log_id: blob32(r.get(5)?)?,
+                        log_cap: blob32(r.get(6)?)?,
+                        log_owner: r.get(7)?,
+                        cursor: r.get(8)?,
+                        pending_commit: r.get(9)?,
+                        pending_intent: r.get(10)?,
+                        sent_since_update: r.get(11)?,
+                        updated_at: r.get(12)?,
+                        state: r.get(13)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("reading a group"))?
+            .ok_or_else(|| ProfileError::NoContact(format!("group #{id}")))
+    }
+
+    fn group_for_log(&self, log_id: &[u8; 32]) -> Result<Option<i64>, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM groups WHERE log_id = ?1",
+                [log_id.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("finding a group"))
+    }
+
+    /// Creates a group with this device as its only member and admin. `log` is a log the
+    /// caller already created on `relay` (its key is the log's owner key).
+    ///
+    /// # Errors
+    /// [`ProfileError::Invalid`] for a bad name.
+    pub fn create_group(
+        &self,
+        name: &str,
+        relay: &RelayLink,
+        log: &OwnedMailbox,
+    ) -> Result<GroupInfo, ProfileError> {
+        pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
+        let my_name = self.name()?;
+        let person: [u8; 16] = random()?;
+        let id = self.tx(|| {
+            let mls = self.mls();
+            let identity = Identity::generate(&mls)?;
+            let roster = Roster {
+                name: name.to_owned(),
+                members: vec![RosterEntry {
+                    key: identity.public_key().to_vec(),
+                    person: person.to_vec(),
+                    name: my_name.clone(),
+                    device: String::new(),
+                    admin: true,
+                }],
+            };
+            let group = Group::create(&mls, &identity, Suite::XWing, &roster)?;
+            let now = now_ms();
+            self.conn
+                .execute(
+                    "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id,
+                       log_cap, log_owner, updated_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                    params![
+                        name,
+                        group.id(),
+                        identity.public_key(),
+                        Suite::XWing.code(),
+                        person.as_slice(),
+                        relay.to_string(),
+                        log.id.0.as_slice(),
+                        log.sender_cap.as_slice(),
+                        log.key.to_bytes().as_slice(),
+                        now
+                    ],
+                )
+                .map_err(db("saving the group"))?;
+            let id = self.conn.last_insert_rowid();
+            self.notice(id, &my_name, true, &format!("{my_name} created the group {name}"))?;
+            Ok(id)
+        })?;
+        self.group_info(id)
+    }
+
+    /// Every group, by number.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, ProfileError> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM groups ORDER BY id")
+                .map_err(db("listing groups"))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(db("listing groups"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("listing groups"))?
+        };
+        ids.into_iter().map(|id| self.group_info(id)).collect()
+    }
+
+    /// One group.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] if there is none.
+    pub fn group_info(&self, id: i64) -> Result<GroupInfo, ProfileError> {
+        let row = self.group_row(id)?;
+        let mls = self.mls();
+        let (members, admin, epoch) = match Group::load(&mls, &row.group_id) {
+            Ok(g) => {
+                let roster = g.roster()?;
+                (
+                    roster.members.len(),
+                    roster.is_admin(&row.signature_key),
+                    g.epoch(),
+                )
+            }
+            Err(E2eeError::UnknownGroup) => (0, false, 0),
+            Err(e) => return Err(e.into()),
+        };
+        let unread: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM group_messages WHERE group_row = ?1 AND read = 0",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(db("counting unread messages"))?;
+        Ok(GroupInfo {
+            id,
+            name: row.name,
+            members,
+            admin,
+            unread,
+            epoch,
+            state: match row.state {
+                STATE_ACTIVE => "active",
+                STATE_LEAVING => "leaving",
+                _ => "gone",
+            },
+        })
+    }
+
+    /// The group called `query`: its name (exact, then case-insensitive) or `#N`.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] or [`ProfileError::Ambiguous`].
+    pub fn find_group(&self, query: &str) -> Result<GroupInfo, ProfileError> {
+        let groups = self.groups()?;
+        if let Some(g) = groups.iter().find(|g| g.name == query) {
+            return Ok(g.clone());
+        }
+        let folded: Vec<_> = groups
+            .iter()
+            .filter(|g| g.name.to_lowercase() == query.to_lowercase())
+            .collect();
+        match folded.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [_, _, ..] => return Err(ProfileError::Ambiguous(query.to_owned())),
+            [] => {}
+        }
+        if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
+            && let Some(g) = groups.iter().find(|g| g.id == n)
+        {
+            return Ok(g.clone());
+        }
+        Err(ProfileError::NoContact(query.to_owned()))
+    }
+
+    /// The group's member devices, as its roster lists them.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn group_members(&self, id: i64) -> Result<Vec<MemberInfo>, ProfileError> {
+        let row = self.group_row(id)?;
+        let group = Group::load(&self.mls(), &row.group_id)?;
+        let roster = group.roster()?;
+        let mut out = Vec::new();
+        for m in roster.members {
+            let verified = self.is_verified(&m.key)?;
+            out.push(MemberInfo {
+                you: m.key == row.signature_key,
+                name: m.name,
+                device: m.device,
+                admin: m.admin,
+                key: m.key,
+                verified,
+            });
+        }
+        out.sort_by(|a, b| (!a.you, &a.name).cmp(&(!b.you, &b.name)));
+        Ok(out)
+    }
+
+    /// The safety number between this device and a member (by name), and whether it was
+    /// marked verified.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such member.
+    pub fn group_safety_number(
+        &self,
+        id: i64,
+        member: &str,
+    ) -> Result<(MemberInfo, String), ProfileError> {
+        let row = self.group_row(id)?;
+        let m = self.find_member(id, member)?;
+        Ok((
+            m.clone(),
+            pigeon_e2ee::safety_number(&row.signature_key, &m.key),
+        ))
+    }
+
+    fn find_member(&self, id: i64, member: &str) -> Result<MemberInfo, ProfileError> {
+        let members = self.group_members(id)?;
+        let exact: Vec<_> = members.iter().filter(|m| m.name == member).collect();
+        let chosen = if exact.is_empty() {
+            members
+                .iter()
+                .filter(|m| m.name.to_lowercase() == member.to_lowercase())
+                .collect()
+        } else {
+            exact
+        };
+        match chosen.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ProfileError::NoContact(member.to_owned())),
+            _ => Err(ProfileError::Ambiguous(member.to_owned())),
+        }
+    }
+
+    /// Marks a key as verified (its safety number was compared).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn mark_verified(&self, key: &[u8]) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO verified (key, verified_at) VALUES (?1, ?2)",
+                params![key, now_ms()],
+            )
+            .map_err(db("marking a key verified"))?;
+        Ok(())
+    }
+
+    fn is_verified(&self, key: &[u8]) -> Result<bool, ProfileError> {
+        self.conn
+            .query_row("SELECT 1 FROM verified WHERE key = ?1", [key], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db("checking verification"))
+    }
+
+    /// True while some group has a commit of this device waiting for the log's order.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn has_pending_commits(&self) -> Result<bool, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM groups WHERE pending_commit IS NOT NULL
+                 OR EXISTS (SELECT 1 FROM group_intents i WHERE i.group_row = groups.id) LIMIT 1",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db("reading groups"))
+    }
+
+    /// Every group log this profile reads, with its cursor.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn logs(&self) -> Result<Vec<LogInbox>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT log_relay, log_id, log_cap, cursor FROM groups WHERE state < ?1")
+            .map_err(db("listing group logs"))?;
+        let rows = stmt
+            .query_map([STATE_GONE], |r| {
+                Ok(LogInbox {
+                    relay: r.get(0)?,
+                    log_id: blob32(r.get(1)?)?,
+                    cap: blob32(r.get(2)?)?,
+                    cursor: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .map_err(db("listing group logs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("listing group logs"))
+    }
+
+    /// True when `mailbox` is a group log of this profile.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn is_log(&self, mailbox: &[u8; 32]) -> Result<bool, ProfileError> {
+        Ok(self.group_for_log(mailbox)?.is_some())
+    }
+
+    /// Makes a one-time invitation to a group (admins only). The caller creates the
+    /// invitation's mailbox on the relay before showing the link.
+    ///
+    /// # Errors
+    /// [`ProfileError::NotNow`] for a member who is not an admin.
+    pub fn prepare_group_invite(&self, id: i64) -> Result<PreparedGroupInvite, ProfileError> {
+        let info = self.group_info(id)?;
+        if !info.admin {
+            return Err(ProfileError::NotNow(format!(
+                "only the admins of {} invite people; ask one of them",
+                info.name
+            )));
+        }
+        let relay = self.relay()?;
+        let name = self.name()?;
+        let mailbox_key =
+            auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;
+        let invite = Invite {
+            relay: relay.clone(),
+            mailbox_id: random()?,
+            sender_cap: random()?,
+            // A group invitation carries no key package: the person invited sends theirs.
+            signature_key: random()?,
+            secret: random()?,
+            name,
+            offers: vec![Offer {
+                suite: Suite::XWing,
+                slot_id: random()?,
+            }],
+            group: Some(info.name.clone()),
+        };
+        let link = invite
+            .to_link()
+            .map_err(|e| ProfileError::Invalid(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT INTO group_invites (group_row, mailbox_id, mailbox_key, relay, secret, link, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    invite.mailbox_id.as_slice(),
+                    mailbox_key.to_bytes().as_slice(),
+                    relay.to_string(),
+                    invite.secret.as_slice(),
+                    link,
+                    now_ms()
+                ],
+            )
+            .map_err(db("saving the group invitation"))?;
+        Ok(PreparedGroupInvite {
+            invite,
+            mailbox_key,
+        })
+    }
+
+    /// Withdraws a group invitation that never reached the relay.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn cancel_group_invite(&self, prepared: &PreparedGroupInvite) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "DELETE FROM group_invites WHERE mailbox_id = ?1",
+                [prepared.invite.mailbox_id.as_slice()],
+            )
+            .map_err(db("withdrawing the invitation"))?;
+        Ok(())
+    }
+
+    /// Asks to join the group a group invitation is for: a key package and this person's
+    /// name, sealed under the invitation's secret, queued to the invitation's mailbox. The
+    /// Welcome comes to `reply` (a mailbox the caller created on this profile's relay) once
+    /// an admin's device has added this one.
+    ///
+    /// # Errors
+    /// [`ProfileError::Invalid`] for an invitation that is not to a group.
+    pub fn request_group_join(
+        &self,
+        invite: &Invite,
+        reply: &OwnedMailbox,
+    ) -> Result<String, ProfileError> {
+        let Some(group_name) = invite.group.clone() else {
+            return Err(ProfileError::Invalid(
+                "this invitation is to a conversation, not a group".to_owned(),
+            ));
+        };
+        let relay = self.relay()?;
+        let my_name = self.name()?;
+        let person: [u8; 16] = random()?;
+        self.tx(|| {
+            let mls = self.mls();
+            let identity = Identity::generate(&mls)?;
+            let key_package = identity.key_package(&mls, Suite::XWing)?;
+            let request = JoinRequest {
+                key_package,
+                name: my_name.clone(),
+                person: person.to_vec(),
+                device: String::new(),
+                reply_relay: relay.to_payload().encode_to_vec(),
+                reply_mailbox: reply.id.0.to_vec(),
+                reply_cap: reply.sender_cap.to_vec(),
+            };
+            let sealed = seal(&invite.secret, b"join", &request.encode_to_vec())?;
+            self.conn
+                .execute(
+                    "INSERT INTO group_joins (mailbox_id, mailbox_key, relay, secret, signature_key, person,
+                       group_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        reply.id.0.as_slice(),
+                        reply.key.to_bytes().as_slice(),
+                        relay.to_string(),
+                        invite.secret.as_slice(),
+                        identity.public_key(),
+                        person.as_slice(),
+                        group_name,
+                        now_ms()
+                    ],
+                )
+                .map_err(db("saving the request to join"))?;
+            self.queue(
+                &invite.relay.to_string(),
+                &invite.mailbox_id,
+                &invite.sender_cap,
+                &Envelope {
+                    kind: Some(Kind::JoinRequest(sealed)),
+                },
+            )?;
+            Ok(group_name.clone())
+        })
+    }
+
+    /// Queues a change to a group and commits it as soon as no other change of this
+    /// device waits for the log.
+    ///
+    /// # Errors
+    /// [`ProfileError::NotNow`] when the rules would refuse the change.
+    pub fn group_change(&self, id: i64, change: GroupChange<'_>) -> Result<(), ProfileError> {
+        let row = self.group_row(id)?;
+        if row.state != STATE_ACTIVE {
+            return Err(ProfileError::NotNow(format!(
+                "this device is no longer in {}",
+                row.name
+            )));
+        }
+        let roster = Group::load(&self.mls(), &row.group_id)?.roster()?;
+        let admin = roster.is_admin(&row.signature_key);
+        let needs_admin = !matches!(change, GroupChange::Update);
+        if needs_admin && !admin {
+            return Err(ProfileError::NotNow(format!(
+                "only the admins of {} add, remove and promote members or rename it",
+                row.name
+            )));
+        }
+        let intent = match change {
+            GroupChange::Remove(member) => {
+                let m = self.find_member(id, member)?;
+                if m.you {
+                    return Err(ProfileError::Invalid(
+                        "to leave a group use `pigeon group leave`".to_owned(),
+                    ));
+                }
+                Intent {
+                    kind: REMOVE,
+                    keys: vec![m.key],
+                    ..Intent::default()
+                }
+            }
+            GroupChange::Promote(member) => Intent {
+                kind: PROMOTE,
+                keys: vec![self.find_member(id, member)?.key],
+                ..Intent::default()
+            },
+            GroupChange::Rename(name) => {
+                pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
+                Intent {
+                    kind: RENAME,
+                    name: name.to_owned(),
+                    ..Intent::default()
+                }
+            }
+            GroupChange::Update => Intent {
+                kind: UPDATE,
+                ..Intent::default()
+            },
+        };
+        self.tx(|| {
+            self.add_intent(id, &intent)?;
+            self.drive_in_tx(id)
+        })
+    }
+
+    fn add_intent(&self, id: i64, intent: &Intent) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT INTO group_intents (group_row, change, created_at) VALUES (?1, ?2, ?3)",
+                params![id, intent.encode_to_vec(), now_ms()],
+            )
+            .map_err(db("queueing a group change"))?;
+        Ok(())
+    }
+
+    /// Asks to leave a group: a request every member's device sees; the next commit by any
+    /// member removes this device.
+    ///
+    /// # Errors
+    /// On database or MLS failure.
+    pub fn leave_group(&self, id: i64) -> Result<(), ProfileError> {
+        self.tx(|| {
+            let row = self.group_row(id)?;
+            if row.state != STATE_ACTIVE {
+                return Err(ProfileError::NotNow(format!(
+                    "this device is already leaving {}",
+                    row.name
+                )));
+            }
+            let mls = self.mls();
+            let mut group = Group::load(&mls, &row.group_id)?;
+            let roster = group.roster()?;
+            let admins = roster.members.iter().filter(|m| m.admin).count();
+            if roster.is_admin(&row.signature_key) && admins == 1 && roster.members.len() > 1 {
+                return Err(ProfileError::NotNow(format!(
+                    "you are the only admin of {}: make someone else admin first (`pigeon group admin`)",
+                    row.name
+                )));
+            }
+            if roster.members.len() == 1 {
+                // Alone: there is nobody to commit the removal; the group just ends here.
+                self.conn
+                    .execute(
+                        "UPDATE groups SET state = ?1 WHERE id = ?2",
+                        params![STATE_GONE, id],
+                    )
+                    .map_err(db("leaving the group"))?;
+                return Ok(());
+            }
+            if group.has_pending_commit() {
+                group.discard_pending(&mls)?;
+                self.conn
+                    .execute(
+                        "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                        [id],
+                    )
+                    .map_err(db("leaving the group"))?;
+            }
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let proposal = group.propose_leave(&mls, &identity)?;
+            let mid = self.queue_log(&row, Kind::Mls(proposal))?;
+            self.mark_seen(&row.log_id, &mid)?;
+            self.conn
+                .execute(
+                    "UPDATE groups SET state = ?1 WHERE id = ?2",
+                    params![STATE_LEAVING, id],
+                )
+                .map_err(db("leaving the group"))?;
+            let me = self.name()?;
+            self.notice(id, &me, true, "you asked to leave the group")?;
+            Ok(())
+        })
+    }
+
+    /// Encrypts `text` for a group and queues it to the group's log. While a commit of this
+    /// device waits for the log's order, the text waits too (it is in the transcript at
+    /// once, and sent in whichever epoch comes next).
+    ///
+    /// # Errors
+    /// [`ProfileError::Invalid`] for an empty or oversized text.
+    pub fn compose_group(&self, id: i64, text: &str) -> Result<GroupMessage, ProfileError> {
+        if text.trim().is_empty() {
+            return Err(ProfileError::Invalid("the message is empty".to_owned()));
+        }
+        if text.len() > pigeon_e2ee::content::MAX_TEXT {
+            return Err(ProfileError::Invalid(format!(
+                "the message is {} bytes; at most {} fit in one message",
+                text.len(),
+                pigeon_e2ee::content::MAX_TEXT
+            )));
+        }
+        self.tx(|| {
+            let row = self.group_row(id)?;
+            if row.state != STATE_ACTIVE {
+                return Err(ProfileError::NotNow(format!(
+                    "this device is no longer in {}",
+                    row.name
+                )));
+            }
+            let content = new_content(Body::Text(Text {
+                text: text.to_owned(),
+            }))?;
+            let relay_msg_id: [u8; 16] = random()?;
+            self.conn
+                .execute(
+                    "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                    params![id, content.encode_to_vec(), relay_msg_id.as_slice()],
+                )
+                .map_err(db("saving a message"))?;
+            let me = self.name()?;
+            self.conn
+                .execute(
+                    "INSERT INTO group_messages (group_row, relay_msg_id, sender_key, sender, outgoing,
+                       uid, body, sent_at, stored_at, read)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, 1)",
+                    params![
+                        id,
+                        relay_msg_id.as_slice(),
+                        row.signature_key,
+                        me,
+                        content.id,
+                        text,
+                        to_i64(content.sent_at_ms),
+                        now_ms()
+                    ],
+                )
+                .map_err(db("saving a message"))?;
+            let message_id = self.conn.last_insert_rowid();
+            let due = row.sent_since_update + 1 >= GROUP_REKEY_EVERY
+                || now_ms() - row.updated_at >= GROUP_REKEY_AFTER_MS;
+            self.conn
+                .execute(
+                    "UPDATE groups SET sent_since_update = sent_since_update + 1 WHERE id = ?1",
+                    [id],
+                )
+                .map_err(db("counting messages"))?;
+            if due && !self.has_update_intent(id)? {
+                self.add_intent(
+                    id,
+                    &Intent {
+                        kind: UPDATE,
+                        ..Intent::default()
+                    },
+                )?;
+            }
+            self.drive_in_tx(id)?;
+            self.group_message(message_id)
+        })
+    }
+
+    fn has_update_intent(&self, id: i64) -> Result<bool, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT change FROM group_intents WHERE group_row = ?1")
+            .map_err(db("reading group changes"))?;
+        let rows = stmt
+            .query_map([id], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(db("reading group changes"))?;
+        for row in rows {
+            let bytes = row.map_err(db("reading group changes"))?;
+            if Intent::decode(bytes.as_slice()).is_ok_and(|i| i.kind == UPDATE) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn group_message(&self, id: i64) -> Result<GroupMessage, ProfileError> {
+        self.group_messages_where("m.id = ?1", params![id], 1)?
+            .pop()
+            .ok_or_else(|| ProfileError::NoContact(format!("message #{id}")))
+    }
+
+    fn group_messages_where(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+        limit: i64,
+    ) -> Result<Vec<GroupMessage>, ProfileError> {
+        let sql = format!(
+            "SELECT * FROM (
+               SELECT m.id, m.group_row, g.name, m.seq, m.sender, m.outgoing, m.notice, m.body, m.sent_at,
+                      coalesce(m.seq, 9223372036854775807) AS ord
+               FROM group_messages m JOIN groups g ON g.id = m.group_row
+               WHERE {filter} ORDER BY ord DESC, m.id DESC LIMIT {limit})
+             ORDER BY ord, id"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(db("reading messages"))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(GroupMessage {
+                    id: r.get(0)?,
+                    group_id: r.get(1)?,
+                    group: r.get(2)?,
+                    seq: r.get(3)?,
+                    sender: r.get(4)?,
+                    outgoing: r.get(5)?,
+                    notice: r.get(6)?,
+                    text: r.get(7)?,
+                    sent_at_ms: r.get(8)?,
+                })
+            })
+            .map_err(db("reading messages"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading messages"))
+    }
+
+    /// The latest `limit` lines of a group's transcript, in log order.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn group_history(&self, id: i64, limit: i64) -> Result<Vec<GroupMessage>, ProfileError> {
+        self.group_messages_where("m.group_row = ?1", params![id], limit.max(0))
+    }
+
+    /// Unread lines (of one group, or all), in log order; marks them read.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn take_group_unread(&self, id: Option<i64>) -> Result<Vec<GroupMessage>, ProfileError> {
+        self.tx(|| {
+            let lines = self.group_messages_where(
+                "(?1 IS NULL OR m.group_row = ?1) AND m.read = 0",
+                params![id],
+                i64::MAX,
+            )?;
+            for l in &lines {
+                self.conn
+                    .execute("UPDATE group_messages SET read = 1 WHERE id = ?1", [l.id])
+                    .map_err(db("marking messages read"))?;
+            }
+            Ok(lines)
+        })
+    }
+
+    fn notice(
+        &self,
+        group: i64,
+        sender: &str,
+        outgoing: bool,
+        text: &str,
+    ) -> Result<GroupMessage, ProfileError> {
+        let uid: [u8; 16] = random()?;
+        let now = now_ms();
+        let seq: i64 = self
+            .conn
+            .query_row("SELECT cursor FROM groups WHERE id = ?1", [group], |r| {
+                r.get(0)
+            })
+            .map_err(db("reading a group"))?;
+        self.conn
+            .execute(
+                "INSERT INTO group_messages (group_row, seq, sender, outgoing, notice, uid, body, sent_at, stored_at, read)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?7, 0)",
+                params![group, seq, sender, outgoing, uid.as_slice(), text, now],
+            )
+            .map_err(db("saving a notice"))?;
+        self.group_message(self.conn.last_insert_rowid())
+    }
+
+    fn queue_log(&self, row: &GroupRow, kind: Kind) -> Result<[u8; 16], ProfileError> {
+        self.queue_with_id(
+            &row.log_relay,
+            &row.log_id,
+            &row.log_cap,
+            &Envelope { kind: Some(kind) },
+            random()?,
+        )
+    }
+
+    fn mark_seen(&self, log_id: &[u8; 32], message_id: &[u8; 16]) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO seen (mailbox_id, message_id, seen_at) VALUES (?1, ?2, ?3)",
+                params![log_id.as_slice(), message_id.as_slice(), now_ms()],
+            )
+            .map_err(db("recording a message id"))?;
+        Ok(())
+    }
+
+    /// Sends what waits (drafts) and commits the next change, when no commit of this device
+    /// waits for the log. Runs inside the caller's transaction.
+    fn drive_in_tx(&self, id: i64) -> Result<(), ProfileError> {
+        let row = self.group_row(id)?;
+        if row.state == STATE_GONE || row.pending_commit.is_some() {
+            return Ok(());
+        }
+        let mls = self.mls();
+        let identity = Identity::load(&mls, &row.signature_key)?;
+        let mut group = Group::load(&mls, &row.group_id)?;
+        // Drafts first: they were written in this epoch's membership.
+        let drafts: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, content, relay_msg_id FROM group_drafts WHERE group_row = ?1 ORDER BY id")
+                .map_err(db("reading drafts"))?;
+            let rows = stmt
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("reading drafts"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading drafts"))?
+        };
+        for (draft, content, mid) in drafts {
+            let content = Content::decode(content.as_slice()).map_err(|e| ProfileError::Db {
+                doing: "reading a draft",
+                reason: e.to_string(),
+            })?;
+            let ct = group.seal(&mls, &identity, &content)?;
+            let mid: [u8; 16] = mid.as_slice().try_into().map_err(|_| ProfileError::Db {
+                doing: "reading a draft",
+                reason: "a message id is not 16 bytes".to_owned(),
+            })?;
+            self.queue_with_id(
+                &row.log_relay,
+                &row.log_id,
+                &row.log_cap,
+                &Envelope {
+                    kind: Some(Kind::Mls(ct)),
+                },
+                mid,
+            )?;
+            self.conn
+                .execute("DELETE FROM group_drafts WHERE id = ?1", [draft])
+                .map_err(db("sending a draft"))?;
+        }
+        if row.state != STATE_ACTIVE {
+            return Ok(());
+        }
+        // Requests to leave are committed by whoever sees them first (the rules allow it).
+        if !group.leaving().is_empty() && self.first_intent(id)?.is_none() {
+            self.add_intent(
+                id,
+                &Intent {
+                    kind: COMMIT_LEAVES,
+                    ..Intent::default()
+                },
+            )?;
+        }
+        while let Some((intent_id, intent)) = self.first_intent(id)? {
+            let change = intent.change()?;
+            match group.commit(&mls, &identity, change) {
+                Ok(committed) => {
+                    let mid = self.queue_log(&row, Kind::Mls(committed.commit))?;
+                    self.conn
+                        .execute(
+                            "UPDATE groups SET pending_commit = ?1, pending_intent = ?2 WHERE id = ?3",
+                            params![mid.as_slice(), intent_id, id],
+                        )
+                        .map_err(db("recording a commit"))?;
+                    self.conn
+                        .execute(
+                            "UPDATE group_intents SET welcome = ?1 WHERE id = ?2",
+                            params![committed.welcome, intent_id],
+                        )
+                        .map_err(db("recording a commit"))?;
+                    return Ok(());
+                }
+                Err(E2eeError::NotAllowed(reason)) => {
+                    // The group changed under the intent (the member left, this device lost
+                    // its admin role...): it can never land, so it goes.
+                    tracing::info!(%reason, "a group change no longer applies");
+                    self.drop_intent(intent_id)?;
+                    let me = self.name()?;
+                    self.notice(
+                        id,
+                        &me,
+                        true,
+                        &format!("a change could not be made: {reason}"),
+                    )?;
+                }
+                Err(e) if e.is_bad_input() => {
+                    self.drop_intent(intent_id)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn first_intent(&self, id: i64) -> Result<Option<(i64, Intent)>, ProfileError> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT id, change FROM group_intents WHERE group_row = ?1 ORDER BY id LIMIT 1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("reading group changes"))?;
+        row.map(|(intent_id, bytes)| {
+            Intent::decode(bytes.as_slice())
+                .map(|i| (intent_id, i))
+                .map_err(|e| ProfileError::Db {
+                    doing: "reading a group change",
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()
+    }
+
+    fn drop_intent(&self, intent_id: i64) -> Result<(), ProfileError> {
+        self.conn
+            .execute("DELETE FROM group_intents WHERE id = ?1", [intent_id])
+            .map_err(db("dropping a group change"))?;
+        Ok(())
+    }
+
+    /// Sends what waits and commits the next change in every group (after a restart, or
+    /// after the log was read).
+    ///
+    /// # Errors
+    /// On database or MLS failure.
+    pub fn drive_groups(&self) -> Result<(), ProfileError> {
+        for g in self.groups()? {
+            self.tx(|| self.drive_in_tx(g.id))?;
+        }
+        Ok(())
+    }
+
+    /// Takes messages from a group's log, in log order, in one transaction.
+    ///
+    /// # Errors
+    /// Only local failures (then nothing was recorded).
+    pub fn handle_log_deliveries(
+        &self,
+        log_id: &[u8; 32],
+        deliveries: &[(u64, &[u8], &[u8])],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        self.tx(|| {
+            let Some(id) = self.group_for_log(log_id)? else {
+                return Ok(deliveries
+                    .iter()
+                    .map(|_| Handled::Dropped("a log this profile does not read".to_owned()))
+                    .collect());
+            };
+            let mut out = Vec::new();
+            for (seq, message_id, payload) in deliveries {
+                out.extend(self.log_entry(id, *seq, message_id, payload)?);
+            }
+            self.drive_in_tx(id)?;
+            Ok(out)
+        })
+    }
+
+    fn log_entry(
+        &self,
+        id: i64,
+        seq: u64,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let row = self.group_row(id)?;
+        let seq_i = to_i64(seq);
+        if seq_i <= row.cursor || row.state == STATE_GONE {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        self.conn
+            .execute(
+                "UPDATE groups SET cursor = ?1 WHERE id = ?2",
+                params![seq_i, id],
+            )
+            .map_err(db("advancing the log cursor"))?;
+        // This device's own entries: its commit, its messages, its other requests.
+        if row.pending_commit.as_deref() == Some(message_id) {
+            return self.own_commit_landed(&row, seq);
+        }
+        let own = self
+            .conn
+            .execute(
+                "UPDATE group_messages SET seq = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3 AND seq IS NULL",
+                params![seq_i, id, message_id],
+            )
+            .map_err(db("placing a sent message"))?;
+        if own > 0 {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let seen = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM seen WHERE mailbox_id = ?1 AND message_id = ?2",
+                params![row.log_id.as_slice(), message_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("checking for duplicates"))?;
+        if seen.is_some() {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        self.conn
+            .execute_batch("SAVEPOINT log_entry")
+            .map_err(db("starting a savepoint"))?;
+        match self.open_log_entry(&row, seq, payload) {
+            Ok(h) => {
+                self.conn
+                    .execute_batch("RELEASE log_entry")
+                    .map_err(db("releasing a savepoint"))?;
+                Ok(h)
+            }
+            Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
+                self.conn
+                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
+                    .map_err(db("rolling back"))?;
+                Ok(vec![Handled::Dropped(e.to_string())])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_log_entry(
+        &self,
+        row: &GroupRow,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let envelope = Envelope::decode(payload)
+            .map_err(|e| peer("envelope", &format!("it does not decode: {e}")))?;
+        let Some(Kind::Mls(ct)) = envelope.kind else {
+            return Err(peer(
+                "envelope",
+                "a group log received something other than an MLS message",
+            ));
+        };
+        let mls = self.mls();
+        let mut group = Group::load(&mls, &row.group_id)?;
+        let roster_before = group.roster()?;
+        let had_pending = group.has_pending_commit();
+        let opened = match group.open(&mls, &ct) {
+            Err(E2eeError::WrongEpoch { got, current }) if got < current => {
+                // A commit that lost the race, or a message older than the keys kept.
+                return Ok(vec![Handled::Duplicate]);
+            }
+            other => other?,
+        };
+        match opened {
+            Opened::Content {
+                content, sender, ..
+            } => {
+                let name = name_of(&roster_before, &sender);
+                match content.body {
+                    Some(Body::Text(t)) => {
+                        let inserted = self
+                            .conn
+                            .execute(
+                                "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
+                                   outgoing, uid, body, sent_at, stored_at)
+                                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+                                params![
+                                    row.id,
+                                    to_i64(seq),
+                                    sender,
+                                    name,
+                                    content.id,
+                                    t.text,
+                                    to_i64(content.sent_at_ms),
+                                    now_ms()
+                                ],
+                            )
+                            .map_err(db("saving a message"))?;
+                        if inserted == 0 {
+                            return Ok(vec![Handled::Duplicate]);
+                        }
+                        let m = self.group_message(self.conn.last_insert_rowid())?;
+                        Ok(vec![Handled::Group(m)])
+                    }
+                    Some(Body::LogKeys(k)) => {
+                        let cap = key32(&k.member_cap, "log keys")?;
+                        let owner = key32(&k.owner_key, "log keys")?;
+                        self.conn
+                            .execute(
+                                "UPDATE groups SET log_cap = ?1, log_owner = ?2 WHERE id = ?3",
+                                params![cap.as_slice(), owner.as_slice(), row.id],
+                            )
+                            .map_err(db("taking the log's new keys"))?;
+                        Ok(vec![Handled::LogKeysChanged])
+                    }
+                    _ => Ok(vec![Handled::Duplicate]),
+                }
+            }
+            Opened::Commit { epoch, changes } => {
+                let mut out = Vec::new();
+                if had_pending {
+                    // Another member's commit came first: ours is void (openmls dropped it
+                    // when merging), and its intent is proposed again by drive_in_tx.
+                    self.conn
+                        .execute(
+                            "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                            [row.id],
+                        )
+                        .map_err(db("dropping a lost commit"))?;
+                }
+                out.extend(self.record_changes(row, &changes, false)?);
+                out.push(Handled::GroupEpoch {
+                    group_id: row.id,
+                    epoch,
+                });
+                Ok(out)
+            }
+            Opened::Leaving { key } => {
+                let name = name_of(&roster_before, &key);
+                let m = self.notice(row.id, &name, false, &format!("{name} asked to leave"))?;
+                Ok(vec![Handled::Group(m)])
+            }
+            _ => Ok(vec![Handled::Duplicate]),
+        }
+    }
+
+    fn own_commit_landed(&self, row: &GroupRow, seq: u64) -> Result<Vec<Handled>, ProfileError> {
+        let mls = self.mls();
+        let mut group = Group::load(&mls, &row.group_id)?;
+        if !group.has_pending_commit() {
+            self.conn
+                .execute(
+                    "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                    [row.id],
+                )
+                .map_err(db("clearing a commit"))?;
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let changes = group.merge_pending(&mls)?;
+        let intent = match row.pending_intent {
+            Some(intent_id) => {
+                let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+                    .conn
+                    .query_row(
+                        "SELECT change, welcome FROM group_intents WHERE id = ?1",
+                        [intent_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db("reading a group change"))?;
+                self.drop_intent(intent_id)?;
+                stored.and_then(|(c, w)| Intent::decode(c.as_slice()).ok().map(|i| (i, w)))
+            }
+            None => None,
+        };
+        self.conn
+            .execute(
+                "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                [row.id],
+            )
+            .map_err(db("recording a commit"))?;
+        let mut out = self.record_changes(row, &changes, true)?;
+        match intent {
+            Some((i, Some(welcome))) if i.kind == ADD => {
+                self.send_welcome(row, &i, welcome, seq)?;
+            }
+            Some((i, _)) if i.kind == UPDATE => {
+                self.conn
+                    .execute(
+                        "UPDATE groups SET sent_since_update = 0, updated_at = ?1 WHERE id = ?2",
+                        params![now_ms(), row.id],
+                    )
+                    .map_err(db("recording a key refresh"))?;
+            }
+            _ => {}
+        }
+        if !changes.removed.is_empty() || !changes.left.is_empty() {
+            self.rotate_log_keys(row, &mut group)?;
+        }
+        out.push(Handled::GroupEpoch {
+            group_id: row.id,
+            epoch: group.epoch(),
+        });
+        Ok(out)
+    }
+
+    /// After a removal this device committed: new log keys, sent in the new epoch (which the
+    /// removed device cannot read), set on the relay once that message is there.
+    fn rotate_log_keys(&self, row: &GroupRow, group: &mut Group) -> Result<(), ProfileError> {
+        let mls = self.mls();
+        let identity = Identity::load(&mls, &row.signature_key)?;
+        let cap: [u8; 32] = random()?;
+        let owner: [u8; 32] = random()?;
+        let content = new_content(Body::LogKeys(LogKeys {
+            member_cap: cap.to_vec(),
+            owner_key: owner.to_vec(),
+        }))?;
+        let ct = group.seal(&mls, &identity, &content)?;
+        let mid = self.queue_log(row, Kind::Mls(ct))?;
+        self.mark_seen(&row.log_id, &mid)?;
+        self.conn
+            .execute(
+                "UPDATE groups SET next_cap = ?1, next_owner = ?2 WHERE id = ?3",
+                params![cap.as_slice(), owner.as_slice(), row.id],
+            )
+            .map_err(db("recording the log's new keys"))?;
+        Ok(())
+    }
+
+    /// Log key rotations waiting for the relay (after their announcement was posted).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn pending_rotations(&self) -> Result<Vec<PendingRotation>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT g.id, g.log_relay, g.log_id, g.log_owner, g.next_owner, g.next_cap FROM groups g
+                 WHERE g.next_cap IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.mailbox_id = g.log_id)",
+            )
+            .map_err(db("reading log rotations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingRotation {
+                    group: r.get(0)?,
+                    relay: r.get(1)?,
+                    log_id: blob32(r.get(2)?)?,
+                    owner: SigningKey::from_bytes(&blob32(r.get(3)?)?),
+                    next_owner: SigningKey::from_bytes(&blob32(r.get(4)?)?),
+                    next_cap: blob32(r.get(5)?)?,
+                })
+            })
+            .map_err(db("reading log rotations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading log rotations"))
+    }
+
+    /// The relay took a rotation: the new keys are the log's keys now.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn rotated(&self, group: i64) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "UPDATE groups SET log_cap = next_cap, log_owner = next_owner, next_cap = NULL,
+                   next_owner = NULL WHERE id = ?1 AND next_cap IS NOT NULL",
+                [group],
+            )
+            .map_err(db("recording the log's new keys"))?;
+        Ok(())
+    }
+
+    fn record_changes(
+        &self,
+        row: &GroupRow,
+        changes: &Changes,
+        own: bool,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let by = if own {
+            self.name()?
+        } else {
+            changes
+                .committer
+                .as_ref()
+                .map_or_else(|| "someone".to_owned(), |e| e.name.clone())
+        };
+        let mut lines = Vec::new();
+        for a in &changes.added {
+            lines.push(format!("{by} added {}", a.name));
+        }
+        for r in &changes.removed {
+            lines.push(format!("{by} removed {}", r.name));
+        }
+        for l in &changes.left {
+            lines.push(format!("{} left", l.name));
+        }
+        if let Some(name) = &changes.renamed {
+            lines.push(format!("{by} renamed the group to {name}"));
+            self.conn
+                .execute(
+                    "UPDATE groups SET name = ?1 WHERE id = ?2",
+                    params![name, row.id],
+                )
+                .map_err(db("renaming a group"))?;
+        }
+        for p in &changes.promoted {
+            lines.push(format!("{by} made {} an admin", p.name));
+        }
+        if changes.self_removed {
+            lines.push(format!(
+                "you are no longer in this group (removed by {by}); it reads nothing new"
+            ));
+            self.conn
+                .execute(
+                    "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
+                    params![STATE_GONE, row.id],
+                )
+                .map_err(db("leaving a group"))?;
+            self.conn
+                .execute("DELETE FROM group_intents WHERE group_row = ?1", [row.id])
+                .map_err(db("leaving a group"))?;
+        }
+        let mut out = Vec::new();
+        for line in lines {
+            out.push(Handled::Group(self.notice(row.id, &by, own, &line)?));
+        }
+        Ok(out)
+    }
+
+    fn send_welcome(
+        &self,
+        row: &GroupRow,
+        intent: &Intent,
+        welcome: Vec<u8>,
+        seq: u64,
+    ) -> Result<(), ProfileError> {
+        let secret = key32(&intent.welcome_secret, "join request")?;
+        let mailbox = key32(&intent.welcome_mailbox, "join request")?;
+        let cap = key32(&intent.welcome_cap, "join request")?;
+        let relay = super::parse_stored_relay(&row.log_relay)?;
+        // Read the log keys afresh: a rotation may have happened in this same batch.
+        let fresh = self.group_row(row.id)?;
+        let body = GroupWelcome {
+            welcome,
+            log_relay: relay.to_payload().encode_to_vec(),
+            log_id: fresh.log_id.to_vec(),
+            log_cap: fresh.log_cap.to_vec(),
+            log_owner: fresh.log_owner.clone(),
+            after_seq: seq,
+        };
+        let sealed = seal(&secret, b"welcome", &body.encode_to_vec())?;
+        let parts = sealed.chunks(WELCOME_PART).count();
+        let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
+        for (i, chunk) in sealed.chunks(WELCOME_PART).enumerate() {
+            self.queue(
+                &intent.welcome_relay,
+                &mailbox,
+                &cap,
+                &Envelope {
+                    kind: Some(Kind::WelcomePart(WelcomePart {
+                        part: u32::try_from(i).unwrap_or(u32::MAX),
+                        parts: parts_u32,
+                        bytes: chunk.to_vec(),
+                    })),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A delivery on one of this profile's group invitation mailboxes: a request to join.
+    pub(super) fn group_join_request(
+        &self,
+        mailbox: &[u8; 32],
+        envelope: Envelope,
+    ) -> Result<Option<Handled>, ProfileError> {
+        let invite: Option<(i64, i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT id, group_row, secret FROM group_invites WHERE mailbox_id = ?1",
+                [mailbox.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db("finding the mailbox"))?;
+        let Some((invite_id, group, secret)) = invite else {
+            return Ok(None);
+        };
+        let Some(Kind::JoinRequest(sealed)) = envelope.kind else {
+            return Err(peer(
+                "join request",
+                "a group invitation's mailbox received something other than a request to join",
+            ));
+        };
+        let secret = key32(&secret, "join request")?;
+        let plain = open_sealed(&secret, b"join", &sealed)?;
+        let req = JoinRequest::decode(plain.as_slice())
+            .map_err(|e| peer("join request", &format!("it does not decode: {e}")))?;
+        check_name(&req.name).map_err(|r| peer("join request", &r))?;
+        RelayLink::from_payload_bytes(&req.reply_relay)
+            .map_err(|e| peer("join request", &format!("its reply relay is invalid: {e}")))?;
+        key32(&req.reply_mailbox, "join request")?;
+        key32(&req.reply_cap, "join request")?;
+        if req.person.len() != 16 || req.device.chars().count() > 64 {
+            return Err(peer(
+                "join request",
+                "its person id or device name is malformed",
+            ));
+        }
+        let key = pigeon_e2ee::key_package_signature_key(&self.mls(), &req.key_package)?;
+        let relay = RelayLink::from_payload_bytes(&req.reply_relay)
+            .map_err(|e| peer("join request", &e.to_string()))?;
+        let intent = Intent {
+            kind: ADD,
+            key_package: req.key_package,
+            entry: Some(RosterEntry {
+                key,
+                person: req.person,
+                name: req.name.clone(),
+                device: req.device,
+                admin: false,
+            }),
+            welcome_relay: relay.to_string(),
+            welcome_mailbox: req.reply_mailbox,
+            welcome_cap: req.reply_cap,
+            welcome_secret: secret.to_vec(),
+            ..Intent::default()
+        };
+        // Each invitation works once.
+        self.conn
+            .execute("DELETE FROM group_invites WHERE id = ?1", [invite_id])
+            .map_err(db("closing the invitation"))?;
+        self.add_intent(group, &intent)?;
+        self.drive_in_tx(group)?;
+        let me = self.name()?;
+        let m = self.notice(
+            group,
+            &me,
+            true,
+            &format!("{} accepted your invitation; adding them", req.name),
+        )?;
+        Ok(Some(Handled::Group(m)))
+    }
+
+    /// A delivery on one of this profile's join-request reply mailboxes: a part of a Welcome.
+    pub(super) fn group_welcome_part(
+        &self,
+        mailbox: &[u8; 32],
+        envelope: Envelope,
+    ) -> Result<Option<Handled>, ProfileError> {
+        let join: Option<(i64, Vec<u8>, Vec<u8>, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, secret, signature_key, group_name FROM group_joins WHERE mailbox_id = ?1",
+                [mailbox.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db("finding the mailbox"))?;
+        let Some((join_id, secret, signature_key, _name)) = join else {
+            return Ok(None);
+        };
+        let Some(Kind::WelcomePart(part)) = envelope.kind else {
+            return Err(peer(
+                "welcome",
+                "a request to join received something other than a Welcome",
+            ));
+        };
+        if part.parts == 0 || part.parts > MAX_WELCOME_PARTS || part.part >= part.parts {
+            return Err(peer("welcome", "its part numbers are out of range"));
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO welcome_parts (mailbox_id, part, parts, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![mailbox.as_slice(), part.part, part.parts, part.bytes],
+            )
+            .map_err(db("keeping a part of a Welcome"))?;
+        let have: Vec<(u32, u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT part, parts, bytes FROM welcome_parts WHERE mailbox_id = ?1 ORDER BY part")
+                .map_err(db("reading a Welcome"))?;
+            let rows = stmt
+                .query_map([mailbox.as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db("reading a Welcome"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading a Welcome"))?
+        };
+        if have.iter().any(|(_, n, _)| *n != part.parts) {
+            return Err(peer("welcome", "its parts disagree on how many there are"));
+        }
+        if u32::try_from(have.len()).unwrap_or(u32::MAX) < part.parts {
+            return Ok(Some(Handled::Duplicate));
+        }
+        let sealed: Vec<u8> = have.into_iter().flat_map(|(_, _, b)| b).collect();
+        self.conn
+            .execute(
+                "DELETE FROM welcome_parts WHERE mailbox_id = ?1",
+                [mailbox.as_slice()],
+            )
+            .map_err(db("reading a Welcome"))?;
+        let secret = key32(&secret, "welcome")?;
+        let plain = open_sealed(&secret, b"welcome", &sealed)?;
+        let gw = GroupWelcome::decode(plain.as_slice())
+            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
+        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
+            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
+        let log_id = key32(&gw.log_id, "welcome")?;
+        let log_cap = key32(&gw.log_cap, "welcome")?;
+        let log_owner = key32(&gw.log_owner, "welcome")?;
+        let mls = self.mls();
+        let group = Group::join_group(&mls, &gw.welcome)?;
+        let roster = group.roster()?;
+        let Some(me) = roster.entry(&signature_key) else {
+            return Err(peer(
+                "welcome",
+                "the group's roster does not list this device",
+            ));
+        };
+        let person = me.person.clone();
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id, log_cap,
+                   log_owner, cursor, updated_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    roster.name,
+                    group.id(),
+                    signature_key,
+                    group.suite().unwrap_or(Suite::XWing).code(),
+                    person,
+                    log_relay.to_string(),
+                    log_id.as_slice(),
+                    log_cap.as_slice(),
+                    log_owner.as_slice(),
+                    to_i64(gw.after_seq),
+                    now
+                ],
+            )
+            .map_err(db("saving the group"))?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .execute("DELETE FROM group_joins WHERE id = ?1", [join_id])
+            .map_err(db("closing the request to join"))?;
+        let members: Vec<String> = roster
+            .members
+            .iter()
+            .filter(|m| m.key != signature_key)
+            .map(|m| m.name.clone())
+            .collect();
+        let my_name = self.name()?;
+        self.notice(
+            id,
+            &my_name,
+            false,
+            &format!("you joined {} with {}", roster.name, members.join(", ")),
+        )?;
+        Ok(Some(Handled::JoinedGroup(self.group_info(id)?)))
+    }
+}
+
+/// A change a person asks for.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum GroupChange<'a> {
+    /// Remove the member with this name.
+    Remove(&'a str),
+    /// Make the member with this name an admin.
+    Promote(&'a str),
+    /// Rename the group.
+    Rename(&'a str),
+    /// Refresh this device's keys.
+    Update,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_invitation_messages_open_only_with_the_secret() {
+        let secret = [7u8; 32];
+        let sealed = seal(&secret, b"join", b"hello").expect("seal");
+        assert_eq!(
+            open_sealed(&secret, b"join", &sealed).expect("open"),
+            b"hello"
+        );
+        assert!(open_sealed(&[8u8; 32], b"join", &sealed).is_err());
+        assert!(open_sealed(&secret, b"welcome", &sealed).is_err());
+        let mut flipped = sealed.clone();
+        flipped[20] ^= 1;
+        assert!(open_sealed(&secret, b"join", &flipped).is_err());
+        assert!(open_sealed(&secret, b"join", &sealed[..10]).is_err());
+    }
+}
