@@ -27,6 +27,8 @@ pub(crate) enum BenchCommand {
     Client(crate::bench_client::ClientBenchArgs),
     /// The tls transport next to tcp: bulk download, handshake time, idle-connection memory.
     Tls(crate::bench_tls::TlsBenchArgs),
+    /// Groups: commit costs at N members (X-Wing) and fan-out through a real relay.
+    Group(crate::bench_group::GroupBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -69,6 +71,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Relay(args) => relay(args).await,
         BenchCommand::Client(args) => crate::bench_client::run(args).await,
         BenchCommand::Tls(args) => crate::bench_tls::run(args).await,
+        BenchCommand::Group(args) => crate::bench_group::run(args).await,
     }
 }
 

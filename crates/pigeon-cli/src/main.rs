@@ -3,10 +3,12 @@
 mod acme;
 mod bench;
 mod bench_client;
+mod bench_group;
 mod bench_nats;
 mod bench_tls;
 mod chat_cmd;
 mod demo;
+mod group_cmd;
 mod qr;
 mod relay_cmd;
 mod relay_proc;
@@ -49,6 +51,11 @@ enum Command {
     Read(user_cmd::ReadArgs),
     /// Talk interactively with one contact.
     Chat(chat_cmd::ChatArgs),
+    /// Groups: create, invite, add, remove, leave, members, admin, rename.
+    #[command(subcommand)]
+    Group(group_cmd::GroupCommand),
+    /// Show the safety number with a group member (and mark them verified).
+    Verify(group_cmd::VerifyArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
     Relay(Box<relay_cmd::RelayArgs>),
     /// Run a benchmark and print its figures.
@@ -103,6 +110,8 @@ fn main() -> std::process::ExitCode {
             Command::Send(args) => user_cmd::send(args).await,
             Command::Read(args) => user_cmd::read(args).await,
             Command::Chat(args) => chat_cmd::run(args).await,
+            Command::Group(cmd) => group_cmd::run(cmd).await,
+            Command::Verify(args) => group_cmd::verify(args),
         }
     });
     match result {

@@ -2,7 +2,10 @@
 
 use crate::qr;
 use anyhow::Context as _;
-use pigeon_client::{Client, ClientEvent, Contact, FlushReport, Message, Passphrase, Profile};
+use pigeon_client::{
+    Client, ClientEvent, Contact, FlushReport, GroupMessage, Message, Passphrase, Profile,
+    ProfileError,
+};
 use pigeon_transport::RelayLink;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,9 +163,13 @@ pub(crate) async fn accept(args: AcceptArgs) -> anyhow::Result<u8> {
     // A bad link is refused before the passphrase is asked for.
     pigeon_client::Invite::parse(&args.link).map_err(pigeon_client::Error::from)?;
     let mut client = open_client(arg)?;
-    let (contact, report) = client
-        .accept(&args.link, args.local_name.as_deref())
-        .await?;
+    let (contact, report) = match client.accept(&args.link, args.local_name.as_deref()).await {
+        Err(e @ pigeon_client::Error::JoinRequested { sent, .. }) => {
+            println!("{}", safe(&e.to_string()));
+            return Ok(if sent { 0 } else { EXIT_QUEUED });
+        }
+        other => other?,
+    };
     println!(
         "You can now talk with {} ({}). Send with: pigeon send {} TEXT",
         contact.name,
@@ -200,9 +207,21 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<u8> {
     let arg = &args.profile;
     let mut client = open_client(arg)?;
     let text = args.text.join(" ");
+    let is_contact = match client.profile().find_contact(&args.contact) {
+        Ok(_) => true,
+        Err(ProfileError::NoContact(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !is_contact && client.profile().find_group(&args.contact).is_ok() {
+        let (message, report) = client.send_group(&args.contact, &text).await?;
+        if report.waiting == 0 {
+            println!("Sent to {}.", safe(&message.group));
+        }
+        return Ok(report_queued(&report));
+    }
     let (message, report) = client.send(&args.contact, &text).await?;
     if report.waiting == 0 {
-        println!("Sent to {}.", message.contact);
+        println!("Sent to {}.", safe(&message.contact));
     }
     Ok(report_queued(&report))
 }
@@ -226,9 +245,16 @@ pub(crate) fn report_queued(report: &FlushReport) -> u8 {
 pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
     let arg = &args.profile;
     let mut client = open_client(arg)?;
-    let only = match &args.contact {
-        Some(name) => Some(client.profile().find_contact(name)?.id),
-        None => None,
+    // One name: a contact's, else a group's. No name: everything.
+    let (only_contact, only_group) = match &args.contact {
+        Some(name) => match client.profile().find_contact(name) {
+            Ok(c) => (Some(c.id), Some(-1)),
+            Err(ProfileError::NoContact(_)) => {
+                (Some(-1), Some(client.profile().find_group(name)?.id))
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => (None, None),
     };
     let quiet = Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0));
     let (events, report) = client.sync(quiet, quiet + Duration::from_secs(30)).await?;
@@ -237,12 +263,16 @@ pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
             println!("{line}");
         }
     }
-    let unread = client.profile().take_unread(only)?;
-    if unread.is_empty() {
+    let unread = client.profile().take_unread(only_contact)?;
+    let group_unread = client.profile().take_group_unread(only_group)?;
+    if unread.is_empty() && group_unread.is_empty() {
         println!("No new messages.");
     }
     for m in &unread {
         println!("{}", message_line(m));
+    }
+    for m in &group_unread {
+        println!("{}", group_line(m));
     }
     client.profile().prune()?;
     Ok(report_queued(&report))
@@ -253,14 +283,18 @@ pub(crate) fn notice(event: &ClientEvent, profile: &Profile) -> Option<String> {
     match event {
         ClientEvent::NewContact(c) => Some(format!(
             "* {} accepted your invitation ({}). Send with: pigeon send {} TEXT",
-            c.name,
+            safe(&c.name),
             c.suite.name(),
             shell_word(&c.name)
         )),
-        ClientEvent::Dropped(reason) => {
-            Some(format!("* a message was refused and dropped: {reason}"))
-        }
-        ClientEvent::Disconnected { reason } => Some(format!("* disconnected: {reason}")),
+        ClientEvent::JoinedGroup(g) => Some(format!(
+            "* you are now in the group {} ({} members). Send with: pigeon send {} TEXT",
+            safe(&g.name),
+            g.members,
+            shell_word(&g.name)
+        )),
+        ClientEvent::Dropped(reason) => Some(format!("* {}", safe(reason))),
+        ClientEvent::Disconnected { reason } => Some(format!("* disconnected: {}", safe(reason))),
         ClientEvent::Rekeyed { contact_id, epoch } => profile.contact(*contact_id).ok().map(|c| {
             format!(
                 "* {} refreshed the conversation's keys (epoch {epoch})",
@@ -273,7 +307,44 @@ pub(crate) fn notice(event: &ClientEvent, profile: &Profile) -> Option<String> {
 
 pub(crate) fn message_line(m: &Message) -> String {
     let who = if m.outgoing { "you" } else { &m.contact };
-    format!("[{}] {}: {}", clock(m.sent_at_ms), who, m.text)
+    format!("[{}] {}: {}", clock(m.sent_at_ms), safe(who), safe(&m.text))
+}
+
+/// A line of a group's transcript.
+pub(crate) fn group_line(m: &GroupMessage) -> String {
+    if m.notice {
+        return format!(
+            "[{}] {}: * {}",
+            clock(m.sent_at_ms),
+            safe(&m.group),
+            safe(&m.text)
+        );
+    }
+    let who = if m.outgoing { "you" } else { &m.sender };
+    format!(
+        "[{}] {} / {}: {}",
+        clock(m.sent_at_ms),
+        safe(&m.group),
+        safe(who),
+        safe(&m.text)
+    )
+}
+
+/// Text from a peer or a relay, made safe for a terminal: control characters (escape
+/// sequences, carriage returns), bidirectional overrides and other invisible formatting are
+/// shown as `\u{…}` instead of being obeyed. Newlines and tabs stay.
+pub(crate) fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let dangerous = (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
+        if dangerous {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC.
@@ -318,6 +389,14 @@ mod tests {
         assert_eq!(clock(0), "1970-01-01 00:00");
         assert_eq!(clock(1_795_613_400_000), "2026-11-25 13:30");
         assert_eq!(clock(951_782_400_000), "2000-02-29 00:00");
+    }
+
+    #[test]
+    fn peer_text_cannot_steer_the_terminal() {
+        assert_eq!(safe("hi\u{1b}[2J"), "hi\\u{1b}[2J");
+        assert_eq!(safe("a\u{202E}b"), "a\\u{202e}b");
+        assert_eq!(safe("\u{1b}]0;title\u{7}"), "\\u{1b}]0;title\\u{7}");
+        assert_eq!(safe("line\nnext\tü"), "line\nnext\tü");
     }
 
     #[test]

@@ -401,6 +401,7 @@ async fn attack(
                     request::Body::Subscribe(msg::Subscribe {
                         mailbox_id: vec![1; 31],
                         signature: vec![0; 64],
+                        ..Default::default()
                     }),
                 ),
                 req(
@@ -410,6 +411,7 @@ async fn attack(
                         recipient_key: vec![1; 10],
                         sender_cap_hash: vec![1; 32],
                         signature: vec![0; 64],
+                        ..Default::default()
                     }),
                 ),
                 req(
@@ -467,6 +469,7 @@ async fn attack(
                     request::Body::Subscribe(msg::Subscribe {
                         mailbox_id: victim.id.0.to_vec(),
                         signature: random_sig.to_vec(),
+                        ..Default::default()
                     }),
                 ),
                 req(
@@ -481,6 +484,7 @@ async fn attack(
                     request::Body::Subscribe(msg::Subscribe {
                         mailbox_id: victim.id.0.to_vec(),
                         signature: subscribe_other.to_vec(),
+                        ..Default::default()
                     }),
                 ),
                 req(

@@ -1,0 +1,315 @@
+//! `pigeon bench group`: what a group of N devices costs (issue #14).
+//!
+//! 1. In memory, X-Wing: a group of N devices built with one batch add, then, at N, the time to
+//!    create an add, a remove and a key-refresh commit (admin side) and to process each (another
+//!    member's side), their sizes and the Welcome's, and one message's encrypt and decrypt.
+//! 2. Fan-out on a real relay child process: N connections subscribed to one group log; the
+//!    time from one post until its push has reached every one of them.
+
+use crate::relay_proc::RelayProcess;
+use hdrhistogram::Histogram;
+use openmls_libcrux_crypto::Provider;
+use pigeon_client::{OwnedMailbox, RelayConnection};
+use pigeon_e2ee::content::{Text, body::Body};
+use pigeon_e2ee::{Change, Content, Group, Identity, Opened, Roster, RosterEntry, Suite};
+use std::time::{Duration, Instant};
+
+/// Arguments of `pigeon bench group`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GroupBenchArgs {
+    /// Devices in the group (2 to 10,000).
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Rounds of each commit measured (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Posts whose fan-out is timed.
+    #[arg(long, default_value_t = 50)]
+    posts: usize,
+    /// Skip the fan-out phase (no relay process).
+    #[arg(long)]
+    skip_fanout: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Device {
+    provider: Provider,
+    identity: Identity,
+}
+
+impl Device {
+    fn new() -> anyhow::Result<Self> {
+        let provider = Provider::new()?;
+        let identity = Identity::generate(&provider)?;
+        Ok(Self { provider, identity })
+    }
+
+    fn entry(&self, i: usize, admin: bool) -> RosterEntry {
+        let mut person = vec![0u8; 16];
+        person[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        RosterEntry {
+            key: self.identity.public_key().to_vec(),
+            person,
+            name: format!("member {i}"),
+            device: String::new(),
+            admin,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn text(i: usize) -> Content {
+    let mut id = vec![0u8; 16];
+    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    Content {
+        id,
+        sent_at_ms: 0,
+        body: Some(Body::Text(Text {
+            text: format!("benchmark message {i}, about as long as a chat line"),
+        })),
+    }
+}
+
+struct Costs {
+    build_s: f64,
+    add_ms: f64,
+    remove_ms: f64,
+    update_ms: f64,
+    process_ms: f64,
+    commit_bytes: usize,
+    welcome_bytes: usize,
+    encrypt_us: f64,
+    decrypt_us: f64,
+}
+
+fn costs(members: usize, rounds: usize) -> anyhow::Result<Costs> {
+    let started = Instant::now();
+    let admin = Device::new()?;
+    let roster = Roster {
+        name: "bench".to_owned(),
+        members: vec![admin.entry(0, true)],
+    };
+    let mut a = Group::create(&admin.provider, &admin.identity, Suite::XWing, &roster)?;
+    let other = Device::new()?;
+    let mut adds = vec![(
+        other.identity.key_package(&other.provider, Suite::XWing)?,
+        other.entry(1, false),
+    )];
+    for i in 2..members {
+        let d = Device::new()?;
+        adds.push((
+            d.identity.key_package(&d.provider, Suite::XWing)?,
+            d.entry(i, false),
+        ));
+    }
+    let built = a.commit(&admin.provider, &admin.identity, Change::AddMany(adds))?;
+    a.merge_pending(&admin.provider)?;
+    let mut b = Group::join_group(
+        &other.provider,
+        &built.welcome.ok_or_else(|| anyhow::anyhow!("no welcome"))?,
+    )?;
+    let build_s = started.elapsed().as_secs_f64();
+    let (mut add, mut remove, mut update, mut process) = (vec![], vec![], vec![], vec![]);
+    let (mut commit_bytes, mut welcome_bytes) = (0, 0);
+    let mut apply = |a: &mut Group, b: &mut Group, commit: &[u8]| -> anyhow::Result<()> {
+        a.merge_pending(&admin.provider)?;
+        let t = Instant::now();
+        let opened = b.open(&other.provider, commit)?;
+        process.push(ms(t.elapsed()));
+        anyhow::ensure!(matches!(opened, Opened::Commit { .. }), "not a commit");
+        Ok(())
+    };
+    for r in 0..rounds {
+        let newcomer = Device::new()?;
+        let kp = newcomer
+            .identity
+            .key_package(&newcomer.provider, Suite::XWing)?;
+        let t = Instant::now();
+        let c = a.commit(
+            &admin.provider,
+            &admin.identity,
+            Change::Add {
+                key_package: kp,
+                entry: newcomer.entry(members + r, false),
+            },
+        )?;
+        add.push(ms(t.elapsed()));
+        welcome_bytes = c.welcome.as_ref().map_or(0, Vec::len);
+        apply(&mut a, &mut b, &c.commit)?;
+        let t = Instant::now();
+        let c = a.commit(
+            &admin.provider,
+            &admin.identity,
+            Change::Remove {
+                keys: vec![newcomer.identity.public_key().to_vec()],
+            },
+        )?;
+        remove.push(ms(t.elapsed()));
+        apply(&mut a, &mut b, &c.commit)?;
+        let t = Instant::now();
+        let c = a.commit(&admin.provider, &admin.identity, Change::Update)?;
+        update.push(ms(t.elapsed()));
+        commit_bytes = c.commit.len();
+        apply(&mut a, &mut b, &c.commit)?;
+    }
+    let (mut enc, mut dec) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let t = Instant::now();
+        let ct = a.seal(&admin.provider, &admin.identity, &text(i))?;
+        enc.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        b.open(&other.provider, &ct)?;
+        dec.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(Costs {
+        build_s,
+        add_ms: median(add),
+        remove_ms: median(remove),
+        update_ms: median(update),
+        process_ms: median(process),
+        commit_bytes,
+        welcome_bytes,
+        encrypt_us: median(enc),
+        decrypt_us: median(dec),
+    })
+}
+
+/// p50 and p99 of the time from a post to its push on the last of `n` subscribers.
+async fn fanout(n: usize, posts: usize) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let relay = RelayProcess::start(dir.path(), &["--max-connections", "19000"])?;
+    let timeout = Duration::from_secs(20);
+    let log = OwnedMailbox::generate()?;
+    let poster = RelayConnection::connect(&relay.link, timeout).await?;
+    poster.create_log(&log.key, &log.id, log.cap_hash()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = RelayConnection::connect(&relay.link, timeout).await?;
+        conn.subscribe_log(&log.id, &log.sender_cap, 0).await?;
+        let mut events = conn.take_events();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let pigeon_client::Event::Push(p) = event {
+                    let now = Instant::now();
+                    for d in p.deliveries {
+                        let _ = tx.send((d.seq, now));
+                    }
+                }
+            }
+        });
+        conns.push(conn);
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    for i in 0..posts {
+        let started = Instant::now();
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let sent = poster
+            .send(&log.id, &log.sender_cap, id, vec![7u8; 1024])
+            .await?;
+        let mut reached = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reached < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some((seq, at))) if seq == sent.seq => {
+                    reached += 1;
+                    if reached == n {
+                        h.record(u64::try_from(at.duration_since(started).as_micros())?)?;
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("post {i} reached {reached} of {n} subscribers in 30 s"),
+            }
+        }
+        for c in &conns {
+            // Logs keep messages; acks only free each subscription's push window.
+            let _ = c.ack(&log.id, vec![sent.seq]).await;
+        }
+    }
+    drop(conns);
+    relay.stop()?;
+    Ok((
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
+pub(crate) async fn run(args: GroupBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (2..=10_000).contains(&args.members),
+        "--members must be 2 to 10,000"
+    );
+    let members = args.members;
+    let rounds = args.rounds.max(1);
+    let c = tokio::task::spawn_blocking(move || costs(members, rounds)).await??;
+    let (fan50, fan99) = if args.skip_fanout {
+        (f64::NAN, f64::NAN)
+    } else {
+        fanout(args.members, args.posts.max(1)).await?
+    };
+    if args.json {
+        let num = |v: f64| {
+            if v.is_finite() {
+                serde_json::json!((v * 1000.0).round() / 1000.0)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "members": args.members,
+                "suite": "X-Wing (0x004D)",
+                "build_group_s": num(c.build_s),
+                "commit_add_ms": num(c.add_ms),
+                "commit_remove_ms": num(c.remove_ms),
+                "commit_update_ms": num(c.update_ms),
+                "process_commit_ms": num(c.process_ms),
+                "commit_bytes": c.commit_bytes,
+                "welcome_bytes": c.welcome_bytes,
+                "encrypt_us": num(c.encrypt_us),
+                "decrypt_us": num(c.decrypt_us),
+                "fanout_p50_ms": num(fan50),
+                "fanout_p99_ms": num(fan99),
+                "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
+            })
+        );
+    } else {
+        println!(
+            "group of {} devices, X-Wing (medians of {rounds})",
+            args.members
+        );
+        println!("  built in {:.1} s (one batch add)", c.build_s);
+        println!(
+            "  commit: add {:.1} ms, remove {:.1} ms, update {:.1} ms",
+            c.add_ms, c.remove_ms, c.update_ms
+        );
+        println!("  process a commit (other member): {:.1} ms", c.process_ms);
+        println!(
+            "  update commit {} B, Welcome {} B",
+            c.commit_bytes, c.welcome_bytes
+        );
+        println!(
+            "  message: encrypt {:.0} µs, decrypt {:.0} µs",
+            c.encrypt_us, c.decrypt_us
+        );
+        println!(
+            "  fan-out to {} subscribers: p50 {fan50:.1} ms, p99 {fan99:.1} ms",
+            args.members
+        );
+    }
+    Ok(())
+}

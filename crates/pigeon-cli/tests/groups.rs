@@ -1,0 +1,233 @@
+//! Groups with real processes (issue #14): five profiles on a real relay make a group through
+//! one-time invitation links, everyone talks, two members commit at the same moment without
+//! forking the group, a removed member reads nothing new, a member offline across ten epochs
+//! catches up, and only admins change who is in.
+
+#[path = "support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use support::{Relay, RelayOpts};
+
+const PASS: &str = "group test passphrase";
+
+fn pigeon(profile: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
+    cmd.env("PIGEON_PASSPHRASE", PASS)
+        .env("PIGEON_PROFILE", profile)
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(profile: &Path, args: &[&str]) -> Output {
+    pigeon(profile).args(args).output().expect("run pigeon")
+}
+
+fn ok(profile: &Path, args: &[&str]) -> String {
+    let out = run(profile, args);
+    assert!(
+        out.status.success(),
+        "pigeon {args:?} in {} failed ({}):\n{}{}",
+        profile.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn read(profile: &Path) -> String {
+    ok(profile, &["read", "--wait", "0.4"])
+}
+
+/// The texts of a group's messages (not notices), in the group's order, as `sender: text`
+/// with this profile's own messages under `me`.
+fn transcript(profile: &Path, me: &str, group: &str) -> Vec<String> {
+    ok(profile, &["group", "history", group, "--limit", "1000"])
+        .lines()
+        .filter(|l| !l.contains(": * "))
+        .map(|l| {
+            let rest = l.split_once("] ").map_or(l, |(_, r)| r);
+            let rest = rest.split_once(" / ").map_or(rest, |(_, r)| r);
+            rest.replacen("you:", &format!("{me}:"), 1)
+        })
+        .collect()
+}
+
+fn epoch(profile: &Path, group: &str) -> String {
+    let list = ok(profile, &["group", "list"]);
+    let line = list
+        .lines()
+        .find(|l| l.contains(group))
+        .unwrap_or_else(|| panic!("{group} not in {list}"));
+    line.split("epoch ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .map(|e| e.trim().to_owned())
+        .unwrap_or_else(|| panic!("no epoch in {line}"))
+}
+
+/// `admin` invites `who` with a one-time link; both sides read until `who` is in.
+fn join(admin: &Path, who: &Path, group: &str) {
+    let invite = ok(admin, &["group", "invite", group, "--no-qr"]);
+    let link = invite.lines().next().expect("a link");
+    assert!(link.starts_with("pigeon://invite#"), "{invite}");
+    let asked = ok(who, &["accept", link]);
+    assert!(asked.contains("asked to join"), "{asked}");
+    let admin_read = read(admin);
+    assert!(
+        admin_read.contains("accepted your invitation"),
+        "{admin_read}"
+    );
+    let joined = read(who);
+    assert!(joined.contains("you are now in the group"), "{joined}");
+}
+
+#[test]
+fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let link = relay.link.to_string();
+    let names = ["ann", "ben", "cat", "dan", "eve"];
+    let p: Vec<PathBuf> = names.iter().map(|n| dir.path().join(n)).collect();
+    for (n, path) in names.iter().zip(&p) {
+        ok(path, &["init", "--name", n, "--relay", &link]);
+    }
+    let created = ok(&p[0], &["group", "create", "family"]);
+    assert!(created.contains("Created the group family"), "{created}");
+    for who in &p[1..] {
+        join(&p[0], who, "family");
+    }
+    // Everyone has everyone, and ann is the only admin.
+    for path in &p {
+        read(path);
+    }
+    for path in &p {
+        let members = ok(path, &["group", "members", "family"]);
+        for n in names {
+            assert!(members.contains(n), "{n} missing from {members}");
+        }
+        assert_eq!(members.matches("[admin]").count(), 1, "{members}");
+    }
+    // A member who is not an admin may not invite, remove, promote or rename.
+    for args in [
+        &["group", "invite", "family", "--no-qr"][..],
+        &["group", "remove", "family", "cat"][..],
+        &["group", "admin", "family", "cat"][..],
+        &["group", "rename", "family", "ours"][..],
+    ] {
+        let out = run(&p[1], args);
+        assert!(!out.status.success(), "ben could {args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("admins"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Everyone sends; everyone's transcript agrees in content and order.
+    for (n, path) in names.iter().zip(&p) {
+        ok(path, &["send", "family", &format!("hello from {n}")]);
+    }
+    for path in &p {
+        read(path);
+    }
+    let reference = transcript(&p[0], "ann", "family");
+    assert_eq!(reference.len(), 5, "{reference:?}");
+    for (n, path) in names.iter().zip(&p).skip(1) {
+        assert_eq!(transcript(path, n, "family"), reference, "{n}'s transcript");
+    }
+
+    // Two members refresh their keys at the same moment: one commit wins, the other lands
+    // after it; the group does not fork.
+    let before = epoch(&p[1], "family");
+    let racers: Vec<_> = [&p[1], &p[2]]
+        .iter()
+        .map(|path| {
+            pigeon(path)
+                .args(["group", "rekey", "family"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in racers {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for path in &p {
+        read(path);
+    }
+    let after = epoch(&p[0], "family");
+    assert_eq!(
+        after.parse::<u64>().expect("epoch"),
+        before.parse::<u64>().expect("epoch") + 2,
+        "both changes landed, one after the other"
+    );
+    for path in &p {
+        assert_eq!(epoch(path, "family"), after, "{} forked", path.display());
+    }
+    ok(&p[3], &["send", "family", "after the race"]);
+    for path in &p {
+        read(path);
+    }
+    for (n, path) in names.iter().zip(&p) {
+        assert!(
+            transcript(path, n, "family").contains(&"dan: after the race".to_owned()),
+            "{n} cannot read after the race"
+        );
+    }
+
+    // ann removes eve: eve is told, and reads nothing sent after.
+    ok(&p[0], &["group", "remove", "family", "eve"]);
+    for path in &p {
+        read(path);
+    }
+    ok(&p[1], &["send", "family", "eve cannot read this"]);
+    for path in &p {
+        read(path);
+    }
+    let eve_history = ok(&p[4], &["group", "history", "family", "--limit", "1000"]);
+    assert!(
+        eve_history.contains("no longer in this group"),
+        "{eve_history}"
+    );
+    assert!(
+        !eve_history.contains("eve cannot read this"),
+        "{eve_history}"
+    );
+    assert!(
+        ok(&p[2], &["group", "history", "family"]).contains("eve cannot read this"),
+        "cat reads on"
+    );
+    let members = ok(&p[0], &["group", "members", "family"]);
+    assert!(!members.contains("eve"), "{members}");
+
+    // dan stays offline while the group moves ten epochs; then catches up in order.
+    let start = epoch(&p[0], "family").parse::<u64>().expect("epoch");
+    for i in 0..10 {
+        ok(&p[0], &["group", "rekey", "family"]);
+        ok(&p[0], &["send", "family", &format!("epoch message {i}")]);
+    }
+    assert_eq!(
+        epoch(&p[0], "family").parse::<u64>().expect("epoch"),
+        start + 10
+    );
+    read(&p[3]);
+    let dan = transcript(&p[3], "dan", "family");
+    for i in 0..10 {
+        assert!(
+            dan.contains(&format!("ann: epoch message {i}")),
+            "dan missed message {i}: {dan:?}"
+        );
+    }
+    assert_eq!(epoch(&p[3], "family"), epoch(&p[0], "family"));
+    relay.assert_no_panic();
+}
