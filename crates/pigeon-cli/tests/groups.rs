@@ -229,5 +229,54 @@ fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
         );
     }
     assert_eq!(epoch(&p[3], "family"), epoch(&p[0], "family"));
+
+    // A message sent in an epoch that a commit ended before the message reached the log counts
+    // nowhere; its sender sees that in the log and sends it again, in the new epoch, once.
+    ok(&p[0], &["group", "rekey", "family"]);
+    ok(&p[1], &["send", "family", "written before the refresh"]);
+    read(&p[1]);
+    for path in &p[..4] {
+        read(path);
+    }
+    for (n, path) in names.iter().zip(&p).take(4) {
+        let t = transcript(path, n, "family");
+        assert_eq!(
+            t.iter()
+                .filter(|l| l.as_str() == "ben: written before the refresh")
+                .count(),
+            1,
+            "{n}: {t:?}"
+        );
+    }
+
+    // Post-compromise security: a copy of cat's device (its whole profile) reads along until
+    // cat refreshes its keys, and nothing after.
+    let copy = dir.path().join("cat-copy");
+    let status = Command::new("cp")
+        .args(["-a"])
+        .arg(&p[2])
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    ok(&p[0], &["send", "family", "before cat's refresh"]);
+    read(&copy);
+    assert!(
+        transcript(&copy, "cat", "family").contains(&"ann: before cat's refresh".to_owned()),
+        "the copy reads while cat's keys are the copied ones"
+    );
+    ok(&p[2], &["group", "rekey", "family"]);
+    read(&p[0]);
+    ok(&p[0], &["send", "family", "after cat's refresh"]);
+    read(&p[2]);
+    read(&copy);
+    assert!(
+        transcript(&p[2], "cat", "family").contains(&"ann: after cat's refresh".to_owned()),
+        "cat reads on"
+    );
+    assert!(
+        !transcript(&copy, "cat", "family").contains(&"ann: after cat's refresh".to_owned()),
+        "the copy of cat's old state still reads after cat's refresh"
+    );
     relay.assert_no_panic();
 }

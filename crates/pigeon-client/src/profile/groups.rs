@@ -888,9 +888,7 @@ impl Profile {
                     .map_err(db("leaving the group"))?;
             }
             let identity = Identity::load(&mls, &row.signature_key)?;
-            let proposal = group.propose_leave(&mls, &identity)?;
-            let mid = self.queue_log(&row, Kind::Mls(proposal))?;
-            self.mark_seen(&row.log_id, &mid)?;
+            self.propose_leave_in_tx(&row, &mut group, &identity)?;
             self.conn
                 .execute(
                     "UPDATE groups SET state = ?1 WHERE id = ?2",
@@ -901,6 +899,25 @@ impl Profile {
             self.notice(id, &me, true, "you asked to leave the group")?;
             Ok(())
         })
+    }
+
+    fn propose_leave_in_tx(
+        &self,
+        row: &GroupRow,
+        group: &mut Group,
+        identity: &Identity,
+    ) -> Result<(), ProfileError> {
+        let mls = self.mls();
+        let proposal = group.propose_leave(&mls, identity)?;
+        let mid = self.queue_log(row, Kind::Mls(proposal))?;
+        self.mark_seen(&row.log_id, &mid)?;
+        self.conn
+            .execute(
+                "UPDATE groups SET leave_epoch = ?1 WHERE id = ?2",
+                params![to_i64(group.epoch()), row.id],
+            )
+            .map_err(db("asking to leave"))?;
+        Ok(())
     }
 
     /// Encrypts `text` for a group and queues it to the group's log. While a commit of this
@@ -1151,10 +1168,27 @@ impl Profile {
                 mid,
             )?;
             self.conn
+                .execute(
+                    "INSERT OR REPLACE INTO group_unconfirmed (relay_msg_id, group_row, content, epoch)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![mid.as_slice(), id, content.encode_to_vec(), to_i64(group.epoch())],
+                )
+                .map_err(db("sending a draft"))?;
+            self.conn
                 .execute("DELETE FROM group_drafts WHERE id = ?1", [draft])
                 .map_err(db("sending a draft"))?;
         }
-        if row.state != STATE_ACTIVE {
+        if row.state == STATE_LEAVING {
+            let leave_epoch: Option<i64> = self
+                .conn
+                .query_row("SELECT leave_epoch FROM groups WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .map_err(db("reading a group"))?;
+            if leave_epoch != Some(to_i64(group.epoch())) {
+                // The request to leave was for an epoch a commit ended: ask again.
+                self.propose_leave_in_tx(&row, &mut group, &identity)?;
+            }
             return Ok(());
         }
         // Requests to leave are committed by whoever sees them first (the rules allow it).
@@ -1295,14 +1329,47 @@ impl Profile {
         if row.pending_commit.as_deref() == Some(message_id) {
             return self.own_commit_landed(&row, seq);
         }
-        let own = self
+        let unconfirmed: Option<(Vec<u8>, i64)> = self
             .conn
-            .execute(
-                "UPDATE group_messages SET seq = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3 AND seq IS NULL",
-                params![seq_i, id, message_id],
+            .query_row(
+                "SELECT content, epoch FROM group_unconfirmed WHERE relay_msg_id = ?1 AND group_row = ?2",
+                params![message_id, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
+            .optional()
             .map_err(db("placing a sent message"))?;
-        if own > 0 {
+        if let Some((content, epoch)) = unconfirmed {
+            self.conn
+                .execute(
+                    "DELETE FROM group_unconfirmed WHERE relay_msg_id = ?1",
+                    [message_id],
+                )
+                .map_err(db("placing a sent message"))?;
+            let current = Group::load(&self.mls(), &row.group_id)?.epoch();
+            if to_i64(current) == epoch {
+                self.conn
+                    .execute(
+                        "UPDATE group_messages SET seq = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3",
+                        params![seq_i, id, message_id],
+                    )
+                    .map_err(db("placing a sent message"))?;
+            } else {
+                // It was sent in an epoch a commit ended before it reached the log, so every
+                // member refused it: send it again, in the epoch current now.
+                let again: [u8; 16] = random()?;
+                self.conn
+                    .execute(
+                        "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                        params![id, content, again.as_slice()],
+                    )
+                    .map_err(db("sending a message again"))?;
+                self.conn
+                    .execute(
+                        "UPDATE group_messages SET relay_msg_id = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3",
+                        params![again.as_slice(), id, message_id],
+                    )
+                    .map_err(db("sending a message again"))?;
+            }
             return Ok(vec![Handled::Duplicate]);
         }
         let seen = self
@@ -1486,7 +1553,7 @@ impl Profile {
             _ => {}
         }
         if !changes.removed.is_empty() || !changes.left.is_empty() {
-            self.rotate_log_keys(row, &mut group)?;
+            self.rotate_log_keys(row)?;
         }
         out.push(Handled::GroupEpoch {
             group_id: row.id,
@@ -1497,18 +1564,21 @@ impl Profile {
 
     /// After a removal this device committed: new log keys, sent in the new epoch (which the
     /// removed device cannot read), set on the relay once that message is there.
-    fn rotate_log_keys(&self, row: &GroupRow, group: &mut Group) -> Result<(), ProfileError> {
-        let mls = self.mls();
-        let identity = Identity::load(&mls, &row.signature_key)?;
+    fn rotate_log_keys(&self, row: &GroupRow) -> Result<(), ProfileError> {
         let cap: [u8; 32] = random()?;
         let owner: [u8; 32] = random()?;
         let content = new_content(Body::LogKeys(LogKeys {
             member_cap: cap.to_vec(),
             owner_key: owner.to_vec(),
         }))?;
-        let ct = group.seal(&mls, &identity, &content)?;
-        let mid = self.queue_log(row, Kind::Mls(ct))?;
-        self.mark_seen(&row.log_id, &mid)?;
+        // Sent as a draft, so it goes again if a commit ends this epoch before it lands.
+        let mid: [u8; 16] = random()?;
+        self.conn
+            .execute(
+                "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                params![row.id, content.encode_to_vec(), mid.as_slice()],
+            )
+            .map_err(db("announcing the log's new keys"))?;
         self.conn
             .execute(
                 "UPDATE groups SET next_cap = ?1, next_owner = ?2 WHERE id = ?3",
@@ -1528,7 +1598,9 @@ impl Profile {
             .prepare(
                 "SELECT g.id, g.log_relay, g.log_id, g.log_owner, g.next_owner, g.next_cap FROM groups g
                  WHERE g.next_cap IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.mailbox_id = g.log_id)",
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.mailbox_id = g.log_id)
+                   AND NOT EXISTS (SELECT 1 FROM group_drafts d WHERE d.group_row = g.id)
+                   AND NOT EXISTS (SELECT 1 FROM group_unconfirmed u WHERE u.group_row = g.id)",
             )
             .map_err(db("reading log rotations"))?;
         let rows = stmt

@@ -119,6 +119,8 @@ CREATE TABLE groups (
   updated_at INTEGER NOT NULL,
   -- 0 active, 1 asked to leave, 2 left or removed
   state INTEGER NOT NULL DEFAULT 0,
+  -- the epoch of this device's last request to leave (made again in each new epoch)
+  leave_epoch INTEGER,
   created_at INTEGER NOT NULL
 );
 -- Changes this device wants to commit, in order; each is proposed again until it lands.
@@ -185,6 +187,14 @@ CREATE TABLE group_drafts (
   content BLOB NOT NULL,
   relay_msg_id BLOB NOT NULL
 );
+-- This device's messages on their way through the log: a message counts only in the epoch
+-- current at its place in the log, so one that lost the race to a commit is sent again.
+CREATE TABLE group_unconfirmed (
+  relay_msg_id BLOB PRIMARY KEY,
+  group_row INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+  content BLOB NOT NULL,
+  epoch INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Keys a person checked by comparing safety numbers.
 CREATE TABLE verified (
   key BLOB PRIMARY KEY,
