@@ -688,6 +688,93 @@ mod tests {
         }
     }
 
+    /// Issue #14: a 200-device group built in one process; five members commit at the same
+    /// moment; applying the log in order, every device ends in the same epoch with the same
+    /// secrets, and the four that lost commit again, one after the other.
+    #[test]
+    fn two_hundred_devices_five_concurrent_commits_no_fork() {
+        let mut devices: Vec<Device> = (0..200).map(|_| Device::new()).collect();
+        let roster = Roster {
+            name: "school".to_owned(),
+            members: vec![devices[0].entry("head", true)],
+        };
+        let g = Group::create(
+            &devices[0].provider,
+            &devices[0].identity,
+            Suite::XWing,
+            &roster,
+        )
+        .expect("create");
+        devices[0].group = Some(g);
+        let adds: Vec<_> = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (
+                    d.identity
+                        .key_package(&d.provider, Suite::XWing)
+                        .expect("kp"),
+                    d.entry(&format!("pupil {i}"), false),
+                )
+            })
+            .collect();
+        let committed = devices[0].commit(Change::AddMany(adds)).expect("add all");
+        {
+            let head = &mut devices[0];
+            let g = head.group.as_mut().expect("group");
+            g.merge_pending(&head.provider).expect("merge");
+        }
+        let welcome = committed.welcome.expect("welcome");
+        for d in &mut devices[1..] {
+            d.group = Some(Group::join_group(&d.provider, &welcome).expect("join"));
+        }
+        let racers = [3usize, 50, 99, 150, 199];
+        let mut pending: Vec<usize> = racers.to_vec();
+        while !pending.is_empty() {
+            // Everyone still waiting commits in the same epoch; the log takes them in this order.
+            let log: Vec<(usize, Vec<u8>)> = pending
+                .iter()
+                .map(|&i| (i, devices[i].commit(Change::Update).expect("update").commit))
+                .collect();
+            let winner = log[0].0;
+            for (i, d) in devices.iter_mut().enumerate() {
+                let g = d.group.as_mut().expect("group");
+                for (from, ct) in &log {
+                    if *from == i {
+                        if g.has_pending_commit() {
+                            assert_eq!(i, winner, "only the first commit is merged");
+                            g.merge_pending(&d.provider).expect("merge own");
+                        }
+                        continue;
+                    }
+                    match g.open(&d.provider, ct) {
+                        Ok(Opened::Commit { .. }) => assert_eq!(*from, winner),
+                        Err(E2eeError::WrongEpoch { .. }) => assert_ne!(*from, winner),
+                        other => panic!("device {i}: {other:?}"),
+                    }
+                }
+                assert!(!g.has_pending_commit());
+            }
+            pending.retain(|&i| i != winner);
+        }
+        let auth = devices[0].group().epoch_authenticator();
+        let epoch = devices[0].group().epoch();
+        for d in &mut devices {
+            assert_eq!(d.group().epoch(), epoch);
+            assert_eq!(d.group().epoch_authenticator(), auth);
+        }
+        assert_eq!(epoch, 1 + racers.len() as u64);
+        let ct = devices[120].say("to all two hundred");
+        for (i, d) in devices.iter_mut().enumerate() {
+            if i != 120 {
+                assert!(
+                    matches!(d.open(&ct), Ok(Opened::Content { .. })),
+                    "device {i}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn five_members_any_may_commit_and_the_first_commit_per_epoch_wins() {
         let mut devices: Vec<Device> = (0..5).map(|_| Device::new()).collect();
