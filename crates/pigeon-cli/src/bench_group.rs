@@ -26,6 +26,12 @@ pub(crate) struct GroupBenchArgs {
     /// Posts whose fan-out is timed.
     #[arg(long, default_value_t = 50)]
     posts: usize,
+    /// Measure in a group that has lived a while: first the devices under each subtree beside
+    /// the admin's path refresh their keys (as members' regular refreshes do), so a commit
+    /// encrypts to about log2(N) keys instead of to every device (right after one batch add,
+    /// TreeKEM has no inner nodes yet).
+    #[arg(long)]
+    steady: bool,
     /// Skip the fan-out phase (no relay process).
     #[arg(long)]
     skip_fanout: bool,
@@ -92,7 +98,7 @@ struct Costs {
     decrypt_us: f64,
 }
 
-fn costs(members: usize, rounds: usize) -> anyhow::Result<Costs> {
+fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     let started = Instant::now();
     let admin = Device::new()?;
     let roster = Roster {
@@ -105,20 +111,49 @@ fn costs(members: usize, rounds: usize) -> anyhow::Result<Costs> {
         other.identity.key_package(&other.provider, Suite::XWing)?,
         other.entry(1, false),
     )];
+    // Leaves 2, 4, 8, …: one device under each subtree beside the admin's path. Their own
+    // commits fill the tree's nodes the admin encrypts to, as members' regular key refreshes
+    // do in a group that lives for a while.
+    let mut fillers = Vec::new();
     for i in 2..members {
         let d = Device::new()?;
         adds.push((
             d.identity.key_package(&d.provider, Suite::XWing)?,
             d.entry(i, false),
         ));
+        if i.is_power_of_two() && steady {
+            fillers.push(d);
+        }
     }
     let built = a.commit(&admin.provider, &admin.identity, Change::AddMany(adds))?;
     a.merge_pending(&admin.provider)?;
-    let mut b = Group::join_group(
-        &other.provider,
-        &built.welcome.ok_or_else(|| anyhow::anyhow!("no welcome"))?,
-    )?;
+    let welcome = built.welcome.ok_or_else(|| anyhow::anyhow!("no welcome"))?;
+    let mut b = Group::join_group(&other.provider, &welcome)?;
     let build_s = started.elapsed().as_secs_f64();
+    if steady {
+        let mut groups = fillers
+            .iter()
+            .map(|d| Group::join_group(&d.provider, &welcome))
+            .collect::<Result<Vec<_>, _>>()?;
+        // B (leaf 1) refreshes too.
+        let c = b.commit(&other.provider, &other.identity, Change::Update)?;
+        b.merge_pending(&other.provider)?;
+        a.open(&admin.provider, &c.commit)?;
+        for (g, d) in groups.iter_mut().zip(&fillers) {
+            g.open(&d.provider, &c.commit)?;
+        }
+        for k in 0..fillers.len() {
+            let c = groups[k].commit(&fillers[k].provider, &fillers[k].identity, Change::Update)?;
+            groups[k].merge_pending(&fillers[k].provider)?;
+            a.open(&admin.provider, &c.commit)?;
+            b.open(&other.provider, &c.commit)?;
+            for j in 0..fillers.len() {
+                if j != k {
+                    groups[j].open(&fillers[j].provider, &c.commit)?;
+                }
+            }
+        }
+    }
     let (mut add, mut remove, mut update, mut process) = (vec![], vec![], vec![], vec![]);
     let (mut commit_bytes, mut welcome_bytes) = (0, 0);
     let mut apply = |a: &mut Group, b: &mut Group, commit: &[u8]| -> anyhow::Result<()> {
@@ -254,7 +289,8 @@ pub(crate) async fn run(args: GroupBenchArgs) -> anyhow::Result<()> {
     );
     let members = args.members;
     let rounds = args.rounds.max(1);
-    let c = tokio::task::spawn_blocking(move || costs(members, rounds)).await??;
+    let steady = args.steady;
+    let c = tokio::task::spawn_blocking(move || costs(members, rounds, steady)).await??;
     let (fan50, fan99) = if args.skip_fanout {
         (f64::NAN, f64::NAN)
     } else {
@@ -272,6 +308,7 @@ pub(crate) async fn run(args: GroupBenchArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "members": args.members,
+                "tree": if args.steady { "steady (paths beside the committer's filled)" } else { "fresh (right after one batch add)" },
                 "suite": "X-Wing (0x004D)",
                 "build_group_s": num(c.build_s),
                 "commit_add_ms": num(c.add_ms),
