@@ -1,12 +1,14 @@
-//! `pigeon chat CONTACT`: type to send, replies appear as they arrive.
+//! `pigeon chat NAME` (a contact or a group): type to send, replies appear as they arrive.
 //!
 //! The database is the source of truth: after each batch from the relay the screen shows
 //! what is unread there, so nothing a relay delivered is missed even if a batch was cut short.
 //! When a relay session drops, it reconnects with backoff; what you type meanwhile is saved
 //! and sent once a relay takes it.
 
-use crate::user_cmd::{CONNECT_TIMEOUT, ProfileArg, message_line, notice, open_profile};
-use pigeon_client::Client;
+use crate::user_cmd::{
+    CONNECT_TIMEOUT, ProfileArg, group_line, message_line, notice, open_profile, safe,
+};
+use pigeon_client::{Client, ProfileError};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -15,29 +17,77 @@ use tokio::io::AsyncBufReadExt as _;
 pub(crate) struct ChatArgs {
     #[command(flatten)]
     profile: ProfileArg,
-    /// The contact's name or number.
+    /// The contact's or group's name or number.
     contact: String,
     /// How many earlier messages to show.
     #[arg(long, default_value_t = 20)]
     history: i64,
 }
 
+/// Whom a chat is with.
+#[derive(Clone, Copy)]
+enum Target {
+    Contact(i64),
+    Group(i64),
+}
+
+impl Target {
+    fn compose(self, client: &Client, text: &str) -> Result<(), ProfileError> {
+        match self {
+            Self::Contact(id) => client.profile().compose(id, text).map(|_| ()),
+            Self::Group(id) => client.profile().compose_group(id, text).map(|_| ()),
+        }
+    }
+
+    fn unread(self, client: &Client) -> Result<Vec<String>, ProfileError> {
+        Ok(match self {
+            Self::Contact(id) => client
+                .profile()
+                .take_unread(Some(id))?
+                .iter()
+                .map(message_line)
+                .collect(),
+            Self::Group(id) => client
+                .profile()
+                .take_group_unread(Some(id))?
+                .iter()
+                .map(group_line)
+                .collect(),
+        })
+    }
+}
+
 pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
     let profile = open_profile(&args.profile)?;
-    let contact = profile.find_contact(&args.contact)?;
+    let (target, title) = match profile.find_contact(&args.contact) {
+        Ok(contact) => {
+            for m in profile.history(Some(contact.id), args.history.max(0))? {
+                println!("{}", message_line(&m));
+            }
+            (
+                Target::Contact(contact.id),
+                format!("{} ({})", safe(&contact.name), contact.suite.name()),
+            )
+        }
+        Err(ProfileError::NoContact(_)) => {
+            let group = profile.find_group(&args.contact)?;
+            for m in profile.group_history(group.id, args.history.max(0))? {
+                println!("{}", group_line(&m));
+            }
+            (
+                Target::Group(group.id),
+                format!(
+                    "the group {} ({} members)",
+                    safe(&group.name),
+                    group.members
+                ),
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut client = Client::new(profile, CONNECT_TIMEOUT);
-    for m in client
-        .profile()
-        .history(Some(contact.id), args.history.max(0))?
-    {
-        println!("{}", message_line(&m));
-    }
-    client.profile().take_unread(Some(contact.id))?;
-    println!(
-        "— chatting with {} ({}). Type and press Enter to send; /quit or Ctrl-D leaves.",
-        contact.name,
-        contact.suite.name()
-    );
+    target.unread(&client)?;
+    println!("— chatting with {title}. Type and press Enter to send; /quit or Ctrl-D leaves.");
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut connected = false;
     let mut retry = Duration::ZERO;
@@ -54,7 +104,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                 if text.is_empty() {
                     continue;
                 }
-                match client.profile().compose(contact.id, text) {
+                match target.compose(&client, text) {
                     Ok(_) => {
                         let report = client.flush(true).await?;
                         for e in &report.errors {
@@ -76,7 +126,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                                 retry = Duration::from_secs(1);
                             }
                         }
-                        show_unread(&client, contact.id, &mut others)?;
+                        show_unread(&client, target, &mut others)?;
                         client.flush(false).await?;
                     }
                     None => {
@@ -111,19 +161,23 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
 /// grows.
 fn show_unread(
     client: &Client,
-    contact_id: i64,
+    target: Target,
     others: &mut std::collections::BTreeMap<i64, i64>,
 ) -> anyhow::Result<()> {
-    for m in client.profile().take_unread(Some(contact_id))? {
-        println!("{}", message_line(&m));
+    for line in target.unread(client)? {
+        println!("{line}");
     }
+    let current = match target {
+        Target::Contact(id) => Some(id),
+        Target::Group(_) => None,
+    };
     for c in client.profile().contacts()? {
         let shown = others.entry(c.id).or_insert(0);
-        if c.id != contact_id && c.unread > *shown {
+        if Some(c.id) != current && c.unread > *shown {
             println!(
                 "* {} unread from {} (`pigeon read {}`)",
                 c.unread,
-                c.name,
+                safe(&c.name),
                 crate::user_cmd::shell_word(&c.name)
             );
         }

@@ -278,6 +278,13 @@ fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
         !transcript(&copy, "cat", "family").contains(&"ann: after cat's refresh".to_owned()),
         "the copy of cat's old state still reads after cat's refresh"
     );
+    // And it says so in plain words instead of dropping every later message.
+    let copy_history = ok(&copy, &["group", "history", "family", "--limit", "1000"]);
+    assert!(copy_history.contains("fell behind"), "{copy_history}");
+    assert!(
+        ok(&copy, &["group", "list"]).contains("lost"),
+        "the copy's group shows as lost"
+    );
     relay.assert_no_panic();
 }
 

@@ -28,7 +28,7 @@ pub const ROSTER_EXTENSION: u16 = 0xF7A1;
 /// Longest group name, in characters.
 pub const MAX_GROUP_NAME_CHARS: usize = 64;
 /// Most devices a group may hold.
-pub const MAX_MEMBERS: usize = 10_000;
+pub const MAX_MEMBERS: usize = 16_384;
 
 /// Who is in the group.
 #[derive(Clone, PartialEq, Eq, prost::Message)]

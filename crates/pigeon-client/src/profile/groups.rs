@@ -40,6 +40,8 @@ const MAX_WELCOME_PARTS: u32 = 400;
 const STATE_ACTIVE: i64 = 0;
 const STATE_LEAVING: i64 = 1;
 const STATE_GONE: i64 = 2;
+/// Fell behind through changes the log no longer keeps.
+const STATE_LOST: i64 = 3;
 
 /// A group as people see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +58,7 @@ pub struct GroupInfo {
     pub unread: i64,
     /// The current epoch.
     pub epoch: u64,
-    /// "active", "leaving" or "gone".
+    /// "active", "leaving", "gone" or "lost…" (fell behind for good).
     pub state: &'static str,
 }
 
@@ -482,6 +484,7 @@ impl Profile {
             state: match row.state {
                 STATE_ACTIVE => "active",
                 STATE_LEAVING => "leaving",
+                STATE_LOST => "lost: ask an admin to add this device again",
                 _ => "gone",
             },
         })
@@ -1130,7 +1133,7 @@ impl Profile {
     /// waits for the log. Runs inside the caller's transaction.
     fn drive_in_tx(&self, id: i64) -> Result<(), ProfileError> {
         let row = self.group_row(id)?;
-        if row.state == STATE_GONE || row.pending_commit.is_some() {
+        if row.state >= STATE_GONE || row.pending_commit.is_some() {
             return Ok(());
         }
         let mls = self.mls();
@@ -1316,8 +1319,24 @@ impl Profile {
     ) -> Result<Vec<Handled>, ProfileError> {
         let row = self.group_row(id)?;
         let seq_i = to_i64(seq);
-        if seq_i <= row.cursor || row.state == STATE_GONE {
+        if seq_i <= row.cursor || row.state >= STATE_GONE {
             return Ok(vec![Handled::Duplicate]);
+        }
+        let mut gap = Vec::new();
+        if seq_i > row.cursor + 1 {
+            // The relay no longer keeps what came between: it expired before this device read
+            // it. Messages in it are lost to this device; a commit in it would leave the device
+            // behind for good, which the next commit shows.
+            let missed = seq_i - row.cursor - 1;
+            let me = self.name()?;
+            gap.push(Handled::Group(self.notice(
+                id,
+                &me,
+                false,
+                &format!(
+                    "{missed} message(s) of this group expired on the relay before this device read them"
+                ),
+            )?));
         }
         self.conn
             .execute(
@@ -1325,9 +1344,22 @@ impl Profile {
                 params![seq_i, id],
             )
             .map_err(db("advancing the log cursor"))?;
+        let mut rest = self.log_entry_at(&row, seq, message_id, payload)?;
+        gap.append(&mut rest);
+        Ok(gap)
+    }
+
+    fn log_entry_at(
+        &self,
+        row: &GroupRow,
+        seq: u64,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let (id, seq_i) = (row.id, to_i64(seq));
         // This device's own entries: its commit, its messages, its other requests.
         if row.pending_commit.as_deref() == Some(message_id) {
-            return self.own_commit_landed(&row, seq);
+            return self.own_commit_landed(row, seq);
         }
         let unconfirmed: Option<(Vec<u8>, i64)> = self
             .conn
@@ -1387,12 +1419,37 @@ impl Profile {
         self.conn
             .execute_batch("SAVEPOINT log_entry")
             .map_err(db("starting a savepoint"))?;
-        match self.open_log_entry(&row, seq, payload) {
+        match self.open_log_entry(row, seq, payload) {
             Ok(h) => {
                 self.conn
                     .execute_batch("RELEASE log_entry")
                     .map_err(db("releasing a savepoint"))?;
                 Ok(h)
+            }
+            Err(ProfileError::E2ee(E2eeError::WrongEpoch { got, current })) if got > current => {
+                // A commit this device never saw moved the group on: it cannot read on.
+                self.conn
+                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
+                    .map_err(db("rolling back"))?;
+                self.conn
+                    .execute(
+                        "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
+                        params![STATE_LOST, id],
+                    )
+                    .map_err(db("marking a group lost"))?;
+                let me = self.name()?;
+                let m = self.notice(
+                    id,
+                    &me,
+                    false,
+                    &format!(
+                        "this device fell behind {}: the group moved on (epoch {got}; this device is \
+                         at {current}) through changes the relay no longer keeps. Ask an admin to \
+                         remove this device (`pigeon group remove`) and invite you again",
+                        row.name
+                    ),
+                )?;
+                Ok(vec![Handled::Group(m)])
             }
             Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
                 self.conn
