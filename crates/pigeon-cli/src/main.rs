@@ -31,6 +31,10 @@ struct Cli {
     /// Log as JSON lines instead of text (logs never contain keys, ids or message content).
     #[arg(long, global = true)]
     log_json: bool,
+    /// The profile directory [default: $XDG_DATA_HOME/pigeonpost or ~/.local/share/pigeonpost];
+    /// before or after the subcommand.
+    #[arg(long, env = "PIGEON_PROFILE", value_name = "DIR", global = true)]
+    profile: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +91,7 @@ fn init_logging(json: bool) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    user_cmd::set_profile_dir(cli.profile.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,18 +15,29 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit status when a message was saved but could not be sent yet (EX_TEMPFAIL).
 pub(crate) const EXIT_QUEUED: u8 = 75;
 
-/// Where the profile lives.
-#[derive(clap::Args, Debug, Clone)]
+/// The global `--profile DIR` (or `PIGEON_PROFILE`), set once by `main` before a command runs.
+static PROFILE_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Records the global `--profile` (it is accepted before or after the subcommand).
+pub(crate) fn set_profile_dir(dir: Option<PathBuf>) {
+    let _ = PROFILE_DIR.set(dir);
+}
+
+/// Where the profile lives: the global `--profile DIR`, `PIGEON_PROFILE`, or the default.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct ProfileArg {
-    /// The profile directory [default: $XDG_DATA_HOME/pigeonpost or ~/.local/share/pigeonpost].
-    #[arg(long, env = "PIGEON_PROFILE", value_name = "DIR")]
+    #[arg(skip)]
     pub(crate) profile: Option<PathBuf>,
 }
 
 impl ProfileArg {
     pub(crate) fn dir(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.profile {
-            return Ok(p.clone());
+        if let Some(p) = self
+            .profile
+            .clone()
+            .or_else(|| PROFILE_DIR.get().cloned().flatten())
+        {
+            return Ok(p);
         }
         if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             return Ok(PathBuf::from(data).join("pigeonpost"));
@@ -85,7 +96,7 @@ pub(crate) struct AcceptArgs {
 pub(crate) struct SendArgs {
     #[command(flatten)]
     pub(crate) profile: ProfileArg,
-    /// The contact's name or number (see `pigeon contacts`).
+    /// The contact's or group's name or number (see `pigeon contacts`, `pigeon group list`).
     contact: String,
     /// The message.
     #[arg(required = true, num_args = 1..)]
