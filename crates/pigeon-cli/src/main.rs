@@ -122,8 +122,59 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_once(&e));
+            if let Some(kind) = kind_of(&e) {
+                eprintln!("  (where it went wrong: {})", plain(kind));
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Who is at fault, for the errors that know.
+fn kind_of(e: &anyhow::Error) -> Option<pigeon_wire::ErrorKind> {
+    e.chain().find_map(|cause| {
+        if let Some(c) = cause.downcast_ref::<pigeon_client::Error>() {
+            Some(c.kind())
+        } else if let Some(p) = cause.downcast_ref::<pigeon_client::ProfileError>() {
+            Some(p.kind())
+        } else if let Some(r) = cause.downcast_ref::<pigeon_client::ClientError>() {
+            Some(r.kind())
+        } else {
+            cause
+                .downcast_ref::<pigeon_client::InviteError>()
+                .map(pigeon_client::InviteError::kind)
+        }
+    })
+}
+
+/// An [`ErrorKind`](pigeon_wire::ErrorKind) in words for people.
+fn plain(kind: pigeon_wire::ErrorKind) -> &'static str {
+    use pigeon_wire::ErrorKind;
+    match kind {
+        ErrorKind::LocalNetwork => "the network: possibly censorship, or no connection",
+        ErrorKind::Relay => "the relay",
+        ErrorKind::Peer => "the other side",
+        ErrorKind::BadInput => "what was given",
+        ErrorKind::Refused => "refused",
+        ErrorKind::Internal => "a bug in pigeon",
+        _ => "unknown",
+    }
+}
+
+/// The error and its causes, each sentence once: many errors here already say their cause in
+/// their own sentence, which `{:#}` would repeat.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
