@@ -103,10 +103,10 @@ pub(crate) enum GroupCommand {
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     profile: ProfileArg,
-    /// A group's name (with MEMBER).
-    group: String,
+    /// A contact, or a group (with MEMBER).
+    name: String,
     /// A member of the group.
-    member: String,
+    member: Option<String>,
     /// Mark the member verified (after comparing the number with them, in person or by call).
     #[arg(long)]
     mark: bool,
@@ -279,24 +279,42 @@ async fn settle(client: &mut pigeon_client::Client) -> anyhow::Result<()> {
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let profile = open_profile(&args.profile)?;
-    let g = profile.find_group(&args.group)?;
-    let (member, number) = profile.group_safety_number(g.id, &args.member)?;
+    let (who, key, number, verified, place) = match &args.member {
+        None => {
+            let c = profile.find_contact(&args.name)?;
+            let (key, number, verified) = profile.contact_safety_number(c.id)?;
+            (
+                c.name,
+                key,
+                number,
+                verified,
+                "your conversation".to_owned(),
+            )
+        }
+        Some(member) => {
+            let g = profile.find_group(&args.name)?;
+            let (m, number) = profile.group_safety_number(g.id, member)?;
+            (m.name, m.key, number, m.verified, safe(&g.name))
+        }
+    };
     println!(
         "Safety number with {} in {}:\n\n  {}\n",
-        safe(&member.name),
-        safe(&g.name),
+        safe(&who),
+        place,
         number
     );
     println!(
         "Compare it with the number {} sees for you (in person or on a call). If it matches, \
-         run this again with --mark.",
-        safe(&member.name)
+         run this again with --mark. A key never changes in place: if {} is removed and added \
+         again, the new key shows here unverified.",
+        safe(&who),
+        safe(&who)
     );
     if args.mark {
-        profile.mark_verified(&member.key)?;
-        println!("Marked {} verified.", safe(&member.name));
-    } else if member.verified {
-        println!("{} is marked verified.", safe(&member.name));
+        profile.mark_verified(&key)?;
+        println!("Marked {} verified.", safe(&who));
+    } else if verified {
+        println!("{} is marked verified.", safe(&who));
     }
     Ok(0)
 }

@@ -58,7 +58,7 @@ enum Command {
     /// Groups: create, invite, add, remove, leave, members, admin, rename.
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
-    /// Show the safety number with a group member (and mark them verified).
+    /// Show the safety number with a contact or a group member (and mark them verified).
     Verify(group_cmd::VerifyArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
     Relay(Box<relay_cmd::RelayArgs>),

@@ -111,6 +111,23 @@ fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
         }
         assert_eq!(members.matches("[admin]").count(), 1, "{members}");
     }
+    // Safety numbers: the same on both screens; marking one shows in the member list.
+    let number = |out: &str| {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.len() == 71 && l.chars().all(|c| c.is_ascii_digit() || c == ' '))
+            .map(str::to_owned)
+    };
+    let ann_sees = number(&ok(&p[0], &["verify", "family", "ben"]));
+    assert!(ann_sees.is_some());
+    assert_eq!(ann_sees, number(&ok(&p[1], &["verify", "family", "ann"])));
+    assert_ne!(ann_sees, number(&ok(&p[0], &["verify", "family", "cat"])));
+    ok(&p[0], &["verify", "family", "ben", "--mark"]);
+    assert!(
+        ok(&p[0], &["group", "members", "family"]).contains("ben [verified]"),
+        "ben shows as verified"
+    );
+
     // A member who is not an admin may not invite, remove, promote or rename.
     for args in [
         &["group", "invite", "family", "--no-qr"][..],
@@ -373,4 +390,40 @@ fn a_relay_killed_during_commits_loses_nothing_and_forks_nothing() {
         }
     }
     relay.assert_no_panic();
+}
+
+/// Issue #14: `pigeon verify CONTACT` prints the same safety number on both sides of a 1:1
+/// conversation, and `--mark` records it.
+#[test]
+fn contacts_compare_the_same_safety_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let link = relay.link.to_string();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    ok(&alice, &["init", "--name", "alice", "--relay", &link]);
+    ok(&bob, &["init", "--name", "bob", "--relay", &link]);
+    let invite = ok(&alice, &["invite", "--no-qr"]);
+    ok(&bob, &["accept", invite.lines().next().expect("link")]);
+    read(&alice);
+    let number = |out: &str| {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.len() == 71 && l.chars().all(|c| c.is_ascii_digit() || c == ' '))
+            .map(str::to_owned)
+    };
+    let on_alice = number(&ok(&alice, &["verify", "bob"]));
+    assert!(on_alice.is_some());
+    assert_eq!(on_alice, number(&ok(&bob, &["verify", "alice"])));
+    let marked = ok(
+        &alice,
+        &[
+            "--profile",
+            alice.to_str().expect("utf-8"),
+            "verify",
+            "bob",
+            "--mark",
+        ],
+    );
+    assert!(marked.contains("Marked bob verified"), "{marked}");
+    assert!(ok(&alice, &["verify", "bob"]).contains("bob is marked verified"));
 }

@@ -576,6 +576,39 @@ impl Profile {
         }
     }
 
+    /// The safety number with a contact (1:1 conversation): over both sides' signature keys
+    /// in that conversation. Returns the contact's key, the number and whether it was marked
+    /// verified.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such contact.
+    pub fn contact_safety_number(
+        &self,
+        contact_id: i64,
+    ) -> Result<(Vec<u8>, String, bool), ProfileError> {
+        let (group_id, own): (Vec<u8>, Vec<u8>) = self
+            .conn
+            .query_row(
+                "SELECT group_id, signature_key FROM contacts WHERE id = ?1",
+                [contact_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("reading a contact"))?
+            .ok_or_else(|| ProfileError::NoContact(format!("#{contact_id}")))?;
+        let group = Group::load(&self.mls(), &group_id)?;
+        let peer = group
+            .member_keys()
+            .into_iter()
+            .find(|k| *k != own)
+            .ok_or_else(|| {
+                ProfileError::NotNow("the conversation has no other member yet".to_owned())
+            })?;
+        let verified = self.is_verified(&peer)?;
+        let number = pigeon_e2ee::safety_number(&own, &peer);
+        Ok((peer, number, verified))
+    }
+
     /// Marks a key as verified (its safety number was compared).
     ///
     /// # Errors
