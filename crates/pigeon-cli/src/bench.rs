@@ -315,13 +315,14 @@ async fn load(
 /// Opens `n` connections over `route` that complete the handshake and one ping each, then stay
 /// idle.
 async fn idle_connections(
+    dialer: &Arc<pigeon_transport_tls::Dialer>,
     route: &Route,
     key: [u8; 32],
     n: usize,
 ) -> anyhow::Result<Vec<Box<dyn Connection>>> {
-    let dialer = pigeon_client::relay::dialer()?;
     bounded(0..n, 64, |_| {
         let route = route.clone();
+        let dialer = Arc::clone(dialer);
         async move {
             let mut s = dialer.dial(&route, Duration::from_secs(20)).await?;
             let mut out = Vec::new();
@@ -419,15 +420,18 @@ async fn create_mailboxes(
 /// Opens a connection per mailbox over `route` that subscribes to it, then stays idle (as a
 /// client waiting for messages does).
 async fn subscribed_connections(
+    dialer: &Arc<pigeon_transport_tls::Dialer>,
     route: &Route,
     key: [u8; 32],
     mailboxes: Vec<OwnedMailbox>,
 ) -> anyhow::Result<Vec<RelayConnection>> {
     bounded(mailboxes, 64, |mailbox| {
         let route = route.clone();
+        let dialer = Arc::clone(dialer);
         async move {
             let conn =
-                RelayConnection::connect_route(&route, &key, Duration::from_secs(20)).await?;
+                RelayConnection::connect_route_with(&dialer, &route, &key, Duration::from_secs(20))
+                    .await?;
             conn.subscribe(&mailbox.key, &mailbox.id).await?;
             anyhow::Ok(conn)
         }
@@ -451,6 +455,8 @@ pub(crate) async fn idle_memory(
     } else {
         Vec::new()
     };
+    // One dialer for every connection, alive as long as they are.
+    let dialer = Arc::new(pigeon_transport_tls::Dialer::new()?);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kib(pid).context("relay RSS")?;
     let slab0 = meminfo("Slab").unwrap_or(0);
@@ -458,10 +464,10 @@ pub(crate) async fn idle_memory(
     let (raw, clients) = if subscribed {
         (
             Vec::new(),
-            subscribed_connections(route, key, mailboxes).await?,
+            subscribed_connections(&dialer, route, key, mailboxes).await?,
         )
     } else {
-        (idle_connections(route, key, n).await?, Vec::new())
+        (idle_connections(&dialer, route, key, n).await?, Vec::new())
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(pid).context("relay RSS")?;

@@ -225,12 +225,14 @@ async fn fanout(n: usize, posts: usize) -> anyhow::Result<(f64, f64)> {
     let relay = RelayProcess::start(dir.path(), &["--max-connections", "19000"])?;
     let timeout = Duration::from_secs(20);
     let log = OwnedMailbox::generate()?;
-    let poster = RelayConnection::connect(&relay.link, timeout).await?;
+    // One dialer for every connection (each connect on its own would build a TLS context).
+    let dialer = pigeon_transport_tls::Dialer::new()?;
+    let poster = RelayConnection::connect_with(&dialer, &relay.link, timeout).await?;
     poster.create_log(&log.key, &log.id, log.cap_hash()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut conn = RelayConnection::connect(&relay.link, timeout).await?;
+        let mut conn = RelayConnection::connect_with(&dialer, &relay.link, timeout).await?;
         conn.subscribe_log(&log.id, &log.sender_cap, 0).await?;
         let mut events = conn.take_events();
         let tx = tx.clone();

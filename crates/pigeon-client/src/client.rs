@@ -153,6 +153,8 @@ struct Session {
 /// A profile with its relay sessions.
 pub struct Client {
     profile: Profile,
+    /// This client's dialer and route memory (nothing is shared with other clients).
+    connector: Result<crate::relay::Connector, ClientError>,
     sessions: BTreeMap<[u8; 32], Session>,
     events_tx: mpsc::UnboundedSender<([u8; 32], Event)>,
     events_rx: mpsc::UnboundedReceiver<([u8; 32], Event)>,
@@ -176,14 +178,16 @@ impl Client {
     pub fn new(profile: Profile, timeout: Duration) -> Self {
         // Download caps this profile learned in earlier runs go to the process's dialer.
         let saved_caps = profile.route_caps().unwrap_or_default();
-        if let Ok(dialer) = crate::relay::dialer() {
+        let connector = crate::relay::Connector::new();
+        if let Ok(c) = &connector {
             for (route, cap) in &saved_caps {
-                dialer.learn(route, *cap);
+                c.dialer().learn(route, *cap);
             }
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self {
             profile,
+            connector,
             sessions: BTreeMap::new(),
             events_tx,
             events_rx,
@@ -201,13 +205,21 @@ impl Client {
     async fn session(&mut self, link: &RelayLink, whose: &str) -> Result<&Session, Error> {
         let key = *link.relay_key();
         if !self.sessions.contains_key(&key) {
-            let mut conn =
-                RelayConnection::connect(link, self.timeout)
-                    .await
-                    .map_err(|source| Error::Relay {
-                        whose: whose.to_owned(),
-                        source,
-                    })?;
+            let connector = self.connector.as_ref().map_err(|e| Error::Relay {
+                whose: whose.to_owned(),
+                source: ClientError::Unreachable {
+                    tried: "none".into(),
+                    last: e.to_string(),
+                    kind: ErrorKind::Internal,
+                },
+            })?;
+            let mut conn = connector
+                .connect(link, self.timeout)
+                .await
+                .map_err(|source| Error::Relay {
+                    whose: whose.to_owned(),
+                    source,
+                })?;
             let mut events = conn.take_events();
             let tx = self.events_tx.clone();
             tokio::spawn(async move {
@@ -952,8 +964,8 @@ impl Client {
 
     /// Keeps the download caps the dialer learned in this run in the profile, for the next.
     fn save_learned(&mut self) {
-        if let Ok(dialer) = crate::relay::dialer() {
-            let learned = dialer.learned();
+        if let Ok(connector) = &self.connector {
+            let learned = connector.dialer().learned();
             if learned != self.saved_caps {
                 match self.profile.save_route_caps(&learned) {
                     Ok(()) => self.saved_caps = learned,

@@ -13,7 +13,7 @@ use pigeon_wire::msg::{self, MailboxId, MailboxKind, Request, request, response,
 use pigeon_wire::record;
 use pigeon_wire::stream::encode_message;
 use pigeon_wire::{ErrorCode, ErrorKind, PROTOCOL_VERSIONS};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -123,55 +123,86 @@ const QUEUE: usize = 4096;
 /// How long one route is tried alone before the next starts beside it.
 pub const ROUTE_STAGGER: Duration = Duration::from_millis(250);
 
-/// The process's dialer: one TLS session cache and one set of learned download caps for every
-/// connection this process makes.
-///
-/// # Errors
-/// [`ClientError::Random`]-like setup failure if BoringSSL refuses Chrome's settings (a broken
-/// build), reported as [`ClientError::Unreachable`] of kind `Internal`.
-pub fn dialer() -> Result<&'static Dialer, ClientError> {
-    static DIALER: std::sync::OnceLock<Result<Dialer, String>> = std::sync::OnceLock::new();
-    DIALER
-        .get_or_init(|| Dialer::new().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| ClientError::Unreachable {
-            tried: "none".into(),
-            last: format!("the tls transport could not start: {e}"),
-            kind: ErrorKind::Internal,
+/// What connecting to relays shares: one dialer (its TLS session cache and the download caps
+/// learned per route) and the route that last completed a handshake, per relay. A [`crate::Client`]
+/// owns one, so two profiles (or two devices) in one process share nothing.
+pub struct Connector {
+    dialer: Dialer,
+    worked: Mutex<BTreeMap<[u8; 32], String>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+fn setup_failed(e: &TlsError) -> ClientError {
+    ClientError::Unreachable {
+        tried: "none".into(),
+        last: format!("the tls transport could not start: {e}"),
+        kind: ErrorKind::Internal,
+    }
+}
+
+impl Connector {
+    /// A connector with Chrome's TLS settings and nothing learned.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] of kind `Internal` if BoringSSL refuses Chrome's settings
+    /// (a broken build).
+    pub fn new() -> Result<Self, ClientError> {
+        Ok(Self {
+            dialer: Dialer::new().map_err(|e| setup_failed(&e))?,
+            worked: Mutex::default(),
         })
-}
+    }
 
-/// The route that last completed a handshake, per relay (in this process).
-fn worked() -> &'static Mutex<HashMap<[u8; 32], String>> {
-    static WORKED: std::sync::OnceLock<Mutex<HashMap<[u8; 32], String>>> =
-        std::sync::OnceLock::new();
-    WORKED.get_or_init(Mutex::default)
-}
+    /// The dialer (learned download caps live in it).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
 
-fn last_worked(relay: &[u8; 32]) -> Option<String> {
-    worked().lock().ok()?.get(relay).cloned()
-}
-
-fn remember_worked(relay: &[u8; 32], route: &Route) {
-    if let Ok(mut map) = worked().lock() {
-        map.insert(*relay, route.to_string());
+    /// Connects through the link's routes, the one that last worked for this relay first
+    /// (see [`RelayConnection::connect_with`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] listing every route tried, when none worked.
+    pub async fn connect(
+        &self,
+        link: &RelayLink,
+        timeout: Duration,
+    ) -> Result<RelayConnection, ClientError> {
+        let best = self
+            .worked
+            .lock()
+            .ok()
+            .and_then(|m| m.get(link.relay_key()).cloned());
+        let (conn, route) =
+            RelayConnection::connect_routes(&self.dialer, link, best.as_deref(), timeout).await?;
+        if let Ok(mut m) = self.worked.lock() {
+            m.insert(*link.relay_key(), route);
+        }
+        Ok(conn)
     }
 }
 
 impl RelayConnection {
-    /// Connects through the link's routes, returning the first that completes a handshake.
-    ///
-    /// Routes are tried in parallel with staggered starts ([`ROUTE_STAGGER`] apart, or at once
-    /// when the one before has failed), the route that last worked for this relay first: a
-    /// blocked route costs a quarter of a second, not its whole timeout.
+    /// Connects through the link's routes with a dialer of its own (nothing shared with other
+    /// connections): for tools and tests. A client uses its [`Connector`].
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried, when none worked.
     pub async fn connect(link: &RelayLink, timeout: Duration) -> Result<Self, ClientError> {
-        Self::connect_with(dialer()?, link, timeout).await
+        let dialer = Dialer::new().map_err(|e| setup_failed(&e))?;
+        Self::connect_with(&dialer, link, timeout).await
     }
 
-    /// [`RelayConnection::connect`] with a given dialer.
+    /// Connects through the link's routes, returning the first that completes a handshake.
+    ///
+    /// Routes are tried in parallel with staggered starts ([`ROUTE_STAGGER`] apart, or at once
+    /// when the one before has failed): a blocked route costs a quarter of a second, not its
+    /// whole timeout.
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried, when none worked.
@@ -180,9 +211,19 @@ impl RelayConnection {
         link: &RelayLink,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Ok(Self::connect_routes(dialer, link, None, timeout).await?.0)
+    }
+
+    /// As [`Self::connect_with`], trying the route `best` first; returns the route that won.
+    async fn connect_routes(
+        dialer: &Dialer,
+        link: &RelayLink,
+        best: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Self, String), ClientError> {
         use futures_util::StreamExt as _;
         let mut routes: Vec<&Route> = link.supported_routes().collect();
-        if let Some(best) = last_worked(link.relay_key())
+        if let Some(best) = best
             && let Some(at) = routes.iter().position(|r| r.to_string() == best)
         {
             let route = routes.remove(at);
@@ -217,10 +258,7 @@ impl RelayConnection {
         while !attempts.is_empty() {
             tokio::select! {
                 Some((route, result)) = attempts.next() => match result {
-                    Ok(conn) => {
-                        remember_worked(link.relay_key(), &route);
-                        return Ok(conn);
-                    }
+                    Ok(conn) => return Ok((conn, route.to_string())),
                     Err(e) => {
                         last = (e.to_string(), e.kind());
                         if attempts.is_empty()
@@ -254,10 +292,15 @@ impl RelayConnection {
         relay_key: &[u8; 32],
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        Self::connect_route_with(dialer()?, route, relay_key, timeout).await
+        let dialer = Dialer::new().map_err(|e| setup_failed(&e))?;
+        Self::connect_route_with(&dialer, route, relay_key, timeout).await
     }
 
-    async fn connect_route_with(
+    /// [`Self::connect_route`] with a given dialer.
+    ///
+    /// # Errors
+    /// As [`Self::connect_route`].
+    pub async fn connect_route_with(
         dialer: &Dialer,
         route: &Route,
         relay_key: &[u8; 32],
