@@ -383,7 +383,7 @@ impl Client {
         text: &str,
     ) -> Result<(Message, FlushReport), Error> {
         let contact = self.profile.find_contact(contact)?;
-        let message = self.profile.compose(contact.id, text)?;
+        let message = blocking(|| self.profile.compose(contact.id, text))?;
         let report = self.flush(true).await?;
         Ok((message, report))
     }
@@ -415,7 +415,7 @@ impl Client {
             }
             return Err(e);
         }
-        Ok(self.profile.create_group(name, &relay, &log)?)
+        Ok(blocking(|| self.profile.create_group(name, &relay, &log))?)
     }
 
     /// Makes a one-time invitation link to a group (admins only).
@@ -472,7 +472,7 @@ impl Client {
                 });
             }
         }
-        let group = self.profile.request_group_join(invite, &reply)?;
+        let group = blocking(|| self.profile.request_group_join(invite, &reply))?;
         let report = self.flush(true).await?;
         Err(Error::JoinRequested {
             group,
@@ -491,7 +491,7 @@ impl Client {
         text: &str,
     ) -> Result<(GroupMessage, FlushReport), Error> {
         let info = self.profile.find_group(group)?;
-        let message = self.profile.compose_group(info.id, text)?;
+        let message = blocking(|| self.profile.compose_group(info.id, text))?;
         let report = self.flush(true).await?;
         Ok((message, report))
     }
@@ -504,7 +504,7 @@ impl Client {
     pub async fn group_add_contact(&mut self, group: &str, contact: &str) -> Result<(), Error> {
         let contact = self.profile.find_contact(contact)?;
         let link = self.group_invite(group).await?;
-        self.profile.compose_group_invite(contact.id, &link)?;
+        blocking(|| self.profile.compose_group_invite(contact.id, &link))?;
         self.flush(true).await?;
         Ok(())
     }
@@ -519,7 +519,7 @@ impl Client {
         change: GroupChange<'_>,
     ) -> Result<FlushReport, Error> {
         let info = self.profile.find_group(group)?;
-        self.profile.group_change(info.id, change)?;
+        blocking(|| self.profile.group_change(info.id, change))?;
         self.flush(true).await
     }
 
@@ -529,7 +529,7 @@ impl Client {
     /// For the group's last admin, or an unknown group.
     pub async fn leave_group(&mut self, group: &str) -> Result<FlushReport, Error> {
         let info = self.profile.find_group(group)?;
-        self.profile.leave_group(info.id)?;
+        blocking(|| self.profile.leave_group(info.id))?;
         self.flush(true).await
     }
 
@@ -551,13 +551,13 @@ impl Client {
             }
             match self.post(&item).await {
                 Ok(()) => {
-                    self.profile.sent(item.id)?;
+                    blocking(|| self.profile.sent(item.id))?;
                     report.sent += 1;
                     report.stored.push((item.mailbox, item.payload.len()));
                 }
                 Err(e) => {
                     let delay = backoff_ms(item.attempts);
-                    self.profile.failed(item.id, delay)?;
+                    blocking(|| self.profile.failed(item.id, delay))?;
                     report.errors.push(e.to_string());
                     blocked.insert(dest);
                     report.waiting += 1;
@@ -589,7 +589,7 @@ impl Client {
                 )
                 .await
             {
-                Ok(()) => self.profile.rotated(r.group)?,
+                Ok(()) => blocking(|| self.profile.rotated(r.group))?,
                 Err(source) => {
                     self.relay_failed(&link, &source);
                     report.errors.push(
@@ -795,7 +795,7 @@ impl Client {
             .iter()
             .map(|d| (d.message_id.as_slice(), d.ciphertext.as_slice()))
             .collect();
-        let handled_all = self.profile.handle_deliveries(&mailbox, &batch)?;
+        let handled_all = blocking(|| self.profile.handle_deliveries(&mailbox, &batch))?;
         for (d, handled) in push.deliveries.iter().zip(handled_all) {
             seqs.push(d.seq);
             if let Some(w) = self.waiting.get_mut(&mailbox) {
@@ -838,7 +838,7 @@ impl Client {
             let _ = session.conn.ack(&MailboxId(mailbox), seqs).await;
         }
         for (contact, ids) in receipts {
-            self.profile.compose_receipt(contact, ids)?;
+            blocking(|| self.profile.compose_receipt(contact, ids))?;
         }
         for (contact_id, link) in invites {
             // A contact added this profile to a group: ask to join with the invitation it
@@ -875,7 +875,7 @@ impl Client {
             .iter()
             .map(|d| (d.seq, d.message_id.as_slice(), d.ciphertext.as_slice()))
             .collect();
-        let handled = self.profile.handle_log_deliveries(&log, &batch)?;
+        let handled = blocking(|| self.profile.handle_log_deliveries(&log, &batch))?;
         if let Some(w) = self.waiting.get_mut(&log) {
             *w = w.saturating_sub(push.deliveries.len() as u64);
         }
@@ -918,7 +918,7 @@ impl Client {
     ) -> Result<(Vec<ClientEvent>, FlushReport), Error> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut events = Vec::new();
-        self.profile.drive_groups()?;
+        blocking(|| self.profile.drive_groups())?;
         let mut report_sent = 0;
         let mut stored = Vec::new();
         let subscribed = self.subscribe_all().await;
@@ -980,6 +980,18 @@ impl Client {
     /// The link of every relay session open now.
     pub fn connected_relays(&self) -> Vec<RelayLink> {
         self.sessions.values().map(|s| s.link.clone()).collect()
+    }
+}
+
+/// Runs profile work (SQLite with fsync, MLS) without stalling the async runtime: on a
+/// multi-threaded runtime the worker hands its other tasks to the rest of the pool while this
+/// blocks (a current-thread runtime, as in some tests, just runs it).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
