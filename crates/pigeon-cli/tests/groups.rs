@@ -295,7 +295,33 @@ fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
         !transcript(&copy, "cat", "family").contains(&"ann: after cat's refresh".to_owned()),
         "the copy of cat's old state still reads after cat's refresh"
     );
-    // And it says so in plain words instead of dropping every later message.
+    // dan leaves: ben (not an admin) commits the request, ann (the admin) moves the log to new
+    // keys, and dan reads nothing sent after.
+    ok(&p[3], &["group", "leave", "family"]);
+    read(&p[1]);
+    for path in [&p[0], &p[2], &p[1], &p[3]] {
+        read(path);
+    }
+    let dan_history = ok(&p[3], &["group", "history", "family", "--limit", "1000"]);
+    assert!(
+        dan_history.contains("no longer in this group"),
+        "{dan_history}"
+    );
+    ok(&p[0], &["send", "family", "after dan left"]);
+    for path in [&p[1], &p[2], &p[3]] {
+        read(path);
+    }
+    for (n, path) in [("ben", &p[1]), ("cat", &p[2])] {
+        assert!(
+            transcript(path, n, "family").contains(&"ann: after dan left".to_owned()),
+            "{n} reads on after the log moved"
+        );
+    }
+    assert!(
+        !ok(&p[3], &["group", "history", "family", "--limit", "1000"]).contains("after dan left")
+    );
+    // The copy of cat's old device says in plain words that it fell behind, instead of
+    // dropping every later message.
     let copy_history = ok(&copy, &["group", "history", "family", "--limit", "1000"]);
     assert!(copy_history.contains("fell behind"), "{copy_history}");
     assert!(

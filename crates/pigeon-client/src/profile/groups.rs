@@ -1551,6 +1551,14 @@ impl Profile {
                         Ok(vec![Handled::Group(m)])
                     }
                     Some(Body::LogKeys(k)) => {
+                        // Only an admin moves the log: a member who is not one could otherwise
+                        // lock everyone out with keys the relay does not know.
+                        if !roster_before.is_admin(&sender) {
+                            return Err(peer(
+                                "log keys",
+                                "a member who is not an admin sent new log keys",
+                            ));
+                        }
                         let cap = key32(&k.member_cap, "log keys")?;
                         let owner = key32(&k.owner_key, "log keys")?;
                         self.conn
@@ -1577,6 +1585,27 @@ impl Profile {
                         .map_err(db("dropping a lost commit"))?;
                 }
                 out.extend(self.record_changes(row, &changes, false)?);
+                // Someone left by a commit of a member who is not an admin: one admin (the
+                // one with the lowest key, so exactly one) moves the log to new keys.
+                let committer_admin = changes
+                    .committer
+                    .as_ref()
+                    .is_some_and(|c| roster_before.is_admin(&c.key));
+                if !changes.self_removed
+                    && !committer_admin
+                    && (!changes.removed.is_empty() || !changes.left.is_empty())
+                {
+                    let roster = group.roster()?;
+                    let first_admin = roster
+                        .members
+                        .iter()
+                        .filter(|m| m.admin)
+                        .map(|m| m.key.as_slice())
+                        .min();
+                    if first_admin == Some(row.signature_key.as_slice()) {
+                        self.rotate_log_keys(row)?;
+                    }
+                }
                 out.push(Handled::GroupEpoch {
                     group_id: row.id,
                     epoch,
@@ -1642,7 +1671,8 @@ impl Profile {
             }
             _ => {}
         }
-        if !changes.removed.is_empty() || !changes.left.is_empty() {
+        let admin = group.roster()?.is_admin(&row.signature_key);
+        if admin && (!changes.removed.is_empty() || !changes.left.is_empty()) {
             self.rotate_log_keys(row)?;
         }
         out.push(Handled::GroupEpoch {
