@@ -76,7 +76,7 @@ fn relay_link() -> anyhow::Result<pigeon_transport::RelayLink> {
 }
 
 /// Two profiles joined through an invitation, without a relay (outboxes handed over).
-fn profile_pair(dir: &Path) -> anyhow::Result<(Profile, Profile, i64)> {
+fn profile_pair(dir: &Path) -> anyhow::Result<(Profile, Profile, pigeon_client::ContactId)> {
     let pass = || Passphrase::new("bench".to_owned());
     let alice = Profile::create(&dir.join("alice"), &pass(), "alice", &relay_link()?)?;
     let bob = Profile::create(&dir.join("bob"), &pass(), "bob", &relay_link()?)?;

@@ -8,7 +8,7 @@
 use crate::user_cmd::{
     CONNECT_TIMEOUT, ProfileArg, group_line, message_line, notice, open_profile, safe,
 };
-use pigeon_client::{Client, ProfileError};
+use pigeon_client::{Client, ContactId, GroupId, ProfileError};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -27,8 +27,8 @@ pub(crate) struct ChatArgs {
 /// Whom a chat is with.
 #[derive(Clone, Copy)]
 enum Target {
-    Contact(i64),
-    Group(i64),
+    Contact(ContactId),
+    Group(GroupId),
 }
 
 impl Target {
@@ -162,7 +162,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
 fn show_unread(
     client: &Client,
     target: Target,
-    others: &mut std::collections::BTreeMap<i64, i64>,
+    others: &mut std::collections::BTreeMap<ContactId, i64>,
 ) -> anyhow::Result<()> {
     for line in target.unread(client)? {
         println!("{line}");

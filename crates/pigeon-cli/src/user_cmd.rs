@@ -259,10 +259,11 @@ pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
     // One name: a contact's, else a group's. No name: everything.
     let (only_contact, only_group) = match &args.contact {
         Some(name) => match client.profile().find_contact(name) {
-            Ok(c) => (Some(c.id), Some(-1)),
-            Err(ProfileError::NoContact(_)) => {
-                (Some(-1), Some(client.profile().find_group(name)?.id))
-            }
+            Ok(c) => (Some(c.id), Some(pigeon_client::GroupId(-1))),
+            Err(ProfileError::NoContact(_)) => (
+                Some(pigeon_client::ContactId(-1)),
+                Some(client.profile().find_group(name)?.id),
+            ),
             Err(e) => return Err(e.into()),
         },
         None => (None, None),

@@ -105,14 +105,14 @@ pub enum ClientEvent {
     /// A contact confirmed receipt of messages.
     Delivered {
         /// The contact.
-        contact_id: i64,
+        contact_id: crate::ContactId,
         /// How many messages.
         count: usize,
     },
     /// A contact refreshed the conversation's keys.
     Rekeyed {
         /// The contact.
-        contact_id: i64,
+        contact_id: crate::ContactId,
         /// The new epoch.
         epoch: u64,
     },
@@ -789,7 +789,7 @@ impl Client {
         }
         let mut seqs = Vec::new();
         let mut invites = Vec::new();
-        let mut receipts: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut receipts: BTreeMap<crate::ContactId, Vec<Vec<u8>>> = BTreeMap::new();
         let batch: Vec<(&[u8], &[u8])> = push
             .deliveries
             .iter()

@@ -8,12 +8,14 @@
 //! * [`Invite`]: the `pigeon://invite#…` link, parsed strictly.
 
 mod client;
+pub mod ids;
 pub mod invite;
 pub mod mailbox;
 pub mod profile;
 pub mod relay;
 
 pub use client::{Client, ClientEvent, Error, FlushReport};
+pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
 pub use pigeon_e2ee::Suite;

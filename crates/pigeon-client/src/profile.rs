@@ -12,6 +12,7 @@
 //! [`Profile::compose`], sends what [`Profile::outbox`] holds, and hands each delivery to
 //! [`Profile::handle_delivery`] before acknowledging it.
 
+use crate::ids::ContactId;
 use crate::invite::{Invite, Offer, ReplyToPayload, check_name};
 use pigeon_e2ee::content::{Intro, Join, Receipt, Text, body::Body, envelope::Kind};
 use pigeon_e2ee::{Content, CryptoProvider, E2eeError, Envelope, Group, Identity, Suite};
@@ -164,7 +165,7 @@ type Mls<'a> = pigeon_e2ee::Provider<'a, Storage<'a>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contact {
     /// Local number (stable; `#3` in the CLI).
-    pub id: i64,
+    pub id: ContactId,
     /// Display name (unique in this profile).
     pub name: String,
     /// The conversation's ciphersuite.
@@ -183,7 +184,7 @@ pub struct Message {
     /// Local number.
     pub id: i64,
     /// The contact's number.
-    pub contact_id: i64,
+    pub contact_id: ContactId,
     /// The contact's name.
     pub contact: String,
     /// True when this profile sent it.
@@ -270,19 +271,19 @@ pub enum Handled {
     /// The peer introduced itself (its name may have changed).
     Intro {
         /// The contact.
-        contact_id: i64,
+        contact_id: ContactId,
     },
     /// Receipts for our messages.
     Receipt {
         /// The contact.
-        contact_id: i64,
+        contact_id: ContactId,
         /// Messages newly marked delivered.
         delivered: usize,
     },
     /// The peer refreshed the conversation's keys.
     Rekeyed {
         /// The contact.
-        contact_id: i64,
+        contact_id: ContactId,
         /// The new epoch.
         epoch: u64,
     },
@@ -291,7 +292,7 @@ pub enum Handled {
     /// A group moved to a new epoch.
     GroupEpoch {
         /// The group.
-        group_id: i64,
+        group_id: crate::ids::GroupId,
         /// The new epoch.
         epoch: u64,
     },
@@ -300,7 +301,7 @@ pub enum Handled {
     /// A contact invited this profile to a group.
     GroupInvite {
         /// The contact.
-        contact_id: i64,
+        contact_id: ContactId,
         /// The group invitation link.
         link: String,
     },
@@ -328,7 +329,7 @@ impl std::fmt::Debug for Profile {
 }
 
 struct ContactRow {
-    id: i64,
+    id: ContactId,
     name: String,
     group_id: Vec<u8>,
     signature_key: Vec<u8>,
@@ -698,7 +699,7 @@ impl Profile {
                     ],
                 )
                 .map_err(db("saving the contact"))?;
-            let contact_id = self.conn.last_insert_rowid();
+            let contact_id = ContactId(self.conn.last_insert_rowid());
             let envelope = Envelope {
                 kind: Some(Kind::Join(Join { welcome, first })),
             };
@@ -802,7 +803,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NoContact`] if there is none.
-    pub fn contact(&self, id: i64) -> Result<Contact, ProfileError> {
+    pub fn contact(&self, id: ContactId) -> Result<Contact, ProfileError> {
         self.contacts()?
             .into_iter()
             .find(|c| c.id == id)
@@ -828,7 +829,7 @@ impl Profile {
             [] => {}
         }
         if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
-            && let Some(c) = contacts.iter().find(|c| c.id == n)
+            && let Some(c) = contacts.iter().find(|c| c.id == ContactId(n))
         {
             return Ok(c.clone());
         }
@@ -853,7 +854,7 @@ impl Profile {
             .map_err(db("finding a contact"))
     }
 
-    fn contact_row(&self, id: i64) -> Result<ContactRow, ProfileError> {
+    fn contact_row(&self, id: ContactId) -> Result<ContactRow, ProfileError> {
         self.conn
             .query_row(
                 "SELECT id, name, group_id, signature_key, committer, peer_relay, peer_mailbox, peer_cap,
@@ -885,7 +886,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::Invalid`] for an empty or oversized text.
-    pub fn compose(&self, contact_id: i64, text: &str) -> Result<Message, ProfileError> {
+    pub fn compose(&self, contact_id: ContactId, text: &str) -> Result<Message, ProfileError> {
         if text.trim().is_empty() {
             return Err(ProfileError::Invalid("the message is empty".to_owned()));
         }
@@ -927,7 +928,11 @@ impl Profile {
     ///
     /// # Errors
     /// On database or encryption failure.
-    pub fn compose_group_invite(&self, contact_id: i64, link: &str) -> Result<(), ProfileError> {
+    pub fn compose_group_invite(
+        &self,
+        contact_id: ContactId,
+        link: &str,
+    ) -> Result<(), ProfileError> {
         self.tx(|| {
             let row = self.contact_row(contact_id)?;
             let mls = self.mls();
@@ -945,7 +950,11 @@ impl Profile {
     ///
     /// # Errors
     /// On database or encryption failure.
-    pub fn compose_receipt(&self, contact_id: i64, ids: Vec<Vec<u8>>) -> Result<(), ProfileError> {
+    pub fn compose_receipt(
+        &self,
+        contact_id: ContactId,
+        ids: Vec<Vec<u8>>,
+    ) -> Result<(), ProfileError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -970,7 +979,7 @@ impl Profile {
     /// # Errors
     /// [`ProfileError::NotNow`] unless this side commits for the conversation and the peer has
     /// spoken since the last refresh.
-    pub fn rekey(&self, contact_id: i64) -> Result<u64, ProfileError> {
+    pub fn rekey(&self, contact_id: ContactId) -> Result<u64, ProfileError> {
         self.tx(|| {
             let row = self.contact_row(contact_id)?;
             if !row.committer {
@@ -1015,7 +1024,10 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn epoch_authenticator(&self, contact_id: i64) -> Result<(u64, Vec<u8>), ProfileError> {
+    pub fn epoch_authenticator(
+        &self,
+        contact_id: ContactId,
+    ) -> Result<(u64, Vec<u8>), ProfileError> {
         let row = self.contact_row(contact_id)?;
         let group = Group::load(&self.mls(), &row.group_id)?;
         Ok((group.epoch(), group.epoch_authenticator()))
@@ -1148,7 +1160,7 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn take_unread(&self, contact_id: Option<i64>) -> Result<Vec<Message>, ProfileError> {
+    pub fn take_unread(&self, contact_id: Option<ContactId>) -> Result<Vec<Message>, ProfileError> {
         self.tx(|| {
             let messages = self.messages(contact_id, true, i64::MAX)?;
             for m in &messages {
@@ -1166,7 +1178,7 @@ impl Profile {
     /// On database failure.
     pub fn history(
         &self,
-        contact_id: Option<i64>,
+        contact_id: Option<ContactId>,
         limit: i64,
     ) -> Result<Vec<Message>, ProfileError> {
         self.messages(contact_id, false, limit)
@@ -1174,7 +1186,7 @@ impl Profile {
 
     fn messages(
         &self,
-        contact_id: Option<i64>,
+        contact_id: Option<ContactId>,
         unread_only: bool,
         limit: i64,
     ) -> Result<Vec<Message>, ProfileError> {

@@ -14,6 +14,7 @@
 
 use super::{Handled, Profile, ProfileError, blob32, db, new_content, now_ms, random, to_i64};
 use crate::OwnedMailbox;
+use crate::ids::{ContactId, GroupId};
 use crate::invite::{Invite, Offer, check_name};
 use blake2::{Blake2s256, Digest as _};
 use chacha20poly1305::aead::{Aead as _, KeyInit as _};
@@ -47,7 +48,7 @@ const STATE_LOST: i64 = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupInfo {
     /// Local number.
-    pub id: i64,
+    pub id: GroupId,
     /// The group's name.
     pub name: String,
     /// Devices in the group.
@@ -85,7 +86,7 @@ pub struct GroupMessage {
     /// Local number.
     pub id: i64,
     /// The group's local number.
-    pub group_id: i64,
+    pub group_id: GroupId,
     /// The group's name.
     pub group: String,
     /// Position in the group's log (the same on every member's device); `None` for an
@@ -127,7 +128,7 @@ impl std::fmt::Debug for LogInbox {
 /// A rotation of a log's keys that the relay has not taken yet.
 pub struct PendingRotation {
     /// The group's local number.
-    pub group: i64,
+    pub group: GroupId,
     /// The log's relay.
     pub relay: String,
     /// The log.
@@ -256,7 +257,7 @@ struct GroupWelcome {
 }
 
 struct GroupRow {
-    id: i64,
+    id: GroupId,
     name: String,
     group_id: Vec<u8>,
     signature_key: Vec<u8>,
@@ -331,7 +332,7 @@ fn name_of(roster: &Roster, key: &[u8]) -> String {
 }
 
 impl Profile {
-    fn group_row(&self, id: i64) -> Result<GroupRow, ProfileError> {
+    fn group_row(&self, id: GroupId) -> Result<GroupRow, ProfileError> {
         self.conn
             .query_row(
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
@@ -362,7 +363,7 @@ impl Profile {
             .ok_or_else(|| ProfileError::NoContact(format!("group #{id}")))
     }
 
-    fn group_for_log(&self, log_id: &[u8; 32]) -> Result<Option<i64>, ProfileError> {
+    fn group_for_log(&self, log_id: &[u8; 32]) -> Result<Option<GroupId>, ProfileError> {
         self.conn
             .query_row(
                 "SELECT id FROM groups WHERE log_id = ?1",
@@ -421,7 +422,7 @@ impl Profile {
                     ],
                 )
                 .map_err(db("saving the group"))?;
-            let id = self.conn.last_insert_rowid();
+            let id = GroupId(self.conn.last_insert_rowid());
             self.notice(id, &my_name, true, &format!("{my_name} created the group {name}"))?;
             Ok(id)
         })?;
@@ -433,7 +434,7 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn groups(&self) -> Result<Vec<GroupInfo>, ProfileError> {
-        let ids: Vec<i64> = {
+        let ids: Vec<GroupId> = {
             let mut stmt = self
                 .conn
                 .prepare("SELECT id FROM groups ORDER BY id")
@@ -451,7 +452,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NoContact`] if there is none.
-    pub fn group_info(&self, id: i64) -> Result<GroupInfo, ProfileError> {
+    pub fn group_info(&self, id: GroupId) -> Result<GroupInfo, ProfileError> {
         let row = self.group_row(id)?;
         let mls = self.mls();
         let (members, admin, epoch) = match Group::load(&mls, &row.group_id) {
@@ -509,7 +510,7 @@ impl Profile {
             [] => {}
         }
         if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
-            && let Some(g) = groups.iter().find(|g| g.id == n)
+            && let Some(g) = groups.iter().find(|g| g.id == GroupId(n))
         {
             return Ok(g.clone());
         }
@@ -520,7 +521,7 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn group_members(&self, id: i64) -> Result<Vec<MemberInfo>, ProfileError> {
+    pub fn group_members(&self, id: GroupId) -> Result<Vec<MemberInfo>, ProfileError> {
         let row = self.group_row(id)?;
         let group = Group::load(&self.mls(), &row.group_id)?;
         let roster = group.roster()?;
@@ -547,7 +548,7 @@ impl Profile {
     /// [`ProfileError::NoContact`] for no such member.
     pub fn group_safety_number(
         &self,
-        id: i64,
+        id: GroupId,
         member: &str,
     ) -> Result<(MemberInfo, String), ProfileError> {
         let row = self.group_row(id)?;
@@ -558,7 +559,7 @@ impl Profile {
         ))
     }
 
-    fn find_member(&self, id: i64, member: &str) -> Result<MemberInfo, ProfileError> {
+    fn find_member(&self, id: GroupId, member: &str) -> Result<MemberInfo, ProfileError> {
         let members = self.group_members(id)?;
         let exact: Vec<_> = members.iter().filter(|m| m.name == member).collect();
         let chosen = if exact.is_empty() {
@@ -584,7 +585,7 @@ impl Profile {
     /// [`ProfileError::NoContact`] for no such contact.
     pub fn contact_safety_number(
         &self,
-        contact_id: i64,
+        contact_id: ContactId,
     ) -> Result<(Vec<u8>, String, bool), ProfileError> {
         let (group_id, own): (Vec<u8>, Vec<u8>) = self
             .conn
@@ -684,7 +685,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NotNow`] for a member who is not an admin.
-    pub fn prepare_group_invite(&self, id: i64) -> Result<PreparedGroupInvite, ProfileError> {
+    pub fn prepare_group_invite(&self, id: GroupId) -> Result<PreparedGroupInvite, ProfileError> {
         let info = self.group_info(id)?;
         if !info.admin {
             return Err(ProfileError::NotNow(format!(
@@ -815,7 +816,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NotNow`] when the rules would refuse the change.
-    pub fn group_change(&self, id: i64, change: GroupChange<'_>) -> Result<(), ProfileError> {
+    pub fn group_change(&self, id: GroupId, change: GroupChange<'_>) -> Result<(), ProfileError> {
         let row = self.group_row(id)?;
         if row.state != STATE_ACTIVE {
             return Err(ProfileError::NotNow(format!(
@@ -870,7 +871,7 @@ impl Profile {
         })
     }
 
-    fn add_intent(&self, id: i64, intent: &Intent) -> Result<(), ProfileError> {
+    fn add_intent(&self, id: GroupId, intent: &Intent) -> Result<(), ProfileError> {
         self.conn
             .execute(
                 "INSERT INTO group_intents (group_row, change, created_at) VALUES (?1, ?2, ?3)",
@@ -885,7 +886,7 @@ impl Profile {
     ///
     /// # Errors
     /// On database or MLS failure.
-    pub fn leave_group(&self, id: i64) -> Result<(), ProfileError> {
+    pub fn leave_group(&self, id: GroupId) -> Result<(), ProfileError> {
         self.tx(|| {
             let row = self.group_row(id)?;
             if row.state != STATE_ACTIVE {
@@ -962,7 +963,7 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::Invalid`] for an empty or oversized text.
-    pub fn compose_group(&self, id: i64, text: &str) -> Result<GroupMessage, ProfileError> {
+    pub fn compose_group(&self, id: GroupId, text: &str) -> Result<GroupMessage, ProfileError> {
         if text.trim().is_empty() {
             return Err(ProfileError::Invalid("the message is empty".to_owned()));
         }
@@ -1032,7 +1033,7 @@ impl Profile {
         })
     }
 
-    fn has_update_intent(&self, id: i64) -> Result<bool, ProfileError> {
+    fn has_update_intent(&self, id: GroupId) -> Result<bool, ProfileError> {
         let mut stmt = self
             .conn
             .prepare("SELECT change FROM group_intents WHERE group_row = ?1")
@@ -1093,7 +1094,11 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn group_history(&self, id: i64, limit: i64) -> Result<Vec<GroupMessage>, ProfileError> {
+    pub fn group_history(
+        &self,
+        id: GroupId,
+        limit: i64,
+    ) -> Result<Vec<GroupMessage>, ProfileError> {
         self.group_messages_where("m.group_row = ?1", params![id], limit.max(0))
     }
 
@@ -1101,7 +1106,10 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn take_group_unread(&self, id: Option<i64>) -> Result<Vec<GroupMessage>, ProfileError> {
+    pub fn take_group_unread(
+        &self,
+        id: Option<GroupId>,
+    ) -> Result<Vec<GroupMessage>, ProfileError> {
         self.tx(|| {
             let lines = self.group_messages_where(
                 "(?1 IS NULL OR m.group_row = ?1) AND m.read = 0",
@@ -1119,7 +1127,7 @@ impl Profile {
 
     fn notice(
         &self,
-        group: i64,
+        group: GroupId,
         sender: &str,
         outgoing: bool,
         text: &str,
@@ -1164,7 +1172,7 @@ impl Profile {
 
     /// Sends what waits (drafts) and commits the next change, when no commit of this device
     /// waits for the log. Runs inside the caller's transaction.
-    fn drive_in_tx(&self, id: i64) -> Result<(), ProfileError> {
+    fn drive_in_tx(&self, id: GroupId) -> Result<(), ProfileError> {
         let row = self.group_row(id)?;
         if row.state >= STATE_GONE || row.pending_commit.is_some() {
             return Ok(());
@@ -1278,7 +1286,7 @@ impl Profile {
         Ok(())
     }
 
-    fn first_intent(&self, id: i64) -> Result<Option<(i64, Intent)>, ProfileError> {
+    fn first_intent(&self, id: GroupId) -> Result<Option<(i64, Intent)>, ProfileError> {
         let row: Option<(i64, Vec<u8>)> = self
             .conn
             .query_row(
@@ -1345,7 +1353,7 @@ impl Profile {
 
     fn log_entry(
         &self,
-        id: i64,
+        id: GroupId,
         seq: u64,
         message_id: &[u8],
         payload: &[u8],
@@ -1743,7 +1751,7 @@ impl Profile {
     ///
     /// # Errors
     /// On database failure.
-    pub fn rotated(&self, group: i64) -> Result<(), ProfileError> {
+    pub fn rotated(&self, group: GroupId) -> Result<(), ProfileError> {
         self.conn
             .execute(
                 "UPDATE groups SET log_cap = next_cap, log_owner = next_owner, next_cap = NULL,
@@ -1858,7 +1866,7 @@ impl Profile {
         mailbox: &[u8; 32],
         envelope: Envelope,
     ) -> Result<Option<Handled>, ProfileError> {
-        let invite: Option<(i64, i64, Vec<u8>)> = self
+        let invite: Option<(i64, GroupId, Vec<u8>)> = self
             .conn
             .query_row(
                 "SELECT id, group_row, secret FROM group_invites WHERE mailbox_id = ?1",
@@ -2025,7 +2033,7 @@ impl Profile {
                 ],
             )
             .map_err(db("saving the group"))?;
-        let id = self.conn.last_insert_rowid();
+        let id = GroupId(self.conn.last_insert_rowid());
         self.conn
             .execute("DELETE FROM group_joins WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;

@@ -1,6 +1,7 @@
 //! The receive path: relay deliveries, each batch one transaction, each delivery a savepoint.
 
 use super::{Handled, Profile, ProfileError, blob32, db, new_content, now_ms, to_i64};
+use crate::ids::ContactId;
 use crate::invite::{ReplyToPayload, check_name};
 use pigeon_e2ee::content::{Intro, Join, body::Body, envelope::Kind};
 use pigeon_e2ee::{E2eeError, Envelope, Group, Identity, Opened};
@@ -137,7 +138,7 @@ impl Profile {
             .query_row(
                 "SELECT id FROM contacts WHERE inbox_id = ?1",
                 [mailbox.as_slice()],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<_, ContactId>(0),
             )
             .optional()
             .map_err(db("finding the mailbox"))?;
@@ -234,7 +235,7 @@ impl Profile {
                 ],
             )
             .map_err(db("saving the contact"))?;
-        let contact_id = self.conn.last_insert_rowid();
+        let contact_id = ContactId(self.conn.last_insert_rowid());
         self.conn
             .execute("DELETE FROM invites WHERE id = ?1", [invite_id])
             .map_err(db("closing the invitation"))?;
@@ -257,7 +258,11 @@ impl Profile {
         Ok(Handled::NewContact(self.contact(contact_id)?))
     }
 
-    fn open_message(&self, contact_id: i64, ciphertext: &[u8]) -> Result<Handled, ProfileError> {
+    fn open_message(
+        &self,
+        contact_id: ContactId,
+        ciphertext: &[u8],
+    ) -> Result<Handled, ProfileError> {
         let row = self.contact_row(contact_id)?;
         let mls = self.mls();
         let mut group = Group::load(&mls, &row.group_id)?;
