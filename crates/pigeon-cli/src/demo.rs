@@ -1,5 +1,6 @@
 //! `pigeon demo`: a relay on an embedded store and two people, alice and bob, who meet through
-//! an invitation and talk end-to-end encrypted (MLS, X-Wing post-quantum hybrid) through it.
+//! an invitation and talk end-to-end encrypted (MLS, X-Wing post-quantum hybrid) through it;
+//! then a group of three on a log on the same relay, in which alice removes carol.
 //!
 //! Everything is real: the relay is the `pigeon relay` binary in a child process on loopback,
 //! the profiles are encrypted SQLite databases, and the clients are the same library the
@@ -146,7 +147,115 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(t) = first_message {
         println!("From invitation to first message read: {t:.0?}.");
     }
+    group_demo(&dir, &relay, &mut alice, &mut bob).await?;
     drop((alice, bob));
     relay.stop()?;
+    Ok(())
+}
+
+/// Reads until nothing more arrives: every queued post goes out, every commit finds its place.
+async fn settle(client: &mut Client) -> anyhow::Result<()> {
+    for _ in 0..4 {
+        let (_, report) = client.sync(Duration::from_millis(250), TIMEOUT).await?;
+        anyhow::ensure!(
+            report.waiting == 0,
+            "the relay did not take a message: {}",
+            report.errors.join("; ")
+        );
+        if !client.profile().has_pending_commits()? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A group: alice makes it, adds bob (her contact: the invitation travels inside their
+/// conversation) and carol (by a one-time link); they talk; alice removes carol.
+async fn group_demo(
+    dir: &std::path::Path,
+    relay: &RelayProcess,
+    alice: &mut Client,
+    bob: &mut Client,
+) -> anyhow::Result<()> {
+    let pass = Passphrase::new("demo passphrase".to_owned());
+    let mut carol = Client::new(
+        Profile::create(&dir.join("carol"), &pass, "carol", &relay.link)?,
+        TIMEOUT,
+    );
+    println!(
+        "
+A group: alice creates \"book club\" (a log on the relay, an MLS group of one)"
+    );
+    alice.create_group("book club").await?;
+    alice.group_add_contact("book club", "bob").await?;
+    settle(bob).await?;
+    settle(alice).await?;
+    settle(bob).await?;
+    println!("  alice adds bob, her contact: the invitation goes inside their conversation");
+    let link = alice.group_invite("book club").await?;
+    match carol.accept(&link, None).await {
+        Err(pigeon_client::Error::JoinRequested { .. }) => {}
+        Err(e) => return Err(e.into()),
+        Ok(_) => anyhow::bail!("a group invitation started a 1:1 conversation"),
+    }
+    println!("  carol accepts a one-time group link:\n    {link}");
+    settle(alice).await?;
+    for c in [&mut *bob, &mut carol] {
+        settle(c).await?;
+    }
+    let script = [
+        ("alice", "Welcome, both of you. Same order on every device."),
+        (
+            "bob",
+            "Any of us can refresh the keys; two changes at once never fork us.",
+        ),
+        (
+            "carol",
+            "And the relay sees a random log id, not who is in here.",
+        ),
+    ];
+    for (who, text) in script {
+        let sender = match who {
+            "alice" => &mut *alice,
+            "bob" => &mut *bob,
+            _ => &mut carol,
+        };
+        sender.send_group("book club", text).await?;
+        settle(sender).await?;
+    }
+    for c in [&mut *alice, &mut *bob, &mut carol] {
+        settle(c).await?;
+    }
+    alice
+        .group_change("book club", pigeon_client::GroupChange::Remove("carol"))
+        .await?;
+    settle(alice).await?;
+    for c in [&mut *bob, &mut carol] {
+        settle(c).await?;
+    }
+    alice
+        .send_group("book club", "Carol has left the book club.")
+        .await?;
+    settle(alice).await?;
+    for c in [&mut *bob, &mut carol] {
+        settle(c).await?;
+    }
+    for (name, c) in [("bob", &*bob), ("carol", &carol)] {
+        let g = c.profile().find_group("book club")?;
+        println!("\n{name}'s transcript of the group (log order; * marks notices):");
+        for m in c.profile().group_history(g.id, 100)? {
+            let who = if m.outgoing { name } else { m.sender.as_str() };
+            if m.notice {
+                println!("  * {}", m.text);
+            } else {
+                println!("  {who:>5}: {}", m.text);
+            }
+        }
+    }
+    let g = alice.profile().find_group("book club")?;
+    println!(
+        "\nThe group is at epoch {} with {} members; carol's device reads nothing sent after her removal.",
+        g.epoch, g.members
+    );
     Ok(())
 }
