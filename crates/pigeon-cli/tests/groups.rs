@@ -453,3 +453,29 @@ fn contacts_compare_the_same_safety_number() {
     assert!(marked.contains("Marked bob verified"), "{marked}");
     assert!(ok(&alice, &["verify", "bob"]).contains("bob is marked verified"));
 }
+
+/// The README's first command runs `pigeon demo`: it must end well, groups included.
+#[test]
+fn the_demo_runs_and_shows_the_group() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .arg("demo")
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Loud and clear, Alice"), "{stdout}");
+    assert!(stdout.contains("carol's transcript of the group"), "{stdout}");
+    assert!(stdout.contains("you are no longer in this group"), "{stdout}");
+    let bob_part = stdout
+        .split("bob's transcript")
+        .nth(1)
+        .and_then(|r| r.split("carol's transcript").next())
+        .expect("bob's transcript");
+    assert!(bob_part.contains("Carol has left the book club."), "{bob_part}");
+}
