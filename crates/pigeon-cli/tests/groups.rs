@@ -470,12 +470,21 @@ fn the_demo_runs_and_shows_the_group() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Loud and clear, Alice"), "{stdout}");
-    assert!(stdout.contains("carol's transcript of the group"), "{stdout}");
-    assert!(stdout.contains("you are no longer in this group"), "{stdout}");
+    assert!(
+        stdout.contains("carol's transcript of the group"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("you are no longer in this group"),
+        "{stdout}"
+    );
     let bob_part = stdout
         .split("bob's transcript")
         .nth(1)
         .and_then(|r| r.split("carol's transcript").next())
         .expect("bob's transcript");
-    assert!(bob_part.contains("Carol has left the book club."), "{bob_part}");
+    assert!(
+        bob_part.contains("Carol has left the book club."),
+        "{bob_part}"
+    );
 }

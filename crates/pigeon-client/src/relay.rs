@@ -234,7 +234,7 @@ impl RelayConnection {
         } else {
             routes
                 .iter()
-                .map(ToString::to_string)
+                .map(|r| r.redacted())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -307,7 +307,7 @@ impl RelayConnection {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let unreachable = |e: TlsError| ClientError::Unreachable {
-            tried: route.to_string(),
+            tried: route.redacted(),
             kind: e.kind(),
             last: e.to_string(),
         };
@@ -315,7 +315,7 @@ impl RelayConnection {
         match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Unreachable {
-                tried: route.to_string(),
+                tried: route.redacted(),
                 last: format!("no handshake answer within {timeout:?}"),
                 kind: ErrorKind::LocalNetwork,
             }),

@@ -121,7 +121,7 @@ impl Dialer {
                 let stream = tokio::time::timeout(timeout, self.dial_tls(route, params))
                     .await
                     .map_err(|_| TlsError::Timeout {
-                        route: route.to_string(),
+                        route: route.redacted(),
                         after: timeout,
                     })??;
                 Ok(Box::new(stream))
@@ -222,7 +222,7 @@ impl AsyncWrite for TunnelStream {
 
 fn route_error(route: &Route, problem: &str) -> TlsError {
     TlsError::Route {
-        route: route.to_string(),
+        route: route.redacted(),
         problem: problem.to_owned(),
     }
 }
@@ -500,11 +500,11 @@ async fn open_leg(
         .unwrap_or_else(|| route.host().to_string());
     let mut stream = tokio_boring::connect(config, &domain, counting)
         .await
-        .map_err(|e| handshake_error(&ctx.name, &e))?;
+        .map_err(|e| handshake_error(&ctx.route.redacted(), &e))?;
     ctx.tls.remember(&ctx.target.cache_key, stream.ssl());
     if stream.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
         return Err(TlsError::NotHttp2 {
-            route: ctx.name.clone(),
+            route: ctx.route.redacted(),
         });
     }
     let handshake = received.load(Ordering::Relaxed);
@@ -658,7 +658,7 @@ async fn run_leg(
                     );
                 }
                 TlsError::Stalled {
-                    route: ctx.name.clone(),
+                    route: ctx.route.redacted(),
                     received: got,
                 }
             }
@@ -848,7 +848,7 @@ impl LegState {
             None => Ok(LegEvent::Data(index, Bytes::new())),
             Some(100..=199) => Ok(LegEvent::Data(index, Bytes::new())),
             Some(status) => Err(LegEnd::Error(TlsError::Refused {
-                route: ctx.name.clone(),
+                route: ctx.route.redacted(),
                 status,
             })),
         }

@@ -503,8 +503,20 @@ fn check_param(key: &str, value: &str) -> Result<(), RouteError> {
     Ok(())
 }
 
+impl Route {
+    /// The route for people and logs: `transport://host:port`, without its parameters (a tls
+    /// route's secret path, key and pin never reach an error message or a log).
+    pub fn redacted(&self) -> String {
+        match &self.host {
+            Host::Ipv6(ip) => format!("{}://[{ip}]:{}", self.transport, self.port),
+            host => format!("{}://{host}:{}", self.transport, self.port),
+        }
+    }
+}
+
 impl fmt::Display for Route {
-    /// The one-line form, `transport://host:port?key=value`.
+    /// The one-line form, `transport://host:port?key=value` (with every secret in it: use
+    /// [`Route::redacted`] to show a route to people).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
             Host::Ipv6(ip) => write!(f, "{}://[{ip}]:{}", self.transport, self.port)?,
@@ -732,6 +744,9 @@ mod tests {
             crate::TlsParams::new(None, "/x", [7; 32], None, crate::Rotate::Off).expect("valid");
         let route = Route::tls("203.0.113.10", 443, &params).expect("valid");
         assert_eq!(route.tls_params(), Some(Ok(params)));
+        // What people and logs see names the transport and the host, never a secret.
+        assert_eq!(route.redacted(), "tls://203.0.113.10:443");
+        assert!(route.to_string().contains("key="));
         assert!(
             Route::tcp("h.example", 1)
                 .expect("valid")

@@ -24,7 +24,7 @@ pub const CONNECT_STAGGER: Duration = Duration::from_millis(250);
 pub async fn dial(route: &Route, timeout: Duration) -> Result<TcpStream, TransportError> {
     if route.transport() != &Transport::Tcp {
         return Err(TransportError::WrongTransport {
-            route: route.to_string(),
+            route: route.redacted(),
             expected: "tcp",
         });
     }
@@ -92,11 +92,11 @@ pub async fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr), T
 fn with_route(error: TransportError, route: &Route) -> TransportError {
     match error {
         TransportError::Connect { failures, .. } => TransportError::Connect {
-            route: route.to_string(),
+            route: route.redacted(),
             failures,
         },
         TransportError::Timeout { after, .. } => TransportError::Timeout {
-            route: route.to_string(),
+            route: route.redacted(),
             after,
         },
         other => other,
