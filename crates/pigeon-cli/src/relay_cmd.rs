@@ -29,6 +29,9 @@ pub(crate) struct RelayArgs {
     /// Most messages one mailbox may hold.
     #[arg(long, default_value_t = Limits::default().max_depth)]
     max_depth: u64,
+    /// Most messages one group log may hold (a log keeps messages until they expire).
+    #[arg(long, default_value_t = Limits::default().max_log_depth)]
+    max_log_depth: u64,
     /// Days after which undelivered messages expire.
     #[arg(long, default_value_t = 21)]
     expiry_days: u64,
@@ -343,6 +346,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let keys = load_or_create_key(&args.data)?;
     let limits = Limits {
         max_depth: args.max_depth,
+        max_log_depth: args.max_log_depth,
         expiry_secs: args.expiry_days.saturating_mul(86_400),
         ..Limits::default()
     };
