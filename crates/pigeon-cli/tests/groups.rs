@@ -13,12 +13,7 @@ use support::{Relay, RelayOpts};
 const PASS: &str = "group test passphrase";
 
 fn pigeon(profile: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pigeon"));
-    cmd.env("PIGEON_PASSPHRASE", PASS)
-        .env("PIGEON_PROFILE", profile)
-        .env("PIGEON_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
+    support::client(profile, PASS)
 }
 
 fn run(profile: &Path, args: &[&str]) -> Output {
@@ -26,16 +21,7 @@ fn run(profile: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(profile: &Path, args: &[&str]) -> String {
-    let out = run(profile, args);
-    assert!(
-        out.status.success(),
-        "pigeon {args:?} in {} failed ({}):\n{}{}",
-        profile.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    support::client_ok(profile, PASS, args)
 }
 
 fn read(profile: &Path) -> String {

@@ -348,22 +348,7 @@ impl Client {
                 }
             }
         };
-        let own = self.profile.relay()?;
-        let inbox = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
-        {
-            let session = self.session(&own, "your relay").await?;
-            if let Err(source) = session
-                .conn
-                .create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
-                .await
-            {
-                self.relay_failed(&own, &source);
-                return Err(Error::Relay {
-                    whose: "your relay".to_owned(),
-                    source,
-                });
-            }
-        }
+        let inbox = self.new_inbox().await?;
         let contact =
             self.profile
                 .accept(&invite, offer.suite, &key_package, &inbox, local_name)?;
@@ -453,25 +438,29 @@ impl Client {
         Ok(invite.to_link()?)
     }
 
+    /// A fresh mailbox of this profile's, created on its relay.
+    async fn new_inbox(&mut self) -> Result<OwnedMailbox, Error> {
+        let own = self.profile.relay()?;
+        let inbox = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+        let session = self.session(&own, "your relay").await?;
+        if let Err(source) = session
+            .conn
+            .create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
+            .await
+        {
+            self.relay_failed(&own, &source);
+            return Err(Error::Relay {
+                whose: "your relay".to_owned(),
+                source,
+            });
+        }
+        Ok(inbox)
+    }
+
     /// Asks to join the group an invitation is for; the Welcome comes once an admin's device
     /// has read the request (`sync` picks it up).
     async fn join_group(&mut self, invite: &Invite) -> Result<(Contact, FlushReport), Error> {
-        let own = self.profile.relay()?;
-        let reply = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
-        {
-            let session = self.session(&own, "your relay").await?;
-            if let Err(source) = session
-                .conn
-                .create_mailbox(&reply.key, &reply.id, reply.cap_hash())
-                .await
-            {
-                self.relay_failed(&own, &source);
-                return Err(Error::Relay {
-                    whose: "your relay".to_owned(),
-                    source,
-                });
-            }
-        }
+        let reply = self.new_inbox().await?;
         let group = blocking(|| self.profile.request_group_join(invite, &reply))?;
         let report = self.flush(true).await?;
         Err(Error::JoinRequested {

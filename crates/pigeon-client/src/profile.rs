@@ -815,25 +815,7 @@ impl Profile {
     /// # Errors
     /// [`ProfileError::NoContact`] or [`ProfileError::Ambiguous`].
     pub fn find_contact(&self, query: &str) -> Result<Contact, ProfileError> {
-        let contacts = self.contacts()?;
-        if let Some(c) = contacts.iter().find(|c| c.name == query) {
-            return Ok(c.clone());
-        }
-        let folded: Vec<_> = contacts
-            .iter()
-            .filter(|c| c.name.to_lowercase() == query.to_lowercase())
-            .collect();
-        match folded.as_slice() {
-            [one] => return Ok((*one).clone()),
-            [_, _, ..] => return Err(ProfileError::Ambiguous(query.to_owned())),
-            [] => {}
-        }
-        if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
-            && let Some(c) = contacts.iter().find(|c| c.id == ContactId(n))
-        {
-            return Ok(c.clone());
-        }
-        Err(ProfileError::NoContact(query.to_owned()))
+        find_named(&self.contacts()?, query, |c| &c.name, |c| c.id.0)
     }
 
     /// The name of the contact whose mailbox is `peer_mailbox`.
@@ -1232,6 +1214,34 @@ impl Profile {
             .map_err(db("pruning"))?;
         Ok(())
     }
+}
+
+/// The one of `items` called `query`: the exact name, else the only case-insensitive match,
+/// else the number (`#N` or `N`).
+fn find_named<T: Clone>(
+    items: &[T],
+    query: &str,
+    name: impl Fn(&T) -> &str,
+    number: impl Fn(&T) -> i64,
+) -> Result<T, ProfileError> {
+    if let Some(item) = items.iter().find(|i| name(i) == query) {
+        return Ok(item.clone());
+    }
+    let folded: Vec<_> = items
+        .iter()
+        .filter(|i| name(i).to_lowercase() == query.to_lowercase())
+        .collect();
+    match folded.as_slice() {
+        [one] => return Ok((*one).clone()),
+        [_, _, ..] => return Err(ProfileError::Ambiguous(query.to_owned())),
+        [] => {}
+    }
+    if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
+        && let Some(item) = items.iter().find(|i| number(i) == n)
+    {
+        return Ok(item.clone());
+    }
+    Err(ProfileError::NoContact(query.to_owned()))
 }
 
 fn to_i64(v: u64) -> i64 {

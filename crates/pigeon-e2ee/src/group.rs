@@ -284,25 +284,7 @@ impl Group {
     /// is not a two-member group in a suite Pigeonpost speaks.
     pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Self, E2eeError> {
         let bad = bad("welcome");
-        let message =
-            MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| bad(e.to_string()))?;
-        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-            return Err(bad("not a welcome".to_owned()));
-        };
-        let config = MlsGroupJoinConfig::builder()
-            .use_ratchet_tree_extension(true)
-            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-            .max_past_epochs(PAST_EPOCHS)
-            .number_of_resumption_psks(0)
-            .sender_ratchet_configuration(ratchet())
-            .build();
-        let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
-            .map_err(|e| bad(e.to_string()))?;
-        if Suite::from_code(u16::from(staged.group_context().ciphersuite())).is_none() {
-            return Err(bad(
-                "it uses a ciphersuite Pigeonpost does not speak".to_owned()
-            ));
-        }
+        let staged = stage_welcome(provider, welcome, PAST_EPOCHS)?;
         if staged.members().count() != 2 {
             return Err(bad(
                 "the conversation does not have exactly two members".to_owned()
@@ -506,6 +488,35 @@ impl Group {
             .delete(provider.storage())
             .map_err(mls("deleting a conversation"))
     }
+}
+
+/// Parses a Welcome for this device and stages it, keeping `past_epochs` epochs' keys once
+/// joined; refuses a suite Pigeonpost does not speak.
+pub(crate) fn stage_welcome<P: OpenMlsProvider>(
+    provider: &P,
+    welcome: &[u8],
+    past_epochs: usize,
+) -> Result<StagedWelcome, E2eeError> {
+    let bad = bad("welcome");
+    let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| bad(e.to_string()))?;
+    let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+        return Err(bad("not a welcome".to_owned()));
+    };
+    let config = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(past_epochs)
+        .number_of_resumption_psks(0)
+        .sender_ratchet_configuration(ratchet())
+        .build();
+    let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
+        .map_err(|e| bad(e.to_string()))?;
+    if Suite::from_code(u16::from(staged.group_context().ciphersuite())).is_none() {
+        return Err(bad(
+            "it uses a ciphersuite Pigeonpost does not speak".to_owned()
+        ));
+    }
+    Ok(staged)
 }
 
 /// Recognises replays in openmls's error (its variants sit several enums deep).

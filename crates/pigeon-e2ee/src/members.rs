@@ -177,25 +177,7 @@ impl Group {
     /// whose roster does not match the group.
     pub fn join_group<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Self, E2eeError> {
         let bad = crate::group::bad("welcome");
-        let message =
-            MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| bad(e.to_string()))?;
-        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-            return Err(bad("not a welcome".to_owned()));
-        };
-        let config = MlsGroupJoinConfig::builder()
-            .use_ratchet_tree_extension(true)
-            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-            .max_past_epochs(GROUP_PAST_EPOCHS)
-            .number_of_resumption_psks(0)
-            .sender_ratchet_configuration(ratchet())
-            .build();
-        let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
-            .map_err(|e| bad(e.to_string()))?;
-        if Suite::from_code(u16::from(staged.group_context().ciphersuite())).is_none() {
-            return Err(bad(
-                "it uses a ciphersuite Pigeonpost does not speak".to_owned()
-            ));
-        }
+        let staged = crate::group::stage_welcome(provider, welcome, GROUP_PAST_EPOCHS)?;
         let roster = roster_of(staged.group_context().extensions())
             .ok_or_else(|| bad("the group has no roster".to_owned()))?
             .map_err(bad)?;

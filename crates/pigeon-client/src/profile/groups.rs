@@ -496,25 +496,7 @@ impl Profile {
     /// # Errors
     /// [`ProfileError::NoContact`] or [`ProfileError::Ambiguous`].
     pub fn find_group(&self, query: &str) -> Result<GroupInfo, ProfileError> {
-        let groups = self.groups()?;
-        if let Some(g) = groups.iter().find(|g| g.name == query) {
-            return Ok(g.clone());
-        }
-        let folded: Vec<_> = groups
-            .iter()
-            .filter(|g| g.name.to_lowercase() == query.to_lowercase())
-            .collect();
-        match folded.as_slice() {
-            [one] => return Ok((*one).clone()),
-            [_, _, ..] => return Err(ProfileError::Ambiguous(query.to_owned())),
-            [] => {}
-        }
-        if let Ok(n) = query.trim_start_matches('#').parse::<i64>()
-            && let Some(g) = groups.iter().find(|g| g.id == GroupId(n))
-        {
-            return Ok(g.clone());
-        }
-        Err(ProfileError::NoContact(query.to_owned()))
+        super::find_named(&self.groups()?, query, |g| &g.name, |g| g.id.0)
     }
 
     /// The group's member devices, as its roster lists them.
