@@ -32,10 +32,10 @@ const MAX_FORWARD: u32 = 5000;
 /// side gets this through `number_of_resumption_psks(0)`; openmls 0.9.2 ignores that setting
 /// when it creates a group, so [`Group::start`] writes this empty store over the creator's.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct NoResumptionPsks {
-    pub(crate) max_number_of_secrets: usize,
-    pub(crate) resumption_psk: Vec<()>,
-    pub(crate) cursor: usize,
+struct NoResumptionPsks {
+    max_number_of_secrets: usize,
+    resumption_psk: Vec<()>,
+    cursor: usize,
 }
 
 impl openmls_traits::storage::Entity<CURRENT_VERSION> for NoResumptionPsks {}
@@ -256,20 +256,7 @@ impl Group {
         group
             .merge_pending_commit(provider)
             .map_err(mls("merging the add commit"))?;
-        provider
-            .storage()
-            .write_resumption_psk_store(
-                group.group_id(),
-                &NoResumptionPsks {
-                    max_number_of_secrets: 0,
-                    resumption_psk: Vec::new(),
-                    cursor: 0,
-                },
-            )
-            .map_err(mls("dropping resumption secrets"))?;
-        let group = MlsGroup::load(provider.storage(), group.group_id())
-            .map_err(mls("reloading the group"))?
-            .ok_or(E2eeError::UnknownGroup)?;
+        let group = without_resumption_psks(provider, &group)?;
         let welcome = welcome
             .tls_serialize_detached()
             .map_err(mls("serializing the welcome"))?;
@@ -488,6 +475,28 @@ impl Group {
             .delete(provider.storage())
             .map_err(mls("deleting a conversation"))
     }
+}
+
+/// Overwrites the resumption-PSK store openmls 0.9.2 fills when it creates a group (it ignores
+/// `number_of_resumption_psks` there) with an empty one, and reloads the group.
+pub(crate) fn without_resumption_psks<P: OpenMlsProvider>(
+    provider: &P,
+    group: &MlsGroup,
+) -> Result<MlsGroup, E2eeError> {
+    provider
+        .storage()
+        .write_resumption_psk_store(
+            group.group_id(),
+            &NoResumptionPsks {
+                max_number_of_secrets: 0,
+                resumption_psk: Vec::new(),
+                cursor: 0,
+            },
+        )
+        .map_err(mls("dropping resumption secrets"))?;
+    MlsGroup::load(provider.storage(), group.group_id())
+        .map_err(mls("reloading the group"))?
+        .ok_or(E2eeError::UnknownGroup)
 }
 
 /// Parses a Welcome for this device and stages it, keeping `past_epochs` epochs' keys once

@@ -8,12 +8,11 @@
 //! only when the log shows it won ([`Group::merge_pending`]); when another commit won, the
 //! caller discards it ([`Group::discard_pending`]) and proposes its change again.
 
-use crate::group::{Group, Identity, NoResumptionPsks, ratchet};
+use crate::group::{Group, Identity, ratchet};
 use crate::roster::{CommitShape, ROSTER_EXTENSION, Roster, RosterEntry, check_commit};
 use crate::{E2eeError, Opened, Suite, mls};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
-use openmls_traits::storage::StorageProvider as _;
 use prost::Message as _;
 use std::collections::BTreeSet;
 use tls_codec::{Deserialize as _, Serialize as _};
@@ -152,21 +151,9 @@ impl Group {
             identity.credential.clone(),
         )
         .map_err(mls("creating a group"))?;
-        provider
-            .storage()
-            .write_resumption_psk_store(
-                group.group_id(),
-                &NoResumptionPsks {
-                    max_number_of_secrets: 0,
-                    resumption_psk: Vec::new(),
-                    cursor: 0,
-                },
-            )
-            .map_err(mls("dropping resumption secrets"))?;
-        let group = MlsGroup::load(provider.storage(), group.group_id())
-            .map_err(mls("reloading the group"))?
-            .ok_or(E2eeError::UnknownGroup)?;
-        Ok(Self { group })
+        Ok(Self {
+            group: crate::group::without_resumption_psks(provider, &group)?,
+        })
     }
 
     /// Joins a group from a Welcome (this device's key package keys must be in storage).
