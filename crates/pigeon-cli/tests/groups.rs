@@ -67,6 +67,13 @@ fn join(admin: &Path, who: &Path, group: &str) {
         admin_read.contains("accepted your invitation"),
         "{admin_read}"
     );
+    // The link worked once: its mailbox is gone from the relay, so it opens nothing now.
+    let again = run(who, &["accept", link]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("already used"),
+        "a used group link: {err}"
+    );
     let joined = read(who);
     assert!(joined.contains("you are now in the group"), "{joined}");
 }

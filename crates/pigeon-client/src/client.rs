@@ -140,6 +140,8 @@ pub struct FlushReport {
     pub stored: Vec<([u8; 32], usize)>,
     /// Why items are waiting, one sentence per destination that failed.
     pub errors: Vec<String>,
+    /// Destinations the relay says do not exist (deleted, expired, or never there).
+    pub gone: Vec<[u8; 32]>,
 }
 
 struct Session {
@@ -463,6 +465,15 @@ impl Client {
         let reply = self.new_inbox().await?;
         let group = blocking(|| self.profile.request_group_join(invite, &reply))?;
         let report = self.flush(true).await?;
+        if report.gone.contains(&invite.mailbox_id) {
+            // The invitation's mailbox is gone: the link was used (or withdrawn).
+            blocking(|| {
+                self.profile
+                    .cancel_group_join(&reply.id.0, &invite.mailbox_id)
+            })?;
+            let _ = self.delete_spent().await;
+            return Err(Error::InviteUsed(invite.name.clone()));
+        }
         Err(Error::JoinRequested {
             group,
             inviter: invite.name.clone(),
@@ -545,6 +556,17 @@ impl Client {
                     report.stored.push((item.mailbox, item.payload.len()));
                 }
                 Err(e) => {
+                    if let Error::Relay {
+                        source:
+                            ClientError::Refused {
+                                code: ErrorCode::NoSuchMailbox,
+                                ..
+                            },
+                        ..
+                    } = &e
+                    {
+                        report.gone.push(item.mailbox);
+                    }
                     let delay = backoff_ms(item.attempts);
                     blocking(|| self.profile.failed(item.id, delay))?;
                     report.errors.push(e.to_string());
@@ -554,7 +576,37 @@ impl Client {
             }
         }
         self.rotate_logs(&mut report).await?;
+        self.delete_spent().await?;
         Ok(report)
+    }
+
+    /// Deletes the relay mailboxes of used group invitations and answered join requests, so
+    /// a link that was used opens nothing on the relay any more (nobody can fill it).
+    async fn delete_spent(&mut self) -> Result<(), Error> {
+        for inbox in blocking(|| self.profile.spent_mailboxes())? {
+            let link = parse_stored_relay(&inbox.relay)?;
+            // Only over a session that is open: this is housekeeping, never a reason to wait
+            // for a relay that cannot be reached.
+            if !self.sessions.contains_key(link.relay_key()) {
+                continue;
+            }
+            let Ok(session) = self.session(&link, "your relay").await else {
+                continue;
+            };
+            match session
+                .conn
+                .delete_mailbox(&inbox.key, &MailboxId(inbox.mailbox))
+                .await
+            {
+                Ok(())
+                | Err(ClientError::Refused {
+                    code: ErrorCode::NoSuchMailbox,
+                    ..
+                }) => blocking(|| self.profile.forget_spent(&inbox.mailbox))?,
+                Err(e) => self.relay_failed(&link, &e),
+            }
+        }
+        Ok(())
     }
 
     /// Sets the new keys of logs whose removal announcement is on the relay.

@@ -1121,8 +1121,8 @@ impl Profile {
             .prepare(
                 "SELECT relay, mailbox_id, mailbox_key FROM invites
                  UNION ALL SELECT inbox_relay, inbox_id, inbox_key FROM contacts
-                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_invites
-                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins",
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_invites WHERE used = 0
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 0",
             )
             .map_err(db("listing mailboxes"))?;
         let rows = stmt

@@ -1698,6 +1698,75 @@ impl Profile {
         Ok(())
     }
 
+    /// Mailboxes of group invitations and join requests that served their purpose: the client
+    /// deletes them on their relay (a used link then opens nothing there), then forgets them.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn spent_mailboxes(&self) -> Result<Vec<crate::profile::Inbox>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT relay, mailbox_id, mailbox_key FROM group_invites WHERE used = 1
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 1",
+            )
+            .map_err(db("listing spent mailboxes"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(crate::profile::Inbox {
+                    relay: r.get(0)?,
+                    mailbox: blob32(r.get(1)?)?,
+                    key: SigningKey::from_bytes(&blob32(r.get(2)?)?),
+                })
+            })
+            .map_err(db("listing spent mailboxes"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("listing spent mailboxes"))
+    }
+
+    /// A request to join went to an invitation mailbox that no longer exists: drops the request
+    /// from the outbox, and marks its reply mailbox spent (the client deletes it).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn cancel_group_join(
+        &self,
+        reply_mailbox: &[u8; 32],
+        invite_mailbox: &[u8; 32],
+    ) -> Result<(), ProfileError> {
+        self.tx(|| {
+            self.conn
+                .execute(
+                    "DELETE FROM outbox WHERE mailbox_id = ?1",
+                    [invite_mailbox.as_slice()],
+                )
+                .map_err(db("withdrawing a request to join"))?;
+            self.conn
+                .execute(
+                    "UPDATE group_joins SET used = 1 WHERE mailbox_id = ?1",
+                    [reply_mailbox.as_slice()],
+                )
+                .map_err(db("withdrawing a request to join"))?;
+            Ok(())
+        })
+    }
+
+    /// The relay deleted a spent mailbox: forget it.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn forget_spent(&self, mailbox: &[u8; 32]) -> Result<(), ProfileError> {
+        for table in ["group_invites", "group_joins"] {
+            self.conn
+                .execute(
+                    &format!("DELETE FROM {table} WHERE mailbox_id = ?1 AND used = 1"),
+                    [mailbox.as_slice()],
+                )
+                .map_err(db("forgetting a spent mailbox"))?;
+        }
+        Ok(())
+    }
+
     /// Log key rotations waiting for the relay (after their announcement was posted).
     ///
     /// # Errors
@@ -1851,7 +1920,7 @@ impl Profile {
         let invite: Option<(i64, GroupId, Vec<u8>)> = self
             .conn
             .query_row(
-                "SELECT id, group_row, secret FROM group_invites WHERE mailbox_id = ?1",
+                "SELECT id, group_row, secret FROM group_invites WHERE mailbox_id = ?1 AND used = 0",
                 [mailbox.as_slice()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -1902,7 +1971,10 @@ impl Profile {
         };
         // Each invitation works once.
         self.conn
-            .execute("DELETE FROM group_invites WHERE id = ?1", [invite_id])
+            .execute(
+                "UPDATE group_invites SET used = 1 WHERE id = ?1",
+                [invite_id],
+            )
             .map_err(db("closing the invitation"))?;
         self.add_intent(group, &intent)?;
         self.drive_in_tx(group)?;
@@ -1925,7 +1997,7 @@ impl Profile {
         let join: Option<(i64, Vec<u8>, Vec<u8>, String)> = self
             .conn
             .query_row(
-                "SELECT id, secret, signature_key, group_name FROM group_joins WHERE mailbox_id = ?1",
+                "SELECT id, secret, signature_key, group_name FROM group_joins WHERE mailbox_id = ?1 AND used = 0",
                 [mailbox.as_slice()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -2017,7 +2089,7 @@ impl Profile {
             .map_err(db("saving the group"))?;
         let id = GroupId(self.conn.last_insert_rowid());
         self.conn
-            .execute("DELETE FROM group_joins WHERE id = ?1", [join_id])
+            .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;
         let members: Vec<String> = roster
             .members

@@ -140,6 +140,8 @@ CREATE TABLE group_invites (
   relay TEXT NOT NULL,
   secret BLOB NOT NULL,
   link TEXT NOT NULL,
+  -- 1 once a request to join came: the mailbox is deleted on the relay, then the row
+  used INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL
 );
 -- This device's requests to join a group, waiting for the Welcome.
@@ -152,6 +154,8 @@ CREATE TABLE group_joins (
   signature_key BLOB NOT NULL,
   person BLOB NOT NULL,
   group_name TEXT NOT NULL,
+  -- 1 once the Welcome came: the reply mailbox is deleted on the relay, then the row
+  used INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL
 );
 CREATE TABLE welcome_parts (
