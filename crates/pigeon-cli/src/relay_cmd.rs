@@ -341,7 +341,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    std::fs::create_dir_all(&args.data)
+    // The data directory holds the relay's keys and secrets: private to its user.
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&args.data)
         .with_context(|| format!("could not create {}", args.data.display()))?;
     let keys = load_or_create_key(&args.data)?;
     let limits = Limits {

@@ -48,8 +48,7 @@ impl TlsState {
         let path_file = dir.join(PATH_FILE);
         let path = match path {
             Some(p) => {
-                std::fs::write(&path_file, p)
-                    .with_context(|| format!("could not write {}", path_file.display()))?;
+                write_private(&path_file, p.as_bytes())?;
                 p.to_owned()
             }
             None => match std::fs::read_to_string(&path_file) {
@@ -61,8 +60,7 @@ impl TlsState {
                         "/{}",
                         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
                     );
-                    std::fs::write(&path_file, &p)
-                        .with_context(|| format!("could not write {}", path_file.display()))?;
+                    write_private(&path_file, p.as_bytes())?;
                     p
                 }
                 Err(e) => {

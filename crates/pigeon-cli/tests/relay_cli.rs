@@ -79,6 +79,13 @@ async fn prints_a_link_and_qr_keeps_its_key_and_stops_cleanly() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
+        let dir = key_file.parent().expect("the data directory");
+        let dir_mode = std::fs::metadata(dir).expect("stat").permissions().mode();
+        assert_eq!(
+            dir_mode & 0o077,
+            0,
+            "data directory open to others: {dir_mode:o}"
+        );
     }
 
     // SIGTERM with a client connected: it is told, and the relay exits cleanly, promptly. (The

@@ -351,7 +351,12 @@ fn a_relay_gets_its_certificate_by_acme_and_people_talk_through_it() {
         assert!(data.join(file).is_file(), "{file} kept");
     }
     #[cfg(unix)]
-    for secret in ["acme-account.json", "acme-key.pem"] {
+    for secret in [
+        "acme-account.json",
+        "acme-key.pem",
+        "tls.secret",
+        "tls.path",
+    ] {
         assert_eq!(mode(&data.join(secret)), 0o600, "{secret}");
     }
     relay.stop();
