@@ -172,15 +172,19 @@ pub(crate) async fn invite(args: InviteArgs) -> anyhow::Result<()> {
 pub(crate) async fn accept(args: AcceptArgs) -> anyhow::Result<u8> {
     let arg = &args.profile;
     // A bad link is refused before the passphrase is asked for.
-    pigeon_client::Invite::parse(&args.link).map_err(pigeon_client::Error::from)?;
+    let is_group = pigeon_client::Invite::parse(&args.link)
+        .map_err(pigeon_client::Error::from)?
+        .group
+        .is_some();
     let mut client = open_client(arg)?;
-    let (contact, report) = match client.accept(&args.link, args.local_name.as_deref()).await {
-        Err(e @ pigeon_client::Error::JoinRequested { sent, .. }) => {
-            println!("{}", safe(&e.to_string()));
-            return Ok(if sent { 0 } else { EXIT_QUEUED });
-        }
-        other => other?,
-    };
+    if is_group {
+        let request = client.join_group(&args.link).await?;
+        println!("{}", safe(&request.to_string()));
+        return Ok(if request.sent { 0 } else { EXIT_QUEUED });
+    }
+    let (contact, report) = client
+        .accept(&args.link, args.local_name.as_deref())
+        .await?;
     println!(
         "You can now talk with {} ({}). Send with: pigeon send {} TEXT",
         contact.name,
@@ -305,7 +309,11 @@ pub(crate) fn notice(event: &ClientEvent, profile: &Profile) -> Option<String> {
             g.members,
             shell_word(&g.name)
         )),
-        ClientEvent::Dropped(reason) => Some(format!("* {}", safe(reason))),
+        ClientEvent::Dropped(reason) => Some(format!(
+            "* a message was refused and dropped: {}",
+            safe(reason)
+        )),
+        ClientEvent::Notice(text) => Some(format!("* {}", safe(text))),
         ClientEvent::Disconnected { reason } => Some(format!("* disconnected: {}", safe(reason))),
         ClientEvent::Rekeyed { contact_id, epoch } => profile.contact(*contact_id).ok().map(|c| {
             format!(

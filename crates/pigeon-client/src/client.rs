@@ -49,20 +49,36 @@ pub enum Error {
         "this invitation was already used or has expired: ask {0} for a new one (each invitation works once)"
     )]
     InviteUsed(String),
-    /// Not an error: a request to join a group went to its inviter, whose device adds this
-    /// one when it next reads its messages.
-    #[error(
-        "asked to join {group}; you are in once {inviter}'s device has read the request (`pigeon read` shows it){}",
-        if *sent { "" } else { " — the request is queued and goes out when the relay is reachable" }
-    )]
-    JoinRequested {
-        /// The group's name.
-        group: String,
-        /// Who invited.
-        inviter: String,
-        /// The request is on the relay.
-        sent: bool,
-    },
+    /// A group invitation was given where an invitation to a conversation belongs (or the
+    /// other way round).
+    #[error("{0}")]
+    WrongInvite(&'static str),
+}
+
+/// A request to join a group, on its way to the inviter, whose device adds this one when it
+/// next reads its messages.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The group's name.
+    pub group: String,
+    /// Who invited.
+    pub inviter: String,
+    /// The request is on the relay (else it is queued until the relay is reachable).
+    pub sent: bool,
+}
+
+impl std::fmt::Display for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "asked to join {}; you are in once {}'s device has read the request (`pigeon read` shows it)",
+            self.group, self.inviter
+        )?;
+        if !self.sent {
+            f.write_str(" — the request is queued and goes out when the relay is reachable")?;
+        }
+        Ok(())
+    }
 }
 
 fn relay_sentence(whose: &str, e: &ClientError) -> String {
@@ -87,7 +103,7 @@ impl Error {
             Self::Invite(_) => ErrorKind::BadInput,
             Self::Relay { source, .. } => source.kind(),
             Self::InviteUsed(_) => ErrorKind::Peer,
-            Self::JoinRequested { .. } => ErrorKind::Peer,
+            Self::WrongInvite(_) => ErrorKind::BadInput,
         }
     }
 }
@@ -118,6 +134,9 @@ pub enum ClientEvent {
     },
     /// A line in a group's transcript (a message or a notice).
     Group(GroupMessage),
+    /// Something to tell the person that is neither a message nor an error ("alice added
+    /// you to a group; joining").
+    Notice(String),
     /// This device joined a group.
     JoinedGroup(GroupInfo),
     /// A message was refused (tampered, replayed, malformed) and dropped.
@@ -328,7 +347,9 @@ impl Client {
     ) -> Result<(Contact, FlushReport), Error> {
         let invite = Invite::parse(link)?;
         if invite.group.is_some() {
-            return self.join_group(&invite).await;
+            return Err(Error::WrongInvite(
+                "this is an invitation to a group: join it with `Client::join_group` (`pigeon accept` does)",
+            ));
         }
         let offer = suites
             .iter()
@@ -384,24 +405,10 @@ impl Client {
         pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
         let relay = self.profile.relay()?;
         let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
-        let result = async {
-            let session = self.session(&relay, "your relay").await?;
-            session
-                .conn
-                .create_log(&log.key, &log.id, log.cap_hash())
-                .await
-                .map_err(|source| Error::Relay {
-                    whose: "your relay".to_owned(),
-                    source,
-                })
-        }
-        .await;
-        if let Err(e) = result {
-            if let Error::Relay { source, .. } = &e {
-                self.relay_failed(&relay, source);
-            }
-            return Err(e);
-        }
+        self.on_own_relay(&relay, async |conn| {
+            conn.create_log(&log.key, &log.id, log.cap_hash()).await
+        })
+        .await?;
         Ok(blocking(|| self.profile.create_group(name, &relay, &log))?)
     }
 
@@ -414,54 +421,71 @@ impl Client {
         let prepared = self.profile.prepare_group_invite(info.id)?;
         let invite = &prepared.invite;
         let relay = invite.relay.clone();
-        let result = async {
-            let session = self.session(&relay, "your relay").await?;
-            session
-                .conn
-                .create_mailbox(
+        let result = self
+            .on_own_relay(&relay, async |conn| {
+                conn.create_mailbox(
                     &prepared.mailbox_key,
                     &MailboxId(invite.mailbox_id),
                     pigeon_proto::auth::cap_hash(&invite.sender_cap),
                 )
                 .await
-                .map_err(|source| Error::Relay {
-                    whose: "your relay".to_owned(),
-                    source,
-                })
-        }
-        .await;
+            })
+            .await;
         if let Err(e) = result {
-            if let Error::Relay { source, .. } = &e {
-                self.relay_failed(&relay, source);
-            }
             self.profile.cancel_group_invite(&prepared)?;
             return Err(e);
         }
         Ok(invite.to_link()?)
     }
 
+    /// Runs `request` on a session with this profile's relay `relay`; a failure is "your
+    /// relay"'s, and a lost session is dropped so the next call reconnects.
+    async fn on_own_relay<T>(
+        &mut self,
+        relay: &RelayLink,
+        request: impl AsyncFnOnce(&RelayConnection) -> Result<T, ClientError>,
+    ) -> Result<T, Error> {
+        let session = self.session(relay, "your relay").await?;
+        match request(&session.conn).await {
+            Ok(v) => Ok(v),
+            Err(source) => {
+                self.relay_failed(relay, &source);
+                Err(Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
     /// A fresh mailbox of this profile's, created on its relay.
     async fn new_inbox(&mut self) -> Result<OwnedMailbox, Error> {
         let own = self.profile.relay()?;
         let inbox = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
-        let session = self.session(&own, "your relay").await?;
-        if let Err(source) = session
-            .conn
-            .create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
-            .await
-        {
-            self.relay_failed(&own, &source);
-            return Err(Error::Relay {
-                whose: "your relay".to_owned(),
-                source,
-            });
-        }
+        self.on_own_relay(&own, async |conn| {
+            conn.create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
+                .await
+        })
+        .await?;
         Ok(inbox)
     }
 
-    /// Asks to join the group an invitation is for; the Welcome comes once an admin's device
-    /// has read the request (`sync` picks it up).
-    async fn join_group(&mut self, invite: &Invite) -> Result<(Contact, FlushReport), Error> {
+    /// Asks to join the group a group invitation link is for; the Welcome comes once an admin's
+    /// device has read the request (`sync` picks it up).
+    ///
+    /// # Errors
+    /// For an unusable or used link, a link to a 1:1 conversation, or an unreachable relay.
+    pub async fn join_group(&mut self, link: &str) -> Result<JoinRequest, Error> {
+        let invite = Invite::parse(link)?;
+        if invite.group.is_none() {
+            return Err(Error::WrongInvite(
+                "this is an invitation to a conversation, not to a group: accept it with `Client::accept`",
+            ));
+        }
+        self.join_invite(&invite).await
+    }
+
+    async fn join_invite(&mut self, invite: &Invite) -> Result<JoinRequest, Error> {
         let reply = self.new_inbox().await?;
         let group = blocking(|| self.profile.request_group_join(invite, &reply))?;
         let report = self.flush(true).await?;
@@ -474,7 +498,7 @@ impl Client {
             let _ = self.delete_spent().await;
             return Err(Error::InviteUsed(invite.name.clone()));
         }
-        Err(Error::JoinRequested {
+        Ok(JoinRequest {
             group,
             inviter: invite.name.clone(),
             sent: report.waiting == 0,
@@ -688,30 +712,69 @@ impl Client {
         self.save_learned();
         let mut pending = 0;
         let mut first_error = None;
-        for inbox in self.profile.inboxes()? {
-            let link = parse_stored_relay(&inbox.relay)?;
+        let wanted: Vec<(String, [u8; 32], Wanted)> = self
+            .profile
+            .inboxes()?
+            .into_iter()
+            .map(|i| (i.relay, i.mailbox, Wanted::Inbox(i.key)))
+            .chain(self.profile.logs()?.into_iter().map(|l| {
+                (
+                    l.relay,
+                    l.log_id,
+                    Wanted::Log {
+                        cap: l.cap,
+                        cursor: l.cursor,
+                    },
+                )
+            }))
+            .collect();
+        for (relay, mailbox, how) in wanted {
+            let link = parse_stored_relay(&relay)?;
+            let whose = match how {
+                Wanted::Inbox(_) => "your relay",
+                Wanted::Log { .. } => "the group's relay",
+            };
             let result = async {
-                let session = self.session(&link, "your relay").await?;
-                if session.subscribed.contains(&inbox.mailbox) {
+                let session = self.session(&link, whose).await?;
+                let id = MailboxId(mailbox);
+                let subscribed = match &how {
+                    Wanted::Inbox(_) => session.subscribed.contains(&mailbox),
+                    Wanted::Log { cap, .. } => session.logs.get(&mailbox) == Some(cap),
+                };
+                if subscribed {
                     return Ok(None);
                 }
-                session
-                    .conn
-                    .subscribe(&inbox.key, &MailboxId(inbox.mailbox))
-                    .await
-                    .map(Some)
-                    .map_err(|source| Error::Relay {
-                        whose: "your relay".to_owned(),
-                        source,
-                    })
+                match &how {
+                    Wanted::Inbox(key) => session.conn.subscribe(key, &id).await,
+                    Wanted::Log { cap, cursor } => {
+                        session.conn.subscribe_log(&id, cap, *cursor).await
+                    }
+                }
+                .map(Some)
+                .map_err(|source| Error::Relay {
+                    whose: whose.to_owned(),
+                    source,
+                })
             }
             .await;
             match result {
                 Ok(Some(n)) => {
                     pending += n;
-                    *self.waiting.entry(inbox.mailbox).or_default() += n;
-                    if let Some(s) = self.sessions.get_mut(link.relay_key()) {
-                        s.subscribed.insert(inbox.mailbox);
+                    let session = self.sessions.get_mut(link.relay_key());
+                    match how {
+                        Wanted::Inbox(_) => {
+                            *self.waiting.entry(mailbox).or_default() += n;
+                            if let Some(s) = session {
+                                s.subscribed.insert(mailbox);
+                            }
+                        }
+                        Wanted::Log { cap, .. } => {
+                            // A log is read from the cursor: what waits is exactly this.
+                            self.waiting.insert(mailbox, n);
+                            if let Some(s) = session {
+                                s.logs.insert(mailbox, cap);
+                            }
+                        }
                     }
                 }
                 Ok(None) => {}
@@ -719,50 +782,9 @@ impl Client {
                     source: ClientError::Refused { code, .. },
                     ..
                 }) => {
-                    // The relay lost or expired this mailbox (or never had it): the others
-                    // are still worth reading.
+                    // The relay lost or expired this mailbox or log (or never had it): the
+                    // others are still worth reading.
                     tracing::warn!(code = code.as_u32(), "a mailbox could not be subscribed");
-                }
-                Err(e) => {
-                    if let Error::Relay { source, .. } = &e {
-                        self.relay_failed(&link, source);
-                    }
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        for log in self.profile.logs()? {
-            let link = parse_stored_relay(&log.relay)?;
-            let result = async {
-                let session = self.session(&link, "the group's relay").await?;
-                if session.logs.get(&log.log_id) == Some(&log.cap) {
-                    return Ok(None);
-                }
-                session
-                    .conn
-                    .subscribe_log(&MailboxId(log.log_id), &log.cap, log.cursor)
-                    .await
-                    .map(Some)
-                    .map_err(|source| Error::Relay {
-                        whose: "the group's relay".to_owned(),
-                        source,
-                    })
-            }
-            .await;
-            match result {
-                Ok(Some(n)) => {
-                    pending += n;
-                    self.waiting.insert(log.log_id, n);
-                    if let Some(s) = self.sessions.get_mut(link.relay_key()) {
-                        s.logs.insert(log.log_id, log.cap);
-                    }
-                }
-                Ok(None) => {}
-                Err(Error::Relay {
-                    source: ClientError::Refused { code, .. },
-                    ..
-                }) => {
-                    tracing::warn!(code = code.as_u32(), "a group log could not be subscribed");
                 }
                 Err(e) => {
                     if let Error::Relay { source, .. } = &e {
@@ -886,16 +908,14 @@ impl Client {
             // sent inside the conversation.
             let from = self.profile.contact(contact_id)?.name;
             match Invite::parse(&link) {
-                Ok(invite) if invite.group.is_some() => match self.join_group(&invite).await {
-                    Err(Error::JoinRequested { group, .. }) => {
-                        events.push(ClientEvent::Dropped(format!(
-                            "{from} added you to {group}; joining"
-                        )));
-                    }
-                    Err(e) => events.push(ClientEvent::Dropped(format!(
+                Ok(invite) if invite.group.is_some() => match self.join_invite(&invite).await {
+                    Ok(request) => events.push(ClientEvent::Notice(format!(
+                        "{from} added you to {}; asked to join",
+                        request.group
+                    ))),
+                    Err(e) => events.push(ClientEvent::Notice(format!(
                         "{from} added you to a group, but joining failed: {e}"
                     ))),
-                    Ok(_) => {}
                 },
                 _ => events.push(ClientEvent::Dropped(format!(
                     "{from} sent a group invitation that is not valid"
@@ -1022,6 +1042,14 @@ impl Client {
     pub fn connected_relays(&self) -> Vec<RelayLink> {
         self.sessions.values().map(|s| s.link.clone()).collect()
     }
+}
+
+/// What [`Client::subscribe_all`] subscribes to.
+enum Wanted {
+    /// A one-way mailbox, proven with its key.
+    Inbox(pigeon_proto::auth::SigningKey),
+    /// A group log, read with its member capability from the cursor.
+    Log { cap: [u8; 32], cursor: u64 },
 }
 
 /// Runs profile work (SQLite with fsync, MLS) without stalling the async runtime: on a

@@ -14,7 +14,7 @@ pub mod mailbox;
 pub mod profile;
 pub mod relay;
 
-pub use client::{Client, ClientEvent, Error, FlushReport};
+pub use client::{Client, ClientEvent, Error, FlushReport, JoinRequest};
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
