@@ -20,7 +20,9 @@ mod verify;
 
 pub use content::{Content, ContentError, Envelope};
 pub use group::{Group, Identity, Opened, forget_key_package};
-pub use members::{Change, Changes, Committed, GROUP_PAST_EPOCHS, key_package_signature_key};
+pub use members::{
+    Change, Changes, Committed, GROUP_PAST_EPOCHS, key_package_signature_key, stored_state,
+};
 pub use openmls_libcrux_crypto::CryptoProvider;
 pub use roster::{Roster, RosterEntry};
 pub use verify::safety_number;

@@ -533,6 +533,30 @@ impl Group {
     }
 }
 
+/// A group's epoch and roster as stored, read from its group context alone: without loading
+/// the ratchet tree, which for a group of 1,000 X-Wing devices is megabytes.
+///
+/// # Errors
+/// [`E2eeError::UnknownGroup`] when storage does not hold the group.
+pub fn stored_state<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: &[u8],
+) -> Result<(u64, Option<Roster>), E2eeError> {
+    use openmls_traits::storage::StorageProvider as _;
+    let context: GroupContext = provider
+        .storage()
+        .group_context(&GroupId::from_slice(group_id))
+        .map_err(mls("reading a group"))?
+        .ok_or(E2eeError::UnknownGroup)?;
+    let roster = roster_of(context.extensions())
+        .transpose()
+        .map_err(|reason| E2eeError::Mls {
+            op: "reading the roster",
+            reason,
+        })?;
+    Ok((context.epoch().as_u64(), roster))
+}
+
 /// The signature key a key package (X-Wing) carries, after validating it.
 ///
 /// # Errors
