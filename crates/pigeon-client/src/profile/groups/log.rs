@@ -1,0 +1,808 @@
+//! The receive side of groups: a log's entries applied in order (messages, commits — this
+//! device's own and others' —, requests to leave, new log keys), requests to join that reach an
+//! invitation's mailbox, Welcomes that reach a join request's mailbox, and what that leaves for
+//! the network (log keys to set on the relay, spent mailboxes to delete).
+
+use super::*;
+
+impl Profile {
+    /// Takes messages from a group's log, in log order, in one transaction.
+    ///
+    /// # Errors
+    /// Only local failures (then nothing was recorded).
+    pub fn handle_log_deliveries(
+        &self,
+        log_id: &[u8; 32],
+        deliveries: &[(u64, &[u8], &[u8])],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        self.tx(|| {
+            let Some(id) = self.group_for_log(log_id)? else {
+                return Ok(deliveries
+                    .iter()
+                    .map(|_| Handled::Dropped("a log this profile does not read".to_owned()))
+                    .collect());
+            };
+            let mut out = Vec::new();
+            for (seq, message_id, payload) in deliveries {
+                out.extend(self.log_entry(id, *seq, message_id, payload)?);
+            }
+            self.drive_in_tx(id)?;
+            Ok(out)
+        })
+    }
+
+    fn log_entry(
+        &self,
+        id: GroupId,
+        seq: u64,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let row = self.group_row(id)?;
+        let seq_i = to_i64(seq);
+        if seq_i <= row.cursor || row.state >= STATE_GONE {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let mut gap = Vec::new();
+        if seq_i > row.cursor + 1 {
+            // The relay no longer keeps what came between: it expired before this device read
+            // it. Messages in it are lost to this device; a commit in it would leave the device
+            // behind for good, which the next commit shows.
+            let missed = seq_i - row.cursor - 1;
+            let me = self.name()?;
+            gap.push(Handled::Group(self.notice(
+                id,
+                &me,
+                false,
+                &format!(
+                    "{missed} message(s) of this group expired on the relay before this device read them"
+                ),
+            )?));
+        }
+        self.conn
+            .execute(
+                "UPDATE groups SET cursor = ?1 WHERE id = ?2",
+                params![seq_i, id],
+            )
+            .map_err(db("advancing the log cursor"))?;
+        let mut rest = self.log_entry_at(&row, seq, message_id, payload)?;
+        gap.append(&mut rest);
+        Ok(gap)
+    }
+
+    fn log_entry_at(
+        &self,
+        row: &GroupRow,
+        seq: u64,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let (id, seq_i) = (row.id, to_i64(seq));
+        // This device's own entries: its commit, its messages, its other requests.
+        if row.pending_commit.as_deref() == Some(message_id) {
+            return self.own_commit_landed(row, seq);
+        }
+        let unconfirmed: Option<(Vec<u8>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT content, epoch FROM group_unconfirmed WHERE relay_msg_id = ?1 AND group_row = ?2",
+                params![message_id, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("placing a sent message"))?;
+        if let Some((content, epoch)) = unconfirmed {
+            self.conn
+                .execute(
+                    "DELETE FROM group_unconfirmed WHERE relay_msg_id = ?1",
+                    [message_id],
+                )
+                .map_err(db("placing a sent message"))?;
+            // The epoch alone: from the group context, not the whole tree.
+            let (current, _) = pigeon_e2ee::stored_state(&self.mls(), &row.group_id)?;
+            if to_i64(current) == epoch {
+                self.conn
+                    .execute(
+                        "UPDATE group_messages SET seq = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3",
+                        params![seq_i, id, message_id],
+                    )
+                    .map_err(db("placing a sent message"))?;
+            } else {
+                // It was sent in an epoch a commit ended before it reached the log, so every
+                // member refused it: send it again, in the epoch current now.
+                let again: [u8; 16] = random()?;
+                self.conn
+                    .execute(
+                        "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                        params![id, content, again.as_slice()],
+                    )
+                    .map_err(db("sending a message again"))?;
+                self.conn
+                    .execute(
+                        "UPDATE group_messages SET relay_msg_id = ?1 WHERE group_row = ?2 AND relay_msg_id = ?3",
+                        params![again.as_slice(), id, message_id],
+                    )
+                    .map_err(db("sending a message again"))?;
+            }
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let seen = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM seen WHERE mailbox_id = ?1 AND message_id = ?2",
+                params![row.log_id.as_slice(), message_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("checking for duplicates"))?;
+        if seen.is_some() {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        self.conn
+            .execute_batch("SAVEPOINT log_entry")
+            .map_err(db("starting a savepoint"))?;
+        match self.open_log_entry(row, seq, payload) {
+            Ok(h) => {
+                self.conn
+                    .execute_batch("RELEASE log_entry")
+                    .map_err(db("releasing a savepoint"))?;
+                Ok(h)
+            }
+            Err(ProfileError::E2ee(E2eeError::WrongEpoch { got, current })) if got > current => {
+                // A commit this device never saw moved the group on: it cannot read on.
+                self.conn
+                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
+                    .map_err(db("rolling back"))?;
+                self.conn
+                    .execute(
+                        "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
+                        params![STATE_LOST, id],
+                    )
+                    .map_err(db("marking a group lost"))?;
+                let me = self.name()?;
+                let m = self.notice(
+                    id,
+                    &me,
+                    false,
+                    &format!(
+                        "this device fell behind {}: the group moved on (epoch {got}; this device is \
+                         at {current}) through changes the relay no longer keeps. Ask an admin to \
+                         remove this device (`pigeon group remove`) and invite you again",
+                        row.name
+                    ),
+                )?;
+                Ok(vec![Handled::Group(m)])
+            }
+            Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
+                self.conn
+                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
+                    .map_err(db("rolling back"))?;
+                Ok(vec![Handled::Dropped(e.to_string())])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_log_entry(
+        &self,
+        row: &GroupRow,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let envelope = Envelope::decode(payload)
+            .map_err(|e| peer("envelope", &format!("it does not decode: {e}")))?;
+        let Some(Kind::Mls(ct)) = envelope.kind else {
+            return Err(peer(
+                "envelope",
+                "a group log received something other than an MLS message",
+            ));
+        };
+        let mls = self.mls();
+        let mut group = Group::load(&mls, &row.group_id)?;
+        let roster_before = group.roster()?;
+        let had_pending = group.has_pending_commit();
+        let opened = match group.open(&mls, &ct) {
+            Err(E2eeError::WrongEpoch { got, current }) if got < current => {
+                // A commit that lost the race, or a message older than the keys kept.
+                return Ok(vec![Handled::Duplicate]);
+            }
+            other => other?,
+        };
+        match opened {
+            Opened::Content {
+                content, sender, ..
+            } => {
+                let name = name_of(&roster_before, &sender);
+                match content.body {
+                    Some(Body::Text(t)) => {
+                        let inserted = self
+                            .conn
+                            .execute(
+                                "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
+                                   outgoing, uid, body, sent_at, stored_at)
+                                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+                                params![
+                                    row.id,
+                                    to_i64(seq),
+                                    sender,
+                                    name,
+                                    content.id,
+                                    t.text,
+                                    to_i64(content.sent_at_ms),
+                                    now_ms()
+                                ],
+                            )
+                            .map_err(db("saving a message"))?;
+                        if inserted == 0 {
+                            return Ok(vec![Handled::Duplicate]);
+                        }
+                        let m = self.group_message(self.conn.last_insert_rowid())?;
+                        Ok(vec![Handled::Group(m)])
+                    }
+                    Some(Body::LogKeys(k)) => {
+                        // Only an admin moves the log: a member who is not one could otherwise
+                        // lock everyone out with keys the relay does not know.
+                        if !roster_before.is_admin(&sender) {
+                            return Err(peer(
+                                "log keys",
+                                "a member who is not an admin sent new log keys",
+                            ));
+                        }
+                        let cap = key32(&k.member_cap, "log keys")?;
+                        let owner = key32(&k.owner_key, "log keys")?;
+                        self.conn
+                            .execute(
+                                "UPDATE groups SET log_cap = ?1, log_owner = ?2 WHERE id = ?3",
+                                params![cap.as_slice(), owner.as_slice(), row.id],
+                            )
+                            .map_err(db("taking the log's new keys"))?;
+                        Ok(vec![Handled::LogKeysChanged])
+                    }
+                    _ => Ok(vec![Handled::Duplicate]),
+                }
+            }
+            Opened::Commit { epoch, changes } => {
+                let mut out = Vec::new();
+                if had_pending {
+                    // Another member's commit came first: ours is void (openmls dropped it
+                    // when merging), and its intent is proposed again by drive_in_tx.
+                    self.conn
+                        .execute(
+                            "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                            [row.id],
+                        )
+                        .map_err(db("dropping a lost commit"))?;
+                }
+                out.extend(self.record_changes(row, &changes, false)?);
+                // Someone left by a commit of a member who is not an admin: one admin (the
+                // one with the lowest key, so exactly one) moves the log to new keys.
+                let committer_admin = changes
+                    .committer
+                    .as_ref()
+                    .is_some_and(|c| roster_before.is_admin(&c.key));
+                if !changes.self_removed
+                    && !committer_admin
+                    && (!changes.removed.is_empty() || !changes.left.is_empty())
+                {
+                    let roster = group.roster()?;
+                    let first_admin = roster
+                        .members
+                        .iter()
+                        .filter(|m| m.admin)
+                        .map(|m| m.key.as_slice())
+                        .min();
+                    if first_admin == Some(row.signature_key.as_slice()) {
+                        self.rotate_log_keys(row)?;
+                    }
+                }
+                out.push(Handled::GroupEpoch {
+                    group_id: row.id,
+                    epoch,
+                });
+                Ok(out)
+            }
+            Opened::Leaving { key } => {
+                let name = name_of(&roster_before, &key);
+                let m = self.notice(row.id, &name, false, &format!("{name} asked to leave"))?;
+                Ok(vec![Handled::Group(m)])
+            }
+            _ => Ok(vec![Handled::Duplicate]),
+        }
+    }
+
+    fn own_commit_landed(&self, row: &GroupRow, seq: u64) -> Result<Vec<Handled>, ProfileError> {
+        let mls = self.mls();
+        let mut group = Group::load(&mls, &row.group_id)?;
+        if !group.has_pending_commit() {
+            self.conn
+                .execute(
+                    "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                    [row.id],
+                )
+                .map_err(db("clearing a commit"))?;
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let changes = group.merge_pending(&mls)?;
+        let intent = match row.pending_intent {
+            Some(intent_id) => {
+                let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+                    .conn
+                    .query_row(
+                        "SELECT change, welcome FROM group_intents WHERE id = ?1",
+                        [intent_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db("reading a group change"))?;
+                self.drop_intent(intent_id)?;
+                stored.and_then(|(c, w)| Intent::decode(c.as_slice()).ok().map(|i| (i, w)))
+            }
+            None => None,
+        };
+        self.conn
+            .execute(
+                "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                [row.id],
+            )
+            .map_err(db("recording a commit"))?;
+        let mut out = self.record_changes(row, &changes, true)?;
+        match intent {
+            Some((i, Some(welcome))) if i.kind == ADD => {
+                self.send_welcome(row, &i, welcome, seq)?;
+            }
+            Some((i, _)) if i.kind == UPDATE => {
+                self.conn
+                    .execute(
+                        "UPDATE groups SET sent_since_update = 0, updated_at = ?1 WHERE id = ?2",
+                        params![now_ms(), row.id],
+                    )
+                    .map_err(db("recording a key refresh"))?;
+            }
+            _ => {}
+        }
+        let admin = group.roster()?.is_admin(&row.signature_key);
+        if admin && (!changes.removed.is_empty() || !changes.left.is_empty()) {
+            self.rotate_log_keys(row)?;
+        }
+        out.push(Handled::GroupEpoch {
+            group_id: row.id,
+            epoch: group.epoch(),
+        });
+        Ok(out)
+    }
+
+    /// After a removal this device committed: new log keys, sent in the new epoch (which the
+    /// removed device cannot read), set on the relay once that message is there.
+    fn rotate_log_keys(&self, row: &GroupRow) -> Result<(), ProfileError> {
+        let cap: [u8; 32] = random()?;
+        let owner: [u8; 32] = random()?;
+        let content = new_content(Body::LogKeys(LogKeys {
+            member_cap: cap.to_vec(),
+            owner_key: owner.to_vec(),
+        }))?;
+        // Sent as a draft, so it goes again if a commit ends this epoch before it lands.
+        let mid: [u8; 16] = random()?;
+        self.conn
+            .execute(
+                "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                params![row.id, content.encode_to_vec(), mid.as_slice()],
+            )
+            .map_err(db("announcing the log's new keys"))?;
+        self.conn
+            .execute(
+                "UPDATE groups SET next_cap = ?1, next_owner = ?2 WHERE id = ?3",
+                params![cap.as_slice(), owner.as_slice(), row.id],
+            )
+            .map_err(db("recording the log's new keys"))?;
+        Ok(())
+    }
+
+    /// Mailboxes of group invitations and join requests that served their purpose: the client
+    /// deletes them on their relay (a used link then opens nothing there), then forgets them.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn spent_mailboxes(&self) -> Result<Vec<crate::profile::Inbox>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT relay, mailbox_id, mailbox_key FROM group_invites WHERE used = 1
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 1",
+            )
+            .map_err(db("listing spent mailboxes"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(crate::profile::Inbox {
+                    relay: r.get(0)?,
+                    mailbox: blob32(r.get(1)?)?,
+                    key: SigningKey::from_bytes(&blob32(r.get(2)?)?),
+                })
+            })
+            .map_err(db("listing spent mailboxes"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("listing spent mailboxes"))
+    }
+
+    /// A request to join went to an invitation mailbox that no longer exists: drops the request
+    /// from the outbox, and marks its reply mailbox spent (the client deletes it).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn cancel_group_join(
+        &self,
+        reply_mailbox: &[u8; 32],
+        invite_mailbox: &[u8; 32],
+    ) -> Result<(), ProfileError> {
+        self.tx(|| {
+            self.conn
+                .execute(
+                    "DELETE FROM outbox WHERE mailbox_id = ?1",
+                    [invite_mailbox.as_slice()],
+                )
+                .map_err(db("withdrawing a request to join"))?;
+            self.conn
+                .execute(
+                    "UPDATE group_joins SET used = 1 WHERE mailbox_id = ?1",
+                    [reply_mailbox.as_slice()],
+                )
+                .map_err(db("withdrawing a request to join"))?;
+            Ok(())
+        })
+    }
+
+    /// The relay deleted a spent mailbox: forget it.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn forget_spent(&self, mailbox: &[u8; 32]) -> Result<(), ProfileError> {
+        for table in ["group_invites", "group_joins"] {
+            self.conn
+                .execute(
+                    &format!("DELETE FROM {table} WHERE mailbox_id = ?1 AND used = 1"),
+                    [mailbox.as_slice()],
+                )
+                .map_err(db("forgetting a spent mailbox"))?;
+        }
+        Ok(())
+    }
+
+    /// Log key rotations waiting for the relay (after their announcement was posted).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn pending_rotations(&self) -> Result<Vec<PendingRotation>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT g.id, g.log_relay, g.log_id, g.log_owner, g.next_owner, g.next_cap FROM groups g
+                 WHERE g.next_cap IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.mailbox_id = g.log_id)
+                   AND NOT EXISTS (SELECT 1 FROM group_drafts d WHERE d.group_row = g.id)
+                   AND NOT EXISTS (SELECT 1 FROM group_unconfirmed u WHERE u.group_row = g.id)",
+            )
+            .map_err(db("reading log rotations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingRotation {
+                    group: r.get(0)?,
+                    relay: r.get(1)?,
+                    log_id: blob32(r.get(2)?)?,
+                    owner: SigningKey::from_bytes(&blob32(r.get(3)?)?),
+                    next_owner: SigningKey::from_bytes(&blob32(r.get(4)?)?),
+                    next_cap: blob32(r.get(5)?)?,
+                })
+            })
+            .map_err(db("reading log rotations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading log rotations"))
+    }
+
+    /// The relay took a rotation: the new keys are the log's keys now.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn rotated(&self, group: GroupId) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "UPDATE groups SET log_cap = next_cap, log_owner = next_owner, next_cap = NULL,
+                   next_owner = NULL WHERE id = ?1 AND next_cap IS NOT NULL",
+                [group],
+            )
+            .map_err(db("recording the log's new keys"))?;
+        Ok(())
+    }
+
+    fn record_changes(
+        &self,
+        row: &GroupRow,
+        changes: &Changes,
+        own: bool,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let by = if own {
+            self.name()?
+        } else {
+            changes
+                .committer
+                .as_ref()
+                .map_or_else(|| "someone".to_owned(), |e| e.name.clone())
+        };
+        let mut lines = Vec::new();
+        for a in &changes.added {
+            lines.push(format!("{by} added {}", a.name));
+        }
+        for r in &changes.removed {
+            lines.push(format!("{by} removed {}", r.name));
+        }
+        for l in &changes.left {
+            lines.push(format!("{} left", l.name));
+        }
+        if let Some(name) = &changes.renamed {
+            lines.push(format!("{by} renamed the group to {name}"));
+            self.conn
+                .execute(
+                    "UPDATE groups SET name = ?1 WHERE id = ?2",
+                    params![name, row.id],
+                )
+                .map_err(db("renaming a group"))?;
+        }
+        for p in &changes.promoted {
+            lines.push(format!("{by} made {} an admin", p.name));
+        }
+        if changes.self_removed {
+            lines.push(format!(
+                "you are no longer in this group (removed by {by}); it reads nothing new"
+            ));
+            self.conn
+                .execute(
+                    "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
+                    params![STATE_GONE, row.id],
+                )
+                .map_err(db("leaving a group"))?;
+            self.conn
+                .execute("DELETE FROM group_intents WHERE group_row = ?1", [row.id])
+                .map_err(db("leaving a group"))?;
+        }
+        let mut out = Vec::new();
+        for line in lines {
+            out.push(Handled::Group(self.notice(row.id, &by, own, &line)?));
+        }
+        Ok(out)
+    }
+
+    fn send_welcome(
+        &self,
+        row: &GroupRow,
+        intent: &Intent,
+        welcome: Vec<u8>,
+        seq: u64,
+    ) -> Result<(), ProfileError> {
+        let secret = key32(&intent.welcome_secret, "join request")?;
+        let mailbox = key32(&intent.welcome_mailbox, "join request")?;
+        let cap = key32(&intent.welcome_cap, "join request")?;
+        let relay = crate::profile::parse_stored_relay(&row.log_relay)?;
+        // Read the log keys afresh: a rotation may have happened in this same batch.
+        let fresh = self.group_row(row.id)?;
+        let body = GroupWelcome {
+            welcome,
+            log_relay: relay.to_payload().encode_to_vec(),
+            log_id: fresh.log_id.to_vec(),
+            log_cap: fresh.log_cap.to_vec(),
+            log_owner: fresh.log_owner.clone(),
+            after_seq: seq,
+        };
+        let sealed = seal(&secret, b"welcome", &body.encode_to_vec())?;
+        let parts = sealed.chunks(WELCOME_PART).count();
+        let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
+        for (i, chunk) in sealed.chunks(WELCOME_PART).enumerate() {
+            self.queue(
+                &intent.welcome_relay,
+                &mailbox,
+                &cap,
+                &Envelope {
+                    kind: Some(Kind::WelcomePart(WelcomePart {
+                        part: u32::try_from(i).unwrap_or(u32::MAX),
+                        parts: parts_u32,
+                        bytes: chunk.to_vec(),
+                    })),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A delivery on one of this profile's group invitation mailboxes: a request to join.
+    pub(in crate::profile) fn group_join_request(
+        &self,
+        mailbox: &[u8; 32],
+        envelope: Envelope,
+    ) -> Result<Option<Handled>, ProfileError> {
+        let invite: Option<(i64, GroupId, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT id, group_row, secret FROM group_invites WHERE mailbox_id = ?1 AND used = 0",
+                [mailbox.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db("finding the mailbox"))?;
+        let Some((invite_id, group, secret)) = invite else {
+            return Ok(None);
+        };
+        let Some(Kind::JoinRequest(sealed)) = envelope.kind else {
+            return Err(peer(
+                "join request",
+                "a group invitation's mailbox received something other than a request to join",
+            ));
+        };
+        let secret = key32(&secret, "join request")?;
+        let plain = open_sealed(&secret, b"join", &sealed)?;
+        let req = JoinRequest::decode(plain.as_slice())
+            .map_err(|e| peer("join request", &format!("it does not decode: {e}")))?;
+        check_name(&req.name).map_err(|r| peer("join request", &r))?;
+        RelayLink::from_payload_bytes(&req.reply_relay)
+            .map_err(|e| peer("join request", &format!("its reply relay is invalid: {e}")))?;
+        key32(&req.reply_mailbox, "join request")?;
+        key32(&req.reply_cap, "join request")?;
+        if req.person.len() != 16 || req.device.chars().count() > 64 {
+            return Err(peer(
+                "join request",
+                "its person id or device name is malformed",
+            ));
+        }
+        let key = pigeon_e2ee::key_package_signature_key(&self.mls(), &req.key_package)?;
+        let relay = RelayLink::from_payload_bytes(&req.reply_relay)
+            .map_err(|e| peer("join request", &e.to_string()))?;
+        let intent = Intent {
+            kind: ADD,
+            key_package: req.key_package,
+            entry: Some(RosterEntry {
+                key,
+                person: req.person,
+                name: req.name.clone(),
+                device: req.device,
+                admin: false,
+            }),
+            welcome_relay: relay.to_string(),
+            welcome_mailbox: req.reply_mailbox,
+            welcome_cap: req.reply_cap,
+            welcome_secret: secret.to_vec(),
+            ..Intent::default()
+        };
+        // Each invitation works once.
+        self.conn
+            .execute(
+                "UPDATE group_invites SET used = 1 WHERE id = ?1",
+                [invite_id],
+            )
+            .map_err(db("closing the invitation"))?;
+        self.add_intent(group, &intent)?;
+        self.drive_in_tx(group)?;
+        let me = self.name()?;
+        let m = self.notice(
+            group,
+            &me,
+            true,
+            &format!("{} accepted your invitation; adding them", req.name),
+        )?;
+        Ok(Some(Handled::Group(m)))
+    }
+
+    /// A delivery on one of this profile's join-request reply mailboxes: a part of a Welcome.
+    pub(in crate::profile) fn group_welcome_part(
+        &self,
+        mailbox: &[u8; 32],
+        envelope: Envelope,
+    ) -> Result<Option<Handled>, ProfileError> {
+        let join: Option<(i64, Vec<u8>, Vec<u8>, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, secret, signature_key, group_name FROM group_joins WHERE mailbox_id = ?1 AND used = 0",
+                [mailbox.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db("finding the mailbox"))?;
+        let Some((join_id, secret, signature_key, _name)) = join else {
+            return Ok(None);
+        };
+        let Some(Kind::WelcomePart(part)) = envelope.kind else {
+            return Err(peer(
+                "welcome",
+                "a request to join received something other than a Welcome",
+            ));
+        };
+        if part.parts == 0 || part.parts > MAX_WELCOME_PARTS || part.part >= part.parts {
+            return Err(peer("welcome", "its part numbers are out of range"));
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO welcome_parts (mailbox_id, part, parts, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![mailbox.as_slice(), part.part, part.parts, part.bytes],
+            )
+            .map_err(db("keeping a part of a Welcome"))?;
+        let have: Vec<(u32, u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT part, parts, bytes FROM welcome_parts WHERE mailbox_id = ?1 ORDER BY part")
+                .map_err(db("reading a Welcome"))?;
+            let rows = stmt
+                .query_map([mailbox.as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db("reading a Welcome"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading a Welcome"))?
+        };
+        if have.iter().any(|(_, n, _)| *n != part.parts) {
+            return Err(peer("welcome", "its parts disagree on how many there are"));
+        }
+        if u32::try_from(have.len()).unwrap_or(u32::MAX) < part.parts {
+            return Ok(Some(Handled::Duplicate));
+        }
+        let sealed: Vec<u8> = have.into_iter().flat_map(|(_, _, b)| b).collect();
+        self.conn
+            .execute(
+                "DELETE FROM welcome_parts WHERE mailbox_id = ?1",
+                [mailbox.as_slice()],
+            )
+            .map_err(db("reading a Welcome"))?;
+        let secret = key32(&secret, "welcome")?;
+        let plain = open_sealed(&secret, b"welcome", &sealed)?;
+        let gw = GroupWelcome::decode(plain.as_slice())
+            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
+        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
+            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
+        let log_id = key32(&gw.log_id, "welcome")?;
+        let log_cap = key32(&gw.log_cap, "welcome")?;
+        let log_owner = key32(&gw.log_owner, "welcome")?;
+        let mls = self.mls();
+        let group = Group::join_group(&mls, &gw.welcome)?;
+        let roster = group.roster()?;
+        let Some(me) = roster.entry(&signature_key) else {
+            return Err(peer(
+                "welcome",
+                "the group's roster does not list this device",
+            ));
+        };
+        let person = me.person.clone();
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id, log_cap,
+                   log_owner, cursor, updated_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    roster.name,
+                    group.id(),
+                    signature_key,
+                    group.suite().unwrap_or(Suite::XWing).code(),
+                    person,
+                    log_relay.to_string(),
+                    log_id.as_slice(),
+                    log_cap.as_slice(),
+                    log_owner.as_slice(),
+                    to_i64(gw.after_seq),
+                    now
+                ],
+            )
+            .map_err(db("saving the group"))?;
+        let id = GroupId(self.conn.last_insert_rowid());
+        self.conn
+            .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
+            .map_err(db("closing the request to join"))?;
+        let members: Vec<String> = roster
+            .members
+            .iter()
+            .filter(|m| m.key != signature_key)
+            .map(|m| m.name.clone())
+            .collect();
+        let my_name = self.name()?;
+        self.notice(
+            id,
+            &my_name,
+            false,
+            &format!("you joined {} with {}", roster.name, members.join(", ")),
+        )?;
+        Ok(Some(Handled::JoinedGroup(self.group_info(id)?)))
+    }
+}
