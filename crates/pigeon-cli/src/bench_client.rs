@@ -2,11 +2,13 @@
 //!
 //! 1. MLS encrypt + decrypt of one 1:1 text message (X-Wing suite), in memory: the pure
 //!    cryptographic cost.
-//! 2. The same through two SQLCipher profiles: compose (encrypt, queue, one transaction with
-//!    fsync) and receive (de-duplicate, decrypt, record, one transaction with fsync), and
-//!    receive when a relay's push of 100 is recorded in one transaction.
-//! 3. Invitation to first message read, on loopback with a real relay process: invite, accept,
-//!    the inviter takes the join and answers, the first text arrives.
+//! 2. The same through two SQLCipher profiles, in the conversation's log: compose (encrypt,
+//!    queue, one transaction with fsync) and receive (place in the log, decrypt, record, one
+//!    transaction with fsync), and receive when a relay's push of 100 is recorded in one
+//!    transaction.
+//! 3. Invitation to first message read, on loopback with a real relay process: invite, accept
+//!    (the conversation of two starts on a log), the inviter takes the Welcome and answers, the
+//!    first text arrives.
 //! 4. Profile size after 10,000 received messages.
 
 use crate::relay_proc::RelayProcess;
@@ -75,41 +77,64 @@ fn relay_link() -> anyhow::Result<pigeon_transport::RelayLink> {
     )?)
 }
 
+/// The conversation's log, in memory: each post takes the next position.
+#[derive(Default)]
+struct Log {
+    next: u64,
+}
+
+impl Log {
+    /// Takes everything `from` queued: a mailbox item goes to `to`; a log post gets its
+    /// position and goes to both (the poster reads its own posts back to confirm them).
+    /// Returns how many log posts there were.
+    fn hand_over(&mut self, from: &Profile, to: &Profile) -> anyhow::Result<usize> {
+        let items: Vec<OutboxItem> = from.outbox()?;
+        let mut posts = 0;
+        for item in &items {
+            if to.is_log(&item.mailbox)? {
+                self.next += 1;
+                posts += 1;
+                let entry = [(
+                    self.next,
+                    item.message_id.as_slice(),
+                    item.payload.as_slice(),
+                )];
+                for reader in [to, from] {
+                    for h in reader.handle_log_deliveries(&item.mailbox, &entry)? {
+                        if let Handled::Dropped(r) = h {
+                            anyhow::bail!("a message was dropped: {r}");
+                        }
+                    }
+                }
+            } else if let Handled::Dropped(r) =
+                to.handle_delivery(&item.mailbox, &item.message_id, &item.payload)?
+            {
+                anyhow::bail!("a message was dropped: {r}");
+            }
+            from.sent(item.id)?;
+        }
+        Ok(posts)
+    }
+}
+
 /// Two profiles joined through an invitation, without a relay (outboxes handed over).
-fn profile_pair(dir: &Path) -> anyhow::Result<(Profile, Profile, pigeon_client::ContactId)> {
+fn profile_pair(dir: &Path) -> anyhow::Result<(Profile, Profile, pigeon_client::ContactId, Log)> {
     let pass = || Passphrase::new("bench".to_owned());
     let alice = Profile::create(&dir.join("alice"), &pass(), "alice", &relay_link()?)?;
     let bob = Profile::create(&dir.join("bob"), &pass(), "bob", &relay_link()?)?;
     let prepared = alice.prepare_invite()?;
     let invite = Invite::parse(&prepared.invite.to_link()?)?;
-    let inbox = OwnedMailbox::generate()?;
-    bob.accept(
-        &invite,
-        Suite::XWing,
-        &prepared.key_packages[0],
-        &inbox,
-        None,
-    )?;
-    hand_over(&bob, &alice)?;
-    hand_over(&alice, &bob)?;
+    let log = OwnedMailbox::generate()?;
+    bob.start_conversation(&invite, Suite::XWing, &prepared.key_packages[0], &log, None)?;
+    let mut wire = Log::default();
+    wire.hand_over(&bob, &alice)?;
     let id = alice.find_contact("bob")?.id;
-    Ok((alice, bob, id))
-}
-
-fn hand_over(from: &Profile, to: &Profile) -> anyhow::Result<usize> {
-    let items: Vec<OutboxItem> = from.outbox()?;
-    for item in &items {
-        match to.handle_delivery(&item.mailbox, &item.message_id, &item.payload)? {
-            Handled::Dropped(r) => anyhow::bail!("a message was dropped: {r}"),
-            _ => from.sent(item.id)?,
-        }
-    }
-    Ok(items.len())
+    Ok((alice, bob, id, wire))
 }
 
 fn profiles(n: u32) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
     let dir = tempfile::tempdir()?;
-    let (alice, bob, id) = profile_pair(dir.path())?;
+    let (alice, bob, id, mut wire) = profile_pair(dir.path())?;
     let (mut compose, mut receive) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
     for i in 0..n {
         let t = Instant::now();
@@ -118,12 +143,26 @@ fn profiles(n: u32) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
             &format!("benchmark message {i}, about as long as a chat line"),
         )?;
         compose.record(u64::try_from(t.elapsed().as_nanos())?)?;
-        let item = alice.outbox()?.remove(0);
-        let t = Instant::now();
-        let handled = bob.handle_delivery(&item.mailbox, &item.message_id, &item.payload)?;
-        receive.record(u64::try_from(t.elapsed().as_nanos())?)?;
-        anyhow::ensure!(matches!(handled, Handled::Message { .. }), "{handled:?}");
-        alice.sent(item.id)?;
+        // The text, and now and then a key refresh queued with it.
+        for item in alice.outbox()? {
+            wire.next += 1;
+            let entry = [(
+                wire.next,
+                item.message_id.as_slice(),
+                item.payload.as_slice(),
+            )];
+            let t = Instant::now();
+            let handled = bob.handle_log_deliveries(&item.mailbox, &entry)?;
+            if matches!(handled.as_slice(), [Handled::Message { .. }]) {
+                receive.record(u64::try_from(t.elapsed().as_nanos())?)?;
+            }
+            anyhow::ensure!(
+                !handled.iter().any(|h| matches!(h, Handled::Dropped(_))),
+                "{handled:?}"
+            );
+            alice.handle_log_deliveries(&item.mailbox, &entry)?;
+            alice.sent(item.id)?;
+        }
     }
     Ok((compose, receive))
 }
@@ -131,7 +170,7 @@ fn profiles(n: u32) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
 /// Receive cost per message when a push of 100 is recorded in one transaction.
 fn batched_receive(n: u32) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let (alice, bob, id) = profile_pair(dir.path())?;
+    let (alice, bob, id, mut wire) = profile_pair(dir.path())?;
     let mut total = Duration::ZERO;
     let mut count = 0u32;
     for chunk in 0..n.div_ceil(100) {
@@ -139,15 +178,24 @@ fn batched_receive(n: u32) -> anyhow::Result<f64> {
             alice.compose(id, &format!("benchmark message {chunk}/{i}"))?;
         }
         let items = alice.outbox()?;
-        let mailbox = items.first().context("queued")?.mailbox;
-        let batch: Vec<(&[u8], &[u8])> = items
+        let log = items.first().context("queued")?.mailbox;
+        let first = wire.next + 1;
+        let batch: Vec<(u64, &[u8], &[u8])> = items
             .iter()
-            .map(|i| (i.message_id.as_slice(), i.payload.as_slice()))
+            .zip(first..)
+            .map(|(i, seq)| (seq, i.message_id.as_slice(), i.payload.as_slice()))
             .collect();
+        wire.next += items.len() as u64;
         let t = Instant::now();
-        let handled = bob.handle_deliveries(&mailbox, &batch)?;
+        let handled = bob.handle_log_deliveries(&log, &batch)?;
         total += t.elapsed();
-        count += u32::try_from(handled.len())?;
+        count += u32::try_from(
+            handled
+                .iter()
+                .filter(|h| matches!(h, Handled::Message { .. }))
+                .count(),
+        )?;
+        alice.handle_log_deliveries(&log, &batch)?;
         for item in &items {
             alice.sent(item.id)?;
         }
@@ -157,17 +205,17 @@ fn batched_receive(n: u32) -> anyhow::Result<f64> {
 
 fn db_size(n: u32) -> anyhow::Result<(u64, u64)> {
     let dir = tempfile::tempdir()?;
-    let (alice, bob, id) = profile_pair(dir.path())?;
+    let (alice, bob, id, mut wire) = profile_pair(dir.path())?;
     for i in 0..n {
         alice.compose(
             id,
             &format!("benchmark message {i}, about as long as a chat line"),
         )?;
         if i % 100 == 99 {
-            hand_over(&alice, &bob)?;
+            wire.hand_over(&alice, &bob)?;
         }
     }
-    hand_over(&alice, &bob)?;
+    wire.hand_over(&alice, &bob)?;
     let size = |p: &Profile| std::fs::metadata(p.dir().join(DB_FILE)).map(|m| m.len());
     Ok((size(&alice)?, size(&bob)?))
 }

@@ -104,6 +104,7 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     let roster = Roster {
         name: "bench".to_owned(),
         members: vec![admin.entry(0, true)],
+        direct: false,
     };
     let mut a = Group::create(&admin.provider, &admin.identity, Suite::XWing, &roster)?;
     let other = Device::new()?;

@@ -371,10 +371,17 @@ impl Client {
                 }
             }
         };
-        let inbox = self.new_inbox().await?;
-        let contact =
+        // The conversation is a group of two on a log on this profile's relay.
+        let relay = self.profile.relay()?;
+        let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+        self.on_own_relay(&relay, async |conn| {
+            conn.create_log(&log.key, &log.id, log.cap_hash()).await
+        })
+        .await?;
+        let contact = blocking(|| {
             self.profile
-                .accept(&invite, offer.suite, &key_package, &inbox, local_name)?;
+                .start_conversation(&invite, offer.suite, &key_package, &log, local_name)
+        })?;
         let report = self.flush(true).await?;
         Ok((contact, report))
     }
@@ -850,60 +857,94 @@ impl Client {
         if self.profile.is_log(&mailbox)? {
             return self.handle_log_push(key, mailbox, push).await;
         }
-        let mut seqs = Vec::new();
-        let mut invites = Vec::new();
-        let mut receipts: BTreeMap<crate::ContactId, Vec<Vec<u8>>> = BTreeMap::new();
         let batch: Vec<(&[u8], &[u8])> = push
             .deliveries
             .iter()
             .map(|d| (d.message_id.as_slice(), d.ciphertext.as_slice()))
             .collect();
-        let handled_all = blocking(|| self.profile.handle_deliveries(&mailbox, &batch))?;
-        for (d, handled) in push.deliveries.iter().zip(handled_all) {
-            seqs.push(d.seq);
-            if let Some(w) = self.waiting.get_mut(&mailbox) {
-                *w = w.saturating_sub(1);
-            }
-            match handled {
-                Handled::Message {
-                    message,
-                    content_id,
-                } => {
-                    receipts
-                        .entry(message.contact_id)
-                        .or_default()
-                        .push(content_id);
-                    events.push(ClientEvent::Message(message));
-                }
-                Handled::NewContact(c) => events.push(ClientEvent::NewContact(c)),
-                Handled::Intro { contact_id } => {
-                    events.push(ClientEvent::Introduced(self.profile.contact(contact_id)?));
-                }
-                Handled::Receipt {
-                    contact_id,
-                    delivered,
-                } => events.push(ClientEvent::Delivered {
-                    contact_id,
-                    count: delivered,
-                }),
-                Handled::Rekeyed { contact_id, epoch } => {
-                    events.push(ClientEvent::Rekeyed { contact_id, epoch });
-                }
-                Handled::Group(m) => events.push(ClientEvent::Group(m)),
-                Handled::JoinedGroup(g) => events.push(ClientEvent::JoinedGroup(g)),
-                Handled::GroupInvite { contact_id, link } => invites.push((contact_id, link)),
-                Handled::Duplicate | Handled::GroupEpoch { .. } | Handled::LogKeysChanged => {}
-                Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
-            }
+        let handled = blocking(|| self.profile.handle_deliveries(&mailbox, &batch))?;
+        if let Some(w) = self.waiting.get_mut(&mailbox) {
+            *w = w.saturating_sub(push.deliveries.len() as u64);
+        }
+        let mut after = AfterHandling::default();
+        for h in handled {
+            self.event_of(h, &mut events, &mut after)?;
         }
         if let Some(session) = self.sessions.get(&key) {
             // A failed ack only means a redelivery, which the profile recognises.
+            let seqs = push.deliveries.iter().map(|d| d.seq).collect();
             let _ = session.conn.ack(&MailboxId(mailbox), seqs).await;
         }
-        for (contact, ids) in receipts {
+        self.after_handling(after, &mut events).await?;
+        Ok(events)
+    }
+
+    /// What a handled delivery means for a user interface; receipts and group invitations to
+    /// act on are collected in `after`.
+    fn event_of(
+        &self,
+        handled: Handled,
+        events: &mut Vec<ClientEvent>,
+        after: &mut AfterHandling,
+    ) -> Result<(), Error> {
+        match handled {
+            Handled::Message {
+                message,
+                content_id,
+            } => {
+                after
+                    .receipts
+                    .entry(message.contact_id)
+                    .or_default()
+                    .push(content_id);
+                events.push(ClientEvent::Message(message));
+            }
+            Handled::NewContact(c) => {
+                after.new_logs = true;
+                events.push(ClientEvent::NewContact(c));
+            }
+            Handled::Intro { contact_id } => {
+                events.push(ClientEvent::Introduced(self.profile.contact(contact_id)?));
+            }
+            Handled::Receipt {
+                contact_id,
+                delivered,
+            } => events.push(ClientEvent::Delivered {
+                contact_id,
+                count: delivered,
+            }),
+            Handled::Rekeyed { contact_id, epoch } => {
+                events.push(ClientEvent::Rekeyed { contact_id, epoch });
+            }
+            Handled::Group(m) => events.push(ClientEvent::Group(m)),
+            Handled::JoinedGroup(g) => {
+                after.new_logs = true;
+                events.push(ClientEvent::JoinedGroup(g));
+            }
+            Handled::GroupInvite { contact_id, link } => after.invites.push((contact_id, link)),
+            Handled::LogKeysChanged => after.keys_changed = true,
+            Handled::Duplicate | Handled::GroupEpoch { .. } => {}
+            Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
+        }
+        Ok(())
+    }
+
+    /// Sends receipts for what arrived and asks to join the groups contacts added this
+    /// profile to (after the deliveries were acknowledged).
+    async fn after_handling(
+        &mut self,
+        after: AfterHandling,
+        events: &mut Vec<ClientEvent>,
+    ) -> Result<(), Error> {
+        if after.new_logs {
+            // A conversation or group just joined: read its log from now on. A relay that
+            // cannot be reached now is tried again at the next subscription.
+            let _ = self.subscribe_all().await;
+        }
+        for (contact, ids) in after.receipts {
             blocking(|| self.profile.compose_receipt(contact, ids))?;
         }
-        for (contact_id, link) in invites {
+        for (contact_id, link) in after.invites {
             // A contact added this profile to a group: ask to join with the invitation it
             // sent inside the conversation.
             let from = self.profile.contact(contact_id)?.name;
@@ -922,7 +963,7 @@ impl Client {
                 ))),
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     async fn handle_log_push(
@@ -941,21 +982,17 @@ impl Client {
             *w = w.saturating_sub(push.deliveries.len() as u64);
         }
         let mut events = Vec::new();
-        let mut keys_changed = false;
+        let mut after = AfterHandling::default();
         for h in handled {
-            match h {
-                Handled::Group(m) => events.push(ClientEvent::Group(m)),
-                Handled::JoinedGroup(g) => events.push(ClientEvent::JoinedGroup(g)),
-                Handled::LogKeysChanged => keys_changed = true,
-                Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
-                _ => {}
-            }
+            self.event_of(h, &mut events, &mut after)?;
         }
         if let Some(session) = self.sessions.get(&key) {
             // A log keeps its messages; the ack only frees the push window.
             let seqs = push.deliveries.iter().map(|d| d.seq).collect();
             let _ = session.conn.ack(&MailboxId(log), seqs).await;
         }
+        let keys_changed = after.keys_changed;
+        self.after_handling(after, &mut events).await?;
         if keys_changed {
             // Read on with the new capability from where this device is.
             if let Some(s) = self.sessions.get_mut(&key) {
@@ -1042,6 +1079,19 @@ impl Client {
     pub fn connected_relays(&self) -> Vec<RelayLink> {
         self.sessions.values().map(|s| s.link.clone()).collect()
     }
+}
+
+/// What handling a push leaves to do once it is acknowledged.
+#[derive(Default)]
+struct AfterHandling {
+    /// Receipts to send, per contact.
+    receipts: BTreeMap<crate::ContactId, Vec<Vec<u8>>>,
+    /// Group invitations contacts sent.
+    invites: Vec<(crate::ContactId, String)>,
+    /// A log moved to new keys.
+    keys_changed: bool,
+    /// A conversation or group was joined: its log is new.
+    new_logs: bool,
 }
 
 /// What [`Client::subscribe_all`] subscribes to.

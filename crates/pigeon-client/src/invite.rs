@@ -4,13 +4,16 @@
 //! nothing that names the inviter to a relay:
 //!
 //! * the inviter's relay (its Noise key and routes),
-//! * the inviter's new mailbox and the capability to post into it,
+//! * a one-time mailbox of the inviter's and the capability to post into it: the accepting side
+//!   starts the conversation (a group of two on a log of its relay) and sends the Welcome
+//!   there; the inviter deletes the mailbox once the Welcome is in, so a used link opens
+//!   nothing,
 //! * one key-package slot per ciphersuite offered (X-Wing first) — the key packages are too
 //!   big for a QR code, so they wait on the relay and the link names them,
 //! * the public signature key those key packages must carry, so a relay that swaps in its own
 //!   key package is caught,
-//! * a secret the accepting side proves it knows inside the encrypted first message, so a
-//!   relay that takes the key package itself cannot pose as the person invited,
+//! * a secret that seals the Welcome (and, for a group, the request to join), so a relay that
+//!   takes the key package itself cannot pose as the person invited,
 //! * the inviter's display name, to show whose invitation it is.
 //!
 //! Parsing is strict: each field is checked and a refusal says what is wrong.
@@ -57,17 +60,6 @@ pub(crate) struct OfferPayload {
     suite: u32,
     #[prost(bytes = "vec", tag = "2")]
     slot_id: Vec<u8>,
-}
-
-/// Where the accepting side wants replies: sent inside the encrypted first message.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ReplyToPayload {
-    #[prost(bytes = "vec", tag = "1")]
-    pub(crate) relay: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub(crate) mailbox_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "3")]
-    pub(crate) sender_cap: Vec<u8>,
 }
 
 /// A key-package slot for one ciphersuite.

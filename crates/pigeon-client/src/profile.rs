@@ -13,8 +13,8 @@
 //! [`Profile::handle_delivery`] before acknowledging it.
 
 use crate::ids::ContactId;
-use crate::invite::{Invite, Offer, ReplyToPayload, check_name};
-use pigeon_e2ee::content::{Intro, Join, Receipt, Text, body::Body, envelope::Kind};
+use crate::invite::{Invite, Offer, check_name};
+use pigeon_e2ee::content::{Receipt, Text, body::Body, envelope::Kind};
 use pigeon_e2ee::{Content, CryptoProvider, E2eeError, Envelope, Group, Identity, Suite};
 use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// A passphrase, wiped from memory when dropped and never printed.
 pub struct Passphrase(Zeroizing<String>);
@@ -453,6 +453,32 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_3)
                 .map_err(db("adding the group tables"))?;
         }
+        if version < 4 {
+            // `contacts` is rebuilt: with foreign keys on, dropping the old table would delete
+            // every message (ON DELETE CASCADE). The pragma has no effect inside a transaction,
+            // so it is switched around the migration's own.
+            conn.pragma_update(None, "foreign_keys", "OFF")
+                .map_err(db("preparing to move conversations to groups"))?;
+            let migrated = conn
+                .execute_batch(schema::MIGRATE_4)
+                .map_err(db("moving conversations to groups"));
+            if migrated.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(db("configuring the database"))?;
+            migrated?;
+            let broken: Option<String> = conn
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()
+                .map_err(db("checking the moved conversations"))?;
+            if let Some(table) = broken {
+                return Err(ProfileError::Db {
+                    doing: "checking the moved conversations",
+                    reason: format!("table {table} refers to a row that is gone"),
+                });
+            }
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
@@ -593,20 +619,21 @@ impl Profile {
                 offers,
                 group: None,
             };
-            let link = invite
-                .to_link()
-                .map_err(|e| ProfileError::Invalid(e.to_string()))?;
+            // The person accepting starts the conversation and sends its Welcome here: the
+            // invitation waits like a request to join a group of two.
+            let person: [u8; 16] = random()?;
             self.conn
                 .execute(
-                    "INSERT INTO invites (mailbox_id, mailbox_key, relay, signature_key, secret, link, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO group_joins (mailbox_id, mailbox_key, relay, secret, signature_key,
+                       person, group_name, created_at, direct)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 1)",
                     params![
                         mailbox_id.as_slice(),
                         mailbox_key.to_bytes().as_slice(),
                         relay.to_string(),
-                        signature_key.as_slice(),
                         secret.as_slice(),
-                        link,
+                        signature_key.as_slice(),
+                        person.as_slice(),
                         now_ms()
                     ],
                 )
@@ -629,7 +656,7 @@ impl Profile {
         self.tx(|| {
             self.conn
                 .execute(
-                    "DELETE FROM invites WHERE mailbox_id = ?1",
+                    "DELETE FROM group_joins WHERE mailbox_id = ?1",
                     [prepared.invite.mailbox_id.as_slice()],
                 )
                 .map_err(db("withdrawing the invitation"))?;
@@ -642,78 +669,7 @@ impl Profile {
         })
     }
 
-    /// Accepts an invitation: starts the group with the inviter's key package, names the
-    /// contact, and queues the Welcome with our introduction to the inviter's mailbox.
-    /// `inbox` is the mailbox (already created on our relay) where replies will arrive.
-    ///
-    /// # Errors
-    /// [`ProfileError::E2ee`] when the key package is not the inviter's or is unusable.
-    pub fn accept(
-        &self,
-        invite: &Invite,
-        suite: Suite,
-        key_package: &[u8],
-        inbox: &crate::OwnedMailbox,
-        local_name: Option<&str>,
-    ) -> Result<Contact, ProfileError> {
-        let relay = self.relay()?;
-        let my_name = self.name()?;
-        if let Some(n) = local_name {
-            check_name(n).map_err(ProfileError::Invalid)?;
-        }
-        self.tx(|| {
-            let mls = self.mls();
-            let identity = Identity::generate(&mls)?;
-            let (mut group, welcome) =
-                Group::start(&mls, &identity, suite, key_package, &invite.signature_key)?;
-            let reply_to = ReplyToPayload {
-                relay: relay.to_payload().encode_to_vec(),
-                mailbox_id: inbox.id.0.to_vec(),
-                sender_cap: inbox.sender_cap.to_vec(),
-            };
-            let intro = new_content(Body::Intro(Intro {
-                name: my_name,
-                invite_secret: invite.secret.to_vec(),
-                reply_to: reply_to.encode_to_vec(),
-            }))?;
-            let first = group.seal(&mls, &identity, &intro)?;
-            let name = self.unique_name(local_name.unwrap_or(&invite.name))?;
-            self.conn
-                .execute(
-                    "INSERT INTO contacts (name, named_by_user, group_id, signature_key, suite, committer,
-                       inbox_id, inbox_key, inbox_relay, peer_relay, peer_mailbox, peer_cap, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    params![
-                        name,
-                        local_name.is_some(),
-                        group.id(),
-                        identity.public_key(),
-                        suite.code(),
-                        inbox.id.0.as_slice(),
-                        inbox.key.to_bytes().as_slice(),
-                        relay.to_string(),
-                        invite.relay.to_string(),
-                        invite.mailbox_id.as_slice(),
-                        invite.sender_cap.as_slice(),
-                        now_ms()
-                    ],
-                )
-                .map_err(db("saving the contact"))?;
-            let contact_id = ContactId(self.conn.last_insert_rowid());
-            let envelope = Envelope {
-                kind: Some(Kind::Join(Join { welcome, first })),
-            };
-            self.queue(
-                &invite.relay.to_string(),
-                &invite.mailbox_id,
-                &invite.sender_cap,
-                &envelope,
-            )?;
-            self.contact(contact_id)
-        })
-    }
-
-    fn unique_name(&self, wanted: &str) -> Result<String, ProfileError> {
+    pub(in crate::profile) fn unique_name(&self, wanted: &str) -> Result<String, ProfileError> {
         let taken = |n: &str| -> Result<bool, ProfileError> {
             self.conn
                 .query_row("SELECT 1 FROM contacts WHERE name = ?1", [n], |_| Ok(()))
@@ -828,7 +784,8 @@ impl Profile {
     ) -> Result<Option<String>, ProfileError> {
         self.conn
             .query_row(
-                "SELECT name FROM contacts WHERE peer_mailbox = ?1",
+                "SELECT name FROM contacts WHERE peer_mailbox = ?1
+                   OR conversation = (SELECT id FROM groups WHERE log_id = ?1)",
                 [peer_mailbox.as_slice()],
                 |r| r.get(0),
             )
@@ -879,6 +836,10 @@ impl Profile {
                 pigeon_e2ee::content::MAX_TEXT
             )));
         }
+        if let Some(direct) = self.conversation(contact_id)? {
+            let line = self.compose_group(direct.group, text)?;
+            return self.as_message(&direct, &line);
+        }
         self.tx(|| {
             let row = self.contact_row(contact_id)?;
             let mls = self.mls();
@@ -916,6 +877,9 @@ impl Profile {
         link: &str,
     ) -> Result<(), ProfileError> {
         self.tx(|| {
+            if let Some(direct) = self.conversation(contact_id)? {
+                return self.conversation_group_invite(direct.group, link);
+            }
             let row = self.contact_row(contact_id)?;
             let mls = self.mls();
             let identity = Identity::load(&mls, &row.signature_key)?;
@@ -941,6 +905,9 @@ impl Profile {
             return Ok(());
         }
         self.tx(|| {
+            if let Some(direct) = self.conversation(contact_id)? {
+                return self.conversation_receipts(direct.group, ids);
+            }
             let row = self.contact_row(contact_id)?;
             let mls = self.mls();
             let identity = Identity::load(&mls, &row.signature_key)?;
@@ -962,6 +929,9 @@ impl Profile {
     /// [`ProfileError::NotNow`] unless this side commits for the conversation and the peer has
     /// spoken since the last refresh.
     pub fn rekey(&self, contact_id: ContactId) -> Result<u64, ProfileError> {
+        if let Some(direct) = self.conversation(contact_id)? {
+            return self.conversation_rekey(direct.group);
+        }
         self.tx(|| {
             let row = self.contact_row(contact_id)?;
             if !row.committer {
@@ -1010,6 +980,9 @@ impl Profile {
         &self,
         contact_id: ContactId,
     ) -> Result<(u64, Vec<u8>), ProfileError> {
+        if let Some(direct) = self.conversation(contact_id)? {
+            return self.conversation_authenticator(direct.group);
+        }
         let row = self.contact_row(contact_id)?;
         let group = Group::load(&self.mls(), &row.group_id)?;
         Ok((group.epoch(), group.epoch_authenticator()))
@@ -1119,8 +1092,7 @@ impl Profile {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT relay, mailbox_id, mailbox_key FROM invites
-                 UNION ALL SELECT inbox_relay, inbox_id, inbox_key FROM contacts
+                "SELECT inbox_relay, inbox_id, inbox_key FROM contacts WHERE inbox_id IS NOT NULL
                  UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_invites WHERE used = 0
                  UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 0",
             )
@@ -1144,12 +1116,21 @@ impl Profile {
     /// On database failure.
     pub fn take_unread(&self, contact_id: Option<ContactId>) -> Result<Vec<Message>, ProfileError> {
         self.tx(|| {
+            // Everything unread is taken, in this one transaction: mark all of it read.
             let messages = self.messages(contact_id, true, i64::MAX)?;
-            for m in &messages {
-                self.conn
-                    .execute("UPDATE messages SET read = 1 WHERE id = ?1", [m.id])
-                    .map_err(db("marking messages read"))?;
-            }
+            self.conn
+                .execute(
+                    "UPDATE messages SET read = 1 WHERE read = 0 AND (?1 IS NULL OR contact_id = ?1)",
+                    [contact_id],
+                )
+                .map_err(db("marking messages read"))?;
+            self.conn
+                .execute(
+                    "UPDATE group_messages SET read = 1 WHERE read = 0 AND notice = 0 AND group_row IN
+                       (SELECT conversation FROM contacts WHERE ?1 IS NULL OR id = ?1)",
+                    [contact_id],
+                )
+                .map_err(db("marking messages read"))?;
             Ok(messages)
         })
     }
@@ -1175,12 +1156,19 @@ impl Profile {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT * FROM (
-                   SELECT m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at, m.stored_at, m.delivered
-                   FROM messages m JOIN contacts c ON c.id = m.contact_id
-                   WHERE (?1 IS NULL OR m.contact_id = ?1) AND (?2 = 0 OR m.read = 0)
-                   ORDER BY m.id DESC LIMIT ?3)
-                 ORDER BY id",
+                "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered FROM (
+                   SELECT * FROM (
+                     SELECT 0 AS design, m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at,
+                            m.stored_at, m.delivered, m.read
+                     FROM messages m JOIN contacts c ON c.id = m.contact_id
+                     UNION ALL
+                     SELECT 1, gm.id, c.id, c.name, gm.outgoing, gm.body, gm.sent_at, gm.stored_at,
+                            gm.delivered, gm.read
+                     FROM group_messages gm JOIN contacts c ON c.conversation = gm.group_row
+                     WHERE gm.notice = 0)
+                   WHERE (?1 IS NULL OR contact_id = ?1) AND (?2 = 0 OR read = 0)
+                   ORDER BY stored_at DESC, design DESC, id DESC LIMIT ?3)
+                 ORDER BY stored_at, design, id",
             )
             .map_err(db("reading messages"))?;
         let rows = stmt

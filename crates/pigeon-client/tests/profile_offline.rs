@@ -1,9 +1,11 @@
-//! Two profiles talking through their outboxes, with no relay: the invitation flow, exactly-once
-//! recording, refusal of tampered and replayed input, and the database at rest.
+//! Two profiles talking through their outboxes and a relay in memory: the invitation flow (a
+//! conversation of two on a log), exactly-once recording, refusal of tampered and replayed
+//! input, receipts, key refreshes on both sides, and the database at rest.
 
-use pigeon_client::profile::{DB_FILE, OutboxItem};
+use pigeon_client::profile::DB_FILE;
 use pigeon_client::{Handled, Invite, OwnedMailbox, Passphrase, Profile, ProfileError, Suite};
 use pigeon_transport::{RelayLink, Route};
+use std::collections::BTreeMap;
 
 fn relay(n: u8) -> RelayLink {
     RelayLink::new(
@@ -22,24 +24,95 @@ fn pass() -> Passphrase {
     Passphrase::new("correct horse battery staple".to_owned())
 }
 
-/// Everything queued in `from`'s outbox, handed to `to` as a relay would, then dropped.
-fn deliver(from: &Profile, to: &Profile) -> Vec<Handled> {
-    let items: Vec<OutboxItem> = from.outbox().expect("outbox");
-    let mut out = Vec::new();
-    for item in items {
-        out.push(
-            to.handle_delivery(&item.mailbox, &item.message_id, &item.payload)
-                .expect("handled"),
-        );
-        from.sent(item.id).expect("sent");
+/// A relay in memory: one-way mailboxes hand each message to their owner once; a log gives
+/// each post the next position and hands the whole log to every profile that reads it (its
+/// poster included), as a relay's pushes from each reader's cursor would.
+#[derive(Default)]
+struct Relay {
+    logs: BTreeMap<[u8; 32], Vec<Entry>>,
+}
+
+/// A log entry: the relay message id and the envelope.
+type Entry = ([u8; 16], Vec<u8>);
+
+impl Relay {
+    /// Moves everything queued anywhere until nothing moves (bounded). Returns what each
+    /// profile handled, in order.
+    fn run(&mut self, profiles: &[&Profile]) -> Vec<Vec<Handled>> {
+        let mut out: Vec<Vec<Handled>> = profiles.iter().map(|_| Vec::new()).collect();
+        for _ in 0..20 {
+            let mut moved = false;
+            for from in profiles {
+                for item in from.outbox().expect("outbox") {
+                    moved = true;
+                    if profiles
+                        .iter()
+                        .any(|p| p.is_log(&item.mailbox).expect("is_log"))
+                    {
+                        self.logs
+                            .entry(item.mailbox)
+                            .or_default()
+                            .push((item.message_id, item.payload.clone()));
+                    } else {
+                        let owner = profiles
+                            .iter()
+                            .position(|p| {
+                                p.inboxes()
+                                    .expect("inboxes")
+                                    .iter()
+                                    .any(|i| i.mailbox == item.mailbox)
+                            })
+                            .expect("a mailbox somebody reads");
+                        out[owner].push(
+                            profiles[owner]
+                                .handle_delivery(&item.mailbox, &item.message_id, &item.payload)
+                                .expect("handled"),
+                        );
+                    }
+                    from.sent(item.id).expect("sent");
+                }
+            }
+            for (i, p) in profiles.iter().enumerate() {
+                for (log, entries) in &self.logs {
+                    if !p.is_log(log).expect("is_log") {
+                        continue;
+                    }
+                    let batch: Vec<(u64, &[u8], &[u8])> = entries
+                        .iter()
+                        .enumerate()
+                        .map(|(n, (id, payload))| (n as u64 + 1, &id[..], payload.as_slice()))
+                        .collect();
+                    out[i].extend(p.handle_log_deliveries(log, &batch).expect("log"));
+                }
+            }
+            if !moved {
+                return out;
+            }
+        }
+        panic!("messages kept moving after 20 rounds");
     }
-    out
+
+    /// The one log (a conversation of two) and its entries.
+    fn log(&self) -> ([u8; 32], &[Entry]) {
+        let (id, entries) = self.logs.iter().next().expect("a log");
+        (*id, entries)
+    }
 }
 
 struct Pair {
     _dir: tempfile::TempDir,
     alice: Profile,
     bob: Profile,
+    relay: Relay,
+}
+
+impl Pair {
+    /// Runs the relay; returns what (alice, bob) handled.
+    fn run(&mut self) -> (Vec<Handled>, Vec<Handled>) {
+        let mut out = self.relay.run(&[&self.alice, &self.bob]);
+        let bob = out.pop().expect("bob");
+        (out.pop().expect("alice"), bob)
+    }
 }
 
 fn pair(suite: Suite) -> Pair {
@@ -55,26 +128,29 @@ fn pair(suite: Suite) -> Pair {
         .iter()
         .position(|o| o.suite == suite)
         .expect("offer");
-    let inbox = OwnedMailbox::generate().expect("mailbox");
+    let log = OwnedMailbox::generate().expect("log");
     let contact = bob
-        .accept(&invite, suite, &prepared.key_packages[index], &inbox, None)
+        .start_conversation(&invite, suite, &prepared.key_packages[index], &log, None)
         .expect("accept");
     assert_eq!(contact.name, "alice");
-    let handled = deliver(&bob, &alice);
-    assert!(
-        matches!(handled.as_slice(), [Handled::NewContact(c)] if c.name == "bob" && c.suite == suite),
-        "{handled:?}"
-    );
-    let handled = deliver(&alice, &bob);
-    assert!(
-        matches!(handled.as_slice(), [Handled::Intro { .. }]),
-        "{handled:?}"
-    );
-    Pair {
+    let mut p = Pair {
         _dir: dir,
         alice,
         bob,
-    }
+        relay: Relay::default(),
+    };
+    let (at_alice, _) = p.run();
+    assert!(
+        matches!(at_alice.as_slice(), [Handled::NewContact(c)] if c.name == "bob" && c.suite == suite),
+        "{at_alice:?}"
+    );
+    // The invitation's mailbox is spent: it is deleted on the relay, and the link opens nothing.
+    let spent = p.alice.spent_mailboxes().expect("spent");
+    assert!(
+        spent.iter().any(|m| m.mailbox == invite.mailbox_id),
+        "the invitation's mailbox is to be deleted"
+    );
+    p
 }
 
 fn texts(handled: &[Handled]) -> Vec<String> {
@@ -89,7 +165,7 @@ fn texts(handled: &[Handled]) -> Vec<String> {
 
 #[test]
 fn invitation_conversation_and_exactly_once() {
-    let p = pair(Suite::XWing);
+    let mut p = pair(Suite::XWing);
     let bob_at_alice = p.alice.find_contact("bob").expect("bob").id;
     let alice_at_bob = p.bob.find_contact("ALICE").expect("case-insensitive").id;
     for i in 0..3 {
@@ -97,52 +173,66 @@ fn invitation_conversation_and_exactly_once() {
             .compose(bob_at_alice, &format!("ping {i}"))
             .expect("compose");
     }
-    let items = p.alice.outbox().expect("outbox");
-    // Redelivery of the same relay message (a lost acknowledgement) is recognised.
-    let first = &items[0];
-    let again = p
-        .bob
-        .handle_delivery(&first.mailbox, &first.message_id, &first.payload)
-        .expect("first");
-    assert!(matches!(again, Handled::Message { .. }));
-    let dup = p
-        .bob
-        .handle_delivery(&first.mailbox, &first.message_id, &first.payload)
-        .expect("again");
-    assert!(matches!(dup, Handled::Duplicate), "{dup:?}");
-    // The same ciphertext under a new relay id is a replay: dropped, state intact.
-    let replay = p
-        .bob
-        .handle_delivery(&first.mailbox, &[7; 16], &first.payload)
-        .expect("replay");
-    assert!(
-        matches!(&replay, Handled::Dropped(r) if r.contains("replayed")),
-        "{replay:?}"
-    );
-    // Tampered: dropped, state intact.
-    let mut tampered = items[1].payload.clone();
+    let (_, at_bob) = p.run();
+    assert_eq!(texts(&at_bob), ["ping 0", "ping 1", "ping 2"]);
+    // Redelivery of the log (a lost acknowledgement, a reconnect) is recognised.
+    let (log, entries) = p.relay.log();
+    let all: Vec<(u64, &[u8], &[u8])> = entries
+        .iter()
+        .enumerate()
+        .map(|(n, (id, payload))| (n as u64 + 1, &id[..], payload.as_slice()))
+        .collect();
+    let again = p.bob.handle_log_deliveries(&log, &all).expect("again");
+    assert!(texts(&again).is_empty(), "{again:?}");
+    // The same ciphertext at a new place in the log is a replay; tampered bytes and garbage
+    // are refused; the state is intact after each.
+    let next = all.len() as u64 + 1;
+    let (_, first) = entries.last().expect("an entry");
+    let mut tampered = first.clone();
     let last = tampered.len() - 3;
     tampered[last] ^= 0x40;
-    let t = p
-        .bob
-        .handle_delivery(&items[1].mailbox, &[8; 16], &tampered)
-        .expect("tampered");
-    assert!(matches!(t, Handled::Dropped(_)), "{t:?}");
-    let garbage = p
-        .bob
-        .handle_delivery(&items[1].mailbox, &[9; 16], &[0xff; 77])
-        .expect("garbage");
-    assert!(matches!(garbage, Handled::Dropped(_)), "{garbage:?}");
-    p.alice.sent(first.id).expect("sent");
-    assert_eq!(texts(&deliver(&p.alice, &p.bob)), ["ping 1", "ping 2"]);
+    let bad = [
+        (next, &[7u8; 16][..], first.as_slice()),
+        (next + 1, &[8u8; 16][..], tampered.as_slice()),
+        (next + 2, &[9u8; 16][..], &[0xff; 77][..]),
+    ];
+    let refused = p.bob.handle_log_deliveries(&log, &bad).expect("bad");
+    assert!(
+        refused.iter().all(|h| matches!(h, Handled::Dropped(_))),
+        "{refused:?}"
+    );
     let unread = p.bob.take_unread(None).expect("unread");
     assert_eq!(
         unread.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
         ["ping 0", "ping 1", "ping 2"]
     );
     assert!(p.bob.take_unread(None).expect("unread").is_empty());
+    // Receipts mark alice's messages delivered.
+    let ids: Vec<Vec<u8>> = at_bob
+        .iter()
+        .filter_map(|h| match h {
+            Handled::Message { content_id, .. } => Some(content_id.clone()),
+            _ => None,
+        })
+        .collect();
+    p.bob.compose_receipt(alice_at_bob, ids).expect("receipt");
     p.bob.compose(alice_at_bob, "pong").expect("compose");
-    assert_eq!(texts(&deliver(&p.bob, &p.alice)), ["pong"]);
+    let (at_alice, _) = p.run();
+    assert_eq!(texts(&at_alice), ["pong"]);
+    assert!(
+        at_alice
+            .iter()
+            .any(|h| matches!(h, Handled::Receipt { delivered: 3, .. })),
+        "{at_alice:?}"
+    );
+    let history = p.alice.history(Some(bob_at_alice), 10).expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| (m.outgoing, m.delivered))
+            .collect::<Vec<_>>(),
+        [(true, true), (true, true), (true, true), (false, false)]
+    );
     assert!(matches!(
         p.alice.compose(bob_at_alice, "   "),
         Err(ProfileError::Invalid(_))
@@ -151,14 +241,49 @@ fn invitation_conversation_and_exactly_once() {
         p.alice.find_contact("carol"),
         Err(ProfileError::NoContact(_))
     ));
+    // A conversation of two is not listed among groups.
+    assert!(p.alice.groups().expect("groups").is_empty());
+}
+
+#[test]
+fn both_sides_refresh_their_keys() {
+    let mut p = pair(Suite::XWing);
+    let bob_at_alice = p.alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = p.bob.find_contact("alice").expect("alice").id;
+    let (e0, a0) = p.alice.epoch_authenticator(bob_at_alice).expect("epoch");
+    // The inviter, who never committed in the first design, refreshes its own leaf.
+    p.alice.rekey(bob_at_alice).expect("alice rekeys");
+    p.run();
+    let (e1, a1) = p.alice.epoch_authenticator(bob_at_alice).expect("epoch");
+    assert_eq!(e1, e0 + 1);
+    assert_ne!(a0, a1);
+    assert_eq!(
+        p.bob.epoch_authenticator(alice_at_bob).expect("epoch"),
+        (e1, a1)
+    );
+    p.bob.rekey(alice_at_bob).expect("bob rekeys");
+    p.bob
+        .compose(alice_at_bob, "after both refreshed")
+        .expect("compose");
+    let (at_alice, _) = p.run();
+    assert_eq!(texts(&at_alice), ["after both refreshed"]);
+    assert_eq!(
+        p.alice.epoch_authenticator(bob_at_alice).expect("epoch"),
+        p.bob.epoch_authenticator(alice_at_bob).expect("epoch")
+    );
+    // Both see the same safety number.
+    let (_, at_alice_number, _) = p.alice.contact_safety_number(bob_at_alice).expect("number");
+    let (_, at_bob_number, _) = p.bob.contact_safety_number(alice_at_bob).expect("number");
+    assert_eq!(at_alice_number, at_bob_number);
 }
 
 #[test]
 fn classic_suite_fallback_converses() {
-    let p = pair(Suite::Classic);
+    let mut p = pair(Suite::Classic);
     let id = p.bob.find_contact("alice").expect("alice").id;
     p.bob.compose(id, "classic hello").expect("compose");
-    assert_eq!(texts(&deliver(&p.bob, &p.alice)), ["classic hello"]);
+    let (at_alice, _) = p.run();
+    assert_eq!(texts(&at_alice), ["classic hello"]);
 }
 
 #[test]
@@ -170,30 +295,25 @@ fn only_the_holder_of_the_link_can_join() {
     // Mallory (say, the relay) has the key package and mailbox but not the link's secret.
     let mut forged = prepared.invite.clone();
     forged.secret = [0x55; 32];
-    let inbox = OwnedMailbox::generate().expect("mailbox");
+    let log = OwnedMailbox::generate().expect("log");
     mallory
-        .accept(
-            &forged,
-            Suite::XWing,
-            &prepared.key_packages[0],
-            &inbox,
-            None,
-        )
-        .expect("mallory builds a join");
-    let handled = deliver(&mallory, &alice);
+        .start_conversation(&forged, Suite::XWing, &prepared.key_packages[0], &log, None)
+        .expect("mallory builds a Welcome");
+    let mut relay = Relay::default();
+    let handled = relay.run(&[&alice, &mallory]);
     assert!(
-        matches!(handled.as_slice(), [Handled::Dropped(r)] if r.contains("does not hold the invitation")),
+        matches!(handled[0].as_slice(), [Handled::Dropped(r)] if r.contains("invitation's key")),
         "{handled:?}"
     );
     assert!(alice.contacts().expect("contacts").is_empty());
     // A key package that is not the inviter's is refused before anything is sent.
     let other = mallory.prepare_invite().expect("invite");
     let err = mallory
-        .accept(
+        .start_conversation(
             &prepared.invite,
             Suite::XWing,
             &other.key_packages[0],
-            &inbox,
+            &log,
             None,
         )
         .expect_err("wrong key package");
@@ -202,12 +322,12 @@ fn only_the_holder_of_the_link_can_join() {
 
 #[test]
 fn database_is_encrypted_and_needs_the_passphrase() {
-    let p = pair(Suite::XWing);
+    let mut p = pair(Suite::XWing);
     let id = p.alice.find_contact("bob").expect("bob").id;
     p.alice
         .compose(id, "PLAINTEXT-MARKER-7f3a visible only to bob")
         .expect("compose");
-    deliver(&p.alice, &p.bob);
+    p.run();
     for profile in [&p.alice, &p.bob] {
         let path = profile.dir().join(DB_FILE);
         let bytes = std::fs::read(&path).expect("read db");

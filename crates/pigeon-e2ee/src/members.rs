@@ -557,15 +557,16 @@ pub fn stored_state<P: OpenMlsProvider>(
     Ok((context.epoch().as_u64(), roster))
 }
 
-/// The signature key a key package (X-Wing) carries, after validating it.
+/// The signature key a key package of `suite` carries, after validating it.
 ///
 /// # Errors
-/// [`E2eeError::BadInput`] for one that does not parse or validate.
+/// [`E2eeError::BadInput`] for one that does not parse or validate, or is of another suite.
 pub fn key_package_signature_key<P: OpenMlsProvider>(
     provider: &P,
     bytes: &[u8],
+    suite: Suite,
 ) -> Result<Vec<u8>, E2eeError> {
-    let kp = validate_key_package(provider, bytes, Suite::XWing.mls())?;
+    let kp = validate_key_package(provider, bytes, suite.mls())?;
     Ok(kp.leaf_node().signature_key().as_slice().to_vec())
 }
 
@@ -690,6 +691,7 @@ mod tests {
         let roster = Roster {
             name: "school".to_owned(),
             members: vec![devices[0].entry("head", true)],
+            direct: false,
         };
         let g = Group::create(
             &devices[0].provider,
@@ -774,6 +776,7 @@ mod tests {
         let roster = Roster {
             name: "family".to_owned(),
             members: vec![devices[0].entry("ann", true)],
+            direct: false,
         };
         let g = Group::create(
             &devices[0].provider,

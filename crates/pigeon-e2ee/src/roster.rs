@@ -40,6 +40,10 @@ pub struct Roster {
     /// One entry per device (leaf), in no particular order.
     #[prost(message, repeated, tag = "2")]
     pub members: Vec<RosterEntry>,
+    /// A conversation between two people (a contact): no name, and never more than two
+    /// people in it (each may have several devices). Fixed when the group is created.
+    #[prost(bool, tag = "3")]
+    pub direct: bool,
 }
 
 /// One device of one person in a group.
@@ -96,7 +100,20 @@ impl Roster {
     /// # Errors
     /// A sentence saying what is wrong.
     pub fn check(&self) -> Result<(), String> {
-        check_group_name(&self.name)?;
+        if self.direct {
+            if !self.name.is_empty() {
+                return Err("a conversation between two people has no name".to_owned());
+            }
+            let people: BTreeSet<&[u8]> =
+                self.members.iter().map(|m| m.person.as_slice()).collect();
+            if people.len() > 2 {
+                return Err(
+                    "a conversation between two people lists more than two people".to_owned(),
+                );
+            }
+        } else {
+            check_group_name(&self.name)?;
+        }
         if self.members.len() > MAX_MEMBERS {
             return Err(format!("the roster lists more than {MAX_MEMBERS} devices"));
         }
@@ -135,6 +152,7 @@ impl Roster {
     pub fn without(&self, keys: &BTreeSet<Vec<u8>>) -> Self {
         Self {
             name: self.name.clone(),
+            direct: self.direct,
             members: self
                 .members
                 .iter()
@@ -216,6 +234,9 @@ pub fn check_commit(
             return Ok(old.clone());
         }
     };
+    if new.direct != old.direct {
+        return Err("a commit changes whether the group is a conversation of two".to_owned());
+    }
     new.check()?;
     let listed: BTreeSet<Vec<u8>> = new.members.iter().map(|m| m.key.clone()).collect();
     if listed != after {
@@ -267,6 +288,7 @@ mod tests {
         Roster {
             name: "family".to_owned(),
             members: entries.iter().map(|(k, a)| entry(*k, *a)).collect(),
+            direct: false,
         }
     }
 
@@ -354,5 +376,50 @@ mod tests {
         assert!(dup.check().is_ok());
         dup.name = "\u{1b}[2J".to_owned();
         assert!(dup.check().is_err());
+    }
+
+    #[test]
+    fn a_conversation_of_two_stays_one() {
+        let mut two = roster(&[(1, true), (2, true)]);
+        two.name = String::new();
+        two.direct = true;
+        assert!(two.check().is_ok());
+        // A name, or a third person, breaks it.
+        let mut named = two.clone();
+        named.name = "family".to_owned();
+        assert!(named.check().is_err());
+        let mut three = roster(&[(1, true), (2, true), (3, false)]);
+        three.name = String::new();
+        three.direct = true;
+        assert!(three.check().is_err());
+        // A second device of the same person fits (several devices, #16).
+        let mut device = three.clone();
+        device.members[2].person = vec![2; 16];
+        assert!(device.check().is_ok());
+        let members = keys(&[1, 2]);
+        let add_person = CommitShape {
+            committer: vec![1; 32],
+            added: keys(&[3]),
+            new_roster: Some(three),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&two, &members, &add_person).is_err());
+        let add_device = CommitShape {
+            committer: vec![1; 32],
+            added: keys(&[3]),
+            new_roster: Some(device),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&two, &members, &add_device).is_ok());
+        // Nobody turns a group into a conversation of two or back.
+        let mut undirect = two.clone();
+        undirect.direct = false;
+        undirect.name = "now a group".to_owned();
+        let flip = CommitShape {
+            committer: vec![1; 32],
+            new_roster: Some(undirect),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&two, &members, &flip).is_err());
     }
 }

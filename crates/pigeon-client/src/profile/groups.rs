@@ -29,6 +29,7 @@ use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 
+mod direct;
 mod log;
 
 /// A device refreshes its own keys in each group after this many of its messages...
@@ -273,6 +274,8 @@ struct GroupRow {
     sent_since_update: i64,
     updated_at: i64,
     state: i64,
+    /// A conversation of two: a contact's, not listed among groups.
+    direct: bool,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -338,7 +341,8 @@ impl Profile {
         self.conn
             .query_row(
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
-                        cursor, pending_commit, pending_intent, sent_since_update, updated_at, state
+                        cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
+                        direct
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -357,6 +361,7 @@ impl Profile {
                         sent_since_update: r.get(11)?,
                         updated_at: r.get(12)?,
                         state: r.get(13)?,
+                        direct: r.get(14)?,
                     })
                 },
             )
@@ -405,6 +410,7 @@ impl Profile {
             let identity = Identity::generate(&mls)?;
             let roster = Roster {
                 name: name.to_owned(),
+                direct: false,
                 members: vec![RosterEntry {
                     key: identity.public_key().to_vec(),
                     person: person.to_vec(),
@@ -449,7 +455,7 @@ impl Profile {
         let ids: Vec<GroupId> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id FROM groups ORDER BY id")
+                .prepare("SELECT id FROM groups WHERE direct = 0 ORDER BY id")
                 .map_err(db("listing groups"))?;
             let rows = stmt
                 .query_map([], |r| r.get(0))
@@ -579,6 +585,11 @@ impl Profile {
         &self,
         contact_id: ContactId,
     ) -> Result<(Vec<u8>, String, bool), ProfileError> {
+        if let Some(direct) = self.conversation(contact_id)? {
+            let (peer, number) = self.conversation_safety_number(direct.group)?;
+            let verified = self.is_verified(&peer)?;
+            return Ok((peer, number, verified));
+        }
         let (group_id, own): (Vec<u8>, Vec<u8>) = self
             .conn
             .query_row(
@@ -1019,7 +1030,7 @@ impl Profile {
                     },
                 )?;
             }
-            self.drive_in_tx(id)?;
+            self.drive_with(id, false)?;
             self.group_message(message_id)
         })
     }
@@ -1103,7 +1114,7 @@ impl Profile {
     ) -> Result<Vec<GroupMessage>, ProfileError> {
         self.tx(|| {
             let lines = self.group_messages_where(
-                "(?1 IS NULL OR m.group_row = ?1) AND m.read = 0",
+                "(?1 IS NULL AND g.direct = 0 OR m.group_row = ?1) AND m.read = 0",
                 params![id],
                 i64::MAX,
             )?;
@@ -1164,6 +1175,14 @@ impl Profile {
     /// Sends what waits (drafts) and commits the next change, when no commit of this device
     /// waits for the log. Runs inside the caller's transaction.
     fn drive_in_tx(&self, id: GroupId) -> Result<(), ProfileError> {
+        self.drive_with(id, true)
+    }
+
+    /// As [`Self::drive_in_tx`]; without `commit`, only drafts go out and changes wait. Writing
+    /// a message does not commit the key refresh it may have made due: a commit holds back
+    /// this device's later messages until the device reads the commit's place in the log,
+    /// so it is made when the device reads (or syncs), never by a device that only sends.
+    fn drive_with(&self, id: GroupId, commit: bool) -> Result<(), ProfileError> {
         let row = self.group_row(id)?;
         if row.state >= STATE_GONE || row.pending_commit.is_some() {
             return Ok(());
@@ -1212,6 +1231,9 @@ impl Profile {
             self.conn
                 .execute("DELETE FROM group_drafts WHERE id = ?1", [draft])
                 .map_err(db("sending a draft"))?;
+        }
+        if !commit {
+            return Ok(());
         }
         if row.state == STATE_LEAVING {
             let leave_epoch: Option<i64> = self
@@ -1311,8 +1333,19 @@ impl Profile {
     /// # Errors
     /// On database or MLS failure.
     pub fn drive_groups(&self) -> Result<(), ProfileError> {
-        for g in self.groups()? {
-            self.tx(|| self.drive_in_tx(g.id))?;
+        let ids: Vec<GroupId> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM groups ORDER BY id")
+                .map_err(db("listing groups"))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(db("listing groups"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("listing groups"))?
+        };
+        for id in ids {
+            self.tx(|| self.drive_in_tx(id))?;
         }
         Ok(())
     }

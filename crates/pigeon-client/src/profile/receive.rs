@@ -1,11 +1,10 @@
 //! The receive path: relay deliveries, each batch one transaction, each delivery a savepoint.
 
-use super::{Handled, Profile, ProfileError, blob32, db, new_content, now_ms, to_i64};
+use super::{Handled, Profile, ProfileError, db, now_ms, to_i64};
 use crate::ids::ContactId;
-use crate::invite::{ReplyToPayload, check_name};
-use pigeon_e2ee::content::{Intro, Join, body::Body, envelope::Kind};
-use pigeon_e2ee::{E2eeError, Envelope, Group, Identity, Opened};
-use pigeon_transport::RelayLink;
+use crate::invite::check_name;
+use pigeon_e2ee::content::{body::Body, envelope::Kind};
+use pigeon_e2ee::{E2eeError, Envelope, Group, Opened};
 use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 
@@ -110,28 +109,13 @@ impl Profile {
         {
             return Ok(h);
         }
-        let invite = self
-            .conn
-            .query_row(
-                "SELECT id, signature_key, secret FROM invites WHERE mailbox_id = ?1",
-                [mailbox.as_slice()],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        blob32(r.get(2)?)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(db("finding the mailbox"))?;
-        if let Some((invite_id, signature_key, secret)) = invite {
-            let Some(Kind::Join(join)) = envelope.kind else {
-                return Err(refuse(
-                    "an invitation's mailbox received something other than a join",
-                ));
-            };
-            return self.join(mailbox, invite_id, &signature_key, &secret, &join);
+        if matches!(envelope.kind, Some(Kind::Join(_))) {
+            // The first design's answer to an invitation: only a version of pigeon from before
+            // conversations became groups of two sends it.
+            return Err(refuse(
+                "someone accepted your invitation with an older version of pigeon: ask them to \
+                 update pigeon and accept a new invitation",
+            ));
         }
         let contact_id = self
             .conn
@@ -151,111 +135,6 @@ impl Profile {
             ));
         };
         self.open_message(contact_id, &ct)
-    }
-
-    fn join(
-        &self,
-        mailbox: &[u8; 32],
-        invite_id: i64,
-        signature_key: &[u8],
-        secret: &[u8; 32],
-        join: &Join,
-    ) -> Result<Handled, ProfileError> {
-        let refuse = |reason: String| {
-            ProfileError::E2ee(E2eeError::BadInput {
-                what: "join",
-                reason,
-            })
-        };
-        let mls = self.mls();
-        let mut group = Group::join(&mls, &join.welcome)?;
-        let suite = group
-            .suite()
-            .ok_or_else(|| refuse("unknown suite".to_owned()))?;
-        let Opened::Content { content, epoch, .. } = group.open(&mls, &join.first)? else {
-            return Err(refuse(
-                "the first message is not an introduction".to_owned(),
-            ));
-        };
-        let Some(Body::Intro(intro)) = content.body else {
-            return Err(refuse(
-                "the first message is not an introduction".to_owned(),
-            ));
-        };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            intro.invite_secret.as_slice(),
-            secret.as_slice(),
-        )) {
-            return Err(refuse(
-                "the sender does not hold the invitation (its secret does not match)".to_owned(),
-            ));
-        }
-        check_name(&intro.name).map_err(refuse)?;
-        let reply = ReplyToPayload::decode(intro.reply_to.as_slice())
-            .map_err(|e| refuse(format!("the reply address does not decode: {e}")))?;
-        let peer_relay = RelayLink::from_payload_bytes(&reply.relay)
-            .map_err(|e| refuse(format!("the reply relay is invalid: {e}")))?;
-        let peer_mailbox: [u8; 32] = reply
-            .mailbox_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| refuse("the reply mailbox is not 32 bytes".to_owned()))?;
-        let peer_cap: [u8; 32] = reply
-            .sender_cap
-            .as_slice()
-            .try_into()
-            .map_err(|_| refuse("the reply capability is not 32 bytes".to_owned()))?;
-        let (inbox_key, inbox_relay): (Vec<u8>, String) = self
-            .conn
-            .query_row(
-                "SELECT mailbox_key, relay FROM invites WHERE id = ?1",
-                [invite_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(db("reading the invitation"))?;
-        let name = self.unique_name(&intro.name)?;
-        self.conn
-            .execute(
-                "INSERT INTO contacts (name, named_by_user, group_id, signature_key, suite, committer,
-                   inbox_id, inbox_key, inbox_relay, peer_relay, peer_mailbox, peer_cap, peer_epoch, created_at)
-                 VALUES (?1, 0, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    name,
-                    group.id(),
-                    signature_key,
-                    suite.code(),
-                    mailbox.as_slice(),
-                    inbox_key,
-                    inbox_relay,
-                    peer_relay.to_string(),
-                    peer_mailbox.as_slice(),
-                    peer_cap.as_slice(),
-                    to_i64(epoch),
-                    now_ms()
-                ],
-            )
-            .map_err(db("saving the contact"))?;
-        let contact_id = ContactId(self.conn.last_insert_rowid());
-        self.conn
-            .execute("DELETE FROM invites WHERE id = ?1", [invite_id])
-            .map_err(db("closing the invitation"))?;
-        // Introduce ourselves back (this also tells the peer we are in the group).
-        let identity = Identity::load(&mls, signature_key)?;
-        let intro = new_content(Body::Intro(Intro {
-            name: self.name()?,
-            invite_secret: Vec::new(),
-            reply_to: Vec::new(),
-        }))?;
-        let ct = group.seal(&mls, &identity, &intro)?;
-        self.queue(
-            &peer_relay.to_string(),
-            &peer_mailbox,
-            &peer_cap,
-            &Envelope {
-                kind: Some(Kind::Mls(ct)),
-            },
-        )?;
-        Ok(Handled::NewContact(self.contact(contact_id)?))
     }
 
     fn open_message(

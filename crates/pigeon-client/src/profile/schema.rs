@@ -3,8 +3,12 @@
 
 pub(super) const CONTACT_QUERY_ALL: &str = "
     SELECT c.id, c.name, c.suite, c.created_at,
-      (SELECT count(*) FROM messages m WHERE m.contact_id = c.id AND m.read = 0),
+      (SELECT count(*) FROM messages m WHERE m.contact_id = c.id AND m.read = 0)
+        + (SELECT count(*) FROM group_messages gm
+           WHERE gm.group_row = c.conversation AND gm.read = 0 AND gm.notice = 0),
       (SELECT count(*) FROM outbox o WHERE o.mailbox_id = c.peer_mailbox)
+        + (SELECT count(*) FROM outbox o JOIN groups g ON g.log_id = o.mailbox_id
+           WHERE g.id = c.conversation)
     FROM contacts c ORDER BY c.id";
 
 pub(super) const SCHEMA: &str = "
@@ -205,5 +209,57 @@ CREATE TABLE verified (
   verified_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 PRAGMA user_version = 3;
+COMMIT;
+";
+
+/// Version 4: a conversation between two people is a group of two on a log (issue #14), like
+/// any group. A contact now points at its conversation (`conversation`, a `groups` row with
+/// `direct = 1`); the columns of the first design (two one-way mailboxes) stay for contacts
+/// made before, whose conversations continue as they were. Invitations not yet accepted
+/// become requests to join a conversation of two: the person accepting starts it.
+///
+/// Runs with foreign keys off (`contacts` is rebuilt; `messages` refers to it).
+pub(super) const MIGRATE_4: &str = "
+BEGIN;
+CREATE TABLE contacts_v4 (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  named_by_user INTEGER NOT NULL DEFAULT 0,
+  suite INTEGER NOT NULL,
+  -- the conversation: a group of two
+  conversation INTEGER UNIQUE REFERENCES groups(id) ON DELETE SET NULL,
+  -- a conversation of the first design (before schema 4)
+  group_id BLOB UNIQUE,
+  signature_key BLOB,
+  committer INTEGER NOT NULL DEFAULT 0,
+  inbox_id BLOB UNIQUE,
+  inbox_key BLOB,
+  inbox_relay TEXT,
+  peer_relay TEXT,
+  peer_mailbox BLOB,
+  peer_cap BLOB,
+  sent_since_update INTEGER NOT NULL DEFAULT 0,
+  peer_epoch INTEGER NOT NULL DEFAULT -1,
+  created_at INTEGER NOT NULL,
+  CHECK (conversation IS NOT NULL OR (group_id IS NOT NULL AND inbox_id IS NOT NULL
+    AND peer_mailbox IS NOT NULL))
+);
+INSERT INTO contacts_v4 (id, name, named_by_user, suite, group_id, signature_key, committer,
+    inbox_id, inbox_key, inbox_relay, peer_relay, peer_mailbox, peer_cap, sent_since_update,
+    peer_epoch, created_at)
+  SELECT id, name, named_by_user, suite, group_id, signature_key, committer, inbox_id,
+    inbox_key, inbox_relay, peer_relay, peer_mailbox, peer_cap, sent_since_update, peer_epoch,
+    created_at FROM contacts;
+DROP TABLE contacts;
+ALTER TABLE contacts_v4 RENAME TO contacts;
+ALTER TABLE groups ADD COLUMN direct INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE group_messages ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE group_joins ADD COLUMN direct INTEGER NOT NULL DEFAULT 0;
+INSERT INTO group_joins (mailbox_id, mailbox_key, relay, secret, signature_key, person,
+    group_name, created_at, direct)
+  SELECT mailbox_id, mailbox_key, relay, secret, signature_key, randomblob(16), '',
+    created_at, 1 FROM invites;
+DROP TABLE invites;
+PRAGMA user_version = 4;
 COMMIT;
 ";

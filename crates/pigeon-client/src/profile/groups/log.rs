@@ -237,7 +237,20 @@ impl Profile {
                             return Ok(vec![Handled::Duplicate]);
                         }
                         let m = self.group_message(self.conn.last_insert_rowid())?;
+                        if row.direct {
+                            return Ok(vec![self.conversation_content(
+                                row,
+                                Handled::Group(m),
+                                &content.id,
+                            )?]);
+                        }
                         Ok(vec![Handled::Group(m)])
+                    }
+                    Some(Body::Receipt(r)) if row.direct => {
+                        Ok(vec![self.conversation_receipt(row, &r)?])
+                    }
+                    Some(Body::GroupInvite(g)) if row.direct => {
+                        Ok(vec![self.conversation_invite(row, g)?])
                     }
                     Some(Body::LogKeys(k)) => {
                         // Only an admin moves the log: a member who is not one could otherwise
@@ -295,10 +308,7 @@ impl Profile {
                         self.rotate_log_keys(row)?;
                     }
                 }
-                out.push(Handled::GroupEpoch {
-                    group_id: row.id,
-                    epoch,
-                });
+                out.push(self.epoch_moved(row, epoch)?);
                 Ok(out)
             }
             Opened::Leaving { key } => {
@@ -569,7 +579,7 @@ impl Profile {
         Ok(out)
     }
 
-    fn send_welcome(
+    pub(super) fn send_welcome(
         &self,
         row: &GroupRow,
         intent: &Intent,
@@ -649,7 +659,8 @@ impl Profile {
                 "its person id or device name is malformed",
             ));
         }
-        let key = pigeon_e2ee::key_package_signature_key(&self.mls(), &req.key_package)?;
+        let key =
+            pigeon_e2ee::key_package_signature_key(&self.mls(), &req.key_package, Suite::XWing)?;
         let relay = RelayLink::from_payload_bytes(&req.reply_relay)
             .map_err(|e| peer("join request", &e.to_string()))?;
         let intent = Intent {
@@ -693,16 +704,16 @@ impl Profile {
         mailbox: &[u8; 32],
         envelope: Envelope,
     ) -> Result<Option<Handled>, ProfileError> {
-        let join: Option<(i64, Vec<u8>, Vec<u8>, String)> = self
+        let join: Option<(i64, Vec<u8>, Vec<u8>, bool)> = self
             .conn
             .query_row(
-                "SELECT id, secret, signature_key, group_name FROM group_joins WHERE mailbox_id = ?1 AND used = 0",
+                "SELECT id, secret, signature_key, direct FROM group_joins WHERE mailbox_id = ?1 AND used = 0",
                 [mailbox.as_slice()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(db("finding the mailbox"))?;
-        let Some((join_id, secret, signature_key, _name)) = join else {
+        let Some((join_id, secret, signature_key, direct)) = join else {
             return Ok(None);
         };
         let Some(Kind::WelcomePart(part)) = envelope.kind else {
@@ -758,6 +769,16 @@ impl Profile {
         let mls = self.mls();
         let group = Group::join_group(&mls, &gw.welcome)?;
         let roster = group.roster()?;
+        if roster.direct != direct {
+            return Err(peer(
+                "welcome",
+                if direct {
+                    "an invitation to talk was answered with a group"
+                } else {
+                    "a request to join a group was answered with a conversation of two"
+                },
+            ));
+        }
         let Some(me) = roster.entry(&signature_key) else {
             return Err(peer(
                 "welcome",
@@ -769,8 +790,8 @@ impl Profile {
         self.conn
             .execute(
                 "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id, log_cap,
-                   log_owner, cursor, updated_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                   log_owner, cursor, updated_at, created_at, direct)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
                 params![
                     roster.name,
                     group.id(),
@@ -782,7 +803,8 @@ impl Profile {
                     log_cap.as_slice(),
                     log_owner.as_slice(),
                     to_i64(gw.after_seq),
-                    now
+                    now,
+                    direct
                 ],
             )
             .map_err(db("saving the group"))?;
@@ -790,6 +812,11 @@ impl Profile {
         self.conn
             .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;
+        if direct {
+            return self
+                .conversation_joined(id, &roster, &signature_key)
+                .map(Some);
+        }
         let members: Vec<String> = roster
             .members
             .iter()
