@@ -9,7 +9,7 @@ use crate::relay_proc::RelayProcess;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use pigeon_client::{Event, OwnedMailbox, RelayConnection};
-use pigeon_proto::channel::ClientHandshake;
+use pigeon_proto::session::{ClientSession, SessionEvent};
 use pigeon_transport::{Connection, RelayLink, Route};
 use pigeon_wire::msg::{self, request};
 use std::collections::VecDeque;
@@ -325,38 +325,36 @@ async fn idle_connections(
         let dialer = Arc::clone(dialer);
         async move {
             let mut s = dialer.dial(&route, Duration::from_secs(20)).await?;
-            let mut out = Vec::new();
-            let hello = msg::ClientHello {
-                versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
-                padding: Vec::new(),
-            };
-            let hs = ClientHandshake::start(&key, &hello, &mut out)?;
-            s.write_all(&out).await?;
-            let mut buf = Vec::with_capacity(512);
-            let mut channel = loop {
-                anyhow::ensure!(s.read_buf(&mut buf).await? > 0, "closed in handshake");
-                if let Some((body, used)) = pigeon_wire::record::parse_record(&buf)? {
-                    let (ch, _) = hs.finish(body)?;
-                    buf.drain(..used);
-                    break ch;
-                }
-            };
-            let mut plain = Vec::new();
-            pigeon_wire::stream::encode_message(
-                &msg::Request {
-                    id: 1,
-                    body: Some(request::Body::Ping(msg::Ping { payload: vec![] })),
-                },
-                &mut plain,
-            );
+            // The session's protocol is pigeon-proto's; this moves its bytes until the
+            // handshake and one ping are answered.
+            let mut session = ClientSession::connect(
+                &key,
+                pigeon_proto::Entropy::from_os()?,
+                std::time::Instant::now(),
+                Duration::from_secs(20),
+            )?;
+            session
+                .request(request::Body::Ping(msg::Ping { payload: vec![] }))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut wire = Vec::new();
-            channel.seal(&plain, &mut wire)?;
-            s.write_all(&wire).await?;
+            let mut buf = vec![0u8; 4096];
             loop {
-                if pigeon_wire::record::parse_record(&buf)?.is_some() {
-                    break;
+                match session.poll_event() {
+                    Some(SessionEvent::Response { .. }) => break,
+                    Some(SessionEvent::Closed(why)) => anyhow::bail!("{why}"),
+                    Some(_) => continue,
+                    None => {}
                 }
-                anyhow::ensure!(s.read_buf(&mut buf).await? > 0, "closed before pong");
+                wire.clear();
+                if session.poll_transmit(&mut wire) {
+                    s.write_all(&wire).await?;
+                }
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    session.handle_eof();
+                } else {
+                    session.handle_input(std::time::Instant::now(), &buf[..n]);
+                }
             }
             anyhow::Ok(s)
         }

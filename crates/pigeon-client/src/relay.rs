@@ -1,22 +1,23 @@
 //! A connection to one relay: handshake, pipelined requests, pushed messages.
 //!
-//! Two tasks serve a connection. The writer takes queued requests, batches whatever is
-//! waiting into one sealed write, and remembers whom to answer; the reader opens records,
-//! routes each response to its caller and hands pushes to [`RelayConnection::next_event`].
-//! Callers may issue requests from many tasks at once: they share one channel and one socket.
+//! The session itself — handshake, request ids, records, answers, pushes, why it ended — is
+//! [`ClientSession`], a state machine without I/O in `pigeon-proto`. Two tasks move its bytes:
+//! the writer takes queued requests, hands them to the session in batches and writes what the
+//! session sealed (it alone seals, so records go out in order), remembering whom to answer; the
+//! reader feeds what arrives to the session, routes each answer to its caller and hands pushes
+//! to [`RelayConnection::next_event`]. Callers may issue requests from many tasks at once: they
+//! share one session and one socket.
 
 use pigeon_proto::auth::{self, AuthOp, SigningKey};
-use pigeon_proto::channel::{Channel, ChannelError, ClientHandshake};
+use pigeon_proto::channel::{ChannelError, Entropy};
+use pigeon_proto::session::{ClientSession, Closed, SessionEvent};
 use pigeon_transport::{Connection, RelayLink, Route};
 use pigeon_transport_tls::{Dialer, TlsError};
-use pigeon_wire::msg::{self, MailboxId, MailboxKind, Request, request, response, server_message};
-use pigeon_wire::record;
-use pigeon_wire::stream::encode_message;
-use pigeon_wire::{ErrorCode, ErrorKind, PROTOCOL_VERSIONS};
+use pigeon_wire::msg::{self, MailboxId, MailboxKind, request, response};
+use pigeon_wire::{ErrorCode, ErrorKind};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
@@ -94,8 +95,6 @@ pub enum CloseReason {
     Protocol(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<response::Result>>>>;
-
 struct Outgoing {
     body: request::Body,
     reply: oneshot::Sender<response::Result>,
@@ -116,6 +115,9 @@ impl std::fmt::Debug for RelayConnection {
             .finish_non_exhaustive()
     }
 }
+
+/// The handshake's own deadline (callers bound connecting more tightly still).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Requests queued per connection before callers wait.
 const QUEUE: usize = 4096;
@@ -322,74 +324,66 @@ impl RelayConnection {
         }
     }
 
-    /// Runs the handshake over an open stream and starts the session's tasks.
+    /// Runs the handshake over an open stream and starts the session's tasks. The protocol is
+    /// [`ClientSession`]'s (sans-IO, in `pigeon-proto`); this moves its bytes.
     ///
     /// # Errors
-    /// [`ClientError::Handshake`] or [`ClientError::Lost`].
+    /// [`ClientError::Handshake`], [`ClientError::Refused`] or [`ClientError::Lost`].
     pub async fn over(
         mut stream: Box<dyn Connection>,
         relay_key: &[u8; 32],
     ) -> Result<Self, ClientError> {
-        let hello = msg::ClientHello {
-            versions: PROTOCOL_VERSIONS.to_vec(),
-            padding: Vec::new(),
-        };
-        let mut first = Vec::new();
-        let hs = ClientHandshake::start(relay_key, &hello, &mut first)
-            .map_err(ClientError::Handshake)?;
-        stream
-            .write_all(&first)
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))?;
-        let mut buf = Vec::with_capacity(1024);
-        let (channel, server_hello, rest) = loop {
-            let n = stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| ClientError::Lost(e.to_string()))?;
-            if n == 0 {
-                return Err(ClientError::Lost(
-                    "the relay closed the connection during the handshake".to_owned(),
-                ));
+        let entropy = Entropy::from_os().map_err(ClientError::Handshake)?;
+        let mut session =
+            ClientSession::connect(relay_key, entropy, Instant::now(), HANDSHAKE_LIMIT)
+                .map_err(ClientError::Handshake)?;
+        let mut wire = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let version = loop {
+            if let Some(event) = session.poll_event() {
+                match event {
+                    SessionEvent::Connected { version } => break version,
+                    SessionEvent::Closed(closed) => return Err(handshake_failed(closed)),
+                    _ => continue,
+                }
             }
-            if let Some((body, used)) = record::parse_record(&buf)
-                .map_err(|e| ClientError::Handshake(ChannelError::Wire(e)))?
-            {
-                let (channel, hello) = hs.finish(body).map_err(ClientError::Handshake)?;
-                break (channel, hello, buf[used..].to_vec());
+            wire.clear();
+            if session.poll_transmit(&mut wire) {
+                stream
+                    .write_all(&wire)
+                    .await
+                    .map_err(|e| ClientError::Lost(e.to_string()))?;
+            }
+            let deadline = session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + HANDSHAKE_LIMIT);
+            match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+                Err(_) => session.handle_timeout(Instant::now()),
+                Ok(Ok(0)) => session.handle_eof(),
+                Ok(Ok(n)) => session.handle_input(Instant::now(), &buf[..n]),
+                Ok(Err(e)) => return Err(ClientError::Lost(e.to_string())),
             }
         };
-        if let Some(err) = server_hello.error {
-            return Err(ClientError::Refused {
-                code: err.error_code(),
-                message: err.message,
-                retry_after: None,
-            });
-        }
-        let handshake_hash = *channel.handshake_hash();
-        let channel = Arc::new(Mutex::new(channel));
-        let pending: Pending = Arc::default();
+        let handshake_hash = *session.handshake_hash().ok_or_else(|| {
+            ClientError::Lost("the session opened without a handshake hash".to_owned())
+        })?;
+        let shared = Arc::new(Mutex::new(Driven {
+            session,
+            pending: HashMap::new(),
+        }));
         let (req_tx, req_rx) = mpsc::channel(QUEUE);
         // Unbounded on purpose: the reader must never wait for the application, or a response
         // the application is waiting for could sit behind a push nobody takes. What can queue
         // is bounded by the relay's per-subscription window of unacknowledged messages.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (read_half, write_half) = tokio::io::split(stream);
-        // Set (under the `pending` lock) once the reader has stopped: no answer can come then.
-        let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(writer(
-            write_half,
-            Arc::clone(&channel),
-            Arc::clone(&pending),
-            Arc::clone(&closed),
-            req_rx,
-        ));
-        tokio::spawn(reader(read_half, channel, pending, closed, ev_tx, rest));
+        tokio::spawn(writer(write_half, Arc::clone(&shared), req_rx));
+        tokio::spawn(reader(read_half, shared, ev_tx));
         Ok(Self {
             requests: req_tx,
             events: ev_rx,
             handshake_hash,
-            version: server_hello.version,
+            version,
         })
     }
 
@@ -779,18 +773,37 @@ impl RelayConnection {
     }
 }
 
+/// What a handshake that ended without opening the channel means for the caller.
+fn handshake_failed(closed: Closed) -> ClientError {
+    match closed {
+        Closed::Refused { code, message } => ClientError::Refused {
+            code,
+            message,
+            retry_after: None,
+        },
+        Closed::Eof => {
+            ClientError::Lost("the relay closed the connection during the handshake".to_owned())
+        }
+        other => ClientError::Lost(other.to_string()),
+    }
+}
+
+/// The session and the callers waiting for answers, shared by the two tasks that move bytes:
+/// the writer (which alone seals, so records go out in order) and the reader.
+struct Driven {
+    session: ClientSession,
+    pending: HashMap<u64, oneshot::Sender<response::Result>>,
+}
+
+type Shared = Arc<Mutex<Driven>>;
+
 async fn writer(
     mut stream: WriteHalf<Box<dyn Connection>>,
-    channel: Arc<Mutex<Channel>>,
-    pending: Pending,
-    closed: Arc<AtomicBool>,
+    shared: Shared,
     mut requests: mpsc::Receiver<Outgoing>,
 ) {
-    let mut next_id: u64 = 1;
-    let mut plain = Vec::new();
     let mut wire = Vec::new();
     while let Some(first) = requests.recv().await {
-        plain.clear();
         wire.clear();
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -800,41 +813,29 @@ async fn writer(
             }
         }
         {
-            let Ok(mut waiting) = pending.lock() else {
+            let Ok(mut driven) = shared.lock() else {
                 return;
             };
             for out in batch {
-                let id = next_id;
-                next_id += 1;
-                encode_message(
-                    &Request {
-                        id,
-                        body: Some(out.body),
-                    },
-                    &mut plain,
-                );
-                waiting.insert(id, out.reply);
+                match driven.session.request(out.body) {
+                    Ok(id) => {
+                        driven.pending.insert(id, out.reply);
+                    }
+                    // The session is over: dropping the reply tells the caller.
+                    Err(_) => return,
+                }
             }
-            if closed.load(Ordering::Acquire) {
-                // The reader is gone, so nothing would ever answer these: fail them now
-                // rather than leave their callers waiting forever.
-                waiting.clear();
-                return;
-            }
+            driven.session.poll_transmit(&mut wire);
         }
-        let sealed = match channel.lock() {
-            Ok(mut ch) => ch.seal(&plain, &mut wire),
-            Err(_) => return,
-        };
-        if sealed.is_err() || stream.write_all(&wire).await.is_err() {
-            // Dropping the pending replies tells every waiting caller the session is lost.
-            if let Ok(mut waiting) = pending.lock() {
-                waiting.clear();
+        if !wire.is_empty() && stream.write_all(&wire).await.is_err() {
+            if let Ok(mut driven) = shared.lock() {
+                // Dropping the pending replies tells every waiting caller the session is lost.
+                driven.session.close_locally();
+                driven.pending.clear();
             }
             return;
         }
-        if plain.capacity() > 1 << 20 {
-            plain = Vec::new();
+        if wire.capacity() > 1 << 20 {
             wire = Vec::new();
         }
     }
@@ -843,76 +844,46 @@ async fn writer(
 
 async fn reader(
     mut stream: ReadHalf<Box<dyn Connection>>,
-    channel: Arc<Mutex<Channel>>,
-    pending: Pending,
-    closed: Arc<AtomicBool>,
+    shared: Shared,
     events: mpsc::UnboundedSender<Event>,
-    mut buf: Vec<u8>,
 ) {
-    let mut scratch = Vec::new();
-    let mut close_reason = CloseReason::Eof;
-    'outer: loop {
-        let mut consumed = 0;
-        let mut messages = Vec::new();
-        loop {
-            let parsed = record::parse_record(&buf[consumed..]);
-            let (body, used) = match parsed {
-                Ok(Some(record)) => record,
-                Ok(None) => break,
-                Err(e) => {
-                    close_reason = CloseReason::Protocol(e.to_string());
-                    break 'outer;
-                }
-            };
-            let opened = match channel.lock() {
-                Ok(mut ch) => ch.open::<ChannelError>(body, &mut scratch, |m| {
-                    messages.push(msg::decode_server_message(m)?);
-                    Ok(())
-                }),
-                Err(_) => break 'outer,
-            };
-            if let Err(e) = opened {
-                close_reason = CloseReason::Protocol(e.to_string());
-                break 'outer;
+    let mut buf = vec![0u8; 64 * 1024];
+    let close_reason = 'read: loop {
+        let read = stream.read(&mut buf).await;
+        let Ok(mut driven) = shared.lock() else {
+            break CloseReason::Io("the session's state is poisoned".to_owned());
+        };
+        match read {
+            Ok(0) => driven.session.handle_eof(),
+            Ok(n) => driven.session.handle_input(Instant::now(), &buf[..n]),
+            Err(e) => {
+                driven.session.close_locally();
+                driven.pending.clear();
+                break CloseReason::Io(e.to_string());
             }
-            consumed += used;
         }
-        buf.drain(..consumed);
-        for m in messages {
-            match m.body {
-                Some(server_message::Body::Response(r)) if r.id == 0 => {
-                    if let Some(response::Result::Error(e)) = r.result {
-                        close_reason = CloseReason::Relay(e);
-                    }
-                }
-                Some(server_message::Body::Response(r)) => {
-                    let waiter = pending.lock().ok().and_then(|mut p| p.remove(&r.id));
-                    if let (Some(waiter), Some(result)) = (waiter, r.result) {
+        while let Some(event) = driven.session.poll_event() {
+            match event {
+                SessionEvent::Response { id, result } => {
+                    if let Some(waiter) = driven.pending.remove(&id) {
                         let _ = waiter.send(result);
                     }
                 }
-                Some(server_message::Body::Push(p)) => {
+                SessionEvent::Push(p) => {
                     // An error means nobody listens for pushes; keep serving responses.
                     let _ = events.send(Event::Push(p));
                 }
-                None => {}
+                SessionEvent::Closed(closed) => {
+                    driven.pending.clear();
+                    break 'read match closed {
+                        Closed::Relay(e) => CloseReason::Relay(e),
+                        Closed::Eof | Closed::Local => CloseReason::Eof,
+                        other => CloseReason::Protocol(other.to_string()),
+                    };
+                }
+                _ => {}
             }
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => break,
-            Err(e) => {
-                close_reason = CloseReason::Io(e.to_string());
-                break;
-            }
-            Ok(_) => {}
-        }
-    }
-    if let Ok(mut waiting) = pending.lock() {
-        closed.store(true, Ordering::Release);
-        waiting.clear();
-    }
+    };
     let _ = events.send(Event::Closed(close_reason));
 }

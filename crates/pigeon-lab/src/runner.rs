@@ -17,7 +17,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use prost::Message;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -363,22 +362,9 @@ pub async fn channel_check(lab: &Lab, link: &str, step: Duration) -> Result<Outc
     }
 }
 
-async fn read_record(
-    sock: &mut tokio::net::TcpStream,
-    out: &mut Outcome,
-) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    sock.read_exact(&mut len).await?;
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    sock.read_exact(&mut body).await?;
-    out.bytes += 2 + body.len() as u64;
-    Ok(body)
-}
-
 async fn pings(addr: SocketAddr, key: [u8; 32], step: Duration) -> Result<Outcome, Failed> {
-    use pigeon_wire::msg::{
-        ClientHello, Ping, Request, ServerMessage, request, response, server_message,
-    };
+    use pigeon_proto::session::{ClientSession, SessionEvent};
+    use pigeon_wire::msg::{Ping, request, response};
     let start = Instant::now();
     let mut o = Outcome::default();
     let fail = |o: &Outcome, e: String| Failed(o.clone(), e);
@@ -386,71 +372,69 @@ async fn pings(addr: SocketAddr, key: [u8; 32], step: Duration) -> Result<Outcom
         .await
         .map_err(|_| fail(&o, "connect timed out".into()))?
         .map_err(|e| fail(&o, format!("connect: {e}")))?;
-    let mut first = Vec::new();
-    let hello = ClientHello {
-        versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
-        padding: Vec::new(),
-    };
-    let hs = pigeon_proto::ClientHandshake::start(&key, &hello, &mut first)
+    let entropy =
+        pigeon_proto::Entropy::from_os().map_err(|e| fail(&o, format!("handshake: {e}")))?;
+    let mut session = ClientSession::connect(&key, entropy, Instant::now(), step)
         .map_err(|e| fail(&o, format!("handshake: {e}")))?;
-    sock.write_all(&first)
-        .await
-        .map_err(|e| fail(&o, format!("write: {e}")))?;
-    let body = tokio::time::timeout(step, read_record(&mut sock, &mut o))
-        .await
-        .map_err(|_| fail(&o, "no handshake answer (timed out)".into()))?
-        .map_err(|e| fail(&o, format!("handshake answer: {e}")))?;
-    let (mut channel, _) = hs
-        .finish(&body)
-        .map_err(|e| fail(&o, format!("handshake: {e}")))?;
-    let mut scratch = Vec::new();
     let target = MIN_DOWNLOAD + 16 * 1024;
-    let mut id = 0u64;
-    while o.bytes < target && id < 4096 {
-        id += 1;
-        o.attempted += 1;
-        let mut data = Vec::new();
-        pigeon_wire::stream::encode_message(
-            &Request {
-                id,
-                body: Some(request::Body::Ping(Ping {
-                    payload: id.to_be_bytes().repeat(8),
-                })),
-            },
-            &mut data,
-        );
-        let mut wire = Vec::new();
-        channel
-            .seal(&data, &mut wire)
-            .map_err(|e| fail(&o, format!("seal: {e}")))?;
-        sock.write_all(&wire)
-            .await
-            .map_err(|e| fail(&o, format!("write: {e}")))?;
-        let mut answered = false;
-        while !answered {
-            let body = tokio::time::timeout(step, read_record(&mut sock, &mut o))
-                .await
-                .map_err(|_| fail(&o, format!("ping {id}: no answer within {step:?}")))?
-                .map_err(|e| fail(&o, format!("ping {id}: {e}")))?;
-            channel
-                .open::<pigeon_proto::ChannelError>(&body, &mut scratch, |m| {
-                    if let Ok(msg) = ServerMessage::decode(m)
-                        && let Some(server_message::Body::Response(r)) = msg.body
-                        && r.id == id
-                        && matches!(r.result, Some(response::Result::Pong(_)))
-                    {
-                        answered = true;
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // The session's protocol is pigeon-proto's; this moves its bytes and counts them. `waiting`
+    // is the ping in flight (none until the handshake is answered).
+    let mut waiting: Option<u64> = None;
+    let mut connected = false;
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                SessionEvent::Connected { .. } => connected = true,
+                SessionEvent::Response {
+                    id,
+                    result: response::Result::Pong(_),
+                } if Some(id) == waiting => {
+                    waiting = None;
+                    o.delivered += 1;
+                    if o.first_ms.is_none() {
+                        o.first_ms =
+                            Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
                     }
-                    Ok(())
-                })
-                .map_err(|e| fail(&o, format!("channel: {e}")))?;
+                }
+                SessionEvent::Closed(why) => return Err(fail(&o, format!("channel: {why}"))),
+                _ => {}
+            }
         }
-        o.delivered += 1;
-        if o.first_ms.is_none() {
-            o.first_ms = Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        if connected && waiting.is_none() {
+            if o.bytes >= target || o.attempted >= 4096 {
+                return Ok(o);
+            }
+            o.attempted += 1;
+            let id = session
+                .request(request::Body::Ping(Ping {
+                    payload: (o.attempted).to_be_bytes().repeat(8),
+                }))
+                .map_err(|e| fail(&o, format!("ping: {e}")))?;
+            waiting = Some(id);
+        }
+        wire.clear();
+        if session.poll_transmit(&mut wire) {
+            sock.write_all(&wire)
+                .await
+                .map_err(|e| fail(&o, format!("write: {e}")))?;
+        }
+        let what = match waiting {
+            Some(id) => format!("ping {id}: no answer within {step:?}"),
+            None => "no handshake answer (timed out)".to_owned(),
+        };
+        let n = tokio::time::timeout(step, sock.read(&mut buf))
+            .await
+            .map_err(|_| fail(&o, what))?
+            .map_err(|e| fail(&o, format!("read: {e}")))?;
+        o.bytes += n as u64;
+        if n == 0 {
+            session.handle_eof();
+        } else {
+            session.handle_input(Instant::now(), &buf[..n]);
         }
     }
-    Ok(o)
 }
 
 /// Messages alice sends bob in a conversation, and their size: 22 × 48 KB ≥ 1 MiB.

@@ -177,9 +177,81 @@ impl std::fmt::Debug for ClientHandshake {
     }
 }
 
+/// The randomness one client handshake uses, passed in (so a session's first bytes are a
+/// function of its inputs): the connection's throwaway static key and the Noise ephemeral.
+pub struct Entropy(Zeroizing<[u8; 64]>);
+
+impl std::fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Entropy(…)")
+    }
+}
+
+impl Entropy {
+    /// These 64 bytes (they must be secret and uniformly random).
+    pub fn from_bytes(bytes: [u8; 64]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// Fresh bytes from the operating system.
+    ///
+    /// # Errors
+    /// If the random source fails.
+    pub fn from_os() -> Result<Self, ChannelError> {
+        let mut bytes = Zeroizing::new([0u8; 64]);
+        getrandom::fill(bytes.as_mut_slice())
+            .map_err(|e| ChannelError::Encrypt(format!("the random source failed: {e}")))?;
+        Ok(Self(bytes))
+    }
+}
+
+/// Hands Noise the ephemeral key's bytes from an [`Entropy`] and refuses to give more: the
+/// IK initiator draws exactly one ephemeral key.
+struct EntropyRng(Option<Zeroizing<[u8; 32]>>);
+
+impl snow::types::Random for EntropyRng {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        match self.0.take() {
+            Some(bytes) if dest.len() == bytes.len() => {
+                dest.copy_from_slice(bytes.as_slice());
+                Ok(())
+            }
+            _ => Err(snow::Error::Rng),
+        }
+    }
+}
+
+/// snow's own primitives, with the randomness of an [`Entropy`].
+struct EntropyResolver(std::sync::Mutex<Option<Zeroizing<[u8; 32]>>>);
+
+impl snow::resolvers::CryptoResolver for EntropyResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        let bytes = self.0.lock().ok()?.take();
+        Some(Box::new(EntropyRng(bytes)))
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        snow::resolvers::DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        snow::resolvers::DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        snow::resolvers::DefaultResolver.resolve_cipher(choice)
+    }
+}
+
 impl ClientHandshake {
-    /// Starts a handshake to the relay whose static key is `relay_public`, offering `hello`.
-    /// Appends the first record to `out`.
+    /// Starts a handshake to the relay whose static key is `relay_public`, offering `hello`,
+    /// with randomness from the operating system. Appends the first record to `out`.
     ///
     /// # Errors
     /// If the key is malformed or the random source fails.
@@ -188,11 +260,39 @@ impl ClientHandshake {
         hello: &ClientHello,
         out: &mut Vec<u8>,
     ) -> Result<Self, ChannelError> {
-        let ephemeral_identity = builder()?
-            .generate_keypair()
-            .map_err(snow_err("key generation"))?;
-        let mut state = builder()?
-            .local_private_key(&ephemeral_identity.private)
+        Self::start_with(relay_public, hello, Entropy::from_os()?, out)
+    }
+
+    /// [`Self::start`] with the randomness passed in.
+    ///
+    /// # Errors
+    /// If the key is malformed.
+    pub fn start_with(
+        relay_public: &[u8; 32],
+        hello: &ClientHello,
+        entropy: Entropy,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, ChannelError> {
+        let (static_seed, ephemeral) = entropy.0.split_at(32);
+        // The connection's static key: fresh per connection, so the relay links nothing by it
+        // (X25519 clamps any 32 bytes into a valid private key).
+        let static_private =
+            Zeroizing::new(<[u8; 32]>::try_from(static_seed).map_err(|_| {
+                ChannelError::BadKey("entropy for the static key must be 32 bytes")
+            })?);
+        let ephemeral = Zeroizing::new(
+            <[u8; 32]>::try_from(ephemeral)
+                .map_err(|_| ChannelError::BadKey("entropy for the ephemeral must be 32 bytes"))?,
+        );
+        let params = NOISE_PARAMS
+            .parse()
+            .map_err(|e: snow::Error| ChannelError::Handshake {
+                stage: "parameters",
+                reason: e.to_string(),
+            })?;
+        let resolver = EntropyResolver(std::sync::Mutex::new(Some(ephemeral)));
+        let mut state = snow::Builder::with_resolver(params, Box::new(resolver))
+            .local_private_key(static_private.as_slice())
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
             .map_err(snow_err("setup"))?

@@ -5,6 +5,8 @@
 //!   record to a size bucket, and turns a byte stream into protocol messages and back.
 //! * [`auth`]: the session-bound signatures with which a recipient proves it owns a mailbox or
 //!   key-package slot, and the hash under which the relay keeps sender capabilities.
+//! * [`session`]: a client's session with a relay (handshake, requests, answers, pushes) and
+//!   the relay's side of the handshake, as state machines driven by bytes, `now` and entropy.
 //! * [`rate`]: a token bucket driven by an explicit `now`, for per-capability limits.
 //!
 //! Callers own sockets, tasks and clocks; everything here takes bytes (and `now` where time
@@ -13,6 +15,8 @@
 pub mod auth;
 pub mod channel;
 pub mod rate;
+pub mod session;
 
 pub use auth::{AuthError, AuthOp, SigningKey, VerifyingKey};
-pub use channel::{Channel, ChannelError, ClientHandshake, StaticKeypair};
+pub use channel::{Channel, ChannelError, ClientHandshake, Entropy, StaticKeypair};
+pub use session::{ClientSession, Closed, ServerHandshake, SessionEvent};

@@ -10,18 +10,18 @@ use crate::hub::{Change, Waker};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use pigeon_proto::auth::{self, AuthOp};
-use pigeon_proto::channel::{self, Channel, ChannelError};
+use pigeon_proto::channel::{Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
+use pigeon_proto::session::{Accepted, ServerHandshake};
 use pigeon_store::{Appended, MailboxKind, MailboxRecord, StoredMessage};
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
 use pigeon_transport::ServerStream;
 use pigeon_wire::msg::{
-    self, Error as WireErrorMsg, Request, ServerHello, ServerMessage, request, response,
-    server_message,
+    self, Error as WireErrorMsg, Request, ServerMessage, request, response, server_message,
 };
-use pigeon_wire::record::{self, MAX_RECORD};
+use pigeon_wire::record;
 use pigeon_wire::stream::encode_message;
-use pigeon_wire::{ErrorCode, PROTOCOL_VERSIONS, WireError};
+use pigeon_wire::{ErrorCode, WireError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -226,72 +226,44 @@ async fn open<S: MailboxStore, T: ServerStream>(
     })
 }
 
-/// Reads the client's first record and answers it. `Ok(None)` when the peer left quietly.
+/// Reads the client's first record and answers it (the protocol is
+/// [`pigeon_proto::ServerHandshake`]'s; this only moves bytes). `Ok(None)` when the peer left
+/// quietly.
 async fn handshake<S: MailboxStore, T: ServerStream>(
     stream: &mut T,
     shared: &Shared<S>,
 ) -> Result<Option<(Channel, Vec<u8>)>, String> {
+    let mut hs = ServerHandshake::new(Instant::now(), shared.config.handshake_timeout);
     let mut buf = Vec::with_capacity(1024);
     loop {
-        match record::parse_record(&buf) {
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx))
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.clear();
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) if hs.buffered() == 0 => return Ok(None),
+            Ok(0) => return Err("stream ended inside the first record".to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.to_string()),
-            Ok(Some((body, used))) => {
-                let mut answer = Vec::new();
-                let mut refused = false;
-                let (channel, _hello) = channel::accept(
-                    &shared.keys,
-                    body,
-                    |hello| {
-                        let version = PROTOCOL_VERSIONS
-                            .iter()
-                            .copied()
-                            .find(|v| hello.versions.contains(v));
-                        match version {
-                            Some(version) => ServerHello {
-                                version,
-                                error: None,
-                                padding: Vec::new(),
-                            },
-                            None => {
-                                refused = true;
-                                ServerHello {
-                                    version: 0,
-                                    error: Some(WireErrorMsg::from_code(
-                                        ErrorCode::UnsupportedVersion,
-                                    )),
-                                    padding: Vec::new(),
-                                }
-                            }
-                        }
-                    },
-                    &mut answer,
-                )
-                .map_err(|e| e.to_string())?;
+        }
+        match hs
+            .handle_input(Instant::now(), &shared.keys, &buf)
+            .map_err(|e| e.to_string())?
+        {
+            Accepted::Open {
+                channel,
+                answer,
+                rest,
+            } => {
                 write(stream, &answer).await.map_err(|e| e.to_string())?;
-                if refused {
-                    return Err("no protocol version in common".to_owned());
-                }
-                buf.drain(..used);
-                if buf.is_empty() {
-                    buf = Vec::new();
-                }
-                return Ok(Some((channel, buf)));
+                return Ok(Some((*channel, rest)));
             }
-            Ok(None) => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(MAX_RECORD + 2 - buf.len());
-                }
-                std::future::poll_fn(|cx| stream.poll_read_ready(cx))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match stream.try_read_buf(&mut buf) {
-                    Ok(0) if buf.is_empty() => return Ok(None),
-                    Ok(0) => return Err("stream ended inside the first record".to_owned()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.to_string()),
-                }
+            Accepted::Refused { answer } => {
+                write(stream, &answer).await.map_err(|e| e.to_string())?;
+                return Err("no protocol version in common".to_owned());
             }
+            _ => {}
         }
     }
 }
