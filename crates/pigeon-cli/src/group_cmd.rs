@@ -279,22 +279,22 @@ async fn settle(client: &mut pigeon_client::Client) -> anyhow::Result<()> {
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let profile = open_profile(&args.profile)?;
-    let (who, key, number, verified, place) = match &args.member {
+    let (who, number, verified, place) = match &args.member {
         None => {
             let c = profile.find_contact(&args.name)?;
-            let (key, number, verified) = profile.contact_safety_number(c.id)?;
-            (
-                c.name,
-                key,
-                number,
-                verified,
-                "your conversation".to_owned(),
-            )
+            let (_, number, verified) = profile.contact_safety_number(c.id)?;
+            if args.mark {
+                profile.mark_contact_verified(c.id)?;
+            }
+            (c.name, number, verified, "your conversation".to_owned())
         }
         Some(member) => {
             let g = profile.find_group(&args.name)?;
             let (m, number) = profile.group_safety_number(g.id, member)?;
-            (m.name, m.key, number, m.verified, safe(&g.name))
+            if args.mark {
+                profile.mark_member_verified(g.id, &m.name)?;
+            }
+            (m.name, number, m.verified, safe(&g.name))
         }
     };
     println!(
@@ -306,12 +306,11 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     println!(
         "Compare it with the number {} sees for you (in person or on a call). If it matches, \
          run this again with --mark. A key never changes in place: if {} is removed and added \
-         again, the new key shows here unverified.",
+         again, the new key shows here unverified, and the transcript says so.",
         safe(&who),
         safe(&who)
     );
     if args.mark {
-        profile.mark_verified(&key)?;
         println!("Marked {} verified.", safe(&who));
     } else if verified {
         println!("{} is marked verified.", safe(&who));

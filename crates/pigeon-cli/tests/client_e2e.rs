@@ -440,7 +440,9 @@ async fn no_plaintext_in_the_relay_store_its_logs_or_the_profiles() {
     send_all(&mut alice, "bob", &[format!("{marker} again")]).await;
     drop((alice, bob));
 
-    let needles: [&[u8]; 4] = [b"ZEBRA-MARKER", b"old bridge", b"alice", b"bob"];
+    // Names are searched for only from five bytes up: a 3-byte needle such as "bob" turns up by
+    // chance once in 16 MiB of ciphertext (in about one run in fifty, in a 300 KB profile).
+    let needles: [&[u8]; 3] = [b"ZEBRA-MARKER", b"old bridge", b"alice"];
     let relay_files: Vec<PathBuf> = all_files(&dir.path().join("data"));
     assert!(!relay_files.is_empty());
     let mut relay_bytes = relay.log_bytes();

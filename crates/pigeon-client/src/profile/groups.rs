@@ -618,13 +618,85 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn mark_verified(&self, key: &[u8]) -> Result<(), ProfileError> {
+        self.mark_verified_as(key, None, None)
+    }
+
+    /// Marks a group member verified: their key, and under which name in which group, so that
+    /// a new key under that name there later is pointed out in the transcript.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such member; on database failure.
+    pub fn mark_member_verified(&self, id: GroupId, member: &str) -> Result<(), ProfileError> {
+        let m = self.find_member(id, member)?;
+        self.mark_verified_as(&m.key, Some(id), Some(&m.name))
+    }
+
+    /// Marks a contact verified (the other person's key in your conversation).
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such contact; on database failure.
+    pub fn mark_contact_verified(&self, contact_id: ContactId) -> Result<(), ProfileError> {
+        let (key, _, _) = self.contact_safety_number(contact_id)?;
+        match self.conversation(contact_id)? {
+            Some(direct) => {
+                let row = self.group_row(direct.group)?;
+                let name = self
+                    .roster_of(&row)?
+                    .entry(&key)
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
+                self.mark_verified_as(&key, Some(direct.group), Some(&name))
+            }
+            None => self.mark_verified(&key),
+        }
+    }
+
+    fn mark_verified_as(
+        &self,
+        key: &[u8],
+        group: Option<GroupId>,
+        name: Option<&str>,
+    ) -> Result<(), ProfileError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO verified (key, verified_at) VALUES (?1, ?2)",
-                params![key, now_ms()],
+                "INSERT OR REPLACE INTO verified (key, verified_at, group_row, name)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![key, now_ms(), group, name],
             )
             .map_err(db("marking a key verified"))?;
         Ok(())
+    }
+
+    /// Whether `entry`, just added to the group, joined under the name (or, as another device,
+    /// beside the person) of a member verified here with another key: their safety number is
+    /// then not the one that was compared.
+    fn verified_under_another_key(
+        &self,
+        row: &GroupRow,
+        entry: &RosterEntry,
+    ) -> Result<bool, ProfileError> {
+        if self.is_verified(&entry.key)? {
+            return Ok(false);
+        }
+        let by_name = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM verified WHERE group_row = ?1 AND name = ?2 AND key != ?3",
+                params![row.id, entry.name, entry.key],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("checking verification"))?
+            .is_some();
+        if by_name {
+            return Ok(true);
+        }
+        for m in self.roster_of(row)?.members {
+            if m.person == entry.person && m.key != entry.key && self.is_verified(&m.key)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn is_verified(&self, key: &[u8]) -> Result<bool, ProfileError> {

@@ -260,6 +260,10 @@ INSERT INTO group_joins (mailbox_id, mailbox_key, relay, secret, signature_key, 
   SELECT mailbox_id, mailbox_key, relay, secret, signature_key, randomblob(16), '',
     created_at, 1 FROM invites;
 DROP TABLE invites;
+-- where a verified key was verified, and under which name: a new key under that name there is
+-- pointed out in the transcript
+ALTER TABLE verified ADD COLUMN group_row INTEGER REFERENCES groups(id) ON DELETE CASCADE;
+ALTER TABLE verified ADD COLUMN name TEXT;
 PRAGMA user_version = 4;
 COMMIT;
 ";

@@ -539,6 +539,17 @@ impl Profile {
         let mut lines = Vec::new();
         for a in &changes.added {
             lines.push(format!("{by} added {}", a.name));
+            if self.verified_under_another_key(row, a)? {
+                let verify = match self.contact_of(row.id)? {
+                    Some(direct) => format!("pigeon verify {}", direct.name),
+                    None => format!("pigeon verify {} {}", row.name, a.name),
+                };
+                lines.push(format!(
+                    "the safety number of {} is not the one you verified: it is a new key. \
+                     Compare it again (`{verify}`)",
+                    a.name
+                ));
+            }
         }
         for r in &changes.removed {
             lines.push(format!("{by} removed {}", r.name));
