@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use pigeon_proto::StaticKeypair;
 use pigeon_relay::{Metrics, RelayConfig};
 use pigeon_store::{FjallStore, Limits};
+use pigeon_transport::admission::AdmissionLimits;
 use pigeon_transport::{RelayLink, Route};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -41,6 +42,23 @@ pub(crate) struct RelayArgs {
     /// Most simultaneous connections.
     #[arg(long, default_value_t = RelayConfig::default().max_connections)]
     max_connections: usize,
+    /// Most connections in their handshake (TCP or TLS) at once; when full, the oldest
+    /// handshake is closed to make room.
+    #[arg(long, default_value_t = AdmissionLimits::default().max_handshakes)]
+    max_handshakes: usize,
+    /// Most connections in their handshake at once from one source address (an IPv6 /64);
+    /// its oldest is closed to make room.
+    #[arg(long, default_value_t = AdmissionLimits::default().per_source_handshakes)]
+    max_handshakes_per_source: usize,
+    /// Most connections at once from one source address (an IPv6 /64), tunnel legs with a
+    /// valid token aside. Counted in memory only, never logged. Many people can share one
+    /// address behind a carrier's NAT: keep it generous.
+    #[arg(long, default_value_t = AdmissionLimits::default().per_source)]
+    max_per_source: usize,
+    /// Seconds after which a connection that subscribes to nothing and sends nothing is
+    /// closed.
+    #[arg(long, default_value_t = RelayConfig::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
@@ -161,7 +179,11 @@ struct TlsSetup {
     acme: Option<crate::acme::Acme>,
 }
 
-async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup>> {
+async fn setup_tls(
+    dir: &Path,
+    args: &TlsArgs,
+    admission: AdmissionLimits,
+) -> anyhow::Result<Option<TlsSetup>> {
     if args.tls.is_none() && args.tls_backend.is_none() {
         return Ok(None);
     }
@@ -262,7 +284,7 @@ async fn setup_tls(dir: &Path, args: &TlsArgs) -> anyhow::Result<Option<TlsSetup
             cover,
             cover_tls: args.cover_tls,
             handshake_timeout: std::time::Duration::from_secs(30),
-            max_handshakes: 512,
+            admission,
         };
         let front = pigeon_transport_tls::Front::from_listener(listener, config)?;
         tracing::info!(listen = %front.local_addr(), "tls front serving");
@@ -361,7 +383,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let mut tls = setup_tls(&args.data, &args.tls).await?;
+    let mut tls = setup_tls(&args.data, &args.tls, args.admission_limits()).await?;
     // The ACME client runs (answers challenges, renews) for as long as the relay serves.
     let _acme = tls.as_mut().and_then(|t| t.acme.take());
     let mut routes = Vec::new();
@@ -405,6 +427,8 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         sends_per_sec: args.sends_per_sec,
         send_burst: (args.sends_per_sec * 4.0).max(RelayConfig::default().send_burst),
         max_connections: args.max_connections,
+        admission: args.admission_limits(),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
         ..RelayConfig::default()
     };
     tracing::info!(listen = %bound, "relay serving");
@@ -414,4 +438,15 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     tracing::info!("relay stopped");
     Ok(())
+}
+
+impl RelayArgs {
+    /// The admission pool and per-source caps the flags ask for.
+    fn admission_limits(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            max_handshakes: self.max_handshakes,
+            per_source_handshakes: self.max_handshakes_per_source,
+            per_source: self.max_per_source,
+        }
+    }
 }

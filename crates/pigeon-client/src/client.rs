@@ -680,21 +680,33 @@ impl Client {
     async fn post(&mut self, item: &OutboxItem) -> Result<(), Error> {
         let link = parse_stored_relay(&item.relay)?;
         let whose = self.whose(&item.mailbox);
-        let session = self.session(&link, &whose).await?;
-        match session
-            .conn
-            .send(
-                &MailboxId(item.mailbox),
-                &item.sender_cap,
-                item.message_id,
-                item.payload.clone(),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(source) => {
-                self.relay_failed(&link, &source);
-                Err(Error::Relay { whose, source })
+        let mut fresh = false;
+        loop {
+            // A session kept open from earlier may have been closed by the relay meanwhile
+            // (it closes connections that subscribe to nothing once they idle): then one new
+            // one is tried at once. Posting again is safe, as the relay de-duplicates by the
+            // message id.
+            fresh |= !self.sessions.contains_key(link.relay_key());
+            let session = self.session(&link, &whose).await?;
+            match session
+                .conn
+                .send(
+                    &MailboxId(item.mailbox),
+                    &item.sender_cap,
+                    item.message_id,
+                    item.payload.clone(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(source) => {
+                    self.relay_failed(&link, &source);
+                    if !fresh && matches!(source, ClientError::Lost(_)) {
+                        fresh = true;
+                        continue;
+                    }
+                    return Err(Error::Relay { whose, source });
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use pigeon_proto::session::{Accepted, ServerHandshake};
 use pigeon_store::{Appended, MailboxKind, MailboxRecord, StoredMessage};
 use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
 use pigeon_transport::ServerStream;
+use pigeon_transport::admission::Ticket;
 use pigeon_wire::msg::{
     self, Error as WireErrorMsg, Request, ServerMessage, request, response, server_message,
 };
@@ -38,6 +39,13 @@ static CONN_NO: AtomicU64 = AtomicU64::new(0);
 /// Reads stop to handle what arrived once this much is buffered.
 const READ_CHUNK: usize = 64 * 1024;
 const MAX_BUFFERED: usize = 512 * 1024;
+/// Answers a connection may have waiting before they are written out (and its reading waits
+/// for the peer to take them): a client cannot make the relay hold more for it than this by
+/// pipelining requests with large answers and reading slowly.
+const MAX_UNSENT: usize = 1 << 20;
+/// Last-resort key packages one session is handed (it is never used up, so without a limit a
+/// stranger could fetch it in a loop).
+const MAX_LAST_RESORT_PER_SESSION: u8 = 2;
 /// Most sequence numbers in one ack.
 const MAX_ACK_SEQS: usize = 4096;
 /// Most bytes echoed by a ping.
@@ -65,7 +73,7 @@ impl Limiter {
         }
     }
 
-    fn check(&self, cap_hash: &[u8; 32], now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, cap_hash: &[u8; 32], now: Instant) -> Result<(), Duration> {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
@@ -89,6 +97,8 @@ enum Close {
     Io(std::io::Error),
     /// The peer broke the protocol; we answered if we could.
     Protocol(ChannelError),
+    /// Silent for the idle timeout with no subscription.
+    Idle,
 }
 
 impl From<ChannelError> for Close {
@@ -165,6 +175,8 @@ struct Conn {
     subs: Vec<Subscription>,
     waker: Option<Arc<Waker>>,
     inbuf: Vec<u8>,
+    /// Last-resort key packages handed to this session so far.
+    last_resorts: u8,
 }
 
 /// Serves one accepted connection to its end.
@@ -172,12 +184,20 @@ struct Conn {
 /// The stream and the shared state are borrowed, not moved in: the caller's task owns them, so
 /// that they are not stored twice in the task (an `async fn` keeps its arguments besides what
 /// its body moves them into).
-pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(stream: &mut T, shared: &Shared<S>) {
+pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(
+    stream: &mut T,
+    shared: &Shared<S>,
+    ticket: &mut Option<Ticket>,
+) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
     // Boxed, so that what only the handshake needs is not kept in every idle connection's task.
-    let Some(mut conn) = Box::pin(open(stream, shared, no)).await else {
+    let Some(mut conn) = Box::pin(open(stream, shared, no, ticket.as_ref())).await else {
         return;
     };
+    // A stranger no more: out of the handshake pool.
+    if let Some(ticket) = ticket {
+        ticket.authenticated();
+    }
     let end = conn.run(stream, shared).await;
     if let Some(waker) = &conn.waker {
         for sub in &conn.subs {
@@ -186,6 +206,7 @@ pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(stream: &mut T, shar
     }
     match end {
         Close::Eof => tracing::debug!(conn = conn.no, "closed by peer"),
+        Close::Idle => tracing::debug!(conn = conn.no, "closed after its idle timeout"),
         Close::Io(e) => tracing::debug!(conn = conn.no, error = %e, "connection failed"),
         Close::Protocol(e) => {
             shared.metrics.protocol_errors.inc();
@@ -200,9 +221,22 @@ async fn open<S: MailboxStore, T: ServerStream>(
     stream: &mut T,
     shared: &Shared<S>,
     no: u64,
+    ticket: Option<&Ticket>,
 ) -> Option<Conn> {
-    let handshake =
-        tokio::time::timeout(shared.config.handshake_timeout, handshake(stream, shared)).await;
+    let evicted = async {
+        match ticket {
+            Some(ticket) => ticket.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(shared.config.handshake_timeout, handshake(stream, shared)) => done,
+        () = evicted => {
+            shared.metrics.handshake_failures.inc();
+            tracing::debug!(conn = no, "handshake evicted to make room");
+            return None;
+        }
+    };
     let (channel, inbuf) = match handshake {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => return None,
@@ -223,6 +257,7 @@ async fn open<S: MailboxStore, T: ServerStream>(
         subs: Vec::new(),
         waker: None,
         inbuf,
+        last_resorts: 0,
     })
 }
 
@@ -371,7 +406,21 @@ impl Conn {
             return close;
         }
         loop {
-            let event = self.wait(stream, shared, &mut inflight).await;
+            // A connection that subscribes to nothing and has nothing in flight is closed
+            // once it has been silent for the idle timeout.
+            let event = if self.subs.is_empty() && inflight.is_none() {
+                match tokio::time::timeout(
+                    shared.config.idle_timeout,
+                    self.wait(stream, shared, &mut inflight),
+                )
+                .await
+                {
+                    Ok(event) => event,
+                    Err(_) => return Close::Idle,
+                }
+            } else {
+                self.wait(stream, shared, &mut inflight).await
+            };
             // Boxed: what handling needs is not kept in the task while the connection idles.
             if let Some(close) = Box::pin(self.handle(event, stream, shared, &mut inflight)).await {
                 return close;
@@ -596,8 +645,8 @@ impl Conn {
             self.inbuf = Vec::new();
         }
         let mut out = Vec::new();
-        self.handle_requests(requests, shared, &mut out, inflight)
-            .await;
+        self.handle_requests(requests, stream, shared, &mut out, inflight)
+            .await?;
         if let Some(e) = malformed {
             self.drain(inflight, shared, &mut out).await;
             respond(0, field_error(&e), &mut out);
@@ -607,13 +656,14 @@ impl Conn {
         self.send(stream, &out).await
     }
 
-    async fn handle_requests<'a, S: MailboxStore>(
+    async fn handle_requests<'a, S: MailboxStore, T: ServerStream>(
         &mut self,
         requests: Vec<Request>,
+        stream: &mut T,
         shared: &'a Shared<S>,
         out: &mut Vec<u8>,
         inflight: &mut Inflight<'a>,
-    ) {
+    ) -> Result<(), Close> {
         // Consecutive sends become one store batch and consecutive acks one concurrent group,
         // so a pipelining client pays one durable commit per read, not one per request.
         let mut sends = Vec::new();
@@ -655,6 +705,12 @@ impl Conn {
                         shared.metrics.request_errors.inc();
                     }
                     respond(req.id, result, out);
+                    if out.len() >= MAX_UNSENT {
+                        // Written out before reading on: what waits for the peer stays small
+                        // however many requests it pipelined.
+                        self.send(stream, out).await?;
+                        out.clear();
+                    }
                 }
             }
         }
@@ -664,6 +720,7 @@ impl Conn {
         if !acks.is_empty() {
             self.start_acks(acks, shared, out, inflight);
         }
+        Ok(())
     }
 
     /// Validates acks and hands them to the store as one concurrent group.
@@ -1114,16 +1171,39 @@ impl Conn {
             request::Body::FetchKeyPackage(f) => {
                 let slot: [u8; 32] =
                     msg::fixed("fetch_key_package", "slot_id", &f.slot_id).map_err(bad)?;
+                // Each slot answers a few fetches a second: an invitation is fetched once or
+                // twice, never in a loop.
+                if let Err(wait) = shared.fetch_limiter.check(&slot, Instant::now()) {
+                    let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
+                    err.message = "this key-package slot is fetched too often; wait".to_owned();
+                    err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
+                    return Err(response::Result::Error(err));
+                }
                 match shared
                     .store
                     .take_key_package(slot)
                     .await
                     .map_err(|e| store_error(&e))?
                 {
-                    Some(kp) => Ok(response::Result::KeyPackage(msg::KeyPackage {
-                        data: kp.data,
-                        last_resort: kp.last_resort,
-                    })),
+                    Some(kp)
+                        if kp.last_resort && self.last_resorts >= MAX_LAST_RESORT_PER_SESSION =>
+                    {
+                        let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
+                        err.message = format!(
+                            "a session is handed a last-resort key package at most \
+                             {MAX_LAST_RESORT_PER_SESSION} times"
+                        );
+                        Err(response::Result::Error(err))
+                    }
+                    Some(kp) => {
+                        if kp.last_resort {
+                            self.last_resorts += 1;
+                        }
+                        Ok(response::Result::KeyPackage(msg::KeyPackage {
+                            data: kp.data,
+                            last_resort: kp.last_resort,
+                        }))
+                    }
                     None => Err(error_result(ErrorCode::NoKeyPackage)),
                 }
             }

@@ -20,12 +20,18 @@ pub use metrics::Metrics;
 
 use pigeon_proto::StaticKeypair;
 use pigeon_store::MailboxStore;
+use pigeon_transport::admission::{Admission, AdmissionLimits, Ticket};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+/// Key-package fetches per second allowed per slot (sustained)...
+const FETCHES_PER_SEC: f32 = 2.0;
+/// ...and in a burst.
+const FETCH_BURST: f32 = 20.0;
 
 /// Tunables of a relay. The defaults suit a public relay.
 #[derive(Clone, Debug)]
@@ -46,6 +52,11 @@ pub struct RelayConfig {
     pub expiry_interval: Duration,
     /// How long a graceful drain may take before connections are cut.
     pub drain_timeout: Duration,
+    /// The pool of connections still in their handshake and the per-source caps of the plain
+    /// `tcp` listener (the tls front has its own, in its configuration).
+    pub admission: AdmissionLimits,
+    /// A connection with no subscription that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -59,6 +70,8 @@ impl Default for RelayConfig {
             send_burst: 2000.0,
             expiry_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
+            admission: AdmissionLimits::default(),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -71,6 +84,10 @@ pub(crate) struct Shared<S> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) hub: hub::Hub,
     pub(crate) limiter: conn::Limiter,
+    /// Per-slot key-package fetch limits.
+    pub(crate) fetch_limiter: conn::Limiter,
+    /// Strangers' handshakes and per-source counts of the plain `tcp` listener.
+    pool: Arc<Admission>,
     active: AtomicUsize,
     idle: Notify,
     /// Set, and `stop` notified, when the relay starts draining.
@@ -102,7 +119,7 @@ pub enum Listener {
 
 /// A connection to serve, whatever it came through.
 enum Incoming {
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, std::net::IpAddr),
     Tunnel(pigeon_transport_tls::ServerSession),
 }
 
@@ -143,9 +160,11 @@ pub async fn run<S: MailboxStore>(
 fn connection<S: MailboxStore, T: pigeon_transport::ServerStream>(
     mut stream: T,
     shared: Arc<Shared<S>>,
+    mut ticket: Option<Ticket>,
 ) -> impl Future<Output = ()> {
     async move {
-        conn::serve(&mut stream, &shared).await;
+        conn::serve(&mut stream, &shared, &mut ticket).await;
+        drop(ticket);
         shared.metrics.connections_open.dec();
         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.idle.notify_waiters();
@@ -171,6 +190,8 @@ pub async fn serve<S: MailboxStore>(
         store,
         keys,
         limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
+        fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
+        pool: Admission::new(config.admission),
         config,
         metrics,
         hub: hub::Hub::default(),
@@ -193,8 +214,22 @@ pub async fn serve<S: MailboxStore>(
             () = &mut shutdown => break Ok(()),
             next = incoming.recv() => match next {
                 Some(Ok(conn)) => {
-                    // The peer address is deliberately not kept or logged.
-                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections {
+                    // The peer address is counted against its source's caps in memory, and
+                    // otherwise not kept or logged.
+                    let ticket = match &conn {
+                        Incoming::Tcp(_, peer) => match shared.pool.admit(*peer) {
+                            Some(ticket) => Some(ticket),
+                            None => {
+                                shared.metrics.refused_connections.inc();
+                                continue;
+                            }
+                        },
+                        Incoming::Tunnel(_) => None,
+                    };
+                    // When full, strangers still in their handshake make room first.
+                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections
+                        && !shared.pool.evict_oldest()
+                    {
                         shared.metrics.refused_connections.inc();
                         continue;
                     }
@@ -204,8 +239,10 @@ pub async fn serve<S: MailboxStore>(
                     // One task type per transport, so each holds only its own stream.
                     let shared = Arc::clone(&shared);
                     match conn {
-                        Incoming::Tcp(stream) => tokio::spawn(connection(stream, shared)),
-                        Incoming::Tunnel(session) => tokio::spawn(connection(session, shared)),
+                        Incoming::Tcp(stream, _) => tokio::spawn(connection(stream, shared, ticket)),
+                        Incoming::Tunnel(session) => {
+                            tokio::spawn(connection(session, shared, ticket))
+                        }
                     };
                 }
                 Some(Err(e)) => break Err(RelayError::Accept(e)),
@@ -253,10 +290,14 @@ async fn accept_loop(
     match listener {
         Listener::Tcp(listener) => loop {
             match listener.accept().await {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     set_keepalive(&stream);
-                    if out.send(Ok(Incoming::Tcp(stream))).await.is_err() {
+                    if out
+                        .send(Ok(Incoming::Tcp(stream, peer.ip())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

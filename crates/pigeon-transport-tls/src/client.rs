@@ -1158,7 +1158,7 @@ mod tests {
             cover: crate::Cover::Dir(dir.path().to_path_buf()),
             cover_tls: None,
             handshake_timeout: Duration::from_secs(10),
-            max_handshakes: 16,
+            admission: pigeon_transport::admission::AdmissionLimits::default(),
         };
         let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
             .await

@@ -8,6 +8,7 @@
 //! translated to HTTP/1.1 requests (with the original `Host`).
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -23,6 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 /// Largest file the static cover serves.
 const MAX_FILE: u64 = 64 << 20;
+/// A cover connection on which nothing moves either way for this long is closed: nginx's
+/// `keepalive_timeout` (75 s) for an idle keep-alive connection; its `client_body_timeout` and
+/// `send_timeout` (60 s) are gaps within a request, which this bounds as well.
+pub(crate) const COVER_IDLE: std::time::Duration = std::time::Duration::from_secs(75);
+/// A request's header must be complete within this long (nginx's `client_header_timeout`).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What everyone without a token sees.
 #[derive(Clone, Debug)]
@@ -45,7 +52,6 @@ impl Cover {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io = Prefixed { prefix, at: 0, io };
         match self {
             Self::Dir(dir) => {
                 let dir = dir.clone();
@@ -59,14 +65,26 @@ impl Cover {
                         Ok::<_, Infallible>(static_file(&dir, &parts).await)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                // At most 128 streams at once on one connection (nginx's
+                // `http2_max_concurrent_streams`).
+                builder.http2().max_concurrent_streams(128);
+                let io = Idle::new(Prefixed { prefix, at: 0, io }, COVER_IDLE);
+                let _ = builder.serve_connection(TokioIo::new(io), service).await;
             }
+            // The other server's own timeouts apply: the connection is passed as it is.
             Self::Upstream { http1, h2c } => match (h2, h2c) {
-                (true, Some(h2c)) => splice(io, *h2c).await,
-                (true, None) => translate(io, *http1).await,
-                (false, _) => splice(io, *http1).await,
+                (true, Some(h2c)) => splice(prefix, io, *h2c).await,
+                (true, None) => {
+                    let io = Idle::new(Prefixed { prefix, at: 0, io }, COVER_IDLE);
+                    translate(io, *http1).await;
+                }
+                (false, _) => splice(prefix, io, *http1).await,
             },
         }
     }
@@ -74,7 +92,7 @@ impl Cover {
 
 /// Passes a connection whose first bytes, already read, are `prefix` to `upstream` as it came.
 pub(crate) async fn pass_through(io: tokio::net::TcpStream, prefix: Vec<u8>, upstream: SocketAddr) {
-    splice(Prefixed { prefix, at: 0, io }, upstream).await;
+    splice(prefix, io, upstream).await;
 }
 
 /// nginx's answer to bytes that are not TLS on its HTTPS port, once `head` says enough: the
@@ -121,12 +139,15 @@ pub(crate) fn plain_http_on_https(head: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Passes a connection to `upstream` byte for byte.
-async fn splice<S: AsyncRead + AsyncWrite + Unpin>(mut io: Prefixed<S>, upstream: SocketAddr) {
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    prefix: Vec<u8>,
+    mut io: S,
+    upstream: SocketAddr,
+) {
     let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
         return;
     };
     let _ = up.set_nodelay(true);
-    let prefix = std::mem::take(&mut io.prefix);
     if up.write_all(&prefix).await.is_err() {
         return;
     }
@@ -134,7 +155,7 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(mut io: Prefixed<S>, upstream
 }
 
 /// Serves HTTP/2 by forwarding each request to an HTTP/1.1 server.
-async fn translate<S>(io: Prefixed<S>, upstream: SocketAddr)
+async fn translate<S>(io: S, upstream: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -417,6 +438,91 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// A stream that fails with `TimedOut` once nothing has moved either way for `limit`: an idle
+/// keep-alive connection, a request body or header that stopped coming, a peer that stopped
+/// reading its answer.
+pub(crate) struct Idle<S> {
+    io: S,
+    limit: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Idle<S> {
+    pub(crate) fn new(io: S, limit: std::time::Duration) -> Self {
+        Self {
+            io,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.timer.as_mut().reset(next);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +566,23 @@ mod tests {
             nginx_page(StatusCode::NOT_FOUND),
             "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_and_a_busy_one_does_not() {
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut idle = Idle::new(a, std::time::Duration::from_secs(75));
+        // Bytes every minute keep it open...
+        for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            b.write_all(b"x").await.expect("write");
+            let mut one = [0u8; 1];
+            idle.read_exact(&mut one).await.expect("read");
+        }
+        // ...silence for 75 s ends it.
+        let mut one = [0u8; 1];
+        let err = idle.read(&mut one).await.expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use pigeon_transport::admission::{Admission as Pool, AdmissionLimits, Ticket};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::cover::Cover;
 use crate::error::TlsError;
@@ -56,10 +57,11 @@ pub struct FrontConfig {
     /// well-formed ClientHello (garbage, plain HTTP, broken hellos from probers) are passed
     /// there as they came, so the cover's own TLS stack reacts to them.
     pub cover_tls: Option<SocketAddr>,
-    /// Time a connection has for its TLS handshake and first request.
+    /// Time a connection has for its TLS handshake and first request, counted from accept.
     pub handshake_timeout: Duration,
-    /// Most connections in their handshake at once; more wait for their turn.
-    pub max_handshakes: usize,
+    /// The pool of connections still in their handshake, and per-source caps (see
+    /// [`pigeon_transport::admission`]): when the pool is full the oldest handshake is closed.
+    pub admission: AdmissionLimits,
 }
 
 impl std::fmt::Debug for FrontConfig {
@@ -216,7 +218,7 @@ impl Front {
         let (tx, rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             gate: Gate::new(config.path.clone(), config.key.clone()),
-            handshakes: Semaphore::new(config.max_handshakes.max(1)),
+            pool: Pool::new(config.admission),
             config,
             sessions: tx,
         });
@@ -242,26 +244,22 @@ impl Front {
 struct Shared {
     config: FrontConfig,
     gate: Gate,
-    handshakes: Semaphore,
+    pool: Arc<Pool>,
     sessions: mpsc::Sender<ServerSession>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((tcp, _peer)) => {
-                // The peer's address is not kept or logged.
+            Ok((tcp, peer)) => {
+                // The peer's address is counted against its source's caps, in memory only; it
+                // is never kept past the connection or logged.
+                let Some(ticket) = shared.pool.admit(peer.ip()) else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let timeout = shared.config.handshake_timeout;
-                    let Ok(_permit) = shared.handshakes.acquire().await else {
-                        return;
-                    };
-                    if let Err(e) = serve_connection(tcp, &shared, timeout).await {
-                        tracing::debug!(error = %e, "tls connection ended");
-                    }
-                });
+                tokio::spawn(serve_connection(tcp, shared, ticket));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; pausing briefly");
@@ -279,12 +277,76 @@ struct Handshaken {
     raw: Vec<u8>,
 }
 
-async fn serve_connection(
+/// What the first moments of a connection decided.
+enum Decided {
+    /// Nothing more to do (closed, as a web server would).
+    Closed,
+    /// Not a well-formed ClientHello.
+    Stranger {
+        tcp: TcpStream,
+        raw: Vec<u8>,
+        opening: Opening,
+    },
+    /// A TLS connection for the cover site (`plain`: its first bytes, already read).
+    Cover {
+        hs: Box<Handshaken>,
+        plain: Vec<u8>,
+        h2: bool,
+    },
+    /// A tunnel leg with a valid token.
+    Leg {
+        hs: Box<Handshaken>,
+        plain: Vec<u8>,
+        admission: Admission,
+    },
+}
+
+/// Serves one accepted connection. Its handshake and first request happen in the admission
+/// pool, within the deadline counted from accept, and end early if the pool evicts it; what
+/// comes after (the cover site, a tunnel leg) holds no place in the pool.
+async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>, mut ticket: Ticket) {
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let decided = tokio::select! {
+        decided = decide(tcp, &shared, deadline) => decided,
+        () = ticket.evicted() => return,
+    };
+    ticket.authenticated();
+    let result = match decided {
+        Ok(Decided::Closed) => Ok(()),
+        Ok(Decided::Stranger { tcp, raw, opening }) => {
+            stranger(tcp, raw, &opening, shared.config.cover_tls, deadline).await;
+            Ok(())
+        }
+        Ok(Decided::Cover { hs, plain, h2 }) => {
+            shared
+                .config
+                .cover
+                .serve(RustlsStream::new(*hs), plain, h2)
+                .await;
+            Ok(())
+        }
+        Ok(Decided::Leg {
+            hs,
+            plain,
+            admission,
+        }) => {
+            // A tunnel leg proved itself with a token: it no longer counts against its source.
+            drop(ticket);
+            leg(*hs, plain, admission, &shared).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "tls connection ended");
+    }
+}
+
+/// The opening, the TLS handshake and the first request, within `deadline`.
+async fn decide(
     tcp: TcpStream,
     shared: &Shared,
-    timeout: Duration,
-) -> Result<(), TlsError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    deadline: tokio::time::Instant,
+) -> Result<Decided, TlsError> {
     let mut tcp = tcp;
     let mut raw = Vec::new();
     let opening = tokio::time::timeout_at(deadline, async {
@@ -298,13 +360,10 @@ async fn serve_connection(
     .await;
     match opening {
         Ok(Ok(Opening::Hello)) => {}
-        Ok(Ok(other)) => {
-            stranger(tcp, raw, &other, shared.config.cover_tls, deadline).await;
-            return Ok(());
-        }
+        Ok(Ok(opening)) => return Ok(Decided::Stranger { tcp, raw, opening }),
         Ok(Err(e)) => return Err(e),
         // Too few bytes to tell, for the whole handshake time: close, as a server would.
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(Decided::Closed),
     }
     let conn = rustls::ServerConnection::new(Arc::clone(&shared.config.tls))
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -313,17 +372,16 @@ async fn serve_connection(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         // A slow or silent peer: close as a web server would after its handshake timeout.
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(Decided::Closed),
     }
     let tls13 = hs.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     let h2 = hs.conn.alpn_protocol() == Some(b"h2".as_slice());
     if !(tls13 && h2) {
-        shared
-            .config
-            .cover
-            .serve(RustlsStream::new(hs), Vec::new(), h2)
-            .await;
-        return Ok(());
+        return Ok(Decided::Cover {
+            hs: Box::new(hs),
+            plain: Vec::new(),
+            h2,
+        });
     }
     let mut plain = Vec::new();
     let sniffed = tokio::time::timeout_at(deadline, read_first_request(&mut hs, &mut plain))
@@ -337,14 +395,27 @@ async fn serve_connection(
         } => shared.gate.admit(method, path, *end_stream),
         _ => None,
     };
-    let Some(admission) = admission else {
-        shared
-            .config
-            .cover
-            .serve(RustlsStream::new(hs), plain, true)
-            .await;
-        return Ok(());
-    };
+    Ok(match admission {
+        Some(admission) => Decided::Leg {
+            hs: Box::new(hs),
+            plain,
+            admission,
+        },
+        None => Decided::Cover {
+            hs: Box::new(hs),
+            plain,
+            h2: true,
+        },
+    })
+}
+
+/// Takes the TLS keys out of rustls and opens the admitted leg.
+async fn leg(
+    hs: Handshaken,
+    plain: Vec<u8>,
+    admission: Admission,
+    shared: &Shared,
+) -> Result<(), TlsError> {
     let Handshaken { tcp, conn, raw } = hs;
     let secrets = conn
         .dangerous_extract_secrets()

@@ -29,6 +29,9 @@ use crate::token::SessionId;
 
 /// Bytes read from a socket per call, at most.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most sealed control answers (PING and SETTINGS acknowledgements, window updates) a leg keeps
+/// for a client that does not read them.
+const MAX_OWED_CONTROL: usize = 256 * 1024;
 /// Most tunnel bytes a leg holds for the relay before it stops reading its socket.
 const MAX_READY: usize = 256 * 1024;
 /// Bytes a leg keeps in hand for the END_STREAM frame (and its record) when spending a budget.
@@ -263,6 +266,14 @@ impl ServerLeg {
             self.seal(&control, &mut wire)?;
             self.bufs().owed = wire;
             self.try_flush()?;
+            // Answers the client does not take pile up here: a client that floods PINGs or
+            // SETTINGS without reading what they are owed ends its leg.
+            if self.bufs().owed.len() > MAX_OWED_CONTROL {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client sends PING or SETTINGS frames faster than it reads the answers",
+                ));
+            }
         }
         if let Some(why) = failure {
             return Err(io::Error::new(io::ErrorKind::ConnectionReset, why));

@@ -12,6 +12,7 @@
 //! shared [`pigeon_wire::ErrorKind`]: a refused, reset or timed-out connection is
 //! [`LocalNetwork`](pigeon_wire::ErrorKind::LocalNetwork), which is what censorship looks like.
 
+pub mod admission;
 mod error;
 mod link;
 pub mod proto;
