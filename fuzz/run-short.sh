@@ -14,7 +14,7 @@ if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
     targets=(frame_decode protobuf_decode link_parse invite_parse e2ee_decode
-        tls_h2 tls_opening tls_record tls_token group_decode)
+        tls_h2 tls_opening tls_record tls_token group_decode channel_accept store_record)
 fi
 
 export RUSTC_BOOTSTRAP=1

@@ -33,7 +33,8 @@ fn group() -> (Device, Device) {
         Identity::generate(&ap).expect("id"),
         Identity::generate(&bp).expect("id"),
     );
-    let roster = Roster { name: "fuzz".to_owned(), members: vec![entry(&ai, "a", true)] };
+    let roster =
+        Roster { name: "fuzz".to_owned(), members: vec![entry(&ai, "a", true)], direct: false };
     let mut ag = Group::create(&ap, &ai, Suite::XWing, &roster).expect("create");
     let kp = bi.key_package(&bp, Suite::XWing).expect("kp");
     let c = ag
@@ -60,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         let (a, b) = &mut *g.borrow_mut();
         let _ = b.group.open(&b.provider, data);
         let _ = Group::join_group(&b.provider, data);
-        let _ = pigeon_e2ee::key_package_signature_key(&b.provider, data);
+        let _ = pigeon_e2ee::key_package_signature_key(&b.provider, data, Suite::XWing);
         let content = Content {
             id: vec![1; 16],
             sent_at_ms: 0,

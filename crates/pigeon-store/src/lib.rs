@@ -32,6 +32,9 @@
 //! Time is passed in explicitly as Unix seconds (`now`); no backend reads the clock.
 
 mod fjall_store;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use fjall_store::{FjallOptions, FjallStore};
 
