@@ -59,6 +59,10 @@ pub(crate) struct RelayArgs {
     /// closed.
     #[arg(long, default_value_t = RelayConfig::default().idle_timeout.as_secs())]
     idle_timeout: u64,
+    /// Mailboxes, logs and key-package publications the relay makes per second, from everyone
+    /// (ten times this in a burst); one session makes at most 64.
+    #[arg(long, default_value_t = RelayConfig::default().creations_per_sec)]
+    creations_per_sec: f32,
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
@@ -429,6 +433,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         admission: args.admission_limits(),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
+        creations_per_sec: args.creations_per_sec,
         ..RelayConfig::default()
     };
     tracing::info!(listen = %bound, "relay serving");

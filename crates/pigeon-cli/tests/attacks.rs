@@ -398,3 +398,53 @@ async fn pipelined_requests_with_large_answers_do_not_pile_up_in_the_relay() {
     assert!(rss < MAX_RSS_MIB, "the relay holds {rss} MiB");
     relay.assert_no_panic();
 }
+
+#[tokio::test]
+async fn anonymous_creation_is_bounded_per_session_and_for_the_relay() {
+    use pigeon_wire::ErrorCode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(
+        RelayOpts::in_dir(dir.path())
+            .arg("--creations-per-sec")
+            .arg("50"),
+    );
+    let pid = relay.pid().expect("pid");
+    // A stranger with the relay link makes mailboxes as fast as it can, session after session.
+    let mut made = 0;
+    let mut session_quota = 0;
+    let mut relay_quota = 0;
+    for _ in 0..12 {
+        let conn = relay.connect().await;
+        for _ in 0..80 {
+            let m = OwnedMailbox::generate().expect("mailbox");
+            match conn.create_mailbox(&m.key, &m.id, m.cap_hash()).await {
+                Ok(()) => made += 1,
+                Err(pigeon_client::ClientError::Refused {
+                    code: ErrorCode::QuotaExceeded,
+                    message,
+                    retry_after,
+                }) => {
+                    if message.contains("this session") {
+                        session_quota += 1;
+                        break;
+                    }
+                    assert!(retry_after.is_some(), "{message}");
+                    relay_quota += 1;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    eprintln!("made {made}; session quota hit {session_quota}×, the relay's {relay_quota}×");
+    assert!(session_quota >= 1, "a session made more than 64 mailboxes");
+    assert!(
+        relay_quota >= 1,
+        "the relay's rate of creations was never reached"
+    );
+    assert!(made <= 12 * 64, "{made} mailboxes made");
+    // The refill lets honest people make theirs a moment later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    honest_rounds(&relay.link, pid, 3).await;
+    relay.assert_no_panic();
+}

@@ -43,6 +43,9 @@ const MAX_BUFFERED: usize = 512 * 1024;
 /// for the peer to take them): a client cannot make the relay hold more for it than this by
 /// pipelining requests with large answers and reading slowly.
 const MAX_UNSENT: usize = 1 << 20;
+/// Mailboxes, logs and key-package publications one session may make: a person's client makes
+/// a handful per invitation or group; more is someone filling the store.
+const MAX_CREATIONS_PER_SESSION: u16 = 64;
 /// Last-resort key packages one session is handed (it is never used up, so without a limit a
 /// stranger could fetch it in a loop).
 const MAX_LAST_RESORT_PER_SESSION: u8 = 2;
@@ -177,6 +180,8 @@ struct Conn {
     inbuf: Vec<u8>,
     /// Last-resort key packages handed to this session so far.
     last_resorts: u8,
+    /// Mailboxes, logs and key-package publications this session made so far.
+    creations: u16,
 }
 
 /// Serves one accepted connection to its end.
@@ -258,6 +263,7 @@ async fn open<S: MailboxStore, T: ServerStream>(
         waker: None,
         inbuf,
         last_resorts: 0,
+        creations: 0,
     })
 }
 
@@ -954,6 +960,29 @@ impl Conn {
         })
     }
 
+    /// Counts a creation (a mailbox, a log, a key-package publication) against this session's
+    /// quota and the relay's rate of creations; refuses with [`ErrorCode::QuotaExceeded`] and a
+    /// sentence when either is spent.
+    fn may_create<S: MailboxStore>(&mut self, shared: &Shared<S>) -> Result<(), response::Result> {
+        if self.creations >= MAX_CREATIONS_PER_SESSION {
+            let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
+            err.message = format!(
+                "this session has made its {MAX_CREATIONS_PER_SESSION} mailboxes and key-package \
+                 publications; connect again to make more"
+            );
+            return Err(response::Result::Error(err));
+        }
+        if let Err(wait) = shared.take_creation(Instant::now()) {
+            let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
+            err.message =
+                "the relay is making too many mailboxes right now; retry shortly".to_owned();
+            err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
+            return Err(response::Result::Error(err));
+        }
+        self.creations += 1;
+        Ok(())
+    }
+
     async fn handle_one<S: MailboxStore>(
         &mut self,
         body: request::Body,
@@ -981,6 +1010,7 @@ impl Conn {
                         .map_err(bad)?;
                 let kind = MailboxKind::parse("create_mailbox", c.kind).map_err(bad)?;
                 self.verify(&key, AuthOp::CreateMailbox, &id.0, &cap_hash, &c.signature)?;
+                self.may_create(shared)?;
                 let record = MailboxRecord::new(kind, key, cap_hash, crate::unix_now());
                 shared
                     .store
@@ -1159,6 +1189,7 @@ impl Conn {
                     &digest,
                     &p.signature,
                 )?;
+                self.may_create(shared)?;
                 let available = shared
                     .store
                     .publish_key_packages(slot, owner, p.one_time, p.last_resort)

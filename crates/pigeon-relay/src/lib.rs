@@ -57,6 +57,9 @@ pub struct RelayConfig {
     pub admission: AdmissionLimits,
     /// A connection with no subscription that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Mailboxes, logs and key-package publications the relay makes per second, from
+    /// everyone (sustained; ten times this in a burst).
+    pub creations_per_sec: f32,
 }
 
 impl Default for RelayConfig {
@@ -72,6 +75,17 @@ impl Default for RelayConfig {
             drain_timeout: Duration::from_secs(10),
             admission: AdmissionLimits::default(),
             idle_timeout: Duration::from_secs(120),
+            creations_per_sec: 200.0,
+        }
+    }
+}
+
+impl<S> Shared<S> {
+    /// Takes one creation from the relay's rate; `Err(wait)` when it is spent.
+    pub(crate) fn take_creation(&self, now: std::time::Instant) -> Result<(), Duration> {
+        match self.creations.lock() {
+            Ok(mut bucket) => bucket.take(1.0, now),
+            Err(_) => Ok(()),
         }
     }
 }
@@ -86,6 +100,8 @@ pub(crate) struct Shared<S> {
     pub(crate) limiter: conn::Limiter,
     /// Per-slot key-package fetch limits.
     pub(crate) fetch_limiter: conn::Limiter,
+    /// The relay's rate of creations.
+    creations: std::sync::Mutex<pigeon_proto::rate::TokenBucket>,
     /// Strangers' handshakes and per-source counts of the plain `tcp` listener.
     pool: Arc<Admission>,
     active: AtomicUsize,
@@ -191,6 +207,11 @@ pub async fn serve<S: MailboxStore>(
         keys,
         limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
         fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
+        creations: std::sync::Mutex::new(pigeon_proto::rate::TokenBucket::new(
+            config.creations_per_sec.max(1.0),
+            config.creations_per_sec.max(1.0) * 10.0,
+            std::time::Instant::now(),
+        )),
         pool: Admission::new(config.admission),
         config,
         metrics,

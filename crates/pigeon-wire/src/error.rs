@@ -59,6 +59,9 @@ pub enum ErrorCode {
     TooManyKeyPackages = 15,
     /// The log's member capability was replaced; the new one is in the log.
     CapabilityRetired = 16,
+    /// This session, or the relay as a whole right now, creates no more mailboxes, logs or
+    /// key-package slots; retry later (on a new connection for a session's quota).
+    QuotaExceeded = 17,
 }
 
 impl ErrorCode {
@@ -81,6 +84,7 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::TooManyKeyPackages,
         Self::CapabilityRetired,
+        Self::QuotaExceeded,
     ];
 
     /// The code as sent on the wire.
@@ -119,6 +123,9 @@ impl ErrorCode {
             Self::CapabilityRetired => {
                 "this capability was replaced: read the group's log for the new one"
             }
+            Self::QuotaExceeded => {
+                "no more mailboxes or key-package slots can be created now; retry later"
+            }
         }
     }
 
@@ -139,7 +146,8 @@ impl ErrorCode {
             | Self::NotSubscribed
             | Self::SlotOwnedElsewhere
             | Self::TooManyKeyPackages
-            | Self::CapabilityRetired => ErrorKind::Refused,
+            | Self::CapabilityRetired
+            | Self::QuotaExceeded => ErrorKind::Refused,
         }
     }
 
@@ -147,7 +155,11 @@ impl ErrorCode {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::StoreUnavailable | Self::ShuttingDown | Self::MailboxFull
+            Self::RateLimited
+                | Self::StoreUnavailable
+                | Self::ShuttingDown
+                | Self::MailboxFull
+                | Self::QuotaExceeded
         )
     }
 }
