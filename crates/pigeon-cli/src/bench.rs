@@ -29,6 +29,8 @@ pub(crate) enum BenchCommand {
     Tls(crate::bench_tls::TlsBenchArgs),
     /// Groups: commit costs at N members (X-Wing) and fan-out through a real relay.
     Group(crate::bench_group::GroupBenchArgs),
+    /// Attacks from this machine on a relay child process, and what an honest client gets.
+    Attack(crate::bench_attack::AttackBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -72,6 +74,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Client(args) => crate::bench_client::run(args).await,
         BenchCommand::Tls(args) => crate::bench_tls::run(args).await,
         BenchCommand::Group(args) => crate::bench_group::run(args).await,
+        BenchCommand::Attack(args) => crate::bench_attack::run(args).await,
     }
 }
 

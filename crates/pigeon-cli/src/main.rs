@@ -2,6 +2,7 @@
 
 mod acme;
 mod bench;
+mod bench_attack;
 mod bench_client;
 mod bench_group;
 mod bench_nats;

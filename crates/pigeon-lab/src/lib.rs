@@ -15,6 +15,7 @@
 //!
 //! See the crate's `README.md` for the design, the rules with their defaults and how to run it.
 
+pub mod attack;
 pub mod censor;
 pub mod cli;
 pub mod dns;

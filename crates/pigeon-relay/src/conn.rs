@@ -182,6 +182,9 @@ struct Conn {
     last_resorts: u8,
     /// Mailboxes, logs and key-package publications this session made so far.
     creations: u16,
+    /// The source's key for per-source limits (plain `tcp` only; behind the tls front the
+    /// relay does not know the source).
+    source: Option<u128>,
 }
 
 /// Serves one accepted connection to its end.
@@ -264,6 +267,7 @@ async fn open<S: MailboxStore, T: ServerStream>(
         inbuf,
         last_resorts: 0,
         creations: 0,
+        source: ticket.map(Ticket::source_key),
     })
 }
 
@@ -972,7 +976,19 @@ impl Conn {
             );
             return Err(response::Result::Error(err));
         }
-        if let Err(wait) = shared.take_creation(Instant::now()) {
+        let now = Instant::now();
+        if let Some(source) = self.source {
+            let mut key = [0u8; 32];
+            key[..16].copy_from_slice(&source.to_be_bytes());
+            if let Err(wait) = shared.source_creations.check(&key, now) {
+                let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
+                err.message =
+                    "too many mailboxes are made from your address; retry shortly".to_owned();
+                err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
+                return Err(response::Result::Error(err));
+            }
+        }
+        if let Err(wait) = shared.take_creation(now) {
             let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
             err.message =
                 "the relay is making too many mailboxes right now; retry shortly".to_owned();

@@ -33,6 +33,11 @@ const FETCHES_PER_SEC: f32 = 2.0;
 /// ...and in a burst.
 const FETCH_BURST: f32 = 20.0;
 
+/// Creations per second from one source address on the plain `tcp` listener (sustained)...
+const SOURCE_CREATIONS_PER_SEC: f32 = 10.0;
+/// ...and in a burst.
+const SOURCE_CREATION_BURST: f32 = 100.0;
+
 /// Tunables of a relay. The defaults suit a public relay.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -100,6 +105,8 @@ pub(crate) struct Shared<S> {
     pub(crate) limiter: conn::Limiter,
     /// Per-slot key-package fetch limits.
     pub(crate) fetch_limiter: conn::Limiter,
+    /// Per-source creation limits (plain `tcp`).
+    pub(crate) source_creations: conn::Limiter,
     /// The relay's rate of creations.
     creations: std::sync::Mutex<pigeon_proto::rate::TokenBucket>,
     /// Strangers' handshakes and per-source counts of the plain `tcp` listener.
@@ -207,6 +214,7 @@ pub async fn serve<S: MailboxStore>(
         keys,
         limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
         fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
+        source_creations: conn::Limiter::new(SOURCE_CREATIONS_PER_SEC, SOURCE_CREATION_BURST),
         creations: std::sync::Mutex::new(pigeon_proto::rate::TokenBucket::new(
             config.creations_per_sec.max(1.0),
             config.creations_per_sec.max(1.0) * 10.0,

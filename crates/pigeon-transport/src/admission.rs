@@ -211,6 +211,12 @@ impl Ticket {
         }
     }
 
+    /// An opaque key for the connection's source (an IPv4 address, an IPv6 /64), for limits
+    /// kept per source in memory; it is not the address in any printable form.
+    pub fn source_key(&self) -> u128 {
+        self.source.0
+    }
+
     /// The handshake is done: the connection leaves the handshake pool (it still counts
     /// towards its source's connections).
     pub fn authenticated(&mut self) {
