@@ -90,6 +90,7 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> std::process::ExitCode {
+    quiet_when_the_reader_leaves();
     let cli = Cli::parse();
     init_logging(cli.log_json);
     user_cmd::set_profile_dir(cli.profile.clone());
@@ -178,4 +179,23 @@ fn chain_once(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// A reader that went away (`pigeon invite | head -1`) ends the program quietly with the status
+/// of a broken pipe, as it ends any Unix tool, instead of a panic report: Rust ignores SIGPIPE,
+/// so printing to a closed pipe panics inside `println!`.
+fn quiet_when_the_reader_leaves() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -288,3 +288,27 @@ fn a_hundred_malformed_invitations_get_clear_errors_and_change_nothing() {
     );
     relay.assert_no_panic();
 }
+
+/// `pigeon invite | head -1`: when the reader goes away the command ends quietly (the status
+/// of a broken pipe), never with a panic report.
+#[test]
+fn a_reader_that_leaves_early_gets_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..3 {
+        let mut child = pigeon(&dir.path().join("p"))
+            .args(["relay", "--help"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            out.status.success() || out.status.code() == Some(141),
+            "{:?}: {stderr}",
+            out.status
+        );
+    }
+}
