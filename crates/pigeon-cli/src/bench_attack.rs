@@ -195,6 +195,7 @@ pub(crate) async fn run(args: AttackBenchArgs) -> anyhow::Result<()> {
                     "relay_rss_mib": rss,
                     "attacker": {
                         "connections": report.opened,
+                        "held_at_end": report.held,
                         "closed_by_relay": report.closed,
                         "requests": report.requests,
                         "refused": report.refused,
@@ -204,7 +205,7 @@ pub(crate) async fn run(args: AttackBenchArgs) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "{:<22} honest connect p50 {:>7.1} ms, p99 {:>7.1} ms; {} of {} rounds ok; relay RSS {} MiB; attacker opened {}, {} closed by the relay, {} requests ({} refused)",
+                "{:<22} honest connect p50 {:>7.1} ms, p99 {:>7.1} ms; {} of {} rounds ok; relay RSS {} MiB; attacker opened {}, held {} ({} closed by the relay), {} requests ({} refused)",
                 attack.name(),
                 ms(0.5),
                 ms(0.99),
@@ -212,6 +213,7 @@ pub(crate) async fn run(args: AttackBenchArgs) -> anyhow::Result<()> {
                 honest.rounds,
                 rss,
                 report.opened,
+                report.held,
                 report.closed,
                 report.requests,
                 report.refused,

@@ -119,7 +119,10 @@ pub(crate) struct TlsArgs {
     cover_h2c: Option<String>,
     /// The other web server's own HTTPS port (`HOST:PORT`): connections that do not open with a
     /// well-formed TLS ClientHello (scanners, probers, plain HTTP) are passed to it as they
-    /// came, so its own TLS stack answers them.
+    /// came, so its own TLS stack answers them. Without it, a prober can tell the front from
+    /// the site by those answers. Even with it, a well-formed ClientHello is answered by the
+    /// front's own TLS (rustls), not the site's: a TLS fingerprinting scan (JARM) can tell the
+    /// two apart.
     #[arg(long, value_name = "HOST:PORT")]
     cover_tls: Option<SocketAddr>,
     /// Address for cleartext HTTP/2 from a reverse proxy or CDN that terminates TLS and forwards
