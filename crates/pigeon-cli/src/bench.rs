@@ -486,7 +486,7 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let measure = Duration::from_secs(args.seconds);
     let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000"];
-    let relay = RelayProcess::start(&tmp.path().join("relay"), &relay_flags)?;
+    let relay = RelayProcess::start_for_load(&tmp.path().join("relay"), &relay_flags)?;
     let setup = setup(&relay.link, &args).await?;
     if !args.json {
         eprintln!("saturating for {} s …", args.seconds);
@@ -510,7 +510,7 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let mut idle_user = None;
     let mut idle_total = None;
     if !args.skip_idle {
-        let relay = RelayProcess::start(&tmp.path().join("relay-idle"), &[])?;
+        let relay = RelayProcess::start_for_load(&tmp.path().join("relay-idle"), &[])?;
         let route = relay
             .link
             .supported_routes()

@@ -223,7 +223,7 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
 /// p50 and p99 of the time from a post to its push on the last of `n` subscribers.
 async fn fanout(n: usize, posts: usize) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
-    let relay = RelayProcess::start(dir.path(), &["--max-connections", "19000"])?;
+    let relay = RelayProcess::start_for_load(dir.path(), &["--max-connections", "19000"])?;
     let timeout = Duration::from_secs(20);
     let log = OwnedMailbox::generate()?;
     // One dialer for every connection (each connect on its own would build a TLS context).

@@ -208,7 +208,7 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
         "--max-depth",
         "10000000",
     ];
-    let relay = RelayProcess::start(&tmp.path().join("relay"), &flags)?;
+    let relay = RelayProcess::start_for_load(&tmp.path().join("relay"), &flags)?;
     let routes = Routes::of(&relay.link)?;
     let dialer = Dialer::new()?;
     let say = |text: String| {
@@ -248,7 +248,7 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
             args.idle_connections
         ));
         // A relay of its own, so the figure holds nothing of the phases before.
-        let relay = RelayProcess::start(&tmp.path().join("relay-idle"), &flags)?;
+        let relay = RelayProcess::start_for_load(&tmp.path().join("relay-idle"), &flags)?;
         let tls = Routes::of(&relay.link)?.tls;
         Some(
             crate::bench::idle_memory(

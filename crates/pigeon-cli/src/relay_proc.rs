@@ -42,6 +42,25 @@ impl RelayProcess {
         Ok(Self { child, link })
     }
 
+    /// [`Self::start`] for a benchmark whose load comes from this one machine: the per-source
+    /// caps and the idle timeout, which would rightly hold back one address opening thousands
+    /// of connections, are lifted (`pigeon bench attack` keeps them, as they are what it
+    /// measures).
+    pub(crate) fn start_for_load(data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "--max-handshakes",
+            "100000",
+            "--max-handshakes-per-source",
+            "100000",
+            "--max-per-source",
+            "1000000",
+            "--idle-timeout",
+            "86400",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(data, &args)
+    }
+
     /// The relay's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
