@@ -34,13 +34,15 @@ pub struct AdmissionLimits {
 }
 
 impl Default for AdmissionLimits {
-    /// Generous for people behind a carrier's NAT (many users, one address): 256 handshakes at
-    /// once from everyone, 64 from one source, 1,024 connections from one source.
+    /// Generous for people behind a carrier's NAT (many users, one address) and for a
+    /// reconnecting crowd on slow mobile links (a handshake there takes two round trips of up
+    /// to a second): 1,024 handshakes at once from everyone, 128 from one source, 2,048
+    /// connections from one source. A handshaking connection costs a task and a few KiB.
     fn default() -> Self {
         Self {
-            max_handshakes: 256,
-            per_source_handshakes: 64,
-            per_source: 1024,
+            max_handshakes: 1024,
+            per_source_handshakes: 128,
+            per_source: 2048,
         }
     }
 }
