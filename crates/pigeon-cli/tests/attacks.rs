@@ -18,6 +18,9 @@ use support::{Relay, RelayOpts};
 
 /// Honest connections must open within this, whatever the attack (issue #13's target).
 const HONEST_CONNECT: Duration = Duration::from_secs(2);
+/// The default handshakes at once from one source (`--max-handshakes-per-source`); the checks
+/// allow a few more for evictions signalled but not yet carried out when they look.
+const PER_SOURCE_HANDSHAKES: u64 = 128;
 /// The relay's resident memory stays under this during every attack here.
 const MAX_RSS_MIB: u64 = 512;
 
@@ -127,12 +130,13 @@ async fn stalled_and_silent_connections_do_not_lock_out_a_full_relay() {
     );
     for attack in [Attack::StalledHandshakes, Attack::SilentConnections] {
         let report = under_attack(&relay, attack, tcp_addr(&relay), 3).await;
-        // The attacker's own oldest handshakes were closed to make room.
+        // The attacker's own oldest handshakes were closed to make room: no more than its
+        // source's handshake cap are left open.
         assert!(
-            report.closed * 10 > report.held * 8,
-            "{}: only {} of {} held connections were closed",
+            report.held - report.closed <= PER_SOURCE_HANDSHAKES + 8,
+            "{}: {} of {} held connections are still open",
             attack.name(),
-            report.closed,
+            report.held - report.closed,
             report.held
         );
     }
@@ -233,5 +237,8 @@ async fn the_front_outlasts_keep_alive_cover_floods_and_stalled_hellos() {
     let report = under_attack(&relay, Attack::CoverKeepAlive, front, 3).await;
     assert!(report.served > 400, "{report:?}");
     let report = under_attack(&relay, Attack::StalledTlsHellos, front, 3).await;
-    assert!(report.closed * 10 > report.held * 8, "{report:?}");
+    assert!(
+        report.held - report.closed <= PER_SOURCE_HANDSHAKES + 8,
+        "{report:?}"
+    );
 }

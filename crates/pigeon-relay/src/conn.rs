@@ -182,8 +182,8 @@ struct Conn {
     last_resorts: u8,
     /// Mailboxes, logs and key-package publications this session made so far.
     creations: u16,
-    /// The source's key for per-source limits (plain `tcp` only; behind the tls front the
-    /// relay does not know the source).
+    /// The source's key for per-source limits (from the admission ticket on `tcp`, from the
+    /// front for a tunnel; none behind a proxy, where the peer is the proxy).
     source: Option<u128>,
 }
 
@@ -196,10 +196,11 @@ pub(crate) async fn serve<S: MailboxStore, T: ServerStream>(
     stream: &mut T,
     shared: &Shared<S>,
     ticket: &mut Option<Ticket>,
+    source: Option<u128>,
 ) {
     let no = CONN_NO.fetch_add(1, Ordering::Relaxed);
     // Boxed, so that what only the handshake needs is not kept in every idle connection's task.
-    let Some(mut conn) = Box::pin(open(stream, shared, no, ticket.as_ref())).await else {
+    let Some(mut conn) = Box::pin(open(stream, shared, no, ticket.as_ref(), source)).await else {
         return;
     };
     // A stranger no more: out of the handshake pool.
@@ -230,6 +231,7 @@ async fn open<S: MailboxStore, T: ServerStream>(
     shared: &Shared<S>,
     no: u64,
     ticket: Option<&Ticket>,
+    source: Option<u128>,
 ) -> Option<Conn> {
     let evicted = async {
         match ticket {
@@ -267,7 +269,7 @@ async fn open<S: MailboxStore, T: ServerStream>(
         inbuf,
         last_resorts: 0,
         creations: 0,
-        source: ticket.map(Ticket::source_key),
+        source,
     })
 }
 

@@ -143,7 +143,8 @@ pub enum Listener {
 /// A connection to serve, whatever it came through.
 enum Incoming {
     Tcp(tokio::net::TcpStream, std::net::IpAddr),
-    Tunnel(pigeon_transport_tls::ServerSession),
+    /// A tunnel session, with its source's key when the front knows it.
+    Tunnel(pigeon_transport_tls::ServerSession, Option<u128>),
 }
 
 /// Serves `listener` with `store` and the relay's static `keys` until `shutdown` resolves, then
@@ -184,9 +185,10 @@ fn connection<S: MailboxStore, T: pigeon_transport::ServerStream>(
     mut stream: T,
     shared: Arc<Shared<S>>,
     mut ticket: Option<Ticket>,
+    source: Option<u128>,
 ) -> impl Future<Output = ()> {
     async move {
-        conn::serve(&mut stream, &shared, &mut ticket).await;
+        conn::serve(&mut stream, &shared, &mut ticket, source).await;
         drop(ticket);
         shared.metrics.connections_open.dec();
         if shared.active.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -253,7 +255,7 @@ pub async fn serve<S: MailboxStore>(
                                 continue;
                             }
                         },
-                        Incoming::Tunnel(_) => None,
+                        Incoming::Tunnel(..) => None,
                     };
                     // When full, strangers still in their handshake make room first.
                     if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections
@@ -268,9 +270,12 @@ pub async fn serve<S: MailboxStore>(
                     // One task type per transport, so each holds only its own stream.
                     let shared = Arc::clone(&shared);
                     match conn {
-                        Incoming::Tcp(stream, _) => tokio::spawn(connection(stream, shared, ticket)),
-                        Incoming::Tunnel(session) => {
-                            tokio::spawn(connection(session, shared, ticket))
+                        Incoming::Tcp(stream, _) => {
+                            let source = ticket.as_ref().map(Ticket::source_key);
+                            tokio::spawn(connection(stream, shared, ticket, source))
+                        }
+                        Incoming::Tunnel(session, source) => {
+                            tokio::spawn(connection(session, shared, ticket, source))
                         }
                     };
                 }
@@ -341,15 +346,19 @@ async fn accept_loop(
             }
         },
         Listener::Tls(mut front) => {
-            while let Some(session) = front.accept().await {
-                if out.send(Ok(Incoming::Tunnel(session))).await.is_err() {
+            while let Some((session, source)) = front.accept_from().await {
+                if out
+                    .send(Ok(Incoming::Tunnel(session, source)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
         }
         Listener::Backend(mut backend) => {
             while let Some(session) = backend.accept().await {
-                if out.send(Ok(Incoming::Tunnel(session))).await.is_err() {
+                if out.send(Ok(Incoming::Tunnel(session, None))).await.is_err() {
                     return;
                 }
             }

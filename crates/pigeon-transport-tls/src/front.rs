@@ -189,7 +189,7 @@ fn unix_now() -> u64 {
 #[derive(Debug)]
 pub struct Front {
     local: SocketAddr,
-    sessions: mpsc::Receiver<ServerSession>,
+    sessions: mpsc::Receiver<(ServerSession, Option<u128>)>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -237,6 +237,13 @@ impl Front {
 
     /// The next new tunnel session. `None` once the front has stopped.
     pub async fn accept(&mut self) -> Option<ServerSession> {
+        self.accept_from().await.map(|(session, _)| session)
+    }
+
+    /// The next new tunnel session and the key its source is counted under for per-source
+    /// limits ([`pigeon_transport::admission::source_key`] of its first leg's address; never
+    /// the address itself).
+    pub async fn accept_from(&mut self) -> Option<(ServerSession, Option<u128>)> {
         self.sessions.recv().await
     }
 }
@@ -245,7 +252,7 @@ struct Shared {
     config: FrontConfig,
     gate: Gate,
     pool: Arc<Pool>,
-    sessions: mpsc::Sender<ServerSession>,
+    sessions: mpsc::Sender<(ServerSession, Option<u128>)>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -330,9 +337,11 @@ async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>, mut ticket: Ticke
             plain,
             admission,
         }) => {
-            // A tunnel leg proved itself with a token: it no longer counts against its source.
+            // A tunnel leg proved itself with a token: it no longer counts against its source
+            // here (the relay keeps the source's key for its own per-source limits).
+            let source = ticket.source_key();
             drop(ticket);
-            leg(*hs, plain, admission, &shared).await
+            leg(*hs, plain, admission, &shared, source).await
         }
         Err(e) => Err(e),
     };
@@ -415,6 +424,7 @@ async fn leg(
     plain: Vec<u8>,
     admission: Admission,
     shared: &Shared,
+    source: u128,
 ) -> Result<(), TlsError> {
     let Handshaken { tcp, conn, raw } = hs;
     let secrets = conn
@@ -427,7 +437,7 @@ async fn leg(
     };
     let records = Records::new(rx, tx);
     let leg = open_leg(tcp, Some(records), raw, plain, &admission).await?;
-    deliver(leg, admission, &shared.gate, &shared.sessions).await;
+    deliver(leg, admission, &shared.gate, &shared.sessions, Some(source)).await;
     Ok(())
 }
 
@@ -629,12 +639,13 @@ async fn deliver(
     leg: ServerLeg,
     admission: Admission,
     gate: &Gate,
-    sessions: &mpsc::Sender<ServerSession>,
+    sessions: &mpsc::Sender<(ServerSession, Option<u128>)>,
+    source: Option<u128>,
 ) {
     match admission {
         Admission::New(info) => {
             let session = gate.registry.open(leg, info.session);
-            let _ = sessions.send(session).await;
+            let _ = sessions.send((session, source)).await;
         }
         Admission::Next(_, attach) => {
             // The session may have ended meanwhile: then the leg is simply closed.
@@ -750,7 +761,7 @@ impl AsyncWrite for RustlsStream {
 #[derive(Debug)]
 pub struct Backend {
     local: SocketAddr,
-    sessions: mpsc::Receiver<ServerSession>,
+    sessions: mpsc::Receiver<(ServerSession, Option<u128>)>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -806,14 +817,14 @@ impl Backend {
 
     /// The next new tunnel session. `None` once it has stopped.
     pub async fn accept(&mut self) -> Option<ServerSession> {
-        self.sessions.recv().await
+        self.sessions.recv().await.map(|(session, _)| session)
     }
 }
 
 async fn backend_connection(
     mut tcp: TcpStream,
     gate: &Gate,
-    sessions: &mpsc::Sender<ServerSession>,
+    sessions: &mpsc::Sender<(ServerSession, Option<u128>)>,
 ) -> Result<(), TlsError> {
     let mut plain = Vec::new();
     let sniffed = loop {
@@ -846,6 +857,7 @@ async fn backend_connection(
         return Ok(());
     };
     let leg = open_leg(tcp, None, Vec::new(), plain, &admission).await?;
-    deliver(leg, admission, gate, sessions).await;
+    // Behind a proxy the peer is the proxy: no source to count.
+    deliver(leg, admission, gate, sessions, None).await;
     Ok(())
 }
