@@ -326,6 +326,9 @@ pub(crate) fn notice(event: &ClientEvent, profile: &Profile) -> Option<String> {
 }
 
 pub(crate) fn message_line(m: &Message) -> String {
+    if m.notice {
+        return format!("[{}] * {}", clock(m.sent_at_ms), safe(&m.text));
+    }
     let who = if m.outgoing { "you" } else { &m.contact };
     format!("[{}] {}: {}", clock(m.sent_at_ms), safe(who), safe(&m.text))
 }

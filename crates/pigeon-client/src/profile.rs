@@ -197,6 +197,9 @@ pub struct Message {
     pub stored_at_ms: i64,
     /// For outgoing messages: the peer confirmed receipt.
     pub delivered: bool,
+    /// A notice about the conversation (it fell behind, messages expired, the other person
+    /// left), not something a person wrote.
+    pub notice: bool,
 }
 
 /// A message waiting to be posted to a relay.
@@ -1017,6 +1020,7 @@ impl Profile {
             sent_at_ms,
             stored_at_ms: now,
             delivered: false,
+            notice: false,
         }))
     }
 
@@ -1126,7 +1130,7 @@ impl Profile {
                 .map_err(db("marking messages read"))?;
             self.conn
                 .execute(
-                    "UPDATE group_messages SET read = 1 WHERE read = 0 AND notice = 0 AND group_row IN
+                    "UPDATE group_messages SET read = 1 WHERE read = 0 AND group_row IN
                        (SELECT conversation FROM contacts WHERE ?1 IS NULL OR id = ?1)",
                     [contact_id],
                 )
@@ -1156,16 +1160,15 @@ impl Profile {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered FROM (
+                "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered, notice FROM (
                    SELECT * FROM (
                      SELECT 0 AS design, m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at,
-                            m.stored_at, m.delivered, m.read
+                            m.stored_at, m.delivered, m.read, 0 AS notice
                      FROM messages m JOIN contacts c ON c.id = m.contact_id
                      UNION ALL
                      SELECT 1, gm.id, c.id, c.name, gm.outgoing, gm.body, gm.sent_at, gm.stored_at,
-                            gm.delivered, gm.read
-                     FROM group_messages gm JOIN contacts c ON c.conversation = gm.group_row
-                     WHERE gm.notice = 0)
+                            gm.delivered, gm.read, gm.notice
+                     FROM group_messages gm JOIN contacts c ON c.conversation = gm.group_row)
                    WHERE (?1 IS NULL OR contact_id = ?1) AND (?2 = 0 OR read = 0)
                    ORDER BY stored_at DESC, design DESC, id DESC LIMIT ?3)
                  ORDER BY stored_at, design, id",
@@ -1182,6 +1185,7 @@ impl Profile {
                     sent_at_ms: r.get(5)?,
                     stored_at_ms: r.get(6)?,
                     delivered: r.get(7)?,
+                    notice: r.get(8)?,
                 })
             })
             .map_err(db("reading messages"))?;

@@ -278,6 +278,42 @@ fn both_sides_refresh_their_keys() {
 }
 
 #[test]
+fn a_conversation_tells_what_it_missed() {
+    let p = pair(Suite::XWing);
+    let bob_at_alice = p.alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = p.bob.find_contact("alice").expect("alice").id;
+    p.alice
+        .compose(bob_at_alice, "lost on the relay")
+        .expect("compose");
+    p.alice
+        .compose(bob_at_alice, "this one arrives")
+        .expect("compose");
+    // The relay kept only the second (the first expired before bob read it).
+    let items = p.alice.outbox().expect("outbox");
+    let log = items[1].mailbox;
+    let handled = p
+        .bob
+        .handle_log_deliveries(
+            &log,
+            &[(2, &items[1].message_id[..], &items[1].payload[..])],
+        )
+        .expect("log");
+    assert_eq!(texts(&handled), ["this one arrives"]);
+    let history = p.bob.history(Some(alice_at_bob), 10).expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| (m.notice, m.text.contains("expired on the relay")))
+            .collect::<Vec<_>>(),
+        [(true, true), (false, false)],
+        "{history:?}"
+    );
+    // Unread includes the notice, once.
+    assert_eq!(p.bob.take_unread(None).expect("unread").len(), 2);
+    assert!(p.bob.take_unread(None).expect("unread").is_empty());
+}
+
+#[test]
 fn classic_suite_fallback_converses() {
     let mut p = pair(Suite::Classic);
     let id = p.bob.find_contact("alice").expect("alice").id;

@@ -219,6 +219,7 @@ impl Profile {
             sent_at_ms: line.sent_at_ms,
             stored_at_ms,
             delivered,
+            notice: line.notice,
         })
     }
 

@@ -55,7 +55,8 @@ impl Profile {
                 &me,
                 false,
                 &format!(
-                    "{missed} message(s) of this group expired on the relay before this device read them"
+                    "{missed} message(s) of this {} expired on the relay before this device read them",
+                    if row.direct { "conversation" } else { "group" }
                 ),
             )?));
         }
