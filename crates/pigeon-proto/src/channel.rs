@@ -73,14 +73,17 @@ impl std::fmt::Debug for StaticKeypair {
     }
 }
 
-fn builder() -> Result<snow::Builder<'static>, ChannelError> {
-    let params = NOISE_PARAMS
+fn params() -> Result<snow::params::NoiseParams, ChannelError> {
+    NOISE_PARAMS
         .parse()
         .map_err(|e: snow::Error| ChannelError::Handshake {
             stage: "parameters",
             reason: e.to_string(),
-        })?;
-    Ok(snow::Builder::new(params))
+        })
+}
+
+fn builder() -> Result<snow::Builder<'static>, ChannelError> {
+    Ok(snow::Builder::new(params()?))
 }
 
 fn snow_err(stage: &'static str) -> impl FnOnce(snow::Error) -> ChannelError {
@@ -284,14 +287,8 @@ impl ClientHandshake {
             <[u8; 32]>::try_from(ephemeral)
                 .map_err(|_| ChannelError::BadKey("entropy for the ephemeral must be 32 bytes"))?,
         );
-        let params = NOISE_PARAMS
-            .parse()
-            .map_err(|e: snow::Error| ChannelError::Handshake {
-                stage: "parameters",
-                reason: e.to_string(),
-            })?;
         let resolver = EntropyResolver(std::sync::Mutex::new(Some(ephemeral)));
-        let mut state = snow::Builder::with_resolver(params, Box::new(resolver))
+        let mut state = snow::Builder::with_resolver(params()?, Box::new(resolver))
             .local_private_key(static_private.as_slice())
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))

@@ -259,6 +259,22 @@ struct GroupWelcome {
     after_seq: u64,
 }
 
+/// A group this device is now in, as its row is first written.
+struct NewGroup<'a> {
+    name: &'a str,
+    group_id: Vec<u8>,
+    signature_key: &'a [u8],
+    suite: Suite,
+    person: &'a [u8],
+    log_relay: String,
+    log_id: &'a [u8; 32],
+    log_cap: &'a [u8; 32],
+    log_owner: &'a [u8],
+    /// The log position this device reads from.
+    cursor: i64,
+    direct: bool,
+}
+
 struct GroupRow {
     id: GroupId,
     name: String,
@@ -380,6 +396,45 @@ impl Profile {
             })
     }
 
+    /// Writes a new group's row.
+    fn insert_group(&self, g: &NewGroup<'_>) -> Result<GroupId, ProfileError> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id,
+                   log_cap, log_owner, cursor, updated_at, created_at, direct)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+                params![
+                    g.name,
+                    g.group_id,
+                    g.signature_key,
+                    g.suite.code(),
+                    g.person,
+                    g.log_relay,
+                    g.log_id.as_slice(),
+                    g.log_cap.as_slice(),
+                    g.log_owner,
+                    g.cursor,
+                    now,
+                    g.direct
+                ],
+            )
+            .map_err(db("saving the group"))?;
+        Ok(GroupId(self.conn.last_insert_rowid()))
+    }
+
+    /// Group rows by number: every one, or only groups (not conversations of two).
+    fn group_ids(&self, only_groups: bool) -> Result<Vec<GroupId>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM groups WHERE ?1 = 0 OR direct = 0 ORDER BY id")
+            .map_err(db("listing groups"))?;
+        let rows = stmt
+            .query_map([only_groups], |r| r.get(0))
+            .map_err(db("listing groups"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing groups"))
+    }
+
     fn group_for_log(&self, log_id: &[u8; 32]) -> Result<Option<GroupId>, ProfileError> {
         self.conn
             .query_row(
@@ -420,28 +475,25 @@ impl Profile {
                 }],
             };
             let group = Group::create(&mls, &identity, Suite::XWing, &roster)?;
-            let now = now_ms();
-            self.conn
-                .execute(
-                    "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id,
-                       log_cap, log_owner, updated_at, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-                    params![
-                        name,
-                        group.id(),
-                        identity.public_key(),
-                        Suite::XWing.code(),
-                        person.as_slice(),
-                        relay.to_string(),
-                        log.id.0.as_slice(),
-                        log.sender_cap.as_slice(),
-                        log.key.to_bytes().as_slice(),
-                        now
-                    ],
-                )
-                .map_err(db("saving the group"))?;
-            let id = GroupId(self.conn.last_insert_rowid());
-            self.notice(id, &my_name, true, &format!("{my_name} created the group {name}"))?;
+            let id = self.insert_group(&NewGroup {
+                name,
+                group_id: group.id(),
+                signature_key: identity.public_key(),
+                suite: Suite::XWing,
+                person: &person,
+                log_relay: relay.to_string(),
+                log_id: &log.id.0,
+                log_cap: &log.sender_cap,
+                log_owner: &log.key.to_bytes(),
+                cursor: 0,
+                direct: false,
+            })?;
+            self.notice(
+                id,
+                &my_name,
+                true,
+                &format!("{my_name} created the group {name}"),
+            )?;
             Ok(id)
         })?;
         self.group_info(id)
@@ -452,18 +504,10 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn groups(&self) -> Result<Vec<GroupInfo>, ProfileError> {
-        let ids: Vec<GroupId> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id FROM groups WHERE direct = 0 ORDER BY id")
-                .map_err(db("listing groups"))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(db("listing groups"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(db("listing groups"))?
-        };
-        ids.into_iter().map(|id| self.group_info(id)).collect()
+        self.group_ids(true)?
+            .into_iter()
+            .map(|id| self.group_info(id))
+            .collect()
     }
 
     /// One group.
@@ -1405,18 +1449,7 @@ impl Profile {
     /// # Errors
     /// On database or MLS failure.
     pub fn drive_groups(&self) -> Result<(), ProfileError> {
-        let ids: Vec<GroupId> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id FROM groups ORDER BY id")
-                .map_err(db("listing groups"))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(db("listing groups"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(db("listing groups"))?
-        };
-        for id in ids {
+        for id in self.group_ids(false)? {
             self.tx(|| self.drive_in_tx(id))?;
         }
         Ok(())

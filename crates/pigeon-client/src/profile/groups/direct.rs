@@ -85,32 +85,31 @@ impl Profile {
                 doing: "starting a conversation",
                 reason: "adding the inviter made no Welcome".to_owned(),
             })?;
-            let now = now_ms();
-            self.conn
-                .execute(
-                    "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id,
-                       log_cap, log_owner, updated_at, created_at, direct)
-                     VALUES ('', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 1)",
-                    params![
-                        group.id(),
-                        identity.public_key(),
-                        suite.code(),
-                        me.as_slice(),
-                        relay.to_string(),
-                        log.id.0.as_slice(),
-                        log.sender_cap.as_slice(),
-                        log.key.to_bytes().as_slice(),
-                        now
-                    ],
-                )
-                .map_err(db("saving the conversation"))?;
-            let group_row = GroupId(self.conn.last_insert_rowid());
+            let group_row = self.insert_group(&NewGroup {
+                name: "",
+                group_id: group.id(),
+                signature_key: identity.public_key(),
+                suite,
+                person: &me,
+                log_relay: relay.to_string(),
+                log_id: &log.id.0,
+                log_cap: &log.sender_cap,
+                log_owner: &log.key.to_bytes(),
+                cursor: 0,
+                direct: true,
+            })?;
             let name = self.unique_name(local_name.unwrap_or(&invite.name))?;
             self.conn
                 .execute(
                     "INSERT INTO contacts (name, named_by_user, suite, conversation, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![name, local_name.is_some(), suite.code(), group_row, now],
+                    params![
+                        name,
+                        local_name.is_some(),
+                        suite.code(),
+                        group_row,
+                        now_ms()
+                    ],
                 )
                 .map_err(db("saving the contact"))?;
             let contact = ContactId(self.conn.last_insert_rowid());

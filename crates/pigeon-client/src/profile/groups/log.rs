@@ -798,29 +798,19 @@ impl Profile {
             ));
         };
         let person = me.person.clone();
-        let now = now_ms();
-        self.conn
-            .execute(
-                "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id, log_cap,
-                   log_owner, cursor, updated_at, created_at, direct)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
-                params![
-                    roster.name,
-                    group.id(),
-                    signature_key,
-                    group.suite().unwrap_or(Suite::XWing).code(),
-                    person,
-                    log_relay.to_string(),
-                    log_id.as_slice(),
-                    log_cap.as_slice(),
-                    log_owner.as_slice(),
-                    to_i64(gw.after_seq),
-                    now,
-                    direct
-                ],
-            )
-            .map_err(db("saving the group"))?;
-        let id = GroupId(self.conn.last_insert_rowid());
+        let id = self.insert_group(&NewGroup {
+            name: &roster.name,
+            group_id: group.id(),
+            signature_key: &signature_key,
+            suite: group.suite().unwrap_or(Suite::XWing),
+            person: &person,
+            log_relay: log_relay.to_string(),
+            log_id: &log_id,
+            log_cap: &log_cap,
+            log_owner: &log_owner,
+            cursor: to_i64(gw.after_seq),
+            direct,
+        })?;
         self.conn
             .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;
