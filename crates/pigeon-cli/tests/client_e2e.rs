@@ -636,3 +636,22 @@ async fn a_key_update_erases_the_old_epochs_keys_from_both_databases() {
         }
     }
 }
+
+/// A relay lets one session make 64 mailboxes and key-package publications (issue #13); a
+/// client whose session made its quota is told once and goes on over a new connection.
+#[tokio::test]
+async fn a_client_goes_on_after_its_session_made_its_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let mut alice = person(dir.path(), "alice", &relay.link);
+    let (mut made, mut refused) = (0, 0);
+    // Each invitation makes a mailbox and publishes two key packages: three creations.
+    for _ in 0..30 {
+        match alice.invite().await {
+            Ok(_) => made += 1,
+            Err(e) if e.to_string().contains("connect again") => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((made, refused), (29, 1));
+}

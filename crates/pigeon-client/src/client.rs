@@ -267,7 +267,17 @@ impl Client {
     }
 
     fn relay_failed(&mut self, link: &RelayLink, e: &ClientError) {
-        if matches!(e, ClientError::Lost(_) | ClientError::Unreachable { .. }) {
+        // A session that made its quota of mailboxes is spent for making more (the relay says
+        // to connect again; a refusal of the relay's own rate says when to retry instead).
+        let spent = matches!(
+            e,
+            ClientError::Refused {
+                code: ErrorCode::QuotaExceeded,
+                retry_after: None,
+                ..
+            }
+        );
+        if spent || matches!(e, ClientError::Lost(_) | ClientError::Unreachable { .. }) {
             self.sessions.remove(link.relay_key());
         }
     }
