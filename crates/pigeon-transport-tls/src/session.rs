@@ -749,4 +749,61 @@ mod tests {
         // Idle, the leg holds no buffer (they were reserved for the read that found nothing).
         assert!(session.legs[0].bufs.is_none(), "an idle leg holds buffers");
     }
+
+    /// A client that floods PING frames and never reads the acknowledgements ends its leg once
+    /// 256 KiB of them wait, instead of growing the relay without bound (issue #13).
+    #[tokio::test]
+    async fn a_ping_flood_that_reads_nothing_ends_the_leg() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        // The client's socket takes little, so what the relay owes piles up on its side.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("buffer");
+        let mut client = socket
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let leg = ServerLeg::new(LegParts {
+            index: 0,
+            tcp: server,
+            records: None,
+            h2: h2::Leg::new(h2::Role::Server, 65_535, 65_535),
+            raw: Vec::new(),
+            plain: Vec::new(),
+            ready: Vec::new(),
+            budget: None,
+            written: 0,
+        });
+        let mut session = Arc::new(Registry::default()).open(leg, [9; 16]);
+        let mut pings = Vec::new();
+        for _ in 0..4096 {
+            h2::write_frame(&mut pings, h2::kind::PING, 0, 0, &[1; 8]);
+        }
+        // 64 MiB of pings at most (a bounded loop), written while the relay's side pumps.
+        let flood = tokio::spawn(async move {
+            for _ in 0..1000 {
+                if tokio::io::AsyncWriteExt::write_all(&mut client, &pings)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            client
+        });
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                session.legs[0].tcp.readable().await.expect("readable");
+                if let Err(e) = session.pump() {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the leg ends within 20 s");
+        assert_eq!(ended.kind(), io::ErrorKind::ConnectionAborted, "{ended}");
+        flood.abort();
+    }
 }
