@@ -344,6 +344,18 @@ fn respond(id: u64, result: response::Result, out: &mut Vec<u8>) {
     );
 }
 
+/// A refusal with its own sentence, and when to retry if waiting helps.
+fn refused(
+    code: ErrorCode,
+    message: impl Into<String>,
+    wait: Option<Duration>,
+) -> response::Result {
+    let mut err = WireErrorMsg::from_code(code);
+    err.message = message.into();
+    err.retry_after_ms = wait.map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX));
+    response::Result::Error(err)
+}
+
 fn error_result(code: ErrorCode) -> response::Result {
     response::Result::Error(WireErrorMsg::from_code(code))
 }
@@ -929,9 +941,8 @@ impl Conn {
         }
         if let Err(wait) = shared.limiter.check(&hash, now) {
             shared.metrics.rate_limited.inc();
-            let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
-            err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
-            return Err(response::Result::Error(err));
+            let code = ErrorCode::RateLimited;
+            return Err(refused(code, code.describe(), Some(wait)));
         }
         Ok(NewMessage {
             mailbox,
@@ -971,31 +982,33 @@ impl Conn {
     /// sentence when either is spent.
     fn may_create<S: MailboxStore>(&mut self, shared: &Shared<S>) -> Result<(), response::Result> {
         if self.creations >= MAX_CREATIONS_PER_SESSION {
-            let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
-            err.message = format!(
-                "this session has made its {MAX_CREATIONS_PER_SESSION} mailboxes and key-package \
-                 publications; connect again to make more"
-            );
-            return Err(response::Result::Error(err));
+            return Err(refused(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this session has made its {MAX_CREATIONS_PER_SESSION} mailboxes and \
+                     key-package publications; connect again to make more"
+                ),
+                None,
+            ));
         }
         let now = Instant::now();
         if let Some(source) = self.source {
             let mut key = [0u8; 32];
             key[..16].copy_from_slice(&source.to_be_bytes());
             if let Err(wait) = shared.source_creations.check(&key, now) {
-                let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
-                err.message =
-                    "too many mailboxes are made from your address; retry shortly".to_owned();
-                err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
-                return Err(response::Result::Error(err));
+                return Err(refused(
+                    ErrorCode::QuotaExceeded,
+                    "too many mailboxes are made from your address; retry shortly",
+                    Some(wait),
+                ));
             }
         }
         if let Err(wait) = shared.take_creation(now) {
-            let mut err = WireErrorMsg::from_code(ErrorCode::QuotaExceeded);
-            err.message =
-                "the relay is making too many mailboxes right now; retry shortly".to_owned();
-            err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
-            return Err(response::Result::Error(err));
+            return Err(refused(
+                ErrorCode::QuotaExceeded,
+                "the relay is making too many mailboxes right now; retry shortly",
+                Some(wait),
+            ));
         }
         self.creations += 1;
         Ok(())
@@ -1223,10 +1236,11 @@ impl Conn {
                 // Each slot answers a few fetches a second: an invitation is fetched once or
                 // twice, never in a loop.
                 if let Err(wait) = shared.fetch_limiter.check(&slot, Instant::now()) {
-                    let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
-                    err.message = "this key-package slot is fetched too often; wait".to_owned();
-                    err.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
-                    return Err(response::Result::Error(err));
+                    return Err(refused(
+                        ErrorCode::RateLimited,
+                        "this key-package slot is fetched too often; wait",
+                        Some(wait),
+                    ));
                 }
                 match shared
                     .store
@@ -1237,12 +1251,14 @@ impl Conn {
                     Some(kp)
                         if kp.last_resort && self.last_resorts >= MAX_LAST_RESORT_PER_SESSION =>
                     {
-                        let mut err = WireErrorMsg::from_code(ErrorCode::RateLimited);
-                        err.message = format!(
-                            "a session is handed a last-resort key package at most \
-                             {MAX_LAST_RESORT_PER_SESSION} times"
-                        );
-                        Err(response::Result::Error(err))
+                        Err(refused(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "a session is handed a last-resort key package at most \
+                                 {MAX_LAST_RESORT_PER_SESSION} times"
+                            ),
+                            None,
+                        ))
                     }
                     Some(kp) => {
                         if kp.last_resort {

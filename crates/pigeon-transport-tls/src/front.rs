@@ -241,8 +241,8 @@ impl Front {
     }
 
     /// The next new tunnel session and the key its source is counted under for per-source
-    /// limits ([`pigeon_transport::admission::source_key`] of its first leg's address; never
-    /// the address itself).
+    /// limits (the admission ticket's key of its first leg's address,
+    /// [`pigeon_transport::admission::Ticket::source_key`]; never the address itself).
     pub async fn accept_from(&mut self) -> Option<(ServerSession, Option<u128>)> {
         self.sessions.recv().await
     }

@@ -703,9 +703,14 @@ mod tests {
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
+        (over(server), client)
+    }
+
+    /// A session over one cleartext leg on `tcp`.
+    fn over(tcp: TcpStream) -> ServerSession {
         let leg = ServerLeg::new(LegParts {
             index: 0,
-            tcp: server,
+            tcp,
             records: None,
             h2: h2::Leg::new(h2::Role::Server, 65_535, 65_535),
             raw: Vec::new(),
@@ -714,7 +719,7 @@ mod tests {
             budget: None,
             written: 0,
         });
-        (Arc::new(Registry::default()).open(leg, [7; 16]), client)
+        Arc::new(Registry::default()).open(leg, [7; 16])
     }
 
     /// Bytes a write took off the socket (to see window updates) are read next even though the
@@ -765,18 +770,7 @@ mod tests {
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        let leg = ServerLeg::new(LegParts {
-            index: 0,
-            tcp: server,
-            records: None,
-            h2: h2::Leg::new(h2::Role::Server, 65_535, 65_535),
-            raw: Vec::new(),
-            plain: Vec::new(),
-            ready: Vec::new(),
-            budget: None,
-            written: 0,
-        });
-        let mut session = Arc::new(Registry::default()).open(leg, [9; 16]);
+        let mut session = over(server);
         let mut pings = Vec::new();
         for _ in 0..4096 {
             h2::write_frame(&mut pings, h2::kind::PING, 0, 0, &[1; 8]);

@@ -97,11 +97,6 @@ impl From<IpAddr> for Source {
     }
 }
 
-/// The opaque key per-source limits count `peer` under (see [`Ticket::source_key`]).
-pub fn source_key(peer: IpAddr) -> u128 {
-    Source::from(peer).0
-}
-
 impl Admission {
     /// An admission with these limits.
     pub fn new(limits: AdmissionLimits) -> Arc<Self> {
