@@ -117,13 +117,16 @@ pub(crate) struct TlsArgs {
     /// (`http://HOST:PORT`); without it they are translated to HTTP/1.1.
     #[arg(long, value_name = "URL", requires = "cover")]
     cover_h2c: Option<String>,
-    /// The other web server's own HTTPS port (`HOST:PORT`): connections that do not open with a
-    /// well-formed TLS ClientHello (scanners, probers, plain HTTP) are passed to it as they
-    /// came, so its own TLS stack answers them. Without it, a prober can tell the front from
-    /// the site by those answers. Even with it, a well-formed ClientHello is answered by the
-    /// front's own TLS (rustls), not the site's: a TLS fingerprinting scan (JARM) can tell the
-    /// two apart.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The other web server's own HTTPS port (`HOST:PORT`). With a DNS name for the outer
+    /// hello (--sni, or a named --tls-public), clients prove themselves inside their
+    /// ClientHello (a real Encrypted Client Hello where Chrome sends a GREASE one; the link gets
+    /// `ech=1`), and every other connection — browsers, scanners, JARM-style probes, replays —
+    /// is passed to this port with every byte it sent, untouched: the site's own TLS and HTTP
+    /// answer it. Without a name, only connections that do not open with a well-formed
+    /// ClientHello are passed; well-formed ones meet the front's own TLS (rustls), which a TLS
+    /// fingerprinting scan (JARM) tells from the site's. Without --cover-tls at all, a prober
+    /// can tell the front from the site by those answers too.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "acme")]
     cover_tls: Option<SocketAddr>,
     /// Address for cleartext HTTP/2 from a reverse proxy or CDN that terminates TLS and forwards
     /// the secret path here (nginx: `grpc_pass grpc://HOST:PORT`). Keep it on loopback or a
@@ -268,8 +271,26 @@ async fn setup_tls(
             _ => Err(anyhow::anyhow!("--sni {n:?} is not a DNS name")),
         })
         .transpose()?;
+    // Clients recognised by ECH when strangers have a real site to go to and the outer hello
+    // has a name.
+    let ech = match (&cert, args.cover_tls, &sni_name) {
+        (FrontCert::Fixed(cert), Some(_), Some(name)) => Some(pigeon_transport_tls::EchSetup {
+            public_name: name.as_str().to_owned(),
+            chain: cert.chain.iter().map(|c| c.to_vec()).collect(),
+            key: zeroize::Zeroizing::new(cert.key.secret_der().to_vec()),
+        }),
+        (_, Some(_), None) => {
+            tracing::warn!(
+                "--cover-tls without a name for the outer hello (--sni): well-formed \
+                 ClientHellos meet the front's own TLS, which a JARM scan tells from the site's"
+            );
+            None
+        }
+        _ => None,
+    };
     let params =
         pigeon_transport::TlsParams::new(sni_name, &state.path, *state.key.as_bytes(), pin, rotate)
+            .and_then(|p| p.with_ech(ech.is_some()))
             .context("the tls settings")?;
     let route = Route::tls(&host, port, &params).context("the tls route")?;
     let mut listeners = Vec::new();
@@ -292,6 +313,7 @@ async fn setup_tls(
             cover_tls: args.cover_tls,
             handshake_timeout: std::time::Duration::from_secs(30),
             admission,
+            ech,
         };
         let front = pigeon_transport_tls::Front::from_listener(listener, config)?;
         tracing::info!(listen = %front.local_addr(), "tls front serving");

@@ -153,9 +153,42 @@ fn ja4_is_chromium_s() {
         "Chromium's JA4 is stable across its connections: {browser:?}"
     );
 
-    let ours_pcap = dir.path().join("pigeon.pcap");
+    // A second relay whose front recognises its clients by ECH (strangers go to the first).
+    let ech_dir = dir.path().join("ech-relay");
+    std::fs::create_dir_all(&ech_dir).expect("dir");
+    let ech_relay = Relay::start(
+        RelayOpts::in_dir(&ech_dir)
+            .arg("--tls")
+            .arg("127.0.0.1:0")
+            .arg("--sni")
+            .arg("cover.test")
+            .arg("--cover-tls")
+            .arg(&format!("127.0.0.1:{port}")),
+    );
+    assert!(
+        ech_relay.link.routes()[0]
+            .tls_params()
+            .expect("a tls route")
+            .expect("valid")
+            .ech(),
+        "the link says ech=1"
+    );
+    let ech_port = ech_relay.link.routes()[0].port();
+
+    for (port, link, name) in [
+        (port, relay.link.to_string(), "alice"),
+        (ech_port, ech_relay.link.to_string(), "bob"),
+    ] {
+        pigeon_hellos_match(dir.path(), port, &link, name, reference);
+    }
+}
+
+/// Captures `pigeon`'s ClientHellos to `port` while a profile `name` is made on `link` and
+/// invites, and checks each against Chromium's.
+fn pigeon_hellos_match(dir: &Path, port: u16, link: &str, name: &str, reference: &ja4::Ja4) {
+    let ours_pcap = dir.join(format!("{name}.pcap"));
     let capture = Capture::start(&ours_pcap, port);
-    let profile = dir.path().join("alice");
+    let profile = dir.join(name);
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
             .args(args)
@@ -170,19 +203,16 @@ fn ja4_is_chromium_s() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&[
-        "init",
-        "--name",
-        "alice",
-        "--relay",
-        &relay.link.to_string(),
-    ]);
+    run(&["init", "--name", name, "--relay", link]);
     run(&["invite", "--no-qr"]);
     capture.stop();
     let ours = hellos(&ours_pcap);
     assert!(!ours.is_empty(), "no ClientHello from pigeon captured");
     for hello in &ours {
-        println!("chromium {}\npigeon   {}", reference.ja4, hello.ja4);
+        println!(
+            "chromium {}\npigeon   {} ({name})",
+            reference.ja4, hello.ja4
+        );
         assert_eq!(hello.ja4, reference.ja4, "JA4");
         assert_eq!(hello.ja4_r, reference.ja4_r, "JA4_r");
     }

@@ -112,19 +112,22 @@ fn first_flight(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn the_front_cannot_be_told_from_the_bare_cover() {
+/// Runs `pigeon lab probe` against a relay's front (passing strangers to nginx's HTTPS port)
+/// and against nginx itself; returns the report and the probes that told them apart. With
+/// `ech`, the front has a name for the outer hello and recognises its clients by ECH.
+fn probe_front_and_cover(ech: bool) -> (serde_json::Value, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = cover_certificate(dir.path());
     let (https, http1, h2c) = (free_port(), free_port(), free_port());
     let _nginx = nginx(&dir.path().join("nginx"), https, http1, h2c, &cert, &key);
+    let mut opts = RelayOpts::in_dir(dir.path())
+        .arg("--tls")
+        .arg("127.0.0.1:0");
+    if ech {
+        opts = opts.arg("--sni").arg("cover.test");
+    }
     let relay = Relay::start(
-        RelayOpts::in_dir(dir.path())
-            .arg("--tls")
-            .arg("127.0.0.1:0")
-            .arg("--sni")
-            .arg("cover.test")
-            .arg("--cert")
+        opts.arg("--cert")
             .arg(cert.to_str().expect("utf-8"))
             .arg("--key")
             .arg(key.to_str().expect("utf-8"))
@@ -135,6 +138,15 @@ fn the_front_cannot_be_told_from_the_bare_cover() {
             .arg(&format!("http://127.0.0.1:{h2c}"))
             .arg("--cover-tls")
             .arg(&format!("127.0.0.1:{https}")),
+    );
+    let params = relay.link.routes()[0]
+        .tls_params()
+        .expect("a tls route")
+        .expect("valid");
+    assert_eq!(
+        params.ech(),
+        ech,
+        "the link says `ech=1` exactly when the front has a name"
     );
     let front = relay.link.routes()[0].port();
     let flight = first_flight(dir.path());
@@ -153,6 +165,9 @@ fn the_front_cannot_be_told_from_the_bare_cover() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    if ech {
+        two_people_talk(dir.path(), &relay.link.to_string());
+    }
     let differing: Vec<String> = report["probes"]
         .as_array()
         .expect("probes")
@@ -160,10 +175,68 @@ fn the_front_cannot_be_told_from_the_bare_cover() {
         .filter(|p| p["differs"].as_bool() == Some(true))
         .map(|p| format!("{}: {}", p["probe"], p["why"]))
         .collect();
+    (report, differing)
+}
+
+/// Two people talk over `link` (a message larger than one connection's first flights each way).
+fn two_people_talk(dir: &Path, link: &str) {
+    const PASS: &str = "probe test passphrase";
+    let ok = |profile: &Path, args: &[&str]| support::client_ok(profile, PASS, args);
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+    ok(&alice, &["init", "--name", "alice", "--relay", link]);
+    ok(&bob, &["init", "--name", "bob", "--relay", link]);
+    let invite = ok(&alice, &["invite", "--no-qr"]);
+    let line = invite
+        .lines()
+        .find(|l| l.starts_with("pigeon://invite#"))
+        .expect("an invitation");
+    ok(&bob, &["accept", line]);
+    let big = "e".repeat(40_000);
+    ok(&bob, &["send", "alice", &format!("over ECH {big}")]);
+    let mut read = String::new();
+    for _ in 0..3 {
+        read.push_str(&ok(&alice, &["read", "--wait", "1"]));
+        if read.contains("over ECH eee") {
+            break;
+        }
+    }
+    assert!(read.contains("over ECH eee"), "{read}");
+    ok(&alice, &["send", "bob", "and back"]);
+    let read = ok(&bob, &["read", "--wait", "1"]);
+    assert!(read.contains("and back"), "{read}");
+}
+
+/// With ECH, every probe — the JARM-style hellos included — meets nginx's own TLS.
+#[test]
+fn the_front_cannot_be_told_from_the_bare_cover() {
+    let (report, differing) = probe_front_and_cover(true);
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     assert!(
         differing.is_empty(),
         "probes tell them apart: {differing:?}"
     );
+    assert!(
+        report["probes"]
+            .as_array()
+            .expect("probes")
+            .iter()
+            .filter(|p| p["probe"].as_str().is_some_and(|n| n.starts_with("jarm-")))
+            .count()
+            == 10,
+        "the JARM-style hellos ran"
+    );
     assert_eq!(report["censor_verdict"]["flagged"], false);
+}
+
+/// The control: without a name for the outer hello there is no ECH, a well-formed hello meets
+/// the front's own TLS (rustls), and the JARM-style hellos tell it from nginx.
+#[test]
+fn without_ech_a_jarm_scan_tells_the_front_from_the_cover() {
+    let (_, differing) = probe_front_and_cover(false);
+    assert!(
+        differing
+            .iter()
+            .any(|d| d.contains("jarm-") && d.contains("ServerHello")),
+        "the scan should see rustls, not nginx: {differing:?}"
+    );
 }

@@ -22,6 +22,7 @@ pub mod dns;
 mod error;
 pub mod h2fp;
 pub mod ja4;
+pub mod jarm;
 pub mod net;
 pub mod packet;
 pub mod probe;

@@ -5,7 +5,8 @@
 //! changed, R4 byte 16 changed, R5 bytes 6 and 16 changed (R3/R4 only if R1 or R2 got an
 //! answer) — random probes NR1 of 7–9, 11–13, 15–17, 21–23, 32–34, 40–42, 48–50 bytes and NR2
 //! of 221 bytes, and what any scanner sends: HTTPS GET with and without SNI, an HTTP/2 request
-//! over TLS and an HTTP/1.1 request in the clear, each to a random path.
+//! over TLS and an HTTP/1.1 request in the clear, each to a random path; and the ten
+//! JARM-style hellos of [`crate::jarm`], whose ServerHellos fingerprint the TLS stack.
 //!
 //! Each probe is one TCP connection; its [`Reaction`] records the bytes sent and received and
 //! how the connection ended (FIN, RST, timeout). Whether a server *read* all the probe before
@@ -85,6 +86,9 @@ pub struct Reaction {
     pub millis: u64,
     /// A TLS probe's handshake completed.
     pub handshake: Option<bool>,
+    /// For the JARM-style probes: what the server chose ([`crate::jarm::server_choice`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_choice: Option<String>,
 }
 
 /// The replay probes for `first` (R1, R2, R5 always; R3, R4 to be run if R1/R2 are answered).
@@ -243,6 +247,7 @@ pub fn run_probe(addr: SocketAddr, probe: &Probe, timeout: Duration) -> Reaction
         close: Close::Refused,
         millis: 0,
         handshake: None,
+        server_choice: None,
     };
     let Ok(mut sock) = TcpStream::connect_timeout(&addr, timeout) else {
         reaction.millis = elapsed_ms(start);
@@ -283,6 +288,9 @@ pub fn run_probe(addr: SocketAddr, probe: &Probe, timeout: Duration) -> Reaction
     }
     reaction.received = got.len();
     reaction.head = head_hex(&got);
+    if probe.name.starts_with("jarm-") {
+        reaction.server_choice = Some(crate::jarm::server_choice(&got));
+    }
     reaction.millis = elapsed_ms(start);
     reaction
 }
@@ -410,6 +418,7 @@ pub fn suite(
     }
     out.extend(run_all(addr, &random_probes(&mut rng), timeout));
     out.extend(run_all(addr, &scanner_probes(sni, &mut rng), timeout));
+    out.extend(run_all(addr, &crate::jarm::probes(sni, seed), timeout));
     out
 }
 
@@ -517,6 +526,13 @@ pub fn compare(target: &[Reaction], reference: &[Reaction]) -> Vec<Comparison> {
                     if t.handshake != r.handshake {
                         why.push(format!("handshake {:?} vs {:?}", t.handshake, r.handshake));
                     }
+                    if t.server_choice != r.server_choice {
+                        why.push(format!(
+                            "ServerHello {} vs {}",
+                            t.server_choice.as_deref().unwrap_or("-"),
+                            r.server_choice.as_deref().unwrap_or("-")
+                        ));
+                    }
                     (!why.is_empty(), why.join("; "))
                 }
                 _ => (true, "run on one side only".into()),
@@ -559,6 +575,7 @@ mod tests {
             close,
             millis: 1,
             handshake: None,
+            server_choice: None,
         }
     }
 

@@ -119,6 +119,10 @@ pub(crate) struct Target {
     pub(crate) pin: Option<[u8; 32]>,
     /// Key for the session cache.
     pub(crate) cache_key: String,
+    /// The front's ECH configuration, for `ech=1` routes: the hello then carries a real ECH
+    /// extension, the outer hello names [`crate::EchConfig`]'s public name (`sni`), and the
+    /// name given to `connect` is the inner one (the proof).
+    pub(crate) ech: Option<crate::ech::EchConfig>,
 }
 
 impl ChromeTls {
@@ -168,7 +172,13 @@ impl ChromeTls {
         };
         let mut config = self.connector.configure().map_err(setup("connection"))?;
         config.set_use_server_name_indication(target.sni.is_some());
-        config.set_enable_ech_grease(true);
+        match &target.ech {
+            // A real ECH extension in place of the GREASE one (the same shape on the wire).
+            Some(ech) => config
+                .set_ech_config_list(&ech.config_list())
+                .map_err(setup("ECH configuration"))?,
+            None => config.set_enable_ech_grease(true),
+        }
         ffi::chrome_extras(&mut config).map_err(|detail| TlsError::Setup {
             what: "ALPS and trust anchors",
             detail,
@@ -186,10 +196,18 @@ impl ChromeTls {
                     .and_then(|key| key.public_key_to_der().ok())
                     .is_some_and(|der| boring::sha::sha256(&der) == pin)
             });
+        } else if let Some(ech) = &target.ech {
+            // The certificate is checked for the covered site's name, not the inner one.
+            config.set_verify_hostname(false);
+            config
+                .param_mut()
+                .set_host(ech.public_name())
+                .map_err(setup("certificate name"))?;
         } else {
             config.set_verify_hostname(target.sni.is_some());
         }
-        if let Ok(cache) = self.sessions.lock()
+        if target.ech.is_none()
+            && let Ok(cache) = self.sessions.lock()
             && let Some(session) = cache.get(&target.cache_key)
         {
             // SAFETY (of the call below): the session came from a connection made with this
@@ -285,6 +303,7 @@ mod tests {
             sni: Some("cover.test".into()),
             pin: Some([1; 32]),
             cache_key: "k".into(),
+            ech: None,
         };
         tls.configure(&target).expect("connection settings");
     }

@@ -236,10 +236,36 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 fn target(route: &Route, params: &TlsParams) -> Target {
+    let sni = params.sni().map(|n| n.as_str().to_owned());
+    let ech = match (&sni, params.ech()) {
+        (Some(name), true) => Some(crate::ech::EchConfig::derive(
+            &TokenKey::new(*params.key()),
+            name,
+        )),
+        _ => None,
+    };
     Target {
-        sni: params.sni().map(|n| n.as_str().to_owned()),
+        sni,
         pin: params.pin().copied(),
         cache_key: format!("{}:{}", route.host(), route.port()),
+        ech,
+    }
+}
+
+/// The name `connect` is given: with ECH, a fresh proof for the inner hello; otherwise the
+/// SNI, or the host.
+fn connect_name(ctx: &SessionCtx) -> String {
+    match (&ctx.target.ech, &ctx.target.sni) {
+        (Some(_), _) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let pad = random::<{ crate::ech::MAX_PAD }>();
+            let pad_len = crate::ech::pad_len(random());
+            crate::ech::inner_name(&ctx.key, now, random(), &pad[..pad_len])
+        }
+        (None, Some(sni)) => sni.clone(),
+        (None, None) => ctx.route.host().to_string(),
     }
 }
 
@@ -493,15 +519,15 @@ async fn open_leg(
     let mid_record = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counting = Counting::new(tcp, Arc::clone(&received), Arc::clone(&mid_record));
     let config = ctx.tls.configure(&ctx.target)?;
-    let domain = ctx
-        .target
-        .sni
-        .clone()
-        .unwrap_or_else(|| route.host().to_string());
+    let domain = connect_name(ctx);
     let mut stream = tokio_boring::connect(config, &domain, counting)
         .await
         .map_err(|e| handshake_error(&ctx.route.redacted(), &e))?;
-    ctx.tls.remember(&ctx.target.cache_key, stream.ssl());
+    if ctx.target.ech.is_none() {
+        // (With ECH, a resumed session's ticket would lengthen the inner hello past GREASE's
+        // lengths: ECH connections always make a full handshake, as a first visit does.)
+        ctx.tls.remember(&ctx.target.cache_key, stream.ssl());
+    }
     if stream.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
         return Err(TlsError::NotHttp2 {
             route: ctx.route.redacted(),
@@ -1159,6 +1185,7 @@ mod tests {
             cover_tls: None,
             handshake_timeout: Duration::from_secs(10),
             admission: pigeon_transport::admission::AdmissionLimits::default(),
+            ech: None,
         };
         let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
             .await

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::cover::Cover;
+use crate::ech::{EchConfig, EchServer, Recognised};
 use crate::error::TlsError;
 use crate::h2::{self, Event, Role};
 use crate::opening::{self, Opening};
@@ -62,6 +63,30 @@ pub struct FrontConfig {
     /// The pool of connections still in their handshake, and per-source caps (see
     /// [`pigeon_transport::admission`]): when the pool is full the oldest handshake is closed.
     pub admission: AdmissionLimits,
+    /// Recognise clients by Encrypted Client Hello (`ech=1` routes): a hello whose ECH opens
+    /// under the key derived from `key` and carries a fresh proof is answered by the front;
+    /// every other connection goes to `cover_tls` untouched (or, without it, to the front's
+    /// own cover as before).
+    pub ech: Option<EchSetup>,
+}
+
+/// What the front needs to answer ECH clients itself.
+#[derive(Clone)]
+pub struct EchSetup {
+    /// The name in the outer hello: the covered site's (the route's `sni`).
+    pub public_name: String,
+    /// The certificate chain ECH clients are shown, leaf first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// Its private key (PKCS#8, or PKCS#1/SEC1 DER).
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EchSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EchSetup")
+            .field("public_name", &self.public_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for FrontConfig {
@@ -125,7 +150,7 @@ pub fn server_tls_config_with_resolver(
 struct Gate {
     path: String,
     key: TokenKey,
-    filter: Mutex<ReplayFilter>,
+    filter: Arc<Mutex<ReplayFilter>>,
     registry: Arc<Registry>,
 }
 
@@ -142,7 +167,7 @@ impl Gate {
         Self {
             path,
             key,
-            filter: Mutex::new(ReplayFilter::new(REPLAY_CAPACITY)),
+            filter: Arc::new(Mutex::new(ReplayFilter::new(REPLAY_CAPACITY))),
             registry: Arc::default(),
         }
     }
@@ -216,9 +241,24 @@ impl Front {
     pub fn from_listener(listener: TcpListener, config: FrontConfig) -> Result<Self, TlsError> {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
+        let gate = Gate::new(config.path.clone(), config.key.clone());
+        let ech = config
+            .ech
+            .as_ref()
+            .map(|setup| {
+                EchServer::new(
+                    &EchConfig::derive(&config.key, &setup.public_name),
+                    config.key.clone(),
+                    &setup.chain,
+                    &setup.key,
+                    Arc::clone(&gate.filter),
+                )
+            })
+            .transpose()?;
         let shared = Arc::new(Shared {
-            gate: Gate::new(config.path.clone(), config.key.clone()),
+            gate,
             pool: Pool::new(config.admission),
+            ech,
             config,
             sessions: tx,
         });
@@ -251,6 +291,7 @@ impl Front {
 struct Shared {
     config: FrontConfig,
     gate: Gate,
+    ech: Option<EchServer>,
     pool: Arc<Pool>,
     sessions: mpsc::Sender<(ServerSession, Option<u128>)>,
 }
@@ -306,6 +347,14 @@ enum Decided {
         plain: Vec<u8>,
         admission: Admission,
     },
+    /// A tunnel leg of a client that proved itself by ECH, with a valid token.
+    EchLeg {
+        tcp: TcpStream,
+        records: Records,
+        raw: Vec<u8>,
+        plain: Vec<u8>,
+        admission: Admission,
+    },
 }
 
 /// Serves one accepted connection. Its handshake and first request happen in the admission
@@ -343,6 +392,23 @@ async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>, mut ticket: Ticke
             drop(ticket);
             leg(*hs, plain, admission, &shared, source).await
         }
+        Ok(Decided::EchLeg {
+            tcp,
+            records,
+            raw,
+            plain,
+            admission,
+        }) => {
+            let source = ticket.source_key();
+            drop(ticket);
+            match open_leg(tcp, Some(records), raw, plain, &admission).await {
+                Ok(leg) => {
+                    deliver(leg, admission, &shared.gate, &shared.sessions, Some(source)).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -373,6 +439,29 @@ async fn decide(
         Ok(Err(e)) => return Err(e),
         // Too few bytes to tell, for the whole handshake time: close, as a server would.
         Err(_) => return Ok(Decided::Closed),
+    }
+    if let Some(ech) = &shared.ech {
+        match tokio::time::timeout_at(deadline, ech.accept(tcp, raw)).await {
+            Err(_) => return Ok(Decided::Closed),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Recognised::Client { tcp, records, raw })) => {
+                return ech_first_request(tcp, records, raw, shared, deadline).await;
+            }
+            Ok(Ok(Recognised::Stranger {
+                tcp: back,
+                raw: seen,
+            })) => {
+                if shared.config.cover_tls.is_some() {
+                    return Ok(Decided::Stranger {
+                        tcp: back,
+                        raw: seen,
+                        opening: Opening::Hello,
+                    });
+                }
+                tcp = back;
+                raw = seen;
+            }
+        }
     }
     let conn = rustls::ServerConnection::new(Arc::clone(&shared.config.tls))
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -415,6 +504,59 @@ async fn decide(
             plain,
             h2: true,
         },
+    })
+}
+
+/// Reads an ECH client's first request (opening its records) and checks its token. A proven
+/// client without a valid request is closed: it has heard from the front already.
+async fn ech_first_request(
+    mut tcp: TcpStream,
+    mut records: Records,
+    mut raw: Vec<u8>,
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+) -> Result<Decided, TlsError> {
+    let mut plain = Vec::new();
+    let sniffed = tokio::time::timeout_at(deadline, async {
+        loop {
+            let mut at = 0;
+            while let Some(opened) = records.open(&mut raw[at..])? {
+                match opened {
+                    crate::record::Opened::Data { start, end, used } => {
+                        plain.extend_from_slice(&raw[at + start..at + end]);
+                        at += used;
+                    }
+                    crate::record::Opened::Closed { .. } => return Ok(Sniffed::Other),
+                }
+            }
+            raw.drain(..at);
+            match sniff::sniff(&plain) {
+                Sniffed::More if plain.len() < sniff::MAX_SNIFF => {}
+                Sniffed::More => return Ok(Sniffed::Other),
+                decided => return Ok::<_, TlsError>(decided),
+            }
+            read_more(&mut tcp, &mut raw).await?;
+        }
+    })
+    .await
+    .unwrap_or(Ok(Sniffed::Other))?;
+    let admission = match &sniffed {
+        Sniffed::Request {
+            method,
+            path,
+            end_stream,
+        } => shared.gate.admit(method, path, *end_stream),
+        _ => None,
+    };
+    Ok(match admission {
+        Some(admission) => Decided::EchLeg {
+            tcp,
+            records,
+            raw,
+            plain,
+            admission,
+        },
+        None => Decided::Closed,
     })
 }
 

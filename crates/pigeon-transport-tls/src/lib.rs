@@ -18,6 +18,7 @@ pub mod certs;
 mod chrome;
 mod client;
 mod cover;
+mod ech;
 mod error;
 mod front;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -33,8 +34,11 @@ pub mod token;
 pub use chrome::ChromeTls;
 pub use client::Dialer;
 pub use cover::Cover;
+pub use ech::EchConfig;
 pub use error::TlsError;
-pub use front::{Backend, Front, FrontConfig, server_tls_config, server_tls_config_with_resolver};
+pub use front::{
+    Backend, EchSetup, Front, FrontConfig, server_tls_config, server_tls_config_with_resolver,
+};
 pub use h2::H2Error;
 pub use record::RecordError;
 pub use session::ServerSession;

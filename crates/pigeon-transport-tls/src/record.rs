@@ -114,8 +114,8 @@ impl Direction {
         })
     }
 
-    /// Keys given directly, for tests and the fuzzing entry points.
-    #[cfg(any(test, feature = "fuzzing"))]
+    /// Keys given directly: derived from a traffic secret ([`crate::ech`]), or for tests and the
+    /// fuzzing entry points.
     pub(crate) fn new(aead: Aead, key: [u8; 32], iv: [u8; 12], seq: u64) -> Self {
         Self {
             aead,
@@ -123,6 +123,12 @@ impl Direction {
             iv,
             seq,
         }
+    }
+
+    /// The stored key and IV, for tests.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> ([u8; 32], [u8; 12]) {
+        (*self.key, self.iv)
     }
 
     fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {

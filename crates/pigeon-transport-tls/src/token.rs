@@ -61,7 +61,15 @@ impl TokenKey {
         &self.0
     }
 
-    fn tag(&self, path: &str, body: &[u8; BODY_LEN]) -> [u8; TAG_LEN] {
+    /// A key for another purpose, derived from this one under `label` (keyed BLAKE2s-256).
+    pub(crate) fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut mac = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(self.0.as_slice())
+            .expect("BLAKE2s takes 32-byte keys");
+        mac.update(label);
+        Zeroizing::new(mac.finalize_fixed().into())
+    }
+
+    fn tag(&self, path: &str, body: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(
             self.0.as_slice(),
         )
@@ -178,6 +186,59 @@ pub fn check(key: &TokenKey, path: &str, text: &str, now: u64) -> Result<Checked
             session: field(1..17).try_into().expect("16 bytes"),
             index: u16::from_be_bytes(field(17..19).try_into().expect("2 bytes")),
             budget: (budget != 0).then_some(budget),
+        },
+        issued,
+        tag,
+    })
+}
+
+/// Bytes of a proof before its tag: issued (4, BE, unix s) and nonce (8).
+const PROOF_BODY_LEN: usize = 4 + 8;
+/// Length of a proof as written: unpadded base64url of body and tag (38 characters).
+pub(crate) const PROOF_TEXT_LEN: usize = ((PROOF_BODY_LEN + TAG_LEN) * 4).div_ceil(3);
+
+/// Mints a compact single-use proof under `key` for `label` at unix time `now`: a token with no
+/// leg, for where space is short (the inner ClientHello's server name, [`crate::ech`]).
+pub(crate) fn mint_proof(key: &TokenKey, label: &str, now: u64, nonce: [u8; 8]) -> String {
+    let mut proof = [0u8; PROOF_BODY_LEN + TAG_LEN];
+    proof[..4].copy_from_slice(&u32::try_from(now).unwrap_or(u32::MAX).to_be_bytes());
+    proof[4..PROOF_BODY_LEN].copy_from_slice(&nonce);
+    let tag = key.tag(label, &proof[..PROOF_BODY_LEN]);
+    proof[PROOF_BODY_LEN..].copy_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(proof)
+}
+
+/// Checks a proof made by [`mint_proof`]: format, tag and freshness. Pass the result to
+/// [`ReplayFilter::admit`] (which spends it like a token; proofs and tokens never share tags,
+/// as `label` is never a tunnel path).
+pub(crate) fn check_proof(
+    key: &TokenKey,
+    label: &str,
+    text: &str,
+    now: u64,
+) -> Result<Checked, TokenError> {
+    if text.len() != PROOF_TEXT_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let mut proof = [0u8; PROOF_BODY_LEN + TAG_LEN];
+    match URL_SAFE_NO_PAD.decode_slice(text, &mut proof) {
+        Ok(n) if n == proof.len() => {}
+        _ => return Err(TokenError::Malformed),
+    }
+    let tag: [u8; TAG_LEN] = proof[PROOF_BODY_LEN..].try_into().expect("fixed split");
+    if !bool::from(key.tag(label, &proof[..PROOF_BODY_LEN]).ct_eq(&tag)) {
+        return Err(TokenError::BadTag);
+    }
+    let issued = u32::from_be_bytes(proof[..4].try_into().expect("4 bytes"));
+    let now32 = u32::try_from(now).unwrap_or(u32::MAX);
+    if issued.abs_diff(now32) > MAX_SKEW {
+        return Err(TokenError::Stale);
+    }
+    Ok(Checked {
+        leg: Leg {
+            session: [0; 16],
+            index: 0,
+            budget: None,
         },
         issued,
         tag,

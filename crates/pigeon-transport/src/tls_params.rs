@@ -15,6 +15,11 @@
 //! * `rotate`: how the client keeps a connection under a per-connection download cap (the
 //!   16–20 KB freeze): `auto` (the default: learn the cap when a connection stalls), `off`, or
 //!   the cap in bytes (`16384`, or `16k`).
+//! * `ech=1`: the front recognises its clients by Encrypted Client Hello and passes every other
+//!   connection to the covered web server untouched (`pigeon relay --cover-tls`). The client
+//!   then sends a real ECH extension (in the shape of the GREASE one Chrome always sends) whose
+//!   encrypted inner hello proves that it holds `key`; the outer hello names `sni`, which is
+//!   required.
 //!
 //! Unknown parameters are kept and ignored, so links from newer versions still work.
 
@@ -50,6 +55,7 @@ pub struct TlsParams {
     key: [u8; 32],
     pin: Option<[u8; 32]>,
     rotate: Rotate,
+    ech: bool,
 }
 
 impl std::fmt::Debug for TlsParams {
@@ -60,6 +66,7 @@ impl std::fmt::Debug for TlsParams {
             .field("key", &"…")
             .field("pin", &self.pin.is_some())
             .field("rotate", &self.rotate)
+            .field("ech", &self.ech)
             .finish()
     }
 }
@@ -91,7 +98,25 @@ impl TlsParams {
             key,
             pin,
             rotate,
+            ech: false,
         })
+    }
+
+    /// The same settings with the front recognising its clients by Encrypted Client Hello
+    /// (`ech=1`).
+    ///
+    /// # Errors
+    /// [`RouteError::ParamValue`] for `ech` when there is no `sni` (ECH's outer hello must name
+    /// a host).
+    pub fn with_ech(mut self, ech: bool) -> Result<Self, RouteError> {
+        if ech && self.sni.is_none() {
+            return Err(bad(
+                "ech",
+                "needs `sni`: the outer ClientHello must name the covered site",
+            ));
+        }
+        self.ech = ech;
+        Ok(self)
     }
 
     /// Parses the parameters of a route to `host`.
@@ -136,7 +161,12 @@ impl TlsParams {
                 Rotate::Cap(cap)
             }
         };
-        Self::new(sni, path, key, pin, rotate)
+        let ech = match params.get("ech").map(String::as_str) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(_) => return Err(bad("ech", "must be `1` or `0`")),
+        };
+        Self::new(sni, path, key, pin, rotate)?.with_ech(ech)
     }
 
     /// Writes these settings into `params`, replacing the ones it has.
@@ -157,6 +187,9 @@ impl TlsParams {
             Rotate::Cap(cap) => {
                 params.insert("rotate".into(), cap.to_string());
             }
+        }
+        if self.ech {
+            params.insert("ech".into(), "1".into());
         }
     }
 
@@ -183,6 +216,11 @@ impl TlsParams {
     /// The rotation policy.
     pub fn rotate(&self) -> Rotate {
         self.rotate
+    }
+
+    /// Whether the front recognises its clients by Encrypted Client Hello.
+    pub fn ech(&self) -> bool {
+        self.ech
     }
 }
 
@@ -253,6 +291,27 @@ mod tests {
             TlsParams::from_params(&ip, &params(&[("path", "/x"), ("key", KEY)])).expect("valid");
         assert_eq!(p.sni(), None);
         assert_eq!(p.rotate(), Rotate::Auto);
+        assert!(!p.ech());
+    }
+
+    #[test]
+    fn ech_round_trips_and_needs_a_name() {
+        let host = Host::parse("relay.example.org").expect("host");
+        let p = TlsParams::from_params(
+            &host,
+            &params(&[("path", "/x"), ("key", KEY), ("ech", "1")]),
+        )
+        .expect("valid");
+        assert!(p.ech());
+        let mut written = BTreeMap::new();
+        p.write(&mut written);
+        assert_eq!(written.get("ech").map(String::as_str), Some("1"));
+        assert_eq!(TlsParams::from_params(&host, &written), Ok(p));
+        let ip = Host::parse("203.0.113.10").expect("ip");
+        let err =
+            TlsParams::from_params(&ip, &params(&[("path", "/x"), ("key", KEY), ("ech", "1")]))
+                .expect_err("no name for the outer hello");
+        assert!(err.to_string().contains("`ech`"), "{err}");
     }
 
     #[test]
@@ -276,6 +335,7 @@ mod tests {
                 &[("path", "/x"), ("key", KEY), ("rotate", "99999999999k")],
                 "rotate",
             ),
+            (&[("path", "/x"), ("key", KEY), ("ech", "yes")], "ech"),
         ];
         for (pairs, which) in cases {
             let err = TlsParams::from_params(&host, &params(pairs)).expect_err(which);
