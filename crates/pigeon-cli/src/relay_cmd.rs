@@ -36,6 +36,12 @@ pub(crate) struct RelayArgs {
     /// Days after which undelivered messages expire.
     #[arg(long, default_value_t = 21)]
     expiry_days: u64,
+    /// Days after which a mailbox or key-package slot that nobody used is deleted with what it
+    /// holds. A client renews what it uses: subscribing to a mailbox (or staying subscribed)
+    /// and publishing to a slot count. An invitation not accepted within this time stops
+    /// working.
+    #[arg(long, default_value_t = Limits::default().idle_secs / 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_days: u64,
     /// Sends per second allowed per sender capability (sustained).
     #[arg(long, default_value_t = RelayConfig::default().sends_per_sec)]
     sends_per_sec: f32,
@@ -404,6 +410,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         max_depth: args.max_depth,
         max_log_depth: args.max_log_depth,
         expiry_secs: args.expiry_days.saturating_mul(86_400),
+        idle_secs: args.idle_days.saturating_mul(86_400),
         ..Limits::default()
     };
     let store = FjallStore::open(&args.data.join("store"), limits)

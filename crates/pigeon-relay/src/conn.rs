@@ -14,7 +14,7 @@ use pigeon_proto::channel::{Channel, ChannelError};
 use pigeon_proto::rate::TokenBucket;
 use pigeon_proto::session::{Accepted, ServerHandshake};
 use pigeon_store::{Appended, MailboxKind, MailboxRecord, StoredMessage};
-use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, StoreError};
+use pigeon_store::{MailboxId, MailboxStore, MessageId, NewMessage, Renewal, StoreError};
 use pigeon_transport::ServerStream;
 use pigeon_transport::admission::Ticket;
 use pigeon_wire::msg::{
@@ -1107,6 +1107,15 @@ impl Conn {
                 let waker = self.waker.get_or_insert_with(Arc::default);
                 shared.hub.subscribe(id, waker);
                 waker.wake(id);
+                // Subscribing is using: the mailbox does not expire as idle (a failure here
+                // only shortens its life; the subscription stands).
+                if let Err(e) = shared
+                    .store
+                    .renew(Renewal::Mailbox(id), crate::unix_now())
+                    .await
+                {
+                    tracing::debug!(error = %e, "renewing a mailbox failed");
+                }
                 if let Some(hash) = log_cap
                     && read_until == u64::MAX
                 {
@@ -1223,7 +1232,7 @@ impl Conn {
                 self.may_create(shared)?;
                 let available = shared
                     .store
-                    .publish_key_packages(slot, owner, p.one_time, p.last_resort)
+                    .publish_key_packages(slot, owner, p.one_time, p.last_resort, crate::unix_now())
                     .await
                     .map_err(|e| store_error(&e))?;
                 Ok(response::Result::Published(msg::Published {

@@ -203,6 +203,17 @@ impl Hub {
         }
     }
 
+    /// Every mailbox some connection is subscribed to.
+    pub(crate) fn watched(&self) -> Vec<MailboxId> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            if let Ok(map) = shard.lock() {
+                out.extend(map.keys().copied());
+            }
+        }
+        out
+    }
+
     /// Wakes every subscribed connection (for the relay's shutdown).
     pub(crate) fn wake_all(&self) {
         for shard in &self.shards {

@@ -19,7 +19,7 @@ pub mod metrics;
 pub use metrics::Metrics;
 
 use pigeon_proto::StaticKeypair;
-use pigeon_store::MailboxStore;
+use pigeon_store::{Expired, MailboxStore, Renewal};
 use pigeon_transport::admission::{Admission, AdmissionLimits, Ticket};
 use std::future::Future;
 use std::sync::Arc;
@@ -387,11 +387,35 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
 }
 
 async fn expiry_loop<S: MailboxStore>(shared: Arc<Shared<S>>) {
+    let mut renewed_day = None;
     loop {
         tokio::time::sleep(shared.config.expiry_interval).await;
-        match shared.store.expire(unix_now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "expired old messages"),
+        let now = unix_now();
+        // A mailbox someone is subscribed to is in use, however long the subscription has
+        // lasted: renewed once a day (subscribing renews it too).
+        let day = now / 86_400;
+        if renewed_day != Some(day) {
+            renewed_day = Some(day);
+            for id in shared.hub.watched() {
+                if let Err(e) = shared.store.renew(Renewal::Mailbox(id), now).await {
+                    tracing::warn!(error = %e, "renewing subscribed mailboxes failed");
+                    break;
+                }
+            }
+        }
+        match shared.store.expire(now).await {
+            Ok(Expired {
+                messages,
+                mailboxes,
+                slots,
+            }) => {
+                if messages > 0 {
+                    tracing::info!(expired = messages, "expired old messages");
+                }
+                if mailboxes + slots > 0 {
+                    tracing::info!(mailboxes, slots, "expired idle mailboxes and slots");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
     }

@@ -19,7 +19,8 @@
 //!   before its append is acknowledged (committed, fsync still under way).
 //!
 //! # Layout
-//! Five keyspaces (`meta`, `msgs`, `dedup`, `expiry`, `slots`); the byte layout is in
+//! Seven keyspaces (`meta`, `msgs`, `dedup`, `expiry`, `slots`, and `used` and `idle` for the
+//! expiry of idle mailboxes and slots); the byte layout is in
 //! `codec.rs`. Message and de-duplication keys use a short store-local mailbox number instead of
 //! the 32-byte id, which keeps them inline in fjall's memtable. An append writes two keys
 //! (message, de-duplication record) and never the mailbox's meta record.
@@ -70,8 +71,8 @@ pub(crate) fn fuzz_codec(data: &[u8]) {
 }
 
 use crate::{
-    Appended, CreateOutcome, Limits, MailboxId, MailboxKind, MailboxRecord, MailboxStore,
-    NewMessage, StoreError, StoredMessage, TakenKeyPackage,
+    Appended, CreateOutcome, Expired, Limits, MailboxId, MailboxKind, MailboxRecord, MailboxStore,
+    NewMessage, Renewal, StoreError, StoredMessage, TakenKeyPackage,
 };
 use cache::{Cache, Entry};
 use codec::{
@@ -122,6 +123,8 @@ struct Shared {
     dedup: Keyspace,
     expiry: Keyspace,
     slots: Keyspace,
+    used: Keyspace,
+    idle: Keyspace,
     cache: Cache,
     limits: Limits,
     /// Commits the writer has made visible (see `recent.rs`).
@@ -311,6 +314,8 @@ impl FjallStore {
         let dedup = keyspace("dedup", plain)?;
         let expiry = keyspace("expiry", plain)?;
         let slots = keyspace("slots", plain)?;
+        let used = keyspace("used", plain)?;
+        let idle = keyspace("idle", plain)?;
 
         match meta.get(FORMAT_KEY).map_err(|e| backend(op, &e))? {
             Some(v) if v.as_ref() == [FORMAT] => {}
@@ -335,6 +340,8 @@ impl FjallStore {
             dedup,
             expiry,
             slots,
+            used,
+            idle,
             cache: Cache::new(options.cached_mailboxes),
             limits,
             commits: AtomicU64::new(0),
@@ -557,15 +564,22 @@ impl MailboxStore for FjallStore {
         owner_key: [u8; 32],
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        now: u64,
     ) -> Result<u32, StoreError> {
         self.call("publish_key_packages", |reply| Request::Publish {
             slot,
             owner: owner_key,
             one_time,
             last_resort,
+            now,
             reply,
         })
         .await?
+    }
+
+    async fn renew(&self, what: Renewal, now: u64) -> Result<bool, StoreError> {
+        self.call("renew", |reply| Request::Renew { what, now, reply })
+            .await?
     }
 
     async fn take_key_package(
@@ -576,7 +590,7 @@ impl MailboxStore for FjallStore {
             .await?
     }
 
-    async fn expire(&self, now: u64) -> Result<u64, StoreError> {
+    async fn expire(&self, now: u64) -> Result<Expired, StoreError> {
         self.call("expire", |reply| Request::Expire { now, reply })
             .await?
     }
@@ -618,10 +632,14 @@ mod tests {
             max_depth: 50,
             max_log_depth: 60,
             expiry_secs: 100,
+            idle_secs: IDLE,
             max_key_packages: 3,
             max_key_package_len: 64,
         }
     }
+
+    /// Ten days, the idle lifetime in these tests.
+    const IDLE: u64 = 10 * 86_400;
 
     async fn append_one(store: &FjallStore, m: NewMessage) -> Result<Appended, StoreError> {
         store.append(vec![m]).await.pop().unwrap()
@@ -905,12 +923,12 @@ mod tests {
         );
         // Old expiry entries must not take the new message with them.
         assert_eq!(
-            store.expire(10 + 100).await.unwrap(),
+            store.expire(10 + 100).await.unwrap().messages,
             1,
             "only mailbox 2's message"
         );
         assert_eq!(seqs(&store, mbx(1)).await, [1]);
-        assert_eq!(store.expire(20 + 100).await.unwrap(), 1);
+        assert_eq!(store.expire(20 + 100).await.unwrap().messages, 1);
         assert!(seqs(&store, mbx(1)).await.is_empty());
     }
 
@@ -922,30 +940,36 @@ mod tests {
             let store = FjallStore::open(dir.path(), limits()).unwrap();
             assert_eq!(store.take_key_package(slot).await.unwrap(), None);
             let held = store
-                .publish_key_packages(slot, owner, vec![b"a".to_vec(), b"b".to_vec()], None)
+                .publish_key_packages(slot, owner, vec![b"a".to_vec(), b"b".to_vec()], None, 1_000)
                 .await
                 .unwrap();
             assert_eq!(held, 2);
             assert!(matches!(
                 store
-                    .publish_key_packages(slot, [7; 32], vec![b"x".to_vec()], None)
+                    .publish_key_packages(slot, [7; 32], vec![b"x".to_vec()], None, 1_000)
                     .await,
                 Err(StoreError::SlotOwnedElsewhere)
             ));
             assert!(matches!(
                 store
-                    .publish_key_packages(slot, owner, vec![vec![1]; 2], None)
+                    .publish_key_packages(slot, owner, vec![vec![1]; 2], None, 1_000)
                     .await,
                 Err(StoreError::KeyPackageLimit { .. })
             ));
             assert!(matches!(
                 store
-                    .publish_key_packages(slot, owner, vec![], Some(vec![0; 65]))
+                    .publish_key_packages(slot, owner, vec![], Some(vec![0; 65]), 1_000)
                     .await,
                 Err(StoreError::KeyPackageLimit { .. })
             ));
             let held = store
-                .publish_key_packages(slot, owner, vec![b"c".to_vec()], Some(b"last".to_vec()))
+                .publish_key_packages(
+                    slot,
+                    owner,
+                    vec![b"c".to_vec()],
+                    Some(b"last".to_vec()),
+                    1_000,
+                )
                 .await
                 .unwrap();
             assert_eq!(held, 3);
@@ -978,14 +1002,14 @@ mod tests {
         );
         assert!(matches!(
             store
-                .publish_key_packages(slot, [7; 32], vec![], None)
+                .publish_key_packages(slot, [7; 32], vec![], None, 1_000)
                 .await,
             Err(StoreError::SlotOwnedElsewhere)
         ));
         // A slot without a last-resort package runs dry.
         let other = [8u8; 32];
         store
-            .publish_key_packages(other, owner, vec![b"z".to_vec()], None)
+            .publish_key_packages(other, owner, vec![b"z".to_vec()], None, 1_000)
             .await
             .unwrap();
         assert!(store.take_key_package(other).await.unwrap().is_some());
@@ -1006,13 +1030,13 @@ mod tests {
             .await;
         store.ack(mbx(1), vec![2]).await.unwrap();
         assert_eq!(
-            store.expire(50).await.unwrap(),
+            store.expire(50).await.unwrap().messages,
             0,
             "nothing is due before now ≥ 110"
         );
-        assert_eq!(store.expire(109).await.unwrap(), 0);
+        assert_eq!(store.expire(109).await.unwrap().messages, 0);
         assert_eq!(
-            store.expire(110).await.unwrap(),
+            store.expire(110).await.unwrap().messages,
             1,
             "the boundary is inclusive"
         );
@@ -1044,8 +1068,9 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(store.expire(110).await.unwrap(), 0);
-        assert_eq!(store.expire(u64::MAX).await.unwrap(), 3);
+        assert_eq!(store.expire(110).await.unwrap().messages, 0);
+        // (Within the mailboxes' idle lifetime: they stay, empty.)
+        assert_eq!(store.expire(IDLE / 2).await.unwrap().messages, 3);
         assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
         // Sequence numbers are not reused after everything expired.
         assert_eq!(
@@ -1066,13 +1091,155 @@ mod tests {
         append_one(&store, msg(mbx(1), 2, 10)).await.unwrap();
         drop(store);
         let store = FjallStore::open(dir.path(), limits()).unwrap();
-        assert_eq!(store.expire(110).await.unwrap(), 2);
+        assert_eq!(store.expire(110).await.unwrap().messages, 2);
         assert!(
             !append_one(&store, msg(mbx(1), 1, 111))
                 .await
                 .unwrap()
                 .duplicate
         );
+    }
+
+    #[tokio::test]
+    async fn idle_mailboxes_and_slots_expire_unless_renewed() {
+        const DAY: u64 = 86_400;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let created = 3 * DAY;
+        let kept = MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], created);
+        let idle = MailboxRecord::new(MailboxKind::Log, [3; 32], [4; 32], created);
+        store.create_mailbox(mbx(1), kept).await.unwrap();
+        store.create_mailbox(mbx(2), idle.clone()).await.unwrap();
+        append_one(&store, msg(mbx(2), 1, created)).await.unwrap();
+        let (used, unused) = ([7u8; 32], [8u8; 32]);
+        store
+            .publish_key_packages(
+                used,
+                [9; 32],
+                vec![b"a".to_vec()],
+                Some(b"z".to_vec()),
+                created,
+            )
+            .await
+            .unwrap();
+        store
+            .publish_key_packages(unused, [9; 32], vec![b"b".to_vec()], None, created)
+            .await
+            .unwrap();
+
+        // Renewed on later days: those stay; renewing what does not exist says so.
+        let later = created + 6 * DAY;
+        assert!(store.renew(Renewal::Mailbox(mbx(1)), later).await.unwrap());
+        assert!(
+            store
+                .renew(Renewal::Mailbox(mbx(1)), later + 60)
+                .await
+                .unwrap()
+        );
+        assert!(store.renew(Renewal::Slot(used), later).await.unwrap());
+        assert!(!store.renew(Renewal::Mailbox(mbx(5)), later).await.unwrap());
+        assert!(!store.renew(Renewal::Slot([6; 32]), later).await.unwrap());
+
+        // Not yet idle for ten days: nothing goes.
+        let gone = store.expire(created + IDLE - DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (0, 0));
+        // Idle for ten days: the unrenewed log (with its message) and slot go.
+        let gone = store.expire(created + IDLE + DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (1, 1));
+        assert!(store.mailbox(mbx(2)).await.unwrap().is_none());
+        assert!(store.mailbox(mbx(1)).await.unwrap().is_some());
+        assert!(store.take_key_package(unused).await.unwrap().is_none());
+        assert_eq!(
+            store.take_key_package(used).await.unwrap().map(|k| k.data),
+            Some(b"a".to_vec())
+        );
+        // The same id can be made again, and starts a new life from its making.
+        let remade = MailboxRecord::new(MailboxKind::Log, [3; 32], [4; 32], created + IDLE + DAY);
+        store.create_mailbox(mbx(2), remade).await.unwrap();
+        drop(store);
+
+        // After a restart, the renewals hold; once they too are old, everything goes.
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let gone = store.expire(later + IDLE - DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (0, 0));
+        let gone = store.expire(later + IDLE + DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (1, 1));
+        assert!(store.mailbox(mbx(1)).await.unwrap().is_none());
+        assert!(store.mailbox(mbx(2)).await.unwrap().is_some());
+        assert!(store.take_key_package(used).await.unwrap().is_none());
+        let gone = store.expire(u64::MAX).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (1, 0));
+        assert_eq!(store.expire(u64::MAX).await.unwrap(), Expired::default());
+    }
+
+    #[tokio::test]
+    async fn deleted_mailboxes_leave_no_renewal_behind() {
+        const DAY: u64 = 86_400;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        let first = MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], DAY);
+        store.create_mailbox(mbx(1), first.clone()).await.unwrap();
+        assert!(
+            store
+                .renew(Renewal::Mailbox(mbx(1)), 2 * DAY)
+                .await
+                .unwrap()
+        );
+        assert!(store.delete_mailbox(mbx(1)).await.unwrap());
+        // Made again much later: its old renewal does not expire it early.
+        let again = MailboxRecord::new(MailboxKind::Inbox, [1; 32], [2; 32], 30 * DAY);
+        store.create_mailbox(mbx(1), again).await.unwrap();
+        let gone = store.expire(30 * DAY + IDLE - DAY).await.unwrap();
+        assert_eq!(gone.mailboxes, 0);
+        assert!(store.mailbox(mbx(1)).await.unwrap().is_some());
+        // Deleted and made again within one batch of the writer (concurrent requests).
+        let (a, b) = tokio::join!(
+            store.delete_mailbox(mbx(1)),
+            store.create_mailbox(mbx(1), first)
+        );
+        a.unwrap();
+        b.unwrap();
+        let gone = store.expire(u64::MAX).await.unwrap();
+        assert!(gone.mailboxes <= 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_made_before_renewals_lists_everything_at_its_first_sweep() {
+        const DAY: u64 = 86_400;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path(), limits()).unwrap();
+            store.create_mailbox(mbx(1), record(1)).await.unwrap();
+            store
+                .publish_key_packages([7; 32], [9; 32], vec![b"a".to_vec()], None, 1_000)
+                .await
+                .unwrap();
+        }
+        // Take the renewals away, as a store of the release before them has none.
+        {
+            let db = fjall::Database::builder(dir.path()).open().unwrap();
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+            let used = db.keyspace("used", KeyspaceCreateOptions::default).unwrap();
+            let idle = db.keyspace("idle", KeyspaceCreateOptions::default).unwrap();
+            meta.remove(codec::IDLE_INDEX_KEY).unwrap();
+            for ks in [&used, &idle] {
+                let keys: Vec<_> = ks.iter().map(|g| g.key().unwrap()).collect();
+                for key in keys {
+                    ks.remove(key).unwrap();
+                }
+            }
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = FjallStore::open(dir.path(), limits()).unwrap();
+        // The first sweep lists them as renewed on its day, so they live a full idle time more.
+        let first = 100 * DAY;
+        let gone = store.expire(first).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (0, 0));
+        assert!(store.mailbox(mbx(1)).await.unwrap().is_some());
+        let gone = store.expire(first + IDLE - DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (0, 0));
+        let gone = store.expire(first + IDLE + DAY).await.unwrap();
+        assert_eq!((gone.mailboxes, gone.slots), (1, 1));
     }
 
     #[tokio::test]
@@ -1096,7 +1263,7 @@ mod tests {
             store.expire(1_000),
             append_one(&store, msg(mbx(1), total + 1, 1_000))
         );
-        assert_eq!(expired.unwrap(), total - 100);
+        assert_eq!(expired.unwrap().messages, total - 100);
         assert!(appended.unwrap().seq > 0);
         for k in 0..3u8 {
             let left = store.pending(mbx(k)).await.unwrap();
@@ -1119,7 +1286,7 @@ mod tests {
             store.ack(mbx(2), vec![5]).await.unwrap();
             store.ack(mbx(3), (1..=5).collect()).await.unwrap();
             store
-                .publish_key_packages([1; 32], [2; 32], vec![b"kp".to_vec()], None)
+                .publish_key_packages([1; 32], [2; 32], vec![b"kp".to_vec()], None, 1_000)
                 .await
                 .unwrap();
         }
@@ -1246,7 +1413,7 @@ mod tests {
         let err = store.read(mbx(2), 0, 10, 100).await.unwrap_err();
         assert!(err.to_string().contains("corrupt message"), "{err}");
         // The corrupt message is still past its expiry entry's time: it goes.
-        assert_eq!(store.expire(10 + 100).await.unwrap(), 1);
+        assert_eq!(store.expire(10 + 100).await.unwrap().messages, 1);
         assert!(store.read(mbx(2), 0, 10, 100).await.unwrap().is_empty());
     }
 
@@ -1573,7 +1740,7 @@ mod tests {
             Err(StoreError::MailboxFull { .. })
         ));
         // Messages 1..=30 were received at 10, 31..=60 at 11.
-        assert_eq!(store.expire(110).await.unwrap(), 30);
+        assert_eq!(store.expire(110).await.unwrap().messages, 30);
         assert_eq!(store.pending(mbx(1)).await.unwrap(), 30);
         assert_eq!(store.pending_after(mbx(1), 0, 40).await.unwrap(), 10);
         assert_eq!(seqs(&store, mbx(1)).await.first(), Some(&31));
@@ -1594,7 +1761,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(store.expire(u64::MAX).await.unwrap(), 31);
+        assert_eq!(store.expire(IDLE / 2).await.unwrap().messages, 31);
         assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
         assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(log(1)));
     }

@@ -26,6 +26,10 @@
 //!   posted.
 //! * Limits (message size, mailbox and log depth, key packages per slot) are refused with a
 //!   [`StoreError`] that maps to a stable wire error code.
+//! * Idle mailboxes and key-package slots go: one that nobody renewed
+//!   ([`MailboxStore::renew`]; creating a mailbox and publishing to a slot count too) for
+//!   [`Limits::idle_secs`] is deleted by [`MailboxStore::expire`] with everything it holds.
+//!   Renewal is kept by the day, so a renewal costs a write at most once a day per mailbox.
 //! * The store sees only ciphertext, random ids, public keys and capability hashes. It never
 //!   logs payloads or ids.
 //!
@@ -91,6 +95,26 @@ impl MailboxRecord {
     pub fn retired(&self, cap_hash: &[u8; 32]) -> Option<&RetiredCap> {
         self.retired_caps.iter().find(|r| &r.cap_hash == cap_hash)
     }
+}
+
+/// What [`MailboxStore::renew`] keeps alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Renewal {
+    /// A mailbox (inbox or log).
+    Mailbox(MailboxId),
+    /// A key-package slot.
+    Slot([u8; 32]),
+}
+
+/// What one [`MailboxStore::expire`] sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Messages past the expiry (of mailboxes that stay).
+    pub messages: u64,
+    /// Mailboxes idle past [`Limits::idle_secs`], deleted with their messages.
+    pub mailboxes: u64,
+    /// Key-package slots idle past [`Limits::idle_secs`], deleted with their packages.
+    pub slots: u64,
 }
 
 /// A log's member capability that an update replaced.
@@ -171,6 +195,9 @@ pub struct Limits {
     pub max_log_depth: u64,
     /// Seconds after which an unacknowledged message (and its de-duplication record) expires.
     pub expiry_secs: u64,
+    /// Seconds after which a mailbox or key-package slot that nobody renewed is deleted
+    /// (counted in whole days: renewals are kept by the day).
+    pub idle_secs: u64,
     /// Most one-time key packages one slot may hold.
     pub max_key_packages: usize,
     /// Largest key package accepted.
@@ -184,6 +211,7 @@ impl Default for Limits {
             max_depth: 10_000,
             max_log_depth: 100_000,
             expiry_secs: 21 * 24 * 3600,
+            idle_secs: 60 * 24 * 3600,
             max_key_packages: 200,
             max_key_package_len: 16 * 1024,
         }
@@ -349,13 +377,15 @@ pub trait MailboxStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Adds one-time key packages (and replaces the last-resort one when given) in a slot, which
-    /// the first call binds to `owner_key`. Returns the one-time packages now held.
+    /// the first call binds to `owner_key`, and renews the slot as of `now`. Returns the
+    /// one-time packages now held.
     fn publish_key_packages(
         &self,
         slot: [u8; 32],
         owner_key: [u8; 32],
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        now: u64,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
 
     /// Takes one one-time key package (removing it durably), or else returns the last-resort one.
@@ -364,7 +394,16 @@ pub trait MailboxStore: Send + Sync + 'static {
         slot: [u8; 32],
     ) -> impl Future<Output = Result<Option<TakenKeyPackage>, StoreError>> + Send;
 
+    /// Keeps a mailbox or slot from expiring for [`Limits::idle_secs`] after `now` (by the
+    /// day: a second renewal on the same day writes nothing). False if it does not exist.
+    fn renew(
+        &self,
+        what: Renewal,
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Deletes messages (and de-duplication records) older than the expiry, of inboxes and logs
-    /// alike; returns how many messages went.
-    fn expire(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// alike, and mailboxes and slots last renewed (or created) more than
+    /// [`Limits::idle_secs`] before `now`, with all they hold.
+    fn expire(&self, now: u64) -> impl Future<Output = Result<Expired, StoreError>> + Send;
 }

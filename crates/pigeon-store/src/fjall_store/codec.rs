@@ -23,6 +23,14 @@
 //! | `slots` | slot (32) · 0 | owner key (32) · next package number (8) |
 //! | `slots` | slot (32) · 1 | last-resort package |
 //! | `slots` | slot (32) · 2 · package number (8) | one-time package |
+//! | `used` | [`USED_MAILBOX`] or [`USED_SLOT`] (1) · mailbox id or slot (32) | day last renewed (8) |
+//! | `idle` | day last renewed (8) · kind (1) · mailbox id or slot (32) | (empty) |
+//! | `meta` | [`IDLE_INDEX_KEY`] | 1: every mailbox and slot is in `used` and `idle` |
+//!
+//! `used` and `idle` are kept together: `idle` orders by the day of the last renewal, so expiry
+//! reads only what is due; `used` finds a renewal's old `idle` key. Stores made before them are
+//! listed (as renewed on the day of the first sweep) by that sweep, which then sets
+//! [`IDLE_INDEX_KEY`].
 
 use crate::{
     MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord, MessageId, RetiredCap, StoreError,
@@ -44,6 +52,54 @@ pub(super) const FORMAT_KEY: &[u8] = b"pigeon-store:format";
 pub(super) const ROUND_KEY: &[u8] = b"pigeon-store:round";
 /// Where the next mailbox number lives in `meta`.
 pub(super) const NUMBER_KEY: &[u8] = b"pigeon-store:mailbox-number";
+
+/// Set in `meta` once every mailbox and slot is listed in `used` and `idle`.
+pub(super) const IDLE_INDEX_KEY: &[u8] = b"pigeon-store:idle-index";
+/// Kind byte of a mailbox in `used` and `idle` keys.
+pub(super) const USED_MAILBOX: u8 = 0;
+/// Kind byte of a key-package slot in `used` and `idle` keys.
+pub(super) const USED_SLOT: u8 = 1;
+/// Seconds in the unit renewals are kept in.
+pub(super) const DAY: u64 = 24 * 3600;
+
+/// A `used` key.
+pub(super) fn used_key(kind: u8, id: &[u8; 32]) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out[0] = kind;
+    out[1..].copy_from_slice(id);
+    out
+}
+
+/// An `idle` key.
+pub(super) fn idle_key(day: u64, kind: u8, id: &[u8; 32]) -> [u8; 41] {
+    let mut out = [0u8; 41];
+    out[..8].copy_from_slice(&day.to_be_bytes());
+    out[8] = kind;
+    out[9..].copy_from_slice(id);
+    out
+}
+
+/// The day, kind and id of an `idle` key.
+pub(super) fn decode_idle_key(
+    op: &'static str,
+    key: &[u8],
+) -> Result<(u64, u8, [u8; 32]), StoreError> {
+    let parsed = (|| {
+        if key.len() != 41 || !matches!(key[8], USED_MAILBOX | USED_SLOT) {
+            return None;
+        }
+        Some((u64_at(key, 0)?, key[8], array_at(key, 9)?))
+    })();
+    parsed.ok_or_else(|| corrupt(op, "idle index entry"))
+}
+
+/// A `used` value: the day.
+pub(super) fn decode_used(op: &'static str, value: &[u8]) -> Result<u64, StoreError> {
+    match value.try_into() {
+        Ok(bytes) => Ok(u64::from_be_bytes(bytes)),
+        Err(_) => Err(corrupt(op, "renewal day")),
+    }
+}
 
 /// Length of the fixed header in front of a stored ciphertext.
 pub(super) const MSG_HEADER: usize = MESSAGE_ID_LEN + 8;

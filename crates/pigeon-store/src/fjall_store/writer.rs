@@ -32,15 +32,16 @@
 use super::Shared;
 use super::cache::Entry;
 use super::codec::{
-    EXPIRY_ITEM, ExpiryItem, Key, NUMBER_KEY, ROUND_KEY, SLOT_LAST_RESORT, SLOT_ONE_TIME,
-    SLOT_OWNER, decode_counter, decode_dedup, decode_expiry, decode_meta, decode_owner, dedup_key,
-    encode_dedup, encode_meta, encode_owner, expiry_key, msg_header, msg_key, msg_key_seq,
-    one_time_key, push_expiry_item, slot_key,
+    DAY, EXPIRY_ITEM, ExpiryItem, IDLE_INDEX_KEY, Key, NUMBER_KEY, ROUND_KEY, SLOT_LAST_RESORT,
+    SLOT_ONE_TIME, SLOT_OWNER, USED_MAILBOX, USED_SLOT, decode_counter, decode_dedup,
+    decode_expiry, decode_idle_key, decode_meta, decode_owner, decode_used, dedup_key,
+    encode_dedup, encode_meta, encode_owner, expiry_key, idle_key, msg_header, msg_key,
+    msg_key_seq, one_time_key, push_expiry_item, slot_key, used_key,
 };
 use super::recent::{Precheck, Recent};
 use crate::{
-    Appended, CreateOutcome, MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord, MessageId,
-    NewMessage, RetiredCap, StoreError, TakenKeyPackage,
+    Appended, CreateOutcome, Expired, MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord,
+    MessageId, NewMessage, Renewal, RetiredCap, StoreError, TakenKeyPackage,
 };
 use byteview::ByteView;
 use fjall::{OwnedWriteBatch, PersistMode, Slice};
@@ -125,7 +126,13 @@ pub(super) enum Request {
         owner: [u8; 32],
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        now: u64,
         reply: Reply<u32>,
+    },
+    Renew {
+        what: Renewal,
+        now: u64,
+        reply: Reply<bool>,
     },
     Take {
         slot: [u8; 32],
@@ -133,7 +140,7 @@ pub(super) enum Request {
     },
     Expire {
         now: u64,
-        reply: Reply<u64>,
+        reply: Reply<Expired>,
     },
 }
 
@@ -171,6 +178,7 @@ impl Request {
             Self::Delete { reply, .. } => drop(reply.send(Err(err("delete_mailbox")))),
             Self::Update { reply, .. } => drop(reply.send(Err(err("update_mailbox")))),
             Self::Publish { reply, .. } => drop(reply.send(Err(err("publish_key_packages")))),
+            Self::Renew { reply, .. } => drop(reply.send(Err(err("renew")))),
             Self::Take { reply, .. } => drop(reply.send(Err(err("take_key_package")))),
             Self::Expire { reply, .. } => drop(reply.send(Err(err("expire")))),
         }
@@ -188,11 +196,12 @@ enum Done {
     Delete(Reply<bool>, Result<bool, StoreError>),
     Update(Reply<u64>, Result<u64, StoreError>),
     Publish(Reply<u32>, Result<u32, StoreError>),
+    Renew(Reply<bool>, Result<bool, StoreError>),
     Take(
         Reply<Option<TakenKeyPackage>>,
         Result<Option<TakenKeyPackage>, StoreError>,
     ),
-    Expire(Reply<u64>, Result<u64, StoreError>),
+    Expire(Reply<Expired>, Result<Expired, StoreError>),
 }
 
 /// Turns a success into a failure when the round could not be made durable.
@@ -237,6 +246,7 @@ impl Done {
                 drop(tx.send(unless_failed(r, "publish_key_packages", failure)))
             }
             Self::Take(tx, r) => drop(tx.send(unless_failed(r, "take_key_package", failure))),
+            Self::Renew(tx, r) => drop(tx.send(unless_failed(r, "renew", failure))),
             Self::Expire(tx, r) => drop(tx.send(unless_failed(r, "expire", failure))),
         }
     }
@@ -306,8 +316,14 @@ struct Mailbox {
 
 struct ExpireJob {
     cutoff: u64,
-    total: u64,
-    reply: Reply<u64>,
+    /// Mailboxes and slots last renewed before this day are due (`None`: none can be yet).
+    idle_before: Option<u64>,
+    /// The day of the sweep (what a store made before renewals lists everything as).
+    today: u64,
+    /// Messages are done; idle mailboxes and slots are next.
+    messages_done: bool,
+    total: Expired,
+    reply: Reply<Expired>,
 }
 
 /// A committed round on its way to durability.
@@ -420,6 +436,11 @@ pub(super) struct Writer {
     touched: Vec<MailboxId>,
     done: Vec<Done>,
     expire_jobs: VecDeque<ExpireJob>,
+    /// Renewal days this writer wrote or read (`None`: none, or deleted), and the batch it
+    /// last wrote them in (0: only read).
+    used: HashMap<(u8, [u8; 32]), (Option<u64>, u64)>,
+    /// Whether every mailbox and slot is listed in the idle index ([`IDLE_INDEX_KEY`]).
+    idle_indexed: bool,
     /// Whether this round committed anything (and so needs an fsync).
     wrote: bool,
     /// Set for good after a failed commit or fsync: fjall refuses writes from then on too.
@@ -447,6 +468,11 @@ impl Writer {
         };
         let next_round = counter(ROUND_KEY)?;
         let next_number = counter(NUMBER_KEY)?;
+        let idle_indexed = shared
+            .meta
+            .get(IDLE_INDEX_KEY)
+            .map_err(backend(op))?
+            .is_some();
         let batch = shared.db.batch();
         // Two rounds may wait for their fsync while a third is being built.
         let (settle, settled) = sync_channel(2);
@@ -484,6 +510,8 @@ impl Writer {
             touched: Vec::new(),
             done: Vec::new(),
             expire_jobs: VecDeque::new(),
+            used: HashMap::new(),
+            idle_indexed,
             wrote: false,
             failed: None,
         })
@@ -585,6 +613,9 @@ impl Writer {
             // Everything is committed; a cleared map reloads lazily.
             self.boxes.clear();
         }
+        if self.used.len() > self.tuning.cached_mailboxes {
+            self.used.clear();
+        }
     }
 
     fn fail(&mut self, reason: String) {
@@ -592,6 +623,7 @@ impl Writer {
         self.failed = Some(reason);
         self.batch = self.shared.db.batch();
         self.boxes.clear();
+        self.used.clear();
         self.recent.reset(self.commits);
         self.index.clear();
         self.number_dirty = false;
@@ -687,24 +719,32 @@ impl Writer {
                 owner,
                 one_time,
                 last_resort,
+                now,
                 reply,
             } => {
-                let r = self.publish(slot, owner, one_time, last_resort);
+                let r = self.publish(slot, owner, one_time, last_resort, now);
                 self.done.push(Done::Publish(reply, r));
+            }
+            Request::Renew { what, now, reply } => {
+                let r = self.renew(what, now);
+                self.done.push(Done::Renew(reply, r));
             }
             Request::Take { slot, reply } => {
                 let r = self.take(slot);
                 self.done.push(Done::Take(reply, r));
             }
-            Request::Expire { now, reply } => match now.checked_sub(self.shared.limits.expiry_secs)
-            {
-                Some(cutoff) => self.expire_jobs.push_back(ExpireJob {
-                    cutoff,
-                    total: 0,
+            Request::Expire { now, reply } => {
+                let limits = self.shared.limits;
+                self.expire_jobs.push_back(ExpireJob {
+                    // Nothing received at or before 0 exists: an early `now` expires nothing.
+                    cutoff: now.saturating_sub(limits.expiry_secs),
+                    idle_before: now.checked_sub(limits.idle_secs).map(|t| t / DAY),
+                    today: now / DAY,
+                    messages_done: now < limits.expiry_secs,
+                    total: Expired::default(),
                     reply,
-                }),
-                None => self.done.push(Done::Expire(reply, Ok(0))),
-            },
+                });
+            }
         }
     }
 
@@ -783,6 +823,8 @@ impl Writer {
             },
         );
         self.mark(id, true);
+        let created = self.boxes.get(&id).map_or(0, |b| b.record.created_at / DAY);
+        self.set_used(op, USED_MAILBOX, &id.0, created)?;
         Ok(CreateOutcome::Created)
     }
 
@@ -946,6 +988,7 @@ impl Writer {
         self.batch.remove(&self.shared.meta, id.0);
         self.boxes.remove(&id);
         self.touched.push(id);
+        self.clear_used(op, USED_MAILBOX, &id.0)?;
         self.barrier(op)?;
         Ok(true)
     }
@@ -1004,6 +1047,7 @@ impl Writer {
         owner: [u8; 32],
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
+        now: u64,
     ) -> Result<u32, StoreError> {
         let op = "publish_key_packages";
         let limits = self.shared.limits;
@@ -1061,8 +1105,116 @@ impl Writer {
         }
         self.batch
             .insert(slots, owner_key, encode_owner(&owner, next));
+        self.set_used(op, USED_SLOT, &slot, now / DAY)?;
         self.barrier(op)?;
         Ok(u32::try_from(total).unwrap_or(u32::MAX))
+    }
+
+    /// Renews a mailbox or slot as of `now`; false if it does not exist.
+    fn renew(&mut self, what: Renewal, now: u64) -> Result<bool, StoreError> {
+        let op = "renew";
+        let (kind, id) = match what {
+            Renewal::Mailbox(id) => {
+                if !self.load(op, id)? {
+                    return Ok(false);
+                }
+                (USED_MAILBOX, id.0)
+            }
+            Renewal::Slot(slot) => {
+                if self.used_day(op, USED_SLOT, &slot)?.is_none()
+                    && self
+                        .shared
+                        .slots
+                        .get(slot_key(&slot, SLOT_OWNER))
+                        .map_err(backend(op))?
+                        .is_none()
+                {
+                    return Ok(false);
+                }
+                (USED_SLOT, slot)
+            }
+        };
+        self.set_used(op, kind, &id, now / DAY)?;
+        Ok(true)
+    }
+
+    /// The day a mailbox or slot was last renewed, as stored (or written by this writer).
+    fn used_day(
+        &mut self,
+        op: &'static str,
+        kind: u8,
+        id: &[u8; 32],
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some(&(day, _)) = self.used.get(&(kind, *id)) {
+            return Ok(day);
+        }
+        let day = match self
+            .shared
+            .used
+            .get(used_key(kind, id))
+            .map_err(backend(op))?
+        {
+            Some(raw) => Some(decode_used(op, &raw)?),
+            None => None,
+        };
+        self.used.insert((kind, *id), (day, 0));
+        Ok(day)
+    }
+
+    /// Commits the open batch first if it wrote this renewal already: a key is never written
+    /// twice in one batch.
+    fn used_barrier(
+        &mut self,
+        op: &'static str,
+        kind: u8,
+        id: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        if self
+            .used
+            .get(&(kind, *id))
+            .is_some_and(|&(_, epoch)| epoch == self.epoch)
+        {
+            self.barrier(op)?;
+        }
+        Ok(())
+    }
+
+    /// Records a renewal on `day` (never moving one back): the `used` value and its `idle`
+    /// key, replacing the old one.
+    fn set_used(
+        &mut self,
+        op: &'static str,
+        kind: u8,
+        id: &[u8; 32],
+        day: u64,
+    ) -> Result<(), StoreError> {
+        self.used_barrier(op, kind, id)?;
+        let old = self.used_day(op, kind, id)?;
+        if old.is_some_and(|old| old >= day) {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.batch
+                .remove(&self.shared.idle, idle_key(old, kind, id));
+        }
+        self.batch
+            .insert(&self.shared.idle, idle_key(day, kind, id), []);
+        self.batch
+            .insert(&self.shared.used, used_key(kind, id), day.to_be_bytes());
+        self.used.insert((kind, *id), (Some(day), self.epoch));
+        Ok(())
+    }
+
+    /// Forgets a deleted mailbox's or slot's renewal.
+    fn clear_used(&mut self, op: &'static str, kind: u8, id: &[u8; 32]) -> Result<(), StoreError> {
+        self.used_barrier(op, kind, id)?;
+        if let Some(day) = self.used_day(op, kind, id)? {
+            self.batch
+                .remove(&self.shared.idle, idle_key(day, kind, id));
+            self.batch.remove(&self.shared.used, used_key(kind, id));
+        }
+        self.used.insert((kind, *id), (None, self.epoch));
+        Ok(())
     }
 
     fn take(&mut self, slot: [u8; 32]) -> Result<Option<TakenKeyPackage>, StoreError> {
@@ -1087,26 +1239,55 @@ impl Writer {
         }))
     }
 
-    /// Handles one chunk of the oldest expiry job.
+    /// Handles one chunk of the oldest expiry job: its messages first, then idle mailboxes and
+    /// slots.
     fn expire_step(&mut self) {
         let op = "expire";
-        let Some(cutoff) = self.expire_jobs.front().map(|j| j.cutoff) else {
+        let Some((cutoff, messages_done, idle_before, today)) = self
+            .expire_jobs
+            .front()
+            .map(|j| (j.cutoff, j.messages_done, j.idle_before, j.today))
+        else {
             return;
         };
-        let outcome = self
-            .barrier(op)
-            .and_then(|()| self.expire_chunk(cutoff))
-            .and_then(|(removed, finished)| {
-                self.barrier(op)?;
-                Ok((removed, finished))
-            });
+        let outcome = self.barrier(op).and_then(|()| {
+            let step = if messages_done {
+                self.expire_idle_chunk(idle_before, today)
+                    .map(|(gone, finished)| (gone, finished, true))
+            } else {
+                self.expire_chunk(cutoff).map(|(removed, finished)| {
+                    (
+                        Expired {
+                            messages: removed,
+                            ..Expired::default()
+                        },
+                        finished,
+                        false,
+                    )
+                })
+            };
+            let step = step?;
+            self.barrier(op)?;
+            Ok(step)
+        });
         let Some(job) = self.expire_jobs.front_mut() else {
             return;
         };
         match outcome {
-            Ok((removed, finished)) => {
-                job.total += removed;
-                if finished && let Some(job) = self.expire_jobs.pop_front() {
+            Ok((gone, finished, idle_phase)) => {
+                job.total.messages += gone.messages;
+                job.total.mailboxes += gone.mailboxes;
+                job.total.slots += gone.slots;
+                if finished && !idle_phase {
+                    job.messages_done = true;
+                } else if finished && let Some(job) = self.expire_jobs.pop_front() {
+                    if job.total.mailboxes + job.total.slots > 0 {
+                        tracing::info!(
+                            mailboxes = job.total.mailboxes,
+                            slots = job.total.slots,
+                            "expired idle mailboxes and key-package slots"
+                        );
+                    }
                     self.done.push(Done::Expire(job.reply, Ok(job.total)));
                 }
             }
@@ -1116,6 +1297,113 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Lists every mailbox and slot that has no renewal yet (a store made before renewals) as
+    /// renewed `today`, then marks the store as listed (committing every [`EXPIRE_CHUNK`]).
+    fn index_idle(&mut self, today: u64) -> Result<(), StoreError> {
+        let op = "expire";
+        let shared = Arc::clone(&self.shared);
+        let mut listed = 0usize;
+        let mut missing: Vec<(u8, [u8; 32])> = Vec::new();
+        for guard in shared.meta.iter() {
+            let key = guard.key().map_err(backend(op))?;
+            if let Ok(id) = <[u8; 32]>::try_from(key.as_ref()) {
+                missing.push((USED_MAILBOX, id));
+            }
+        }
+        for guard in shared.slots.iter() {
+            let key = guard.key().map_err(backend(op))?;
+            if key.len() == 33
+                && key[32] == SLOT_OWNER
+                && let Ok(slot) = <[u8; 32]>::try_from(&key[..32])
+            {
+                missing.push((USED_SLOT, slot));
+            }
+        }
+        for (kind, id) in missing {
+            if self.used_day(op, kind, &id)?.is_none() {
+                self.set_used(op, kind, &id, today)?;
+                listed += 1;
+                if listed.is_multiple_of(EXPIRE_CHUNK) {
+                    self.barrier(op)?;
+                }
+            }
+        }
+        self.batch.insert(&shared.meta, IDLE_INDEX_KEY, [1]);
+        self.idle_indexed = true;
+        if listed > 0 {
+            tracing::info!(listed, "listed mailboxes and slots for idle expiry");
+        }
+        Ok(())
+    }
+
+    /// Deletes up to [`EXPIRE_CHUNK`] mailboxes and slots last renewed before `idle_before`
+    /// (a day). Returns what went, and whether nothing due is left.
+    fn expire_idle_chunk(
+        &mut self,
+        idle_before: Option<u64>,
+        today: u64,
+    ) -> Result<(Expired, bool), StoreError> {
+        let op = "expire";
+        if !self.idle_indexed {
+            self.index_idle(today)?;
+            self.barrier(op)?;
+        }
+        let mut gone = Expired::default();
+        let Some(before) = idle_before else {
+            return Ok((gone, true));
+        };
+        let shared = Arc::clone(&self.shared);
+        let mut due = Vec::new();
+        let mut finished = true;
+        for guard in shared.idle.range(..before.to_be_bytes()) {
+            if due.len() >= EXPIRE_CHUNK {
+                finished = false;
+                break;
+            }
+            due.push(guard.key().map_err(backend(op))?);
+        }
+        for key in due {
+            let Ok((day, kind, id)) = decode_idle_key(op, &key) else {
+                // An unreadable entry would block idle expiry for good: drop it, and say so.
+                tracing::warn!("idle expiry dropped an unreadable index entry");
+                self.batch.remove(&shared.idle, key);
+                continue;
+            };
+            if self.used_day(op, kind, &id)? != Some(day) {
+                // Renewed (or deleted) since: this entry is stale.
+                self.used_barrier(op, kind, &id)?;
+                self.batch.remove(&shared.idle, key);
+                continue;
+            }
+            if kind == USED_MAILBOX {
+                if self.delete(MailboxId(id))? {
+                    gone.mailboxes += 1;
+                } else {
+                    self.clear_used(op, kind, &id)?;
+                }
+            } else {
+                self.delete_slot(&id)?;
+                gone.slots += 1;
+            }
+        }
+        Ok((gone, finished))
+    }
+
+    /// Deletes a key-package slot: its owner, its packages and its renewal.
+    fn delete_slot(&mut self, slot: &[u8; 32]) -> Result<(), StoreError> {
+        let op = "expire";
+        self.barrier(op)?;
+        let shared = Arc::clone(&self.shared);
+        let mut keys = Vec::new();
+        for guard in shared.slots.prefix(slot) {
+            keys.push(guard.key().map_err(backend(op))?);
+        }
+        for key in keys {
+            self.batch.remove(&shared.slots, key);
+        }
+        self.clear_used(op, USED_SLOT, slot)
     }
 
     /// Works through expiry index entries at or before `cutoff` (about [`EXPIRE_CHUNK`]
