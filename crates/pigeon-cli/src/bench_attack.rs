@@ -152,6 +152,7 @@ pub(crate) async fn run(args: AttackBenchArgs) -> anyhow::Result<()> {
         let target = Target {
             addr,
             relay_key: *relay.link.relay_key(),
+            tunnel: attack::Tunnel::of(&relay.link),
         };
         if attack == Attack::AnswerAmplification {
             // The slot the attacker fetches from: a 16 KiB last-resort key package.

@@ -86,6 +86,7 @@ async fn under_attack(relay: &Relay, attack: Attack, addr: SocketAddr, seconds: 
     let target = Target {
         addr,
         relay_key: *relay.link.relay_key(),
+        tunnel: attack::Tunnel::of(&relay.link),
     };
     let from = "127.0.0.2".parse().expect("address");
     let attacker = tokio::spawn(attack::run(attack, target, from, until, 3000));
@@ -240,5 +241,30 @@ async fn the_front_outlasts_keep_alive_cover_floods_and_stalled_hellos() {
     assert!(
         report.held - report.closed <= PER_SOURCE_HANDSHAKES + 8,
         "{report:?}"
+    );
+}
+
+/// Tunnel legs (opened with tokens made from the link, as any link holder can) that flood PING
+/// frames and read nothing: each is let in, and each is ended by the front once the answers it
+/// owes pass the bound, while an honest pair keeps talking.
+#[tokio::test]
+async fn tunnel_legs_that_flood_pings_are_ended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(
+        RelayOpts::in_dir(dir.path())
+            .arg("--tls")
+            .arg("127.0.0.1:0")
+            .arg("--sni")
+            .arg("cover.test"),
+    );
+    let front: SocketAddr = format!("127.0.0.1:{}", relay.link.routes()[0].port())
+        .parse()
+        .expect("front");
+    let report = under_attack(&relay, Attack::PingFlood, front, 4).await;
+    assert!(report.served > 0, "no leg was let in: {report:?}");
+    assert!(report.requests > 100_000, "the flood was small: {report:?}");
+    assert_eq!(
+        report.closed, report.served,
+        "every flooding leg was ended by the front: {report:?}"
     );
 }

@@ -34,6 +34,9 @@ pub enum Attack {
     CoverKeepAlive,
     /// TCP connections to the front that send half a TLS ClientHello and stall.
     StalledTlsHellos,
+    /// Tunnel legs (opened with a token made from the link's secret, as anyone holding the
+    /// link can) that flood HTTP/2 PING frames and never read the answers.
+    PingFlood,
 }
 
 impl Attack {
@@ -45,8 +48,12 @@ impl Attack {
         Self::CreationFlood,
         Self::AnswerAmplification,
     ];
-    /// Every attack on the tls front.
-    pub const ON_TLS: [Self; 2] = [Self::CoverKeepAlive, Self::StalledTlsHellos];
+    /// Every attack on the tls front ([`Attack::PingFlood`] needs [`Target::tunnel`]).
+    pub const ON_TLS: [Self; 3] = [
+        Self::CoverKeepAlive,
+        Self::StalledTlsHellos,
+        Self::PingFlood,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -58,17 +65,43 @@ impl Attack {
             Self::AnswerAmplification => "answer-amplification",
             Self::CoverKeepAlive => "cover-keep-alive",
             Self::StalledTlsHellos => "stalled-tls-hellos",
+            Self::PingFlood => "ping-flood",
         }
     }
 }
 
 /// Where an attack goes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Target {
     /// The address: the relay's `tcp` listener, or the tls front.
     pub addr: SocketAddr,
     /// The relay's static key (from its link).
     pub relay_key: [u8; 32],
+    /// The tls route's secret path and token key (from its link), for attacks that open
+    /// tunnel legs.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// What a link holder knows of a tls route.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    /// The secret path prefix.
+    pub path: String,
+    /// The token key.
+    pub key: [u8; 32],
+}
+
+impl Tunnel {
+    /// The first tls route's secrets in `link`, if it has one.
+    pub fn of(link: &pigeon_transport::RelayLink) -> Option<Self> {
+        link.routes().iter().find_map(|route| {
+            let params = route.tls_params()?.ok()?;
+            Some(Self {
+                path: params.path().to_owned(),
+                key: *params.key(),
+            })
+        })
+    }
 }
 
 /// What an attack did.
@@ -191,7 +224,7 @@ pub async fn run(
             }
         }
         Attack::CoverKeepAlive => {
-            let Some(config) = insecure_tls() else {
+            let Some(config) = insecure_tls(b"http/1.1") else {
                 return report;
             };
             while Instant::now() < until && tls_held.len() < max_connections {
@@ -210,6 +243,36 @@ pub async fn run(
                     tls_held.push(tls);
                 }
             }
+        }
+        Attack::PingFlood => {
+            let (Some(config), Some(tunnel)) = (insecure_tls(b"h2"), target.tunnel.clone()) else {
+                return report;
+            };
+            // A few legs, each flooding at full speed from its own thread.
+            let mut floods = Vec::new();
+            while Instant::now() < until && floods.len() < max_connections.min(8) {
+                let Ok(s) = connect(from, target.addr).await else {
+                    break;
+                };
+                report.opened += 1;
+                let Ok(tcp) = s.into_std() else {
+                    continue;
+                };
+                let (config, tunnel) = (Arc::clone(&config), tunnel.clone());
+                let deadline = std::time::Instant::now() + until.duration_since(Instant::now());
+                floods.push(tokio::task::spawn_blocking(move || {
+                    ping_flood(tcp, &config, &tunnel, deadline)
+                }));
+            }
+            for flood in floods {
+                if let Ok(outcome) = flood.await {
+                    report.requests += outcome.pings;
+                    report.served += u64::from(outcome.admitted);
+                    report.held += 1;
+                    report.closed += u64::from(outcome.ended);
+                }
+            }
+            return report;
         }
     }
     tokio::time::sleep_until(until).await;
@@ -332,7 +395,7 @@ async fn read_answers(s: &mut TcpStream, session: &mut ClientSession) -> (u64, u
 fn half_client_hello() -> Vec<u8> {
     let mut hello = Vec::new();
     if let Ok(name) = "cover.test".try_into()
-        && let Some(config) = insecure_tls()
+        && let Some(config) = insecure_tls(b"http/1.1")
         && let Ok(mut conn) = rustls::ClientConnection::new(config, name)
     {
         let _ = conn.write_tls(&mut hello);
@@ -357,8 +420,109 @@ fn cover_visit(
     (tls.read(&mut answer).ok()? > 0).then_some(tls)
 }
 
-/// TLS settings of an attacker, who trusts any certificate.
-fn insecure_tls() -> Option<Arc<rustls::ClientConfig>> {
+/// How one PING-flooded leg went.
+struct Flood {
+    /// The front answered the request as a tunnel leg.
+    admitted: bool,
+    /// PING frames written.
+    pings: u64,
+    /// The front ended the leg before the deadline.
+    ended: bool,
+}
+
+/// Opens a tunnel leg with a fresh token and writes PING frames without reading until the
+/// front ends the leg or `deadline` (blocking; run off the runtime).
+fn ping_flood(
+    tcp: std::net::TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    tunnel: &Tunnel,
+    deadline: std::time::Instant,
+) -> Flood {
+    use std::io::{Read as _, Write as _};
+    let mut flood = Flood {
+        admitted: false,
+        pings: 0,
+        ended: false,
+    };
+    let opened = (|| {
+        tcp.set_nonblocking(false).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        tcp.set_write_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let conn = rustls::ClientConnection::new(Arc::clone(config), "cover.test".try_into().ok()?)
+            .ok()?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let leg = pigeon_transport_tls::token::Leg {
+            session: auth::random_bytes::<16>().ok()?,
+            index: 0,
+            budget: None,
+        };
+        let key = pigeon_transport_tls::TokenKey::new(tunnel.key);
+        let token = pigeon_transport_tls::token::mint(
+            &key,
+            &tunnel.path,
+            &leg,
+            now,
+            auth::random_bytes::<8>().ok()?,
+        );
+        let path = format!("{}/{token}", tunnel.path);
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        // :method POST, :scheme https, :path (literal, indexed name), :authority.
+        let mut block = vec![0x83, 0x87, 0x04, u8::try_from(path.len()).ok()?];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 10]);
+        block.extend_from_slice(b"cover.test");
+        let len = u32::try_from(block.len()).ok()?.to_be_bytes();
+        out.extend_from_slice(&[len[1], len[2], len[3], 1, 0x04, 0, 0, 0, 1]);
+        out.extend_from_slice(&block);
+        tls.write_all(&out).ok()?;
+        tls.flush().ok()?;
+        // The leg's answer: SETTINGS, a window update and the 200 headers.
+        let mut answer = [0u8; 256];
+        (tls.read(&mut answer).ok()? > 0).then_some(tls)
+    })();
+    let Some(mut tls) = opened else {
+        return flood;
+    };
+    flood.admitted = true;
+    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 512)
+        .collect();
+    while std::time::Instant::now() < deadline {
+        match tls.write_all(&burst).and_then(|()| tls.flush()) {
+            Ok(()) => flood.pings += 512,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // The front stopped reading: is the leg still there?
+                if tls.sock.peek(&mut [0u8; 1]).is_ok_and(|n| n == 0) {
+                    flood.ended = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                flood.ended = true;
+                break;
+            }
+        }
+    }
+    flood
+}
+
+/// TLS settings of an attacker, who trusts any certificate, offering `alpn`.
+fn insecure_tls(alpn: &[u8]) -> Option<Arc<rustls::ClientConfig>> {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -408,6 +572,6 @@ fn insecure_tls() -> Option<Arc<rustls::ClientConfig>> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Some(Arc::new(config))
 }
