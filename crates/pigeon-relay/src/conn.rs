@@ -43,6 +43,8 @@ const MAX_BUFFERED: usize = 512 * 1024;
 /// for the peer to take them): a client cannot make the relay hold more for it than this by
 /// pipelining requests with large answers and reading slowly.
 const MAX_UNSENT: usize = 1 << 20;
+/// Most answer bytes sealed at once before they are written (see `Conn::send`).
+const SEAL_SLICE: usize = 128 * 1024;
 /// Mailboxes, logs and key-package publications one session may make: a person's client makes
 /// a handful per invitation or group; more is someone filling the store.
 const MAX_CREATIONS_PER_SESSION: u16 = 64;
@@ -633,13 +635,20 @@ impl Conn {
         }
     }
 
+    /// Seals `data` and writes it, a slice at a time: the sealed copy never holds more than
+    /// [`SEAL_SLICE`] of it, however much is waiting.
     async fn send<T: ServerStream>(&mut self, stream: &mut T, data: &[u8]) -> Result<(), Close> {
         if data.is_empty() {
             return Ok(());
         }
-        let mut wire = Vec::with_capacity(data.len() + data.len() / 8 + 300);
-        self.channel.seal(data, &mut wire)?;
-        write(stream, &wire).await.map_err(Close::Io)
+        let slice = data.len().min(SEAL_SLICE);
+        let mut wire = Vec::with_capacity(slice + slice / 8 + 300);
+        for part in data.chunks(SEAL_SLICE) {
+            wire.clear();
+            self.channel.seal(part, &mut wire)?;
+            write(stream, &wire).await.map_err(Close::Io)?;
+        }
+        Ok(())
     }
 
     /// Decrypts and handles every whole record buffered, then answers.
