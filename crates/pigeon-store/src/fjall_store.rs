@@ -59,6 +59,12 @@ pub(crate) fn fuzz_codec(data: &[u8]) {
     if let Ok((owner, next)) = codec::decode_owner("fuzz", data) {
         assert_eq!(codec::encode_owner(&owner, next).as_slice(), data);
     }
+    if let Ok((day, kind, id)) = codec::decode_idle_key("fuzz", data) {
+        assert_eq!(codec::idle_key(day, kind, &id).as_slice(), data);
+    }
+    if let Ok(day) = codec::decode_used("fuzz", data) {
+        assert_eq!(day.to_be_bytes().as_slice(), data);
+    }
     if let Ok((id, received, body)) = codec::decode_msg("fuzz", data) {
         let mut again = codec::msg_header(&id, received).to_vec();
         again.extend_from_slice(body);
