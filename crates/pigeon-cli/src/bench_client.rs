@@ -14,9 +14,9 @@
 use crate::relay_proc::RelayProcess;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use openmls_libcrux_crypto::Provider;
 use pigeon_client::profile::{DB_FILE, OutboxItem};
 use pigeon_client::{Client, ClientEvent, Handled, Invite, OwnedMailbox, Passphrase, Profile};
+use pigeon_e2ee::MemoryProvider as Provider;
 use pigeon_e2ee::content::{Text, body::Body};
 use pigeon_e2ee::{Content, Group, Identity, Suite};
 use std::path::Path;

@@ -8,8 +8,8 @@
 
 use crate::relay_proc::RelayProcess;
 use hdrhistogram::Histogram;
-use openmls_libcrux_crypto::Provider;
 use pigeon_client::{OwnedMailbox, RelayConnection};
+use pigeon_e2ee::MemoryProvider as Provider;
 use pigeon_e2ee::content::{Text, body::Body};
 use pigeon_e2ee::{Change, Content, Group, Identity, Opened, Roster, RosterEntry, Suite};
 use std::time::{Duration, Instant};

@@ -13,17 +13,18 @@
 //!   each operation in a transaction, so a failed or interrupted operation changes nothing.
 
 pub mod content;
+mod crypto;
 mod group;
 mod members;
 pub mod roster;
 mod verify;
 
 pub use content::{Content, ContentError, Envelope};
+pub use crypto::{CryptoProvider, MemoryProvider};
 pub use group::{Group, Identity, Opened, forget_key_package};
 pub use members::{
     Change, Changes, Committed, GROUP_PAST_EPOCHS, key_package_signature_key, stored_state,
 };
-pub use openmls_libcrux_crypto::CryptoProvider;
 pub use roster::{Roster, RosterEntry};
 pub use verify::safety_number;
 

@@ -1,0 +1,616 @@
+//! The crypto provider openmls runs on: libcrux for everything, except the SHA-2 family
+//! (hashes, HMAC, HKDF — also inside HPKE), which goes to RustCrypto's `sha2`.
+//!
+//! Why: a profile of `pigeon bench group --members 1000 --steady` spent more than half its time
+//! in libcrux's portable SHA-256, most of it inside HPKE: each HPKE encryption of a commit's
+//! path secrets (one per node of the resolution, about log2 of the group at steady state) and
+//! of a Welcome's group secrets hashes its whole `info`, which carries the group context —
+//! with the roster extension, tens of kilobytes at 1,000 devices — or the encrypted GroupInfo
+//! with its ratchet tree (about 1.5 MB). `sha2` picks the CPU's SHA extensions at run time (x86
+//! SHA-NI, ARMv8 SHA2) and falls back to portable code, with the same results (the tests below
+//! check it against libcrux and against the FIPS 180-4 and RFC 5869 vectors, and HPKE both
+//! ways between the two providers). HPKE runs on `hpke-rs` as in libcrux's provider, with the
+//! same algorithm mapping (X-Wing is code point 0x647a, as there); only its KDF is `sha2`'s.
+//! Everything else — the KEMs, AEAD, signatures, randomness — is libcrux's, unchanged.
+
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac as _};
+use hpke_rs_crypto::HpkeCrypto;
+use hpke_rs_crypto::types::{AeadAlgorithm, KdfAlgorithm, KemAlgorithm};
+use hpke_rs_libcrux::HpkeLibcrux;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::random::OpenMlsRand;
+use openmls_traits::types::{
+    AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig,
+    HpkeKeyPair, KemOutput, SignatureScheme,
+};
+use openmls_traits::types::{HpkeAeadType, HpkeKdfType, HpkeKemType};
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
+use tls_codec::SecretVLBytes;
+
+/// libcrux's HPKE primitives with `sha2`'s HKDF.
+#[derive(Debug)]
+struct Hpke;
+
+fn hpke_error(e: impl std::fmt::Debug) -> hpke_rs_crypto::error::Error {
+    hpke_rs_crypto::error::Error::CryptoLibraryError(format!("{e:?}"))
+}
+
+impl HpkeCrypto for Hpke {
+    type HpkePrng = <HpkeLibcrux as HpkeCrypto>::HpkePrng;
+
+    fn name() -> String {
+        "libcrux with sha2's HKDF".to_owned()
+    }
+
+    fn supports_kdf(alg: KdfAlgorithm) -> Result<(), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::supports_kdf(alg)
+    }
+
+    fn supports_kem(alg: KemAlgorithm) -> Result<(), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::supports_kem(alg)
+    }
+
+    fn supports_aead(alg: AeadAlgorithm) -> Result<(), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::supports_aead(alg)
+    }
+
+    fn prng() -> Self::HpkePrng {
+        HpkeLibcrux::prng()
+    }
+
+    fn kdf_extract(
+        alg: KdfAlgorithm,
+        salt: &[u8],
+        ikm: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        Ok(match alg {
+            KdfAlgorithm::HkdfSha256 => Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec(),
+            KdfAlgorithm::HkdfSha384 => Hkdf::<Sha384>::extract(Some(salt), ikm).0.to_vec(),
+            KdfAlgorithm::HkdfSha512 => Hkdf::<Sha512>::extract(Some(salt), ikm).0.to_vec(),
+        })
+    }
+
+    fn kdf_expand(
+        alg: KdfAlgorithm,
+        prk: &[u8],
+        info: &[u8],
+        output_size: usize,
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        let mut okm = vec![0u8; output_size];
+        match alg {
+            KdfAlgorithm::HkdfSha256 => Hkdf::<Sha256>::from_prk(prk)
+                .map_err(hpke_error)?
+                .expand(info, &mut okm),
+            KdfAlgorithm::HkdfSha384 => Hkdf::<Sha384>::from_prk(prk)
+                .map_err(hpke_error)?
+                .expand(info, &mut okm),
+            KdfAlgorithm::HkdfSha512 => Hkdf::<Sha512>::from_prk(prk)
+                .map_err(hpke_error)?
+                .expand(info, &mut okm),
+        }
+        .map_err(|_| hpke_rs_crypto::error::Error::HpkeInvalidOutputLength)?;
+        Ok(okm)
+    }
+
+    fn dh(
+        alg: KemAlgorithm,
+        pk: &[u8],
+        sk: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::dh(alg, pk, sk)
+    }
+
+    fn secret_to_public(
+        alg: KemAlgorithm,
+        sk: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::secret_to_public(alg, sk)
+    }
+
+    fn kem_key_gen(
+        alg: KemAlgorithm,
+        prng: &mut Self::HpkePrng,
+    ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::kem_key_gen(alg, prng)
+    }
+
+    fn kem_key_gen_derand(
+        alg: KemAlgorithm,
+        seed: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::kem_key_gen_derand(alg, seed)
+    }
+
+    fn kem_encaps(
+        alg: KemAlgorithm,
+        pk_r: &[u8],
+        prng: &mut Self::HpkePrng,
+    ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::kem_encaps(alg, pk_r, prng)
+    }
+
+    fn kem_decaps(
+        alg: KemAlgorithm,
+        ct: &[u8],
+        sk_r: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::kem_decaps(alg, ct, sk_r)
+    }
+
+    fn dh_validate_sk(
+        alg: KemAlgorithm,
+        sk: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::dh_validate_sk(alg, sk)
+    }
+
+    fn aead_seal(
+        alg: AeadAlgorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        msg: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::aead_seal(alg, key, nonce, aad, msg)
+    }
+
+    fn aead_open(
+        alg: AeadAlgorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        msg: &[u8],
+    ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        HpkeLibcrux::aead_open(alg, key, nonce, aad, msg)
+    }
+}
+
+/// The HPKE instance for an openmls configuration, mapped as libcrux's provider maps it.
+fn hpke(config: HpkeConfig) -> hpke_rs::Hpke<Hpke> {
+    let kem = match config.0 {
+        HpkeKemType::DhKemP256 => KemAlgorithm::DhKemP256,
+        HpkeKemType::DhKemP384 => KemAlgorithm::DhKemP384,
+        HpkeKemType::DhKemP521 => KemAlgorithm::DhKemP521,
+        HpkeKemType::DhKem25519 => KemAlgorithm::DhKem25519,
+        HpkeKemType::DhKem448 => KemAlgorithm::DhKem448,
+        HpkeKemType::XWingKemDraft6 => KemAlgorithm::XWingDraft06,
+        HpkeKemType::MlKem768 => KemAlgorithm::MlKem768,
+        HpkeKemType::MlKem1024 => KemAlgorithm::MlKem1024,
+    };
+    let kdf = match config.1 {
+        HpkeKdfType::HkdfSha256 => KdfAlgorithm::HkdfSha256,
+        HpkeKdfType::HkdfSha384 => KdfAlgorithm::HkdfSha384,
+        HpkeKdfType::HkdfSha512 => KdfAlgorithm::HkdfSha512,
+    };
+    let aead = match config.2 {
+        HpkeAeadType::AesGcm128 => AeadAlgorithm::Aes128Gcm,
+        HpkeAeadType::AesGcm256 => AeadAlgorithm::Aes256Gcm,
+        HpkeAeadType::ChaCha20Poly1305 => AeadAlgorithm::ChaCha20Poly1305,
+        HpkeAeadType::Export => AeadAlgorithm::HpkeExport,
+    };
+    hpke_rs::Hpke::new(hpke_rs::Mode::Base, kem, kdf, aead)
+}
+
+/// libcrux's provider, with the SHA-2 family from `sha2`.
+pub struct CryptoProvider {
+    inner: openmls_libcrux_crypto::CryptoProvider,
+}
+
+impl std::fmt::Debug for CryptoProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CryptoProvider")
+    }
+}
+
+impl CryptoProvider {
+    /// A provider whose randomness is an HMAC-DRBG seeded from the operating system.
+    ///
+    /// # Errors
+    /// When the system gives no randomness.
+    pub fn new() -> Result<Self, impl std::fmt::Debug> {
+        openmls_libcrux_crypto::CryptoProvider::new().map(|inner| Self { inner })
+    }
+}
+
+impl OpenMlsCrypto for CryptoProvider {
+    fn supports(&self, ciphersuite: Ciphersuite) -> Result<(), CryptoError> {
+        self.inner.supports(ciphersuite)
+    }
+
+    fn supported_ciphersuites(&self) -> Vec<Ciphersuite> {
+        self.inner.supported_ciphersuites()
+    }
+
+    fn hkdf_extract(
+        &self,
+        hash_type: HashType,
+        salt: &[u8],
+        ikm: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        let prk = match hash_type {
+            HashType::Sha2_256 => Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec(),
+            HashType::Sha2_384 => Hkdf::<Sha384>::extract(Some(salt), ikm).0.to_vec(),
+            HashType::Sha2_512 => Hkdf::<Sha512>::extract(Some(salt), ikm).0.to_vec(),
+        };
+        Ok(prk.into())
+    }
+
+    fn hmac(
+        &self,
+        hash_type: HashType,
+        key: &[u8],
+        message: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        let bad_key = |_| CryptoError::InvalidLength;
+        let tag = match hash_type {
+            HashType::Sha2_256 => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(bad_key)?;
+                mac.update(message);
+                mac.finalize().into_bytes().to_vec()
+            }
+            HashType::Sha2_384 => {
+                let mut mac = Hmac::<Sha384>::new_from_slice(key).map_err(bad_key)?;
+                mac.update(message);
+                mac.finalize().into_bytes().to_vec()
+            }
+            HashType::Sha2_512 => {
+                let mut mac = Hmac::<Sha512>::new_from_slice(key).map_err(bad_key)?;
+                mac.update(message);
+                mac.finalize().into_bytes().to_vec()
+            }
+        };
+        Ok(tag.into())
+    }
+
+    fn hkdf_expand(
+        &self,
+        hash_type: HashType,
+        prk: &[u8],
+        info: &[u8],
+        okm_len: usize,
+    ) -> Result<SecretVLBytes, CryptoError> {
+        let mut okm = vec![0u8; okm_len];
+        let expanded = match hash_type {
+            HashType::Sha2_256 => Hkdf::<Sha256>::from_prk(prk)
+                .map_err(|_| CryptoError::InvalidLength)?
+                .expand(info, &mut okm),
+            HashType::Sha2_384 => Hkdf::<Sha384>::from_prk(prk)
+                .map_err(|_| CryptoError::InvalidLength)?
+                .expand(info, &mut okm),
+            HashType::Sha2_512 => Hkdf::<Sha512>::from_prk(prk)
+                .map_err(|_| CryptoError::InvalidLength)?
+                .expand(info, &mut okm),
+        };
+        expanded.map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
+        Ok(okm.into())
+    }
+
+    fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Ok(match hash_type {
+            HashType::Sha2_256 => Sha256::digest(data).to_vec(),
+            HashType::Sha2_384 => Sha384::digest(data).to_vec(),
+            HashType::Sha2_512 => Sha512::digest(data).to_vec(),
+        })
+    }
+
+    fn aead_encrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        data: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.inner.aead_encrypt(alg, key, data, nonce, aad)
+    }
+
+    fn aead_decrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        ct_tag: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.inner.aead_decrypt(alg, key, ct_tag, nonce, aad)
+    }
+
+    fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        self.inner.signature_key_gen(alg)
+    }
+
+    fn verify_signature(
+        &self,
+        alg: SignatureScheme,
+        data: &[u8],
+        pk: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
+        self.inner.verify_signature(alg, data, pk, signature)
+    }
+
+    fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.inner.sign(alg, data, key)
+    }
+
+    fn hpke_seal(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ptxt: &[u8],
+    ) -> Result<HpkeCiphertext, CryptoError> {
+        let pk_r = hpke_rs::HpkePublicKey::new(pk_r.to_vec());
+        let (kem_output, ciphertext) = hpke(config)
+            .seal(&pk_r, info, aad, ptxt, None, None, None)
+            .map_err(|e| match e {
+                hpke_rs::HpkeError::InvalidConfig => CryptoError::SenderSetupError,
+                _ => CryptoError::HpkeEncryptionError,
+            })?;
+        Ok(HpkeCiphertext {
+            kem_output: kem_output.into(),
+            ciphertext: ciphertext.into(),
+        })
+    }
+
+    fn hpke_open(
+        &self,
+        config: HpkeConfig,
+        input: &HpkeCiphertext,
+        sk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let sk_r = hpke_rs::HpkePrivateKey::new(sk_r.to_vec());
+        hpke(config)
+            .open(
+                input.kem_output.as_ref(),
+                &sk_r,
+                info,
+                aad,
+                input.ciphertext.as_ref(),
+                None,
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                hpke_rs::HpkeError::InvalidConfig => CryptoError::ReceiverSetupError,
+                _ => CryptoError::HpkeDecryptionError,
+            })
+    }
+
+    fn hpke_setup_sender_and_export(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<(KemOutput, ExporterSecret), CryptoError> {
+        let pk_r = hpke_rs::HpkePublicKey::new(pk_r.to_vec());
+        let (enc, context) = hpke(config)
+            .setup_sender(&pk_r, info, None, None, None)
+            .map_err(|_| CryptoError::SenderSetupError)?;
+        let exported = context
+            .export(exporter_context, exporter_length)
+            .map_err(|_| CryptoError::ExporterError)?;
+        Ok((enc, exported.into()))
+    }
+
+    fn hpke_setup_receiver_and_export(
+        &self,
+        config: HpkeConfig,
+        enc: &[u8],
+        sk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<ExporterSecret, CryptoError> {
+        let sk_r = hpke_rs::HpkePrivateKey::new(sk_r.to_vec());
+        let context = hpke(config)
+            .setup_receiver(enc, &sk_r, info, None, None, None)
+            .map_err(|_| CryptoError::ReceiverSetupError)?;
+        context
+            .export(exporter_context, exporter_length)
+            .map(ExporterSecret::from)
+            .map_err(|_| CryptoError::ExporterError)
+    }
+
+    fn derive_hpke_keypair(
+        &self,
+        config: HpkeConfig,
+        ikm: &[u8],
+    ) -> Result<HpkeKeyPair, CryptoError> {
+        // No hashing of large inputs here: libcrux's, as before.
+        self.inner.derive_hpke_keypair(config, ikm)
+    }
+}
+
+/// This crypto with openmls's in-memory storage: for benchmarks and tests that keep no state
+/// on disk (the client stores through SQLCipher, with [`crate::Provider`]).
+pub struct MemoryProvider {
+    crypto: CryptoProvider,
+    storage: openmls_memory_storage::MemoryStorage,
+}
+
+impl std::fmt::Debug for MemoryProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryProvider")
+    }
+}
+
+impl MemoryProvider {
+    /// A provider with fresh randomness and empty storage.
+    ///
+    /// # Errors
+    /// [`crate::E2eeError::Provider`] when the system gives no randomness.
+    pub fn new() -> Result<Self, crate::E2eeError> {
+        Ok(Self {
+            crypto: crate::crypto()?,
+            storage: openmls_memory_storage::MemoryStorage::default(),
+        })
+    }
+}
+
+impl openmls_traits::OpenMlsProvider for MemoryProvider {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = openmls_memory_storage::MemoryStorage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+impl OpenMlsRand for CryptoProvider {
+    type Error = <openmls_libcrux_crypto::CryptoProvider as OpenMlsRand>::Error;
+
+    fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
+        self.inner.random_array()
+    }
+
+    fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
+        self.inner.random_vec(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn hpke_goes_both_ways_between_this_provider_and_libcrux() {
+        use openmls_traits::types::Ciphersuite;
+        let ours = CryptoProvider::new().expect("provider");
+        let libcrux = openmls_libcrux_crypto::CryptoProvider::new().expect("provider");
+        for suite in [
+            Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+            Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+        ] {
+            let config = || suite.hpke_config();
+            let keys = libcrux
+                .derive_hpke_keypair(config(), &[7; 32])
+                .expect("key pair");
+            let big_info = vec![5u8; 200_000];
+            for (seal, open) in [
+                (&ours as &dyn OpenMlsCrypto, &libcrux as &dyn OpenMlsCrypto),
+                (&libcrux, &ours),
+            ] {
+                let sealed = seal
+                    .hpke_seal(config(), &keys.public, &big_info, b"aad", b"secret")
+                    .expect("seal");
+                assert_eq!(
+                    open.hpke_open(config(), &sealed, &keys.private, &big_info, b"aad")
+                        .expect("open"),
+                    b"secret"
+                );
+                assert!(
+                    open.hpke_open(config(), &sealed, &keys.private, b"other info", b"aad")
+                        .is_err()
+                );
+                let (enc, exported) = seal
+                    .hpke_setup_sender_and_export(config(), &keys.public, &big_info, b"ctx", 32)
+                    .expect("export");
+                let again = open
+                    .hpke_setup_receiver_and_export(
+                        config(),
+                        &enc,
+                        &keys.private,
+                        &big_info,
+                        b"ctx",
+                        32,
+                    )
+                    .expect("export");
+                assert_eq!(&*exported, &*again);
+            }
+        }
+    }
+
+    #[test]
+    fn the_sha2_family_matches_libcrux_and_the_standards() {
+        let ours = CryptoProvider::new().expect("provider");
+        let libcrux = openmls_libcrux_crypto::CryptoProvider::new().expect("provider");
+        // FIPS 180-4 "abc".
+        assert_eq!(
+            ours.hash(HashType::Sha2_256, b"abc").expect("hash"),
+            hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        // RFC 5869 test case 1.
+        let ikm = [0x0b; 22];
+        let salt = hex("000102030405060708090a0b0c");
+        let info = hex("f0f1f2f3f4f5f6f7f8f9");
+        let prk = ours
+            .hkdf_extract(HashType::Sha2_256, &salt, &ikm)
+            .expect("extract");
+        assert_eq!(
+            prk.as_slice(),
+            hex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
+        );
+        let okm = ours
+            .hkdf_expand(HashType::Sha2_256, prk.as_slice(), &info, 42)
+            .expect("expand");
+        assert_eq!(
+            okm.as_slice(),
+            hex(
+                "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+            )
+        );
+        for hash in [HashType::Sha2_256, HashType::Sha2_384, HashType::Sha2_512] {
+            for len in [0usize, 1, 63, 64, 65, 1216, 100_000] {
+                let data: Vec<u8> = (0..len)
+                    .map(|i| u8::try_from(i * 7 % 251).unwrap_or(0))
+                    .collect();
+                assert_eq!(ours.hash(hash, &data), libcrux.hash(hash, &data));
+                let key = &data[..len.min(200)];
+                assert_eq!(
+                    ours.hmac(hash, key, &data).map(|m| m.as_slice().to_vec()),
+                    libcrux
+                        .hmac(hash, key, &data)
+                        .map(|m| m.as_slice().to_vec())
+                );
+                let prk = ours.hkdf_extract(hash, key, &data).expect("extract");
+                assert_eq!(
+                    prk.as_slice(),
+                    libcrux
+                        .hkdf_extract(hash, key, &data)
+                        .expect("extract")
+                        .as_slice()
+                );
+                for out in [1usize, 32, 100] {
+                    assert_eq!(
+                        ours.hkdf_expand(hash, prk.as_slice(), key, out)
+                            .map(|m| m.as_slice().to_vec()),
+                        libcrux
+                            .hkdf_expand(hash, prk.as_slice(), key, out)
+                            .map(|m| m.as_slice().to_vec())
+                    );
+                }
+            }
+        }
+        // Too long an output is refused as libcrux refuses it.
+        let prk = ours
+            .hkdf_extract(HashType::Sha2_256, b"salt", b"ikm")
+            .expect("extract");
+        assert!(
+            ours.hkdf_expand(HashType::Sha2_256, prk.as_slice(), b"", 255 * 32 + 1)
+                .is_err()
+        );
+    }
+}
