@@ -829,3 +829,48 @@ async fn a_log_is_intact_after_a_crash_and_a_restart() {
         relay.stop().await;
     }
 }
+
+/// Mailboxes nobody uses expire (issue #13): a log that a member subscribes to through the
+/// relay is renewed that day; one nobody touched since it was made, 100 days ago, goes at the
+/// next sweep with what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_someone_reads_is_renewed_and_one_nobody_reads_expires() {
+    use pigeon_store::{MailboxRecord, MailboxStore as _};
+    const DAY: u64 = 86_400;
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (read, read_key, read_cap) = new_log();
+    let (unread, unread_key, unread_cap) = new_log();
+    {
+        let store = FjallStore::open(dir.path(), Limits::default()).unwrap();
+        for (id, key, cap) in [
+            (read, &read_key, read_cap),
+            (unread, &unread_key, unread_cap),
+        ] {
+            let record = MailboxRecord::new(
+                MailboxKind::Log,
+                key.verifying_key().to_bytes(),
+                auth::cap_hash(&cap),
+                now - 100 * DAY,
+            );
+            store.create_mailbox(id, record).await.unwrap();
+        }
+    }
+    let relay = TestRelay::start(dir.path()).await;
+    let mut s = relay.connect().await;
+    s.post_ok(&read, &read_cap, &texts(1, 2)).await;
+    s.post_ok(&unread, &unread_cap, &texts(1, 2)).await;
+    assert_eq!(s.subscribe_log(&read, &read_cap, 0).await, 2);
+    drop(s);
+    relay.stop().await;
+
+    let store = FjallStore::open(dir.path(), Limits::default()).unwrap();
+    let gone = store.expire(now).await.unwrap();
+    assert_eq!((gone.mailboxes, gone.slots), (1, 0), "{gone:?}");
+    assert!(store.mailbox(read).await.unwrap().is_some());
+    assert!(store.mailbox(unread).await.unwrap().is_none());
+    assert_eq!(store.pending(read).await.unwrap(), 2);
+}
