@@ -1475,9 +1475,167 @@ fn emit_push<S: MailboxStore>(push: &mut msg::Push, shared: &Shared<S>, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pigeon_proto::StaticKeypair;
+    use pigeon_proto::channel::ClientHandshake;
+    use pigeon_store::{FjallStore, Limits};
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Notify;
+
+    /// A relay's shared state over a fresh store, with no listener and no task.
+    fn relay(dir: &std::path::Path) -> Shared<FjallStore> {
+        Shared::new(
+            FjallStore::open(dir, Limits::default()).expect("store"),
+            StaticKeypair::generate().expect("keys"),
+            crate::RelayConfig::default(),
+            Arc::default(),
+        )
+    }
+
+    /// A session whose Noise handshake ran in memory: requests go straight to its handler.
+    fn session(shared: &Shared<FjallStore>) -> Conn {
+        let hello = msg::ClientHello {
+            versions: pigeon_wire::PROTOCOL_VERSIONS.to_vec(),
+            padding: Vec::new(),
+        };
+        let mut first = Vec::new();
+        ClientHandshake::start(shared.keys.public(), &hello, &mut first).expect("hello");
+        let (body, _) = record::parse_record(&first)
+            .expect("a record")
+            .expect("whole");
+        let mut answer = Vec::new();
+        let (channel, _) = pigeon_proto::channel::accept(
+            &shared.keys,
+            body,
+            pigeon_proto::session::choose_version,
+            &mut answer,
+        )
+        .expect("accept");
+        Conn {
+            no: 0,
+            channel,
+            subs: Vec::new(),
+            waker: None,
+            inbuf: Vec::new(),
+            last_resorts: 0,
+            creations: 0,
+            source: None,
+        }
+    }
+
+    fn create(conn: &Conn, key: &auth::SigningKey, id: [u8; 32]) -> request::Body {
+        let hash = *conn.channel.handshake_hash();
+        let signature = auth::sign(key, AuthOp::CreateMailbox, &hash, &id, &[7; 32]);
+        request::Body::CreateMailbox(msg::CreateMailbox {
+            mailbox_id: id.to_vec(),
+            recipient_key: key.verifying_key().to_bytes().to_vec(),
+            sender_cap_hash: vec![7; 32],
+            signature: signature.to_vec(),
+            kind: 0,
+        })
+    }
+
+    fn code(result: &response::Result) -> Option<ErrorCode> {
+        match result {
+            response::Result::Error(e) => Some(e.error_code()),
+            _ => None,
+        }
+    }
+
+    /// Request handling, tested without a socket: creations are bound to the session's
+    /// handshake, checked field by field, and limited per session with a sentence.
+    #[tokio::test]
+    async fn creations_are_checked_and_limited_per_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = relay(dir.path());
+        let mut conn = session(&shared);
+        let key = auth::generate_signing_key().expect("key");
+        let made = conn.handle_one(create(&conn, &key, [1; 32]), &shared).await;
+        assert!(matches!(made, response::Result::Created(_)), "{made:?}");
+        // A signature made for another session's handshake is refused.
+        let other = session(&shared);
+        let replayed = conn
+            .handle_one(create(&other, &key, [2; 32]), &shared)
+            .await;
+        assert_eq!(
+            code(&replayed),
+            Some(ErrorCode::BadSignature),
+            "{replayed:?}"
+        );
+        // A short id is refused with a sentence naming the field.
+        let mut short = create(&conn, &key, [3; 32]);
+        if let request::Body::CreateMailbox(c) = &mut short {
+            c.mailbox_id.truncate(5);
+        }
+        match conn.handle_one(short, &shared).await {
+            response::Result::Error(e) => {
+                assert_eq!(e.error_code(), ErrorCode::BadRequest);
+                assert!(e.message.contains("mailbox_id"), "{}", e.message);
+            }
+            other => panic!("a short id was taken: {other:?}"),
+        }
+        // The session's quota: 64 creations in all, then a refusal that says what to do.
+        for i in 1..MAX_CREATIONS_PER_SESSION {
+            let id = [u8::try_from(i % 200).unwrap_or(0) + 10; 32];
+            let made = conn.handle_one(create(&conn, &key, id), &shared).await;
+            assert!(
+                matches!(made, response::Result::Created(_)),
+                "{i}: {made:?}"
+            );
+        }
+        match conn
+            .handle_one(create(&conn, &key, [250; 32]), &shared)
+            .await
+        {
+            response::Result::Error(e) => {
+                assert_eq!(e.error_code(), ErrorCode::QuotaExceeded);
+                assert!(e.message.contains("connect again"), "{}", e.message);
+            }
+            other => panic!("the quota let one more through: {other:?}"),
+        }
+        // A new session may make more.
+        let mut next = session(&shared);
+        let made = next
+            .handle_one(create(&next, &key, [251; 32]), &shared)
+            .await;
+        assert!(matches!(made, response::Result::Created(_)), "{made:?}");
+    }
+
+    /// A last-resort key package (never used up) goes to one session at most twice.
+    #[tokio::test]
+    async fn a_last_resort_package_is_handed_to_a_session_twice_at_most() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = relay(dir.path());
+        shared
+            .store
+            .publish_key_packages([5; 32], [6; 32], Vec::new(), Some(vec![9; 100]), 1_000)
+            .await
+            .expect("publish");
+        let mut conn = session(&shared);
+        let fetch = || {
+            request::Body::FetchKeyPackage(msg::FetchKeyPackage {
+                slot_id: vec![5; 32],
+            })
+        };
+        for _ in 0..2 {
+            let got = conn.handle_one(fetch(), &shared).await;
+            assert!(
+                matches!(&got, response::Result::KeyPackage(k) if k.last_resort),
+                "{got:?}"
+            );
+        }
+        let third = conn.handle_one(fetch(), &shared).await;
+        assert_eq!(code(&third), Some(ErrorCode::RateLimited), "{third:?}");
+        let empty = conn
+            .handle_one(
+                request::Body::FetchKeyPackage(msg::FetchKeyPackage {
+                    slot_id: vec![8; 32],
+                }),
+                &shared,
+            )
+            .await;
+        assert_eq!(code(&empty), Some(ErrorCode::NoKeyPackage), "{empty:?}");
+    }
 
     /// Every subscribed connection keeps its subscriptions while idle (ARCHITECTURE.md, "Memory
     /// per idle connection"): a log's reading limit costs one word, and nothing else may grow

@@ -118,6 +118,37 @@ pub(crate) struct Shared<S> {
     pub(crate) stop: Notify,
 }
 
+impl<S> Shared<S> {
+    /// The state every connection of a relay shares, with nothing running yet.
+    pub(crate) fn new(
+        store: S,
+        keys: StaticKeypair,
+        config: RelayConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
+            fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
+            source_creations: conn::Limiter::new(SOURCE_CREATIONS_PER_SEC, SOURCE_CREATION_BURST),
+            creations: std::sync::Mutex::new(pigeon_proto::rate::TokenBucket::new(
+                config.creations_per_sec.max(1.0),
+                config.creations_per_sec.max(1.0) * 10.0,
+                std::time::Instant::now(),
+            )),
+            pool: Admission::new(config.admission),
+            config,
+            metrics,
+            hub: hub::Hub::default(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            stop: Notify::new(),
+        }
+    }
+}
+
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -211,26 +242,7 @@ pub async fn serve<S: MailboxStore>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
-    let shared = Arc::new(Shared {
-        store,
-        keys,
-        limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
-        fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
-        source_creations: conn::Limiter::new(SOURCE_CREATIONS_PER_SEC, SOURCE_CREATION_BURST),
-        creations: std::sync::Mutex::new(pigeon_proto::rate::TokenBucket::new(
-            config.creations_per_sec.max(1.0),
-            config.creations_per_sec.max(1.0) * 10.0,
-            std::time::Instant::now(),
-        )),
-        pool: Admission::new(config.admission),
-        config,
-        metrics,
-        hub: hub::Hub::default(),
-        active: AtomicUsize::new(0),
-        idle: Notify::new(),
-        stopping: std::sync::atomic::AtomicBool::new(false),
-        stop: Notify::new(),
-    });
+    let shared = Arc::new(Shared::new(store, keys, config, metrics));
     let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared)));
     let (incoming_tx, mut incoming) =
         tokio::sync::mpsc::channel::<Result<Incoming, std::io::Error>>(64);
