@@ -174,6 +174,16 @@ fn ja4_is_chromium_s() {
         "the link says ech=1"
     );
     let ech_port = ech_relay.link.routes()[0].port();
+    // A browser at the ECH front is passed to the site behind it (here the first relay's
+    // front, which serves its cover page), untouched.
+    let page = chromium(
+        &dir.path().join("chromium-ech"),
+        &format!("https://cover.test:{ech_port}/"),
+    );
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Welcome to nginx"),
+        "Chromium at the ECH front got the covered site's page"
+    );
 
     for (port, link, name) in [
         (port, relay.link.to_string(), "alice"),
