@@ -427,3 +427,21 @@ pub(crate) fn client_ok(profile: &Path, pass: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+/// alice and bob (profiles under `root`, passphrase `pass`) on `link`, introduced through an
+/// invitation that alice makes and bob accepts; alice has read that he did.
+pub(crate) fn introduced(root: &Path, pass: &str, link: &str) -> (PathBuf, PathBuf) {
+    let ok = |profile: &Path, args: &[&str]| client_ok(profile, pass, args);
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    ok(&alice, &["init", "--name", "alice", "--relay", link]);
+    ok(&bob, &["init", "--name", "bob", "--relay", link]);
+    let invite = ok(&alice, &["invite", "--no-qr"]);
+    let line = invite
+        .lines()
+        .find(|l| l.starts_with("pigeon://invite#"))
+        .expect("an invitation");
+    ok(&bob, &["accept", line]);
+    let read = ok(&alice, &["read", "--wait", "0.5"]);
+    assert!(read.contains("bob accepted your invitation"), "{read}");
+    (alice, bob)
+}

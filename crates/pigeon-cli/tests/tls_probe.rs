@@ -182,15 +182,7 @@ fn probe_front_and_cover(ech: bool) -> (serde_json::Value, Vec<String>) {
 fn two_people_talk(dir: &Path, link: &str) {
     const PASS: &str = "probe test passphrase";
     let ok = |profile: &Path, args: &[&str]| support::client_ok(profile, PASS, args);
-    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
-    ok(&alice, &["init", "--name", "alice", "--relay", link]);
-    ok(&bob, &["init", "--name", "bob", "--relay", link]);
-    let invite = ok(&alice, &["invite", "--no-qr"]);
-    let line = invite
-        .lines()
-        .find(|l| l.starts_with("pigeon://invite#"))
-        .expect("an invitation");
-    ok(&bob, &["accept", line]);
+    let (alice, bob) = support::introduced(dir, PASS, link);
     let big = "e".repeat(40_000);
     ok(&bob, &["send", "alice", &format!("over ECH {big}")]);
     let mut read = String::new();

@@ -48,22 +48,6 @@ fn tls_port(relay: &Relay) -> u16 {
     relay.link.routes()[0].port()
 }
 
-/// alice and bob on `link`, introduced through an invitation.
-fn introduced(root: &Path, link: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (alice, bob) = (root.join("alice"), root.join("bob"));
-    ok(&alice, &["init", "--name", "alice", "--relay", link]);
-    ok(&bob, &["init", "--name", "bob", "--relay", link]);
-    let invite = ok(&alice, &["invite", "--no-qr"]);
-    let line = invite
-        .lines()
-        .find(|l| l.starts_with("pigeon://invite#"))
-        .expect("an invitation");
-    ok(&bob, &["accept", line]);
-    let read = ok(&alice, &["read", "--wait", "0.5"]);
-    assert!(read.contains("bob accepted your invitation"), "{read}");
-    (alice, bob)
-}
-
 /// `from` sends `count` messages of about `len` bytes to its contact `to_name`; `to` (whose
 /// contact `from_name` is) reads them all, in order.
 fn exchange(
@@ -101,7 +85,7 @@ fn exchange(
 fn two_people_talk_through_the_tls_front() {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = tls_relay(dir.path(), "127.0.0.1:0", &[]);
-    let (alice, bob) = introduced(dir.path(), &relay.link.to_string());
+    let (alice, bob) = support::introduced(dir.path(), PASS, &relay.link.to_string());
     exchange((&alice, "alice"), (&bob, "bob"), 20, 100);
     exchange((&bob, "bob"), (&alice, "alice"), 5, 16_000);
 }
@@ -296,7 +280,7 @@ fn freeze_scenario(rotate: &str, freeze: u64) -> Vec<u64> {
             rotate,
         ],
     );
-    let (alice, bob) = introduced(dir.path(), &relay.link.to_string());
+    let (alice, bob) = support::introduced(dir.path(), PASS, &relay.link.to_string());
     // More than 1 MiB server→client to bob, in messages of 48 KB.
     exchange((&alice, "alice"), (&bob, "bob"), 23, 48_000);
     counts.lock().expect("counts").per_connection.clone()

@@ -28,6 +28,69 @@ use openmls_traits::types::{HpkeAeadType, HpkeKdfType, HpkeKemType};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use tls_codec::SecretVLBytes;
 
+/// The SHA-2 functions HKDF runs on here.
+#[derive(Clone, Copy)]
+enum Sha2 {
+    S256,
+    S384,
+    S512,
+}
+
+impl From<HashType> for Sha2 {
+    fn from(hash: HashType) -> Self {
+        match hash {
+            HashType::Sha2_256 => Self::S256,
+            HashType::Sha2_384 => Self::S384,
+            HashType::Sha2_512 => Self::S512,
+        }
+    }
+}
+
+impl From<KdfAlgorithm> for Sha2 {
+    fn from(kdf: KdfAlgorithm) -> Self {
+        match kdf {
+            KdfAlgorithm::HkdfSha256 => Self::S256,
+            KdfAlgorithm::HkdfSha384 => Self::S384,
+            KdfAlgorithm::HkdfSha512 => Self::S512,
+        }
+    }
+}
+
+/// HKDF-Extract (RFC 5869).
+fn hkdf_extract(hash: Sha2, salt: &[u8], ikm: &[u8]) -> Vec<u8> {
+    match hash {
+        Sha2::S256 => Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec(),
+        Sha2::S384 => Hkdf::<Sha384>::extract(Some(salt), ikm).0.to_vec(),
+        Sha2::S512 => Hkdf::<Sha512>::extract(Some(salt), ikm).0.to_vec(),
+    }
+}
+
+/// Why HKDF-Expand refused.
+enum ExpandError {
+    /// The PRK is shorter than the hash.
+    ShortPrk,
+    /// More output than 255 hashes.
+    TooLong,
+}
+
+/// HKDF-Expand (RFC 5869).
+fn hkdf_expand(hash: Sha2, prk: &[u8], info: &[u8], len: usize) -> Result<Vec<u8>, ExpandError> {
+    let mut okm = vec![0u8; len];
+    match hash {
+        Sha2::S256 => Hkdf::<Sha256>::from_prk(prk)
+            .map_err(|_| ExpandError::ShortPrk)?
+            .expand(info, &mut okm),
+        Sha2::S384 => Hkdf::<Sha384>::from_prk(prk)
+            .map_err(|_| ExpandError::ShortPrk)?
+            .expand(info, &mut okm),
+        Sha2::S512 => Hkdf::<Sha512>::from_prk(prk)
+            .map_err(|_| ExpandError::ShortPrk)?
+            .expand(info, &mut okm),
+    }
+    .map_err(|_| ExpandError::TooLong)?;
+    Ok(okm)
+}
+
 /// libcrux's HPKE primitives with `sha2`'s HKDF.
 #[derive(Debug)]
 struct Hpke;
@@ -64,11 +127,7 @@ impl HpkeCrypto for Hpke {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
-        Ok(match alg {
-            KdfAlgorithm::HkdfSha256 => Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec(),
-            KdfAlgorithm::HkdfSha384 => Hkdf::<Sha384>::extract(Some(salt), ikm).0.to_vec(),
-            KdfAlgorithm::HkdfSha512 => Hkdf::<Sha512>::extract(Some(salt), ikm).0.to_vec(),
-        })
+        Ok(hkdf_extract(alg.into(), salt, ikm))
     }
 
     fn kdf_expand(
@@ -77,20 +136,10 @@ impl HpkeCrypto for Hpke {
         info: &[u8],
         output_size: usize,
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
-        let mut okm = vec![0u8; output_size];
-        match alg {
-            KdfAlgorithm::HkdfSha256 => Hkdf::<Sha256>::from_prk(prk)
-                .map_err(hpke_error)?
-                .expand(info, &mut okm),
-            KdfAlgorithm::HkdfSha384 => Hkdf::<Sha384>::from_prk(prk)
-                .map_err(hpke_error)?
-                .expand(info, &mut okm),
-            KdfAlgorithm::HkdfSha512 => Hkdf::<Sha512>::from_prk(prk)
-                .map_err(hpke_error)?
-                .expand(info, &mut okm),
-        }
-        .map_err(|_| hpke_rs_crypto::error::Error::HpkeInvalidOutputLength)?;
-        Ok(okm)
+        hkdf_expand(alg.into(), prk, info, output_size).map_err(|e| match e {
+            ExpandError::ShortPrk => hpke_error("a PRK shorter than the hash"),
+            ExpandError::TooLong => hpke_rs_crypto::error::Error::HpkeInvalidOutputLength,
+        })
     }
 
     fn dh(
@@ -228,12 +277,7 @@ impl OpenMlsCrypto for CryptoProvider {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<SecretVLBytes, CryptoError> {
-        let prk = match hash_type {
-            HashType::Sha2_256 => Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec(),
-            HashType::Sha2_384 => Hkdf::<Sha384>::extract(Some(salt), ikm).0.to_vec(),
-            HashType::Sha2_512 => Hkdf::<Sha512>::extract(Some(salt), ikm).0.to_vec(),
-        };
-        Ok(prk.into())
+        Ok(hkdf_extract(hash_type.into(), salt, ikm).into())
     }
 
     fn hmac(
@@ -270,20 +314,12 @@ impl OpenMlsCrypto for CryptoProvider {
         info: &[u8],
         okm_len: usize,
     ) -> Result<SecretVLBytes, CryptoError> {
-        let mut okm = vec![0u8; okm_len];
-        let expanded = match hash_type {
-            HashType::Sha2_256 => Hkdf::<Sha256>::from_prk(prk)
-                .map_err(|_| CryptoError::InvalidLength)?
-                .expand(info, &mut okm),
-            HashType::Sha2_384 => Hkdf::<Sha384>::from_prk(prk)
-                .map_err(|_| CryptoError::InvalidLength)?
-                .expand(info, &mut okm),
-            HashType::Sha2_512 => Hkdf::<Sha512>::from_prk(prk)
-                .map_err(|_| CryptoError::InvalidLength)?
-                .expand(info, &mut okm),
-        };
-        expanded.map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
-        Ok(okm.into())
+        hkdf_expand(hash_type.into(), prk, info, okm_len)
+            .map(Into::into)
+            .map_err(|e| match e {
+                ExpandError::ShortPrk => CryptoError::InvalidLength,
+                ExpandError::TooLong => CryptoError::HkdfOutputLengthInvalid,
+            })
     }
 
     fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {

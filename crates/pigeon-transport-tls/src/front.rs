@@ -172,6 +172,18 @@ impl Gate {
         }
     }
 
+    /// Whether a connection's first request opens a tunnel leg.
+    fn admit_sniffed(&self, sniffed: &Sniffed) -> Option<Admission> {
+        match sniffed {
+            Sniffed::Request {
+                method,
+                path,
+                end_stream,
+            } => self.admit(method, path, *end_stream),
+            _ => None,
+        }
+    }
+
     /// Whether this request opens a tunnel leg. Anything else is for the cover.
     fn admit(&self, method: &str, path: &str, end_stream: bool) -> Option<Admission> {
         if method != "POST" || end_stream {
@@ -485,14 +497,7 @@ async fn decide(
     let sniffed = tokio::time::timeout_at(deadline, read_first_request(&mut hs, &mut plain))
         .await
         .unwrap_or(Ok(Sniffed::Other))?;
-    let admission = match &sniffed {
-        Sniffed::Request {
-            method,
-            path,
-            end_stream,
-        } => shared.gate.admit(method, path, *end_stream),
-        _ => None,
-    };
+    let admission = shared.gate.admit_sniffed(&sniffed);
     Ok(match admission {
         Some(admission) => Decided::Leg {
             hs: Box::new(hs),
@@ -540,14 +545,7 @@ async fn ech_first_request(
     })
     .await
     .unwrap_or(Ok(Sniffed::Other))?;
-    let admission = match &sniffed {
-        Sniffed::Request {
-            method,
-            path,
-            end_stream,
-        } => shared.gate.admit(method, path, *end_stream),
-        _ => None,
-    };
+    let admission = shared.gate.admit_sniffed(&sniffed);
     Ok(match admission {
         Some(admission) => Decided::EchLeg {
             tcp,
@@ -977,15 +975,7 @@ async fn backend_connection(
         }
         read_more(&mut tcp, &mut plain).await?;
     };
-    let admission = match &sniffed {
-        Sniffed::Request {
-            method,
-            path,
-            end_stream,
-        } => gate.admit(method, path, *end_stream),
-        _ => None,
-    };
-    let Some(admission) = admission else {
+    let Some(admission) = gate.admit_sniffed(&sniffed) else {
         if matches!(sniffed, Sniffed::Request { .. }) {
             // A plain 404 for the proxy to show (or replace with its own page).
             let mut frames = Vec::new();
