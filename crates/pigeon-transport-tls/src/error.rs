@@ -89,6 +89,14 @@ pub enum TlsError {
     /// A server setting is unusable (certificate or key file, cover site).
     #[error("{0}")]
     Config(String),
+    /// A proxy refused to carry the session on, or could not reach the relay.
+    #[error("the proxy {proxy} did not carry the session on: {problem}")]
+    Hop {
+        /// The proxy's route, in its text form (without secrets).
+        proxy: String,
+        /// What it said.
+        problem: String,
+    },
 }
 
 impl TlsError {
@@ -104,9 +112,11 @@ impl TlsError {
             | Self::Stalled { .. }
             | Self::Timeout { .. }
             | Self::Io(_) => ErrorKind::LocalNetwork,
-            Self::Refused { .. } | Self::NotHttp2 { .. } | Self::H2(_) | Self::Record(_) => {
-                ErrorKind::Relay
-            }
+            Self::Refused { .. }
+            | Self::NotHttp2 { .. }
+            | Self::H2(_)
+            | Self::Record(_)
+            | Self::Hop { .. } => ErrorKind::Relay,
         }
     }
 }

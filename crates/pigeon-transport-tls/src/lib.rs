@@ -25,6 +25,7 @@ mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h2;
+pub mod hop;
 mod opening;
 mod record;
 mod session;

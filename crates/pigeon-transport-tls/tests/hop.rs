@@ -1,0 +1,133 @@
+//! A proxy carries a client's session to a relay over the tls transport, and carries it only
+//! to relays: a route of another transport is refused, an unreachable one reported.
+
+use std::time::Duration;
+
+use pigeon_transport::admission::AdmissionLimits;
+use pigeon_transport::{Rotate, Route, TlsParams};
+use pigeon_transport_tls::hop::{self, HopPolicy};
+use pigeon_transport_tls::{Cover, Dialer, Front, FrontConfig, TlsError, TokenKey};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A tls front on loopback with its own secret; returns it and the route to it.
+async fn front(dir: &std::path::Path, key: [u8; 32]) -> (Front, Route) {
+    let cert = pigeon_transport_tls::certs::self_signed(
+        &dir.join(format!("{}.pem", key[0])),
+        "cover.test",
+    )
+    .expect("certificate");
+    let config = FrontConfig {
+        tls: pigeon_transport_tls::server_tls_config(cert.chain, cert.key).expect("rustls"),
+        path: "/t".to_owned(),
+        key: TokenKey::new(key),
+        cover: Cover::Dir(dir.to_path_buf()),
+        cover_tls: None,
+        handshake_timeout: Duration::from_secs(10),
+        admission: AdmissionLimits::default(),
+        ech: None,
+    };
+    let front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("front");
+    let params = TlsParams::new(None, "/t", key, Some(cert.pin), Rotate::Off).expect("params");
+    let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
+    (front, route)
+}
+
+#[tokio::test]
+async fn a_proxy_carries_sessions_to_relays_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The "relay": echoes what each session sends.
+    let (mut relay, relay_route) = front(dir.path(), [1; 32]).await;
+    tokio::spawn(async move {
+        while let Some(mut session) = relay.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    if std::future::poll_fn(|cx| {
+                        pigeon_transport::ServerStream::poll_read_ready(&mut session, cx)
+                    })
+                    .await
+                    .is_err()
+                    {
+                        return;
+                    }
+                    buf.clear();
+                    match pigeon_transport::ServerStream::try_read_buf(&mut session, &mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {
+                            if pigeon_transport::ServerStream::write_all(&mut session, &buf)
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    // The proxy.
+    let (mut proxy, proxy_route) = front(dir.path(), [2; 32]).await;
+    tokio::spawn(async move {
+        let dialer = Dialer::new().expect("dialer");
+        let dialer = std::sync::Arc::new(dialer);
+        while let Some(session) = proxy.accept().await {
+            let dialer = std::sync::Arc::clone(&dialer);
+            tokio::spawn(async move {
+                let _ = hop::serve(
+                    session,
+                    &dialer,
+                    &HopPolicy::default(),
+                    Duration::from_secs(10),
+                )
+                .await;
+            });
+        }
+    });
+
+    let dialer = Dialer::new().expect("dialer");
+    let mut conn = dialer
+        .dial_via(&proxy_route, &relay_route, Duration::from_secs(10))
+        .await
+        .expect("through the proxy");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    conn.write_all(&payload).await.expect("write");
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(20), conn.read_exact(&mut back))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(back, payload, "bytes carried both ways untouched");
+
+    // Not a relay route: refused, with the proxy's sentence.
+    let ssh: Route = "tcp://127.0.0.1:22".parse().expect("route");
+    match dialer
+        .dial_via(&proxy_route, &ssh, Duration::from_secs(10))
+        .await
+    {
+        Err(TlsError::Hop { problem, .. }) => assert!(problem.contains("tls"), "{problem}"),
+        Err(e) => panic!("refused differently: {e}"),
+        Ok(_) => panic!("the proxy carried a session to a tcp route"),
+    }
+    // A relay that does not answer: reported as such.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let params = relay_route.tls_params().expect("tls").expect("valid");
+    let gone = Route::tls("127.0.0.1", closed, &params).expect("route");
+    match dialer
+        .dial_via(&proxy_route, &gone, Duration::from_secs(10))
+        .await
+    {
+        Err(TlsError::Hop { problem, .. }) => {
+            assert!(problem.contains("did not answer"), "{problem}");
+        }
+        Err(e) => panic!("failed differently: {e}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+}
