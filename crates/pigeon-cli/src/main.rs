@@ -10,6 +10,7 @@ mod bench_tls;
 mod chat_cmd;
 mod demo;
 mod group_cmd;
+mod proxy_cmd;
 mod qr;
 mod relay_cmd;
 mod relay_proc;
@@ -63,6 +64,12 @@ enum Command {
     Verify(group_cmd::VerifyArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
     Relay(Box<relay_cmd::RelayArgs>),
+    /// Run a volunteer proxy or domestic hop: clients reach relays through it, end to end
+    /// encrypted, over the tls transport both ways.
+    Proxy(Box<proxy_cmd::ProxyArgs>),
+    /// The proxies your profile reaches relays through: add, list, remove.
+    #[command(subcommand)]
+    Proxies(proxy_cmd::ProxiesCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +114,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Relay(args) => relay_cmd::run(*args).await.map(|()| 0),
+            Command::Proxy(args) => proxy_cmd::run(*args).await.map(|()| 0),
+            Command::Proxies(cmd) => proxy_cmd::proxies(cmd).map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd).await.map(|()| 0),

@@ -188,14 +188,16 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<StaticKeypair> {
 }
 
 /// The `tls` transport's listeners and the route for the link.
-struct TlsSetup {
-    listeners: Vec<pigeon_relay::Listener>,
-    route: Route,
+pub(crate) struct TlsSetup {
+    pub(crate) listeners: Vec<pigeon_relay::Listener>,
+    pub(crate) route: Route,
     /// The ACME client, with --acme: kept for as long as the relay serves.
-    acme: Option<crate::acme::Acme>,
+    pub(crate) acme: Option<crate::acme::Acme>,
 }
 
-async fn setup_tls(
+/// The tls front (and the reverse-proxy backend) from `args`, with the route clients reach it
+/// by; `None` when neither `--tls` nor `--tls-backend` is given. (Also the proxy's front.)
+pub(crate) async fn setup_tls(
     dir: &Path,
     args: &TlsArgs,
     admission: AdmissionLimits,
@@ -384,7 +386,7 @@ fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
 /// Installs the SIGTERM and SIGINT handlers now (before the link is printed, so a supervisor
 /// that stops the relay right after start gets a graceful drain) and returns the future that
 /// resolves on the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;

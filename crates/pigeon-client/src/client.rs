@@ -199,11 +199,19 @@ impl Client {
     pub fn new(profile: Profile, timeout: Duration) -> Self {
         // Download caps this profile learned in earlier runs go to the process's dialer.
         let saved_caps = profile.route_caps().unwrap_or_default();
-        let connector = crate::relay::Connector::new();
-        if let Ok(c) = &connector {
+        let mut connector = crate::relay::Connector::new();
+        if let Ok(c) = &mut connector {
             for (route, cap) in &saved_caps {
                 c.dialer().learn(route, *cap);
             }
+            // The proxies this profile goes through; with one marked `always`, relays are
+            // reached only through proxies (a direct attempt would show the censor whom this
+            // device talks to).
+            let saved = profile.proxies().unwrap_or_default();
+            c.set_proxies(crate::relay::Proxies {
+                only: saved.iter().any(|p| p.always),
+                routes: saved.into_iter().map(|p| p.link.route().clone()).collect(),
+            });
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self {

@@ -24,6 +24,6 @@ pub use pigeon_e2ee::Suite;
 pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{
     Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
-    Profile, ProfileError,
+    Profile, ProfileError, SavedProxy,
 };
 pub use relay::{ClientError, CloseReason, Event, RelayConnection};

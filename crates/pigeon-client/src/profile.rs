@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// A passphrase, wiped from memory when dropped and never printed.
 pub struct Passphrase(Zeroizing<String>);
@@ -316,6 +316,15 @@ pub enum Handled {
     Dropped(String),
 }
 
+/// A proxy kept in a profile.
+#[derive(Clone, Debug)]
+pub struct SavedProxy {
+    /// Its link.
+    pub link: pigeon_transport::ProxyLink,
+    /// Relays are reached only through proxies (never directly).
+    pub always: bool,
+}
+
 /// One person's profile.
 pub struct Profile {
     conn: Connection,
@@ -482,12 +491,82 @@ impl Profile {
                 });
             }
         }
+        if version < 5 {
+            conn.execute_batch(schema::MIGRATE_5)
+                .map_err(db("adding the proxies table"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
             crypto,
             dir: dir.to_owned(),
         })
+    }
+
+    /// The proxies this profile reaches relays through, in the order added.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn proxies(&self) -> Result<Vec<SavedProxy>, ProfileError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT link, always FROM proxies ORDER BY id")
+            .map_err(db("reading proxies"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+            .map_err(db("reading proxies"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (text, always) = row.map_err(db("reading proxies"))?;
+            // A link that no longer parses (a newer format) is skipped, not fatal.
+            if let Ok(link) = pigeon_transport::ProxyLink::parse(&text) {
+                out.push(SavedProxy { link, always });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a proxy (or changes whether it is the only way out); true if it was new.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn add_proxy(
+        &self,
+        link: &pigeon_transport::ProxyLink,
+        always: bool,
+    ) -> Result<bool, ProfileError> {
+        let text = link.to_string();
+        let existed: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM proxies WHERE link = ?1",
+                rusqlite::params![text],
+                |r| r.get(0),
+            )
+            .map_err(db("adding a proxy"))?;
+        self.conn
+            .execute(
+                "INSERT INTO proxies (link, always, added_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (link) DO UPDATE SET always = excluded.always",
+                rusqlite::params![text, always, now_ms()],
+            )
+            .map_err(db("adding a proxy"))?;
+        Ok(existed == 0)
+    }
+
+    /// Removes a proxy; false if it was not there.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn remove_proxy(&self, link: &pigeon_transport::ProxyLink) -> Result<bool, ProfileError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM proxies WHERE link = ?1",
+                rusqlite::params![link.to_string()],
+            )
+            .map_err(db("removing a proxy"))?;
+        Ok(n > 0)
     }
 
     /// The profile directory.

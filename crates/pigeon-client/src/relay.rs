@@ -131,6 +131,45 @@ pub const ROUTE_STAGGER: Duration = Duration::from_millis(250);
 pub struct Connector {
     dialer: Dialer,
     worked: Mutex<BTreeMap<[u8; 32], String>>,
+    /// Proxies relays may be reached through (after the direct routes, or instead of them).
+    proxies: Proxies,
+}
+
+/// The proxies a connector may go through.
+#[derive(Clone, Debug, Default)]
+pub struct Proxies {
+    /// Their tls routes, in order of preference.
+    pub routes: Vec<Route>,
+    /// Never try a relay directly: only through these proxies.
+    pub only: bool,
+}
+
+/// One way to try a relay.
+#[derive(Clone)]
+enum Attempt {
+    /// Straight to one of its routes.
+    Direct(Route),
+    /// Through a proxy to one of its tls routes.
+    Via { proxy: Route, target: Route },
+}
+
+impl Attempt {
+    /// How it is remembered (the winning attempt goes first next time) and reported.
+    fn key(&self) -> String {
+        match self {
+            Self::Direct(route) => route.to_string(),
+            Self::Via { proxy, target } => format!("{target} via {proxy}"),
+        }
+    }
+
+    fn redacted(&self) -> String {
+        match self {
+            Self::Direct(route) => route.redacted(),
+            Self::Via { proxy, target } => {
+                format!("{} via proxy {}", target.redacted(), proxy.redacted())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -157,12 +196,18 @@ impl Connector {
         Ok(Self {
             dialer: Dialer::new().map_err(|e| setup_failed(&e))?,
             worked: Mutex::default(),
+            proxies: Proxies::default(),
         })
     }
 
     /// The dialer (learned download caps live in it).
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
+    }
+
+    /// Goes through `proxies` from now on.
+    pub fn set_proxies(&mut self, proxies: Proxies) {
+        self.proxies = proxies;
     }
 
     /// Connects through the link's routes, the one that last worked for this relay first
@@ -180,8 +225,14 @@ impl Connector {
             .lock()
             .ok()
             .and_then(|m| m.get(link.relay_key()).cloned());
-        let (conn, route) =
-            RelayConnection::connect_routes(&self.dialer, link, best.as_deref(), timeout).await?;
+        let (conn, route) = RelayConnection::connect_routes(
+            &self.dialer,
+            link,
+            &self.proxies,
+            best.as_deref(),
+            timeout,
+        )
+        .await?;
         if let Ok(mut m) = self.worked.lock() {
             m.insert(*link.relay_key(), route);
         }
@@ -213,20 +264,39 @@ impl RelayConnection {
         link: &RelayLink,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        Ok(Self::connect_routes(dialer, link, None, timeout).await?.0)
+        Ok(
+            Self::connect_routes(dialer, link, &Proxies::default(), None, timeout)
+                .await?
+                .0,
+        )
     }
 
-    /// As [`Self::connect_with`], trying the route `best` first; returns the route that won.
+    /// As [`Self::connect_with`], also through `proxies` (after the direct routes, or only
+    /// through them), trying the attempt `best` first; returns the attempt that won.
     async fn connect_routes(
         dialer: &Dialer,
         link: &RelayLink,
+        proxies: &Proxies,
         best: Option<&str>,
         timeout: Duration,
     ) -> Result<(Self, String), ClientError> {
         use futures_util::StreamExt as _;
-        let mut routes: Vec<&Route> = link.supported_routes().collect();
+        let mut routes: Vec<Attempt> = Vec::new();
+        if !proxies.only {
+            routes.extend(link.supported_routes().cloned().map(Attempt::Direct));
+        }
+        for proxy in &proxies.routes {
+            for target in link.routes() {
+                if *target.transport() == pigeon_transport::Transport::Tls {
+                    routes.push(Attempt::Via {
+                        proxy: proxy.clone(),
+                        target: target.clone(),
+                    });
+                }
+            }
+        }
         if let Some(best) = best
-            && let Some(at) = routes.iter().position(|r| r.to_string() == best)
+            && let Some(at) = routes.iter().position(|r| r.key() == best)
         {
             let route = routes.remove(at);
             routes.insert(0, route);
@@ -236,7 +306,7 @@ impl RelayConnection {
         } else {
             routes
                 .iter()
-                .map(|r| r.redacted())
+                .map(Attempt::redacted)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -246,11 +316,17 @@ impl RelayConnection {
         );
         let mut attempts = futures_util::stream::FuturesUnordered::new();
         let mut next = routes.into_iter();
-        let attempt = |route: &Route| {
-            let route = route.clone();
+        let attempt = |route: Attempt| {
             let key = *link.relay_key();
             async move {
-                let result = Self::connect_route_with(dialer, &route, &key, timeout).await;
+                let result = match &route {
+                    Attempt::Direct(direct) => {
+                        Self::connect_route_with(dialer, direct, &key, timeout).await
+                    }
+                    Attempt::Via { proxy, target } => {
+                        Self::connect_via(dialer, proxy, target, &key, timeout).await
+                    }
+                };
                 (route, result)
             }
         };
@@ -260,7 +336,7 @@ impl RelayConnection {
         while !attempts.is_empty() {
             tokio::select! {
                 Some((route, result)) = attempts.next() => match result {
-                    Ok(conn) => return Ok((conn, route.to_string())),
+                    Ok(conn) => return Ok((conn, route.key())),
                     Err(e) => {
                         last = (e.to_string(), e.kind());
                         if attempts.is_empty()
@@ -282,6 +358,36 @@ impl RelayConnection {
             last: last.0,
             kind: last.1,
         })
+    }
+
+    /// Connects to the relay at `target` (a tls route) through the proxy at `proxy`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] naming both when the proxy or the relay behind it fails;
+    /// [`ClientError::Handshake`] if the relay is not the one the key names.
+    pub async fn connect_via(
+        dialer: &Dialer,
+        proxy: &Route,
+        target: &Route,
+        relay_key: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let tried = format!("{} via proxy {}", target.redacted(), proxy.redacted());
+        let stream = dialer.dial_via(proxy, target, timeout).await.map_err(|e| {
+            ClientError::Unreachable {
+                tried: tried.clone(),
+                kind: e.kind(),
+                last: e.to_string(),
+            }
+        })?;
+        match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Unreachable {
+                tried,
+                last: format!("no handshake answer within {timeout:?}"),
+                kind: ErrorKind::LocalNetwork,
+            }),
+        }
     }
 
     /// Connects through one route to the relay with static key `relay_key`.

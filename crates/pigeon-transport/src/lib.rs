@@ -16,6 +16,7 @@ pub mod admission;
 mod error;
 mod link;
 pub mod proto;
+mod proxy_link;
 mod relay_link;
 mod route;
 mod server_stream;
@@ -31,6 +32,7 @@ pub use link::{
     LinkError, LinkKind, MAX_LINK_LEN, SCHEME, decode_any_link, decode_link, encode_link,
     encoded_link_len,
 };
+pub use proxy_link::{PROXY_LINK_VERSION, ProxyLink};
 pub use relay_link::{MAX_LABEL_CHARS, MAX_ROUTES, RELAY_KEY_LEN, RELAY_LINK_VERSION, RelayLink};
 pub use route::{
     DnsName, Host, MAX_HOST_LEN, MAX_PARAM_KEY, MAX_PARAM_VALUE, MAX_PARAMS, MAX_TRANSPORT_NAME,

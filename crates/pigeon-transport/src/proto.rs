@@ -13,6 +13,10 @@
 //!   repeated RoutePayload routes = 3; // 1..=16, in order of preference
 //!   optional string label = 4;       // for people; 1..=64 characters, no control characters
 //! }
+//! message ProxyLinkPayload {
+//!   uint32 version = 1;              // major format version; 1
+//!   RoutePayload route = 2;          // how to reach the proxy: a tls route
+//! }
 //! message RoutePayload {
 //!   string transport = 1;            // "tcp"; unknown names are kept as unsupported routes
 //!   string host = 2;                 // DNS name, IPv4, or IPv6 without brackets
@@ -38,6 +42,17 @@ pub struct RelayLinkPayload {
     /// A name for people, chosen by whoever made the link.
     #[prost(string, optional, tag = "4")]
     pub label: Option<String>,
+}
+
+/// The payload of a `pigeon://proxy#…` link.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProxyLinkPayload {
+    /// Major format version; this build reads and writes [`crate::PROXY_LINK_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// How to reach the proxy.
+    #[prost(message, optional, tag = "2")]
+    pub route: Option<RoutePayload>,
 }
 
 /// One route inside a link.

@@ -267,3 +267,17 @@ ALTER TABLE verified ADD COLUMN name TEXT;
 PRAGMA user_version = 4;
 COMMIT;
 ";
+
+/// Schema 5: the proxies this profile reaches its relays through (issue #15).
+pub(super) const MIGRATE_5: &str = "
+BEGIN;
+-- a proxy link (pigeon://proxy#…); `always`: relays are reached only through proxies
+CREATE TABLE proxies (
+  id INTEGER PRIMARY KEY,
+  link TEXT NOT NULL UNIQUE,
+  always INTEGER NOT NULL DEFAULT 0,
+  added_at INTEGER NOT NULL
+);
+PRAGMA user_version = 5;
+COMMIT;
+";

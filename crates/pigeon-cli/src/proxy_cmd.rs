@@ -1,0 +1,237 @@
+//! `pigeon proxy`: a volunteer proxy or domestic hop in one command (issue #15).
+//!
+//! It serves the `tls` transport exactly as a relay's front does (its own cover site,
+//! certificate from files, made here, or from ACME; admission limits per source) and carries
+//! each client's session onward to the relay the client names, over the `tls` transport again
+//! ([`pigeon_transport_tls::hop`]): the relay session stays encrypted end to end, and the proxy
+//! sees no content and no mailbox ids. It prints a `pigeon://proxy#…` link and its QR code. It
+//! keeps no addresses in its logs.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pigeon_transport::admission::AdmissionLimits;
+use pigeon_transport::{ProxyLink, RelayLink, Transport};
+use pigeon_transport_tls::Dialer;
+use pigeon_transport_tls::hop::{self, HopPolicy};
+use tokio::sync::Semaphore;
+
+/// Time a client has to name its relay, and the proxy to reach it.
+const HOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `pigeon proxy`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProxyArgs {
+    /// Directory for the proxy's secrets (its tls path and key, its own certificate).
+    #[arg(long, value_name = "DIR", default_value = "pigeon-proxy-data")]
+    data: PathBuf,
+    /// Carry sessions only to this relay (its link); repeat for more. Without it, to the tls
+    /// route of any relay a client names (never to anything but a relay's tls front).
+    #[arg(long = "only", value_name = "RELAYLINK")]
+    only: Vec<String>,
+    /// Most client sessions carried at once.
+    #[arg(long, default_value_t = 4096)]
+    max_sessions: usize,
+    /// Most connections in their handshake at once (the oldest is closed to make room).
+    #[arg(long, default_value_t = AdmissionLimits::default().max_handshakes)]
+    max_handshakes: usize,
+    /// Most connections from one source address (an IPv6 /64 counts as one), counted in memory
+    /// only and never logged.
+    #[arg(long, default_value_t = AdmissionLimits::default().per_source)]
+    max_per_source: usize,
+    /// Do not draw the QR code.
+    #[arg(long)]
+    no_qr: bool,
+    #[command(flatten)]
+    tls: crate::relay_cmd::TlsArgs,
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let shutdown = crate::relay_cmd::shutdown_signal()?;
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&args.data)
+        .with_context(|| format!("could not create {}", args.data.display()))?;
+    let policy = policy(&args.only)?;
+    let admission = AdmissionLimits {
+        max_handshakes: args.max_handshakes,
+        per_source: args.max_per_source,
+        ..AdmissionLimits::default()
+    };
+    let setup = crate::relay_cmd::setup_tls(&args.data, &args.tls, admission)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("pass --tls HOST:PORT (or --tls-backend) to serve"))?;
+    let _acme = setup.acme;
+    let link = ProxyLink::new(setup.route).context("the proxy's link")?;
+    let link_text = link.to_string();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{link_text}")?;
+        if !args.no_qr {
+            writeln!(out, "{}", crate::qr::render(&link_text)?)?;
+        }
+        out.flush()?;
+    }
+    let dialer = Arc::new(Dialer::new().context("the onward tls client")?);
+    let policy = Arc::new(policy);
+    let slots = Arc::new(Semaphore::new(args.max_sessions.max(1)));
+    let mut tasks = Vec::new();
+    for listener in setup.listeners {
+        let (dialer, policy, slots) =
+            (Arc::clone(&dialer), Arc::clone(&policy), Arc::clone(&slots));
+        tasks.push(tokio::spawn(async move {
+            match listener {
+                pigeon_relay::Listener::Tls(mut front) => {
+                    tracing::info!(listen = %front.local_addr(), "proxy serving");
+                    while let Some(session) = front.accept().await {
+                        carry(session, &dialer, &policy, &slots);
+                    }
+                }
+                pigeon_relay::Listener::Backend(mut backend) => {
+                    tracing::info!(listen = %backend.local_addr(), "proxy backend (h2c) serving");
+                    while let Some(session) = backend.accept().await {
+                        carry(session, &dialer, &policy, &slots);
+                    }
+                }
+                _ => {}
+            }
+        }));
+    }
+    shutdown.await;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Carries one client session in its own task, if a slot is free (else it is closed).
+fn carry(
+    session: pigeon_transport_tls::ServerSession,
+    dialer: &Arc<Dialer>,
+    policy: &Arc<HopPolicy>,
+    slots: &Arc<Semaphore>,
+) {
+    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+        tracing::debug!("all session slots in use; a session was closed");
+        return;
+    };
+    let (dialer, policy) = (Arc::clone(dialer), Arc::clone(policy));
+    tokio::spawn(async move {
+        let _permit = permit;
+        match hop::serve(session, &dialer, &policy, HOP_TIMEOUT).await {
+            Ok(carried) => tracing::debug!(up = carried.up, down = carried.down, "session carried"),
+            Err(e) => tracing::debug!(error = %e, "session ended"),
+        }
+    });
+}
+
+/// The relays `--only` names: the host and port of each of their tls routes.
+fn policy(only: &[String]) -> anyhow::Result<HopPolicy> {
+    if only.is_empty() {
+        return Ok(HopPolicy::default());
+    }
+    let mut allowed = Vec::new();
+    for text in only {
+        let link: RelayLink = text
+            .parse()
+            .with_context(|| format!("--only {text:?} is not a relay link"))?;
+        for route in link.routes() {
+            if *route.transport() == Transport::Tls {
+                allowed.push((route.host().clone(), route.port()));
+            }
+        }
+    }
+    anyhow::ensure!(
+        !allowed.is_empty(),
+        "the --only links have no tls route: the proxy reaches relays over tls only"
+    );
+    Ok(HopPolicy {
+        only: Some(allowed),
+    })
+}
+
+/// `pigeon proxies`: the proxies this profile reaches its relays through.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum ProxiesCommand {
+    /// Add a proxy (a `pigeon://proxy#…` link). Relays are then tried directly first and
+    /// through the proxy a moment later; with --always, only through proxies.
+    Add(ProxiesAddArgs),
+    /// List the proxies.
+    List(ProxiesListArgs),
+    /// Remove a proxy.
+    Remove(ProxiesRemoveArgs),
+}
+
+/// `pigeon proxies add`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProxiesAddArgs {
+    #[command(flatten)]
+    profile: crate::user_cmd::ProfileArg,
+    /// The proxy's link.
+    link: String,
+    /// Reach relays only through proxies, never directly (a direct attempt to a blocked relay
+    /// shows the network whom you talk to).
+    #[arg(long)]
+    always: bool,
+}
+
+/// `pigeon proxies list`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProxiesListArgs {
+    #[command(flatten)]
+    profile: crate::user_cmd::ProfileArg,
+}
+
+/// `pigeon proxies remove`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProxiesRemoveArgs {
+    #[command(flatten)]
+    profile: crate::user_cmd::ProfileArg,
+    /// The proxy's link.
+    link: String,
+}
+
+/// Runs a `pigeon proxies` command.
+pub(crate) fn proxies(cmd: ProxiesCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProxiesCommand::Add(args) => {
+            let link = ProxyLink::parse(args.link.trim()).context("not a proxy link")?;
+            let profile = crate::user_cmd::open_profile(&args.profile)?;
+            let new = profile.add_proxy(&link, args.always)?;
+            let how = if args.always {
+                "relays are now reached only through proxies"
+            } else {
+                "relays are tried directly first, then through it"
+            };
+            let what = if new { "Added" } else { "Updated" };
+            println!("{what} the proxy at {}: {how}.", link.route().redacted());
+        }
+        ProxiesCommand::List(args) => {
+            let profile = crate::user_cmd::open_profile(&args.profile)?;
+            let saved = profile.proxies()?;
+            if saved.is_empty() {
+                println!("No proxies: relays are reached directly.");
+            }
+            for p in saved {
+                let always = if p.always { " (always)" } else { "" };
+                println!("{}{always}\n  {}", p.link.route().redacted(), p.link);
+            }
+        }
+        ProxiesCommand::Remove(args) => {
+            let link = ProxyLink::parse(args.link.trim()).context("not a proxy link")?;
+            let profile = crate::user_cmd::open_profile(&args.profile)?;
+            anyhow::ensure!(
+                profile.remove_proxy(&link)?,
+                "that proxy is not in this profile (`pigeon proxies list` shows them)"
+            );
+            println!("Removed the proxy at {}.", link.route().redacted());
+        }
+    }
+    Ok(())
+}
