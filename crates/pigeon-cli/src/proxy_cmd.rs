@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pigeon_relay::metrics::{Counter, Gauge};
 use pigeon_transport::admission::AdmissionLimits;
 use pigeon_transport::{ProxyLink, RelayLink, Transport};
 use pigeon_transport_tls::Dialer;
-use pigeon_transport_tls::hop::{self, HopPolicy};
+use pigeon_transport_tls::hop::{self, HopPolicy, Outcome};
 use tokio::sync::Semaphore;
 
 /// Time a client has to name its relay, and the proxy to reach it.
@@ -42,11 +43,102 @@ pub(crate) struct ProxyArgs {
     /// only and never logged.
     #[arg(long, default_value_t = AdmissionLimits::default().per_source)]
     max_per_source: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (counts only: no addresses, no
+    /// relays).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
     #[command(flatten)]
     tls: crate::relay_cmd::TlsArgs,
+}
+
+/// What the proxy counts. Nothing is labelled by client, relay or address.
+#[derive(Debug, Default)]
+struct ProxyMetrics {
+    sessions: Counter,
+    active: Gauge,
+    refused: Counter,
+    unreachable: Counter,
+    failed: Counter,
+    full: Counter,
+    bytes_up: Counter,
+    bytes_down: Counter,
+}
+
+impl hop::Meter for ProxyMetrics {
+    fn connected(&self) {
+        self.sessions.inc();
+    }
+
+    fn up(&self, n: u64) {
+        self.bytes_up.add(n);
+    }
+
+    fn down(&self, n: u64) {
+        self.bytes_down.add(n);
+    }
+}
+
+impl ProxyMetrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        line(
+            "pigeon_proxy_sessions_total",
+            "counter",
+            "Client sessions connected to a relay.",
+            self.sessions.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_sessions_active",
+            "gauge",
+            "Client sessions being carried now.",
+            self.active.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_refused_total",
+            "counter",
+            "Sessions that named a route this proxy does not serve.",
+            self.refused.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_unreachable_total",
+            "counter",
+            "Sessions whose relay did not answer the proxy.",
+            self.unreachable.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_failed_total",
+            "counter",
+            "Sessions that broke off (a malformed request, a side failing mid-way).",
+            self.failed.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_full_total",
+            "counter",
+            "Sessions closed because every slot was in use (--max-sessions).",
+            self.full.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_bytes_up_total",
+            "counter",
+            "Bytes carried from clients to relays.",
+            self.bytes_up.get().to_string(),
+        );
+        line(
+            "pigeon_proxy_bytes_down_total",
+            "counter",
+            "Bytes carried from relays to clients.",
+            self.bytes_down.get().to_string(),
+        );
+        out
+    }
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
@@ -78,25 +170,43 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
+    let metrics = Arc::new(ProxyMetrics::default());
+    let metrics_task = match args.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("could not listen for metrics on {addr}"))?;
+            let m = Arc::clone(&metrics);
+            Some(tokio::spawn(pigeon_relay::metrics::serve_text(
+                l,
+                Arc::new(move || m.render()),
+            )))
+        }
+        None => None,
+    };
     let dialer = Arc::new(Dialer::new().context("the onward tls client")?);
     let policy = Arc::new(policy);
     let slots = Arc::new(Semaphore::new(args.max_sessions.max(1)));
     let mut tasks = Vec::new();
     for listener in setup.listeners {
-        let (dialer, policy, slots) =
-            (Arc::clone(&dialer), Arc::clone(&policy), Arc::clone(&slots));
+        let ctx = Carry {
+            dialer: Arc::clone(&dialer),
+            policy: Arc::clone(&policy),
+            slots: Arc::clone(&slots),
+            metrics: Arc::clone(&metrics),
+        };
         tasks.push(tokio::spawn(async move {
             match listener {
                 pigeon_relay::Listener::Tls(mut front) => {
                     tracing::info!(listen = %front.local_addr(), "proxy serving");
                     while let Some(session) = front.accept().await {
-                        carry(session, &dialer, &policy, &slots);
+                        ctx.carry(session);
                     }
                 }
                 pigeon_relay::Listener::Backend(mut backend) => {
                     tracing::info!(listen = %backend.local_addr(), "proxy backend (h2c) serving");
                     while let Some(session) = backend.accept().await {
-                        carry(session, &dialer, &policy, &slots);
+                        ctx.carry(session);
                     }
                 }
                 _ => {}
@@ -104,31 +214,48 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }));
     }
     shutdown.await;
-    for task in tasks {
+    for task in tasks.into_iter().chain(metrics_task) {
         task.abort();
     }
     Ok(())
 }
 
-/// Carries one client session in its own task, if a slot is free (else it is closed).
-fn carry(
-    session: pigeon_transport_tls::ServerSession,
-    dialer: &Arc<Dialer>,
-    policy: &Arc<HopPolicy>,
-    slots: &Arc<Semaphore>,
-) {
-    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
-        tracing::debug!("all session slots in use; a session was closed");
-        return;
-    };
-    let (dialer, policy) = (Arc::clone(dialer), Arc::clone(policy));
-    tokio::spawn(async move {
-        let _permit = permit;
-        match hop::serve(session, &dialer, &policy, HOP_TIMEOUT).await {
-            Ok(carried) => tracing::debug!(up = carried.up, down = carried.down, "session carried"),
-            Err(e) => tracing::debug!(error = %e, "session ended"),
-        }
-    });
+/// What every carried session shares.
+struct Carry {
+    dialer: Arc<Dialer>,
+    policy: Arc<HopPolicy>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Carry {
+    /// Carries one client session in its own task, if a slot is free (else it is closed).
+    fn carry(&self, session: pigeon_transport_tls::ServerSession) {
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.metrics.full.inc();
+            tracing::debug!("all session slots in use; a session was closed");
+            return;
+        };
+        let (dialer, policy, metrics) = (
+            Arc::clone(&self.dialer),
+            Arc::clone(&self.policy),
+            Arc::clone(&self.metrics),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics.active.inc();
+            match hop::serve(session, &dialer, &policy, HOP_TIMEOUT, &*metrics).await {
+                Ok(Outcome::Carried(_)) => {}
+                Ok(Outcome::Refused) => metrics.refused.inc(),
+                Ok(Outcome::Unreachable) => metrics.unreachable.inc(),
+                Err(e) => {
+                    metrics.failed.inc();
+                    tracing::debug!(error = %e, "session ended");
+                }
+            }
+            metrics.active.dec();
+        });
+    }
 }
 
 /// The relays `--only` names: the host and port of each of their tls routes.

@@ -39,9 +39,16 @@ impl Proxy {
             .arg("--data")
             .arg(dir.join("proxy-data"))
             .args(extra)
-            .env("PIGEON_LOG", "warn")
+            .env(
+                "PIGEON_LOG",
+                std::env::var("PIGEON_TEST_PROXY_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("proxy.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("pigeon proxy");
         let stdout = child.stdout.take().expect("stdout");
@@ -78,7 +85,9 @@ fn two_people_talk_while_one_reaches_the_relay_only_through_a_proxy() {
             .arg("--sni")
             .arg("cover.test"),
     );
-    let proxy = Proxy::start(dir.path(), &[]);
+    let metrics_port = support::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let proxy = Proxy::start(dir.path(), &["--metrics", &metrics_addr]);
     let link = relay.link.to_string();
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     ok(&alice, &["init", "--name", "alice", "--relay", &link]);
@@ -109,6 +118,34 @@ fn two_people_talk_while_one_reaches_the_relay_only_through_a_proxy() {
     ok(&alice, &["send", "bob", &format!("and back {big}")]);
     let read = ok(&bob, &["read", "--wait", "1"]);
     assert!(read.contains("and back ppp"), "{read}");
+
+    // The proxy counts what it carried, and nothing that names anyone.
+    let (metrics, code) = support::curl(&[&format!("http://{metrics_addr}/metrics")]);
+    assert_eq!(code, "200", "{metrics}");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("pigeon_proxy_sessions_total") >= 1, "{metrics}");
+    assert!(value("pigeon_proxy_bytes_up_total") > 40_000, "{metrics}");
+    assert!(!metrics.contains("127.0.0.1"), "{metrics}");
+    // Sessions end with the client processes that opened them: no slot stays taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now, _) = support::curl(&[&format!("http://{metrics_addr}/metrics")]);
+        if now.contains("pigeon_proxy_sessions_active 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions stay open after their clients left: {now}\n{}",
+            std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Without the proxy, alice's client does not go to the relay directly: it says the proxy
     // route failed.

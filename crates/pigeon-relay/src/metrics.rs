@@ -212,13 +212,22 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. Anything else gets 404.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
+    serve_text(listener, std::sync::Arc::new(move || metrics.render())).await;
+}
+
+/// Serves `GET /metrics` with the Prometheus text `render` makes at each request (for other
+/// processes than the relay: the proxy).
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = std::sync::Arc::clone(&metrics);
+        let metrics = std::sync::Arc::clone(&render);
         tokio::spawn(async move {
             let mut req = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
@@ -238,7 +247,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
                 return;
             }
             let response = if req.starts_with(b"GET /metrics ") {
-                let body = metrics.render();
+                let body = metrics();
                 format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()

@@ -942,6 +942,13 @@ async fn promote(legs: &BTreeMap<u16, LegHandle>, up: &mut u16, up_open: bool, i
     }
 }
 
+/// Whether the caller's end of the session's stream is gone: a write to it fails once the
+/// caller dropped its end, but not when it only shut its writing half.
+fn caller_gone(user: &mut tokio::io::DuplexStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(Pin::new(user).poll_write(&mut cx, &[]), Poll::Ready(Err(_)))
+}
+
 /// The session's task: the caller's stream on one side, legs on the other.
 async fn run_session(
     ctx: Arc<SessionCtx>,
@@ -971,6 +978,13 @@ async fn run_session(
             read = user.read(&mut buf), if up_open => match read {
                 Ok(0) | Err(_) => {
                     up_open = false;
+                    if caller_gone(&mut user) {
+                        // The caller dropped the stream altogether (not only its writing
+                        // half): nothing will be read any more, so the session ends here. Its
+                        // legs close with it, which tells the server the session is over
+                        // (an ended request alone only means "the next leg follows").
+                        break;
+                    }
                     if let Some(leg) = legs.get(&up) {
                         let _ = leg.cmd.send(LegCmd::EndUp).await;
                     }

@@ -200,7 +200,35 @@ impl HopPolicy {
     }
 }
 
-/// How one carried session went.
+/// Counts bytes as a proxy carries them (for its metrics), as they go.
+pub trait Meter: Send + Sync {
+    /// A session was connected to its relay.
+    fn connected(&self);
+    /// `n` bytes went from a client to its relay.
+    fn up(&self, n: u64);
+    /// `n` bytes went from a relay to its client.
+    fn down(&self, n: u64);
+}
+
+/// Counts nothing.
+impl Meter for () {
+    fn connected(&self) {}
+    fn up(&self, _: u64) {}
+    fn down(&self, _: u64) {}
+}
+
+/// How a client session at a proxy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Carried to the relay and back until one side ended.
+    Carried(Carried),
+    /// The route was not one this proxy serves.
+    Refused,
+    /// The relay did not answer the proxy.
+    Unreachable,
+}
+
+/// How much one carried session moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Carried {
     /// Bytes from the client to the relay.
@@ -221,7 +249,8 @@ pub async fn serve<S: ServerStream>(
     dialer: &Dialer,
     policy: &HopPolicy,
     timeout: Duration,
-) -> Result<Carried, TlsError> {
+    meter: &dyn Meter,
+) -> Result<Outcome, TlsError> {
     let mut buf = Vec::with_capacity(512);
     let read_request = async {
         loop {
@@ -245,7 +274,7 @@ pub async fn serve<S: ServerStream>(
         session
             .write_all(&encode_answer(&Answer::Refused(why)))
             .await?;
-        return Ok(Carried::default());
+        return Ok(Outcome::Refused);
     }
     let relay = match dialer.dial(&target, timeout).await {
         Ok(relay) => relay,
@@ -254,13 +283,16 @@ pub async fn serve<S: ServerStream>(
             session
                 .write_all(&encode_answer(&Answer::Unreachable(why)))
                 .await?;
-            return Ok(Carried::default());
+            return Ok(Outcome::Unreachable);
         }
     };
     session
         .write_all(&encode_answer(&Answer::Connected))
         .await?;
-    carry(session, relay, early).await
+    meter.connected();
+    carry(session, relay, early, meter)
+        .await
+        .map(Outcome::Carried)
 }
 
 /// Carries bytes between the client's session and the relay until either ends.
@@ -268,12 +300,14 @@ async fn carry<S: ServerStream>(
     mut session: S,
     relay: Box<dyn Connection>,
     early: Vec<u8>,
+    meter: &dyn Meter,
 ) -> Result<Carried, TlsError> {
     let (mut from_relay, mut to_relay) = tokio::io::split(relay);
     let mut carried = Carried::default();
     if !early.is_empty() {
         to_relay.write_all(&early).await?;
         carried.up += early.len() as u64;
+        meter.up(early.len() as u64);
     }
     let mut up = Vec::with_capacity(16 * 1024);
     let mut down = vec![0u8; 16 * 1024];
@@ -287,6 +321,7 @@ async fn carry<S: ServerStream>(
                     Ok(n) => {
                         to_relay.write_all(&up).await?;
                         carried.up += n as u64;
+                        meter.up(n as u64);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
@@ -299,6 +334,7 @@ async fn carry<S: ServerStream>(
                 }
                 session.write_all(&down[..n]).await?;
                 carried.down += n as u64;
+                meter.down(n as u64);
             }
         }
     }

@@ -532,6 +532,30 @@ impl ServerSession {
     }
 }
 
+/// Whether the newest leg's connection has closed (its request had ended): reads what the
+/// socket has until it would block, ready once it closes.
+fn last_leg_closed(last: &mut ServerLeg, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    loop {
+        if last.eof {
+            return Poll::Ready(Ok(()));
+        }
+        match last.tcp.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => match last.pull() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !last.eof {
+                        // Readiness was spurious or used up: wait for the next.
+                        continue;
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
 impl pigeon_transport::ServerStream for ServerSession {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.attach.waker.register(cx.waker());
@@ -550,8 +574,13 @@ impl pigeon_transport::ServerStream for ServerSession {
         match self.up_leg() {
             Some(leg) if leg.ready_len() > 0 || leg.eof => Poll::Ready(Ok(())),
             Some(leg) => leg.tcp.poll_read_ready(cx),
-            // Every request body so far has ended: the next leg's comes once it is here.
-            None => Poll::Pending,
+            // Every request body so far has ended: the next leg's comes once it is here —
+            // unless the newest leg's connection has closed. A client opens its next leg
+            // before it leaves the last, so then it is gone and the session is over.
+            None => match self.legs.back_mut() {
+                Some(last) => last_leg_closed(last, cx),
+                None => Poll::Pending,
+            },
         }
     }
 
@@ -566,6 +595,11 @@ impl pigeon_transport::ServerStream for ServerSession {
         }
         for _ in 0..MAX_LEGS {
             let Some(leg) = self.up_leg() else {
+                if self.legs.back().is_some_and(|last| last.eof) {
+                    // The last leg's connection closed after its request ended: the client
+                    // is gone (see `poll_read_ready`).
+                    return Ok(0);
+                }
                 return Err(io::ErrorKind::WouldBlock.into());
             };
             // What an earlier pump (during a write) left in `ready` is handed on even when the

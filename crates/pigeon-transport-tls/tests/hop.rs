@@ -72,19 +72,23 @@ async fn a_proxy_carries_sessions_to_relays_only() {
     });
     // The proxy.
     let (mut proxy, proxy_route) = front(dir.path(), [2; 32]).await;
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let dialer = Dialer::new().expect("dialer");
         let dialer = std::sync::Arc::new(dialer);
         while let Some(session) = proxy.accept().await {
             let dialer = std::sync::Arc::clone(&dialer);
+            let ended_tx = ended_tx.clone();
             tokio::spawn(async move {
                 let _ = hop::serve(
                     session,
                     &dialer,
                     &HopPolicy::default(),
                     Duration::from_secs(10),
+                    &(),
                 )
                 .await;
+                let _ = ended_tx.send(());
             });
         }
     });
@@ -102,6 +106,12 @@ async fn a_proxy_carries_sessions_to_relays_only() {
         .expect("in time")
         .expect("read");
     assert_eq!(back, payload, "bytes carried both ways untouched");
+    // When the client goes, the proxy lets the session go too.
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .expect("the proxy ended the carried session")
+        .expect("a session ended");
 
     // Not a relay route: refused, with the proxy's sentence.
     let ssh: Route = "tcp://127.0.0.1:22".parse().expect("route");
