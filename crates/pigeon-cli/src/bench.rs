@@ -31,6 +31,8 @@ pub(crate) enum BenchCommand {
     Group(crate::bench_group::GroupBenchArgs),
     /// Attacks from this machine on a relay child process, and what an honest client gets.
     Attack(crate::bench_attack::AttackBenchArgs),
+    /// What going through a proxy costs: round trip, connect, bulk, next to direct.
+    Proxy(crate::bench_proxy::ProxyBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -75,6 +77,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Tls(args) => crate::bench_tls::run(args).await,
         BenchCommand::Group(args) => crate::bench_group::run(args).await,
         BenchCommand::Attack(args) => crate::bench_attack::run(args).await,
+        BenchCommand::Proxy(args) => crate::bench_proxy::run(args).await,
     }
 }
 

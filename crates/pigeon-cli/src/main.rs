@@ -6,6 +6,7 @@ mod bench_attack;
 mod bench_client;
 mod bench_group;
 mod bench_nats;
+mod bench_proxy;
 mod bench_tls;
 mod chat_cmd;
 mod demo;

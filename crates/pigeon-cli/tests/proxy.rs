@@ -110,6 +110,13 @@ fn two_people_talk_while_one_reaches_the_relay_only_through_a_proxy() {
         .find(|l| l.starts_with("pigeon://invite#"))
         .expect("an invitation");
     ok(&bob, &["accept", line]);
+    // The invitation carried alice's proxy: bob keeps it, as a way to try after the direct
+    // routes (not `always`: that is each person's own choice).
+    let bobs = ok(&bob, &["proxies", "list"]);
+    assert!(
+        bobs.contains(&proxy.link) && !bobs.contains("(always)"),
+        "{bobs}"
+    );
     ok(&bob, &["send", "alice", "hello through the proxy"]);
     let read = ok(&alice, &["read", "--wait", "1"]);
     assert!(read.contains("bob accepted your invitation"), "{read}");

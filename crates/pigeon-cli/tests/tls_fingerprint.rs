@@ -290,9 +290,11 @@ fn http2_fingerprint_is_chromium_s() {
     let before = server.recorded().len();
     rt.block_on(async {
         let dialer = pigeon_transport_tls::Dialer::new().expect("dialer");
-        // The lab's server answers the POST with 200, which is all the client waits for.
-        let _ = dialer.dial(&route, Duration::from_secs(10)).await;
+        // The lab's server answers the POST with 200, which is all the client waits for. The
+        // tunnel is held while the server records (dropping it closes the connection).
+        let tunnel = dialer.dial(&route, Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tunnel);
     });
     let ours = server.recorded()[before..]
         .iter()

@@ -204,17 +204,9 @@ impl Client {
             for (route, cap) in &saved_caps {
                 c.dialer().learn(route, *cap);
             }
-            // The proxies this profile goes through; with one marked `always`, relays are
-            // reached only through proxies (a direct attempt would show the censor whom this
-            // device talks to).
-            let saved = profile.proxies().unwrap_or_default();
-            c.set_proxies(crate::relay::Proxies {
-                only: saved.iter().any(|p| p.always),
-                routes: saved.into_iter().map(|p| p.link.route().clone()).collect(),
-            });
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        Self {
+        let mut client = Self {
             profile,
             connector,
             sessions: BTreeMap::new(),
@@ -223,7 +215,11 @@ impl Client {
             waiting: BTreeMap::new(),
             timeout,
             saved_caps,
-        }
+        };
+        // The proxies this profile goes through; with one marked `always`, relays are reached
+        // only through proxies (a direct attempt would show the censor whom it talks to).
+        client.reload_proxies();
+        client
     }
 
     /// The profile.
@@ -287,6 +283,31 @@ impl Client {
         );
         if spent || matches!(e, ClientError::Lost(_) | ClientError::Unreachable { .. }) {
             self.sessions.remove(link.relay_key());
+        }
+    }
+
+    /// Keeps the proxies an invitation carries (as ways to try after the direct routes), and
+    /// goes through them from now on. A failure to keep them only loses that help.
+    fn take_proxies(&mut self, invite: &Invite) {
+        if invite.proxies.is_empty() {
+            return;
+        }
+        for link in &invite.proxies {
+            if let Err(e) = self.profile.add_proxy_if_new(link) {
+                tracing::debug!(error = %e, "keeping an invitation's proxy failed");
+            }
+        }
+        self.reload_proxies();
+    }
+
+    /// Hands the profile's proxies to the connector.
+    fn reload_proxies(&mut self) {
+        let saved = self.profile.proxies().unwrap_or_default();
+        if let Ok(c) = &mut self.connector {
+            c.set_proxies(crate::relay::Proxies {
+                only: saved.iter().any(|p| p.always),
+                routes: saved.into_iter().map(|p| p.link.route().clone()).collect(),
+            });
         }
     }
 
@@ -364,6 +385,7 @@ impl Client {
         suites: &[Suite],
     ) -> Result<(Contact, FlushReport), Error> {
         let invite = Invite::parse(link)?;
+        self.take_proxies(&invite);
         if invite.group.is_some() {
             return Err(Error::WrongInvite(
                 "this is an invitation to a group: join it with `Client::join_group` (`pigeon accept` does)",
@@ -502,6 +524,7 @@ impl Client {
     /// For an unusable or used link, a link to a 1:1 conversation, or an unreachable relay.
     pub async fn join_group(&mut self, link: &str) -> Result<JoinRequest, Error> {
         let invite = Invite::parse(link)?;
+        self.take_proxies(&invite);
         if invite.group.is_none() {
             return Err(Error::WrongInvite(
                 "this is an invitation to a conversation, not to a group: accept it with `Client::accept`",

@@ -26,6 +26,8 @@ use prost::Message as _;
 pub const INVITE_VERSION: u32 = 1;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Most proxies an invitation carries.
+pub const MAX_INVITE_PROXIES: usize = 4;
 
 /// The wire form of an invitation.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,6 +54,10 @@ pub(crate) struct InvitePayload {
     /// its slot and the signature key are unused).
     #[prost(string, optional, tag = "9")]
     group: Option<String>,
+    /// The inviter's proxies (`pigeon://proxy#…` links), at most [`MAX_INVITE_PROXIES`]: a
+    /// path to the inviter's relay for someone who cannot reach it directly.
+    #[prost(string, repeated, tag = "10")]
+    proxies: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -90,6 +96,8 @@ pub struct Invite {
     pub offers: Vec<Offer>,
     /// For an invitation to a group: the group's name.
     pub group: Option<String>,
+    /// The inviter's proxies: ways to the inviter's relay when it cannot be reached directly.
+    pub proxies: Vec<pigeon_transport::ProxyLink>,
 }
 
 impl std::fmt::Debug for Invite {
@@ -205,6 +213,21 @@ impl Invite {
         if offers.is_empty() {
             return Err(InviteError::NoSuite);
         }
+        if p.proxies.len() > MAX_INVITE_PROXIES {
+            return Err(InviteError::Field {
+                field: "proxies",
+                problem: format!(
+                    "{} proxies; at most {MAX_INVITE_PROXIES} are allowed",
+                    p.proxies.len()
+                ),
+            });
+        }
+        // A proxy link this version cannot read (a newer format) is left out, not fatal.
+        let proxies = p
+            .proxies
+            .iter()
+            .filter_map(|text| pigeon_transport::ProxyLink::parse(text).ok())
+            .collect();
         let invite = Self {
             relay,
             mailbox_id: fixed("mailbox", &p.mailbox_id)?,
@@ -214,6 +237,7 @@ impl Invite {
             name: p.name,
             offers,
             group: p.group,
+            proxies,
         };
         if let Some(g) = &invite.group {
             pigeon_e2ee::roster::check_group_name(g).map_err(|problem| InviteError::Field {
@@ -258,6 +282,12 @@ impl Invite {
                 })
                 .collect(),
             group: self.group.clone(),
+            proxies: self
+                .proxies
+                .iter()
+                .take(MAX_INVITE_PROXIES)
+                .map(ToString::to_string)
+                .collect(),
         };
         encode_link(LinkKind::Invite, &payload.encode_to_vec()).map_err(InviteError::Link)
     }
@@ -293,6 +323,7 @@ mod tests {
                 },
             ],
             group: None,
+            proxies: Vec::new(),
         }
     }
 
@@ -302,6 +333,29 @@ mod tests {
         assert!(link.starts_with("pigeon://invite#"));
         assert!(link.len() < 1000, "{} bytes", link.len());
         assert_eq!(Invite::parse(&link).expect("parse"), sample());
+    }
+
+    #[test]
+    fn an_invitation_carries_its_inviters_proxies() {
+        let proxy: Route =
+            "tls://proxy.example.org:443?key=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8&path=%2Fp"
+                .parse()
+                .expect("route");
+        let mut invite = sample();
+        invite.proxies = vec![pigeon_transport::ProxyLink::new(proxy).expect("proxy link")];
+        let link = invite.to_link().expect("link");
+        assert_eq!(Invite::parse(&link).expect("parse"), invite);
+        // Too many are refused with a sentence.
+        let mut payload = InvitePayload::decode(
+            pigeon_transport::decode_link(LinkKind::Invite, &link)
+                .expect("decode")
+                .as_slice(),
+        )
+        .expect("payload");
+        payload.proxies = vec![payload.proxies[0].clone(); MAX_INVITE_PROXIES + 1];
+        let text = encode_link(LinkKind::Invite, &payload.encode_to_vec()).expect("link");
+        let err = Invite::parse(&text).expect_err("too many").to_string();
+        assert!(err.contains("proxies"), "{err}");
     }
 
     #[test]

@@ -554,6 +554,22 @@ impl Profile {
         Ok(existed == 0)
     }
 
+    /// Adds a proxy that came with an invitation, unless it is kept already (its `always`
+    /// stays as it is).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn add_proxy_if_new(&self, link: &pigeon_transport::ProxyLink) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT INTO proxies (link, always, added_at) VALUES (?1, 0, ?2)
+                 ON CONFLICT (link) DO NOTHING",
+                rusqlite::params![link.to_string(), now_ms()],
+            )
+            .map_err(db("adding a proxy"))?;
+        Ok(())
+    }
+
     /// Removes a proxy; false if it was not there.
     ///
     /// # Errors
@@ -700,6 +716,12 @@ impl Profile {
                 name,
                 offers,
                 group: None,
+                proxies: self
+                    .proxies()?
+                    .into_iter()
+                    .map(|p| p.link)
+                    .take(crate::invite::MAX_INVITE_PROXIES)
+                    .collect(),
             };
             // The person accepting starts the conversation and sends its Welcome here: the
             // invitation waits like a request to join a group of two.

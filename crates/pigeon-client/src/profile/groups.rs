@@ -829,6 +829,12 @@ impl Profile {
                 slot_id: random()?,
             }],
             group: Some(info.name.clone()),
+            proxies: self
+                .proxies()?
+                .into_iter()
+                .map(|p| p.link)
+                .take(crate::invite::MAX_INVITE_PROXIES)
+                .collect(),
         };
         let link = invite
             .to_link()
