@@ -110,7 +110,7 @@ fn meminfo(key: &str) -> Option<u64> {
     proc_field("/proc/meminfo", key)
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     proc_field(&format!("/proc/{pid}/status"), "VmRSS")
 }
 

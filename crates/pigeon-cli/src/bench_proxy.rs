@@ -32,6 +32,9 @@ pub(crate) struct ProxyBenchArgs {
     /// 48 KiB messages per session for the bulk figure.
     #[arg(long, default_value_t = 100)]
     messages: u32,
+    /// Idle sessions held open through the proxy for the memory figure (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    idle: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -183,6 +186,7 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let idle_kib = idle_memory(&dialer, &relay.link, &proxy, args.idle).await?;
     drop(proxy);
     relay.stop()?;
     let share = if direct.mbps() > 0.0 {
@@ -207,6 +211,8 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
                 "direct_bulk_mb_s": direct.mbps(),
                 "proxy_bulk_mb_s": proxied.mbps(),
                 "proxy_bulk_share_pct": share,
+                "idle_sessions": args.idle,
+                "proxy_kib_per_idle_session": idle_kib,
             })
         );
     } else {
@@ -230,6 +236,49 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
             direct.mbps(),
             proxied.mbps()
         );
+        if let Some(kib) = idle_kib {
+            println!(
+                "memory          {kib:.1} KiB of the proxy's resident memory per idle session ({} sessions)",
+                args.idle
+            );
+        }
     }
     Ok(())
+}
+
+/// The proxy's resident memory per idle session it carries: `n` sessions opened through it
+/// and held, the proxy's RSS before and after.
+async fn idle_memory(
+    dialer: &Dialer,
+    link: &pigeon_transport::RelayLink,
+    proxy: &ProxyProcess,
+    n: u32,
+) -> anyhow::Result<Option<f64>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let pid = proxy.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = crate::bench::rss_kib(pid).context("the proxy's memory")?;
+    let target = link
+        .routes()
+        .first()
+        .context("the relay's link has no route")?;
+    let mut held = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        held.push(
+            RelayConnection::connect_via(
+                dialer,
+                proxy.link.route(),
+                target,
+                link.relay_key(),
+                Duration::from_secs(20),
+            )
+            .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = crate::bench::rss_kib(pid).context("the proxy's memory")?;
+    drop(held);
+    Ok(Some(after.saturating_sub(before) as f64 / f64::from(n)))
 }
