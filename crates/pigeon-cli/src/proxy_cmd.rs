@@ -7,7 +7,6 @@
 //! sees no content and no mailbox ids. It prints a `pigeon://proxy#…` link and its QR code. It
 //! keeps no addresses in its logs.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,29 +160,11 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("pass --tls HOST:PORT (or --tls-backend) to serve"))?;
     let _acme = setup.acme;
     let link = ProxyLink::new(setup.route).context("the proxy's link")?;
-    let link_text = link.to_string();
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{link_text}")?;
-        if !args.no_qr {
-            writeln!(out, "{}", crate::qr::render(&link_text)?)?;
-        }
-        out.flush()?;
-    }
+    crate::relay_cmd::print_link(&link.to_string(), args.no_qr)?;
     let metrics = Arc::new(ProxyMetrics::default());
-    let metrics_task = match args.metrics {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("could not listen for metrics on {addr}"))?;
-            let m = Arc::clone(&metrics);
-            Some(tokio::spawn(pigeon_relay::metrics::serve_text(
-                l,
-                Arc::new(move || m.render()),
-            )))
-        }
-        None => None,
-    };
+    let m = Arc::clone(&metrics);
+    let metrics_task =
+        crate::relay_cmd::metrics_endpoint(args.metrics, Arc::new(move || m.render())).await?;
     let dialer = Arc::new(Dialer::new().context("the onward tls client")?);
     let policy = Arc::new(policy);
     let slots = Arc::new(Semaphore::new(args.max_sessions.max(1)));

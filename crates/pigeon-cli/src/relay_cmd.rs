@@ -383,6 +383,34 @@ fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
     Ok(Route::tcp(&ip.to_string(), bound.port())?)
 }
 
+/// Prints a link on its own line, then its QR code unless `no_qr`.
+pub(crate) fn print_link(text: &str, no_qr: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    if !no_qr {
+        writeln!(out, "{}", crate::qr::render(text)?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Serves `GET /metrics` at `addr` (if given) with the text `render` makes.
+pub(crate) async fn metrics_endpoint(
+    addr: Option<SocketAddr>,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("could not listen for metrics on {addr}"))?;
+    tracing::info!(addr = %l.local_addr()?, "metrics endpoint up");
+    Ok(Some(tokio::spawn(pigeon_relay::metrics::serve_text(
+        l, render,
+    ))))
+}
+
 /// Installs the SIGTERM and SIGINT handlers now (before the link is printed, so a supervisor
 /// that stops the relay right after start gets a graceful drain) and returns the future that
 /// resolves on the first of them.
@@ -438,29 +466,10 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     listeners.insert(0, pigeon_relay::Listener::Tcp(listener));
     let link = RelayLink::new(*keys.public(), routes, None)?;
-    let link_text = link.to_string();
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{link_text}")?;
-        if !args.no_qr {
-            writeln!(out, "{}", crate::qr::render(&link_text)?)?;
-        }
-        out.flush()?;
-    }
+    print_link(&link.to_string(), args.no_qr)?;
     let metrics = Arc::new(Metrics::default());
-    let metrics_task = match args.metrics {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("could not listen for metrics on {addr}"))?;
-            tracing::info!(addr = %l.local_addr()?, "metrics endpoint up");
-            Some(tokio::spawn(pigeon_relay::metrics::serve(
-                l,
-                Arc::clone(&metrics),
-            )))
-        }
-        None => None,
-    };
+    let m = Arc::clone(&metrics);
+    let metrics_task = metrics_endpoint(args.metrics, Arc::new(move || m.render())).await?;
     let config = RelayConfig {
         sends_per_sec: args.sends_per_sec,
         send_burst: (args.sends_per_sec * 4.0).max(RelayConfig::default().send_burst),
