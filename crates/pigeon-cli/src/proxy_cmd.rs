@@ -143,12 +143,7 @@ impl ProxyMetrics {
 /// Runs the proxy until SIGTERM or SIGINT.
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let shutdown = crate::relay_cmd::shutdown_signal()?;
-    let mut dir = std::fs::DirBuilder::new();
-    dir.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-    dir.create(&args.data)
-        .with_context(|| format!("could not create {}", args.data.display()))?;
+    crate::relay_cmd::create_private_dir(&args.data)?;
     let policy = policy(&args.only)?;
     let admission = AdmissionLimits {
         max_handshakes: args.max_handshakes,

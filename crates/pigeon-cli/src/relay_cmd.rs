@@ -383,6 +383,16 @@ fn link_route(args: &RelayArgs, bound: SocketAddr) -> anyhow::Result<Route> {
     Ok(Route::tcp(&ip.to_string(), bound.port())?)
 }
 
+/// Creates a data directory that holds keys and secrets: private to its user (0700).
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(path)
+        .with_context(|| format!("could not create {}", path.display()))
+}
+
 /// Prints a link on its own line, then its QR code unless `no_qr`.
 pub(crate) fn print_link(text: &str, no_qr: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -428,13 +438,7 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
 
 pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    // The data directory holds the relay's keys and secrets: private to its user.
-    let mut dir = std::fs::DirBuilder::new();
-    dir.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-    dir.create(&args.data)
-        .with_context(|| format!("could not create {}", args.data.display()))?;
+    create_private_dir(&args.data)?;
     let keys = load_or_create_key(&args.data)?;
     let limits = Limits {
         max_depth: args.max_depth,

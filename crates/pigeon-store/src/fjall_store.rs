@@ -584,6 +584,21 @@ impl MailboxStore for FjallStore {
     }
 
     async fn renew(&self, what: Renewal, now: u64) -> Result<bool, StoreError> {
+        // Renewed today already (what a relay sees on every subscribe after the first of the
+        // day): a read here, instead of a trip through the writer and its round's fsync.
+        let key = match what {
+            Renewal::Mailbox(id) => codec::used_key(codec::USED_MAILBOX, &id.0),
+            Renewal::Slot(slot) => codec::used_key(codec::USED_SLOT, &slot),
+        };
+        if let Some(raw) = self
+            .shared()
+            .used
+            .get(key)
+            .map_err(|e| backend("renew", &e))?
+            && codec::decode_used("renew", &raw)? >= now / codec::DAY
+        {
+            return Ok(true);
+        }
         self.call("renew", |reply| Request::Renew { what, now, reply })
             .await?
     }
@@ -1205,8 +1220,12 @@ mod tests {
         );
         a.unwrap();
         b.unwrap();
+        // Whichever came first, the renewals match what is stored: a mailbox that is there
+        // expires once, and nothing that is gone is counted.
+        let there = store.mailbox(mbx(1)).await.unwrap().is_some();
         let gone = store.expire(u64::MAX).await.unwrap();
-        assert!(gone.mailboxes <= 1);
+        assert_eq!(gone.mailboxes, u64::from(there));
+        assert!(store.mailbox(mbx(1)).await.unwrap().is_none());
     }
 
     #[tokio::test]
