@@ -9,6 +9,7 @@ mod bench_nats;
 mod bench_proxy;
 mod bench_tls;
 mod chat_cmd;
+mod connect_cmd;
 mod demo;
 mod group_cmd;
 mod proxy_cmd;
@@ -63,6 +64,9 @@ enum Command {
     Group(group_cmd::GroupCommand),
     /// Show the safety number with a contact or a group member (and mark them verified).
     Verify(group_cmd::VerifyArgs),
+    /// Connect to your relays and show the route search as it happens (every other command
+    /// searches the same way, silently).
+    Connect(connect_cmd::ConnectArgs),
     /// Run a relay: anonymous mailboxes on an embedded store.
     Relay(Box<relay_cmd::RelayArgs>),
     /// Run a volunteer proxy or domestic hop: clients reach relays through it, end to end
@@ -97,9 +101,26 @@ fn init_logging(json: bool) {
     }
 }
 
+/// The global `--profile` as given (it is a path for user commands).
+fn cli_profile_text(matches: &clap::ArgMatches) -> Option<String> {
+    matches
+        .get_one::<std::path::PathBuf>("profile")
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
 fn main() -> std::process::ExitCode {
     quiet_when_the_reader_leaves();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // For lab commands `--profile` names the censor profile; a PIGEON_PROFILE in the
+    // environment is a user profile and does not count.
+    let profile_flag = (matches.value_source("profile")
+        == Some(clap::parser::ValueSource::CommandLine))
+    .then(|| cli_profile_text(&matches))
+    .flatten();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_json);
     user_cmd::set_profile_dir(cli.profile.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -119,8 +140,9 @@ fn main() -> std::process::ExitCode {
             Command::Proxies(cmd) => proxy_cmd::proxies(cmd).map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
-            Command::Lab(cmd) => pigeon_lab::cli::run(cmd).await.map(|()| 0),
+            Command::Lab(cmd) => pigeon_lab::cli::run(cmd, profile_flag).await.map(|()| 0),
             Command::Init(args) => user_cmd::init(args).map(|()| 0),
+            Command::Connect(args) => connect_cmd::run(args).await,
             Command::Invite(args) => user_cmd::invite(args).await.map(|()| 0),
             Command::Accept(args) => user_cmd::accept(args).await,
             Command::Contacts(args) => user_cmd::contacts(args).map(|()| 0),

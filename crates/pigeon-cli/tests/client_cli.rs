@@ -38,6 +38,11 @@ fn ok(profile: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// Stdout of a run, whatever its status.
+fn ok_or_status(profile: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(profile, args).stdout).into_owned()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -160,13 +165,48 @@ fn unreachable_relay_is_explained_and_the_message_waits() {
     let mut relay = Relay::start(RelayOpts::in_dir(dir.path()));
     relay.pin_port();
     let (alice, bob) = introduced(dir.path(), &relay);
+    // `pigeon connect` shows the search: one route, tried and connected.
+    let json = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let events = json(&ok(&alice, &["connect", "--json"]));
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["trying", "connected", "done"], "{events:?}");
+    assert_eq!(events[2]["connected"], true);
+    assert!(
+        events[2]["route"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("tcp://127.0.0.1:")),
+        "{events:?}"
+    );
     relay.stop();
+    let out = run(&alice, &["connect", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let events = json(&String::from_utf8_lossy(&out.stdout));
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "failed")
+        .expect("a failed event");
+    assert_eq!(failed["censorship_likely"], true, "{failed}");
+    assert_eq!(failed["kind"], "local_network", "{failed}");
+    let done = events.last().expect("done");
+    assert_eq!(
+        (done["event"].as_str(), done["connected"].as_bool()),
+        (Some("done"), Some(false))
+    );
+    let text = ok_or_status(&alice, &["connect"]);
+    assert!(
+        text.contains("failed") && text.contains("Not connected"),
+        "{text}"
+    );
     let out = run(&alice, &["send", "bob", "sent while the relay is down"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
         err.contains("could not reach bob's relay through any route (tried tcp://127.0.0.1:")
-            && err.contains("the network may be blocking it"),
+            && err.contains("the network may be blocking the relay"),
         "{err}"
     );
     let contacts = ok(&alice, &["contacts"]);
@@ -311,4 +351,27 @@ fn a_reader_that_leaves_early_gets_no_panic() {
             out.status
         );
     }
+}
+
+/// `--profile` is the user's profile directory everywhere but in the lab, where it names the
+/// censor profile (as `--censor` does); a user profile in the environment is not taken for one.
+#[test]
+fn lab_commands_read_profile_as_the_censor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = dir.path().join("user");
+    for args in [
+        &["lab", "run", "--profile", "no-such-censor"][..],
+        &["lab", "run", "--censor", "no-such-censor"][..],
+        &["--profile", "no-such-censor", "lab", "run"][..],
+    ] {
+        let out = run(&user, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no profile named \"no-such-censor\"; known: open"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(&user, &["lab", "run"]);
+    assert!(stderr(&out).contains("which censor?"), "{}", stderr(&out));
 }

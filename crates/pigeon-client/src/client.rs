@@ -8,11 +8,12 @@
 //! drops each item only once the relay holds it durably, backing off on failure.
 
 use crate::invite::{Invite, InviteError};
+use crate::network::NetworkId;
 use crate::profile::{
     Contact, GroupChange, GroupInfo, GroupMessage, Handled, Message, OutboxItem, Profile,
     ProfileError, now_ms, parse_stored_relay,
 };
-use crate::relay::{ClientError, CloseReason, Event};
+use crate::relay::{ClientError, CloseReason, Event, RouteProgress};
 use crate::{OwnedMailbox, RelayConnection};
 use pigeon_e2ee::Suite;
 use pigeon_transport::RelayLink;
@@ -83,13 +84,9 @@ impl std::fmt::Display for JoinRequest {
 
 fn relay_sentence(whose: &str, e: &ClientError) -> String {
     match e {
-        ClientError::Unreachable { tried, last, kind } => {
-            let hint = if *kind == ErrorKind::LocalNetwork {
-                ": the network may be blocking it, or the relay is down"
-            } else {
-                ""
-            };
-            format!("could not reach {whose} through any route (tried {tried}): {last}{hint}")
+        // `last` says why each route failed, and what that points at.
+        ClientError::Unreachable { tried, last, .. } => {
+            format!("could not reach {whose} through any route (tried {tried}): {last}")
         }
         other => format!("{whose}: {other}"),
     }
@@ -171,6 +168,9 @@ struct Session {
     logs: BTreeMap<[u8; 32], [u8; 32]>,
 }
 
+/// Where a client reports its route searches: which relay, what happened.
+pub type ProgressSink = Box<dyn Fn(&RelayLink, RouteProgress) + Send + Sync>;
+
 /// A profile with its relay sessions.
 pub struct Client {
     profile: Profile,
@@ -184,6 +184,10 @@ pub struct Client {
     timeout: Duration,
     /// The learned download caps as last kept in the profile.
     saved_caps: BTreeMap<String, u32>,
+    /// Told about every route attempt (`pigeon connect`, interfaces); silent by default.
+    progress: ProgressSink,
+    /// The route each relay session went by.
+    routes: BTreeMap<[u8; 32], String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -215,6 +219,8 @@ impl Client {
             waiting: BTreeMap::new(),
             timeout,
             saved_caps,
+            progress: Box::new(|_, _| {}),
+            routes: BTreeMap::new(),
         };
         // The proxies this profile goes through; with one marked `always`, relays are reached
         // only through proxies (a direct attempt would show the censor whom it talks to).
@@ -238,13 +244,30 @@ impl Client {
                     kind: ErrorKind::Internal,
                 },
             })?;
-            let mut conn = connector
-                .connect(link, self.timeout)
+            // The route that last worked on this network goes first; a new winner is kept.
+            let network = NetworkId::current();
+            let best = self
+                .profile
+                .route_worked(&network, &key)
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "reading route memory failed");
+                    None
+                });
+            let progress = &self.progress;
+            let report = |p: RouteProgress| progress(link, p);
+            let (mut conn, won) = connector
+                .connect_reporting(link, self.timeout, best.as_deref(), &report)
                 .await
                 .map_err(|source| Error::Relay {
                     whose: whose.to_owned(),
                     source,
                 })?;
+            if best.as_deref() != Some(won.key.as_str())
+                && let Err(e) = self.profile.save_route_worked(&network, &key, &won.key)
+            {
+                tracing::debug!(error = %e, "keeping route memory failed");
+            }
+            self.routes.insert(key, won.route);
             let mut events = conn.take_events();
             let tx = self.events_tx.clone();
             tokio::spawn(async move {
@@ -1072,7 +1095,10 @@ impl Client {
         blocking(|| self.profile.drive_groups())?;
         let mut report_sent = 0;
         let mut stored = Vec::new();
-        let subscribed = self.subscribe_all().await;
+        // Whether every mailbox is subscribed now: a later reconnection's answer replaces an
+        // earlier failure (a session that froze while a subscription was in flight ends it
+        // with `Lost`, and the reconnection below subscribes again).
+        let mut subscribed = self.subscribe_all().await;
         let first = self.flush(true).await?;
         loop {
             let wait = if self.backlog() > 0 {
@@ -1096,7 +1122,7 @@ impl Client {
                     if lost && tokio::time::Instant::now() < deadline {
                         // Reconnect and carry on: the relay redelivers what was not acked.
                         self.save_learned();
-                        let _ = self.subscribe_all().await;
+                        subscribed = self.subscribe_all().await;
                     }
                 }
                 Ok(Ok(None)) | Err(_) => break,
@@ -1131,6 +1157,48 @@ impl Client {
     /// The link of every relay session open now.
     pub fn connected_relays(&self) -> Vec<RelayLink> {
         self.sessions.values().map(|s| s.link.clone()).collect()
+    }
+
+    /// Tells `progress` about every route attempt from now on (which relay, what happened).
+    pub fn set_progress(&mut self, progress: ProgressSink) {
+        self.progress = progress;
+    }
+
+    /// The route the session with `relay` went by (redacted), if one is open.
+    pub fn route_to(&self, relay: &RelayLink) -> Option<&str> {
+        self.routes.get(relay.relay_key()).map(String::as_str)
+    }
+
+    /// Every relay this profile uses: its own, then those of its inboxes and group logs, each
+    /// once.
+    ///
+    /// # Errors
+    /// A database failure, or a stored relay link that no longer parses.
+    pub fn relays(&self) -> Result<Vec<RelayLink>, Error> {
+        let mut out = vec![self.profile.relay()?];
+        let stored = self
+            .profile
+            .inboxes()?
+            .into_iter()
+            .map(|i| i.relay)
+            .chain(self.profile.logs()?.into_iter().map(|l| l.relay));
+        for text in stored {
+            let link = parse_stored_relay(&text)?;
+            if !out.iter().any(|l| l.relay_key() == link.relay_key()) {
+                out.push(link);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Connects to `relay` (or finds its session open), searching routes as
+    /// [`Client::set_progress`] shows; returns the route it went by.
+    ///
+    /// # Errors
+    /// [`Error::Relay`] with every route tried and why each failed.
+    pub async fn connect(&mut self, relay: &RelayLink) -> Result<String, Error> {
+        self.session(relay, "the relay").await?;
+        Ok(self.route_to(relay).unwrap_or_default().to_owned())
     }
 }
 

@@ -11,10 +11,11 @@ mod client;
 pub mod ids;
 pub mod invite;
 pub mod mailbox;
+pub mod network;
 pub mod profile;
 pub mod relay;
 
-pub use client::{Client, ClientEvent, Error, FlushReport, JoinRequest};
+pub use client::{Client, ClientEvent, Error, FlushReport, JoinRequest, ProgressSink};
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
@@ -26,4 +27,4 @@ pub use profile::{
     Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
     Profile, ProfileError, SavedProxy,
 };
-pub use relay::{ClientError, CloseReason, Event, RelayConnection};
+pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won};

@@ -42,7 +42,9 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
+/// Most (network, relay) pairs whose working route is remembered.
+pub const ROUTE_MEMORY: i64 = 256;
 
 /// A passphrase, wiped from memory when dropped and never printed.
 pub struct Passphrase(Zeroizing<String>);
@@ -495,6 +497,10 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_5)
                 .map_err(db("adding the proxies table"))?;
         }
+        if version < 6 {
+            conn.execute_batch(schema::MIGRATE_6)
+                .map_err(db("adding the route memory table"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
@@ -588,6 +594,59 @@ impl Profile {
     /// The profile directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The route (an attempt's text, see `relay::Connector`) that last reached `relay` on
+    /// `network`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn route_worked(
+        &self,
+        network: &crate::network::NetworkId,
+        relay: &[u8; 32],
+    ) -> Result<Option<String>, ProfileError> {
+        self.conn
+            .query_row(
+                "SELECT attempt FROM routes_worked WHERE network = ?1 AND relay = ?2",
+                rusqlite::params![&network.0[..], &relay[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("reading route memory"))
+    }
+
+    /// Remembers that `attempt` reached `relay` on `network`. The memory keeps the
+    /// [`ROUTE_MEMORY`] most recent entries.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn save_route_worked(
+        &self,
+        network: &crate::network::NetworkId,
+        relay: &[u8; 32],
+        attempt: &str,
+    ) -> Result<(), ProfileError> {
+        self.tx(|| {
+            self.conn
+                .execute(
+                    "INSERT INTO routes_worked (network, relay, attempt, worked_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (network, relay) DO UPDATE
+                       SET attempt = excluded.attempt, worked_at = excluded.worked_at",
+                    rusqlite::params![&network.0[..], &relay[..], attempt, now_ms()],
+                )
+                .map_err(db("saving route memory"))?;
+            self.conn
+                .execute(
+                    "DELETE FROM routes_worked WHERE (network, relay) NOT IN
+                       (SELECT network, relay FROM routes_worked
+                        ORDER BY worked_at DESC LIMIT ?1)",
+                    rusqlite::params![ROUTE_MEMORY],
+                )
+                .map_err(db("trimming route memory"))?;
+            Ok(())
+        })
     }
 
     /// Download caps learned per route (route text → bytes): see `pigeon_transport::Rotate`.

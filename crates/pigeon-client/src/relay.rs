@@ -144,6 +144,51 @@ pub struct Proxies {
     pub only: bool,
 }
 
+/// What happens while routes to a relay are searched, as it happens (for `pigeon connect` and
+/// interfaces). Route texts are redacted (no secret path, no key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteProgress {
+    /// An attempt started, `after` the search began.
+    Trying {
+        /// The route.
+        route: String,
+        /// Since the search began.
+        after: Duration,
+    },
+    /// An attempt failed.
+    Failed {
+        /// The route.
+        route: String,
+        /// Since the search began.
+        after: Duration,
+        /// Why, in words.
+        error: String,
+        /// Who is at fault; [`ErrorKind::LocalNetwork`] is what censorship looks like.
+        kind: ErrorKind,
+    },
+    /// An attempt completed the relay's handshake; the search is over.
+    Connected {
+        /// The route.
+        route: String,
+        /// Since the search began.
+        after: Duration,
+    },
+}
+
+/// The attempt that reached a relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Won {
+    /// The attempt as it is remembered (for [`crate::Profile::save_route_worked`]).
+    pub key: String,
+    /// The route, redacted, for people.
+    pub route: String,
+    /// How long the search took.
+    pub after: Duration,
+}
+
+/// A progress sink that ignores everything.
+pub fn no_progress(_: RouteProgress) {}
+
 /// One way to try a relay.
 #[derive(Clone)]
 enum Attempt {
@@ -175,6 +220,41 @@ impl Attempt {
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Connector")
+    }
+}
+
+/// Why no route worked, route by route, and what that points at: when every route failed
+/// inside the network (no answer, reset, cut off), that is what blocking looks like.
+fn unreachable_summary(failures: &[(String, String, ErrorKind)]) -> (String, ErrorKind) {
+    let Some(last) = failures.last() else {
+        return (
+            "the link has no route this build supports".to_owned(),
+            ErrorKind::BadInput,
+        );
+    };
+    let each = if let [(_, error, _)] = failures {
+        error.clone()
+    } else {
+        failures
+            .iter()
+            .map(|(route, error, _)| format!("{route}: {error}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if failures
+        .iter()
+        .all(|(_, _, kind)| *kind == ErrorKind::LocalNetwork)
+    {
+        (
+            format!(
+                "{each} — every route failed on the way (no answer, reset or refused): the \
+                 network may be blocking the relay, or it is down; a proxy (`pigeon proxies add \
+                 LINK`) or a domestic hop may get through"
+            ),
+            ErrorKind::LocalNetwork,
+        )
+    } else {
+        (each, last.2)
     }
 }
 
@@ -225,18 +305,39 @@ impl Connector {
             .lock()
             .ok()
             .and_then(|m| m.get(link.relay_key()).cloned());
-        let (conn, route) = RelayConnection::connect_routes(
+        Ok(self
+            .connect_reporting(link, timeout, best.as_deref(), &no_progress)
+            .await?
+            .0)
+    }
+
+    /// As [`Self::connect`], trying the attempt `best` first (a route remembered for this
+    /// network, see [`crate::network`]) and telling `progress` about every attempt; returns the
+    /// attempt that won (its [`RouteProgress::Connected`] key).
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] listing every route tried and why each failed, when none
+    /// worked.
+    pub async fn connect_reporting(
+        &self,
+        link: &RelayLink,
+        timeout: Duration,
+        best: Option<&str>,
+        progress: &(dyn Fn(RouteProgress) + Send + Sync),
+    ) -> Result<(RelayConnection, Won), ClientError> {
+        let (conn, won) = RelayConnection::connect_routes(
             &self.dialer,
             link,
             &self.proxies,
-            best.as_deref(),
+            best,
             timeout,
+            progress,
         )
         .await?;
         if let Ok(mut m) = self.worked.lock() {
-            m.insert(*link.relay_key(), route);
+            m.insert(*link.relay_key(), won.key.clone());
         }
-        Ok(conn)
+        Ok((conn, won))
     }
 }
 
@@ -264,22 +365,29 @@ impl RelayConnection {
         link: &RelayLink,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        Ok(
-            Self::connect_routes(dialer, link, &Proxies::default(), None, timeout)
-                .await?
-                .0,
+        Ok(Self::connect_routes(
+            dialer,
+            link,
+            &Proxies::default(),
+            None,
+            timeout,
+            &no_progress,
         )
+        .await?
+        .0)
     }
 
     /// As [`Self::connect_with`], also through `proxies` (after the direct routes, or only
-    /// through them), trying the attempt `best` first; returns the attempt that won.
+    /// through them), trying the attempt `best` first and telling `progress` about each
+    /// attempt; returns the attempt that won.
     async fn connect_routes(
         dialer: &Dialer,
         link: &RelayLink,
         proxies: &Proxies,
         best: Option<&str>,
         timeout: Duration,
-    ) -> Result<(Self, String), ClientError> {
+        progress: &(dyn Fn(RouteProgress) + Send + Sync),
+    ) -> Result<(Self, Won), ClientError> {
         use futures_util::StreamExt as _;
         let mut routes: Vec<Attempt> = Vec::new();
         if !proxies.only {
@@ -310,14 +418,16 @@ impl RelayConnection {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut last = (
-            "the link has no route this build supports".to_owned(),
-            ErrorKind::BadInput,
-        );
+        let started = Instant::now();
+        let mut failures: Vec<(String, String, ErrorKind)> = Vec::new();
         let mut attempts = futures_util::stream::FuturesUnordered::new();
         let mut next = routes.into_iter();
         let attempt = |route: Attempt| {
             let key = *link.relay_key();
+            progress(RouteProgress::Trying {
+                route: route.redacted(),
+                after: started.elapsed(),
+            });
             async move {
                 let result = match &route {
                     Attempt::Direct(direct) => {
@@ -336,9 +446,30 @@ impl RelayConnection {
         while !attempts.is_empty() {
             tokio::select! {
                 Some((route, result)) = attempts.next() => match result {
-                    Ok(conn) => return Ok((conn, route.key())),
+                    Ok(conn) => {
+                        let won = Won {
+                            key: route.key(),
+                            route: route.redacted(),
+                            after: started.elapsed(),
+                        };
+                        progress(RouteProgress::Connected {
+                            route: won.route.clone(),
+                            after: won.after,
+                        });
+                        return Ok((conn, won));
+                    }
                     Err(e) => {
-                        last = (e.to_string(), e.kind());
+                        let error = match &e {
+                            ClientError::Unreachable { last, .. } => last.clone(),
+                            other => other.to_string(),
+                        };
+                        progress(RouteProgress::Failed {
+                            route: route.redacted(),
+                            after: started.elapsed(),
+                            error: error.clone(),
+                            kind: e.kind(),
+                        });
+                        failures.push((route.redacted(), error, e.kind()));
                         if attempts.is_empty()
                             && let Some(route) = next.next()
                         {
@@ -353,11 +484,8 @@ impl RelayConnection {
                 }
             }
         }
-        Err(ClientError::Unreachable {
-            tried,
-            last: last.0,
-            kind: last.1,
-        })
+        let (last, kind) = unreachable_summary(&failures);
+        Err(ClientError::Unreachable { tried, last, kind })
     }
 
     /// Connects to the relay at `target` (a tls route) through the proxy at `proxy`.

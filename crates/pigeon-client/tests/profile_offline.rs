@@ -386,3 +386,55 @@ fn database_is_encrypted_and_needs_the_passphrase() {
     let unread = reopened.take_unread(None).expect("unread");
     assert_eq!(unread[0].text, "PLAINTEXT-MARKER-7f3a visible only to bob");
 }
+
+/// The route that last worked is remembered per network and relay, replaced by a newer winner,
+/// survives reopening, and the memory is bounded.
+#[test]
+fn route_memory_is_per_network_and_bounded() {
+    use pigeon_client::network::NetworkId;
+    use pigeon_client::profile::ROUTE_MEMORY;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p");
+    let home = NetworkId([1; 16]);
+    let mobile = NetworkId([2; 16]);
+    let relay_key = [7u8; 32];
+    {
+        let p = Profile::create(&path, &pass(), "a", &relay(1)).expect("create");
+        assert_eq!(p.route_worked(&home, &relay_key).expect("read"), None);
+        p.save_route_worked(&home, &relay_key, "tls://relay.example:443")
+            .expect("save");
+        p.save_route_worked(&mobile, &relay_key, "tls://relay.example:443 via hop")
+            .expect("save");
+        p.save_route_worked(&home, &relay_key, "tcp://relay.example:4433")
+            .expect("save");
+    }
+    let p = Profile::open(&path, &pass()).expect("reopen");
+    assert_eq!(
+        p.route_worked(&home, &relay_key).expect("read").as_deref(),
+        Some("tcp://relay.example:4433")
+    );
+    assert_eq!(
+        p.route_worked(&mobile, &relay_key)
+            .expect("read")
+            .as_deref(),
+        Some("tls://relay.example:443 via hop")
+    );
+    // Many networks later, the oldest entries are gone and the newest kept.
+    for n in 0..ROUTE_MEMORY + 10 {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[15] = 9;
+        p.save_route_worked(&NetworkId(id), &relay_key, "r")
+            .expect("save");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(p.route_worked(&home, &relay_key).expect("read"), None);
+    let mut last = [0u8; 16];
+    last[..8].copy_from_slice(&(ROUTE_MEMORY + 9).to_be_bytes());
+    last[15] = 9;
+    assert!(
+        p.route_worked(&NetworkId(last), &relay_key)
+            .expect("read")
+            .is_some()
+    );
+}

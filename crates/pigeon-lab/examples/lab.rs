@@ -13,7 +13,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match pigeon_lab::cli::run(args.cmd).await {
+    match pigeon_lab::cli::run(args.cmd, None).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

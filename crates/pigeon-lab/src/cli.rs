@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::probe;
 use crate::profile::{BUILTIN, Profile};
-use crate::runner::{self, Scenario, ScenarioResult, TRANSPORTS};
+use crate::runner::{self, Scenario, ScenarioResult, TRANSPORTS, VIAS, Via};
 
 /// The lab's subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -44,12 +44,22 @@ pub struct CommonArgs {
 /// `pigeon lab run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Profile: a built-in name or a TOML file.
-    #[arg(long)]
-    pub profile: String,
+    /// The censor profile: a built-in name or a TOML file. `--profile NAME` says the same
+    /// (lab commands have no user profile).
+    #[arg(id = "censor", long = "censor", value_name = "PROFILE")]
+    pub profile: Option<String>,
     /// Transport.
     #[arg(long, default_value = "tcp")]
     pub transport: String,
+    /// How the clients reach the relay: `direct`; `proxy`, a volunteer proxy abroad in front
+    /// of a relay whose address is blocked; `hop`, a domestic hop (allow-listed) whose onward
+    /// leg crosses a second censor. `proxy` and `hop` carry the tls transport.
+    #[arg(long, default_value = "direct", value_parser = parse_via)]
+    pub via: Via,
+    /// With `--via hop`: the profile the hop's onward leg crosses (default: the profile's
+    /// `hop_onward`, else the profile itself).
+    #[arg(long, value_name = "PROFILE")]
+    pub onward: Option<String>,
     /// Seed for the censor's randomness (default: random, printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -106,9 +116,10 @@ pub struct ProbeArgs {
 /// `pigeon lab up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Profile: a built-in name or a TOML file.
-    #[arg(long, default_value = "open")]
-    pub profile: String,
+    /// The censor profile: a built-in name or a TOML file [default: open]. `--profile NAME`
+    /// says the same (lab commands have no user profile).
+    #[arg(id = "censor", long = "censor", value_name = "PROFILE")]
+    pub profile: Option<String>,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -127,6 +138,10 @@ pub struct ProfilesArgs {
     pub show: Option<String>,
 }
 
+fn parse_via(s: &str) -> Result<Via, String> {
+    s.parse()
+}
+
 fn seed_or_random(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(rand::random)
 }
@@ -135,17 +150,26 @@ fn print_table(results: &[ScenarioResult]) {
     println!("{}", runner::markdown(results));
 }
 
-/// Runs a lab command.
+/// Runs a lab command. `profile` is the `pigeon` command's `--profile` when given on the
+/// command line: for lab commands it names the censor profile (as `--censor` does).
 ///
 /// # Errors
 /// What failed, with context; and when a scenario its profile expects to pass fails.
-pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: LabCommand, profile: Option<String>) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Run(a) => {
+            let Some(name) = a.profile.or(profile) else {
+                bail!(
+                    "which censor? --censor PROFILE (or --profile PROFILE); `pigeon lab profiles` lists them"
+                );
+            };
             let seed = seed_or_random(a.seed);
+            let onward = a.onward.as_deref().map(Profile::load).transpose()?;
             let scenario = Scenario {
-                profile: Profile::load(&a.profile)?,
+                profile: Profile::load(&name)?,
                 transport: a.transport,
+                via: a.via,
+                onward,
                 seed,
                 time_scale: a.common.time_scale,
                 pigeon: runner::find_pigeon(a.common.pigeon.as_deref())?,
@@ -164,9 +188,10 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             }
             if r.expected_pass && !r.got_through {
                 bail!(
-                    "{} over {} was expected to get through and did not (seed {seed})",
+                    "{} over {} via {} was expected to get through and did not (seed {seed})",
                     r.profile,
-                    r.transport
+                    r.transport,
+                    r.via
                 );
             }
             Ok(())
@@ -177,18 +202,24 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             let pigeon = runner::find_pigeon(a.common.pigeon.as_deref())?;
             let mut results = Vec::new();
             for profile in Profile::builtins()? {
-                for t in TRANSPORTS {
+                for (via, t) in VIAS
+                    .iter()
+                    .flat_map(|v| TRANSPORTS.iter().map(move |t| (*v, *t)))
+                    .filter(|(v, t)| v.carries(t))
+                {
                     let scenario = Scenario {
                         profile: profile.clone(),
-                        transport: (*t).to_owned(),
+                        transport: t.to_owned(),
+                        via,
+                        onward: None,
                         seed,
                         time_scale: a.common.time_scale,
                         pigeon: pigeon.clone(),
                         step_timeout: Duration::from_secs(a.common.step_timeout),
                     };
-                    let r = runner::run_scenario(&scenario)
-                        .await
-                        .with_context(|| format!("{} × {t} (seed {seed})", profile.name))?;
+                    let r = runner::run_scenario(&scenario).await.with_context(|| {
+                        format!("{} × {t} via {via} (seed {seed})", profile.name)
+                    })?;
                     if a.json {
                         println!("{}", serde_json::to_string(&r)?);
                     }
@@ -212,7 +243,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
             let failed: Vec<String> = results
                 .iter()
                 .filter(|r| r.expected_pass && !r.got_through)
-                .map(|r| format!("{} × {}", r.profile, r.transport))
+                .map(|r| format!("{} × {} via {}", r.profile, r.transport, r.via))
                 .collect();
             if !failed.is_empty() {
                 bail!(
@@ -292,8 +323,12 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::Up(a) => {
             let seed = seed_or_random(a.seed);
-            let mut lab =
-                crate::net::lab::Lab::start(Profile::load(&a.profile)?, seed, a.time_scale).await?;
+            let mut lab = crate::net::lab::Lab::start(
+                Profile::load(&a.profile.or(profile).unwrap_or_else(|| "open".to_owned()))?,
+                seed,
+                a.time_scale,
+            )
+            .await?;
             println!(
                 "lab up: profile {} seed {seed}\n  clients: ip netns exec {} …  (10.77.1.2, 10.77.1.3)\n  servers: ip netns exec {} …  (foreign 203.0.113.10/.11, domestic 198.51.100.10)\n  censor:  {}\nCtrl-C to tear down.",
                 lab.profile.name,
@@ -379,10 +414,12 @@ mod tests {
         let w = Wrapper::try_parse_from([
             "lab",
             "run",
-            "--profile",
+            "--censor",
             "ru-home-2026",
             "--transport",
-            "tcp",
+            "tls",
+            "--via",
+            "hop",
             "--seed",
             "7",
             "--json",
@@ -393,6 +430,7 @@ mod tests {
             LabCommand::Run(RunArgs {
                 seed: Some(7),
                 json: true,
+                via: Via::Hop,
                 ..
             })
         ));

@@ -10,6 +10,23 @@
 //!                                                                                  192.0.2.53 public DNS
 //! ```
 //!
+//! A lab with a hop ([`Topology::create`] with `hop`) adds a domestic server with a second
+//! censor behind it, on the path a domestic hop's onward leg takes abroad:
+//!
+//! ```text
+//!  client ns ── router ns (censor) ──┬── server ns (as above)
+//!                          h0 10.77.3.1│
+//!                                      └── hop ns: h1 10.77.3.2, 198.51.100.20 on lo (allow-listed)
+//!                                          g1 10.77.4.2, default via .1
+//!                                            │
+//!                                          onward router ns (second censor): g0 10.77.4.1, s2 10.77.5.1
+//!                                            │
+//!                                          server ns: s3 10.77.5.2, route 10.77.4.0/24 via .1
+//! ```
+//!
+//! The client reaches the hop through the first censor only; the hop reaches the relay through
+//! the second only, whose `clients` set is the hop's side (10.77.4.0/24).
+//!
 //! Every forwarded packet, in both directions, goes up the TUN device to [`router`], which asks
 //! the sans-IO [`crate::censor::Censor`] and writes the packet (and anything injected) back.
 //! Packets the router itself sends (the active prober) are local to the router namespace and
@@ -42,6 +59,10 @@ pub const FOREIGN_2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 pub const FOREIGN_LISTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
 /// A domestic (and, in allow-list mode, allow-listed) server.
 pub const DOMESTIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The domestic hop's address (allow-listed), in a lab with a hop.
+pub const HOP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// The hop's side of the onward censor: its `clients` set.
+pub const HOP_SIDE: &str = "10.77.4.0/24";
 /// The operator's (national) resolver.
 pub const OPERATOR_RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 /// A public resolver (the censor intercepts its UDP/53).
@@ -64,6 +85,8 @@ pub fn lab_zone() -> Zone {
         ("site.domestic", DOMESTIC),
         ("throttled.example", DOMESTIC),
         ("relay.domestic", DOMESTIC),
+        ("hop.domestic", HOP),
+        ("proxy.example", FOREIGN),
     ] {
         z.records.insert(name.into(), vec![ip]);
     }
@@ -223,14 +246,25 @@ pub fn unique_prefix() -> String {
     format!("pl{:x}{n:x}", std::process::id() % 0xfffff)
 }
 
-/// The three namespaces of a lab, wired and addressed. Dropping it deletes them all.
+/// The namespaces of a lab, wired and addressed. Dropping it deletes them all.
 #[derive(Debug)]
 pub struct Topology {
     /// Where clients run.
     pub client: Netns,
     /// Where servers (relay, web sites, resolvers) run.
     pub server: Netns,
+    /// The domestic hop and the censor on its onward path, when the lab has them.
+    pub hop: Option<HopNet>,
     /// The censor's router. Dropped last.
+    pub router: Netns,
+}
+
+/// The hop's namespaces (see the module docs).
+#[derive(Debug)]
+pub struct HopNet {
+    /// Where the hop runs (at [`HOP`]).
+    pub hop: Netns,
+    /// The onward censor's router.
     pub router: Netns,
 }
 
@@ -243,20 +277,12 @@ impl Topology {
     ///
     /// # Errors
     /// [`LabError::Net`] on any failed step; namespaces created so far are removed.
-    pub fn create(prefix: &str) -> Result<Self, LabError> {
+    pub fn create(prefix: &str, hop: bool) -> Result<Self, LabError> {
         let router = Netns::create(&format!("{prefix}r"))?;
         let client = Netns::create(&format!("{prefix}c"))?;
         let server = Netns::create(&format!("{prefix}s"))?;
         let (r, c, s) = (router.name(), client.name(), server.name());
-        for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
-            sysctl(r, key, "1")?;
-        }
-        for key in [
-            "net.ipv4.conf.all.rp_filter",
-            "net.ipv4.conf.default.rp_filter",
-        ] {
-            sysctl(r, key, "0")?;
-        }
+        router_sysctls(r)?;
         ip(&[
             "-n", r, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", c,
         ])?;
@@ -306,24 +332,120 @@ impl Topology {
             "-n", r, "rule", "add", "iif", "s0", "lookup", "100", "priority", "101",
         ])?;
         client.set_resolver(OPERATOR_RESOLVER)?;
+        // Servers that look names up (a proxy abroad) ask the honest public resolver.
+        server.set_resolver(PUBLIC_RESOLVER)?;
+        let hop = if hop {
+            Some(HopNet::create(prefix, &router, &server)?)
+        } else {
+            None
+        };
         Ok(Self {
             client,
             server,
+            hop,
             router,
         })
     }
 
-    /// Brings the TUN device up and routes table 100 through it (after the router opened it).
+    /// Brings the TUN device of `router` up and routes its table 100 through it (after the
+    /// router thread opened it).
     ///
     /// # Errors
     /// [`LabError::Net`] if a step fails.
-    pub fn route_through_tun(&self) -> Result<(), LabError> {
-        let r = self.router.name();
+    pub fn route_through_tun(router: &Netns) -> Result<(), LabError> {
+        let r = router.name();
         ip(&["-n", r, "link", "set", TUN_NAME, "up"])?;
         sysctl(r, &format!("net.ipv4.conf.{TUN_NAME}.rp_filter"), "0")?;
         sysctl(r, &format!("net.ipv4.conf.{TUN_NAME}.forwarding"), "1")?;
         ip(&[
             "-n", r, "route", "add", "default", "dev", TUN_NAME, "table", "100",
         ])
+    }
+}
+
+/// Forwarding on, reverse-path filtering off: a router namespace.
+fn router_sysctls(r: &str) -> Result<(), LabError> {
+    for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
+        sysctl(r, key, "1")?;
+    }
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
+        sysctl(r, key, "0")?;
+    }
+    Ok(())
+}
+
+impl HopNet {
+    /// Adds the hop and the onward router to a lab whose first router and server are made.
+    fn create(prefix: &str, first: &Netns, server: &Netns) -> Result<Self, LabError> {
+        let hop = Netns::create(&format!("{prefix}h"))?;
+        let router = Netns::create(&format!("{prefix}q"))?;
+        let (r1, h, r2, s) = (first.name(), hop.name(), router.name(), server.name());
+        router_sysctls(r2)?;
+        // First censor ⇄ hop.
+        ip(&[
+            "-n", r1, "link", "add", "h0", "type", "veth", "peer", "name", "h1", "netns", h,
+        ])?;
+        ip(&["-n", r1, "addr", "add", "10.77.3.1/24", "dev", "h0"])?;
+        ip(&["-n", r1, "link", "set", "h0", "up"])?;
+        ip(&["-n", h, "addr", "add", "10.77.3.2/24", "dev", "h1"])?;
+        ip(&["-n", h, "link", "set", "h1", "up"])?;
+        ip(&["-n", h, "addr", "add", &format!("{HOP}/32"), "dev", "lo"])?;
+        let hop_host = format!("{HOP}/32");
+        ip(&[
+            "-n",
+            r1,
+            "route",
+            "add",
+            &hop_host,
+            "via",
+            "10.77.3.2",
+            "dev",
+            "h0",
+        ])?;
+        ip(&[
+            "-n", r1, "rule", "add", "iif", "h0", "lookup", "100", "priority", "102",
+        ])?;
+        ip(&["-n", h, "route", "add", "10.77.1.0/24", "via", "10.77.3.1"])?;
+        // Hop ⇄ onward censor ⇄ server.
+        ip(&[
+            "-n", r2, "link", "add", "g0", "type", "veth", "peer", "name", "g1", "netns", h,
+        ])?;
+        ip(&[
+            "-n", r2, "link", "add", "s2", "type", "veth", "peer", "name", "s3", "netns", s,
+        ])?;
+        ip(&["-n", r2, "addr", "add", "10.77.4.1/24", "dev", "g0"])?;
+        ip(&["-n", r2, "addr", "add", "10.77.5.1/24", "dev", "s2"])?;
+        ip(&["-n", r2, "link", "set", "g0", "up"])?;
+        ip(&["-n", r2, "link", "set", "s2", "up"])?;
+        ip(&["-n", h, "addr", "add", "10.77.4.2/24", "dev", "g1"])?;
+        ip(&["-n", h, "link", "set", "g1", "up"])?;
+        ip(&["-n", h, "route", "add", "default", "via", "10.77.4.1"])?;
+        ip(&["-n", s, "addr", "add", "10.77.5.2/24", "dev", "s3"])?;
+        ip(&["-n", s, "link", "set", "s3", "up"])?;
+        ip(&["-n", s, "route", "add", "10.77.4.0/24", "via", "10.77.5.1"])?;
+        for net in ["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"] {
+            ip(&[
+                "-n",
+                r2,
+                "route",
+                "add",
+                net,
+                "via",
+                "10.77.5.2",
+                "dev",
+                "s2",
+            ])?;
+        }
+        ip(&[
+            "-n", r2, "rule", "add", "iif", "g0", "lookup", "100", "priority", "100",
+        ])?;
+        ip(&[
+            "-n", r2, "rule", "add", "iif", "s2", "lookup", "100", "priority", "101",
+        ])?;
+        hop.set_resolver(OPERATOR_RESOLVER)?;
+        Ok(Self { hop, router })
     }
 }

@@ -618,6 +618,18 @@ pub struct Profile {
     /// Transports expected to get through this profile (for the runner's exit status).
     #[serde(default)]
     pub expect_pass: Vec<String>,
+    /// Transports expected to get through via a volunteer proxy abroad to a relay whose
+    /// address is on the block list (`pigeon lab run --via proxy`).
+    #[serde(default)]
+    pub expect_pass_via_proxy: Vec<String>,
+    /// Transports expected to get through via a domestic hop whose onward leg crosses
+    /// [`Profile::hop_onward`] (`pigeon lab run --via hop`).
+    #[serde(default)]
+    pub expect_pass_via_hop: Vec<String>,
+    /// The profile a domestic hop's onward leg crosses (a built-in name); default: this one.
+    /// A mobile allow-list's hop sits in a domestic cloud, whose way abroad is fixed-line.
+    #[serde(default)]
+    pub hop_onward: Option<String>,
     /// Address sets.
     #[serde(default)]
     pub networks: Networks,
@@ -676,6 +688,17 @@ impl Profile {
             .collect()
     }
 
+    /// The profile a domestic hop's onward leg crosses: [`Profile::hop_onward`], else this one.
+    ///
+    /// # Errors
+    /// [`LabError::Profile`] if the named profile does not load.
+    pub fn onward(&self) -> Result<Self, LabError> {
+        match &self.hop_onward {
+            Some(name) => Self::load(name),
+            None => Ok(self.clone()),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         let n = &self.networks;
         let r = &self.rules;
@@ -691,6 +714,18 @@ impl Profile {
         ])?;
         n.resolve(&["allow_listed".into(), "messenger_relays".into()])?;
         n.resolve(&["public_resolvers".into()])?;
+        if let Some(onward) = &self.hop_onward
+            && !BUILTIN.iter().any(|(name, _)| name == onward)
+        {
+            return Err(format!(
+                "hop_onward: {onward:?} is not a built-in profile (known: {})",
+                BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if let Some(x) = &r.dns {
             check("dns.intercept", &x.intercept)?;
         }

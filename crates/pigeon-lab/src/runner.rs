@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::net::lab::Lab;
-use crate::net::{FOREIGN, sys};
+use crate::net::{FOREIGN, FOREIGN_LISTED, HOP, Netns, sys};
 use crate::profile::Profile;
 
 /// The transports the runner knows how to start.
@@ -35,6 +35,68 @@ pub const RELAY_PORT: u16 = 4433;
 pub const TLS_PORT: u16 = 443;
 /// The name the tls front is reached by.
 pub const TLS_NAME: &str = "relay.example";
+/// With `--via proxy`, the relay sits on a blocked address under this name…
+pub const LISTED_NAME: &str = "listed.example";
+/// …and the volunteer proxy abroad (unblocked foreign hosting) under this one.
+pub const PROXY_NAME: &str = "proxy.example";
+/// With `--via hop`, the domestic hop's name.
+pub const HOP_NAME: &str = "hop.domestic";
+
+/// How the clients reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// Straight through the censor to the relay.
+    Direct,
+    /// Through a volunteer `pigeon proxy` abroad (203.0.113.10, unblocked) to a relay whose
+    /// address (203.0.113.66) is on the block list; the proxy's onward leg is uncensored.
+    Proxy,
+    /// Through a domestic `pigeon proxy` (198.51.100.20, allow-listed) whose onward leg to the
+    /// relay crosses a second censor (the profile's `hop_onward`).
+    Hop,
+}
+
+/// Every way of reaching the relay, for the matrix.
+pub const VIAS: &[Via] = &[Via::Direct, Via::Proxy, Via::Hop];
+
+impl std::str::FromStr for Via {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "proxy" => Ok(Self::Proxy),
+            "hop" => Ok(Self::Hop),
+            other => Err(format!("{other:?} is not a route: direct, proxy or hop")),
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Proxy => "proxy",
+            Self::Hop => "hop",
+        })
+    }
+}
+
+impl Via {
+    /// Whether `transport` can go this way (proxies carry the tls transport only).
+    pub fn carries(self, transport: &str) -> bool {
+        self == Self::Direct || transport == "tls"
+    }
+}
+
+/// Whether `profile` expects `transport` to get through `via`.
+pub fn expected(profile: &Profile, transport: &str, via: Via) -> bool {
+    let list = match via {
+        Via::Direct => &profile.expect_pass,
+        Via::Proxy => &profile.expect_pass_via_proxy,
+        Via::Hop => &profile.expect_pass_via_hop,
+    };
+    list.iter().any(|t| t == transport)
+}
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +105,10 @@ pub struct ScenarioResult {
     pub profile: String,
     /// Transport name.
     pub transport: String,
+    /// How the clients reached the relay: `direct`, `proxy` or `hop`.
+    pub via: Via,
+    /// With a hop, the profile its onward leg crossed.
+    pub onward: Option<String>,
     /// Seed of the censor's randomness.
     pub seed: u64,
     /// `conversation` or `channel` (see the module docs).
@@ -59,9 +125,13 @@ pub struct ScenarioResult {
     pub bytes: u64,
     /// IP bytes the censor forwarded server→client during the scenario (all flows).
     pub wire_bytes_down: u64,
-    /// The route that won (transport and address).
+    /// The route that won, as the client reports it (`pigeon connect`), else as set up.
     pub route: String,
-    /// Censor rules that fired, with counts (`"5:freeze": 1`).
+    /// The route `pigeon connect` tried first at the end (the one remembered for the lab's
+    /// network), when the client says.
+    pub first_tried: Option<String>,
+    /// Censor rules that fired, with counts (`"5:freeze": 1`); the onward censor's (with a
+    /// hop) are prefixed `onward `.
     pub rules_fired: std::collections::BTreeMap<String, u64>,
     /// Whether the profile expects this transport to get through.
     pub expected_pass: bool,
@@ -76,6 +146,10 @@ pub struct Scenario {
     pub profile: Profile,
     /// Transport.
     pub transport: String,
+    /// How the clients reach the relay.
+    pub via: Via,
+    /// With a hop, the profile its onward leg crosses (default: the profile's `hop_onward`).
+    pub onward: Option<Profile>,
     /// Seed.
     pub seed: u64,
     /// Time scale for the censor's durations.
@@ -129,9 +203,9 @@ pub async fn has_client_commands(pigeon: &Path) -> bool {
         .all(|c| help.lines().any(|l| l.trim_start().starts_with(c)))
 }
 
-/// A `pigeon relay` in the server namespace, killed on drop.
+/// A `pigeon relay` or `pigeon proxy` in a lab namespace, killed on drop.
 #[derive(Debug)]
-pub struct RelayProcess {
+pub struct ServerProcess {
     _drain: AbortOnDrop,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
@@ -147,8 +221,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl RelayProcess {
-    /// The relay's `pigeon://relay#…` link.
+impl ServerProcess {
+    /// The server's `pigeon://relay#…` or `pigeon://proxy#…` link.
     pub fn link(&self) -> &str {
         &self.link
     }
@@ -164,40 +238,86 @@ pub async fn start_relay(
     lab: &Lab,
     pigeon: &Path,
     transport: &str,
-) -> anyhow::Result<RelayProcess> {
-    let dir = tempfile::tempdir().context("relay directory")?;
-    let listen = format!("{FOREIGN}:{RELAY_PORT}");
-    let front = format!("{FOREIGN}:{TLS_PORT}");
-    let public = format!("{TLS_NAME}:{TLS_PORT}");
-    let transport_args: Vec<&str> = match transport {
+) -> anyhow::Result<ServerProcess> {
+    start_relay_at(lab, pigeon, transport, FOREIGN, TLS_NAME).await
+}
+
+/// [`start_relay`] on address `ip`, its tls front named `name`.
+///
+/// # Errors
+/// As [`start_relay`].
+pub async fn start_relay_at(
+    lab: &Lab,
+    pigeon: &Path,
+    transport: &str,
+    ip: std::net::Ipv4Addr,
+    name: &str,
+) -> anyhow::Result<ServerProcess> {
+    let args: Vec<String> = match transport {
         "tls" => vec![
-            "--listen",
-            "127.0.0.1:7700",
-            "--tls",
-            &front,
-            "--tls-public",
-            &public,
+            "--listen".into(),
+            "127.0.0.1:7700".into(),
+            "--tls".into(),
+            format!("{ip}:{TLS_PORT}"),
+            "--tls-public".into(),
+            format!("{name}:{TLS_PORT}"),
         ],
-        _ => vec!["--listen", &listen, "--public", &listen],
+        _ => {
+            let listen = format!("{ip}:{RELAY_PORT}");
+            vec!["--listen".into(), listen.clone(), "--public".into(), listen]
+        }
     };
-    let mut child = lab
-        .topology
-        .server
+    start_server(&lab.topology.server, pigeon, "relay", args).await
+}
+
+/// Starts `pigeon proxy` in namespace `ns` with its tls front on `ip`:443, named `name`.
+///
+/// # Errors
+/// If it does not start or prints no link within 30 s.
+pub async fn start_proxy(
+    ns: &Netns,
+    pigeon: &Path,
+    ip: std::net::Ipv4Addr,
+    name: &str,
+) -> anyhow::Result<ServerProcess> {
+    let args = vec![
+        "--tls".into(),
+        format!("{ip}:{TLS_PORT}"),
+        "--tls-public".into(),
+        format!("{name}:{TLS_PORT}"),
+        "--no-qr".into(),
+    ];
+    start_server(ns, pigeon, "proxy", args).await
+}
+
+/// Runs `pigeon COMMAND --data TMP ARGS…` in `ns` and waits for its `pigeon://COMMAND#` link.
+async fn start_server(
+    ns: &Netns,
+    pigeon: &Path,
+    command: &str,
+    args: Vec<String>,
+) -> anyhow::Result<ServerProcess> {
+    let dir = tempfile::tempdir().with_context(|| format!("{command} directory"))?;
+    let mut child = ns
         .command(&pigeon.to_string_lossy())
-        .arg("relay")
+        .arg(command)
         .arg("--data")
         .arg(dir.path())
-        .args(&transport_args)
+        .args(&args)
         .env("PIGEON_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting pigeon relay")?;
-    let stdout = child.stdout.take().context("relay stdout")?;
+        .with_context(|| format!("starting pigeon {command}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{command} stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
+    let prefix = format!("pigeon://{command}#");
     let link = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(at) = line.find("pigeon://relay#") {
+            if let Some(at) = line.find(&prefix) {
                 return Some(line[at..].trim().to_owned());
             }
         }
@@ -206,10 +326,10 @@ pub async fn start_relay(
     .await
     .ok()
     .flatten()
-    .context("the relay printed no pigeon://relay# link within 30 s")?;
+    .with_context(|| format!("pigeon {command} printed no {prefix} link within 30 s"))?;
     // Keep reading its stdout (the QR code, anything later): a closed pipe would kill it.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(RelayProcess {
+    Ok(ServerProcess {
         _drain: AbortOnDrop(drain),
         _child: child,
         _dir: dir,
@@ -229,18 +349,68 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
             TRANSPORTS.join(", ")
         );
     }
-    let mut lab = Lab::start(s.profile.clone(), s.seed, s.time_scale)
-        .await
-        .context("starting the lab")?;
-    let relay = start_relay(&lab, &s.pigeon, &s.transport).await?;
+    if !s.via.carries(&s.transport) {
+        bail!(
+            "--via {} carries the tls transport only (a proxy's legs are tls)",
+            s.via
+        );
+    }
+    let onward = match (s.via, &s.onward) {
+        (Via::Hop, Some(p)) => Some(p.clone()),
+        (Via::Hop, None) => Some(s.profile.onward()?),
+        _ => None,
+    };
+    let mut lab = match &onward {
+        Some(onward) => {
+            Lab::start_with_hop(s.profile.clone(), onward.clone(), s.seed, s.time_scale).await
+        }
+        None => Lab::start(s.profile.clone(), s.seed, s.time_scale).await,
+    }
+    .context("starting the lab")?;
     let port = if s.transport == "tls" {
         TLS_PORT
     } else {
         RELAY_PORT
     };
+    // Where the relay and the proxy (if any) sit, and how the route is described.
+    let (relay, proxy, route) = match s.via {
+        Via::Direct => (
+            start_relay(&lab, &s.pigeon, &s.transport).await?,
+            None,
+            format!("{} {FOREIGN}:{port} (foreign hosting)", s.transport),
+        ),
+        Via::Proxy => {
+            let relay =
+                start_relay_at(&lab, &s.pigeon, &s.transport, FOREIGN_LISTED, LISTED_NAME).await?;
+            let proxy = start_proxy(&lab.topology.server, &s.pigeon, FOREIGN, PROXY_NAME).await?;
+            (
+                relay,
+                Some(proxy),
+                format!(
+                    "tls {FOREIGN_LISTED}:{port} (blocked) via proxy {FOREIGN}:{TLS_PORT} (foreign hosting)"
+                ),
+            )
+        }
+        Via::Hop => {
+            let relay = start_relay(&lab, &s.pigeon, &s.transport).await?;
+            let hop = lab
+                .topology
+                .hop
+                .as_ref()
+                .context("the lab has no hop namespace")?;
+            let proxy = start_proxy(&hop.hop, &s.pigeon, HOP, HOP_NAME).await?;
+            (
+                relay,
+                Some(proxy),
+                format!("tls {FOREIGN}:{port} via hop {HOP}:{TLS_PORT} (domestic)"),
+            )
+        }
+    };
     let mut result = ScenarioResult {
         profile: s.profile.name.clone(),
         transport: s.transport.clone(),
+        via: s.via,
+        onward: onward.as_ref().map(|p| p.name.clone()),
         seed: s.seed,
         mode: String::new(),
         got_through: false,
@@ -249,17 +419,31 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         attempted: 0,
         bytes: 0,
         wire_bytes_down: 0,
-        route: format!("{} {FOREIGN}:{port} (foreign hosting)", s.transport),
+        route,
+        first_tried: None,
         rules_fired: Default::default(),
-        expected_pass: s.profile.expect_pass.contains(&s.transport),
+        expected_pass: expected(&s.profile, &s.transport, s.via),
         error: None,
     };
+    let proxy_link = proxy.as_ref().map(|p| p.link().to_owned());
     let outcome = if has_client_commands(&s.pigeon).await {
         result.mode = "conversation".into();
-        client_conversation(&lab, &s.pigeon, &relay.link, s.step_timeout).await
-    } else {
+        client_conversation(
+            &lab,
+            &s.pigeon,
+            relay.link(),
+            proxy_link.as_deref(),
+            s.step_timeout,
+        )
+        .await
+    } else if s.via == Via::Direct {
         result.mode = "channel".into();
-        channel_check(&lab, &relay.link, s.step_timeout).await
+        channel_check(&lab, relay.link(), s.step_timeout).await
+    } else {
+        bail!(
+            "--via {} needs a pigeon binary with the client commands",
+            s.via
+        );
     };
     match outcome {
         Ok(o) => o.fill(&mut result),
@@ -272,6 +456,7 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         && result.attempted > 0
         && result.delivered == result.attempted
         && result.bytes >= MIN_DOWNLOAD;
+    drop(proxy);
     drop(relay);
     let done = lab.finish();
     result.wire_bytes_down = done.stats.bytes_down;
@@ -281,6 +466,15 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         .iter()
         .map(|(r, n)| (r.to_string(), *n))
         .collect();
+    if let Some(onward) = lab.finish_onward() {
+        result.rules_fired.extend(
+            onward
+                .stats
+                .fired
+                .iter()
+                .map(|(r, n)| (format!("onward {r}"), *n)),
+        );
+    }
     Ok(result)
 }
 
@@ -295,10 +489,18 @@ pub struct Outcome {
     pub attempted: u64,
     /// Server→client bytes received.
     pub bytes: u64,
+    /// The route the client says it used (`pigeon connect --json`), when it says.
+    pub route: Option<String>,
+    /// The route `pigeon connect --json` tried first.
+    pub first_tried: Option<String>,
 }
 
 impl Outcome {
     fn fill(&self, r: &mut ScenarioResult) {
+        if let Some(route) = &self.route {
+            r.route.clone_from(route);
+        }
+        r.first_tried.clone_from(&self.first_tried);
         r.first_message_ms = self.first_ms;
         r.delivered = self.delivered;
         r.attempted = self.attempted;
@@ -442,10 +644,11 @@ const CONVERSATION_MESSAGES: u64 = 22;
 const CONVERSATION_MESSAGE_LEN: usize = 48_000;
 
 /// The conversation with two unmodified `pigeon` clients in the client namespace (profiles in
-/// a temporary directory): both `init` on the relay, alice `invite`s, bob `accept`s and sends
+/// a temporary directory): both `init` on the relay (alice also `proxies add`s `proxy`, which
+/// bob gets from her invitation), alice `invite`s, bob `accept`s and sends
 /// "hello" (time to first message = until alice's `read` shows it), then alice sends 22
 /// messages of 48 KB and bob `read`s them: at least 1 MiB server→client, many times any freeze
-/// threshold.
+/// threshold. Last, bob's `pigeon connect --json` says which route he uses.
 ///
 /// # Errors
 /// [`Failed`] with what was measured when a step fails or times out.
@@ -453,6 +656,7 @@ pub async fn client_conversation(
     lab: &Lab,
     pigeon: &Path,
     relay_link: &str,
+    proxy: Option<&str>,
     step: Duration,
 ) -> Result<Outcome, Failed> {
     let mut o = Outcome::default();
@@ -485,6 +689,11 @@ pub async fn client_conversation(
         run(p, s(&["init", "--name", name, "--relay", relay_link]))
             .await
             .map_err(|e| Failed(o.clone(), format!("{name} init: {e}")))?;
+    }
+    if let Some(proxy) = proxy {
+        run(&alice, s(&["proxies", "add", proxy]))
+            .await
+            .map_err(|e| Failed(o.clone(), format!("alice proxies add: {e}")))?;
     }
     let invite = run(&alice, s(&["invite", "--no-qr"]))
         .await
@@ -538,13 +747,28 @@ pub async fn client_conversation(
     o.delivered += (0..CONVERSATION_MESSAGES)
         .filter(|i| read.contains(&format!("{i:05} xxxxxxxx")))
         .count() as u64;
+    // Which way bob's client goes now (an older binary without `connect` leaves it unsaid).
+    if let Ok(lines) = run(&bob, s(&["connect", "--json"])).await {
+        let events: Vec<serde_json::Value> = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let route_of = |event: &str| {
+            events
+                .iter()
+                .find(|v| v["event"] == event && v["relay"] == 0)
+                .and_then(|v| v["route"].as_str().map(str::to_owned))
+        };
+        o.route = route_of("done");
+        o.first_tried = route_of("trying");
+    }
     Ok(o)
 }
 
 /// Renders results as a Markdown table.
 pub fn markdown(results: &[ScenarioResult]) -> String {
     let mut out = String::from(
-        "| profile | transport | mode | got through | expected | first message (ms) | delivered | bytes received | IP bytes s→c | rules fired | seed |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| profile | transport | via | mode | got through | expected | first message (ms) | delivered | bytes received | IP bytes s→c | rules fired | route | seed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let fired = if r.rules_fired.is_empty() {
@@ -556,10 +780,15 @@ pub fn markdown(results: &[ScenarioResult]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let via = match &r.onward {
+            Some(onward) => format!("{} (onward {onward})", r.via),
+            None => r.via.to_string(),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |\n",
             r.profile,
             r.transport,
+            via,
             r.mode,
             if r.got_through { "yes" } else { "**no**" },
             if r.expected_pass { "pass" } else { "—" },
@@ -569,6 +798,7 @@ pub fn markdown(results: &[ScenarioResult]) -> String {
             r.bytes,
             r.wire_bytes_down,
             fired,
+            r.route.replace('|', "\\|"),
             r.seed,
         ));
     }

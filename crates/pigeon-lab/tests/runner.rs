@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pigeon_lab::profile::Profile;
-use pigeon_lab::runner::{self, Scenario};
+use pigeon_lab::runner::{self, Scenario, Via};
 
 fn pigeon() -> Option<PathBuf> {
     if let Err(e) = pigeon_lab::net::lab_available() {
@@ -47,6 +47,8 @@ fn scenario_over(
     Scenario {
         profile: Profile::load(profile).expect("profile"),
         transport: transport.into(),
+        via: Via::Direct,
+        onward: None,
         seed,
         time_scale: 0.01,
         pigeon,
@@ -99,6 +101,58 @@ async fn tls_gets_through_ru_home_ru_mobile_and_the_gfw() {
             r.first_message_ms
         );
     }
+}
+
+/// Issue #15's lab rows: `ru-mobile-allowlist` lets nothing abroad through, but a domestic hop
+/// inside the allow-listed range carries a conversation of more than 1 MiB, its onward leg
+/// crossing `ru-home-2026` (freeze, JA4 scoring, lists); and with the relay's address on
+/// `ru-home-2026`'s block list, a volunteer proxy abroad carries it. In both, only alice is
+/// given the proxy (`pigeon proxies add`): bob gets it from her invitation. First message ≤ 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_gets_through_the_allow_list_via_a_hop_and_an_ip_block_via_a_proxy() {
+    let Some(pigeon) = pigeon() else { return };
+    for (profile, via, seed) in [
+        ("ru-mobile-allowlist", Via::Hop, 41),
+        ("ru-home-2026", Via::Proxy, 42),
+    ] {
+        let mut s = scenario_over("tls", profile, pigeon.clone(), seed, 15);
+        s.via = via;
+        let r = runner::run_scenario(&s).await.expect("runs");
+        println!("{}", runner::markdown(std::slice::from_ref(&r)));
+        assert!(r.expected_pass, "{profile} expects tls via {via}");
+        assert!(r.got_through, "{profile} via {via} seed {seed}: {r:?}");
+        assert!(r.bytes >= runner::MIN_DOWNLOAD, "{profile}: {r:?}");
+        assert!(
+            r.first_message_ms.is_some_and(|ms| ms <= 2000),
+            "{profile} via {via}: first message in {:?} ms",
+            r.first_message_ms
+        );
+        // The censor saw (and stopped) the direct attempts; the client says it went through
+        // the proxy.
+        let stopped = if via == Via::Hop {
+            "14:allowlist"
+        } else {
+            "2:ip_block"
+        };
+        assert!(
+            r.rules_fired.contains_key(stopped),
+            "{profile} via {via}: {stopped} never fired: {r:?}"
+        );
+        assert!(r.route.contains("via proxy"), "route {:?}", r.route);
+        // What worked is remembered for this network: it is tried first next time.
+        assert_eq!(r.first_tried.as_deref(), Some(r.route.as_str()), "{r:?}");
+    }
+    // Without the hop, the allow-list lets nothing through (the control).
+    let r = runner::run_scenario(&scenario_over(
+        "tls",
+        "ru-mobile-allowlist",
+        pigeon.clone(),
+        43,
+        4,
+    ))
+    .await
+    .expect("runs");
+    assert!(!r.got_through, "{r:?}");
 }
 
 /// The 16–20 KB freeze with its threshold swept: a conversation of more than 1 MiB keeps flowing

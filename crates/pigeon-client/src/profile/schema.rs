@@ -281,3 +281,17 @@ CREATE TABLE proxies (
 PRAGMA user_version = 5;
 COMMIT;
 ";
+
+/// Version 6: the route that last worked per network and relay (see `crate::network`).
+pub(super) const MIGRATE_6: &str = "
+BEGIN;
+CREATE TABLE routes_worked (
+  network BLOB NOT NULL,
+  relay BLOB NOT NULL,
+  attempt TEXT NOT NULL,
+  worked_at INTEGER NOT NULL,
+  PRIMARY KEY (network, relay)
+) WITHOUT ROWID;
+PRAGMA user_version = 6;
+COMMIT;
+";

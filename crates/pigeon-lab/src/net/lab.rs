@@ -8,7 +8,8 @@ use tokio::task::JoinHandle;
 
 use super::router::{Finished, Router, Stats};
 use super::{
-    OPERATOR_RESOLVER, PUBLIC_RESOLVER, Topology, lab_available, lab_zone, sys, unique_prefix,
+    HOP_SIDE, OPERATOR_RESOLVER, PUBLIC_RESOLVER, Topology, lab_available, lab_zone, sys,
+    unique_prefix,
 };
 use crate::LabError;
 use crate::censor::Censor;
@@ -21,10 +22,14 @@ pub struct Lab {
     dns_stop: watch::Sender<bool>,
     dns_tasks: Vec<JoinHandle<()>>,
     router: Option<Router>,
+    /// The onward censor's router, in a lab with a hop.
+    onward_router: Option<Router>,
     /// The namespaces. Run processes with `lab.topology.client.command(..)`.
     pub topology: Topology,
     /// The profile the censor runs.
     pub profile: Profile,
+    /// The profile the onward censor (between the hop and the servers) runs, with a hop.
+    pub onward: Option<Profile>,
     /// The seed of the censor's randomness.
     pub seed: u64,
 }
@@ -60,26 +65,73 @@ impl Lab {
     /// [`LabError::Net`] when the machine cannot host a lab (not root, no TUN) or a step fails;
     /// whatever was created is removed again.
     pub async fn start(profile: Profile, seed: u64, time_scale: f64) -> Result<Self, LabError> {
+        Self::start_inner(profile, None, seed, time_scale).await
+    }
+
+    /// As [`Self::start`], with a domestic hop at [`super::HOP`] (in `topology.hop`) whose
+    /// onward path to the servers crosses a second censor running `onward`. That censor's
+    /// `clients` set becomes the hop's side; its randomness comes from `seed + 1`.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with_hop(
+        profile: Profile,
+        onward: Profile,
+        seed: u64,
+        time_scale: f64,
+    ) -> Result<Self, LabError> {
+        Self::start_inner(profile, Some(onward), seed, time_scale).await
+    }
+
+    async fn start_inner(
+        profile: Profile,
+        onward: Option<Profile>,
+        seed: u64,
+        time_scale: f64,
+    ) -> Result<Self, LabError> {
         lab_available().map_err(|e| LabError::net("lab prerequisites", e))?;
         let zone = lab_zone();
         let censor = Censor::new(profile.clone(), zone.clone(), seed, time_scale)?;
         let national = Censor::resolver_zone_for(&profile, &zone);
+        let onward_censor = match &onward {
+            Some(p) => {
+                let mut p = p.clone();
+                p.networks.clients = vec![HOP_SIDE.to_owned()];
+                Some(Censor::new(
+                    p,
+                    zone.clone(),
+                    seed.wrapping_add(1),
+                    time_scale,
+                )?)
+            }
+            None => None,
+        };
         let topology = tokio::task::spawn_blocking(move || {
-            let topology = Topology::create(&unique_prefix())?;
+            let topology = Topology::create(&unique_prefix(), onward_censor.is_some())?;
             let router = Router::start(topology.router.name(), censor)?;
-            topology.route_through_tun()?;
-            Ok::<_, LabError>((topology, router))
+            Topology::route_through_tun(&topology.router)?;
+            let onward_router = match (&topology.hop, onward_censor) {
+                (Some(hop), Some(censor)) => {
+                    let r = Router::start(hop.router.name(), censor)?;
+                    Topology::route_through_tun(&hop.router)?;
+                    Some(r)
+                }
+                _ => None,
+            };
+            Ok::<_, LabError>((topology, router, onward_router))
         })
         .await
         .map_err(|e| LabError::net("lab setup task", e))??;
-        let (topology, router) = topology;
+        let (topology, router, onward_router) = topology;
         let (dns_stop, _) = watch::channel(false);
         let mut lab = Self {
             dns_stop,
             dns_tasks: Vec::new(),
             router: Some(router),
+            onward_router,
             topology,
             profile,
+            onward,
             seed,
         };
         lab.start_resolver(OPERATOR_RESOLVER, national)?;
@@ -112,15 +164,14 @@ impl Lab {
         for t in &self.dns_tasks {
             t.abort();
         }
-        self.router.take().map_or_else(
-            || Finished {
-                stats: Stats::default(),
-                events: Vec::new(),
-                hellos: Vec::new(),
-                first_flights: Vec::new(),
-            },
-            Router::stop,
-        )
+        self.router
+            .take()
+            .map_or_else(Finished::default, Router::stop)
+    }
+
+    /// Stops the onward censor (in a lab with a hop) and returns its counters and events.
+    pub fn finish_onward(&mut self) -> Option<Finished> {
+        self.onward_router.take().map(Router::stop)
     }
 }
 

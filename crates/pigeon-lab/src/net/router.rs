@@ -44,7 +44,7 @@ pub struct Router {
 }
 
 /// What a stopped router hands back.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Finished {
     /// Final counters.
     pub stats: Stats,
