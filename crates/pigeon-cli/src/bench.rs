@@ -321,7 +321,7 @@ async fn load(
 /// Opens `n` connections over `route` that complete the handshake and one ping each, then stay
 /// idle.
 async fn idle_connections(
-    dialer: &Arc<pigeon_transport_tls::Dialer>,
+    dialer: &Arc<pigeon_transport::Transports>,
     route: &Route,
     key: [u8; 32],
     n: usize,
@@ -424,7 +424,7 @@ async fn create_mailboxes(
 /// Opens a connection per mailbox over `route` that subscribes to it, then stays idle (as a
 /// client waiting for messages does).
 async fn subscribed_connections(
-    dialer: &Arc<pigeon_transport_tls::Dialer>,
+    dialer: &Arc<pigeon_transport::Transports>,
     route: &Route,
     key: [u8; 32],
     mailboxes: Vec<OwnedMailbox>,
@@ -460,7 +460,7 @@ pub(crate) async fn idle_memory(
         Vec::new()
     };
     // One dialer for every connection, alive as long as they are.
-    let dialer = Arc::new(pigeon_transport_tls::Dialer::new()?);
+    let dialer = Arc::new(pigeon_client::transports()?);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kib(pid).context("relay RSS")?;
     let slab0 = meminfo("Slab").unwrap_or(0);

@@ -227,7 +227,7 @@ async fn fanout(n: usize, posts: usize) -> anyhow::Result<(f64, f64)> {
     let timeout = Duration::from_secs(20);
     let log = OwnedMailbox::generate()?;
     // One dialer for every connection (each connect on its own would build a TLS context).
-    let dialer = pigeon_transport_tls::Dialer::new()?;
+    let dialer = pigeon_client::transports()?;
     let poster = RelayConnection::connect_with(&dialer, &relay.link, timeout).await?;
     poster.create_log(&log.key, &log.id, log.cap_hash()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();

@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use pigeon_client::{OwnedMailbox, RelayConnection};
 use pigeon_transport::{ProxyLink, Route};
-use pigeon_transport_tls::Dialer;
 
 use crate::relay_proc::RelayProcess;
 
@@ -120,7 +119,7 @@ impl Side {
 
 /// One session's measurements: connect, pings, bulk.
 async fn session(
-    dialer: &Dialer,
+    dialer: &pigeon_transport::Transports,
     link: &pigeon_transport::RelayLink,
     via: Option<&Route>,
     args: &ProxyBenchArgs,
@@ -173,7 +172,7 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
         &["--tls", "127.0.0.1:0", "--sni", "cover.test"],
     )?;
     let proxy = ProxyProcess::start(&dir.path().join("proxy"))?;
-    let dialer = Dialer::new()?;
+    let dialer = pigeon_client::transports()?;
     let (mut direct, mut proxied) = (Side::new()?, Side::new()?);
     for _ in 0..args.rounds {
         session(&dialer, &relay.link, None, &args, &mut direct).await?;
@@ -249,7 +248,7 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
 /// The proxy's resident memory per idle session it carries: `n` sessions opened through it
 /// and held, the proxy's RSS before and after.
 async fn idle_memory(
-    dialer: &Dialer,
+    dialer: &pigeon_transport::Transports,
     link: &pigeon_transport::RelayLink,
     proxy: &ProxyProcess,
     n: u32,

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use pigeon_client::{Event, OwnedMailbox, RelayConnection};
 use pigeon_transport::{RelayLink, Route, Transport};
-use pigeon_transport_tls::Dialer;
+
 use pigeon_wire::msg::{self, request, response};
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,7 @@ async fn bulk_once(
     link: &RelayLink,
     tcp: &Route,
     route: &Route,
-    dialer: &Dialer,
+    dialer: &pigeon_transport::Transports,
     bytes: usize,
 ) -> anyhow::Result<f64> {
     let owner = OwnedMailbox::generate()?;
@@ -182,7 +182,7 @@ async fn handshakes(link: &RelayLink, route: &Route, n: usize) -> anyhow::Result
     let link = only(link, route)?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..n {
-        let dialer = Dialer::new()?;
+        let dialer = pigeon_client::transports()?;
         let start = Instant::now();
         let conn = RelayConnection::connect_with(&dialer, &link, TIMEOUT).await?;
         conn.ping().await?;
@@ -210,7 +210,7 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
     ];
     let relay = RelayProcess::start_for_load(&tmp.path().join("relay"), &flags)?;
     let routes = Routes::of(&relay.link)?;
-    let dialer = Dialer::new()?;
+    let dialer = pigeon_client::transports()?;
     let say = |text: String| {
         if !args.json {
             eprintln!("{text}");

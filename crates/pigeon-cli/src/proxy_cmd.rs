@@ -14,8 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pigeon_relay::metrics::{Counter, Gauge};
 use pigeon_transport::admission::AdmissionLimits;
-use pigeon_transport::{ProxyLink, RelayLink, Transport};
-use pigeon_transport_tls::Dialer;
+use pigeon_transport::{Accept, ProxyLink, RelayLink, ServerStream, Transport, Transports};
 use pigeon_transport_tls::hop::{self, HopPolicy, Outcome};
 use tokio::sync::Semaphore;
 
@@ -160,34 +159,22 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let m = Arc::clone(&metrics);
     let metrics_task =
         crate::relay_cmd::metrics_endpoint(args.metrics, Arc::new(move || m.render())).await?;
-    let dialer = Arc::new(Dialer::new().context("the onward tls client")?);
-    let policy = Arc::new(policy);
-    let slots = Arc::new(Semaphore::new(args.max_sessions.max(1)));
+    // Onward, the proxy dials what the policy allows through the registered transports.
+    let transports = Arc::new(pigeon_client::transports().context("the onward tls client")?);
+    let ctx = Arc::new(Carry {
+        transports,
+        policy: Arc::new(policy),
+        slots: Arc::new(Semaphore::new(args.max_sessions.max(1))),
+        metrics: Arc::clone(&metrics),
+    });
     let mut tasks = Vec::new();
-    for listener in setup.listeners {
-        let ctx = Carry {
-            dialer: Arc::clone(&dialer),
-            policy: Arc::clone(&policy),
-            slots: Arc::clone(&slots),
-            metrics: Arc::clone(&metrics),
-        };
-        tasks.push(tokio::spawn(async move {
-            match listener {
-                pigeon_relay::Listener::Tls(mut front) => {
-                    tracing::info!(listen = %front.local_addr(), "proxy serving");
-                    while let Some(session) = front.accept().await {
-                        ctx.carry(session);
-                    }
-                }
-                pigeon_relay::Listener::Backend(mut backend) => {
-                    tracing::info!(listen = %backend.local_addr(), "proxy backend (h2c) serving");
-                    while let Some(session) = backend.accept().await {
-                        ctx.carry(session);
-                    }
-                }
-                _ => {}
-            }
-        }));
+    if let Some(front) = setup.front {
+        tracing::info!(listen = %front.local_addr(), "proxy serving");
+        tasks.push(tokio::spawn(accept_loop(front, Arc::clone(&ctx))));
+    }
+    if let Some(backend) = setup.backend {
+        tracing::info!(listen = %backend.local_addr(), "proxy backend (h2c) serving");
+        tasks.push(tokio::spawn(accept_loop(backend, Arc::clone(&ctx))));
     }
     shutdown.await;
     for task in tasks.into_iter().chain(metrics_task) {
@@ -196,9 +183,23 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Carries the sessions one acceptor yields (any transport's; the acceptor admitted them)
+/// until it stops or fails.
+async fn accept_loop<A: Accept>(mut acceptor: A, ctx: Arc<Carry>) {
+    while let Some(next) = acceptor.accept().await {
+        match next {
+            Ok(accepted) => ctx.carry(accepted.stream),
+            Err(e) => {
+                tracing::error!(error = %e, "the proxy stopped accepting");
+                return;
+            }
+        }
+    }
+}
+
 /// What every carried session shares.
 struct Carry {
-    dialer: Arc<Dialer>,
+    transports: Arc<Transports>,
     policy: Arc<HopPolicy>,
     slots: Arc<Semaphore>,
     metrics: Arc<ProxyMetrics>,
@@ -206,21 +207,21 @@ struct Carry {
 
 impl Carry {
     /// Carries one client session in its own task, if a slot is free (else it is closed).
-    fn carry(&self, session: pigeon_transport_tls::ServerSession) {
+    fn carry<T: ServerStream>(&self, session: T) {
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             self.metrics.full.inc();
             tracing::debug!("all session slots in use; a session was closed");
             return;
         };
-        let (dialer, policy, metrics) = (
-            Arc::clone(&self.dialer),
+        let (transports, policy, metrics) = (
+            Arc::clone(&self.transports),
             Arc::clone(&self.policy),
             Arc::clone(&self.metrics),
         );
         tokio::spawn(async move {
             let _permit = permit;
             metrics.active.inc();
-            match hop::serve(session, &dialer, &policy, HOP_TIMEOUT, &*metrics).await {
+            match hop::serve(session, &transports, &policy, HOP_TIMEOUT, &*metrics).await {
                 Ok(Outcome::Carried(_)) => {}
                 Ok(Outcome::Refused) => metrics.refused.inc(),
                 Ok(Outcome::Unreachable) => metrics.unreachable.inc(),

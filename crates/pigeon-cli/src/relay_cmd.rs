@@ -189,7 +189,10 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<StaticKeypair> {
 
 /// The `tls` transport's listeners and the route for the link.
 pub(crate) struct TlsSetup {
-    pub(crate) listeners: Vec<pigeon_relay::Listener>,
+    /// The front, with `--tls`.
+    pub(crate) front: Option<pigeon_transport_tls::Front>,
+    /// The reverse proxy's backend, with `--tls-backend`.
+    pub(crate) backend: Option<pigeon_transport_tls::Backend>,
     pub(crate) route: Route,
     /// The ACME client, with --acme: kept for as long as the relay serves.
     pub(crate) acme: Option<crate::acme::Acme>,
@@ -301,7 +304,7 @@ pub(crate) async fn setup_tls(
             .and_then(|p| p.with_ech(ech.is_some()))
             .context("the tls settings")?;
     let route = Route::tls(&host, port, &params).context("the tls route")?;
-    let mut listeners = Vec::new();
+    let mut front = None;
     if let Some(listener) = front_listener {
         let cover =
             crate::tls_setup::parse_cover(args.cover.as_deref(), args.cover_h2c.as_deref(), dir)?;
@@ -323,12 +326,13 @@ pub(crate) async fn setup_tls(
             admission,
             ech,
         };
-        let front = pigeon_transport_tls::Front::from_listener(listener, config)?;
-        tracing::info!(listen = %front.local_addr(), "tls front serving");
-        listeners.push(pigeon_relay::Listener::Tls(front));
+        let serving = pigeon_transport_tls::Front::from_listener(listener, config)?;
+        tracing::info!(listen = %serving.local_addr(), "tls front serving");
+        front = Some(serving);
     }
+    let mut backend = None;
     if let Some(addr) = args.tls_backend {
-        let backend = pigeon_transport_tls::Backend::bind(
+        let serving = pigeon_transport_tls::Backend::bind(
             addr,
             state.path.clone(),
             state.key.clone(),
@@ -336,15 +340,16 @@ pub(crate) async fn setup_tls(
         )
         .await
         .with_context(|| format!("could not listen on {addr} for the reverse proxy"))?;
-        tracing::info!(listen = %backend.local_addr(), "tls backend (h2c) serving");
-        listeners.push(pigeon_relay::Listener::Backend(backend));
+        tracing::info!(listen = %serving.local_addr(), "tls backend (h2c) serving");
+        backend = Some(serving);
     }
     let acme = match cert {
         FrontCert::Acme(acme) => Some(acme),
         FrontCert::Fixed(_) => None,
     };
     Ok(Some(TlsSetup {
-        listeners,
+        front,
+        backend,
         route,
         acme,
     }))
@@ -457,10 +462,17 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     // The ACME client runs (answers challenges, renews) for as long as the relay serves.
     let _acme = tls.as_mut().and_then(|t| t.acme.take());
     let mut routes = Vec::new();
-    let mut listeners = Vec::new();
+    // Every transport's acceptor, one line each.
+    let mut listeners = pigeon_relay::Listeners::new();
+    listeners.add(pigeon_transport::tcp::TcpAccept(listener));
     if let Some(tls) = tls {
         routes.push(tls.route);
-        listeners.extend(tls.listeners);
+        if let Some(front) = tls.front {
+            listeners.add(front);
+        }
+        if let Some(backend) = tls.backend {
+            listeners.add(backend);
+        }
         // With a disguised transport, the plain one goes into the link only when asked for.
         if args.public.is_some() {
             routes.push(link_route(&args, bound)?);
@@ -468,7 +480,6 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     } else {
         routes.push(link_route(&args, bound)?);
     }
-    listeners.insert(0, pigeon_relay::Listener::Tcp(listener));
     let link = RelayLink::new(*keys.public(), routes, None)?;
     print_link(&link.to_string(), args.no_qr)?;
     let metrics = Arc::new(Metrics::default());

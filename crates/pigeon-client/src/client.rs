@@ -206,7 +206,7 @@ impl Client {
         let mut connector = crate::relay::Connector::new();
         if let Ok(c) = &mut connector {
             for (route, cap) in &saved_caps {
-                c.dialer().learn(route, *cap);
+                c.transports().learn(route, *cap);
             }
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -1099,6 +1099,23 @@ impl Client {
         // earlier failure (a session that froze while a subscription was in flight ends it
         // with `Lost`, and the reconnection below subscribes again).
         let mut subscribed = self.subscribe_all().await;
+        // A session cut while a subscription was in flight (a freeze the dialer learned from
+        // just now, a reset) is made again at once, twice at most: the relay redelivers what
+        // was not acknowledged. (A relay that cannot be reached at all is not retried here.)
+        for _ in 0..2 {
+            let lost = matches!(
+                &subscribed,
+                Err(Error::Relay {
+                    source: ClientError::Lost(_),
+                    ..
+                })
+            );
+            if !lost || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            self.save_learned();
+            subscribed = self.subscribe_all().await;
+        }
         let first = self.flush(true).await?;
         loop {
             let wait = if self.backlog() > 0 {
@@ -1142,7 +1159,7 @@ impl Client {
     /// Keeps the download caps the dialer learned in this run in the profile, for the next.
     fn save_learned(&mut self) {
         if let Ok(connector) = &self.connector {
-            let learned = connector.dialer().learned();
+            let learned = connector.transports().learned();
             if learned != self.saved_caps {
                 match self.profile.save_route_caps(&learned) {
                     Ok(()) => self.saved_caps = learned,

@@ -27,4 +27,4 @@ pub use profile::{
     Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
     Profile, ProfileError, SavedProxy,
 };
-pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won};
+pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won, transports};

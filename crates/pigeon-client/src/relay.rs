@@ -12,7 +12,8 @@ use pigeon_proto::auth::{self, AuthOp, SigningKey};
 use pigeon_proto::channel::{ChannelError, Entropy};
 use pigeon_proto::session::{ClientSession, Closed, SessionEvent};
 use pigeon_transport::{Connection, RelayLink, Route};
-use pigeon_transport_tls::{Dialer, TlsError};
+use pigeon_transport::{DialError, Transports};
+use pigeon_transport_tls::TlsError;
 use pigeon_wire::msg::{self, MailboxId, MailboxKind, request, response};
 use pigeon_wire::{ErrorCode, ErrorKind};
 use std::collections::{BTreeMap, HashMap};
@@ -129,7 +130,7 @@ pub const ROUTE_STAGGER: Duration = Duration::from_millis(250);
 /// learned per route) and the route that last completed a handshake, per relay. A [`crate::Client`]
 /// owns one, so two profiles (or two devices) in one process share nothing.
 pub struct Connector {
-    dialer: Dialer,
+    transports: Transports,
     worked: Mutex<BTreeMap<[u8; 32], String>>,
     /// Proxies relays may be reached through (after the direct routes, or instead of them).
     proxies: Proxies,
@@ -188,6 +189,25 @@ pub struct Won {
 
 /// A progress sink that ignores everything.
 pub fn no_progress(_: RouteProgress) {}
+
+/// Every transport this build dials, registered in one place: a new transport is its crate and
+/// one line here.
+///
+/// # Errors
+/// [`TlsError::Setup`] if BoringSSL refuses Chrome's settings (a broken build).
+pub fn transports() -> Result<Transports, TlsError> {
+    Ok(Transports::new()
+        .with(pigeon_transport::tcp::TcpDial)
+        .with(pigeon_transport_tls::Dialer::new()?))
+}
+
+fn dial_failed(tried: String, e: &DialError) -> ClientError {
+    ClientError::Unreachable {
+        tried,
+        kind: e.kind(),
+        last: e.to_string(),
+    }
+}
 
 /// One way to try a relay.
 #[derive(Clone)]
@@ -274,15 +294,15 @@ impl Connector {
     /// (a broken build).
     pub fn new() -> Result<Self, ClientError> {
         Ok(Self {
-            dialer: Dialer::new().map_err(|e| setup_failed(&e))?,
+            transports: transports().map_err(|e| setup_failed(&e))?,
             worked: Mutex::default(),
             proxies: Proxies::default(),
         })
     }
 
-    /// The dialer (learned download caps live in it).
-    pub fn dialer(&self) -> &Dialer {
-        &self.dialer
+    /// The transports it dials (learned download caps live in their dialers).
+    pub fn transports(&self) -> &Transports {
+        &self.transports
     }
 
     /// Goes through `proxies` from now on.
@@ -326,7 +346,7 @@ impl Connector {
         progress: &(dyn Fn(RouteProgress) + Send + Sync),
     ) -> Result<(RelayConnection, Won), ClientError> {
         let (conn, won) = RelayConnection::connect_routes(
-            &self.dialer,
+            &self.transports,
             link,
             &self.proxies,
             best,
@@ -348,8 +368,8 @@ impl RelayConnection {
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried, when none worked.
     pub async fn connect(link: &RelayLink, timeout: Duration) -> Result<Self, ClientError> {
-        let dialer = Dialer::new().map_err(|e| setup_failed(&e))?;
-        Self::connect_with(&dialer, link, timeout).await
+        let transports = transports().map_err(|e| setup_failed(&e))?;
+        Self::connect_with(&transports, link, timeout).await
     }
 
     /// Connects through the link's routes, returning the first that completes a handshake.
@@ -361,12 +381,12 @@ impl RelayConnection {
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried, when none worked.
     pub async fn connect_with(
-        dialer: &Dialer,
+        transports: &Transports,
         link: &RelayLink,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         Ok(Self::connect_routes(
-            dialer,
+            transports,
             link,
             &Proxies::default(),
             None,
@@ -381,7 +401,7 @@ impl RelayConnection {
     /// through them), trying the attempt `best` first and telling `progress` about each
     /// attempt; returns the attempt that won.
     async fn connect_routes(
-        dialer: &Dialer,
+        transports: &Transports,
         link: &RelayLink,
         proxies: &Proxies,
         best: Option<&str>,
@@ -391,7 +411,13 @@ impl RelayConnection {
         use futures_util::StreamExt as _;
         let mut routes: Vec<Attempt> = Vec::new();
         if !proxies.only {
-            routes.extend(link.supported_routes().cloned().map(Attempt::Direct));
+            routes.extend(
+                link.routes()
+                    .iter()
+                    .filter(|r| transports.supports(r.transport()))
+                    .cloned()
+                    .map(Attempt::Direct),
+            );
         }
         for proxy in &proxies.routes {
             for target in link.routes() {
@@ -431,10 +457,10 @@ impl RelayConnection {
             async move {
                 let result = match &route {
                     Attempt::Direct(direct) => {
-                        Self::connect_route_with(dialer, direct, &key, timeout).await
+                        Self::connect_route_with(transports, direct, &key, timeout).await
                     }
                     Attempt::Via { proxy, target } => {
-                        Self::connect_via(dialer, proxy, target, &key, timeout).await
+                        Self::connect_via(transports, proxy, target, &key, timeout).await
                     }
                 };
                 (route, result)
@@ -494,20 +520,17 @@ impl RelayConnection {
     /// [`ClientError::Unreachable`] naming both when the proxy or the relay behind it fails;
     /// [`ClientError::Handshake`] if the relay is not the one the key names.
     pub async fn connect_via(
-        dialer: &Dialer,
+        transports: &Transports,
         proxy: &Route,
         target: &Route,
         relay_key: &[u8; 32],
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let tried = format!("{} via proxy {}", target.redacted(), proxy.redacted());
-        let stream = dialer.dial_via(proxy, target, timeout).await.map_err(|e| {
-            ClientError::Unreachable {
-                tried: tried.clone(),
-                kind: e.kind(),
-                last: e.to_string(),
-            }
-        })?;
+        let stream = transports
+            .dial_via(proxy, target, timeout)
+            .await
+            .map_err(|e| dial_failed(tried.clone(), &e))?;
         match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Unreachable {
@@ -528,8 +551,8 @@ impl RelayConnection {
         relay_key: &[u8; 32],
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let dialer = Dialer::new().map_err(|e| setup_failed(&e))?;
-        Self::connect_route_with(&dialer, route, relay_key, timeout).await
+        let transports = transports().map_err(|e| setup_failed(&e))?;
+        Self::connect_route_with(&transports, route, relay_key, timeout).await
     }
 
     /// [`Self::connect_route`] with a given dialer.
@@ -537,17 +560,15 @@ impl RelayConnection {
     /// # Errors
     /// As [`Self::connect_route`].
     pub async fn connect_route_with(
-        dialer: &Dialer,
+        transports: &Transports,
         route: &Route,
         relay_key: &[u8; 32],
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let unreachable = |e: TlsError| ClientError::Unreachable {
-            tried: route.redacted(),
-            kind: e.kind(),
-            last: e.to_string(),
-        };
-        let stream = dialer.dial(route, timeout).await.map_err(unreachable)?;
+        let stream = transports
+            .dial(route, timeout)
+            .await
+            .map_err(|e| dial_failed(route.redacted(), &e))?;
         match tokio::time::timeout(timeout, Self::over(stream, relay_key)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Unreachable {

@@ -21,12 +21,15 @@ pub use metrics::Metrics;
 use pigeon_proto::StaticKeypair;
 use pigeon_store::{Expired, MailboxStore, Renewal};
 use pigeon_transport::admission::{Admission, AdmissionLimits, Ticket};
+use pigeon_transport::tcp::TcpAccept;
+use pigeon_transport::{Accept, Accepted, Source, TransportError};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 /// Key-package fetches per second allowed per slot (sustained)...
 const FETCHES_PER_SEC: f32 = 2.0;
@@ -155,31 +158,54 @@ impl<S> Shared<S> {
 pub enum RelayError {
     /// Accepting connections failed in a way that will not pass.
     #[error("accepting connections failed: {0}")]
-    Accept(#[source] std::io::Error),
+    Accept(#[source] TransportError),
 }
 
-/// Where a relay's connections come from.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Listener {
-    /// The plain `tcp` transport.
-    Tcp(TcpListener),
-    /// The `tls` transport's front: an HTTPS site with the tunnel behind its secret path.
-    Tls(pigeon_transport_tls::Front),
-    /// The `tls` transport behind a reverse proxy or CDN that forwards the secret path as
-    /// cleartext HTTP/2.
-    Backend(pigeon_transport_tls::Backend),
+/// Where a relay's connections come from: each transport's [`Accept`]or, added with one line
+/// (`listeners.add(TcpAccept(listener))`). Each acceptor's connections are admitted and run in
+/// tasks of that acceptor's own stream type, so no connection pays for a boxed stream.
+pub struct Listeners<S: MailboxStore> {
+    #[expect(
+        clippy::type_complexity,
+        reason = "a list of start functions, one per acceptor type"
+    )]
+    starts: Vec<Box<dyn FnOnce(Arc<Shared<S>>, AcceptFailed) -> JoinHandle<()> + Send>>,
 }
 
-/// A connection to serve, whatever it came through.
-enum Incoming {
-    Tcp(tokio::net::TcpStream, std::net::IpAddr),
-    /// A tunnel session, with its source's key when the front knows it.
-    Tunnel(pigeon_transport_tls::ServerSession, Option<u128>),
+/// Where an acceptor reports that it failed for good.
+type AcceptFailed = tokio::sync::mpsc::Sender<TransportError>;
+
+impl<S: MailboxStore> Default for Listeners<S> {
+    fn default() -> Self {
+        Self { starts: Vec::new() }
+    }
 }
 
-/// Serves `listener` with `store` and the relay's static `keys` until `shutdown` resolves, then
-/// drains gracefully.
+impl<S: MailboxStore> std::fmt::Debug for Listeners<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("acceptors", &self.starts.len())
+            .finish()
+    }
+}
+
+impl<S: MailboxStore> Listeners<S> {
+    /// No listeners yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves the connections `acceptor` yields.
+    pub fn add<A: Accept>(&mut self, acceptor: A) -> &mut Self {
+        self.starts.push(Box::new(move |shared, failed| {
+            tokio::spawn(accept_loop(acceptor, shared, failed))
+        }));
+        self
+    }
+}
+
+/// Serves the plain `tcp` `listener` with `store` and the relay's static `keys` until
+/// `shutdown` resolves, then drains gracefully.
 ///
 /// # Errors
 /// [`RelayError::Accept`] if the listener fails permanently.
@@ -191,15 +217,9 @@ pub async fn run<S: MailboxStore>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
-    serve(
-        vec![Listener::Tcp(listener)],
-        store,
-        keys,
-        config,
-        metrics,
-        shutdown,
-    )
-    .await
+    let mut listeners = Listeners::new();
+    listeners.add(TcpAccept(listener));
+    serve(listeners, store, keys, config, metrics, shutdown).await
 }
 
 /// One connection's task: serves it to its end, then counts it gone.
@@ -228,14 +248,14 @@ fn connection<S: MailboxStore, T: pigeon_transport::ServerStream>(
     }
 }
 
-/// Serves every listener in `listeners` with `store` and the relay's static `keys` until
+/// Serves every acceptor in `listeners` with `store` and the relay's static `keys` until
 /// `shutdown` resolves, then drains gracefully: it stops accepting, lets every connection finish
 /// the requests it has read (each answered only once durable), and returns.
 ///
 /// # Errors
-/// [`RelayError::Accept`] if a plain TCP listener fails permanently.
+/// [`RelayError::Accept`] if an acceptor fails for good.
 pub async fn serve<S: MailboxStore>(
-    listeners: Vec<Listener>,
+    listeners: Listeners<S>,
     store: S,
     keys: StaticKeypair,
     config: RelayConfig,
@@ -244,62 +264,21 @@ pub async fn serve<S: MailboxStore>(
 ) -> Result<(), RelayError> {
     let shared = Arc::new(Shared::new(store, keys, config, metrics));
     let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared)));
-    let (incoming_tx, mut incoming) =
-        tokio::sync::mpsc::channel::<Result<Incoming, std::io::Error>>(64);
+    let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<TransportError>(4);
     let acceptors: Vec<_> = listeners
+        .starts
         .into_iter()
-        .map(|listener| tokio::spawn(accept_loop(listener, incoming_tx.clone())))
+        .map(|start| start(Arc::clone(&shared), failed_tx.clone()))
         .collect();
-    drop(incoming_tx);
+    drop(failed_tx);
     tokio::pin!(shutdown);
-    let result = loop {
-        tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            next = incoming.recv() => match next {
-                Some(Ok(conn)) => {
-                    // The peer address is counted against its source's caps in memory, and
-                    // otherwise not kept or logged.
-                    let ticket = match &conn {
-                        Incoming::Tcp(_, peer) => match shared.pool.admit(*peer) {
-                            Some(ticket) => Some(ticket),
-                            None => {
-                                shared.metrics.refused_connections.inc();
-                                continue;
-                            }
-                        },
-                        Incoming::Tunnel(..) => None,
-                    };
-                    // When full, strangers still in their handshake make room first.
-                    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections
-                        && !shared.pool.evict_oldest()
-                    {
-                        shared.metrics.refused_connections.inc();
-                        continue;
-                    }
-                    shared.active.fetch_add(1, Ordering::Relaxed);
-                    shared.metrics.connections_open.inc();
-                    shared.metrics.connections_total.inc();
-                    // One task type per transport, so each holds only its own stream.
-                    let shared = Arc::clone(&shared);
-                    match conn {
-                        Incoming::Tcp(stream, _) => {
-                            let source = ticket.as_ref().map(Ticket::source_key);
-                            tokio::spawn(connection(stream, shared, ticket, source))
-                        }
-                        Incoming::Tunnel(session, source) => {
-                            tokio::spawn(connection(session, shared, ticket, source))
-                        }
-                    };
-                }
-                Some(Err(e)) => break Err(RelayError::Accept(e)),
-                None => break Ok(()),
-            }
-        }
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        Some(e) = failed.recv() => Err(RelayError::Accept(e)),
     };
     for acceptor in acceptors {
         acceptor.abort();
     }
-    drop(incoming);
     tracing::info!(
         connections = shared.active.load(Ordering::Relaxed),
         "draining"
@@ -328,74 +307,60 @@ pub async fn serve<S: MailboxStore>(
     result
 }
 
-/// Accepts from one listener until it fails for good or the relay stops (the task is aborted).
-async fn accept_loop(
-    listener: Listener,
-    out: tokio::sync::mpsc::Sender<Result<Incoming, std::io::Error>>,
+/// Accepts from one acceptor until it stops, fails for good (reported on `failed`) or the relay
+/// stops (the task is aborted), admitting and serving each connection.
+async fn accept_loop<S: MailboxStore, A: Accept>(
+    mut acceptor: A,
+    shared: Arc<Shared<S>>,
+    failed: AcceptFailed,
 ) {
-    match listener {
-        Listener::Tcp(listener) => loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    set_keepalive(&stream);
-                    if out
-                        .send(Ok(Incoming::Tcp(stream, peer.ip())))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) if is_transient_accept_error(&e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing briefly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => {
-                    let _ = out.send(Err(e)).await;
-                    return;
-                }
-            }
-        },
-        Listener::Tls(mut front) => {
-            while let Some((session, source)) = front.accept_from().await {
-                if out
-                    .send(Ok(Incoming::Tunnel(session, source)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        Listener::Backend(mut backend) => {
-            while let Some(session) = backend.accept().await {
-                if out.send(Ok(Incoming::Tunnel(session, None))).await.is_err() {
-                    return;
-                }
+    while let Some(next) = acceptor.accept().await {
+        match next {
+            Ok(accepted) => admit(&shared, accepted),
+            Err(e) => {
+                let _ = failed.send(e).await;
+                return;
             }
         }
     }
 }
 
-/// Lets the kernel find peers that vanished (power loss, a dropped mobile link) so their
-/// connections do not stay open forever; costs nothing in user space.
-fn set_keepalive(stream: &tokio::net::TcpStream) {
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(120))
-        .with_interval(Duration::from_secs(30))
-        .with_retries(4);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
-}
-
-fn is_transient_accept_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    // EMFILE/ENFILE (out of file descriptors) surface as `Other`/uncategorized: pause and retry
-    // rather than stop serving everyone else.
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut | Other
-    ) || e.raw_os_error().is_some()
+/// Admits one connection (its source's caps, room on the relay) and starts serving it.
+fn admit<S: MailboxStore, T: pigeon_transport::ServerStream>(
+    shared: &Arc<Shared<S>>,
+    accepted: Accepted<T>,
+) {
+    // The peer address is counted against its source's caps in memory, and otherwise not kept
+    // or logged.
+    let (ticket, source) = match accepted.source {
+        Source::Address(peer) => match shared.pool.admit(peer) {
+            Some(ticket) => {
+                let source = ticket.source_key();
+                (Some(ticket), Some(source))
+            }
+            None => {
+                shared.metrics.refused_connections.inc();
+                return;
+            }
+        },
+        Source::Admitted(source) => (None, source),
+    };
+    // When full, strangers still in their handshake make room first.
+    if shared.active.load(Ordering::Relaxed) >= shared.config.max_connections
+        && !shared.pool.evict_oldest()
+    {
+        shared.metrics.refused_connections.inc();
+        return;
+    }
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections_open.inc();
+    shared.metrics.connections_total.inc();
+    tokio::spawn(connection(
+        accepted.stream,
+        Arc::clone(shared),
+        ticket,
+        source,
+    ));
 }
 
 async fn expiry_loop<S: MailboxStore>(shared: Arc<Shared<S>>) {

@@ -61,7 +61,8 @@ const MIN_LEARNED: u64 = 4096;
 /// A stream chunk handed between tasks.
 const CHUNK: usize = 64 * 1024;
 
-/// Opens connections over any route this build supports: `tcp` and `tls`.
+/// The `tls` transport's dialer: Chrome's TLS and HTTP/2, the tunnel, rotation under learned
+/// download caps. Register it with [`pigeon_transport::Transports::with`].
 #[derive(Clone, Debug)]
 pub struct Dialer {
     tls: ChromeTls,
@@ -103,31 +104,30 @@ impl Dialer {
         }
     }
 
-    /// Opens a connection over `route`, giving up after `timeout`.
+    /// Opens a tunnel over the `tls` route `route`, giving up after `timeout`.
     ///
     /// # Errors
-    /// A [`TlsError`] saying what failed; [`TlsError::kind`] sorts it.
+    /// A [`TlsError`] saying what failed ([`TlsError::Route`] for a route of another
+    /// transport); [`TlsError::kind`] sorts it.
     pub async fn dial(
         &self,
         route: &Route,
         timeout: Duration,
     ) -> Result<Box<dyn Connection>, TlsError> {
-        match route.transport() {
-            Transport::Tls => {
-                let params = route
-                    .tls_params()
-                    .ok_or_else(|| route_error(route, "not a tls route"))?
-                    .map_err(|e| route_error(route, &e.to_string()))?;
-                let stream = tokio::time::timeout(timeout, self.dial_tls(route, params))
-                    .await
-                    .map_err(|_| TlsError::Timeout {
-                        route: route.redacted(),
-                        after: timeout,
-                    })??;
-                Ok(Box::new(stream))
-            }
-            _ => Ok(pigeon_transport::dial(route, timeout).await?),
+        if *route.transport() != Transport::Tls {
+            return Err(route_error(route, "not a tls route"));
         }
+        let params = route
+            .tls_params()
+            .ok_or_else(|| route_error(route, "not a tls route"))?
+            .map_err(|e| route_error(route, &e.to_string()))?;
+        let stream = tokio::time::timeout(timeout, self.dial_tls(route, params))
+            .await
+            .map_err(|_| TlsError::Timeout {
+                route: route.redacted(),
+                after: timeout,
+            })??;
+        Ok(Box::new(stream))
     }
 
     async fn dial_tls(&self, route: &Route, params: TlsParams) -> Result<TunnelStream, TlsError> {
@@ -170,6 +170,33 @@ impl Dialer {
             inner: user,
             failure,
         })
+    }
+}
+
+impl pigeon_transport::Dial for Dialer {
+    fn name(&self) -> &'static str {
+        "tls"
+    }
+
+    fn dial<'a>(
+        &'a self,
+        route: &'a Route,
+        timeout: Duration,
+    ) -> pigeon_transport::BoxFuture<'a, Result<Box<dyn Connection>, pigeon_transport::DialError>>
+    {
+        Box::pin(async move {
+            Dialer::dial(self, route, timeout)
+                .await
+                .map_err(|e| pigeon_transport::DialError::new(e.kind(), e))
+        })
+    }
+
+    fn learned(&self) -> BTreeMap<String, u32> {
+        Dialer::learned(self)
+    }
+
+    fn learn(&self, route: &str, cap: u32) {
+        Dialer::learn(self, route, cap);
     }
 }
 

@@ -300,6 +300,23 @@ impl Front {
     }
 }
 
+/// The front as a relay's or proxy's listener: each session comes admitted (the front counts
+/// sources before their handshake), with its source's key.
+impl pigeon_transport::Accept for Front {
+    type Stream = ServerSession;
+
+    async fn accept(
+        &mut self,
+    ) -> Option<Result<pigeon_transport::Accepted<ServerSession>, pigeon_transport::TransportError>>
+    {
+        let (stream, source) = self.accept_from().await?;
+        Some(Ok(pigeon_transport::Accepted {
+            stream,
+            source: pigeon_transport::Source::Admitted(source),
+        }))
+    }
+}
+
 struct Shared {
     config: FrontConfig,
     gate: Gate,
@@ -958,6 +975,23 @@ impl Backend {
     /// The next new tunnel session. `None` once it has stopped.
     pub async fn accept(&mut self) -> Option<ServerSession> {
         self.sessions.recv().await.map(|(session, _)| session)
+    }
+}
+
+/// The backend as a relay's listener: sessions come from the reverse proxy in front, which
+/// did the admission.
+impl pigeon_transport::Accept for Backend {
+    type Stream = ServerSession;
+
+    async fn accept(
+        &mut self,
+    ) -> Option<Result<pigeon_transport::Accepted<ServerSession>, pigeon_transport::TransportError>>
+    {
+        let (stream, _) = self.sessions.recv().await?;
+        Some(Ok(pigeon_transport::Accepted {
+            stream,
+            source: pigeon_transport::Source::Admitted(None),
+        }))
     }
 }
 

@@ -68,6 +68,14 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+    /// A proxy refused to carry the session, could not reach the relay, or answered garbage.
+    #[error("the proxy {proxy} did not carry the session: {problem}")]
+    Hop {
+        /// The proxy's route, redacted.
+        proxy: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// A connection could not be accepted.
     #[error("could not accept a connection")]
     Accept {
@@ -117,6 +125,7 @@ impl TransportError {
             Self::Unsupported { .. } | Self::WrongTransport { .. } | Self::Bind { .. } => {
                 ErrorKind::BadInput
             }
+            Self::Hop { .. } => ErrorKind::Relay,
             Self::Resolve { .. }
             | Self::NoAddresses { .. }
             | Self::Connect { .. }

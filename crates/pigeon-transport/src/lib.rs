@@ -4,9 +4,11 @@
 //! * [`RelayLink`]: a relay's static Noise key and its routes, shared as
 //!   `pigeon://relay#<base64url>`. The envelope ([`encode_link`], [`decode_link`]) is shared by
 //!   every kind of link ([`LinkKind`]); the payloads are versioned protobuf ([`proto`]).
-//! * [`dial`]: opens a [`Connection`] over whichever transport a route names; [`tcp`] holds the
-//!   plain TCP dialer and listener. Disguised transports live in crates of their own
-//!   (`pigeon-transport-<name>`) and produce the same [`Connection`].
+//! * [`Transports`]: the registry of [`Dial`]ers a program was built with, which opens a
+//!   [`Connection`] over whichever transport a route names (and through a proxy, [`hop`]);
+//!   servers take connections from any [`Accept`]. [`tcp`] holds the plain TCP dialer and
+//!   listener; disguised transports live in crates of their own (`pigeon-transport-<name>`)
+//!   and implement the same traits.
 //!
 //! Parsing never panics and every refusal says what was wrong. Errors sort themselves into the
 //! shared [`pigeon_wire::ErrorKind`]: a refused, reset or timed-out connection is
@@ -14,6 +16,7 @@
 
 pub mod admission;
 mod error;
+pub mod hop;
 mod link;
 pub mod proto;
 mod proxy_link;
@@ -22,8 +25,7 @@ mod route;
 mod server_stream;
 pub mod tcp;
 mod tls_params;
-
-use std::time::Duration;
+mod transports;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -40,6 +42,7 @@ pub use route::{
 };
 pub use server_stream::ServerStream;
 pub use tls_params::{MAX_TLS_PATH, MIN_ROTATE, Rotate, TlsParams};
+pub use transports::{Accept, Accepted, BoxFuture, Dial, DialError, Source, Transports};
 
 /// A byte stream to a relay or proxy, over any transport.
 ///
@@ -49,33 +52,19 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for T {}
 
-/// Opens a connection over the transport `route` names, giving up after `timeout`.
-///
-/// # Errors
-/// [`TransportError::Unsupported`] for a transport this build cannot dial, and otherwise what
-/// the transport's dialer reports.
-pub async fn dial(route: &Route, timeout: Duration) -> Result<Box<dyn Connection>, TransportError> {
-    match route.transport() {
-        Transport::Tcp => Ok(Box::new(tcp::dial(route, timeout).await?)),
-        // The disguised transports live in crates of their own, which dial every transport.
-        Transport::Tls => Err(TransportError::Unsupported {
-            transport: "tls".to_owned(),
-        }),
-        Transport::Unsupported(unknown) => Err(TransportError::Unsupported {
-            transport: unknown.name().to_owned(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
-    async fn dial_picks_the_transport_by_route() {
+    async fn the_registry_picks_the_dialer_by_the_routes_transport() {
+        let transports = Transports::new().with(tcp::TcpDial);
+        assert_eq!(transports.names(), ["tcp"]);
         let route: Route = "obfs9://127.0.0.1:9".parse().expect("valid");
-        let Err(err) = dial(&route, Duration::from_secs(1)).await else {
+        assert!(!transports.supports(route.transport()));
+        let Err(err) = transports.dial(&route, Duration::from_secs(1)).await else {
             panic!("obfs9 dialed");
         };
         assert_eq!(
@@ -89,7 +78,19 @@ mod tests {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let route = Route::tcp("127.0.0.1", port).expect("valid");
-        let mut conn = dial(&route, Duration::from_secs(5)).await.expect("dial");
+        let mut conn = transports
+            .dial(&route, Duration::from_secs(5))
+            .await
+            .expect("dial");
         conn.write_all(b"x").await.expect("write");
+        // A route of a transport not registered is refused, even one this crate knows.
+        let tls: Route =
+            "tls://127.0.0.1:9?key=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8&path=%2Fx"
+                .parse()
+                .expect("valid");
+        let Err(err) = Transports::new().dial(&tls, Duration::from_secs(1)).await else {
+            panic!("an empty registry dialed");
+        };
+        assert_eq!(err.kind(), pigeon_wire::ErrorKind::BadInput);
     }
 }

@@ -88,6 +88,77 @@ pub async fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr), T
     Ok((stream, peer))
 }
 
+/// The `tcp` transport's dialer, for [`crate::Transports`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpDial;
+
+impl crate::Dial for TcpDial {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn dial<'a>(
+        &'a self,
+        route: &'a Route,
+        timeout: Duration,
+    ) -> crate::BoxFuture<'a, Result<Box<dyn crate::Connection>, crate::DialError>> {
+        Box::pin(async move {
+            let stream = dial(route, timeout).await?;
+            Ok(Box::new(stream) as Box<dyn crate::Connection>)
+        })
+    }
+}
+
+/// The `tcp` transport's listener, for a server's [`crate::Accept`]: `TCP_NODELAY`, kernel
+/// keepalive (so peers that vanished do not hold connections forever), and passing failures
+/// (out of file descriptors, a connection reset before it was accepted) waited out.
+#[derive(Debug)]
+pub struct TcpAccept(pub TcpListener);
+
+impl crate::Accept for TcpAccept {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> Option<Result<crate::Accepted<TcpStream>, TransportError>> {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    set_keepalive(&stream);
+                    return Some(Ok(crate::Accepted {
+                        stream,
+                        source: crate::Source::Address(peer.ip()),
+                    }));
+                }
+                Err(e) if is_transient_accept_error(&e) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(source) => return Some(Err(TransportError::Accept { source })),
+            }
+        }
+    }
+}
+
+/// Lets the kernel find peers that vanished (power loss, a dropped mobile link); costs nothing
+/// in user space.
+fn set_keepalive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(120))
+        .with_interval(Duration::from_secs(30))
+        .with_retries(4);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Accept failures that pass: the listener works again after a pause.
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // EMFILE/ENFILE (out of file descriptors) surface as `Other`/uncategorized: pause and retry
+    // rather than stop serving everyone else.
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut | Other
+    ) || e.raw_os_error().is_some()
+}
+
 /// Names the route, not just the endpoint, in errors from [`dial`].
 fn with_route(error: TransportError, route: &Route) -> TransportError {
     match error {
