@@ -232,7 +232,10 @@ pub async fn run(cmd: LabCommand, profile: Option<String>) -> anyhow::Result<()>
                  was not available); `conversation` means two `pigeon` clients talked. \
                  \"first message\" runs from a `send` to the other side's `read` showing it; \
                  \"bytes received\" is what the readers printed; \"IP bytes s→c\" what the censor \
-                 forwarded toward the clients.\n\n{}",
+                 forwarded toward the clients. \"via\" is what the lab set up (a proxy abroad in \
+                 front of a relay on a blocked address, or a domestic hop behind a second \
+                 censor); \"route\" is the way the client says it went (`pigeon connect`): where \
+                 the censor does not block the relay, the direct route wins.\n\n{}",
                 a.out.display(),
                 runner::markdown(&results)
             );

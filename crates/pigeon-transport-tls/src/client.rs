@@ -339,8 +339,8 @@ struct SessionCtx {
 struct Counting<S> {
     inner: S,
     meter: Meter,
-    /// Bytes read from the socket and not yet handed to TLS: `ahead[start..end]`. Allocated at
-    /// the first read.
+    /// Bytes read from the socket and not yet handed to TLS: `ahead[start..end]`. Allocated
+    /// when a read needs it, given back after a small read was all handed on.
     ahead: Box<[u8]>,
     start: usize,
     end: usize,
@@ -348,6 +348,15 @@ struct Counting<S> {
 
 /// Most bytes read from a leg's socket at once.
 const READ_AHEAD: usize = 64 * 1024;
+/// Room a quiet leg keeps for the next decrypted read…
+const LEG_ROOM_QUIET: usize = 4 * 1024;
+/// …and a busy one.
+const LEG_ROOM_BUSY: usize = 32 * 1024;
+/// Smallest buffer a session reads its caller's bytes into (it grows to [`CHUNK`] while the
+/// caller writes fast, and shrinks back when it does not).
+const UP_QUIET: usize = 2 * 1024;
+/// How long to wait before trying again to open a leg that could not be opened.
+const LEG_RETRY: Duration = Duration::from_millis(100);
 
 /// What [`Counting`] knows of the bytes that came off the socket.
 struct Meter {
@@ -458,6 +467,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
                 this.meter.count(&this.ahead[..n]);
                 // Nothing read is the end of the stream, and hands nothing on.
                 this.hand(buf);
+                // A quiet leg (a small read, all of it handed on) gives the buffer back: most
+                // legs a proxy or an idle client holds are quiet.
+                if this.start == this.end && n < READ_AHEAD / 16 {
+                    this.ahead = Box::default();
+                }
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -767,9 +781,11 @@ impl LegState {
         let mut rbuf = BytesMut::new();
         let mut inbuf: Vec<u8> = Vec::new();
         let mut cmds_open = true;
+        // Room for the next read: 4 KiB on a quiet leg, 32 KiB once reads fill that.
+        let mut room = LEG_ROOM_QUIET;
         loop {
-            if rbuf.capacity() - rbuf.len() < 4096 {
-                rbuf.reserve(32 * 1024);
+            if rbuf.capacity() - rbuf.len() < room {
+                rbuf.reserve(room);
             }
             let deadline = self.deadline();
             let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
@@ -782,6 +798,7 @@ impl LegState {
                         }
                         return Err(LegEnd::Error(TlsError::Io(io::ErrorKind::UnexpectedEof.into())));
                     }
+                    room = if n >= LEG_ROOM_QUIET { LEG_ROOM_BUSY } else { LEG_ROOM_QUIET };
                     let now = Instant::now();
                     self.pinged = false;
                     self.last_activity = now;
@@ -998,8 +1015,10 @@ async fn run_session(
     let mut early: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
     let mut opening: Option<tokio::task::JoinHandle<(u16, Result<LegHandle, TlsError>)>> = None;
     let mut up_open = true;
-    let mut buf = vec![0u8; CHUNK];
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = vec![0u8; UP_QUIET];
+    // When a leg could not be opened: when to try again (no timer runs otherwise, so an idle
+    // session costs no wake-ups).
+    let mut retry: Option<Instant> = None;
     loop {
         tokio::select! {
             read = user.read(&mut buf), if up_open => match read {
@@ -1020,6 +1039,13 @@ async fn run_session(
                     let Some(leg) = legs.get(&up) else { break };
                     if leg.cmd.send(LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         break;
+                    }
+                    // A full read means the caller writes fast: a bigger buffer; a small one
+                    // after that gives it back.
+                    if n == buf.len() && buf.len() < CHUNK {
+                        buf.resize((buf.len() * 4).min(CHUNK), 0);
+                    } else if n < UP_QUIET && buf.len() > UP_QUIET {
+                        buf = vec![0u8; UP_QUIET];
                     }
                 }
             },
@@ -1092,13 +1118,16 @@ async fn run_session(
                         promote(&legs, &mut up, up_open, index).await;
                     }
                     Ok((_, Err(e))) => {
-                        // Tried again at the next tick while it is still needed.
+                        // Tried again shortly while it is still needed.
                         tracing::debug!(error = %e, "could not open the next tunnel leg");
+                        retry = Some(Instant::now() + LEG_RETRY);
                     }
                     Err(_) => break,
                 }
             }
-            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
+                retry = None;
+            }
         }
         // Open the next leg once the current one has used 45 % of its share (so it is ready
         // before the current one is spent), or at once if the server moved on without one.
@@ -1127,7 +1156,7 @@ async fn run_session(
             }
             break;
         }
-        if opening.is_none() && needed && !out_of_legs {
+        if opening.is_none() && retry.is_none() && needed && !out_of_legs {
             let ctx = Arc::clone(&ctx);
             let events = events_tx.clone();
             let index = newest.wrapping_add(1);

@@ -161,7 +161,16 @@ pub async fn serve<S: ServerStream>(
         .map(Outcome::Carried)
 }
 
-/// Carries bytes between the client's session and the relay until either ends.
+/// A carried session's buffers while it idles (most sessions a proxy holds do)…
+const IDLE_BUFFER: usize = 1024;
+/// …and while data flows.
+const BUSY_BUFFER: usize = 16 * 1024;
+/// A session quiet this long gives its large buffers back.
+const SHRINK_AFTER: Duration = Duration::from_secs(5);
+
+/// Carries bytes between the client's session and the relay until either ends. Its two
+/// buffers start small, grow when a read fills one, and shrink again after a quiet spell, so an
+/// idle session holds 2 KiB of them instead of 32.
 async fn carry<S: ServerStream>(
     mut session: S,
     relay: Box<dyn Connection>,
@@ -175,19 +184,25 @@ async fn carry<S: ServerStream>(
         carried.up += early.len() as u64;
         meter.up(early.len() as u64);
     }
-    let mut up = Vec::with_capacity(16 * 1024);
-    let mut down = vec![0u8; 16 * 1024];
+    let mut busy = false;
+    let mut last = tokio::time::Instant::now();
+    let mut up: Vec<u8> = Vec::new();
+    let mut down = vec![0u8; IDLE_BUFFER];
     loop {
+        let want = if busy { BUSY_BUFFER } else { IDLE_BUFFER };
         tokio::select! {
             ready = std::future::poll_fn(|cx| session.poll_read_ready(cx)) => {
                 ready?;
                 up.clear();
+                up.reserve(want);
                 match session.try_read_buf(&mut up) {
                     Ok(0) => break,
                     Ok(n) => {
                         to_relay.write_all(&up).await?;
                         carried.up += n as u64;
                         meter.up(n as u64);
+                        busy |= n >= IDLE_BUFFER;
+                        last = tokio::time::Instant::now();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
@@ -201,6 +216,16 @@ async fn carry<S: ServerStream>(
                 session.write_all(&down[..n]).await?;
                 carried.down += n as u64;
                 meter.down(n as u64);
+                if n == down.len() && down.len() < BUSY_BUFFER {
+                    busy = true;
+                    down.resize(BUSY_BUFFER, 0);
+                }
+                last = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(last + SHRINK_AFTER), if busy => {
+                busy = false;
+                up = Vec::new();
+                down = vec![0u8; IDLE_BUFFER];
             }
         }
     }
