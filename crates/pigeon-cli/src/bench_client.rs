@@ -122,10 +122,17 @@ fn profile_pair(dir: &Path) -> anyhow::Result<(Profile, Profile, pigeon_client::
     let pass = || Passphrase::new("bench".to_owned());
     let alice = Profile::create(&dir.join("alice"), &pass(), "alice", &relay_link()?)?;
     let bob = Profile::create(&dir.join("bob"), &pass(), "bob", &relay_link()?)?;
-    let prepared = alice.prepare_invite()?;
+    let prepared = alice.prepare_invite(&alice.relay()?)?;
     let invite = Invite::parse(&prepared.invite.to_link()?)?;
     let log = OwnedMailbox::generate()?;
-    bob.start_conversation(&invite, Suite::XWing, &prepared.key_packages[0], &log, None)?;
+    bob.start_conversation(
+        &invite,
+        Suite::XWing,
+        &prepared.key_packages[0],
+        &log,
+        &bob.relay()?,
+        None,
+    )?;
     let mut wire = Log::default();
     wire.hand_over(&bob, &alice)?;
     let id = alice.find_contact("bob")?.id;

@@ -16,6 +16,7 @@ mod proxy_cmd;
 mod qr;
 mod relay_cmd;
 mod relay_proc;
+mod relays_cmd;
 mod tls_setup;
 mod user_cmd;
 
@@ -75,6 +76,10 @@ enum Command {
     /// The proxies your profile reaches relays through: add, list, remove.
     #[command(subcommand)]
     Proxies(proxy_cmd::ProxiesCommand),
+    /// The relays your profile makes invitations, conversations and groups on: add, list,
+    /// remove.
+    #[command(subcommand)]
+    Relays(relays_cmd::RelaysCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -138,6 +143,7 @@ fn main() -> std::process::ExitCode {
             Command::Relay(args) => relay_cmd::run(*args).await.map(|()| 0),
             Command::Proxy(args) => proxy_cmd::run(*args).await.map(|()| 0),
             Command::Proxies(cmd) => proxy_cmd::proxies(cmd).map(|()| 0),
+            Command::Relays(cmd) => relays_cmd::run(cmd).map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd, profile_flag).await.map(|()| 0),

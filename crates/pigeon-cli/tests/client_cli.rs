@@ -375,3 +375,63 @@ fn lab_commands_read_profile_as_the_censor() {
     let out = run(&user, &["lab", "run"]);
     assert!(stderr(&out).contains("which censor?"), "{}", stderr(&out));
 }
+
+/// Several relays per person (issue #15): with its first relay gone, a profile makes its
+/// invitation on its second, the person accepting starts the conversation on theirs, and the
+/// two talk there — without anyone being told anything.
+#[test]
+fn new_conversations_go_to_the_first_relay_that_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for d in ["first", "second"] {
+        std::fs::create_dir(dir.path().join(d)).expect("relay directory");
+    }
+    let mut first = Relay::start(RelayOpts::in_dir(&dir.path().join("first")));
+    let second = Relay::start(RelayOpts::in_dir(&dir.path().join("second")));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (first_link, second_link) = (first.link.to_string(), second.link.to_string());
+    for (who, name) in [(&alice, "alice"), (&bob, "bob")] {
+        ok(who, &["init", "--name", name, "--relay", &first_link]);
+        let added = ok(who, &["relays", "add", &second_link]);
+        assert!(added.contains("Added the relay"), "{added}");
+    }
+    let again = ok(&alice, &["relays", "add", &second_link]);
+    assert!(again.contains("already"), "{again}");
+    let listed = ok(&alice, &["relays", "list"]);
+    assert_eq!(listed.matches("pigeon://relay#").count(), 2, "{listed}");
+    assert!(
+        listed.find(&first_link).expect("first listed")
+            < listed.find(&second_link).expect("second listed"),
+        "{listed}"
+    );
+    first.stop();
+    // The first relay refuses connections now: the second answers.
+    let invite = ok(&alice, &["invite", "--no-qr"]);
+    let line = invite.lines().next().expect("a link line").to_owned();
+    let parsed = pigeon_client::Invite::parse(&line).expect("an invitation");
+    assert_eq!(
+        parsed.relay.relay_key(),
+        second.link.relay_key(),
+        "the invitation is on the second relay"
+    );
+    ok(&bob, &["accept", &line]);
+    ok(&bob, &["send", "alice", "through the second relay"]);
+    let read = ok(&alice, &["read", "--wait", "0.5"]);
+    assert!(read.contains("through the second relay"), "{read}");
+    ok(&alice, &["send", "bob", "and back"]);
+    let read = ok(&bob, &["read", "--wait", "0.5"]);
+    assert!(read.contains("and back"), "{read}");
+    // The list is the person's to shape: the only relay cannot go; removing the first
+    // promotes the next.
+    let out = run(&alice, &["relays", "remove", &first_link]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = ok(&alice, &["relays", "list"]);
+    assert_eq!(listed.matches("pigeon://relay#").count(), 1, "{listed}");
+    assert!(
+        listed.contains("(first)") && listed.contains(&second_link),
+        "{listed}"
+    );
+    let out = run(&alice, &["relays", "remove", &second_link]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("only relay"), "{}", stderr(&out));
+    second.assert_no_panic();
+}

@@ -171,6 +171,10 @@ struct Session {
 /// Where a client reports its route searches: which relay, what happened.
 pub type ProgressSink = Box<dyn Fn(&RelayLink, RouteProgress) + Send + Sync>;
 
+/// How long one of this profile's relays is tried alone before the next starts beside it
+/// (when making something new; see `Client::home_relay`).
+pub const RELAY_STAGGER: Duration = Duration::from_secs(1);
+
 /// A profile with its relay sessions.
 pub struct Client {
     profile: Profile,
@@ -236,61 +240,163 @@ impl Client {
     async fn session(&mut self, link: &RelayLink, whose: &str) -> Result<&Session, Error> {
         let key = *link.relay_key();
         if !self.sessions.contains_key(&key) {
-            let connector = self.connector.as_ref().map_err(|e| Error::Relay {
-                whose: whose.to_owned(),
-                source: ClientError::Unreachable {
-                    tried: "none".into(),
-                    last: e.to_string(),
-                    kind: ErrorKind::Internal,
-                },
-            })?;
-            // The route that last worked on this network goes first; a new winner is kept.
             let network = NetworkId::current();
-            let best = self
-                .profile
-                .route_worked(&network, &key)
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "reading route memory failed");
-                    None
-                });
-            let progress = &self.progress;
-            let report = |p: RouteProgress| progress(link, p);
-            let (mut conn, won) = connector
-                .connect_reporting(link, self.timeout, best.as_deref(), &report)
-                .await
-                .map_err(|source| Error::Relay {
-                    whose: whose.to_owned(),
-                    source,
-                })?;
-            if best.as_deref() != Some(won.key.as_str())
-                && let Err(e) = self.profile.save_route_worked(&network, &key, &won.key)
-            {
-                tracing::debug!(error = %e, "keeping route memory failed");
-            }
-            self.routes.insert(key, won.route);
-            let mut events = conn.take_events();
-            let tx = self.events_tx.clone();
-            tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    if tx.send((key, event)).is_err() {
-                        break;
-                    }
-                }
-            });
-            self.sessions.insert(
-                key,
-                Session {
-                    link: link.clone(),
-                    conn,
-                    subscribed: BTreeSet::new(),
-                    logs: BTreeMap::new(),
-                },
-            );
+            let opened = self.open(link, network).await;
+            let (conn, won, best) = opened.map_err(|source| Error::Relay {
+                whose: whose.to_owned(),
+                source,
+            })?;
+            self.adopt(link, network, best, conn, won);
         }
         self.sessions.get(&key).ok_or_else(|| Error::Relay {
             whose: whose.to_owned(),
             source: ClientError::Lost("the session closed".to_owned()),
         })
+    }
+
+    /// Searches the routes to `link`, the one that last worked on `network` first; returns the
+    /// connection, the attempt that won and the one remembered before.
+    async fn open(
+        &self,
+        link: &RelayLink,
+        network: NetworkId,
+    ) -> Result<(RelayConnection, crate::relay::Won, Option<String>), ClientError> {
+        let connector = self
+            .connector
+            .as_ref()
+            .map_err(|e| ClientError::Unreachable {
+                tried: "none".into(),
+                last: e.to_string(),
+                kind: ErrorKind::Internal,
+            })?;
+        let best = self
+            .profile
+            .route_worked(&network, link.relay_key())
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "reading route memory failed");
+                None
+            });
+        let progress = &self.progress;
+        let report = |p: RouteProgress| progress(link, p);
+        let (conn, won) = connector
+            .connect_reporting(link, self.timeout, best.as_deref(), &report)
+            .await?;
+        Ok((conn, won, best))
+    }
+
+    /// Keeps a new session with `link`: remembers the winning route for `network` and
+    /// forwards the session's events.
+    fn adopt(
+        &mut self,
+        link: &RelayLink,
+        network: NetworkId,
+        best: Option<String>,
+        mut conn: RelayConnection,
+        won: crate::relay::Won,
+    ) {
+        let key = *link.relay_key();
+        if best.as_deref() != Some(won.key.as_str())
+            && let Err(e) = self.profile.save_route_worked(&network, &key, &won.key)
+        {
+            tracing::debug!(error = %e, "keeping route memory failed");
+        }
+        self.routes.insert(key, won.route);
+        let mut events = conn.take_events();
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if tx.send((key, event)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.sessions.insert(
+            key,
+            Session {
+                link: link.clone(),
+                conn,
+                subscribed: BTreeSet::new(),
+                logs: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// The first of this profile's relays ([`Profile::relays`], in its order of preference)
+    /// that answers, for making something new there: one with a session open answers at once;
+    /// otherwise each relay's search starts [`RELAY_STAGGER`] after the one before (at once
+    /// when that one failed), and the first handshake wins. A blocked first relay then costs a
+    /// second, not a timeout.
+    ///
+    /// # Errors
+    /// [`Error::Relay`] with the first relay's failure when none answers.
+    async fn home_relay(&mut self) -> Result<RelayLink, Error> {
+        use futures_util::StreamExt as _;
+        let relays = self.profile.relays()?;
+        if let Some(open) = relays
+            .iter()
+            .find(|l| self.sessions.contains_key(l.relay_key()))
+        {
+            return Ok(open.clone());
+        }
+        let network = NetworkId::current();
+        let outcome = {
+            let mut attempts = futures_util::stream::FuturesUnordered::new();
+            let mut next = 0..relays.len();
+            let attempt = |i: usize| {
+                let opening = self.open(&relays[i], network);
+                async move { (i, opening.await) }
+            };
+            if let Some(first) = next.next() {
+                attempts.push(attempt(first));
+            }
+            let mut errors: Vec<(usize, ClientError)> = Vec::new();
+            let mut won = None;
+            while !attempts.is_empty() {
+                tokio::select! {
+                    Some((i, result)) = attempts.next() => match result {
+                        Ok(opened) => {
+                            won = Some((i, opened));
+                            break;
+                        }
+                        Err(e) => {
+                            errors.push((i, e));
+                            if attempts.is_empty()
+                                && let Some(i) = next.next()
+                            {
+                                attempts.push(attempt(i));
+                            }
+                        }
+                    },
+                    () = tokio::time::sleep(RELAY_STAGGER) => {
+                        if let Some(i) = next.next() {
+                            attempts.push(attempt(i));
+                        }
+                    }
+                }
+            }
+            match won {
+                Some(w) => Ok(w),
+                None => {
+                    errors.sort_by_key(|(i, _)| *i);
+                    Err(errors.into_iter().next().map(|(_, e)| e))
+                }
+            }
+        };
+        match outcome {
+            Ok((i, (conn, won, best))) => {
+                let link = relays[i].clone();
+                self.adopt(&link, network, best, conn, won);
+                Ok(link)
+            }
+            Err(first) => Err(Error::Relay {
+                whose: "your relay".to_owned(),
+                source: first.unwrap_or_else(|| ClientError::Unreachable {
+                    tried: "none".into(),
+                    last: "the profile has no relay".into(),
+                    kind: ErrorKind::BadInput,
+                }),
+            }),
+        }
     }
 
     fn relay_failed(&mut self, link: &RelayLink, e: &ClientError) {
@@ -339,7 +445,8 @@ impl Client {
     /// # Errors
     /// When the relay cannot be reached or refuses.
     pub async fn invite(&mut self) -> Result<String, Error> {
-        let prepared = self.profile.prepare_invite()?;
+        let home = self.home_relay().await?;
+        let prepared = self.profile.prepare_invite(&home)?;
         let invite = &prepared.invite;
         let relay = invite.relay.clone();
         let result: Result<(), ClientError> = async {
@@ -434,16 +541,23 @@ impl Client {
                 }
             }
         };
-        // The conversation is a group of two on a log on this profile's relay.
-        let relay = self.profile.relay()?;
+        // The conversation is a group of two on a log on this profile's first relay that
+        // answers.
+        let relay = self.home_relay().await?;
         let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
         self.on_own_relay(&relay, async |conn| {
             conn.create_log(&log.key, &log.id, log.cap_hash()).await
         })
         .await?;
         let contact = blocking(|| {
-            self.profile
-                .start_conversation(&invite, offer.suite, &key_package, &log, local_name)
+            self.profile.start_conversation(
+                &invite,
+                offer.suite,
+                &key_package,
+                &log,
+                &relay,
+                local_name,
+            )
         })?;
         let report = self.flush(true).await?;
         Ok((contact, report))
@@ -473,7 +587,7 @@ impl Client {
     /// When the relay cannot be reached or refuses; for a bad name.
     pub async fn create_group(&mut self, name: &str) -> Result<GroupInfo, Error> {
         pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
-        let relay = self.profile.relay()?;
+        let relay = self.home_relay().await?;
         let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
         self.on_own_relay(&relay, async |conn| {
             conn.create_log(&log.key, &log.id, log.cap_hash()).await
@@ -488,7 +602,8 @@ impl Client {
     /// When the relay cannot be reached or refuses; for a member who is not an admin.
     pub async fn group_invite(&mut self, group: &str) -> Result<String, Error> {
         let info = self.profile.find_group(group)?;
-        let prepared = self.profile.prepare_group_invite(info.id)?;
+        let home = self.home_relay().await?;
+        let prepared = self.profile.prepare_group_invite(info.id, &home)?;
         let invite = &prepared.invite;
         let relay = invite.relay.clone();
         let result = self
@@ -528,16 +643,16 @@ impl Client {
         }
     }
 
-    /// A fresh mailbox of this profile's, created on its relay.
-    async fn new_inbox(&mut self) -> Result<OwnedMailbox, Error> {
-        let own = self.profile.relay()?;
+    /// A fresh mailbox of this profile's, created on its first relay that answers.
+    async fn new_inbox(&mut self) -> Result<(OwnedMailbox, RelayLink), Error> {
+        let own = self.home_relay().await?;
         let inbox = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
         self.on_own_relay(&own, async |conn| {
             conn.create_mailbox(&inbox.key, &inbox.id, inbox.cap_hash())
                 .await
         })
         .await?;
-        Ok(inbox)
+        Ok((inbox, own))
     }
 
     /// Asks to join the group a group invitation link is for; the Welcome comes once an admin's
@@ -557,8 +672,11 @@ impl Client {
     }
 
     async fn join_invite(&mut self, invite: &Invite) -> Result<JoinRequest, Error> {
-        let reply = self.new_inbox().await?;
-        let group = blocking(|| self.profile.request_group_join(invite, &reply))?;
+        let (reply, reply_relay) = self.new_inbox().await?;
+        let group = blocking(|| {
+            self.profile
+                .request_group_join(invite, &reply, &reply_relay)
+        })?;
         let report = self.flush(true).await?;
         if report.gone.contains(&invite.mailbox_id) {
             // The invitation's mailbox is gone: the link was used (or withdrawn).
@@ -1192,7 +1310,7 @@ impl Client {
     /// # Errors
     /// A database failure, or a stored relay link that no longer parses.
     pub fn relays(&self) -> Result<Vec<RelayLink>, Error> {
-        let mut out = vec![self.profile.relay()?];
+        let mut out = self.profile.relays()?;
         let stored = self
             .profile
             .inboxes()?

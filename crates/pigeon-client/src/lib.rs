@@ -15,7 +15,9 @@ pub mod network;
 pub mod profile;
 pub mod relay;
 
-pub use client::{Client, ClientEvent, Error, FlushReport, JoinRequest, ProgressSink};
+pub use client::{
+    Client, ClientEvent, Error, FlushReport, JoinRequest, ProgressSink, RELAY_STAGGER,
+};
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;

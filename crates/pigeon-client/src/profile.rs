@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -501,6 +501,10 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_6)
                 .map_err(db("adding the route memory table"))?;
         }
+        if version < 7 {
+            conn.execute_batch(schema::MIGRATE_7)
+                .map_err(db("adding the relays table"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
@@ -726,6 +730,92 @@ impl Profile {
             .map_err(db("reading the profile"))
     }
 
+    /// Every relay this profile makes invitations, conversations and groups on, in order of
+    /// preference: the first (`init`'s, or whichever was promoted), then those added with
+    /// [`Profile::add_relay`]. A client uses the first that answers.
+    ///
+    /// # Errors
+    /// On database failure or a damaged stored link.
+    pub fn relays(&self) -> Result<Vec<RelayLink>, ProfileError> {
+        let mut out = vec![self.relay()?];
+        let mut stmt = self
+            .conn
+            .prepare("SELECT link FROM relays ORDER BY id")
+            .map_err(db("reading relays"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db("reading relays"))?;
+        for row in rows {
+            // A link that no longer parses (a newer format) is skipped, not fatal.
+            if let Ok(link) = RelayLink::parse(&row.map_err(db("reading relays"))?) {
+                out.push(link);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a relay after the others; false if the profile has it already.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn add_relay(&self, link: &RelayLink) -> Result<bool, ProfileError> {
+        if self
+            .relays()?
+            .iter()
+            .any(|r| r.relay_key() == link.relay_key())
+        {
+            return Ok(false);
+        }
+        self.conn
+            .execute(
+                "INSERT INTO relays (link, added_at) VALUES (?1, ?2)",
+                params![link.to_string(), now_ms()],
+            )
+            .map_err(db("adding a relay"))?;
+        Ok(true)
+    }
+
+    /// Removes a relay (the one with `link`'s key) from the list new things are made on;
+    /// false if it was not there. Removing the first makes the next one first. What already
+    /// lives on it (conversations, invitations) stays there.
+    ///
+    /// # Errors
+    /// [`ProfileError::Invalid`] for the only relay; on database failure.
+    pub fn remove_relay(&self, link: &RelayLink) -> Result<bool, ProfileError> {
+        let relays = self.relays()?;
+        let Some(at) = relays
+            .iter()
+            .position(|r| r.relay_key() == link.relay_key())
+        else {
+            return Ok(false);
+        };
+        if relays.len() == 1 {
+            return Err(ProfileError::Invalid(
+                "this is the profile's only relay: add another (`pigeon relays add LINK`) first"
+                    .to_owned(),
+            ));
+        }
+        self.tx(|| {
+            if at == 0 {
+                let next = relays[1].to_string();
+                self.conn
+                    .execute("UPDATE profile SET relay = ?1 WHERE id = 1", [&next])
+                    .map_err(db("changing the first relay"))?;
+                self.conn
+                    .execute("DELETE FROM relays WHERE link = ?1", [&next])
+                    .map_err(db("changing the first relay"))?;
+            } else {
+                self.conn
+                    .execute(
+                        "DELETE FROM relays WHERE link = ?1",
+                        [relays[at].to_string()],
+                    )
+                    .map_err(db("removing a relay"))?;
+            }
+            Ok(true)
+        })
+    }
+
     /// The relay this profile receives on.
     ///
     /// # Errors
@@ -738,13 +828,14 @@ impl Profile {
         parse_stored_relay(&text)
     }
 
-    /// Makes an invitation: a mailbox, key packages and secrets, saved as pending. The caller
-    /// creates the mailbox and publishes the key packages on the relay before showing the link.
+    /// Makes an invitation on `relay` (one of [`Profile::relays`]): a mailbox, key packages and
+    /// secrets, saved as pending. The caller creates the mailbox and publishes the key packages
+    /// on the relay before showing the link.
     ///
     /// # Errors
     /// On database or key-generation failure.
-    pub fn prepare_invite(&self) -> Result<PreparedInvite, ProfileError> {
-        let relay = self.relay()?;
+    pub fn prepare_invite(&self, relay: &RelayLink) -> Result<PreparedInvite, ProfileError> {
+        let relay = relay.clone();
         let name = self.name()?;
         let mailbox_key =
             auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;

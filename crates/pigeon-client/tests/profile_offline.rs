@@ -120,7 +120,7 @@ fn pair(suite: Suite) -> Pair {
     let alice =
         Profile::create(&dir.path().join("alice"), &pass(), "alice", &relay(1)).expect("alice");
     let bob = Profile::create(&dir.path().join("bob"), &pass(), "bob", &relay(2)).expect("bob");
-    let prepared = alice.prepare_invite().expect("invite");
+    let prepared = alice.prepare_invite(&relay(1)).expect("invite");
     let link = prepared.invite.to_link().expect("link");
     let invite = Invite::parse(&link).expect("parse");
     let index = invite
@@ -130,7 +130,14 @@ fn pair(suite: Suite) -> Pair {
         .expect("offer");
     let log = OwnedMailbox::generate().expect("log");
     let contact = bob
-        .start_conversation(&invite, suite, &prepared.key_packages[index], &log, None)
+        .start_conversation(
+            &invite,
+            suite,
+            &prepared.key_packages[index],
+            &log,
+            &relay(2),
+            None,
+        )
         .expect("accept");
     assert_eq!(contact.name, "alice");
     let mut p = Pair {
@@ -327,29 +334,37 @@ fn only_the_holder_of_the_link_can_join() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alice = Profile::create(&dir.path().join("a"), &pass(), "alice", &relay(1)).expect("alice");
     let mallory = Profile::create(&dir.path().join("m"), &pass(), "mallory", &relay(3)).expect("m");
-    let prepared = alice.prepare_invite().expect("invite");
+    let prepared = alice.prepare_invite(&relay(1)).expect("invite");
     // Mallory (say, the relay) has the key package and mailbox but not the link's secret.
     let mut forged = prepared.invite.clone();
     forged.secret = [0x55; 32];
     let log = OwnedMailbox::generate().expect("log");
     mallory
-        .start_conversation(&forged, Suite::XWing, &prepared.key_packages[0], &log, None)
+        .start_conversation(
+            &forged,
+            Suite::XWing,
+            &prepared.key_packages[0],
+            &log,
+            &relay(3),
+            None,
+        )
         .expect("mallory builds a Welcome");
-    let mut relay = Relay::default();
-    let handled = relay.run(&[&alice, &mallory]);
+    let mut memory = Relay::default();
+    let handled = memory.run(&[&alice, &mallory]);
     assert!(
         matches!(handled[0].as_slice(), [Handled::Dropped(r)] if r.contains("invitation's key")),
         "{handled:?}"
     );
     assert!(alice.contacts().expect("contacts").is_empty());
     // A key package that is not the inviter's is refused before anything is sent.
-    let other = mallory.prepare_invite().expect("invite");
+    let other = mallory.prepare_invite(&relay(3)).expect("invite");
     let err = mallory
         .start_conversation(
             &prepared.invite,
             Suite::XWing,
             &other.key_packages[0],
             &log,
+            &relay(3),
             None,
         )
         .expect_err("wrong key package");

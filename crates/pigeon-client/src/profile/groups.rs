@@ -804,7 +804,11 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NotNow`] for a member who is not an admin.
-    pub fn prepare_group_invite(&self, id: GroupId) -> Result<PreparedGroupInvite, ProfileError> {
+    pub fn prepare_group_invite(
+        &self,
+        id: GroupId,
+        relay: &RelayLink,
+    ) -> Result<PreparedGroupInvite, ProfileError> {
         let info = self.group_info(id)?;
         if !info.admin {
             return Err(ProfileError::NotNow(format!(
@@ -812,7 +816,7 @@ impl Profile {
                 info.name
             )));
         }
-        let relay = self.relay()?;
+        let relay = relay.clone();
         let name = self.name()?;
         let mailbox_key =
             auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;
@@ -885,13 +889,14 @@ impl Profile {
         &self,
         invite: &Invite,
         reply: &OwnedMailbox,
+        reply_relay: &RelayLink,
     ) -> Result<String, ProfileError> {
         let Some(group_name) = invite.group.clone() else {
             return Err(ProfileError::Invalid(
                 "this invitation is to a conversation, not a group".to_owned(),
             ));
         };
-        let relay = self.relay()?;
+        let relay = reply_relay.clone();
         let my_name = self.name()?;
         let person: [u8; 16] = random()?;
         self.tx(|| {

@@ -295,3 +295,16 @@ CREATE TABLE routes_worked (
 PRAGMA user_version = 6;
 COMMIT;
 ";
+
+/// Version 7: the relays this profile makes things on besides its first (`profile.relay`), in
+/// order of preference (issue #15).
+pub(super) const MIGRATE_7: &str = "
+BEGIN;
+CREATE TABLE relays (
+  id INTEGER PRIMARY KEY,
+  link TEXT NOT NULL UNIQUE,
+  added_at INTEGER NOT NULL
+);
+PRAGMA user_version = 7;
+COMMIT;
+";

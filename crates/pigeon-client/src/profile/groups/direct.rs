@@ -35,12 +35,13 @@ impl Profile {
         suite: Suite,
         key_package: &[u8],
         log: &OwnedMailbox,
+        log_relay: &RelayLink,
         local_name: Option<&str>,
     ) -> Result<Contact, ProfileError> {
         if let Some(n) = local_name {
             check_name(n).map_err(ProfileError::Invalid)?;
         }
-        let relay = self.relay()?;
+        let relay = log_relay.clone();
         let my_name = self.name()?;
         let (me, them): ([u8; 16], [u8; 16]) = (random()?, random()?);
         self.tx(|| {
