@@ -626,6 +626,10 @@ pub struct Profile {
     /// [`Profile::hop_onward`] (`pigeon lab run --via hop`).
     #[serde(default)]
     pub expect_pass_via_hop: Vec<String>,
+    /// Transports expected to get through when each person has two relays and the first is on
+    /// a blocked address (`pigeon lab run --via relays`).
+    #[serde(default)]
+    pub expect_pass_via_relays: Vec<String>,
     /// The profile a domestic hop's onward leg crosses (a built-in name); default: this one.
     /// A mobile allow-list's hop sits in a domestic cloud, whose way abroad is fixed-line.
     #[serde(default)]

@@ -54,10 +54,13 @@ pub enum Via {
     /// Through a domestic `pigeon proxy` (198.51.100.20, allow-listed) whose onward leg to the
     /// relay crosses a second censor (the profile's `hop_onward`).
     Hop,
+    /// Each person has two relays: the first on a blocked address (203.0.113.66), the second
+    /// on 203.0.113.10; the conversation is made on the first that answers.
+    Relays,
 }
 
 /// Every way of reaching the relay, for the matrix.
-pub const VIAS: &[Via] = &[Via::Direct, Via::Proxy, Via::Hop];
+pub const VIAS: &[Via] = &[Via::Direct, Via::Proxy, Via::Hop, Via::Relays];
 
 impl std::str::FromStr for Via {
     type Err = String;
@@ -66,7 +69,10 @@ impl std::str::FromStr for Via {
             "direct" => Ok(Self::Direct),
             "proxy" => Ok(Self::Proxy),
             "hop" => Ok(Self::Hop),
-            other => Err(format!("{other:?} is not a route: direct, proxy or hop")),
+            "relays" => Ok(Self::Relays),
+            other => Err(format!(
+                "{other:?} is not a route: direct, proxy, hop or relays"
+            )),
         }
     }
 }
@@ -77,12 +83,14 @@ impl std::fmt::Display for Via {
             Self::Direct => "direct",
             Self::Proxy => "proxy",
             Self::Hop => "hop",
+            Self::Relays => "relays",
         })
     }
 }
 
 impl Via {
-    /// Whether `transport` can go this way (proxies carry the tls transport only).
+    /// Whether `transport` can go this way (proxies carry the tls transport only; the lab's
+    /// two relays serve it only).
     pub fn carries(self, transport: &str) -> bool {
         self == Self::Direct || transport == "tls"
     }
@@ -94,6 +102,7 @@ pub fn expected(profile: &Profile, transport: &str, via: Via) -> bool {
         Via::Direct => &profile.expect_pass,
         Via::Proxy => &profile.expect_pass_via_proxy,
         Via::Hop => &profile.expect_pass_via_hop,
+        Via::Relays => &profile.expect_pass_via_relays,
     };
     list.iter().any(|t| t == transport)
 }
@@ -253,10 +262,13 @@ pub async fn start_relay_at(
     ip: std::net::Ipv4Addr,
     name: &str,
 ) -> anyhow::Result<ServerProcess> {
+    // Each relay's plain listener on a loopback port of its own (two relays may share the
+    // namespace).
+    let plain = format!("127.0.0.1:{}", 7700 + u16::from(ip.octets()[3]));
     let args: Vec<String> = match transport {
         "tls" => vec![
             "--listen".into(),
-            "127.0.0.1:7700".into(),
+            plain,
             "--tls".into(),
             format!("{ip}:{TLS_PORT}"),
             "--tls-public".into(),
@@ -372,7 +384,8 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
     } else {
         RELAY_PORT
     };
-    // Where the relay and the proxy (if any) sit, and how the route is described.
+    // Where the relays and the proxy (if any) sit, and how the route is described.
+    let mut second = None;
     let (relay, proxy, route) = match s.via {
         Via::Direct => (
             start_relay(&lab, &s.pigeon, &s.transport).await?,
@@ -405,6 +418,18 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
                 format!("tls {FOREIGN}:{port} via hop {HOP}:{TLS_PORT} (domestic)"),
             )
         }
+        Via::Relays => {
+            let first =
+                start_relay_at(&lab, &s.pigeon, &s.transport, FOREIGN_LISTED, LISTED_NAME).await?;
+            second = Some(start_relay(&lab, &s.pigeon, &s.transport).await?);
+            (
+                first,
+                None,
+                format!(
+                    "tls {FOREIGN}:{port}, the second relay (the first, on {FOREIGN_LISTED}, blocked)"
+                ),
+            )
+        }
     };
     let mut result = ScenarioResult {
         profile: s.profile.name.clone(),
@@ -431,8 +456,11 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         client_conversation(
             &lab,
             &s.pigeon,
-            relay.link(),
-            proxy_link.as_deref(),
+            &Clients {
+                relay: relay.link(),
+                second_relay: second.as_ref().map(ServerProcess::link),
+                proxy: proxy_link.as_deref(),
+            },
             s.step_timeout,
         )
         .await
@@ -457,6 +485,7 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
         && result.delivered == result.attempted
         && result.bytes >= MIN_DOWNLOAD;
     drop(proxy);
+    drop(second);
     drop(relay);
     let done = lab.finish();
     result.wire_bytes_down = done.stats.bytes_down;
@@ -643,9 +672,21 @@ async fn pings(addr: SocketAddr, key: [u8; 32], step: Duration) -> Result<Outcom
 const CONVERSATION_MESSAGES: u64 = 22;
 const CONVERSATION_MESSAGE_LEN: usize = 48_000;
 
+/// What the clients of a conversation are given.
+#[derive(Clone, Copy, Debug)]
+pub struct Clients<'a> {
+    /// The relay both `init` on.
+    pub relay: &'a str,
+    /// A second relay both `relays add`.
+    pub second_relay: Option<&'a str>,
+    /// A proxy alice `proxies add`s (bob gets it from her invitation).
+    pub proxy: Option<&'a str>,
+}
+
 /// The conversation with two unmodified `pigeon` clients in the client namespace (profiles in
-/// a temporary directory): both `init` on the relay (alice also `proxies add`s `proxy`, which
-/// bob gets from her invitation), alice `invite`s, bob `accept`s and sends
+/// a temporary directory): both `init` on the relay (and `relays add` a second one, if given;
+/// alice also `proxies add`s the proxy, which bob gets from her invitation), alice `invite`s,
+/// bob `accept`s and sends
 /// "hello" (time to first message = until alice's `read` shows it), then alice sends 22
 /// messages of 48 KB and bob `read`s them: at least 1 MiB server→client, many times any freeze
 /// threshold. Last, bob's `pigeon connect --json` says which route he uses.
@@ -655,10 +696,10 @@ const CONVERSATION_MESSAGE_LEN: usize = 48_000;
 pub async fn client_conversation(
     lab: &Lab,
     pigeon: &Path,
-    relay_link: &str,
-    proxy: Option<&str>,
+    clients: &Clients<'_>,
     step: Duration,
 ) -> Result<Outcome, Failed> {
+    let relay_link = clients.relay;
     let mut o = Outcome::default();
     let dir = tempfile::tempdir().map_err(|e| Failed(o.clone(), format!("tempdir: {e}")))?;
     let alice = dir.path().join("alice");
@@ -689,8 +730,13 @@ pub async fn client_conversation(
         run(p, s(&["init", "--name", name, "--relay", relay_link]))
             .await
             .map_err(|e| Failed(o.clone(), format!("{name} init: {e}")))?;
+        if let Some(second) = clients.second_relay {
+            run(p, s(&["relays", "add", second]))
+                .await
+                .map_err(|e| Failed(o.clone(), format!("{name} relays add: {e}")))?;
+        }
     }
-    if let Some(proxy) = proxy {
+    if let Some(proxy) = clients.proxy {
         run(&alice, s(&["proxies", "add", proxy]))
             .await
             .map_err(|e| Failed(o.clone(), format!("alice proxies add: {e}")))?;
@@ -748,19 +794,32 @@ pub async fn client_conversation(
         .filter(|i| read.contains(&format!("{i:05} xxxxxxxx")))
         .count() as u64;
     // Which way bob's client goes now (an older binary without `connect` leaves it unsaid).
-    if let Ok(lines) = run(&bob, s(&["connect", "--json"])).await {
+    // `connect` exits 1 when one of bob's relays is unreachable; its lines still say the rest.
+    let mut connect = lab.topology.client.command(&pigeon.to_string_lossy());
+    connect
+        .args(["connect", "--json"])
+        .env("PIGEON_PROFILE", &bob)
+        .env("PIGEON_PASSPHRASE", "lab")
+        .env("PIGEON_LOG", "warn");
+    // Each unreachable relay of bob's takes its whole connect timeout before the next is shown.
+    let connected = tokio::time::timeout(step * 3, connect.output()).await;
+    if let Ok(Ok(out)) = connected {
+        let lines = String::from_utf8_lossy(&out.stdout);
         let events: Vec<serde_json::Value> = lines
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        let route_of = |event: &str| {
+        // The first relay the client reached, and what it tried first there.
+        let reached = events
+            .iter()
+            .find(|v| v["event"] == "done" && v["connected"] == true);
+        o.route = reached.and_then(|v| v["route"].as_str().map(str::to_owned));
+        o.first_tried = reached.and_then(|done| {
             events
                 .iter()
-                .find(|v| v["event"] == event && v["relay"] == 0)
+                .find(|v| v["event"] == "trying" && v["relay"] == done["relay"])
                 .and_then(|v| v["route"].as_str().map(str::to_owned))
-        };
-        o.route = route_of("done");
-        o.first_tried = route_of("trying");
+        });
     }
     Ok(o)
 }

@@ -155,6 +155,33 @@ async fn tls_gets_through_the_allow_list_via_a_hop_and_an_ip_block_via_a_proxy()
     assert!(!r.got_through, "{r:?}");
 }
 
+/// Issue #15: each person has two relays and the first sits on an address `ru-home-2026`
+/// blocks: the conversation is made on the second, gets more than 1 MiB through, and its first
+/// message arrives within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_gets_through_on_the_second_relay_when_the_first_is_blocked() {
+    let Some(pigeon) = pigeon() else { return };
+    let seed = 44;
+    let mut s = scenario_over("tls", "ru-home-2026", pigeon, seed, 15);
+    s.via = Via::Relays;
+    let r = runner::run_scenario(&s).await.expect("runs");
+    println!("{}", runner::markdown(std::slice::from_ref(&r)));
+    assert!(r.expected_pass, "{r:?}");
+    assert!(r.got_through, "seed {seed}: {r:?}");
+    assert!(r.bytes >= runner::MIN_DOWNLOAD, "{r:?}");
+    assert!(
+        r.first_message_ms.is_some_and(|ms| ms <= 2000),
+        "first message in {:?} ms",
+        r.first_message_ms
+    );
+    assert!(r.rules_fired.contains_key("2:ip_block"), "{r:?}");
+    assert!(
+        r.route.starts_with("tls://relay.example:443"),
+        "the second relay: {:?}",
+        r.route
+    );
+}
+
 /// The 16–20 KB freeze with its threshold swept: a conversation of more than 1 MiB keeps flowing
 /// over `tls`, whose client learns the threshold from the first connection that froze and keeps
 /// every later connection under it.
