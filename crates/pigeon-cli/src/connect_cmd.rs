@@ -94,33 +94,56 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<u8> {
     let json = args.json;
     let mut client = open_client(&args.profile)?;
     let relays = client.relays()?;
-    let current = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let shown = std::sync::Arc::clone(&current);
-    client.set_progress(Box::new(move |_, p| {
-        let relay = shown.load(std::sync::atomic::Ordering::Relaxed);
+    let labels: Vec<String> = relays
+        .iter()
+        .map(|r| {
+            r.routes()
+                .first()
+                .map_or_else(|| "a relay without routes".to_owned(), |r| r.redacted())
+        })
+        .collect();
+    if !json {
+        for (i, label) in labels.iter().enumerate() {
+            let whose = if i == 0 {
+                "your first relay"
+            } else {
+                "another of your relays, or a contact's or group's"
+            };
+            println!("relay {i}: {} ({whose})", safe(label));
+        }
+    }
+    // Every relay is searched at once; each line says which relay it is about.
+    let keys: Vec<[u8; 32]> = relays.iter().map(|r| *r.relay_key()).collect();
+    // When each relay connected, for its `done` line.
+    let times = std::sync::Arc::new(std::sync::Mutex::new(vec![None; relays.len()]));
+    let seen = std::sync::Arc::clone(&times);
+    client.set_progress(Box::new(move |link, p| {
+        let relay = keys
+            .iter()
+            .position(|k| k == link.relay_key())
+            .unwrap_or_default();
+        if let RouteProgress::Connected { after, .. } = &p
+            && let Ok(mut t) = seen.lock()
+            && let Some(slot) = t.get_mut(relay)
+        {
+            *slot = Some(ms(*after));
+        }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", line(json, relay, &p));
+        let text = line(json, relay, &p);
+        let _ = if json {
+            writeln!(out, "{text}")
+        } else {
+            writeln!(out, "  relay {relay} {}", text.trim_start())
+        };
         let _ = out.flush();
     }));
+    let results = client.connect_all(&relays).await;
+    let times = times.lock().map(|t| t.clone()).unwrap_or_default();
     let mut failed = 0usize;
-    for (i, relay) in relays.iter().enumerate() {
-        current.store(i, std::sync::atomic::Ordering::Relaxed);
-        let label = relay
-            .routes()
-            .first()
-            .map_or_else(|| "a relay without routes".to_owned(), |r| r.redacted());
-        let whose = if i == 0 {
-            "your relay"
-        } else {
-            "a contact's or group's relay"
-        };
-        if !json {
-            println!("{} ({whose}):", safe(&label));
-        }
-        let started = std::time::Instant::now();
-        match client.connect(relay).await {
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
             Ok(route) => {
-                let took = ms(started.elapsed());
+                let took = times.get(i).copied().flatten().unwrap_or(0);
                 if json {
                     println!(
                         "{}",
@@ -130,7 +153,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<u8> {
                         })
                     );
                 } else {
-                    println!("Connected via {} in {took} ms.", safe(&route));
+                    println!("relay {i}: connected via {} in {took} ms.", safe(&route));
                 }
             }
             Err(e) => {
@@ -144,7 +167,7 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<u8> {
                         })
                     );
                 } else {
-                    println!("Not connected: {}", safe(&e.to_string()));
+                    println!("relay {i}: not connected: {}", safe(&e.to_string()));
                 }
             }
         }

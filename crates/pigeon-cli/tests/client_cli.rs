@@ -198,7 +198,7 @@ fn unreachable_relay_is_explained_and_the_message_waits() {
     );
     let text = ok_or_status(&alice, &["connect"]);
     assert!(
-        text.contains("failed") && text.contains("Not connected"),
+        text.contains("failed") && text.contains("not connected"),
         "{text}"
     );
     let out = run(&alice, &["send", "bob", "sent while the relay is down"]);

@@ -1326,6 +1326,40 @@ impl Client {
         Ok(out)
     }
 
+    /// Connects to every relay in `relays` at once (each searching its routes as
+    /// [`Client::connect`] does, all reported to [`Client::set_progress`]'s sink as they go),
+    /// so a blocked relay does not hold up the others; returns each one's route, in order.
+    pub async fn connect_all(&mut self, relays: &[RelayLink]) -> Vec<Result<String, Error>> {
+        let network = NetworkId::current();
+        let opened = {
+            let this = &*self;
+            futures_util::future::join_all(relays.iter().map(|link| async move {
+                if this.sessions.contains_key(link.relay_key()) {
+                    None
+                } else {
+                    Some(this.open(link, network).await)
+                }
+            }))
+            .await
+        };
+        let mut out = Vec::with_capacity(relays.len());
+        for (link, opened) in relays.iter().zip(opened) {
+            match opened {
+                Some(Ok((conn, won, best))) => self.adopt(link, network, best, conn, won),
+                Some(Err(source)) => {
+                    out.push(Err(Error::Relay {
+                        whose: "the relay".to_owned(),
+                        source,
+                    }));
+                    continue;
+                }
+                None => {}
+            }
+            out.push(Ok(self.route_to(link).unwrap_or_default().to_owned()));
+        }
+        out
+    }
+
     /// Connects to `relay` (or finds its session open), searching routes as
     /// [`Client::set_progress`] shows; returns the route it went by.
     ///
