@@ -330,7 +330,6 @@ impl Client {
     /// # Errors
     /// [`Error::Relay`] with the first relay's failure when none answers.
     async fn home_relay(&mut self) -> Result<RelayLink, Error> {
-        use futures_util::StreamExt as _;
         let relays = self.profile.relays()?;
         if let Some(open) = relays
             .iter()
@@ -339,49 +338,25 @@ impl Client {
             return Ok(open.clone());
         }
         let network = NetworkId::current();
+        let mut errors: Vec<(usize, ClientError)> = Vec::new();
         let outcome = {
-            let mut attempts = futures_util::stream::FuturesUnordered::new();
-            let mut next = 0..relays.len();
-            let attempt = |i: usize| {
-                let opening = self.open(&relays[i], network);
-                async move { (i, opening.await) }
-            };
-            if let Some(first) = next.next() {
-                attempts.push(attempt(first));
-            }
-            let mut errors: Vec<(usize, ClientError)> = Vec::new();
-            let mut won = None;
-            while !attempts.is_empty() {
-                tokio::select! {
-                    Some((i, result)) = attempts.next() => match result {
-                        Ok(opened) => {
-                            won = Some((i, opened));
-                            break;
-                        }
-                        Err(e) => {
-                            errors.push((i, e));
-                            if attempts.is_empty()
-                                && let Some(i) = next.next()
-                            {
-                                attempts.push(attempt(i));
-                            }
-                        }
-                    },
-                    () = tokio::time::sleep(RELAY_STAGGER) => {
-                        if let Some(i) = next.next() {
-                            attempts.push(attempt(i));
-                        }
-                    }
-                }
-            }
-            match won {
-                Some(w) => Ok(w),
-                None => {
-                    errors.sort_by_key(|(i, _)| *i);
-                    Err(errors.into_iter().next().map(|(_, e)| e))
-                }
-            }
+            let this = &*self;
+            let relays = &relays;
+            crate::relay::first_success(
+                0..relays.len(),
+                RELAY_STAGGER,
+                |i| async move {
+                    this.open(&relays[i], network)
+                        .await
+                        .map(|opened| (i, opened))
+                        .map_err(|e| (i, e))
+                },
+                |failure| errors.push(failure),
+            )
+            .await
         };
+        errors.sort_by_key(|(i, _)| *i);
+        let outcome = outcome.ok_or_else(|| errors.into_iter().next().map(|(_, e)| e));
         match outcome {
             Ok((i, (conn, won, best))) => {
                 let link = relays[i].clone();

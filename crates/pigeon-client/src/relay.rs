@@ -187,6 +187,48 @@ pub struct Won {
     pub after: Duration,
 }
 
+/// Runs `attempt` on each of `items` in order, each starting `stagger` after the one before
+/// (at once when every one started so far has failed); the first success wins and the attempts
+/// still running are dropped. `failed` hears of each failure as it happens. `None` when all
+/// failed (or there was nothing to try).
+pub(crate) async fn first_success<T, R, E, Fut>(
+    items: impl IntoIterator<Item = T>,
+    stagger: Duration,
+    mut attempt: impl FnMut(T) -> Fut,
+    mut failed: impl FnMut(E),
+) -> Option<R>
+where
+    Fut: std::future::Future<Output = Result<R, E>>,
+{
+    use futures_util::StreamExt as _;
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
+    let mut next = items.into_iter();
+    if let Some(item) = next.next() {
+        attempts.push(attempt(item));
+    }
+    while !attempts.is_empty() {
+        tokio::select! {
+            Some(result) = attempts.next() => match result {
+                Ok(won) => return Some(won),
+                Err(e) => {
+                    failed(e);
+                    if attempts.is_empty()
+                        && let Some(item) = next.next()
+                    {
+                        attempts.push(attempt(item));
+                    }
+                }
+            },
+            () = tokio::time::sleep(stagger) => {
+                if let Some(item) = next.next() {
+                    attempts.push(attempt(item));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A progress sink that ignores everything.
 pub fn no_progress(_: RouteProgress) {}
 
@@ -408,7 +450,6 @@ impl RelayConnection {
         timeout: Duration,
         progress: &(dyn Fn(RouteProgress) + Send + Sync),
     ) -> Result<(Self, Won), ClientError> {
-        use futures_util::StreamExt as _;
         let mut routes: Vec<Attempt> = Vec::new();
         if !proxies.only {
             routes.extend(
@@ -446,8 +487,6 @@ impl RelayConnection {
         };
         let started = Instant::now();
         let mut failures: Vec<(String, String, ErrorKind)> = Vec::new();
-        let mut attempts = futures_util::stream::FuturesUnordered::new();
-        let mut next = routes.into_iter();
         let attempt = |route: Attempt| {
             let key = *link.relay_key();
             progress(RouteProgress::Trying {
@@ -463,52 +502,36 @@ impl RelayConnection {
                         Self::connect_via(transports, proxy, target, &key, timeout).await
                     }
                 };
-                (route, result)
-            }
-        };
-        if let Some(route) = next.next() {
-            attempts.push(attempt(route));
-        }
-        while !attempts.is_empty() {
-            tokio::select! {
-                Some((route, result)) = attempts.next() => match result {
-                    Ok(conn) => {
-                        let won = Won {
-                            key: route.key(),
-                            route: route.redacted(),
-                            after: started.elapsed(),
-                        };
-                        progress(RouteProgress::Connected {
-                            route: won.route.clone(),
-                            after: won.after,
-                        });
-                        return Ok((conn, won));
-                    }
-                    Err(e) => {
-                        let error = match &e {
-                            ClientError::Unreachable { last, .. } => last.clone(),
-                            other => other.to_string(),
-                        };
-                        progress(RouteProgress::Failed {
-                            route: route.redacted(),
-                            after: started.elapsed(),
-                            error: error.clone(),
-                            kind: e.kind(),
-                        });
-                        failures.push((route.redacted(), error, e.kind()));
-                        if attempts.is_empty()
-                            && let Some(route) = next.next()
-                        {
-                            attempts.push(attempt(route));
-                        }
-                    }
-                },
-                () = tokio::time::sleep(ROUTE_STAGGER) => {
-                    if let Some(route) = next.next() {
-                        attempts.push(attempt(route));
-                    }
+                match result {
+                    Ok(conn) => Ok((route, conn)),
+                    Err(e) => Err((route, e)),
                 }
             }
+        };
+        let failed = |(route, e): (Attempt, ClientError)| {
+            let error = match &e {
+                ClientError::Unreachable { last, .. } => last.clone(),
+                other => other.to_string(),
+            };
+            progress(RouteProgress::Failed {
+                route: route.redacted(),
+                after: started.elapsed(),
+                error: error.clone(),
+                kind: e.kind(),
+            });
+            failures.push((route.redacted(), error, e.kind()));
+        };
+        if let Some((route, conn)) = first_success(routes, ROUTE_STAGGER, attempt, failed).await {
+            let won = Won {
+                key: route.key(),
+                route: route.redacted(),
+                after: started.elapsed(),
+            };
+            progress(RouteProgress::Connected {
+                route: won.route.clone(),
+                after: won.after,
+            });
+            return Ok((conn, won));
         }
         let (last, kind) = unreachable_summary(&failures);
         Err(ClientError::Unreachable { tried, last, kind })
@@ -1141,4 +1164,57 @@ async fn reader(
         }
     };
     let _ = events.send(Event::Closed(close_reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first success wins; a failure starts the next at once; an attempt that hangs costs
+    /// only the stagger.
+    #[tokio::test]
+    async fn the_first_success_wins_and_a_hanging_attempt_costs_only_the_stagger() {
+        let mut failed = Vec::new();
+        let won = first_success(
+            [0u8, 1, 2],
+            Duration::from_secs(30),
+            |i| async move {
+                match i {
+                    0 => Err(i),
+                    _ => Ok(i),
+                }
+            },
+            |e| failed.push(e),
+        )
+        .await;
+        assert_eq!((won, failed.as_slice()), (Some(1), [0u8].as_slice()));
+
+        let started = Instant::now();
+        let won = first_success(
+            [0u8, 1],
+            Duration::from_millis(50),
+            |i| async move {
+                if i == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, ()>(i)
+            },
+            |()| {},
+        )
+        .await;
+        assert_eq!(won, Some(1));
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let mut failed = Vec::new();
+        let none: Option<u8> = first_success(
+            [1u8, 2],
+            Duration::from_millis(1),
+            |i| async move { Err(i) },
+            |e| {
+                failed.push(e);
+            },
+        )
+        .await;
+        assert_eq!((none, failed.len()), (None, 2));
+    }
 }
