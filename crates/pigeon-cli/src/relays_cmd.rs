@@ -10,7 +10,8 @@ use crate::user_cmd::{ProfileArg, open_profile};
 pub(crate) enum RelaysCommand {
     /// Add a relay (a `pigeon://relay#…` link) after the others. Invitations, conversations
     /// and groups are made on the first relay that answers, so a blocked or vanished relay no
-    /// longer stops you from starting new ones.
+    /// longer stops you from starting new ones. A new link of a relay you have (its operator
+    /// rotated a leaked secret) replaces the old one everywhere, conversations included.
     Add(RelaysLinkArgs),
     /// List the relays, first (preferred) first.
     List(RelaysListArgs),
@@ -46,14 +47,19 @@ pub(crate) fn run(cmd: RelaysCommand) -> anyhow::Result<()> {
         RelaysCommand::Add(args) => {
             let link = RelayLink::parse(args.link.trim()).context("not a relay link")?;
             let profile = open_profile(&args.profile)?;
-            if profile.add_relay(&link)? {
-                println!(
+            match profile.add_relay(&link)? {
+                pigeon_client::RelayAdded::Added => println!(
                     "Added the relay at {}: new invitations, conversations and groups go to the \
                      first of your relays that answers.",
                     label(&link)
-                );
-            } else {
-                println!("The relay at {} is already in this profile.", label(&link));
+                ),
+                pigeon_client::RelayAdded::Updated(n) => println!(
+                    "A new link of a relay this profile has: {n} stored link(s) now point at {}.",
+                    label(&link)
+                ),
+                pigeon_client::RelayAdded::AlreadyThere => {
+                    println!("The relay at {} is already in this profile.", label(&link));
+                }
             }
         }
         RelaysCommand::List(args) => {

@@ -27,6 +27,6 @@ pub use pigeon_e2ee::Suite;
 pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{
     Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
-    Profile, ProfileError, SavedProxy,
+    Profile, ProfileError, RelayAdded, SavedProxy,
 };
 pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won, transports};

@@ -327,6 +327,17 @@ pub struct SavedProxy {
     pub always: bool,
 }
 
+/// What [`Profile::add_relay`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayAdded {
+    /// A relay new to the profile, now last in its list.
+    Added,
+    /// A new link of a relay the profile had: this many stored links were replaced.
+    Updated(usize),
+    /// The profile had this very link.
+    AlreadyThere,
+}
+
 /// One person's profile.
 pub struct Profile {
     conn: Connection,
@@ -754,17 +765,25 @@ impl Profile {
         Ok(out)
     }
 
-    /// Adds a relay after the others; false if the profile has it already.
+    /// Adds a relay after the others. A link of a relay the profile has already (the same
+    /// key: say, after its operator rotated a leaked tls secret) replaces the old link
+    /// everywhere the profile keeps it — its relay list, conversations, invitations and
+    /// outbox — so what lives there goes on through the new one.
     ///
     /// # Errors
     /// On database failure.
-    pub fn add_relay(&self, link: &RelayLink) -> Result<bool, ProfileError> {
+    pub fn add_relay(&self, link: &RelayLink) -> Result<RelayAdded, ProfileError> {
         if self
             .relays()?
             .iter()
             .any(|r| r.relay_key() == link.relay_key())
         {
-            return Ok(false);
+            let changed = self.update_relay_link(link)?;
+            return Ok(if changed == 0 {
+                RelayAdded::AlreadyThere
+            } else {
+                RelayAdded::Updated(changed)
+            });
         }
         self.conn
             .execute(
@@ -772,7 +791,54 @@ impl Profile {
                 params![link.to_string(), now_ms()],
             )
             .map_err(db("adding a relay"))?;
-        Ok(true)
+        Ok(RelayAdded::Added)
+    }
+
+    /// Writes `link` wherever a link of the same relay (same key) but other text is kept;
+    /// returns how many rows changed.
+    fn update_relay_link(&self, link: &RelayLink) -> Result<usize, ProfileError> {
+        // Every column that keeps a relay link (the names are this code's own).
+        const COLUMNS: [(&str, &str); 8] = [
+            ("profile", "relay"),
+            ("relays", "link"),
+            ("groups", "log_relay"),
+            ("group_invites", "relay"),
+            ("group_joins", "relay"),
+            ("outbox", "relay"),
+            ("contacts", "inbox_relay"),
+            ("contacts", "peer_relay"),
+        ];
+        let new = link.to_string();
+        self.tx(|| {
+            let mut changed = 0;
+            for (table, column) in COLUMNS {
+                let mut stmt = self
+                    .conn
+                    .prepare(&format!(
+                        "SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL"
+                    ))
+                    .map_err(db("reading stored relay links"))?;
+                let texts: Vec<String> = stmt
+                    .query_map([], |r| r.get(0))
+                    .map_err(db("reading stored relay links"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(db("reading stored relay links"))?;
+                for old in texts {
+                    let same_relay = RelayLink::parse(&old)
+                        .is_ok_and(|stored| stored.relay_key() == link.relay_key());
+                    if same_relay && old != new {
+                        changed += self
+                            .conn
+                            .execute(
+                                &format!("UPDATE {table} SET {column} = ?1 WHERE {column} = ?2"),
+                                params![new, old],
+                            )
+                            .map_err(db("updating a relay link"))?;
+                    }
+                }
+            }
+            Ok(changed)
+        })
     }
 
     /// Removes a relay (the one with `link`'s key) from the list new things are made on;

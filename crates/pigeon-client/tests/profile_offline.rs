@@ -453,3 +453,40 @@ fn route_memory_is_per_network_and_bounded() {
             .is_some()
     );
 }
+
+/// A relay's new link (same key, new routes: its operator rotated a leaked secret) replaces
+/// the old one everywhere the profile keeps it, so its conversations go on through it; a new
+/// relay is added after the others; the same link twice changes nothing.
+#[test]
+fn a_relays_new_link_replaces_the_old_one_everywhere() {
+    use pigeon_client::RelayAdded;
+    let p = pair(Suite::XWing);
+    let rotated = RelayLink::new(
+        [2; 32],
+        vec!["tcp://127.0.0.1:5002".parse::<Route>().expect("route")],
+        None,
+    )
+    .expect("relay link");
+    let logs_before = p.bob.logs().expect("logs");
+    assert!(!logs_before.is_empty());
+    assert!(logs_before.iter().all(|l| l.relay == relay(2).to_string()));
+    match p.bob.add_relay(&rotated).expect("add") {
+        RelayAdded::Updated(n) => assert!(n >= 2, "{n} rows"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.bob.relay().expect("relay"), rotated);
+    assert_eq!(p.bob.relays().expect("relays"), vec![rotated.clone()]);
+    assert!(
+        p.bob
+            .logs()
+            .expect("logs")
+            .iter()
+            .all(|l| l.relay == rotated.to_string())
+    );
+    assert_eq!(
+        p.bob.add_relay(&rotated).expect("again"),
+        RelayAdded::AlreadyThere
+    );
+    assert_eq!(p.bob.add_relay(&relay(9)).expect("new"), RelayAdded::Added);
+    assert_eq!(p.bob.relays().expect("relays"), vec![rotated, relay(9)]);
+}
