@@ -283,22 +283,10 @@ impl Topology {
         let server = Netns::create(&format!("{prefix}s"))?;
         let (r, c, s) = (router.name(), client.name(), server.name());
         router_sysctls(r)?;
-        ip(&[
-            "-n", r, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", c,
-        ])?;
-        ip(&[
-            "-n", r, "link", "add", "s0", "type", "veth", "peer", "name", "s1", "netns", s,
-        ])?;
-        ip(&["-n", r, "addr", "add", "10.77.1.1/24", "dev", "c0"])?;
-        ip(&["-n", r, "addr", "add", "10.77.2.1/24", "dev", "s0"])?;
-        ip(&["-n", r, "link", "set", "c0", "up"])?;
-        ip(&["-n", r, "link", "set", "s0", "up"])?;
-        ip(&["-n", c, "addr", "add", "10.77.1.2/24", "dev", "c1"])?;
+        veth((r, "c0", "10.77.1.1/24"), (c, "c1", "10.77.1.2/24"))?;
+        veth((r, "s0", "10.77.2.1/24"), (s, "s1", "10.77.2.2/24"))?;
         ip(&["-n", c, "addr", "add", "10.77.1.3/24", "dev", "c1"])?;
-        ip(&["-n", c, "link", "set", "c1", "up"])?;
         ip(&["-n", c, "route", "add", "default", "via", "10.77.1.1"])?;
-        ip(&["-n", s, "addr", "add", "10.77.2.2/24", "dev", "s1"])?;
-        ip(&["-n", s, "link", "set", "s1", "up"])?;
         ip(&["-n", s, "route", "add", "default", "via", "10.77.2.1"])?;
         for addr in [
             FOREIGN,
@@ -311,26 +299,9 @@ impl Topology {
         ] {
             ip(&["-n", s, "addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
-        for net in ["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"] {
-            ip(&[
-                "-n",
-                r,
-                "route",
-                "add",
-                net,
-                "via",
-                "10.77.2.2",
-                "dev",
-                "s0",
-            ])?;
-        }
+        route_servers(r, "10.77.2.2", "s0")?;
         // Everything arriving from either side goes up the TUN device to the censor.
-        ip(&[
-            "-n", r, "rule", "add", "iif", "c0", "lookup", "100", "priority", "100",
-        ])?;
-        ip(&[
-            "-n", r, "rule", "add", "iif", "s0", "lookup", "100", "priority", "101",
-        ])?;
+        through_censor(r, &["c0", "s0"])?;
         client.set_resolver(OPERATOR_RESOLVER)?;
         // Servers that look names up (a proxy abroad) ask the honest public resolver.
         server.set_resolver(PUBLIC_RESOLVER)?;
@@ -363,6 +334,40 @@ impl Topology {
     }
 }
 
+/// A veth pair between two namespaces, each end (namespace, interface, address) addressed
+/// and up.
+fn veth(a: (&str, &str, &str), b: (&str, &str, &str)) -> Result<(), LabError> {
+    ip(&[
+        "-n", a.0, "link", "add", a.1, "type", "veth", "peer", "name", b.1, "netns", b.0,
+    ])?;
+    for (ns, dev, addr) in [a, b] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+/// Routes the lab's server ranges from `router` to the server namespace's `gateway` on `dev`.
+fn route_servers(router: &str, gateway: &str, dev: &str) -> Result<(), LabError> {
+    for net in ["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"] {
+        ip(&[
+            "-n", router, "route", "add", net, "via", gateway, "dev", dev,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Sends everything arriving on `ifaces` in `router` up its TUN device (table 100).
+fn through_censor(router: &str, ifaces: &[&str]) -> Result<(), LabError> {
+    for (i, iface) in ifaces.iter().enumerate() {
+        let priority = (100 + i).to_string();
+        ip(&[
+            "-n", router, "rule", "add", "iif", iface, "lookup", "100", "priority", &priority,
+        ])?;
+    }
+    Ok(())
+}
+
 /// Forwarding on, reverse-path filtering off: a router namespace.
 fn router_sysctls(r: &str) -> Result<(), LabError> {
     for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
@@ -385,15 +390,9 @@ impl HopNet {
         let (r1, h, r2, s) = (first.name(), hop.name(), router.name(), server.name());
         router_sysctls(r2)?;
         // First censor ⇄ hop.
-        ip(&[
-            "-n", r1, "link", "add", "h0", "type", "veth", "peer", "name", "h1", "netns", h,
-        ])?;
-        ip(&["-n", r1, "addr", "add", "10.77.3.1/24", "dev", "h0"])?;
-        ip(&["-n", r1, "link", "set", "h0", "up"])?;
-        ip(&["-n", h, "addr", "add", "10.77.3.2/24", "dev", "h1"])?;
-        ip(&["-n", h, "link", "set", "h1", "up"])?;
-        ip(&["-n", h, "addr", "add", &format!("{HOP}/32"), "dev", "lo"])?;
+        veth((r1, "h0", "10.77.3.1/24"), (h, "h1", "10.77.3.2/24"))?;
         let hop_host = format!("{HOP}/32");
+        ip(&["-n", h, "addr", "add", &hop_host, "dev", "lo"])?;
         ip(&[
             "-n",
             r1,
@@ -410,41 +409,12 @@ impl HopNet {
         ])?;
         ip(&["-n", h, "route", "add", "10.77.1.0/24", "via", "10.77.3.1"])?;
         // Hop ⇄ onward censor ⇄ server.
-        ip(&[
-            "-n", r2, "link", "add", "g0", "type", "veth", "peer", "name", "g1", "netns", h,
-        ])?;
-        ip(&[
-            "-n", r2, "link", "add", "s2", "type", "veth", "peer", "name", "s3", "netns", s,
-        ])?;
-        ip(&["-n", r2, "addr", "add", "10.77.4.1/24", "dev", "g0"])?;
-        ip(&["-n", r2, "addr", "add", "10.77.5.1/24", "dev", "s2"])?;
-        ip(&["-n", r2, "link", "set", "g0", "up"])?;
-        ip(&["-n", r2, "link", "set", "s2", "up"])?;
-        ip(&["-n", h, "addr", "add", "10.77.4.2/24", "dev", "g1"])?;
-        ip(&["-n", h, "link", "set", "g1", "up"])?;
+        veth((r2, "g0", "10.77.4.1/24"), (h, "g1", "10.77.4.2/24"))?;
+        veth((r2, "s2", "10.77.5.1/24"), (s, "s3", "10.77.5.2/24"))?;
         ip(&["-n", h, "route", "add", "default", "via", "10.77.4.1"])?;
-        ip(&["-n", s, "addr", "add", "10.77.5.2/24", "dev", "s3"])?;
-        ip(&["-n", s, "link", "set", "s3", "up"])?;
         ip(&["-n", s, "route", "add", "10.77.4.0/24", "via", "10.77.5.1"])?;
-        for net in ["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"] {
-            ip(&[
-                "-n",
-                r2,
-                "route",
-                "add",
-                net,
-                "via",
-                "10.77.5.2",
-                "dev",
-                "s2",
-            ])?;
-        }
-        ip(&[
-            "-n", r2, "rule", "add", "iif", "g0", "lookup", "100", "priority", "100",
-        ])?;
-        ip(&[
-            "-n", r2, "rule", "add", "iif", "s2", "lookup", "100", "priority", "101",
-        ])?;
+        route_servers(r2, "10.77.5.2", "s2")?;
+        through_censor(r2, &["g0", "s2"])?;
         hop.set_resolver(OPERATOR_RESOLVER)?;
         Ok(Self { hop, router })
     }
