@@ -1301,8 +1301,8 @@ impl Client {
         Ok(out)
     }
 
-    /// Connects to every relay in `relays` at once (each searching its routes as
-    /// [`Client::connect`] does, all reported to [`Client::set_progress`]'s sink as they go),
+    /// Connects to every relay in `relays` at once (each searching its routes as every command
+    /// does, all reported to [`Client::set_progress`]'s sink as they go),
     /// so a blocked relay does not hold up the others; returns each one's route, in order.
     pub async fn connect_all(&mut self, relays: &[RelayLink]) -> Vec<Result<String, Error>> {
         let network = NetworkId::current();
@@ -1333,16 +1333,6 @@ impl Client {
             out.push(Ok(self.route_to(link).unwrap_or_default().to_owned()));
         }
         out
-    }
-
-    /// Connects to `relay` (or finds its session open), searching routes as
-    /// [`Client::set_progress`] shows; returns the route it went by.
-    ///
-    /// # Errors
-    /// [`Error::Relay`] with every route tried and why each failed.
-    pub async fn connect(&mut self, relay: &RelayLink) -> Result<String, Error> {
-        self.session(relay, "the relay").await?;
-        Ok(self.route_to(relay).unwrap_or_default().to_owned())
     }
 }
 

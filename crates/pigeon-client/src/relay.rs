@@ -16,7 +16,7 @@ use pigeon_transport::{DialError, Transports};
 use pigeon_transport_tls::TlsError;
 use pigeon_wire::msg::{self, MailboxId, MailboxKind, request, response};
 use pigeon_wire::{ErrorCode, ErrorKind};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -126,12 +126,12 @@ const QUEUE: usize = 4096;
 /// How long one route is tried alone before the next starts beside it.
 pub const ROUTE_STAGGER: Duration = Duration::from_millis(250);
 
-/// What connecting to relays shares: one dialer (its TLS session cache and the download caps
-/// learned per route) and the route that last completed a handshake, per relay. A [`crate::Client`]
-/// owns one, so two profiles (or two devices) in one process share nothing.
+/// What connecting to relays shares: the registered transports (their TLS session caches and
+/// the download caps learned per route) and the proxies. Which route worked is remembered by
+/// the caller (the profile keeps it per network). A [`crate::Client`] owns one, so two profiles
+/// (or two devices) in one process share nothing.
 pub struct Connector {
     transports: Transports,
-    worked: Mutex<BTreeMap<[u8; 32], String>>,
     /// Proxies relays may be reached through (after the direct routes, or instead of them).
     proxies: Proxies,
 }
@@ -337,7 +337,6 @@ impl Connector {
     pub fn new() -> Result<Self, ClientError> {
         Ok(Self {
             transports: transports().map_err(|e| setup_failed(&e))?,
-            worked: Mutex::default(),
             proxies: Proxies::default(),
         })
     }
@@ -352,30 +351,9 @@ impl Connector {
         self.proxies = proxies;
     }
 
-    /// Connects through the link's routes, the one that last worked for this relay first
-    /// (see [`RelayConnection::connect_with`]).
-    ///
-    /// # Errors
-    /// [`ClientError::Unreachable`] listing every route tried, when none worked.
-    pub async fn connect(
-        &self,
-        link: &RelayLink,
-        timeout: Duration,
-    ) -> Result<RelayConnection, ClientError> {
-        let best = self
-            .worked
-            .lock()
-            .ok()
-            .and_then(|m| m.get(link.relay_key()).cloned());
-        Ok(self
-            .connect_reporting(link, timeout, best.as_deref(), &no_progress)
-            .await?
-            .0)
-    }
-
-    /// As [`Self::connect`], trying the attempt `best` first (a route remembered for this
-    /// network, see [`crate::network`]) and telling `progress` about every attempt; returns the
-    /// attempt that won (its [`RouteProgress::Connected`] key).
+    /// Connects through the link's routes (see [`RelayConnection::connect_with`]), trying the
+    /// attempt `best` first (a route remembered for this network, see [`crate::network`]) and
+    /// telling `progress` about every attempt; returns the attempt that won.
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] listing every route tried and why each failed, when none
@@ -387,7 +365,7 @@ impl Connector {
         best: Option<&str>,
         progress: &(dyn Fn(RouteProgress) + Send + Sync),
     ) -> Result<(RelayConnection, Won), ClientError> {
-        let (conn, won) = RelayConnection::connect_routes(
+        RelayConnection::connect_routes(
             &self.transports,
             link,
             &self.proxies,
@@ -395,11 +373,7 @@ impl Connector {
             timeout,
             progress,
         )
-        .await?;
-        if let Ok(mut m) = self.worked.lock() {
-            m.insert(*link.relay_key(), won.key.clone());
-        }
-        Ok((conn, won))
+        .await
     }
 }
 
