@@ -36,6 +36,13 @@ pub(crate) struct RelayArgs {
     /// Days after which undelivered messages expire.
     #[arg(long, default_value_t = 21)]
     expiry_days: u64,
+    /// Seconds after which undelivered messages expire, instead of `--expiry-days` (for tests
+    /// of what expiry does to devices that were away).
+    #[arg(long, hide = true)]
+    expiry_secs: Option<u64>,
+    /// Seconds between expiry sweeps.
+    #[arg(long, hide = true, default_value_t = RelayConfig::default().expiry_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    sweep_secs: u64,
     /// Days after which a mailbox or key-package slot that nobody used is deleted with what it
     /// holds. A client renews what it uses: subscribing to a mailbox (or staying subscribed)
     /// and publishing to a slot count. An invitation not accepted within this time stops
@@ -448,7 +455,9 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let limits = Limits {
         max_depth: args.max_depth,
         max_log_depth: args.max_log_depth,
-        expiry_secs: args.expiry_days.saturating_mul(86_400),
+        expiry_secs: args
+            .expiry_secs
+            .unwrap_or_else(|| args.expiry_days.saturating_mul(86_400)),
         idle_secs: args.idle_days.saturating_mul(86_400),
         ..Limits::default()
     };
@@ -492,6 +501,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         admission: args.admission_limits(),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
         creations_per_sec: args.creations_per_sec,
+        expiry_interval: std::time::Duration::from_secs(args.sweep_secs),
         ..RelayConfig::default()
     };
     tracing::info!(listen = %bound, "relay serving");

@@ -318,9 +318,96 @@ fn five_people_make_a_group_talk_commit_at_once_remove_and_catch_up() {
     let copy_history = ok(&copy, &["group", "history", "family", "--limit", "1000"]);
     assert!(copy_history.contains("fell behind"), "{copy_history}");
     assert!(
+        copy_history.contains("It asked to be taken back"),
+        "{copy_history}"
+    );
+    assert!(
         ok(&copy, &["group", "list"]).contains("lost"),
         "the copy's group shows as lost"
     );
+    // It asked to be taken back, with the ticket of a leaf cat has since replaced: no member's
+    // device can even open the request, so nobody takes the copy back, and it reads nothing.
+    for path in &p[..3] {
+        read(path);
+    }
+    read(&copy);
+    for (n, path) in names.iter().zip(&p).take(3) {
+        let t = transcript(path, n, "family");
+        assert!(
+            !t.iter()
+                .any(|l| l.contains("taken back") || l.contains("took it back")),
+            "{n}: {t:?}"
+        );
+    }
+    ok(&p[0], &["send", "family", "after the copy asked"]);
+    read(&copy);
+    assert!(
+        !ok(&copy, &["group", "history", "family", "--limit", "1000"])
+            .contains("after the copy asked")
+    );
+    assert!(ok(&copy, &["group", "list"]).contains("lost"));
+    relay.assert_no_panic();
+}
+
+/// Issue #14: a member away while the relay expired commits it never read falls behind for
+/// good. Its device asks (in the log) to be taken back, the admin's device does so the next
+/// time it reads, without anyone typing anything, and the two talk on in one epoch.
+#[test]
+fn a_member_away_past_expiry_is_taken_back_by_itself() {
+    const EXPIRY_SECS: u64 = 15;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(
+        RelayOpts::in_dir(dir.path())
+            .arg("--expiry-secs")
+            .arg(&EXPIRY_SECS.to_string())
+            .arg("--sweep-secs")
+            .arg("1"),
+    );
+    let link = relay.link.to_string();
+    let (ann, ben) = (dir.path().join("ann"), dir.path().join("ben"));
+    for (n, path) in [("ann", &ann), ("ben", &ben)] {
+        ok(path, &["init", "--name", n, "--relay", &link]);
+    }
+    ok(&ann, &["group", "create", "club"]);
+    join(&ann, &ben, "club");
+    read(&ann);
+    read(&ben);
+    // ben is away: ann refreshes her keys twice and talks, and the relay lets all of it expire.
+    for _ in 0..2 {
+        ok(&ann, &["group", "rekey", "club"]);
+        read(&ann);
+    }
+    ok(&ann, &["send", "club", "while ben was away"]);
+    read(&ann);
+    std::thread::sleep(std::time::Duration::from_secs(EXPIRY_SECS + 3));
+    ok(&ann, &["send", "club", "after the expiry"]);
+    // ben comes back: he fell behind and his device asks to be taken back.
+    read(&ben);
+    let history = ok(&ben, &["group", "history", "club", "--limit", "100"]);
+    assert!(history.contains("fell behind"), "{history}");
+    assert!(history.contains("It asked to be taken back"), "{history}");
+    assert!(ok(&ben, &["group", "list"]).contains("lost"));
+    // ann's device takes him back when it reads; ben's reads on from there.
+    read(&ann);
+    read(&ann);
+    let at_ann = ok(&ann, &["group", "history", "club", "--limit", "100"]);
+    assert!(at_ann.contains("took it back"), "{at_ann}");
+    read(&ben);
+    let history = ok(&ben, &["group", "history", "club", "--limit", "100"]);
+    assert!(history.contains("this device is back"), "{history}");
+    assert!(!ok(&ben, &["group", "list"]).contains("lost"));
+    assert_eq!(epoch(&ann, "club"), epoch(&ben, "club"));
+    ok(&ben, &["send", "club", "I am back"]);
+    read(&ann);
+    ok(&ann, &["send", "club", "welcome back"]);
+    read(&ben);
+    assert!(transcript(&ann, "ann", "club").contains(&"ben: I am back".to_owned()));
+    let at_ben = transcript(&ben, "ben", "club");
+    assert!(
+        at_ben.contains(&"ann: welcome back".to_owned()),
+        "{at_ben:?}"
+    );
+    assert!(!at_ben.contains(&"ann: while ben was away".to_owned()));
     relay.assert_no_panic();
 }
 

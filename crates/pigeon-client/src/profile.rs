@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -516,6 +516,10 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_7)
                 .map_err(db("adding the relays table"))?;
         }
+        if version < 8 {
+            conn.execute_batch(schema::MIGRATE_8)
+                .map_err(db("adding the rejoin tickets"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
@@ -918,7 +922,9 @@ impl Profile {
                     suite,
                     slot_id: random()?,
                 });
-                key_packages.push(identity.key_package(&mls, suite)?);
+                let (key_package, ticket) = identity.key_package_with_ticket(&mls, suite, None)?;
+                self.keep_ticket(&ticket)?;
+                key_packages.push(key_package);
             }
             let signature_key: [u8; 32] = identity.public_key().try_into().map_err(|_| {
                 ProfileError::Invalid("the signature key is not 32 bytes".to_owned())

@@ -30,6 +30,8 @@ fn pass() -> Passphrase {
 #[derive(Default)]
 struct Relay {
     logs: BTreeMap<[u8; 32], Vec<Entry>>,
+    /// Per log, how many of the first entries expired (the relay no longer hands them out).
+    expired: BTreeMap<[u8; 32], usize>,
 }
 
 /// A log entry: the relay message id and the envelope.
@@ -77,9 +79,11 @@ impl Relay {
                     if !p.is_log(log).expect("is_log") {
                         continue;
                     }
+                    let gone = self.expired.get(log).copied().unwrap_or(0);
                     let batch: Vec<(u64, &[u8], &[u8])> = entries
                         .iter()
                         .enumerate()
+                        .skip(gone)
                         .map(|(n, (id, payload))| (n as u64 + 1, &id[..], payload.as_slice()))
                         .collect();
                     out[i].extend(p.handle_log_deliveries(log, &batch).expect("log"));
@@ -90,6 +94,13 @@ impl Relay {
             }
         }
         panic!("messages kept moving after 20 rounds");
+    }
+
+    /// Everything in every log so far expires.
+    fn expire_all(&mut self) {
+        for (log, entries) in &self.logs {
+            self.expired.insert(*log, entries.len());
+        }
     }
 
     /// The one log (a conversation of two) and its entries.
@@ -489,4 +500,111 @@ fn a_relays_new_link_replaces_the_old_one_everywhere() {
     );
     assert_eq!(p.bob.add_relay(&relay(9)).expect("new"), RelayAdded::Added);
     assert_eq!(p.bob.relays().expect("relays"), vec![rotated, relay(9)]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn notices(profile: &Profile) -> Vec<String> {
+    profile
+        .history(None, 1000)
+        .expect("history")
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
+/// Issue #14: a device that missed commits for good (they expired on the relay while it was
+/// away) asks to be taken back and is, by the other side's device, without anyone doing
+/// anything; then both talk on. A copy of the same device's state from before its last key
+/// refresh asks too and stays out.
+#[test]
+fn a_device_that_fell_behind_is_taken_back_and_an_old_copy_is_not() {
+    let Pair {
+        _dir: dir,
+        alice,
+        bob,
+        mut relay,
+    } = pair(Suite::XWing);
+    let bob_at_alice = alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = bob.find_contact("alice").expect("alice").id;
+    // A copy of alice's whole profile, taken now.
+    let alice_dir = dir.path().join("alice");
+    drop(alice);
+    let copy_dir_path = dir.path().join("alice-copy");
+    copy_dir(&alice_dir, &copy_dir_path);
+    let alice = Profile::open(&alice_dir, &pass()).expect("alice");
+    let copy = Profile::open(&copy_dir_path, &pass()).expect("copy");
+    // alice refreshes her keys: the copy's ticket is now an old one.
+    alice.rekey(bob_at_alice).expect("alice rekeys");
+    relay.run(&[&alice, &bob]);
+    // alice and her copy are away; bob refreshes twice and talks; the relay then drops all
+    // of it (expiry).
+    for _ in 0..2 {
+        bob.rekey(alice_at_bob).expect("bob rekeys");
+        relay.run(&[&bob]);
+    }
+    bob.compose(alice_at_bob, "while you were away")
+        .expect("compose");
+    relay.run(&[&bob]);
+    relay.expire_all();
+    bob.compose(alice_at_bob, "after the expiry")
+        .expect("compose");
+    relay.run(&[&bob]);
+    // The copy comes back first: it falls behind and asks, and bob's device ignores it.
+    let out = relay.run(&[&copy, &bob]);
+    assert!(texts(&out[1]).is_empty());
+    let at_copy = notices(&copy);
+    assert!(
+        at_copy.iter().any(|t| t.contains("fell behind")),
+        "{at_copy:?}"
+    );
+    assert!(
+        !notices(&bob)
+            .iter()
+            .any(|t| t.contains("asked to be taken back")),
+        "bob's device saw the old copy's request as valid"
+    );
+    // alice comes back: she falls behind, asks, bob's device takes her back, and she reads on
+    // from there.
+    relay.run(&[&alice, &bob, &copy]);
+    let at_alice = notices(&alice);
+    assert!(
+        at_alice.iter().any(|t| t.contains("fell behind")),
+        "{at_alice:?}"
+    );
+    assert!(
+        at_alice.iter().any(|t| t.contains("this device is back")),
+        "{at_alice:?}"
+    );
+    assert!(
+        notices(&bob).iter().any(|t| t.contains("took it back")),
+        "{:?}",
+        notices(&bob)
+    );
+    assert_eq!(
+        alice.epoch_authenticator(bob_at_alice).expect("epoch"),
+        bob.epoch_authenticator(alice_at_bob).expect("epoch")
+    );
+    alice.compose(bob_at_alice, "I am back").expect("compose");
+    bob.compose(alice_at_bob, "welcome back").expect("compose");
+    let out = relay.run(&[&alice, &bob, &copy]);
+    assert_eq!(texts(&out[0]), ["welcome back"]);
+    assert_eq!(texts(&out[1]), ["I am back"]);
+    assert!(texts(&out[2]).is_empty(), "the old copy reads on");
+    // Nothing from before alice was taken back reaches her twice or out of order, and what
+    // expired stays lost to her (said in the transcript).
+    let lines = notices(&alice);
+    assert!(!lines.iter().any(|t| t == "while you were away"));
+    assert_eq!(lines.iter().filter(|t| *t == "welcome back").count(), 1);
 }

@@ -113,7 +113,7 @@ pub struct Receipt {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
     /// Its kind.
-    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<envelope::Kind>,
 }
 
@@ -131,9 +131,15 @@ pub mod envelope {
         /// A request to join a group, sealed under a key from the group invitation's secret.
         #[prost(bytes = "vec", tag = "3")]
         JoinRequest(Vec<u8>),
-        /// A part of a group Welcome, sealed under a key from the invitation's secret.
+        /// A part of a group Welcome, sealed under a key from the invitation's secret (or, in
+        /// a group's log, from the ticket a device that fell behind revealed).
         #[prost(message, tag = "4")]
         WelcomePart(super::WelcomePart),
+        /// In a group's log: a device that fell behind asks to be taken back (a key package
+        /// revealing its ticket, sealed under a key from its leaf's ticket commitment;
+        /// see `pigeon_e2ee::rejoin`).
+        #[prost(bytes = "vec", tag = "5")]
+        Rejoin(Vec<u8>),
     }
 }
 
@@ -161,6 +167,10 @@ pub struct WelcomePart {
     /// The bytes of this part.
     #[prost(bytes = "vec", tag = "3")]
     pub bytes: Vec<u8>,
+    /// Which Welcome the part belongs to, for one posted into a group's log (where parts of
+    /// several may interleave); empty in a join request's own mailbox.
+    #[prost(bytes = "vec", tag = "4")]
+    pub id: Vec<u8>,
 }
 
 /// Why padded content was refused.

@@ -113,6 +113,30 @@ impl Identity {
             .map_err(mls("serializing a key package"))
     }
 
+    /// A fresh one-time key package in `suite` for a group, whose leaf carries a new rejoin
+    /// ticket ([`crate::rejoin`]) and, to be taken back into a group, reveals the ticket of the
+    /// leaf it replaces. Returns the key package and the new ticket (keep its secret).
+    ///
+    /// # Errors
+    /// If building or serializing fails.
+    pub fn key_package_with_ticket<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        suite: Suite,
+        reveal: Option<&crate::Ticket>,
+    ) -> Result<(Vec<u8>, crate::Ticket), E2eeError> {
+        let ticket = crate::Ticket::generate(provider)?;
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
+            .leaf_node_extensions(crate::rejoin::ticket_extensions(&ticket, reveal)?)
+            .build(suite.mls(), provider, &self.signer, self.credential.clone())
+            .map_err(mls("building a key package"))?;
+        let bytes = MlsMessageOut::from(bundle.key_package().clone())
+            .tls_serialize_detached()
+            .map_err(mls("serializing a key package"))?;
+        Ok((bytes, ticket))
+    }
+
     /// Deletes the private signature key from storage.
     ///
     /// # Errors

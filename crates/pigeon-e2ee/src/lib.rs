@@ -16,6 +16,7 @@ pub mod content;
 mod crypto;
 mod group;
 mod members;
+pub mod rejoin;
 pub mod roster;
 mod verify;
 
@@ -23,8 +24,9 @@ pub use content::{Content, ContentError, Envelope};
 pub use crypto::{CryptoProvider, MemoryProvider};
 pub use group::{Group, Identity, Opened, forget_key_package};
 pub use members::{
-    Change, Changes, Committed, GROUP_PAST_EPOCHS, key_package_signature_key, stored_state,
+    Change, Changes, Committed, GROUP_PAST_EPOCHS, Rejoin, key_package_signature_key, stored_state,
 };
+pub use rejoin::Ticket;
 pub use roster::{Roster, RosterEntry};
 pub use verify::safety_number;
 

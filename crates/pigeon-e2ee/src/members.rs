@@ -9,6 +9,7 @@
 //! caller discards it ([`Group::discard_pending`]) and proposes its change again.
 
 use crate::group::{Group, Identity, ratchet};
+use crate::rejoin::{TICKET_EXTENSION, Ticket, leaf_ticket, opens, ticket_extensions};
 use crate::roster::{CommitShape, ROSTER_EXTENSION, Roster, RosterEntry, check_commit};
 use crate::{E2eeError, Opened, Suite, mls};
 use openmls::prelude::*;
@@ -41,6 +42,8 @@ pub struct Changes {
     pub renamed: Option<String>,
     /// Devices made admin.
     pub promoted: Vec<RosterEntry>,
+    /// Devices that fell behind and were taken back (a new leaf for the same device).
+    pub rejoined: Vec<RosterEntry>,
     /// This device was removed: the group is over for it.
     pub self_removed: bool,
 }
@@ -71,6 +74,22 @@ pub enum Change {
     Promote(Vec<u8>),
     /// Commit the pending requests to leave and nothing else.
     CommitLeaves,
+    /// Take back a device that fell behind: replace its leaf by the one in this key package,
+    /// whose ticket reveals the secret of the leaf it replaces ([`Group::check_rejoin`]).
+    Rejoin {
+        /// The serialized key package the device sent.
+        key_package: Vec<u8>,
+    },
+}
+
+/// A device's request to be taken back, checked against the group's tree.
+#[derive(Debug)]
+pub struct Rejoin {
+    /// The device's roster entry (unchanged by the rejoin).
+    pub entry: RosterEntry,
+    /// The secret of the ticket its current leaf commits to, revealed in the request: only the
+    /// device and the group's members see it, so it can seal what goes back to the device.
+    pub revealed: Ticket,
 }
 
 /// A staged commit, not yet merged.
@@ -82,12 +101,17 @@ pub struct Committed {
     pub welcome: Option<Vec<u8>>,
     /// The epoch the commit is for (it wins only as the first valid commit of this epoch).
     pub epoch: u64,
+    /// The rejoin ticket in this device's new leaf: keep its secret once the commit wins.
+    pub ticket: Ticket,
 }
 
 /// The leaf capabilities every Pigeonpost device announces: the roster extension.
 pub(crate) fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .extensions(vec![ExtensionType::Unknown(ROSTER_EXTENSION)])
+        .extensions(vec![
+            ExtensionType::Unknown(ROSTER_EXTENSION),
+            ExtensionType::Unknown(TICKET_EXTENSION),
+        ])
         .build()
 }
 
@@ -213,6 +237,80 @@ impl Group {
             .unwrap_or_default()
     }
 
+    /// The commitment of this device's rejoin ticket in the current tree (`None` while its
+    /// leaf has none: it gets one with its next commit).
+    pub fn own_ticket(&self) -> Option<[u8; 32]> {
+        self.group
+            .own_leaf_node()
+            .and_then(leaf_ticket)
+            .map(|(c, _)| c)
+    }
+
+    /// The other devices' signature keys and ticket commitments (those whose leaf has one):
+    /// what opens a request to rejoin.
+    pub fn tickets(&self) -> Vec<(Vec<u8>, [u8; 32])> {
+        let own = self.group.own_leaf_index();
+        self.group
+            .members()
+            .filter(|m| m.index != own)
+            .filter_map(|m| {
+                let leaf = self.group.public_group().leaf(m.index)?;
+                leaf_ticket(leaf).map(|(c, _)| (m.signature_key, c))
+            })
+            .collect()
+    }
+
+    /// Checks a device's request to be taken back: a key package of the group's suite, signed
+    /// by a device in the group (not this one), whose ticket reveals the secret behind the
+    /// ticket in that device's current leaf.
+    ///
+    /// # Errors
+    /// [`E2eeError::BadInput`] saying which check failed; a request from a copy of an old
+    /// state of the device (taken before its last key refresh) fails here, as does one from a
+    /// device that is back already.
+    pub fn check_rejoin<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        key_package: &[u8],
+    ) -> Result<Rejoin, E2eeError> {
+        let bad = crate::group::bad("request to rejoin");
+        let kp = validate_key_package(provider, key_package, self.group.ciphersuite())?;
+        let key = kp.leaf_node().signature_key().as_slice().to_vec();
+        let member = self
+            .group
+            .members()
+            .find(|m| m.signature_key == key)
+            .ok_or_else(|| bad("its device is not in the group".to_owned()))?;
+        if member.index == self.group.own_leaf_index() {
+            return Err(bad("it is for this device itself".to_owned()));
+        }
+        let (commitment, _) = self
+            .group
+            .public_group()
+            .leaf(member.index)
+            .and_then(leaf_ticket)
+            .ok_or_else(|| bad("the device's leaf has no ticket".to_owned()))?;
+        let revealed = leaf_ticket(kp.leaf_node())
+            .and_then(|(_, r)| r)
+            .ok_or_else(|| bad("it reveals no ticket".to_owned()))?;
+        if !opens(&commitment, &revealed) {
+            return Err(bad(
+                "its ticket is not the one in the device's leaf (a copy of an older state, or \
+                 the device is back already)"
+                    .to_owned(),
+            ));
+        }
+        let entry = self
+            .roster()?
+            .entry(&key)
+            .cloned()
+            .ok_or_else(|| bad("the roster does not list its device".to_owned()))?;
+        Ok(Rejoin {
+            entry,
+            revealed: Ticket::from_secret(revealed),
+        })
+    }
+
     /// True while a commit of this device's waits for the log's verdict.
     pub fn has_pending_commit(&self) -> bool {
         self.group.pending_commit().is_some()
@@ -294,6 +392,32 @@ impl Group {
                 }
             }
             Change::Update | Change::CommitLeaves => {}
+            Change::Rejoin { key_package } => {
+                let rejoin = self.check_rejoin(provider, &key_package)?;
+                let key = rejoin.entry.key;
+                if shape.removed.contains(&key) {
+                    return Err(E2eeError::NotAllowed(
+                        "that device asked to leave; it is not taken back".to_owned(),
+                    ));
+                }
+                let leaf = self
+                    .group
+                    .members()
+                    .find(|m| m.signature_key == key)
+                    .map(|m| m.index)
+                    .ok_or_else(|| {
+                        E2eeError::NotAllowed("that device is not in the group".to_owned())
+                    })?;
+                removals.push(leaf);
+                shape.removed.insert(key.clone());
+                shape.added.insert(key.clone());
+                shape.rejoined.insert(key);
+                adds.push(validate_key_package(
+                    provider,
+                    &key_package,
+                    self.group.ciphersuite(),
+                )?);
+            }
             Change::Rename(name) => roster.name = name,
             Change::Promote(key) => {
                 let entry = roster
@@ -310,11 +434,17 @@ impl Group {
             shape.new_roster = Some(roster.clone());
         }
         check_commit(&old, &members, &shape).map_err(E2eeError::NotAllowed)?;
+        let ticket = Ticket::generate(provider)?;
+        let leaf = LeafNodeParameters::builder()
+            .with_capabilities(capabilities())
+            .with_extensions(ticket_extensions(&ticket, None)?)
+            .build();
         let mut builder = self
             .group
             .commit_builder()
             .consume_proposal_store(true)
             .force_self_update(true)
+            .leaf_node_parameters(leaf)
             .propose_adds(adds)
             .propose_removals(removals);
         if roster != old {
@@ -344,6 +474,7 @@ impl Group {
             commit,
             welcome,
             epoch: self.epoch(),
+            ticket,
         })
     }
 
@@ -477,16 +608,7 @@ impl Group {
             committer: committer.clone(),
             ..CommitShape::default()
         };
-        for add in staged.add_proposals() {
-            shape.added.insert(
-                add.add_proposal()
-                    .key_package()
-                    .leaf_node()
-                    .signature_key()
-                    .as_slice()
-                    .to_vec(),
-            );
-        }
+        let mut removed_at = std::collections::BTreeMap::new();
         for remove in staged.remove_proposals() {
             let leaf = remove.remove_proposal().removed();
             let key = self
@@ -497,7 +619,35 @@ impl Group {
             if matches!(remove.sender(), Sender::Member(by) if *by == leaf) {
                 shape.left.insert(key.clone());
             }
-            shape.removed.insert(key);
+            shape.removed.insert(key.clone());
+            removed_at.insert(key, leaf);
+        }
+        for add in staged.add_proposals() {
+            let leaf_node = add.add_proposal().key_package().leaf_node();
+            let key = leaf_node.signature_key().as_slice().to_vec();
+            if let Some(old_leaf) = removed_at.get(&key) {
+                // The same device, removed and added: a rejoin, valid only with the secret of
+                // the ticket in the leaf it replaces.
+                let commitment = self
+                    .group
+                    .public_group()
+                    .leaf(*old_leaf)
+                    .and_then(leaf_ticket)
+                    .map(|(c, _)| c)
+                    .ok_or_else(|| {
+                        invalid("a commit takes back a device whose leaf has no ticket")
+                    })?;
+                let revealed = leaf_ticket(leaf_node)
+                    .and_then(|(_, r)| r)
+                    .ok_or_else(|| invalid("a commit takes back a device without its ticket"))?;
+                if !opens(&commitment, &revealed) {
+                    return Err(invalid(
+                        "a commit takes back a device with a ticket that is not its leaf's",
+                    ));
+                }
+                shape.rejoined.insert(key.clone());
+            }
+            shape.added.insert(key);
         }
         let new = roster_of(staged.group_context().extensions())
             .ok_or_else(|| invalid("a commit drops the roster"))?
@@ -512,14 +662,16 @@ impl Group {
             added: new
                 .members
                 .iter()
-                .filter(|m| shape.added.contains(&m.key))
+                .filter(|m| shape.added.contains(&m.key) && !shape.rejoined.contains(&m.key))
                 .cloned()
                 .collect(),
             removed: shape
                 .removed
                 .difference(&shape.left)
+                .filter(|k| !shape.rejoined.contains(*k))
                 .filter_map(entry)
                 .collect(),
+            rejoined: shape.rejoined.iter().filter_map(entry).collect(),
             left: shape.left.iter().filter_map(entry).collect(),
             renamed: (new.name != old.name).then(|| new.name.clone()),
             promoted: new
@@ -626,6 +778,11 @@ mod tests {
 
         fn group(&mut self) -> &mut Group {
             self.group.as_mut().expect("in the group")
+        }
+
+        fn check_rejoin(&self, key_package: &[u8]) -> Result<Rejoin, E2eeError> {
+            let g = self.group.as_ref().expect("in the group");
+            g.check_rejoin(&self.provider, key_package)
         }
 
         fn commit(&mut self, change: Change) -> Result<Committed, E2eeError> {
@@ -768,6 +925,141 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A device that missed commits for good is taken back by a member who is not an admin,
+    /// with the secret of the ticket in its leaf; a request with the ticket of an older state
+    /// (what a copy taken before the device's last refresh holds) is refused.
+    #[test]
+    fn a_device_that_fell_behind_is_taken_back_and_a_stale_copy_is_not() {
+        let mut devices: Vec<Device> = (0..3).map(|_| Device::new()).collect();
+        let roster = Roster {
+            name: "class".to_owned(),
+            members: vec![devices[0].entry("ann", true)],
+            direct: false,
+        };
+        let g = Group::create(
+            &devices[0].provider,
+            &devices[0].identity,
+            Suite::XWing,
+            &roster,
+        )
+        .expect("create");
+        devices[0].group = Some(g);
+        let mut joined_tickets = Vec::new();
+        for i in 1..3 {
+            let (kp, ticket) = devices[i]
+                .identity
+                .key_package_with_ticket(&devices[i].provider, Suite::XWing, None)
+                .expect("kp");
+            joined_tickets.push(ticket);
+            let entry = devices[i].entry(&format!("m{i}"), false);
+            let committed = devices[0]
+                .commit(Change::Add {
+                    key_package: kp,
+                    entry,
+                })
+                .expect("add");
+            apply_log(&mut devices, &[(0, committed.commit)]);
+            let joined =
+                Group::join_group(&devices[i].provider, &committed.welcome.expect("welcome"))
+                    .expect("join");
+            devices[i].group = Some(joined);
+        }
+        let cat_first = joined_tickets.pop().expect("cat's first ticket");
+        assert_eq!(
+            devices[2].group().own_ticket(),
+            Some(cat_first.commitment())
+        );
+        // cat refreshes: its leaf now commits to a new ticket.
+        let refresh = devices[2].commit(Change::Update).expect("refresh");
+        let cat_ticket = refresh.ticket.clone();
+        apply_log(&mut devices, &[(2, refresh.commit)]);
+        assert_eq!(
+            devices[2].group().own_ticket(),
+            Some(cat_ticket.commitment())
+        );
+        assert!(devices[0].group().tickets().contains(&(
+            devices[2].identity.public_key().to_vec(),
+            cat_ticket.commitment()
+        )));
+        // ann commits twice; cat never reads either commit (they expired on the relay).
+        for _ in 0..2 {
+            let c = devices[0].commit(Change::Update).expect("update");
+            apply_log(&mut devices[..2], &[(0, c.commit)]);
+        }
+        let behind = devices[2].say("from the past");
+        assert!(matches!(
+            devices[1].open(&behind),
+            Err(E2eeError::WrongEpoch { .. })
+        ));
+        // A copy of cat from before its refresh asks with the older ticket: refused.
+        let (stale, _) = devices[2]
+            .identity
+            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_first))
+            .expect("stale kp");
+        assert!(matches!(
+            devices[1].check_rejoin(&stale),
+            Err(E2eeError::BadInput { .. })
+        ));
+        assert!(matches!(
+            devices[1].commit(Change::Rejoin { key_package: stale }),
+            Err(E2eeError::BadInput { .. })
+        ));
+        // cat asks with the secret behind its leaf's ticket; ben (not an admin) takes it back.
+        let (request, next) = devices[2]
+            .identity
+            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_ticket))
+            .expect("request");
+        let checked = devices[1].check_rejoin(&request).expect("a valid request");
+        assert_eq!(checked.entry.name, "m2");
+        assert_eq!(checked.revealed, cat_ticket);
+        let rejoin = devices[1]
+            .commit(Change::Rejoin {
+                key_package: request,
+            })
+            .expect("rejoin");
+        match devices[0].open(&rejoin.commit) {
+            Ok(Opened::Commit { changes, .. }) => {
+                assert_eq!(changes.rejoined.len(), 1);
+                assert!(changes.added.is_empty() && changes.removed.is_empty());
+            }
+            other => panic!("ann refused the rejoin: {other:?}"),
+        }
+        let ben = &mut devices[1];
+        ben.group
+            .as_mut()
+            .expect("group")
+            .merge_pending(&ben.provider)
+            .expect("merge");
+        let old = devices[2].group.take().expect("cat's old state");
+        old.delete(&devices[2].provider)
+            .expect("forget the old state");
+        let back = Group::join_group(&devices[2].provider, &rejoin.welcome.expect("welcome"))
+            .expect("cat joins again");
+        devices[2].group = Some(back);
+        assert_eq!(devices[2].group().own_ticket(), Some(next.commitment()));
+        let auth = devices[0].group().epoch_authenticator();
+        for d in &mut devices {
+            assert_eq!(d.group().epoch_authenticator(), auth);
+            assert_eq!(d.group().roster().expect("roster").members.len(), 3);
+        }
+        let hello = devices[2].say("back again");
+        assert!(matches!(
+            devices[0].open(&hello),
+            Ok(Opened::Content { .. })
+        ));
+        let reply = devices[0].say("welcome back");
+        assert!(matches!(
+            devices[2].open(&reply),
+            Ok(Opened::Content { .. })
+        ));
+        // The request cannot be used a second time: the leaf it replaced is gone.
+        let (again, _) = devices[2]
+            .identity
+            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_ticket))
+            .expect("again");
+        assert!(devices[0].check_rejoin(&again).is_err());
     }
 
     #[test]

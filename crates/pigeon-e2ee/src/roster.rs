@@ -197,6 +197,9 @@ pub struct CommitShape {
     pub removed: BTreeSet<Vec<u8>>,
     /// Of `removed`, those that asked to leave themselves (self-remove proposals).
     pub left: BTreeSet<Vec<u8>>,
+    /// Of both `removed` and `added`: devices taken back with a new leaf (a rejoin whose
+    /// ticket the caller checked). They keep their roster entries.
+    pub rejoined: BTreeSet<Vec<u8>>,
     /// The roster the commit installs (`None`: unchanged).
     pub new_roster: Option<Roster>,
 }
@@ -212,8 +215,28 @@ pub fn check_commit(
     shape: &CommitShape,
 ) -> Result<Roster, String> {
     let committer_admin = old.is_admin(&shape.committer);
-    let by_others: BTreeSet<_> = shape.removed.difference(&shape.left).cloned().collect();
-    if !committer_admin && (!shape.added.is_empty() || !by_others.is_empty()) {
+    if !shape.rejoined.is_subset(&shape.added)
+        || !shape.rejoined.is_subset(&shape.removed)
+        || !shape.rejoined.is_disjoint(&shape.left)
+    {
+        return Err("a device taken back is not both removed and added".to_owned());
+    }
+    if shape
+        .removed
+        .intersection(&shape.added)
+        .any(|k| !shape.rejoined.contains(k))
+    {
+        return Err("a commit removes and adds the same device without its ticket".to_owned());
+    }
+    // Taking back a device that fell behind is anyone's to commit: its ticket proves it.
+    let added: BTreeSet<_> = shape.added.difference(&shape.rejoined).cloned().collect();
+    let by_others: BTreeSet<_> = shape
+        .removed
+        .difference(&shape.left)
+        .filter(|k| !shape.rejoined.contains(*k))
+        .cloned()
+        .collect();
+    if !committer_admin && (!added.is_empty() || !by_others.is_empty()) {
         return Err("a member who is not an admin added or removed someone".to_owned());
     }
     if shape.removed.contains(&shape.committer) {
@@ -228,7 +251,7 @@ pub fn check_commit(
     let new = match &shape.new_roster {
         Some(r) => r.clone(),
         None => {
-            if !shape.added.is_empty() || !shape.removed.is_empty() {
+            if !added.is_empty() || shape.removed.len() > shape.rejoined.len() {
                 return Err("a commit changes members without changing the roster".to_owned());
             }
             return Ok(old.clone());
@@ -294,6 +317,60 @@ mod tests {
 
     fn keys(ks: &[u8]) -> BTreeSet<Vec<u8>> {
         ks.iter().map(|k| vec![*k; 32]).collect()
+    }
+
+    #[test]
+    fn anyone_takes_back_a_device_with_its_ticket_and_nobody_without() {
+        let old = roster(&[(1, true), (2, false), (3, false)]);
+        let members = keys(&[1, 2, 3]);
+        // A member who is not an admin takes 3 back (the caller checked its ticket); the
+        // roster stays as it was.
+        let rejoin = CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[3]),
+            removed: keys(&[3]),
+            rejoined: keys(&[3]),
+            ..CommitShape::default()
+        };
+        assert_eq!(check_commit(&old, &members, &rejoin), Ok(old.clone()));
+        // The same removal and add without a checked ticket is refused, from an admin too.
+        let swap = CommitShape {
+            committer: vec![1; 32],
+            added: keys(&[3]),
+            removed: keys(&[3]),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &swap).is_err());
+        // A rejoin does not carry anything else for a member who is not an admin.
+        let more = CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[3, 4]),
+            removed: keys(&[3]),
+            rejoined: keys(&[3]),
+            new_roster: Some(roster(&[(1, true), (2, false), (3, false), (4, false)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &more).is_err());
+        // Nor may it rewrite the device's entry (make it admin).
+        let promote = CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[3]),
+            removed: keys(&[3]),
+            rejoined: keys(&[3]),
+            new_roster: Some(roster(&[(1, true), (2, false), (3, true)])),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &promote).is_err());
+        // Nor take back a device that asked to leave.
+        let left = CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[3]),
+            removed: keys(&[3]),
+            left: keys(&[3]),
+            rejoined: keys(&[3]),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &left).is_err());
     }
 
     #[test]

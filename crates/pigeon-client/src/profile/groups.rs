@@ -22,7 +22,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use pigeon_e2ee::content::{LogKeys, Text, WelcomePart, body::Body, envelope::Kind};
 use pigeon_e2ee::{
     Change, Changes, Content, E2eeError, Envelope, Group, Identity, Opened, Roster, RosterEntry,
-    Suite,
+    Suite, Ticket,
 };
 use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
@@ -195,6 +195,9 @@ const UPDATE: u32 = 3;
 const RENAME: u32 = 4;
 const PROMOTE: u32 = 5;
 const COMMIT_LEAVES: u32 = 6;
+/// Take back a device that fell behind (`key_package` is its request; `welcome_secret` the
+/// ticket secret it revealed, which seals the Welcome back).
+const REJOIN: u32 = 7;
 
 impl Intent {
     fn change(&self) -> Result<Change, ProfileError> {
@@ -213,6 +216,9 @@ impl Intent {
             RENAME => Change::Rename(self.name.clone()),
             PROMOTE => Change::Promote(self.keys.first().cloned().unwrap_or_default()),
             COMMIT_LEAVES => Change::CommitLeaves,
+            REJOIN => Change::Rejoin {
+                key_package: self.key_package.clone(),
+            },
             other => {
                 return Err(ProfileError::Invalid(format!(
                     "a stored group change of unknown kind {other}"
@@ -239,6 +245,23 @@ struct JoinRequest {
     reply_mailbox: Vec<u8>,
     #[prost(bytes = "vec", tag = "7")]
     reply_cap: Vec<u8>,
+}
+
+/// A device's request to be taken back, sealed under a key from its leaf's ticket commitment.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RejoinRequest {
+    /// A key package with the device's signature key whose ticket reveals the old secret.
+    #[prost(bytes = "vec", tag = "1")]
+    key_package: Vec<u8>,
+}
+
+/// The id of the Welcome that takes back the device that revealed `secret`: its parts carry
+/// it in the log, and the device looks for nothing else.
+fn rejoin_welcome_id(secret: &[u8; 32]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(b"pigeon rejoin welcome id");
+    h.update(secret);
+    h.finalize().into()
 }
 
 /// What a new member needs besides the MLS Welcome: where the group's log is.
@@ -292,6 +315,10 @@ struct GroupRow {
     state: i64,
     /// A conversation of two: a contact's, not listed among groups.
     direct: bool,
+    /// The commitment of the ticket in this device's waiting commit (or rejoin request).
+    pending_ticket: Option<Vec<u8>>,
+    /// While lost: the ticket secret revealed to ask to be taken back.
+    rejoin_secret: Option<Vec<u8>>,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -358,7 +385,7 @@ impl Profile {
             .query_row(
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
                         cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
-                        direct
+                        direct, pending_ticket, rejoin_secret
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -378,6 +405,8 @@ impl Profile {
                         updated_at: r.get(12)?,
                         state: r.get(13)?,
                         direct: r.get(14)?,
+                        pending_ticket: r.get(15)?,
+                        rejoin_secret: r.get(16)?,
                     })
                 },
             )
@@ -546,6 +575,9 @@ impl Profile {
             state: match row.state {
                 STATE_ACTIVE => "active",
                 STATE_LEAVING => "leaving",
+                STATE_LOST if row.rejoin_secret.is_some() => {
+                    "lost: asked the group to take this device back"
+                }
                 STATE_LOST => "lost: ask an admin to add this device again",
                 _ => "gone",
             },
@@ -775,10 +807,14 @@ impl Profile {
     pub fn logs(&self) -> Result<Vec<LogInbox>, ProfileError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT log_relay, log_id, log_cap, cursor FROM groups WHERE state < ?1")
+            .prepare(
+                "SELECT log_relay, log_id, log_cap, cursor FROM groups
+                 WHERE state < ?1 OR (state = ?2 AND rejoin_secret IS NOT NULL)",
+            )
             .map_err(db("listing group logs"))?;
+        // A group this device fell behind is read only for the Welcome it asked for.
         let rows = stmt
-            .query_map([STATE_GONE], |r| {
+            .query_map([STATE_GONE, STATE_LOST], |r| {
                 Ok(LogInbox {
                     relay: r.get(0)?,
                     log_id: blob32(r.get(1)?)?,
@@ -902,7 +938,9 @@ impl Profile {
         self.tx(|| {
             let mls = self.mls();
             let identity = Identity::generate(&mls)?;
-            let key_package = identity.key_package(&mls, Suite::XWing)?;
+            let (key_package, ticket) =
+                identity.key_package_with_ticket(&mls, Suite::XWing, None)?;
+            self.keep_ticket(&ticket)?;
             let request = JoinRequest {
                 key_package,
                 name: my_name.clone(),
@@ -1390,10 +1428,17 @@ impl Profile {
             match group.commit(&mls, &identity, change) {
                 Ok(committed) => {
                     let mid = self.queue_log(&row, Kind::Mls(committed.commit))?;
+                    self.keep_ticket(&committed.ticket)?;
                     self.conn
                         .execute(
-                            "UPDATE groups SET pending_commit = ?1, pending_intent = ?2 WHERE id = ?3",
-                            params![mid.as_slice(), intent_id, id],
+                            "UPDATE groups SET pending_commit = ?1, pending_intent = ?2,
+                               pending_ticket = ?3 WHERE id = ?4",
+                            params![
+                                mid.as_slice(),
+                                intent_id,
+                                committed.ticket.commitment().as_slice(),
+                                id
+                            ],
                         )
                         .map_err(db("recording a commit"))?;
                     self.conn
@@ -1403,6 +1448,14 @@ impl Profile {
                         )
                         .map_err(db("recording a commit"))?;
                     return Ok(());
+                }
+                Err(e)
+                    if intent.kind == REJOIN
+                        && (e.is_bad_input() || matches!(e, E2eeError::NotAllowed(_))) =>
+                {
+                    // The device is back already (another member took it back first), or
+                    // left: nothing to do.
+                    self.drop_intent(intent_id)?;
                 }
                 Err(E2eeError::NotAllowed(reason)) => {
                     // The group changed under the intent (the member left, this device lost
@@ -1451,6 +1504,46 @@ impl Profile {
         self.conn
             .execute("DELETE FROM group_intents WHERE id = ?1", [intent_id])
             .map_err(db("dropping a group change"))?;
+        Ok(())
+    }
+
+    /// Keeps a rejoin ticket's secret under its commitment (the commitment went into a leaf
+    /// this device made).
+    pub(super) fn keep_ticket(&self, ticket: &Ticket) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO tickets (commitment, secret, made_at) VALUES (?1, ?2, ?3)",
+                params![
+                    ticket.commitment().as_slice(),
+                    ticket.secret().as_slice(),
+                    now_ms()
+                ],
+            )
+            .map_err(db("keeping a rejoin ticket"))?;
+        Ok(())
+    }
+
+    /// The ticket behind `commitment`, if this device made it.
+    fn ticket(&self, commitment: &[u8]) -> Result<Option<Ticket>, ProfileError> {
+        let secret: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT secret FROM tickets WHERE commitment = ?1",
+                [commitment],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("reading a rejoin ticket"))?;
+        secret
+            .map(|s| key32(&s, "rejoin ticket").map(Ticket::from_secret))
+            .transpose()
+    }
+
+    /// Forgets a ticket no leaf carries any more.
+    fn forget_ticket(&self, commitment: &[u8]) -> Result<(), ProfileError> {
+        self.conn
+            .execute("DELETE FROM tickets WHERE commitment = ?1", [commitment])
+            .map_err(db("forgetting a rejoin ticket"))?;
         Ok(())
     }
 

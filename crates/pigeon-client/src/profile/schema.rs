@@ -308,3 +308,20 @@ CREATE TABLE relays (
 PRAGMA user_version = 7;
 COMMIT;
 ";
+
+/// Version 8: rejoin tickets (`pigeon_e2ee::rejoin`). `tickets` keeps the secret behind each
+/// ticket commitment this device put into a leaf (key packages and commits); a group keeps the
+/// commitment of its waiting commit's ticket, and, while it asks to be taken back, the secret
+/// it revealed (which seals the Welcome back).
+pub(super) const MIGRATE_8: &str = "
+BEGIN;
+CREATE TABLE tickets (
+  commitment BLOB PRIMARY KEY,
+  secret BLOB NOT NULL,
+  made_at INTEGER NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE groups ADD COLUMN pending_ticket BLOB;
+ALTER TABLE groups ADD COLUMN rejoin_secret BLOB;
+PRAGMA user_version = 8;
+COMMIT;
+";

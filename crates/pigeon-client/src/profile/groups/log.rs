@@ -23,8 +23,14 @@ impl Profile {
                     .collect());
             };
             let mut out = Vec::new();
-            for (seq, message_id, payload) in deliveries {
+            for (i, (seq, message_id, payload)) in deliveries.iter().enumerate() {
                 out.extend(self.log_entry(id, *seq, message_id, payload)?);
+                if self.group_row(id)?.cursor < to_i64(*seq) {
+                    // This device was taken back and reads again from where that happened:
+                    // the rest of this batch comes again, in order, after subscribing anew.
+                    out.extend(deliveries[i + 1..].iter().map(|_| Handled::Duplicate));
+                    break;
+                }
             }
             self.drive_in_tx(id)?;
             Ok(out)
@@ -40,8 +46,18 @@ impl Profile {
     ) -> Result<Vec<Handled>, ProfileError> {
         let row = self.group_row(id)?;
         let seq_i = to_i64(seq);
-        if seq_i <= row.cursor || row.state >= STATE_GONE {
+        if seq_i <= row.cursor || row.state == STATE_GONE {
             return Ok(vec![Handled::Duplicate]);
+        }
+        if row.state == STATE_LOST {
+            // Nothing here can be read any more, except the Welcome that takes this device back.
+            self.conn
+                .execute(
+                    "UPDATE groups SET cursor = ?1 WHERE id = ?2",
+                    params![seq_i, id],
+                )
+                .map_err(db("advancing the log cursor"))?;
+            return self.lost_entry(&row, payload);
         }
         let mut gap = Vec::new();
         if seq_i > row.cursor + 1 {
@@ -156,20 +172,43 @@ impl Profile {
                     .map_err(db("rolling back"))?;
                 self.conn
                     .execute(
-                        "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
+                        "UPDATE groups SET state = ?1, pending_commit = NULL, pending_intent = NULL
+                         WHERE id = ?2",
                         params![STATE_LOST, id],
                     )
                     .map_err(db("marking a group lost"))?;
+                let asked = self.ask_to_be_taken_back(row)?;
                 let me = self.name()?;
+                let what = if row.direct {
+                    "this conversation"
+                } else {
+                    &row.name
+                };
+                let again = if row.direct {
+                    "invite each other again (`pigeon invite`)"
+                } else {
+                    "ask an admin to remove this device (`pigeon group remove`) and invite you \
+                     again"
+                };
+                let next = if asked {
+                    format!(
+                        "It asked to be taken back: the others' devices do so when they next \
+                         read, and this device then reads on from there (what came between is \
+                         lost to it). If that does not happen within days, {again}"
+                    )
+                } else {
+                    format!(
+                        "It cannot ask to be taken back by itself (its leaf has no ticket this \
+                         device keeps). To come back, {again}"
+                    )
+                };
                 let m = self.notice(
                     id,
                     &me,
                     false,
                     &format!(
-                        "this device fell behind {}: the group moved on (epoch {got}; this device is \
-                         at {current}) through changes the relay no longer keeps. Ask an admin to \
-                         remove this device (`pigeon group remove`) and invite you again",
-                        row.name
+                        "this device fell behind {what}: the group moved on (epoch {got}; this \
+                         device is at {current}) through changes the relay no longer keeps. {next}"
                     ),
                 )?;
                 Ok(vec![Handled::Group(m)])
@@ -192,11 +231,17 @@ impl Profile {
     ) -> Result<Vec<Handled>, ProfileError> {
         let envelope = Envelope::decode(payload)
             .map_err(|e| peer("envelope", &format!("it does not decode: {e}")))?;
-        let Some(Kind::Mls(ct)) = envelope.kind else {
-            return Err(peer(
-                "envelope",
-                "a group log received something other than an MLS message",
-            ));
+        let ct = match envelope.kind {
+            Some(Kind::Mls(ct)) => ct,
+            Some(Kind::Rejoin(sealed)) => return self.rejoin_request(row, &sealed),
+            // The Welcome that takes back a device that fell behind: for that device only.
+            Some(Kind::WelcomePart(_)) => return Ok(vec![Handled::Duplicate]),
+            _ => {
+                return Err(peer(
+                    "envelope",
+                    "a group log received something other than an MLS message",
+                ));
+            }
         };
         let mls = self.mls();
         let mut group = Group::load(&mls, &row.group_id)?;
@@ -280,9 +325,13 @@ impl Profile {
                 if had_pending {
                     // Another member's commit came first: ours is void (openmls dropped it
                     // when merging), and its intent is proposed again by drive_in_tx.
+                    if let Some(ticket) = &row.pending_ticket {
+                        self.forget_ticket(ticket)?;
+                    }
                     self.conn
                         .execute(
-                            "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                            "UPDATE groups SET pending_commit = NULL, pending_intent = NULL,
+                               pending_ticket = NULL WHERE id = ?1",
                             [row.id],
                         )
                         .map_err(db("dropping a lost commit"))?;
@@ -333,7 +382,14 @@ impl Profile {
                 .map_err(db("clearing a commit"))?;
             return Ok(vec![Handled::Duplicate]);
         }
+        let old_ticket = group.own_ticket();
         let changes = group.merge_pending(&mls)?;
+        if let Some(old) = old_ticket
+            && group.own_ticket() != Some(old)
+        {
+            // The leaf that carried it is gone: it could never take this device back.
+            self.forget_ticket(&old)?;
+        }
         let intent = match row.pending_intent {
             Some(intent_id) => {
                 let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = self
@@ -352,7 +408,8 @@ impl Profile {
         };
         self.conn
             .execute(
-                "UPDATE groups SET pending_commit = NULL, pending_intent = NULL WHERE id = ?1",
+                "UPDATE groups SET pending_commit = NULL, pending_intent = NULL,
+                   pending_ticket = NULL WHERE id = ?1",
                 [row.id],
             )
             .map_err(db("recording a commit"))?;
@@ -360,6 +417,9 @@ impl Profile {
         match intent {
             Some((i, Some(welcome))) if i.kind == ADD => {
                 self.send_welcome(row, &i, welcome, seq)?;
+            }
+            Some((i, Some(welcome))) if i.kind == REJOIN => {
+                self.send_rejoin_welcome(row, &i, welcome, seq)?;
             }
             Some((i, _)) if i.kind == UPDATE => {
                 self.conn
@@ -570,6 +630,17 @@ impl Profile {
         for p in &changes.promoted {
             lines.push(format!("{by} made {} an admin", p.name));
         }
+        for r in &changes.rejoined {
+            let device = if r.device.is_empty() {
+                "device".to_owned()
+            } else {
+                format!("device ({})", r.device)
+            };
+            lines.push(format!(
+                "{}'s {device} fell behind and {by} took it back (same key, proven by its ticket)",
+                r.name
+            ));
+        }
         if changes.self_removed {
             lines.push(format!(
                 "you are no longer in this group (removed by {by}); it reads nothing new"
@@ -625,6 +696,7 @@ impl Profile {
                         part: u32::try_from(i).unwrap_or(u32::MAX),
                         parts: parts_u32,
                         bytes: chunk.to_vec(),
+                        id: Vec::new(),
                     })),
                 },
             )?;
@@ -734,41 +806,9 @@ impl Profile {
                 "a request to join received something other than a Welcome",
             ));
         };
-        if part.parts == 0 || part.parts > MAX_WELCOME_PARTS || part.part >= part.parts {
-            return Err(peer("welcome", "its part numbers are out of range"));
-        }
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO welcome_parts (mailbox_id, part, parts, bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![mailbox.as_slice(), part.part, part.parts, part.bytes],
-            )
-            .map_err(db("keeping a part of a Welcome"))?;
-        let have: Vec<(u32, u32, Vec<u8>)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT part, parts, bytes FROM welcome_parts WHERE mailbox_id = ?1 ORDER BY part")
-                .map_err(db("reading a Welcome"))?;
-            let rows = stmt
-                .query_map([mailbox.as_slice()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(db("reading a Welcome"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(db("reading a Welcome"))?
-        };
-        if have.iter().any(|(_, n, _)| *n != part.parts) {
-            return Err(peer("welcome", "its parts disagree on how many there are"));
-        }
-        if u32::try_from(have.len()).unwrap_or(u32::MAX) < part.parts {
+        let Some(sealed) = self.collect_welcome_part(mailbox, &part)? else {
             return Ok(Some(Handled::Duplicate));
-        }
-        let sealed: Vec<u8> = have.into_iter().flat_map(|(_, _, b)| b).collect();
-        self.conn
-            .execute(
-                "DELETE FROM welcome_parts WHERE mailbox_id = ?1",
-                [mailbox.as_slice()],
-            )
-            .map_err(db("reading a Welcome"))?;
+        };
         let secret = key32(&secret, "welcome")?;
         let plain = open_sealed(&secret, b"welcome", &sealed)?;
         let gw = GroupWelcome::decode(plain.as_slice())
@@ -833,5 +873,272 @@ impl Profile {
             &format!("you joined {} with {}", roster.name, members.join(", ")),
         )?;
         Ok(Some(Handled::JoinedGroup(self.group_info(id)?)))
+    }
+
+    /// Keeps a part of a sealed Welcome under `key`; returns the whole sealed Welcome once
+    /// every part is there (and forgets the parts).
+    fn collect_welcome_part(
+        &self,
+        key: &[u8],
+        part: &WelcomePart,
+    ) -> Result<Option<Vec<u8>>, ProfileError> {
+        if part.parts == 0 || part.parts > MAX_WELCOME_PARTS || part.part >= part.parts {
+            return Err(peer("welcome", "its part numbers are out of range"));
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO welcome_parts (mailbox_id, part, parts, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![key, part.part, part.parts, part.bytes],
+            )
+            .map_err(db("keeping a part of a Welcome"))?;
+        let have: Vec<(u32, u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT part, parts, bytes FROM welcome_parts WHERE mailbox_id = ?1 ORDER BY part")
+                .map_err(db("reading a Welcome"))?;
+            let rows = stmt
+                .query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("reading a Welcome"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading a Welcome"))?
+        };
+        if have.iter().any(|(_, n, _)| *n != part.parts) {
+            self.conn
+                .execute("DELETE FROM welcome_parts WHERE mailbox_id = ?1", [key])
+                .map_err(db("dropping a Welcome"))?;
+            return Err(peer("welcome", "its parts disagree on how many there are"));
+        }
+        if u32::try_from(have.len()).unwrap_or(u32::MAX) < part.parts {
+            return Ok(None);
+        }
+        self.conn
+            .execute("DELETE FROM welcome_parts WHERE mailbox_id = ?1", [key])
+            .map_err(db("reading a Welcome"))?;
+        Ok(Some(have.into_iter().flat_map(|(_, _, b)| b).collect()))
+    }
+
+    /// This device fell behind for good: if its leaf's ticket is one it keeps, it asks the
+    /// group (in the log) to take it back, with a new key package that reveals the ticket.
+    /// Returns whether it asked.
+    fn ask_to_be_taken_back(&self, row: &GroupRow) -> Result<bool, ProfileError> {
+        let mls = self.mls();
+        let group = Group::load(&mls, &row.group_id)?;
+        let Some(commitment) = group.own_ticket() else {
+            return Ok(false);
+        };
+        let Some(old) = self.ticket(&commitment)? else {
+            return Ok(false);
+        };
+        let identity = Identity::load(&mls, &row.signature_key)?;
+        let suite = group.suite().unwrap_or(Suite::XWing);
+        let (key_package, next) = identity.key_package_with_ticket(&mls, suite, Some(&old))?;
+        self.keep_ticket(&next)?;
+        let request = RejoinRequest { key_package };
+        // Sealed under the commitment, which only those who hold the group's tree know: the
+        // relay sees neither the key package nor whose request it is.
+        let sealed = seal(&commitment, b"rejoin", &request.encode_to_vec())?;
+        self.queue_log(row, Kind::Rejoin(sealed))?;
+        self.conn
+            .execute(
+                "UPDATE groups SET rejoin_secret = ?1, pending_ticket = ?2 WHERE id = ?3",
+                params![
+                    old.secret().as_slice(),
+                    next.commitment().as_slice(),
+                    row.id
+                ],
+            )
+            .map_err(db("asking to be taken back"))?;
+        Ok(true)
+    }
+
+    /// A request in the log from a device that fell behind. Any member may take it back; the
+    /// admins' devices do (or every member's, when the device is the group's only admin), and
+    /// the log decides which commit counts.
+    fn rejoin_request(&self, row: &GroupRow, sealed: &[u8]) -> Result<Vec<Handled>, ProfileError> {
+        let mls = self.mls();
+        let group = Group::load(&mls, &row.group_id)?;
+        let opened = group.tickets().into_iter().find_map(|(key, commitment)| {
+            open_sealed(&commitment, b"rejoin", sealed)
+                .ok()
+                .map(|plain| (key, plain))
+        });
+        let Some((key, plain)) = opened else {
+            // Sealed to no ticket in the tree now: a device that is back already, a request
+            // from a copy of an old state, or one that was never for this group.
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let request = RejoinRequest::decode(plain.as_slice())
+            .map_err(|e| peer("request to rejoin", &format!("it does not decode: {e}")))?;
+        let rejoin = group.check_rejoin(&mls, &request.key_package)?;
+        if rejoin.entry.key != key {
+            return Err(peer(
+                "request to rejoin",
+                "it is sealed for one device and signed by another",
+            ));
+        }
+        let roster = group.roster()?;
+        let respond = roster.is_admin(&row.signature_key)
+            || !roster.members.iter().any(|m| m.admin && m.key != key);
+        let who = &rejoin.entry.name;
+        let mut line = format!("{who}'s device fell behind and asked to be taken back");
+        if respond {
+            line.push_str("; taking it back");
+            self.add_intent(
+                row.id,
+                &Intent {
+                    kind: REJOIN,
+                    key_package: request.key_package,
+                    keys: vec![key],
+                    welcome_secret: rejoin.revealed.secret().to_vec(),
+                    ..Intent::default()
+                },
+            )?;
+        }
+        let m = self.notice(row.id, who, false, &line)?;
+        Ok(vec![Handled::Group(m)])
+    }
+
+    /// The commit that took a device back won: the Welcome goes into the log, sealed under the
+    /// ticket secret the device revealed, in parts the device recognises by their id.
+    fn send_rejoin_welcome(
+        &self,
+        row: &GroupRow,
+        intent: &Intent,
+        welcome: Vec<u8>,
+        seq: u64,
+    ) -> Result<(), ProfileError> {
+        let secret = key32(&intent.welcome_secret, "rejoin")?;
+        // Read the log keys afresh: a rotation may have happened in this same batch.
+        let fresh = self.group_row(row.id)?;
+        let relay = crate::profile::parse_stored_relay(&fresh.log_relay)?;
+        let body = GroupWelcome {
+            welcome,
+            log_relay: relay.to_payload().encode_to_vec(),
+            log_id: fresh.log_id.to_vec(),
+            log_cap: fresh.log_cap.to_vec(),
+            log_owner: fresh.log_owner.clone(),
+            after_seq: seq,
+        };
+        let sealed = seal(&secret, b"rejoin welcome", &body.encode_to_vec())?;
+        let id = rejoin_welcome_id(&secret);
+        let parts = u32::try_from(sealed.chunks(WELCOME_PART).count()).unwrap_or(u32::MAX);
+        for (i, chunk) in sealed.chunks(WELCOME_PART).enumerate() {
+            self.queue_log(
+                &fresh,
+                Kind::WelcomePart(WelcomePart {
+                    part: u32::try_from(i).unwrap_or(u32::MAX),
+                    parts,
+                    bytes: chunk.to_vec(),
+                    id: id.to_vec(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// An entry of the log of a group this device fell behind: only the Welcome that takes it
+    /// back counts.
+    fn lost_entry(&self, row: &GroupRow, payload: &[u8]) -> Result<Vec<Handled>, ProfileError> {
+        let Some(secret) = &row.rejoin_secret else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let secret = key32(secret, "rejoin")?;
+        let id = rejoin_welcome_id(&secret);
+        let Ok(Envelope {
+            kind: Some(Kind::WelcomePart(part)),
+        }) = Envelope::decode(payload)
+        else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        if part.id != id {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        self.conn
+            .execute_batch("SAVEPOINT rejoin")
+            .map_err(db("starting a savepoint"))?;
+        match self.taken_back(row, &secret, &id, &part) {
+            Ok(h) => {
+                self.conn
+                    .execute_batch("RELEASE rejoin")
+                    .map_err(db("releasing a savepoint"))?;
+                Ok(h)
+            }
+            Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
+                self.conn
+                    .execute_batch("ROLLBACK TO rejoin; RELEASE rejoin")
+                    .map_err(db("rolling back"))?;
+                Ok(vec![Handled::Dropped(e.to_string())])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn taken_back(
+        &self,
+        row: &GroupRow,
+        secret: &[u8; 32],
+        id: &[u8; 32],
+        part: &WelcomePart,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let Some(sealed) = self.collect_welcome_part(id, part)? else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let plain = open_sealed(secret, b"rejoin welcome", &sealed)?;
+        let gw = GroupWelcome::decode(plain.as_slice())
+            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
+        if gw.log_id.as_slice() != row.log_id.as_slice() {
+            return Err(peer("welcome", "it is for another group's log"));
+        }
+        let log_cap = key32(&gw.log_cap, "welcome")?;
+        let log_owner = key32(&gw.log_owner, "welcome")?;
+        let mls = self.mls();
+        let old = Group::load(&mls, &row.group_id)?;
+        let old_ticket = old.own_ticket();
+        old.delete(&mls)?;
+        let group = Group::join_group(&mls, &gw.welcome)?;
+        if group.id() != row.group_id {
+            return Err(peer("welcome", "it is for another group"));
+        }
+        if group.roster()?.entry(&row.signature_key).is_none() {
+            return Err(peer(
+                "welcome",
+                "the group's roster does not list this device",
+            ));
+        }
+        if let Some(t) = old_ticket {
+            self.forget_ticket(&t)?;
+        }
+        self.conn
+            .execute(
+                "UPDATE groups SET state = ?1, cursor = ?2, log_cap = ?3, log_owner = ?4,
+                   pending_commit = NULL, pending_intent = NULL, pending_ticket = NULL,
+                   rejoin_secret = NULL, sent_since_update = 0, updated_at = ?5 WHERE id = ?6",
+                params![
+                    STATE_ACTIVE,
+                    to_i64(gw.after_seq),
+                    log_cap.as_slice(),
+                    log_owner.as_slice(),
+                    now_ms(),
+                    row.id
+                ],
+            )
+            .map_err(db("rejoining a group"))?;
+        let me = self.name()?;
+        let m = self.notice(
+            row.id,
+            &me,
+            false,
+            &format!(
+                "this device is back in {}: it was taken back at epoch {} and reads on from there",
+                if row.direct {
+                    "this conversation"
+                } else {
+                    &row.name
+                },
+                group.epoch()
+            ),
+        )?;
+        // Read the log again from where this device was taken back.
+        Ok(vec![Handled::Group(m), Handled::LogKeysChanged])
     }
 }

@@ -1,0 +1,140 @@
+//! Taking back a device that fell behind, without taking back a stolen copy of it.
+//!
+//! A device falls behind for good when commits it never read expire from the group's log (it
+//! was offline for weeks) or its state was restored from an old copy. Re-admitting such a
+//! device must not undo post-compromise security: a copy of the device's state that an
+//! attacker took before the device's last key refresh must stay out, exactly as MLS keeps it
+//! out of the group's later epochs.
+//!
+//! The rule that gives both: **a device is taken back only with the secret behind the ticket
+//! in its current leaf.** Every leaf node a Pigeonpost device makes (in a key package, or in
+//! the update path of each of its commits) carries a [`TICKET_EXTENSION`] with the SHA-256
+//! commitment to a fresh random secret, which only that device keeps. Only the device itself
+//! changes its leaf, so the commitment in the group's tree is always the one of the device's
+//! last refresh: the device that merely missed commits still holds its secret, and a copy
+//! taken before that refresh holds an older one. To come back, the device sends a new key
+//! package (same signature key, a new ticket) whose ticket also *reveals* the old secret,
+//! sealed under a key derived from the old commitment (which only the group's members know;
+//! the relay learns nothing). Any member commits a *rejoin*: the removal of the device's old
+//! leaf and the add of the new key package, in one commit. Every member checks the revealed
+//! secret against the removed leaf's commitment ([`crate::Group::check_rejoin`]), so a rejoin
+//! without it is invalid everywhere, and the roster's rules let any member make a valid one
+//! (the device keeps its roster entry: name, person, admin flag).
+
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::E2eeError;
+
+/// The private leaf-node extension type that holds a device's rejoin ticket.
+pub const TICKET_EXTENSION: u16 = 0xF7A2;
+
+/// A rejoin ticket's secret. Its commitment goes into the device's leaf; the secret stays on
+/// the device until it is revealed to come back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ticket([u8; 32]);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket")
+    }
+}
+
+impl Ticket {
+    /// A fresh ticket from the provider's randomness.
+    ///
+    /// # Errors
+    /// When there is no randomness.
+    pub fn generate<P: OpenMlsProvider>(provider: &P) -> Result<Self, E2eeError> {
+        provider
+            .rand()
+            .random_array::<32>()
+            .map(Self)
+            .map_err(|e| E2eeError::Provider(format!("{e:?}")))
+    }
+
+    /// The ticket with this secret (as stored).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        Self(secret)
+    }
+
+    /// The secret, for storage.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The commitment that goes into the leaf.
+    pub fn commitment(&self) -> [u8; 32] {
+        commitment_of(&self.0)
+    }
+}
+
+fn commitment_of(secret: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pigeon rejoin ticket v1");
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// What the ticket extension holds.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct TicketExt {
+    /// SHA-256 commitment to this leaf's ticket secret.
+    #[prost(bytes = "vec", tag = "1")]
+    commitment: Vec<u8>,
+    /// In a rejoin's key package: the secret of the leaf it replaces.
+    #[prost(bytes = "vec", tag = "2")]
+    reveal: Vec<u8>,
+}
+
+/// The leaf extensions that carry `ticket` (and, for a rejoin, the old ticket's secret).
+pub(crate) fn ticket_extensions(
+    ticket: &Ticket,
+    reveal: Option<&Ticket>,
+) -> Result<Extensions<LeafNode>, E2eeError> {
+    let ext = TicketExt {
+        commitment: ticket.commitment().to_vec(),
+        reveal: reveal.map(|t| t.0.to_vec()).unwrap_or_default(),
+    };
+    Extensions::from_vec(vec![Extension::Unknown(
+        TICKET_EXTENSION,
+        UnknownExtension(ext.encode_to_vec()),
+    )])
+    .map_err(crate::mls("building a leaf's ticket"))
+}
+
+/// A leaf's ticket: (commitment, revealed secret). `None` for a leaf without a well-formed one
+/// (made before tickets existed).
+pub(crate) fn leaf_ticket(leaf: &LeafNode) -> Option<([u8; 32], Option<[u8; 32]>)> {
+    let ext = leaf.extensions().unknown(TICKET_EXTENSION)?;
+    let t = TicketExt::decode(ext.0.as_slice()).ok()?;
+    let commitment: [u8; 32] = t.commitment.as_slice().try_into().ok()?;
+    let reveal = match t.reveal.len() {
+        0 => None,
+        _ => Some(t.reveal.as_slice().try_into().ok()?),
+    };
+    Some((commitment, reveal))
+}
+
+/// True when `reveal` is the secret behind `commitment`.
+pub(crate) fn opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
+    commitment_of(reveal) == *commitment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_opens_only_its_own_commitment() {
+        let provider = crate::MemoryProvider::new().expect("provider");
+        let a = Ticket::generate(&provider).expect("a");
+        let b = Ticket::generate(&provider).expect("b");
+        assert!(opens(&a.commitment(), a.secret()));
+        assert!(!opens(&a.commitment(), b.secret()));
+        assert_ne!(a.commitment(), b.commitment());
+        assert_eq!(format!("{a:?}"), "Ticket", "no secret in debug output");
+    }
+}
