@@ -411,6 +411,82 @@ fn a_member_away_past_expiry_is_taken_back_by_itself() {
     relay.assert_no_panic();
 }
 
+/// Issue #15: a group's log has a mirror on its creator's second relay, kept in the home
+/// relay's order by the admin's device. A removal moves both copies to new keys. With the home
+/// relay killed, a member still reads what was sent through the mirror, and what it sends
+/// meanwhile waits on the mirror and lands in the group's one order once the home relay is
+/// back: both transcripts agree.
+#[test]
+fn a_group_log_has_a_mirror_that_outlives_its_home_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_dir = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("relay dir");
+        d
+    };
+    let mut home = Relay::start(RelayOpts::in_dir(&relay_dir("home")));
+    home.pin_port();
+    let mirror = Relay::start(RelayOpts::in_dir(&relay_dir("mirror")));
+    let (ann, ben, cat) = (
+        dir.path().join("ann"),
+        dir.path().join("ben"),
+        dir.path().join("cat"),
+    );
+    for (n, path) in [("ann", &ann), ("ben", &ben), ("cat", &cat)] {
+        ok(
+            path,
+            &["init", "--name", n, "--relay", &home.link.to_string()],
+        );
+    }
+    ok(&ann, &["relays", "add", &mirror.link.to_string()]);
+    ok(&ann, &["group", "create", "club"]);
+    join(&ann, &ben, "club");
+    join(&ann, &cat, "club");
+    for path in [&ann, &ben, &cat, &ann] {
+        read(path);
+    }
+    // cat is removed: ann's device moves the home copy and then the mirror to new keys.
+    ok(&ann, &["group", "remove", "club", "cat"]);
+    for path in [&ann, &ben, &cat, &ann, &ann] {
+        read(path);
+    }
+    ok(&ann, &["send", "club", "one"]);
+    read(&ann);
+    home.kill9();
+    // ben reads "one" from the mirror (subscribed with the log's new keys there).
+    run(&ben, &["read", "--wait", "0.4"]);
+    assert!(
+        transcript(&ben, "ben", "club").contains(&"ann: one".to_owned()),
+        "{:?}",
+        transcript(&ben, "ben", "club")
+    );
+    // What ben sends now waits on the mirror for the home relay.
+    run(&ben, &["send", "club", "two, while home is down"]);
+    run(&ann, &["read", "--wait", "0.4"]);
+    home.restart();
+    for path in [&ann, &ann, &ben, &ann, &ben] {
+        read(path);
+    }
+    let at_ann = transcript(&ann, "ann", "club");
+    let at_ben = transcript(&ben, "ben", "club");
+    assert!(
+        at_ann.contains(&"ben: two, while home is down".to_owned()),
+        "{at_ann:?}"
+    );
+    assert_eq!(
+        at_ann.iter().filter(|l| l.ends_with("one")).count(),
+        1,
+        "{at_ann:?}"
+    );
+    assert!(at_ben.contains(&"ben: two, while home is down".to_owned()));
+    assert_eq!(epoch(&ann, "club"), epoch(&ben, "club"));
+    // cat reads nothing sent after its removal, on either copy.
+    run(&cat, &["read", "--wait", "0.4"]);
+    assert!(!transcript(&cat, "cat", "club").contains(&"ann: one".to_owned()));
+    home.assert_no_panic();
+    mirror.assert_no_panic();
+}
+
 /// Issue #14: `kill -9` of the relay while members commit and send: after a restart every
 /// member reads on; nothing acknowledged is lost, nothing shows twice, and the group does not
 /// fork.

@@ -183,8 +183,9 @@ pub struct Client {
     sessions: BTreeMap<[u8; 32], Session>,
     events_tx: mpsc::UnboundedSender<([u8; 32], Event)>,
     events_rx: mpsc::UnboundedReceiver<([u8; 32], Event)>,
-    /// Deliveries still expected per mailbox since subscribing.
-    waiting: BTreeMap<[u8; 32], u64>,
+    /// Deliveries still expected per (relay key, mailbox) since subscribing (a log with a
+    /// mirror is read on two relays).
+    waiting: BTreeMap<([u8; 32], [u8; 32]), u64>,
     timeout: Duration,
     /// The learned download caps as last kept in the profile.
     saved_caps: BTreeMap<String, u32>,
@@ -534,6 +535,7 @@ impl Client {
                 local_name,
             )
         })?;
+        self.add_mirror(&relay, &log).await;
         let report = self.flush(true).await?;
         Ok((contact, report))
     }
@@ -568,7 +570,40 @@ impl Client {
             conn.create_log(&log.key, &log.id, log.cap_hash()).await
         })
         .await?;
-        Ok(blocking(|| self.profile.create_group(name, &relay, &log))?)
+        let info = blocking(|| self.profile.create_group(name, &relay, &log))?;
+        self.add_mirror(&relay, &log).await;
+        Ok(info)
+    }
+
+    /// Gives a new conversation's log a mirror: the same log (id and keys) on the first other
+    /// relay of this profile's that takes it, announced to the members in the log. With one
+    /// relay, or no other answering, the log lives on its home relay alone: not an error.
+    async fn add_mirror(&mut self, home: &RelayLink, log: &OwnedMailbox) -> Option<RelayLink> {
+        let relays = self.profile.relays().ok()?;
+        for relay in relays
+            .into_iter()
+            .filter(|r| r.relay_key() != home.relay_key())
+        {
+            let created = self
+                .on_own_relay(&relay, async |conn| {
+                    conn.create_log(&log.key, &log.id, log.cap_hash()).await
+                })
+                .await;
+            match created {
+                Ok(()) => match blocking(|| self.profile.set_log_mirror(&log.id.0, Some(&relay))) {
+                    Ok(()) => {
+                        let _ = self.flush(true).await;
+                        return Some(relay);
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "the log's mirror could not be recorded");
+                        return None;
+                    }
+                },
+                Err(e) => tracing::info!(error = %e, "a relay could not take the log's mirror"),
+            }
+        }
+        None
     }
 
     /// Makes a one-time invitation link to a group (admins only).
@@ -737,7 +772,18 @@ impl Client {
                 report.waiting += 1;
                 continue;
             }
-            match self.post(&item).await {
+            let mut posted = self.post(&item).await;
+            if let Err(Error::Relay { source, .. }) = &posted
+                && !matches!(source, ClientError::Refused { .. })
+                && let Some(detour) = blocking(|| self.profile.via_mirror(&item))?
+            {
+                // The log's home relay cannot be reached: the post goes to its mirror, whose
+                // keeper carries it home (the log's one order stays the home relay's).
+                if self.post(&detour).await.is_ok() {
+                    posted = Ok(());
+                }
+            }
+            match posted {
                 Ok(()) => {
                     blocking(|| self.profile.sent(item.id))?;
                     report.sent += 1;
@@ -818,6 +864,7 @@ impl Client {
                 )
                 .await
             {
+                Ok(()) if r.mirror => blocking(|| self.profile.mirror_rotated(r.group))?,
                 Ok(()) => blocking(|| self.profile.rotated(r.group))?,
                 Err(source) => {
                     self.relay_failed(&link, &source);
@@ -936,17 +983,18 @@ impl Client {
             match result {
                 Ok(Some(n)) => {
                     pending += n;
-                    let session = self.sessions.get_mut(link.relay_key());
+                    let relay_key = *link.relay_key();
+                    let session = self.sessions.get_mut(&relay_key);
                     match how {
                         Wanted::Inbox(_) => {
-                            *self.waiting.entry(mailbox).or_default() += n;
+                            *self.waiting.entry((relay_key, mailbox)).or_default() += n;
                             if let Some(s) = session {
                                 s.subscribed.insert(mailbox);
                             }
                         }
                         Wanted::Log { cap, .. } => {
                             // A log is read from the cursor: what waits is exactly this.
-                            self.waiting.insert(mailbox, n);
+                            self.waiting.insert((relay_key, mailbox), n);
                             if let Some(s) = session {
                                 s.logs.insert(mailbox, cap);
                             }
@@ -998,7 +1046,7 @@ impl Client {
             Event::Closed(reason) => {
                 if let Some(s) = self.sessions.remove(&key) {
                     for m in s.subscribed.into_iter().chain(s.logs.into_keys()) {
-                        self.waiting.remove(&m);
+                        self.waiting.remove(&(key, m));
                     }
                 }
                 let reason = match reason {
@@ -1032,7 +1080,7 @@ impl Client {
             .map(|d| (d.message_id.as_slice(), d.ciphertext.as_slice()))
             .collect();
         let handled = blocking(|| self.profile.handle_deliveries(&mailbox, &batch))?;
-        if let Some(w) = self.waiting.get_mut(&mailbox) {
+        if let Some(w) = self.waiting.get_mut(&(key, mailbox)) {
             *w = w.saturating_sub(push.deliveries.len() as u64);
         }
         let mut after = AfterHandling::default();
@@ -1146,8 +1194,8 @@ impl Client {
             .iter()
             .map(|d| (d.seq, d.message_id.as_slice(), d.ciphertext.as_slice()))
             .collect();
-        let handled = blocking(|| self.profile.handle_log_deliveries(&log, &batch))?;
-        if let Some(w) = self.waiting.get_mut(&log) {
+        let handled = blocking(|| self.profile.handle_log_deliveries_on(&key, &log, &batch))?;
+        if let Some(w) = self.waiting.get_mut(&(key, log)) {
             *w = w.saturating_sub(push.deliveries.len() as u64);
         }
         let mut events = Vec::new();

@@ -30,8 +30,8 @@ mod receive;
 mod schema;
 
 pub use groups::{
-    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage, LogInbox,
-    MemberInfo, PendingRotation, PreparedGroupInvite,
+    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage, LogCopies,
+    LogInbox, MemberInfo, PendingRotation, PreparedGroupInvite,
 };
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -519,6 +519,10 @@ impl Profile {
         if version < 8 {
             conn.execute_batch(schema::MIGRATE_8)
                 .map_err(db("adding the rejoin tickets"))?;
+        }
+        if version < 9 {
+            conn.execute_batch(schema::MIGRATE_9)
+                .map_err(db("adding log mirrors"))?;
         }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
@@ -1051,6 +1055,37 @@ impl Profile {
             )
             .map_err(db("queueing a message"))?;
         Ok(message_id)
+    }
+
+    /// As [`Self::queue_with_id`], but a message id already queued is left as it is (a post
+    /// that several devices, or several copies, may ask for).
+    /// `carried`: the post is another device's, carried from a log's mirror to its home relay.
+    fn queue_once(
+        &self,
+        relay: &str,
+        mailbox: &[u8; 32],
+        cap: &[u8; 32],
+        envelope: &Envelope,
+        message_id: [u8; 16],
+        carried: bool,
+    ) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO outbox (relay, mailbox_id, sender_cap, message_id, payload, created_at,
+                   next_attempt_at, carried)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+                params![
+                    relay,
+                    mailbox.as_slice(),
+                    cap.as_slice(),
+                    message_id.as_slice(),
+                    envelope.encode_to_vec(),
+                    now_ms(),
+                    carried
+                ],
+            )
+            .map_err(db("queueing a message"))?;
+        Ok(())
     }
 
     /// Queues one MLS message to the contact's mailbox.

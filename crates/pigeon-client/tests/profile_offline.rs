@@ -24,14 +24,18 @@ fn pass() -> Passphrase {
     Passphrase::new("correct horse battery staple".to_owned())
 }
 
-/// A relay in memory: one-way mailboxes hand each message to their owner once; a log gives
-/// each post the next position and hands the whole log to every profile that reads it (its
-/// poster included), as a relay's pushes from each reader's cursor would.
+/// Relays in memory: one-way mailboxes hand each message to their owner once; a log (on each
+/// relay that holds a copy of it) gives each post the next position and hands the whole log to
+/// every profile that reads it (its poster included), as a relay's pushes from each reader's
+/// cursor would. A profile may be cut off from a relay (`blocked`): its posts there wait, or
+/// take a log's mirror as the client's flush does, and it reads nothing from there.
 #[derive(Default)]
 struct Relay {
-    logs: BTreeMap<[u8; 32], Vec<Entry>>,
-    /// Per log, how many of the first entries expired (the relay no longer hands them out).
-    expired: BTreeMap<[u8; 32], usize>,
+    logs: BTreeMap<(String, [u8; 32]), Vec<Entry>>,
+    /// Per log copy, how many of the first entries expired (the relay no longer hands them out).
+    expired: BTreeMap<(String, [u8; 32]), usize>,
+    /// (profile index, relay link) pairs that cannot reach each other.
+    blocked: std::collections::BTreeSet<(usize, String)>,
 }
 
 /// A log entry: the relay message id and the envelope.
@@ -42,19 +46,33 @@ impl Relay {
     /// profile handled, in order.
     fn run(&mut self, profiles: &[&Profile]) -> Vec<Vec<Handled>> {
         let mut out: Vec<Vec<Handled>> = profiles.iter().map(|_| Vec::new()).collect();
-        for _ in 0..20 {
+        for _ in 0..30 {
             let mut moved = false;
-            for from in profiles {
+            for (i, from) in profiles.iter().enumerate() {
                 for item in from.outbox().expect("outbox") {
+                    let item = if self.blocked.contains(&(i, item.relay.clone())) {
+                        match from.via_mirror(&item).expect("via mirror") {
+                            Some(detour) if !self.blocked.contains(&(i, detour.relay.clone())) => {
+                                detour
+                            }
+                            _ => continue,
+                        }
+                    } else {
+                        item
+                    };
                     moved = true;
                     if profiles
                         .iter()
                         .any(|p| p.is_log(&item.mailbox).expect("is_log"))
                     {
-                        self.logs
-                            .entry(item.mailbox)
-                            .or_default()
-                            .push((item.message_id, item.payload.clone()));
+                        let log = self
+                            .logs
+                            .entry((item.relay.clone(), item.mailbox))
+                            .or_default();
+                        // The relay keeps one message per id.
+                        if !log.iter().any(|(id, _)| *id == item.message_id) {
+                            log.push((item.message_id, item.payload.clone()));
+                        }
                     } else {
                         let owner = profiles
                             .iter()
@@ -75,37 +93,43 @@ impl Relay {
                 }
             }
             for (i, p) in profiles.iter().enumerate() {
-                for (log, entries) in &self.logs {
-                    if !p.is_log(log).expect("is_log") {
+                for ((relay, log), entries) in &self.logs {
+                    if !p.is_log(log).expect("is_log") || self.blocked.contains(&(i, relay.clone()))
+                    {
                         continue;
                     }
-                    let gone = self.expired.get(log).copied().unwrap_or(0);
+                    let key = *relay.parse::<RelayLink>().expect("relay").relay_key();
+                    let gone = self
+                        .expired
+                        .get(&(relay.clone(), *log))
+                        .copied()
+                        .unwrap_or(0);
                     let batch: Vec<(u64, &[u8], &[u8])> = entries
                         .iter()
                         .enumerate()
                         .skip(gone)
                         .map(|(n, (id, payload))| (n as u64 + 1, &id[..], payload.as_slice()))
                         .collect();
-                    out[i].extend(p.handle_log_deliveries(log, &batch).expect("log"));
+                    out[i].extend(p.handle_log_deliveries_on(&key, log, &batch).expect("log"));
                 }
             }
             if !moved {
                 return out;
             }
         }
-        panic!("messages kept moving after 20 rounds");
+        panic!("messages kept moving after 30 rounds");
     }
 
     /// Everything in every log so far expires.
     fn expire_all(&mut self) {
-        for (log, entries) in &self.logs {
-            self.expired.insert(*log, entries.len());
+        for (copy, entries) in &self.logs {
+            self.expired.insert(copy.clone(), entries.len());
         }
     }
 
-    /// The one log (a conversation of two) and its entries.
+    /// The one log (a conversation of two) and its entries, on its first relay.
     fn log(&self) -> ([u8; 32], &[Entry]) {
-        let (id, entries) = self.logs.iter().next().expect("a log");
+        let ((_, id), entries) = self.logs.iter().next().expect("a log");
         (*id, entries)
     }
 }
@@ -607,4 +631,96 @@ fn a_device_that_fell_behind_is_taken_back_and_an_old_copy_is_not() {
     let lines = notices(&alice);
     assert!(!lines.iter().any(|t| t == "while you were away"));
     assert_eq!(lines.iter().filter(|t| *t == "welcome back").count(), 1);
+}
+
+/// Issue #15: a conversation's log has a mirror on a second relay. With the home relay cut
+/// off for one of the two, that one reads everything through the mirror (kept in the home
+/// relay's order by the first admin's device), and what it sends — a message, a key
+/// refresh — reaches the home relay's order through the mirror's keeper: both transcripts
+/// agree, nothing shows twice, and both end in the same epoch.
+#[test]
+fn a_conversation_goes_on_through_its_mirror_when_its_home_relay_is_cut_off() {
+    let mut p = pair(Suite::XWing);
+    let bob_at_alice = p.alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = p.bob.find_contact("alice").expect("alice").id;
+    let log = p.bob.logs().expect("logs")[0].log_id;
+    // bob started the conversation on his relay (2); he gives it a mirror on relay 1.
+    p.bob.set_log_mirror(&log, Some(&relay(1))).expect("mirror");
+    p.run();
+    let at_alice = p.alice.log_copies(&log).expect("copies");
+    let at_bob = p.bob.log_copies(&log).expect("copies");
+    assert_eq!(
+        at_alice.mirror,
+        Some(relay(1).to_string()),
+        "alice learned the mirror"
+    );
+    assert_eq!(at_bob.home, relay(2).to_string());
+    assert!(
+        at_alice.keeper && at_bob.keeper,
+        "both admins keep the mirror"
+    );
+    // bob is cut off from the home relay (his own): alice keeps the mirror for him.
+    let (keeper, other, keeper_sees_other, other_sees_keeper) =
+        (&p.alice, &p.bob, bob_at_alice, alice_at_bob);
+    let other_index = 1;
+    p.relay.blocked.insert((other_index, relay(2).to_string()));
+    let profiles = [&p.alice, &p.bob];
+    keeper
+        .compose(keeper_sees_other, "from the keeper")
+        .expect("compose");
+    let out = p.relay.run(&profiles);
+    assert_eq!(texts(&out[other_index]), ["from the keeper"]);
+    other
+        .compose(other_sees_keeper, "from behind the block")
+        .expect("compose");
+    let out = p.relay.run(&profiles);
+    assert_eq!(texts(&out[1 - other_index]), ["from behind the block"]);
+    // A change (a key refresh) made behind the block lands in the home relay's order too.
+    let (e0, _) = other.epoch_authenticator(other_sees_keeper).expect("epoch");
+    other.rekey(other_sees_keeper).expect("rekey");
+    p.relay.run(&profiles);
+    let after = other.epoch_authenticator(other_sees_keeper).expect("epoch");
+    assert_eq!(after.0, e0 + 1, "the refresh landed");
+    assert_eq!(
+        keeper
+            .epoch_authenticator(keeper_sees_other)
+            .expect("epoch"),
+        after
+    );
+    other
+        .compose(other_sees_keeper, "after my refresh")
+        .expect("compose");
+    keeper
+        .compose(keeper_sees_other, "and after it")
+        .expect("compose");
+    let out = p.relay.run(&profiles);
+    assert_eq!(texts(&out[1 - other_index]), ["after my refresh"]);
+    assert_eq!(texts(&out[other_index]), ["and after it"]);
+    // The mirror holds the home relay's entries; the home relay holds what was sent from
+    // behind the block.
+    let home = &p.relay.logs[&(relay(2).to_string(), log)];
+    let mirror = &p.relay.logs[&(relay(1).to_string(), log)];
+    assert!(
+        mirror.len() >= home.len(),
+        "{} vs {}",
+        mirror.len(),
+        home.len()
+    );
+    // Both transcripts agree and nothing shows twice.
+    let lines = |who: &Profile, contact| {
+        who.history(Some(contact), 100)
+            .expect("history")
+            .into_iter()
+            .filter(|m| !m.notice)
+            .map(|m| m.text)
+            .collect::<Vec<_>>()
+    };
+    let k = lines(keeper, keeper_sees_other);
+    let o = lines(other, other_sees_keeper);
+    assert_eq!(k.len(), 4, "{k:?}");
+    let mut k_sorted = k.clone();
+    let mut o_sorted = o.clone();
+    k_sorted.sort();
+    o_sorted.sort();
+    assert_eq!(k_sorted, o_sorted);
 }

@@ -30,7 +30,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8")]
     pub body: Option<body::Body>,
 }
 
@@ -54,6 +54,9 @@ pub mod body {
         /// An invitation to a group, sent to a contact inside a 1:1 conversation.
         #[prost(message, tag = "7")]
         GroupInvite(super::GroupInvite),
+        /// A group's log has (or no longer has) a mirror on another relay (from an admin).
+        #[prost(message, tag = "8")]
+        LogMirror(super::LogMirror),
     }
 }
 
@@ -101,6 +104,15 @@ pub struct GroupInvite {
     pub link: String,
 }
 
+/// Where a group log's mirror is: a second copy of the log, under the same id and keys, on
+/// another relay (its link, as `RelayLinkPayload` bytes; empty: no mirror any more).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogMirror {
+    /// The mirror's relay.
+    #[prost(bytes = "vec", tag = "1")]
+    pub relay: Vec<u8>,
+}
+
 /// Delivery receipt.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Receipt {
@@ -113,7 +125,7 @@ pub struct Receipt {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
     /// Its kind.
-    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<envelope::Kind>,
 }
 
@@ -140,6 +152,12 @@ pub mod envelope {
         /// see `pigeon_e2ee::rejoin`).
         #[prost(bytes = "vec", tag = "5")]
         Rejoin(Vec<u8>),
+        /// On a log's mirror: an entry of the home copy, at its place there.
+        #[prost(message, tag = "6")]
+        Forwarded(super::Forwarded),
+        /// On a log's mirror: an entry for the home copy from a device that cannot reach it.
+        #[prost(message, tag = "7")]
+        ForHome(super::ForHome),
     }
 }
 
@@ -171,6 +189,34 @@ pub struct WelcomePart {
     /// several may interleave); empty in a join request's own mailbox.
     #[prost(bytes = "vec", tag = "4")]
     pub id: Vec<u8>,
+}
+
+/// An entry of a group log's home copy, as its mirror carries it: the mirror is the home
+/// copy's entries in the home copy's order, so a device reading it applies them exactly as
+/// it would there.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Forwarded {
+    /// Its position in the home copy.
+    #[prost(uint64, tag = "1")]
+    pub home_seq: u64,
+    /// Its relay message id in the home copy.
+    #[prost(bytes = "vec", tag = "2")]
+    pub message_id: Vec<u8>,
+    /// The entry (an [`Envelope`]), or empty when it was too large to carry wrapped.
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: Vec<u8>,
+}
+
+/// A post for a group log's home copy, left on its mirror by a device that cannot reach the
+/// home relay; the device that keeps the mirror posts it there with its message id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForHome {
+    /// The relay message id to post it with.
+    #[prost(bytes = "vec", tag = "1")]
+    pub message_id: Vec<u8>,
+    /// The entry (an [`Envelope`]).
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
 }
 
 /// Why padded content was refused.

@@ -19,7 +19,9 @@ use crate::invite::{Invite, Offer, check_name};
 use blake2::{Blake2s256, Digest as _};
 use chacha20poly1305::aead::{Aead as _, KeyInit as _};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
-use pigeon_e2ee::content::{LogKeys, Text, WelcomePart, body::Body, envelope::Kind};
+use pigeon_e2ee::content::{
+    ForHome, Forwarded, LogKeys, LogMirror, Text, WelcomePart, body::Body, envelope::Kind,
+};
 use pigeon_e2ee::{
     Change, Changes, Content, E2eeError, Envelope, Group, Identity, Opened, Roster, RosterEntry,
     Suite, Ticket,
@@ -31,6 +33,7 @@ use rusqlite::{OptionalExtension, params};
 
 mod direct;
 mod log;
+pub use log::LogCopies;
 
 /// A device refreshes its own keys in each group after this many of its messages...
 pub const GROUP_REKEY_EVERY: i64 = 50;
@@ -142,6 +145,8 @@ pub struct PendingRotation {
     pub next_owner: SigningKey,
     /// The member capability after.
     pub next_cap: [u8; 32],
+    /// This is the move of the log's mirror (on `relay`), after the home copy's.
+    pub mirror: bool,
 }
 
 impl std::fmt::Debug for PendingRotation {
@@ -280,6 +285,9 @@ struct GroupWelcome {
     /// The log position of the commit that added the device: it reads what follows.
     #[prost(uint64, tag = "6")]
     after_seq: u64,
+    /// The log's mirror relay (`RelayLinkPayload` bytes), if it has one.
+    #[prost(bytes = "vec", tag = "7")]
+    mirror_relay: Vec<u8>,
 }
 
 /// A group this device is now in, as its row is first written.
@@ -296,6 +304,8 @@ struct NewGroup<'a> {
     /// The log position this device reads from.
     cursor: i64,
     direct: bool,
+    /// The log's mirror relay, if it has one.
+    mirror_relay: Option<String>,
 }
 
 struct GroupRow {
@@ -319,6 +329,10 @@ struct GroupRow {
     pending_ticket: Option<Vec<u8>>,
     /// While lost: the ticket secret revealed to ask to be taken back.
     rejoin_secret: Option<Vec<u8>>,
+    /// The log's mirror relay, if it has one.
+    mirror_relay: Option<String>,
+    /// This device's position in the mirror (the mirror's own sequence numbers).
+    mirror_cursor: i64,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -385,7 +399,7 @@ impl Profile {
             .query_row(
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
                         cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
-                        direct, pending_ticket, rejoin_secret
+                        direct, pending_ticket, rejoin_secret, mirror_relay, mirror_cursor
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -407,6 +421,8 @@ impl Profile {
                         direct: r.get(14)?,
                         pending_ticket: r.get(15)?,
                         rejoin_secret: r.get(16)?,
+                        mirror_relay: r.get(17)?,
+                        mirror_cursor: r.get(18)?,
                     })
                 },
             )
@@ -431,8 +447,8 @@ impl Profile {
         self.conn
             .execute(
                 "INSERT INTO groups (name, group_id, signature_key, suite, person, log_relay, log_id,
-                   log_cap, log_owner, cursor, updated_at, created_at, direct)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+                   log_cap, log_owner, cursor, updated_at, created_at, direct, mirror_relay)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)",
                 params![
                     g.name,
                     g.group_id,
@@ -445,7 +461,8 @@ impl Profile {
                     g.log_owner,
                     g.cursor,
                     now,
-                    g.direct
+                    g.direct,
+                    g.mirror_relay
                 ],
             )
             .map_err(db("saving the group"))?;
@@ -516,6 +533,7 @@ impl Profile {
                 log_owner: &log.key.to_bytes(),
                 cursor: 0,
                 direct: false,
+                mirror_relay: None,
             })?;
             self.notice(
                 id,
@@ -809,10 +827,15 @@ impl Profile {
             .conn
             .prepare(
                 "SELECT log_relay, log_id, log_cap, cursor FROM groups
-                 WHERE state < ?1 OR (state = ?2 AND rejoin_secret IS NOT NULL)",
+                 WHERE state < ?1 OR (state = ?2 AND rejoin_secret IS NOT NULL)
+                 UNION ALL
+                 SELECT mirror_relay, log_id, log_cap, mirror_cursor FROM groups
+                 WHERE mirror_relay IS NOT NULL
+                   AND (state < ?1 OR (state = ?2 AND rejoin_secret IS NOT NULL))",
             )
             .map_err(db("listing group logs"))?;
-        // A group this device fell behind is read only for the Welcome it asked for.
+        // A group this device fell behind is read only for the Welcome it asked for. A log
+        // with a mirror is read on both relays (from each one's own position).
         let rows = stmt
             .query_map([STATE_GONE, STATE_LOST], |r| {
                 Ok(LogInbox {

@@ -325,3 +325,23 @@ ALTER TABLE groups ADD COLUMN rejoin_secret BLOB;
 PRAGMA user_version = 8;
 COMMIT;
 ";
+
+/// Version 9: a group log's mirror (issue #15): a second copy of the log on another relay,
+/// kept in the home copy's order by the group's admins. Per group: this device's position in
+/// the mirror (the mirror's numbering), the last home position seen there, and the last home
+/// position this device forwarded.
+pub(super) const MIGRATE_9: &str = "
+BEGIN;
+ALTER TABLE groups ADD COLUMN mirror_relay TEXT;
+ALTER TABLE groups ADD COLUMN mirror_cursor INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE groups ADD COLUMN mirror_end INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE groups ADD COLUMN forwarded_upto INTEGER NOT NULL DEFAULT 0;
+-- After this device moved the home copy to new keys: the mirror's move (old owner key, new
+-- owner key, new member capability), until the mirror's relay has taken it.
+ALTER TABLE groups ADD COLUMN mirror_rotation BLOB;
+-- A post this device carries from a log's mirror to its home relay for another device: it
+-- waits for the home relay, and never goes back to the mirror.
+ALTER TABLE outbox ADD COLUMN carried INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 9;
+COMMIT;
+";

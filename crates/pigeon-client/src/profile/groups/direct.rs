@@ -98,6 +98,7 @@ impl Profile {
                 log_owner: &log.key.to_bytes(),
                 cursor: 0,
                 direct: true,
+                mirror_relay: None,
             })?;
             let name = self.unique_name(local_name.unwrap_or(&invite.name))?;
             self.conn

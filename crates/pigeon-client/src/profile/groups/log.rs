@@ -23,8 +23,23 @@ impl Profile {
                     .collect());
             };
             let mut out = Vec::new();
+            // Whether this device keeps the log's mirror: read again only when an entry may
+            // have changed it (a commit, new log keys or a new mirror).
+            let mut keeps = self.keeps_mirror(id)?;
             for (i, (seq, message_id, payload)) in deliveries.iter().enumerate() {
-                out.extend(self.log_entry(id, *seq, message_id, payload)?);
+                let new = to_i64(*seq) > self.group_row(id)?.cursor;
+                let handled = self.log_entry(id, *seq, message_id, payload)?;
+                if handled
+                    .iter()
+                    .any(|h| matches!(h, Handled::LogKeysChanged | Handled::GroupEpoch { .. }))
+                {
+                    keeps = self.keeps_mirror(id)?;
+                }
+                out.extend(handled);
+                if new && keeps {
+                    // After the entry: the one that announces a mirror is the first to go there.
+                    self.forward(id, *seq, message_id, payload)?;
+                }
                 if self.group_row(id)?.cursor < to_i64(*seq) {
                     // This device was taken back and reads again from where that happened:
                     // the rest of this batch comes again, in order, after subscribing anew.
@@ -298,6 +313,25 @@ impl Profile {
                     Some(Body::GroupInvite(g)) if row.direct => {
                         Ok(vec![self.conversation_invite(row, g)?])
                     }
+                    Some(Body::LogMirror(m)) => {
+                        if !roster_before.is_admin(&sender) {
+                            return Err(peer(
+                                "log mirror",
+                                "a member who is not an admin moved the log's mirror",
+                            ));
+                        }
+                        let mirror = mirror_from_payload(&m.relay)?;
+                        // A keeper forwards from this entry on (the one who set the mirror
+                        // forwards what came before it).
+                        self.conn
+                            .execute(
+                                "UPDATE groups SET mirror_relay = ?1, mirror_cursor = 0,
+                                   mirror_end = 0, forwarded_upto = ?2 WHERE id = ?3",
+                                params![mirror, to_i64(seq) - 1, row.id],
+                            )
+                            .map_err(db("taking the log's mirror"))?;
+                        Ok(vec![Handled::LogKeysChanged])
+                    }
                     Some(Body::LogKeys(k)) => {
                         // Only an admin moves the log: a member who is not one could otherwise
                         // lock everyone out with keys the relay does not know.
@@ -561,11 +595,53 @@ impl Profile {
                     owner: SigningKey::from_bytes(&blob32(r.get(3)?)?),
                     next_owner: SigningKey::from_bytes(&blob32(r.get(4)?)?),
                     next_cap: blob32(r.get(5)?)?,
+                    mirror: false,
                 })
             })
             .map_err(db("reading log rotations"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(db("reading log rotations"))
+        let mut out: Vec<PendingRotation> = rows
+            .collect::<Result<_, _>>()
+            .map_err(db("reading log rotations"))?;
+        // The mirrors' moves: at once (what waits for the mirror is posted with the keys of
+        // the moment, so it goes once the mirror has them).
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, mirror_relay, log_id, mirror_rotation FROM groups
+                 WHERE mirror_rotation IS NOT NULL AND mirror_relay IS NOT NULL",
+            )
+            .map_err(db("reading log rotations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, GroupId>(0)?,
+                    r.get::<_, String>(1)?,
+                    blob32(r.get(2)?)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .map_err(db("reading log rotations"))?;
+        for row in rows {
+            let (group, relay, log_id, keys) = row.map_err(db("reading log rotations"))?;
+            let part = |i: usize| -> Result<[u8; 32], ProfileError> {
+                keys.get(i * 32..(i + 1) * 32)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| ProfileError::Db {
+                        doing: "reading log rotations",
+                        reason: "a mirror's move is not three keys".to_owned(),
+                    })
+            };
+            out.push(PendingRotation {
+                group,
+                relay,
+                log_id,
+                owner: SigningKey::from_bytes(&part(0)?),
+                next_owner: SigningKey::from_bytes(&part(1)?),
+                next_cap: part(2)?,
+                mirror: true,
+            });
+        }
+        Ok(out)
     }
 
     /// The relay took a rotation: the new keys are the log's keys now.
@@ -573,13 +649,47 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn rotated(&self, group: GroupId) -> Result<(), ProfileError> {
+        self.tx(|| {
+            /// The owner key now, the owner key and capability after, and whether a mirror
+            /// moves too.
+            type Keys = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, bool);
+            let keys: Option<Keys> = self
+                .conn
+                .query_row(
+                    "SELECT log_owner, next_owner, next_cap, mirror_relay IS NOT NULL
+                     FROM groups WHERE id = ?1",
+                    [group],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(db("recording the log's new keys"))?;
+            let Some((owner, Some(next_owner), Some(next_cap), mirrored)) = keys else {
+                return Ok(());
+            };
+            // The mirror moves next, proven with the owner key the home copy had.
+            let mirror_move = mirrored.then(|| [owner, next_owner, next_cap].concat());
+            self.conn
+                .execute(
+                    "UPDATE groups SET log_cap = next_cap, log_owner = next_owner, next_cap = NULL,
+                       next_owner = NULL, mirror_rotation = ?2 WHERE id = ?1",
+                    params![group, mirror_move],
+                )
+                .map_err(db("recording the log's new keys"))?;
+            Ok(())
+        })
+    }
+
+    /// The relay of a log's mirror took its move to the new keys.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn mirror_rotated(&self, group: GroupId) -> Result<(), ProfileError> {
         self.conn
             .execute(
-                "UPDATE groups SET log_cap = next_cap, log_owner = next_owner, next_cap = NULL,
-                   next_owner = NULL WHERE id = ?1 AND next_cap IS NOT NULL",
+                "UPDATE groups SET mirror_rotation = NULL WHERE id = ?1",
                 [group],
             )
-            .map_err(db("recording the log's new keys"))?;
+            .map_err(db("recording the mirror's new keys"))?;
         Ok(())
     }
 
@@ -682,6 +792,7 @@ impl Profile {
             log_cap: fresh.log_cap.to_vec(),
             log_owner: fresh.log_owner.clone(),
             after_seq: seq,
+            mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
         };
         let sealed = seal(&secret, b"welcome", &body.encode_to_vec())?;
         let parts = sealed.chunks(WELCOME_PART).count();
@@ -850,6 +961,7 @@ impl Profile {
             log_owner: &log_owner,
             cursor: to_i64(gw.after_seq),
             direct,
+            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
         })?;
         self.conn
             .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
@@ -1018,6 +1130,7 @@ impl Profile {
             log_cap: fresh.log_cap.to_vec(),
             log_owner: fresh.log_owner.clone(),
             after_seq: seq,
+            mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
         };
         let sealed = seal(&secret, b"rejoin welcome", &body.encode_to_vec())?;
         let id = rejoin_welcome_id(&secret);
@@ -1112,13 +1225,16 @@ impl Profile {
             .execute(
                 "UPDATE groups SET state = ?1, cursor = ?2, log_cap = ?3, log_owner = ?4,
                    pending_commit = NULL, pending_intent = NULL, pending_ticket = NULL,
-                   rejoin_secret = NULL, sent_since_update = 0, updated_at = ?5 WHERE id = ?6",
+                   rejoin_secret = NULL, sent_since_update = 0, updated_at = ?5,
+                   mirror_relay = ?6, mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0
+                 WHERE id = ?7",
                 params![
                     STATE_ACTIVE,
                     to_i64(gw.after_seq),
                     log_cap.as_slice(),
                     log_owner.as_slice(),
                     now_ms(),
+                    mirror_from_payload(&gw.mirror_relay)?,
                     row.id
                 ],
             )
@@ -1141,4 +1257,313 @@ impl Profile {
         // Read the log again from where this device was taken back.
         Ok(vec![Handled::Group(m), Handled::LogKeysChanged])
     }
+
+    /// Takes messages from a copy of a group's log on the relay whose key is `relay`: the
+    /// home copy ([`Self::handle_log_deliveries`]) or the mirror, whose entries are the home
+    /// copy's, each applied at its home position (so either copy gives the same result, and
+    /// whichever brings an entry first wins; the other's is a duplicate).
+    ///
+    /// # Errors
+    /// Only local failures (then nothing was recorded).
+    pub fn handle_log_deliveries_on(
+        &self,
+        relay: &[u8; 32],
+        log_id: &[u8; 32],
+        deliveries: &[(u64, &[u8], &[u8])],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let mirror = match self.group_for_log(log_id)? {
+            Some(id) => self
+                .group_row(id)?
+                .mirror_relay
+                .map(|m| crate::profile::parse_stored_relay(&m))
+                .transpose()?
+                .filter(|m| m.relay_key() == relay)
+                .map(|_| id),
+            None => None,
+        };
+        let Some(id) = mirror else {
+            return self.handle_log_deliveries(log_id, deliveries);
+        };
+        self.tx(|| {
+            let mut out = Vec::new();
+            for (i, (seq, _, payload)) in deliveries.iter().enumerate() {
+                let row = self.group_row(id)?;
+                let seq_i = to_i64(*seq);
+                if seq_i <= row.mirror_cursor || row.state == STATE_GONE {
+                    out.push(Handled::Duplicate);
+                    continue;
+                }
+                self.conn
+                    .execute(
+                        "UPDATE groups SET mirror_cursor = ?1 WHERE id = ?2",
+                        params![seq_i, id],
+                    )
+                    .map_err(db("advancing the mirror cursor"))?;
+                match Envelope::decode(*payload).map(|e| e.kind) {
+                    Ok(Some(Kind::Forwarded(f))) => {
+                        self.conn
+                            .execute(
+                                "UPDATE groups SET mirror_end = max(mirror_end, ?1) WHERE id = ?2",
+                                params![to_i64(f.home_seq), id],
+                            )
+                            .map_err(db("advancing the mirror cursor"))?;
+                        if f.payload.is_empty() {
+                            out.push(Handled::Duplicate);
+                            continue;
+                        }
+                        out.extend(self.log_entry(id, f.home_seq, &f.message_id, &f.payload)?);
+                        if self.group_row(id)?.cursor < to_i64(f.home_seq) {
+                            // Taken back after falling behind: both copies are read again.
+                            out.extend(deliveries[i + 1..].iter().map(|_| Handled::Duplicate));
+                            break;
+                        }
+                    }
+                    Ok(Some(Kind::ForHome(h))) => {
+                        if self.keeps_mirror(id)? {
+                            self.carry_home(&row, &h)?;
+                        }
+                        out.push(Handled::Duplicate);
+                    }
+                    _ => out.push(Handled::Duplicate),
+                }
+            }
+            self.drive_in_tx(id)?;
+            Ok(out)
+        })
+    }
+
+    /// True when this device keeps the group log's mirror: every admin's device does (so a
+    /// mirror does not depend on one device being online). Each puts the home copy's entries
+    /// there in order, with ids every keeper derives alike, so the relay keeps one of each.
+    fn keeps_mirror(&self, id: GroupId) -> Result<bool, ProfileError> {
+        let row = self.group_row(id)?;
+        if row.mirror_relay.is_none() || row.state != STATE_ACTIVE {
+            return Ok(false);
+        }
+        Ok(self.roster_of(&row)?.is_admin(&row.signature_key))
+    }
+
+    /// Puts a new home-copy entry on the mirror (this device keeps it), at its home position.
+    /// Entry `seq` goes there only once `seq - 1` is there (seen on the mirror, or
+    /// forwarded by this device, whose outbox posts in order): so whichever keepers forward
+    /// what, the mirror holds the home copy's entries in the home copy's order.
+    fn forward(
+        &self,
+        id: GroupId,
+        seq: u64,
+        message_id: &[u8],
+        payload: &[u8],
+    ) -> Result<(), ProfileError> {
+        let row = self.group_row(id)?;
+        let Some(mirror) = &row.mirror_relay else {
+            return Ok(());
+        };
+        let (end, upto): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT mirror_end, forwarded_upto FROM groups WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db("reading the mirror's state"))?;
+        let seq_i = to_i64(seq);
+        if seq_i - 1 > end.max(upto) {
+            // What comes before it is not known to be there yet: another keeper puts it there,
+            // or this device does once it sees the mirror catch up.
+            return Ok(());
+        }
+        let mut forwarded = Forwarded {
+            home_seq: seq,
+            message_id: message_id.to_vec(),
+            payload: payload.to_vec(),
+        };
+        let envelope = |f: Forwarded| Envelope {
+            kind: Some(Kind::Forwarded(f)),
+        };
+        if envelope(forwarded.clone()).encoded_len() > pigeon_wire::MAX_CIPHERTEXT {
+            // Too large to carry wrapped: its place is kept, and a device reading only the
+            // mirror sees a gap there.
+            forwarded.payload.clear();
+        }
+        // The same id from whichever device forwards it: the relay keeps one.
+        let copy_id = derived_id(b"pigeon mirror copy", message_id);
+        self.queue_once(
+            mirror,
+            &row.log_id,
+            &row.log_cap,
+            &envelope(forwarded),
+            copy_id,
+            false,
+        )?;
+        self.conn
+            .execute(
+                "UPDATE groups SET forwarded_upto = max(forwarded_upto, ?1) WHERE id = ?2",
+                params![seq_i, id],
+            )
+            .map_err(db("forwarding to the mirror"))?;
+        Ok(())
+    }
+
+    /// A post that a device which cannot reach the home relay left on the mirror: posted to
+    /// the home copy with its own message id (the relay keeps one, however often it comes).
+    fn carry_home(&self, row: &GroupRow, h: &ForHome) -> Result<(), ProfileError> {
+        let Ok(message_id) = <[u8; 16]>::try_from(h.message_id.as_slice()) else {
+            return Ok(());
+        };
+        let Ok(envelope) = Envelope::decode(h.payload.as_slice()) else {
+            return Ok(());
+        };
+        self.queue_once(
+            &row.log_relay,
+            &row.log_id,
+            &row.log_cap,
+            &envelope,
+            message_id,
+            true,
+        )
+    }
+
+    /// Makes `mirror` the group log's mirror (`None`: none), and tells the members in the log.
+    /// The caller created the log there already, with the same id and keys.
+    ///
+    /// # Errors
+    /// [`ProfileError::NotNow`] for a member who is not an admin; database failures.
+    pub fn set_log_mirror(
+        &self,
+        log_id: &[u8; 32],
+        mirror: Option<&RelayLink>,
+    ) -> Result<(), ProfileError> {
+        self.tx(|| {
+            let id = self
+                .group_for_log(log_id)?
+                .ok_or_else(|| ProfileError::NoContact("that log".to_owned()))?;
+            let row = self.group_row(id)?;
+            if !self.roster_of(&row)?.is_admin(&row.signature_key) {
+                return Err(ProfileError::NotNow(
+                    "only an admin moves the group's mirror".to_owned(),
+                ));
+            }
+            let relay = mirror.map(|m| m.to_payload().encode_to_vec()).unwrap_or_default();
+            let content = new_content(Body::LogMirror(LogMirror { relay }))?;
+            let mid: [u8; 16] = random()?;
+            self.conn
+                .execute(
+                    "INSERT INTO group_drafts (group_row, content, relay_msg_id) VALUES (?1, ?2, ?3)",
+                    params![id, content.encode_to_vec(), mid.as_slice()],
+                )
+                .map_err(db("announcing the log's mirror"))?;
+            // This device forwards from its position on: the announcement comes after it.
+            self.conn
+                .execute(
+                    "UPDATE groups SET mirror_relay = ?1, mirror_cursor = 0, mirror_end = 0,
+                       forwarded_upto = cursor WHERE id = ?2",
+                    params![mirror.map(ToString::to_string), id],
+                )
+                .map_err(db("recording the log's mirror"))?;
+            self.drive_in_tx(id)
+        })
+    }
+}
+
+impl Profile {
+    /// The relays a group log lives on: its home relay, its mirror if it has one, and whether
+    /// this device is the one that keeps the mirror in the home relay's order.
+    ///
+    /// # Errors
+    /// For a log this profile does not read; database failures.
+    pub fn log_copies(&self, log_id: &[u8; 32]) -> Result<LogCopies, ProfileError> {
+        let id = self
+            .group_for_log(log_id)?
+            .ok_or_else(|| ProfileError::NoContact("that log".to_owned()))?;
+        let row = self.group_row(id)?;
+        Ok(LogCopies {
+            keeper: self.keeps_mirror(id)?,
+            home: row.log_relay,
+            mirror: row.mirror_relay,
+        })
+    }
+
+    /// The same post, for a group log's mirror, when the item is for a log's home relay and
+    /// the log has a mirror: the device that keeps the mirror carries it home (a device that
+    /// cannot reach the home relay still gets its messages and changes into the log's order).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn via_mirror(
+        &self,
+        item: &crate::profile::OutboxItem,
+    ) -> Result<Option<crate::profile::OutboxItem>, ProfileError> {
+        // A post carried for another device waits for the home relay: back on the mirror it
+        // would count as carried (the relay keeps one copy per id) and be lost.
+        let mirror: Option<(String, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT g.mirror_relay, g.log_cap FROM groups g, outbox o
+                 WHERE o.id = ?3 AND o.carried = 0
+                   AND g.log_id = ?1 AND g.log_relay = ?2 AND g.mirror_relay IS NOT NULL",
+                params![item.mailbox.as_slice(), item.relay, item.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("finding a log's mirror"))?;
+        let Some((relay, cap)) = mirror else {
+            return Ok(None);
+        };
+        let envelope = Envelope {
+            kind: Some(Kind::ForHome(ForHome {
+                message_id: item.message_id.to_vec(),
+                payload: item.payload.clone(),
+            })),
+        };
+        if envelope.encoded_len() > pigeon_wire::MAX_CIPHERTEXT {
+            return Ok(None);
+        }
+        Ok(Some(crate::profile::OutboxItem {
+            relay,
+            sender_cap: key32(&cap, "log capability")?,
+            message_id: derived_id(b"pigeon mirror up", &item.message_id),
+            payload: envelope.encode_to_vec(),
+            ..item.clone()
+        }))
+    }
+}
+
+/// Where a group log lives ([`Profile::log_copies`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogCopies {
+    /// The home relay: the one that orders the log.
+    pub home: String,
+    /// The mirror relay, if the log has one.
+    pub mirror: Option<String>,
+    /// This device keeps the mirror (an admin's device).
+    pub keeper: bool,
+}
+
+/// A relay message id derived from another, the same on every device.
+fn derived_id(label: &[u8], message_id: &[u8]) -> [u8; 16] {
+    let mut h = Blake2s256::new();
+    h.update(label);
+    h.update(message_id);
+    let full: [u8; 32] = h.finalize().into();
+    let mut id = [0; 16];
+    id.copy_from_slice(&full[..16]);
+    id
+}
+
+/// A mirror relay as a welcome carries it.
+fn mirror_payload(mirror: Option<&str>) -> Result<Vec<u8>, ProfileError> {
+    mirror
+        .map(|m| crate::profile::parse_stored_relay(m).map(|l| l.to_payload().encode_to_vec()))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// A mirror relay from a welcome or a log message, as a group row keeps it.
+fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    RelayLink::from_payload_bytes(bytes)
+        .map(|l| Some(l.to_string()))
+        .map_err(|e| peer("log mirror", &format!("its relay is invalid: {e}")))
 }
