@@ -175,6 +175,10 @@ pub type ProgressSink = Box<dyn Fn(&RelayLink, RouteProgress) + Send + Sync>;
 /// (when making something new; see `Client::home_relay`).
 pub const RELAY_STAGGER: Duration = Duration::from_secs(1);
 
+/// How long a relay that holds only copies of logs whose other copy answered is waited for
+/// (a blocked home relay must not hold up reading and posting through a log's mirror).
+pub const MIRROR_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A profile with its relay sessions.
 pub struct Client {
     profile: Profile,
@@ -766,16 +770,50 @@ impl Client {
         let now = now_ms();
         let mut blocked: BTreeSet<(String, [u8; 32])> = BTreeSet::new();
         for item in self.profile.outbox()? {
-            let dest = (item.relay.clone(), item.mailbox);
+            // Posts carried for others keep their own order and never hold up this device's.
+            let dest = if item.carried {
+                (format!("carried {}", item.relay), item.mailbox)
+            } else {
+                (item.relay.clone(), item.mailbox)
+            };
             if blocked.contains(&dest) || (!force && item.next_attempt_at_ms > now) {
                 blocked.insert(dest);
-                report.waiting += 1;
+                report.waiting += usize::from(!item.carried);
                 continue;
             }
-            let mut posted = self.post(&item).await;
+            if item.carried
+                && parse_stored_relay(&item.relay)
+                    .map(|l| !self.sessions.contains_key(l.relay_key()))
+                    .unwrap_or(true)
+            {
+                // Carried only over a session that is open (it is whenever this device reads
+                // the home relay): never a reason to wait for a relay that may be blocked.
+                blocked.insert(dest);
+                continue;
+            }
+            let detour = blocking(|| self.profile.via_mirror(&item))?;
+            let unopened = parse_stored_relay(&item.relay)
+                .map(|l| !self.sessions.contains_key(l.relay_key()))
+                .unwrap_or(false);
+            let mut posted = if detour.is_some() && unopened {
+                // A log's home relay that does not answer soon is not waited for: its mirror
+                // takes the post.
+                tokio::time::timeout(MIRROR_PATIENCE, self.post(&item))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Relay {
+                            whose: "the group's relay".to_owned(),
+                            source: ClientError::Lost(format!(
+                                "no answer within {MIRROR_PATIENCE:?}"
+                            )),
+                        })
+                    })
+            } else {
+                self.post(&item).await
+            };
             if let Err(Error::Relay { source, .. }) = &posted
                 && !matches!(source, ClientError::Refused { .. })
-                && let Some(detour) = blocking(|| self.profile.via_mirror(&item))?
+                && let Some(detour) = detour
             {
                 // The log's home relay cannot be reached: the post goes to its mirror, whose
                 // keeper carries it home (the log's one order stays the home relay's).
@@ -788,6 +826,13 @@ impl Client {
                     blocking(|| self.profile.sent(item.id))?;
                     report.sent += 1;
                     report.stored.push((item.mailbox, item.payload.len()));
+                }
+                Err(_) if item.carried => {
+                    // Carried for someone else: it waits for the home relay quietly (another
+                    // keeper of the log may carry it first).
+                    let delay = backoff_ms(item.attempts);
+                    blocking(|| self.profile.failed(item.id, delay))?;
+                    blocked.insert(dest);
                 }
                 Err(e) => {
                     if let Error::Relay {
@@ -951,8 +996,13 @@ impl Client {
                 )
             }))
             .collect();
+        let given_up = self.open_for_reading(&wanted).await?;
         for (relay, mailbox, how) in wanted {
             let link = parse_stored_relay(&relay)?;
+            if given_up.contains(link.relay_key()) {
+                // Its logs are read through their other copy this time.
+                continue;
+            }
             let whose = match how {
                 Wanted::Inbox(_) => "your relay",
                 Wanted::Log { .. } => "the group's relay",
@@ -1022,6 +1072,92 @@ impl Client {
             Some(e) => Err(e),
             None => Ok(pending),
         }
+    }
+
+    /// Opens every relay `wanted` lives on at once (a failure shows when subscribing). A
+    /// relay that holds nothing but copies of logs whose other copy is open by then gets
+    /// [`MIRROR_PATIENCE`]; it is given up for this round (returned) if it has not answered.
+    async fn open_for_reading(
+        &mut self,
+        wanted: &[(String, [u8; 32], Wanted)],
+    ) -> Result<BTreeSet<[u8; 32]>, Error> {
+        use futures_util::StreamExt as _;
+        let mut links: Vec<RelayLink> = Vec::new();
+        for (relay, _, _) in wanted {
+            let link = parse_stored_relay(relay)?;
+            if !self.sessions.contains_key(link.relay_key())
+                && !links.iter().any(|l| l.relay_key() == link.relay_key())
+            {
+                links.push(link);
+            }
+        }
+        if links.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        // Which relays hold each log (a log with a mirror is wanted on two).
+        let mut copies: BTreeMap<[u8; 32], Vec<[u8; 32]>> = BTreeMap::new();
+        let mut only_copies: BTreeMap<[u8; 32], bool> = BTreeMap::new();
+        for (relay, mailbox, how) in wanted {
+            let key = *parse_stored_relay(relay)?.relay_key();
+            let is_log = matches!(how, Wanted::Log { .. });
+            if is_log {
+                copies.entry(*mailbox).or_default().push(key);
+            }
+            let entry = only_copies.entry(key).or_insert(true);
+            *entry &= is_log;
+        }
+        let network = NetworkId::current();
+        let mut opened = Vec::new();
+        let mut open: BTreeSet<[u8; 32]> = self.sessions.keys().copied().collect();
+        let mut waiting: BTreeSet<[u8; 32]> = links.iter().map(|l| *l.relay_key()).collect();
+        {
+            let this = &*self;
+            let mut pending: futures_util::stream::FuturesUnordered<_> = links
+                .iter()
+                .map(|link| async move { (link, this.open(link, network).await) })
+                .collect();
+            let deadline = tokio::time::Instant::now() + MIRROR_PATIENCE;
+            let mut patient = true;
+            while !waiting.is_empty() {
+                let next = if patient {
+                    match tokio::time::timeout_at(deadline, pending.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            patient = false;
+                            None
+                        }
+                    }
+                } else {
+                    pending.next().await
+                };
+                if let Some((link, result)) = next {
+                    waiting.remove(link.relay_key());
+                    if result.is_ok() {
+                        open.insert(*link.relay_key());
+                    }
+                    opened.push((link.clone(), result));
+                }
+                // Past the patience, stop waiting once every relay still silent holds only log
+                // copies that are readable elsewhere.
+                let redundant = |relay: &[u8; 32]| {
+                    only_copies.get(relay).copied().unwrap_or(false)
+                        && copies.values().all(|holders| {
+                            !holders.contains(relay)
+                                || holders.iter().any(|h| h != relay && open.contains(h))
+                        })
+                };
+                if !patient && waiting.iter().all(redundant) {
+                    break;
+                }
+            }
+        }
+        for (link, result) in opened {
+            // A failure is left for the subscription to report (it tries the relay again).
+            if let Ok((conn, won, best)) = result {
+                self.adopt(&link, network, best, conn, won);
+            }
+        }
+        Ok(waiting)
     }
 
     /// Deliveries announced at subscription and not yet received.
@@ -1258,6 +1394,7 @@ impl Client {
             subscribed = self.subscribe_all().await;
         }
         let first = self.flush(true).await?;
+        let mut reconnected = false;
         loop {
             let wait = if self.backlog() > 0 {
                 deadline.saturating_duration_since(tokio::time::Instant::now())
@@ -1281,6 +1418,7 @@ impl Client {
                         // Reconnect and carry on: the relay redelivers what was not acked.
                         self.save_learned();
                         subscribed = self.subscribe_all().await;
+                        reconnected = true;
                     }
                 }
                 Ok(Ok(None)) | Err(_) => break,
@@ -1288,7 +1426,8 @@ impl Client {
             }
         }
         self.save_learned();
-        let mut report = self.flush(false).await?;
+        // What failed on a connection that was lost meanwhile is tried once more, now.
+        let mut report = self.flush(reconnected).await?;
         report.sent += first.sent + report_sent;
         report.stored.extend(first.stored);
         report.stored.extend(stored);

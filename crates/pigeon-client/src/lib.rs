@@ -16,7 +16,8 @@ pub mod profile;
 pub mod relay;
 
 pub use client::{
-    Client, ClientEvent, Error, FlushReport, JoinRequest, ProgressSink, RELAY_STAGGER,
+    Client, ClientEvent, Error, FlushReport, JoinRequest, MIRROR_PATIENCE, ProgressSink,
+    RELAY_STAGGER,
 };
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};

@@ -223,6 +223,9 @@ pub struct OutboxItem {
     pub attempts: i64,
     /// Not before this time (milliseconds since the Unix epoch).
     pub next_attempt_at_ms: i64,
+    /// Another device's post, carried from a log's mirror to its home relay: housekeeping
+    /// that waits for the home relay without counting as this person's unsent messages.
+    pub carried: bool,
 }
 
 /// A mailbox this profile reads.
@@ -1392,7 +1395,7 @@ impl Profile {
             .prepare(
                 "SELECT o.id, o.relay, o.mailbox_id,
                    coalesce((SELECT g.log_cap FROM groups g WHERE g.log_id = o.mailbox_id), o.sender_cap),
-                   o.message_id, o.payload, o.attempts, o.next_attempt_at
+                   o.message_id, o.payload, o.attempts, o.next_attempt_at, o.carried
                  FROM outbox o ORDER BY o.id",
             )
             .map_err(db("reading the outbox"))?;
@@ -1414,6 +1417,7 @@ impl Profile {
                     payload: r.get(5)?,
                     attempts: r.get(6)?,
                     next_attempt_at_ms: r.get(7)?,
+                    carried: r.get(8)?,
                 })
             })
             .map_err(db("reading the outbox"))?;

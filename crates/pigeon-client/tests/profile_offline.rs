@@ -715,6 +715,13 @@ fn a_conversation_goes_on_through_its_mirror_when_its_home_relay_is_cut_off() {
             .map(|m| m.text)
             .collect::<Vec<_>>()
     };
+    // What the cut-off side sent (receipts too) all went through the mirror; what it holds
+    // is only what it carries home for the log (its own detoured posts, which the other
+    // keeper carried already), waiting quietly.
+    assert!(
+        other.outbox().expect("outbox").iter().all(|i| i.carried),
+        "the cut-off side still holds its own posts"
+    );
     let k = lines(keeper, keeper_sees_other);
     let o = lines(other, other_sees_keeper);
     assert_eq!(k.len(), 4, "{k:?}");

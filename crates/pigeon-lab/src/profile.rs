@@ -630,6 +630,10 @@ pub struct Profile {
     /// a blocked address (`pigeon lab run --via relays`).
     #[serde(default)]
     pub expect_pass_via_relays: Vec<String>,
+    /// Transports expected to get through an existing conversation's mirror when its home
+    /// relay is on a blocked address (`pigeon lab run --via mirror`).
+    #[serde(default)]
+    pub expect_pass_via_mirror: Vec<String>,
     /// The profile a domestic hop's onward leg crosses (a built-in name); default: this one.
     /// A mobile allow-list's hop sits in a domestic cloud, whose way abroad is fixed-line.
     #[serde(default)]

@@ -57,10 +57,15 @@ pub enum Via {
     /// Each person has two relays: the first on a blocked address (203.0.113.66), the second
     /// on 203.0.113.10; the conversation is made on the first that answers.
     Relays,
+    /// A conversation made before its home relay was blocked: both people set it up abroad
+    /// (uncensored), its log's home on 203.0.113.66 and its mirror on 203.0.113.10; then bob
+    /// talks from behind the censor, which blocks the home relay, through the mirror, while
+    /// alice stays abroad and keeps the mirror.
+    Mirror,
 }
 
 /// Every way of reaching the relay, for the matrix.
-pub const VIAS: &[Via] = &[Via::Direct, Via::Proxy, Via::Hop, Via::Relays];
+pub const VIAS: &[Via] = &[Via::Direct, Via::Proxy, Via::Hop, Via::Relays, Via::Mirror];
 
 impl std::str::FromStr for Via {
     type Err = String;
@@ -70,8 +75,9 @@ impl std::str::FromStr for Via {
             "proxy" => Ok(Self::Proxy),
             "hop" => Ok(Self::Hop),
             "relays" => Ok(Self::Relays),
+            "mirror" => Ok(Self::Mirror),
             other => Err(format!(
-                "{other:?} is not a route: direct, proxy, hop or relays"
+                "{other:?} is not a route: direct, proxy, hop, relays or mirror"
             )),
         }
     }
@@ -84,6 +90,7 @@ impl std::fmt::Display for Via {
             Self::Proxy => "proxy",
             Self::Hop => "hop",
             Self::Relays => "relays",
+            Self::Mirror => "mirror",
         })
     }
 }
@@ -103,6 +110,7 @@ pub fn expected(profile: &Profile, transport: &str, via: Via) -> bool {
         Via::Proxy => &profile.expect_pass_via_proxy,
         Via::Hop => &profile.expect_pass_via_hop,
         Via::Relays => &profile.expect_pass_via_relays,
+        Via::Mirror => &profile.expect_pass_via_mirror,
     };
     list.iter().any(|t| t == transport)
 }
@@ -430,6 +438,18 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
                 ),
             )
         }
+        Via::Mirror => {
+            let first =
+                start_relay_at(&lab, &s.pigeon, &s.transport, FOREIGN_LISTED, LISTED_NAME).await?;
+            second = Some(start_relay(&lab, &s.pigeon, &s.transport).await?);
+            (
+                first,
+                None,
+                format!(
+                    "tls {FOREIGN}:{port}, the log's mirror (its home, on {FOREIGN_LISTED}, blocked)"
+                ),
+            )
+        }
     };
     let mut result = ScenarioResult {
         profile: s.profile.name.clone(),
@@ -460,6 +480,7 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
                 relay: relay.link(),
                 second_relay: second.as_ref().map(ServerProcess::link),
                 proxy: proxy_link.as_deref(),
+                set_up_abroad: s.via == Via::Mirror,
             },
             s.step_timeout,
         )
@@ -681,6 +702,9 @@ pub struct Clients<'a> {
     pub second_relay: Option<&'a str>,
     /// A proxy alice `proxies add`s (bob gets it from her invitation).
     pub proxy: Option<&'a str>,
+    /// Both set the conversation up abroad (in the server namespace, uncensored), and alice
+    /// stays there; only bob talks from behind the censor.
+    pub set_up_abroad: bool,
 }
 
 /// The conversation with two unmodified `pigeon` clients in the client namespace (profiles in
@@ -704,12 +728,16 @@ pub async fn client_conversation(
     let dir = tempfile::tempdir().map_err(|e| Failed(o.clone(), format!("tempdir: {e}")))?;
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
-    let run_for = |profile: &Path, args: Vec<String>, limit: Duration| {
-        let mut cmd = lab.topology.client.command(&pigeon.to_string_lossy());
+    let abroad = clients.set_up_abroad;
+    let run_in = |ns: &Netns, profile: &Path, args: Vec<String>, limit: Duration| {
+        let mut cmd = ns.command(&pigeon.to_string_lossy());
         cmd.args(args);
         cmd.env("PIGEON_PROFILE", profile)
             .env("PIGEON_PASSPHRASE", "lab")
-            .env("PIGEON_LOG", "warn");
+            .env(
+                "PIGEON_LOG",
+                std::env::var("PIGEON_LAB_CLIENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            );
         async move {
             let out = tokio::time::timeout(limit, cmd.output())
                 .await
@@ -722,26 +750,46 @@ pub async fn client_conversation(
             }
         }
     };
-    let run = |profile: &Path, args: Vec<String>| run_for(profile, args, step);
+    // Where each one runs: behind the censor, except alice (and the set-up) abroad.
+    let censored = &lab.topology.client;
+    let uncensored = &lab.topology.server;
+    let alice_ns = if abroad { uncensored } else { censored };
+    let ns_of = |profile: &Path| {
+        if profile == alice.as_path() {
+            alice_ns
+        } else {
+            censored
+        }
+    };
+    let run = |profile: &Path, args: Vec<String>| run_in(ns_of(profile), profile, args, step);
+    let set_up = |profile: &Path, args: Vec<String>| {
+        run_in(
+            if abroad { uncensored } else { censored },
+            profile,
+            args,
+            step,
+        )
+    };
     // The big download may learn a freeze and cross many connections: it gets longer.
-    let run_long = |profile: &Path, args: Vec<String>| run_for(profile, args, step * 4);
+    let run_long =
+        |profile: &Path, args: Vec<String>| run_in(ns_of(profile), profile, args, step * 4);
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
-        run(p, s(&["init", "--name", name, "--relay", relay_link]))
+        set_up(p, s(&["init", "--name", name, "--relay", relay_link]))
             .await
             .map_err(|e| Failed(o.clone(), format!("{name} init: {e}")))?;
         if let Some(second) = clients.second_relay {
-            run(p, s(&["relays", "add", second]))
+            set_up(p, s(&["relays", "add", second]))
                 .await
                 .map_err(|e| Failed(o.clone(), format!("{name} relays add: {e}")))?;
         }
     }
     if let Some(proxy) = clients.proxy {
-        run(&alice, s(&["proxies", "add", proxy]))
+        set_up(&alice, s(&["proxies", "add", proxy]))
             .await
             .map_err(|e| Failed(o.clone(), format!("alice proxies add: {e}")))?;
     }
-    let invite = run(&alice, s(&["invite", "--no-qr"]))
+    let invite = set_up(&alice, s(&["invite", "--no-qr"]))
         .await
         .map_err(|e| Failed(o.clone(), format!("invite: {e}")))?;
     let invite = invite
@@ -749,17 +797,36 @@ pub async fn client_conversation(
         .find(|l| l.starts_with("pigeon://invite#"))
         .ok_or_else(|| Failed(o.clone(), "invite printed no pigeon://invite# line".into()))?
         .to_owned();
-    run(&bob, vec!["accept".into(), invite])
+    set_up(&bob, vec!["accept".into(), invite])
         .await
         .map_err(|e| Failed(o.clone(), format!("accept: {e}")))?;
+    if abroad {
+        // Both read once more abroad: alice learns the log's mirror. Then bob goes home.
+        for p in [&alice, &bob] {
+            set_up(p, s(&["read", "--wait", "0.3"]))
+                .await
+                .map_err(|e| Failed(o.clone(), format!("reading abroad: {e}")))?;
+        }
+    }
+    // Through a mirror, bob's hello reaches the home relay by alice's device (which reads it
+    // from the mirror and carries it home), and comes back to her from there.
+    let (wait, reads) = if abroad { ("0.3", 3) } else { ("0", 1) };
     let start = Instant::now();
     o.attempted += 1;
     run(&bob, s(&["send", "alice", "hello from bob"]))
         .await
         .map_err(|e| Failed(o.clone(), format!("bob send: {e}")))?;
-    let read = run(&alice, s(&["read", "--wait", "0"]))
-        .await
-        .map_err(|e| Failed(o.clone(), format!("alice read: {e}")))?;
+    let mut read = String::new();
+    for _ in 0..reads {
+        read.push_str(
+            &run(&alice, s(&["read", "--wait", wait]))
+                .await
+                .map_err(|e| Failed(o.clone(), format!("alice read: {e}")))?,
+        );
+        if read.contains("hello from bob") {
+            break;
+        }
+    }
     if !read.contains("hello from bob") {
         return Err(Failed(o, "alice did not receive bob's hello".into()));
     }
@@ -775,6 +842,12 @@ pub async fn client_conversation(
         )
         .await
         .map_err(|e| Failed(o.clone(), format!("alice send {i}: {e}")))?;
+    }
+    if abroad {
+        // alice's device puts her messages on the mirror as it reads them from the home relay.
+        run(&alice, s(&["read", "--wait", "0.5"]))
+            .await
+            .map_err(|e| Failed(o.clone(), format!("alice read: {e}")))?;
     }
     // bob reads until he has them all (a connection that froze costs a reconnection; each
     // `read` is a new process, as a person would run it), at most three times.

@@ -182,6 +182,29 @@ async fn tls_gets_through_on_the_second_relay_when_the_first_is_blocked() {
     );
 }
 
+/// Issue #15: a conversation made abroad has its log's home on an address `ru-home-2026`
+/// blocks and its mirror on one it does not. bob, back behind the censor, still talks with
+/// alice (abroad, whose device keeps the mirror): his messages go through the mirror into the
+/// home relay's order, hers reach him through the mirror, more than 1 MiB of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_gets_through_an_existing_conversations_mirror_when_its_home_is_blocked() {
+    let Some(pigeon) = pigeon() else { return };
+    let seed = 45;
+    let mut s = scenario_over("tls", "ru-home-2026", pigeon, seed, 15);
+    s.via = Via::Mirror;
+    let r = runner::run_scenario(&s).await.expect("runs");
+    println!("{}", runner::markdown(std::slice::from_ref(&r)));
+    assert!(r.expected_pass, "{r:?}");
+    assert!(r.got_through, "seed {seed}: {r:?}");
+    assert!(r.bytes >= runner::MIN_DOWNLOAD, "{r:?}");
+    assert!(r.rules_fired.contains_key("2:ip_block"), "{r:?}");
+    assert!(
+        r.route.starts_with("tls://relay.example:443"),
+        "bob reaches the mirror's relay: {:?}",
+        r.route
+    );
+}
+
 /// The 16–20 KB freeze with its threshold swept: a conversation of more than 1 MiB keeps flowing
 /// over `tls`, whose client learns the threshold from the first connection that froze and keeps
 /// every later connection under it.

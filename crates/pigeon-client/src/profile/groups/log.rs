@@ -1413,6 +1413,19 @@ impl Profile {
         let Ok(envelope) = Envelope::decode(h.payload.as_slice()) else {
             return Ok(());
         };
+        // A keeper cut off from the home relay itself does not pile posts up without end:
+        // past this many, the other keepers carry them.
+        let waiting: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE carried = 1 AND mailbox_id = ?1",
+                [row.log_id.as_slice()],
+                |r| r.get(0),
+            )
+            .map_err(db("counting carried posts"))?;
+        if waiting >= MAX_CARRIED {
+            return Ok(());
+        }
         self.queue_once(
             &row.log_relay,
             &row.log_id,
@@ -1538,6 +1551,9 @@ pub struct LogCopies {
     /// This device keeps the mirror (an admin's device).
     pub keeper: bool,
 }
+
+/// Most posts one device holds to carry to one log's home relay for others.
+const MAX_CARRIED: i64 = 1_000;
 
 /// A relay message id derived from another, the same on every device.
 fn derived_id(label: &[u8], message_id: &[u8]) -> [u8; 16] {
