@@ -179,6 +179,10 @@ pub const RELAY_STAGGER: Duration = Duration::from_secs(1);
 /// (a blocked home relay must not hold up reading and posting through a log's mirror).
 pub const MIRROR_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long making a new conversation's mirror on a relay may take before that relay is
+/// skipped.
+const MIRROR_SETUP: Duration = Duration::from_secs(3);
+
 /// A profile with its relay sessions.
 pub struct Client {
     profile: Profile,
@@ -588,11 +592,21 @@ impl Client {
             .into_iter()
             .filter(|r| r.relay_key() != home.relay_key())
         {
-            let created = self
-                .on_own_relay(&relay, async |conn| {
+            // A relay that does not take it soon is skipped (it may be the blocked one): the
+            // conversation is not held up for its mirror.
+            let created = tokio::time::timeout(
+                MIRROR_SETUP,
+                self.on_own_relay(&relay, async |conn| {
                     conn.create_log(&log.key, &log.id, log.cap_hash()).await
+                }),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Relay {
+                    whose: "your relay".to_owned(),
+                    source: ClientError::Lost(format!("no answer within {MIRROR_SETUP:?}")),
                 })
-                .await;
+            });
             match created {
                 Ok(()) => match blocking(|| self.profile.set_log_mirror(&log.id.0, Some(&relay))) {
                     Ok(()) => {
