@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -346,6 +346,8 @@ pub struct Profile {
     conn: Connection,
     crypto: CryptoProvider,
     dir: PathBuf,
+    /// The largest log entry posted in one relay message; larger ones go in parts.
+    max_log_entry: usize,
 }
 
 impl std::fmt::Debug for Profile {
@@ -527,11 +529,16 @@ impl Profile {
             conn.execute_batch(schema::MIGRATE_9)
                 .map_err(db("adding log mirrors"))?;
         }
+        if version < 10 {
+            conn.execute_batch(schema::MIGRATE_10)
+                .map_err(db("adding log entry parts"))?;
+        }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {
             conn,
             crypto,
             dir: dir.to_owned(),
+            max_log_entry: groups::MAX_LOG_ENTRY,
         })
     }
 

@@ -731,3 +731,63 @@ fn a_conversation_goes_on_through_its_mirror_when_its_home_relay_is_cut_off() {
     o_sorted.sort();
     assert_eq!(k_sorted, o_sorted);
 }
+
+/// Issue #14: a log entry too large for one relay message (a commit carrying the roster of a
+/// group of hundreds; here any commit, with the limit made small) goes in parts and counts at
+/// its last part: both sides apply it there, the committer sees it land, and they talk on.
+#[test]
+fn a_commit_too_large_for_one_relay_message_goes_in_parts() {
+    let mut p = pair(Suite::XWing);
+    let bob_at_alice = p.alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = p.bob.find_contact("alice").expect("alice").id;
+    p.bob.set_max_log_entry(1_000);
+    let log = p.bob.logs().expect("logs")[0].log_id;
+    let count = |relay: &Relay| {
+        relay
+            .logs
+            .iter()
+            .filter(|((_, id), _)| *id == log)
+            .map(|(_, e)| e.len())
+            .sum::<usize>()
+    };
+    let before = count(&p.relay);
+    let (e0, _) = p.bob.epoch_authenticator(alice_at_bob).expect("epoch");
+    p.bob.rekey(alice_at_bob).expect("rekey");
+    p.run();
+    let entries = count(&p.relay) - before;
+    assert!(entries >= 3, "the commit went as {entries} entries");
+    let after = p.bob.epoch_authenticator(alice_at_bob).expect("epoch");
+    assert_eq!(after.0, e0 + 1, "bob's commit landed");
+    assert_eq!(
+        p.alice.epoch_authenticator(bob_at_alice).expect("epoch"),
+        after
+    );
+    p.alice
+        .compose(bob_at_alice, "after the big commit")
+        .expect("compose");
+    let (_, at_bob) = p.run();
+    assert_eq!(texts(&at_bob), ["after the big commit"]);
+    // A part from a tampered relay (numbers out of range) is refused, and nothing breaks.
+    let bad = pigeon_e2ee::Envelope {
+        kind: Some(pigeon_e2ee::content::envelope::Kind::Part(
+            pigeon_e2ee::content::Part {
+                last: vec![7; 16],
+                part: 5,
+                parts: 2,
+                bytes: vec![1, 2, 3],
+            },
+        )),
+    };
+    let n = count(&p.relay) as u64 + 1;
+    let handled = p
+        .alice
+        .handle_log_deliveries(
+            &log,
+            &[(n, &[9u8; 16][..], &prost::Message::encode_to_vec(&bad)[..])],
+        )
+        .expect("handled");
+    assert!(
+        matches!(handled.as_slice(), [Handled::Dropped(_)]),
+        "{handled:?}"
+    );
+}

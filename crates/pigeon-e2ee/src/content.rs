@@ -125,7 +125,7 @@ pub struct Receipt {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
     /// Its kind.
-    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub kind: Option<envelope::Kind>,
 }
 
@@ -158,6 +158,10 @@ pub mod envelope {
         /// On a log's mirror: an entry for the home copy from a device that cannot reach it.
         #[prost(message, tag = "7")]
         ForHome(super::ForHome),
+        /// In a group's log: one part of an entry too large for one relay message (a commit
+        /// that carries a large group's roster).
+        #[prost(message, tag = "8")]
+        Part(super::Part),
     }
 }
 
@@ -217,6 +221,25 @@ pub struct ForHome {
     /// The entry (an [`Envelope`]).
     #[prost(bytes = "vec", tag = "2")]
     pub payload: Vec<u8>,
+}
+
+/// One part of a group log entry (an encoded [`Envelope`]) too large for one relay message.
+/// The entry counts at the place of its last part in the log, and is known by that part's
+/// relay message id, so every member applies it at the same place.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Part {
+    /// The relay message id of the entry's last part.
+    #[prost(bytes = "vec", tag = "1")]
+    pub last: Vec<u8>,
+    /// Which part, from 0.
+    #[prost(uint32, tag = "2")]
+    pub part: u32,
+    /// How many parts there are.
+    #[prost(uint32, tag = "3")]
+    pub parts: u32,
+    /// The bytes of this part.
+    #[prost(bytes = "vec", tag = "4")]
+    pub bytes: Vec<u8>,
 }
 
 /// Why padded content was refused.

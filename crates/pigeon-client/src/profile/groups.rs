@@ -20,7 +20,7 @@ use blake2::{Blake2s256, Digest as _};
 use chacha20poly1305::aead::{Aead as _, KeyInit as _};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use pigeon_e2ee::content::{
-    ForHome, Forwarded, LogKeys, LogMirror, Text, WelcomePart, body::Body, envelope::Kind,
+    ForHome, Forwarded, LogKeys, LogMirror, Part, Text, WelcomePart, body::Body, envelope::Kind,
 };
 use pigeon_e2ee::{
     Change, Changes, Content, E2eeError, Envelope, Group, Identity, Opened, Roster, RosterEntry,
@@ -41,6 +41,14 @@ pub const GROUP_REKEY_EVERY: i64 = 50;
 pub const GROUP_REKEY_AFTER_MS: i64 = 7 * 86_400_000;
 /// Largest part of a sealed Welcome in one relay message.
 const WELCOME_PART: usize = 48 * 1024;
+/// The largest group log entry posted as one relay message: what fits the relay's limit with
+/// room for a mirror's wrapping. A larger one (a commit that carries the roster of a group of
+/// hundreds) goes in parts of [`WELCOME_PART`].
+pub(crate) const MAX_LOG_ENTRY: usize = pigeon_wire::MAX_CIPHERTEXT - 1024;
+/// Most parts of one log entry (3 MiB).
+const MAX_ENTRY_PARTS: u32 = 64;
+/// Most entries in parts one log may have in progress on this device; older ones are dropped.
+const MAX_ENTRIES_IN_PARTS: i64 = 8;
 /// Most parts a Welcome may come in (a 10,000-device tree with X-Wing keys is ~16 MiB).
 const MAX_WELCOME_PARTS: u32 = 400;
 
@@ -1340,14 +1348,54 @@ impl Profile {
         self.group_message(self.conn.last_insert_rowid())
     }
 
+    /// Queues an entry to a group's log; returns the relay message id it counts under (an
+    /// entry too large for one relay message goes in parts, and counts under its last).
     fn queue_log(&self, row: &GroupRow, kind: Kind) -> Result<[u8; 16], ProfileError> {
-        self.queue_with_id(
-            &row.log_relay,
-            &row.log_id,
-            &row.log_cap,
-            &Envelope { kind: Some(kind) },
-            random()?,
-        )
+        let envelope = Envelope { kind: Some(kind) };
+        if envelope.encoded_len() <= self.max_log_entry {
+            return self.queue_with_id(
+                &row.log_relay,
+                &row.log_id,
+                &row.log_cap,
+                &envelope,
+                random()?,
+            );
+        }
+        let bytes = envelope.encode_to_vec();
+        let size = WELCOME_PART.min(self.max_log_entry);
+        let parts = bytes.chunks(size).count();
+        if parts > MAX_ENTRY_PARTS as usize {
+            return Err(ProfileError::Invalid(format!(
+                "a change of {} bytes is too large for the group's log",
+                bytes.len()
+            )));
+        }
+        let ids: Vec<[u8; 16]> = (0..parts).map(|_| random()).collect::<Result<_, _>>()?;
+        let last = ids[parts - 1];
+        for (i, (chunk, id)) in bytes.chunks(size).zip(&ids).enumerate() {
+            self.queue_with_id(
+                &row.log_relay,
+                &row.log_id,
+                &row.log_cap,
+                &Envelope {
+                    kind: Some(Kind::Part(Part {
+                        last: last.to_vec(),
+                        part: u32::try_from(i).unwrap_or(u32::MAX),
+                        parts: u32::try_from(parts).unwrap_or(u32::MAX),
+                        bytes: chunk.to_vec(),
+                    })),
+                },
+                *id,
+            )?;
+        }
+        Ok(last)
+    }
+
+    /// Sets the largest log entry posted in one relay message (tests use small ones to see
+    /// entries go in parts without building a group of hundreds).
+    #[doc(hidden)]
+    pub fn set_max_log_entry(&mut self, bytes: usize) {
+        self.max_log_entry = bytes.max(256);
     }
 
     fn mark_seen(&self, log_id: &[u8; 32], message_id: &[u8; 16]) -> Result<(), ProfileError> {

@@ -345,3 +345,20 @@ ALTER TABLE outbox ADD COLUMN carried INTEGER NOT NULL DEFAULT 0;
 PRAGMA user_version = 9;
 COMMIT;
 ";
+
+/// Version 10: parts of group log entries too large for one relay message, until the last
+/// part comes (a log may hold a few such entries in progress; older ones are dropped).
+pub(super) const MIGRATE_10: &str = "
+BEGIN;
+CREATE TABLE entry_parts (
+  log_id BLOB NOT NULL,
+  last BLOB NOT NULL,
+  part INTEGER NOT NULL,
+  parts INTEGER NOT NULL,
+  bytes BLOB NOT NULL,
+  stored_at INTEGER NOT NULL,
+  PRIMARY KEY (log_id, last, part)
+) WITHOUT ROWID;
+PRAGMA user_version = 10;
+COMMIT;
+";

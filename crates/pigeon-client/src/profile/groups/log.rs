@@ -248,6 +248,13 @@ impl Profile {
             .map_err(|e| peer("envelope", &format!("it does not decode: {e}")))?;
         let ct = match envelope.kind {
             Some(Kind::Mls(ct)) => ct,
+            Some(Kind::Part(part)) => {
+                // The entry counts here, at its last part, if this completes it.
+                return match self.entry_part(row, &part)? {
+                    Some(whole) => self.open_log_entry(row, seq, &whole),
+                    None => Ok(vec![Handled::Duplicate]),
+                };
+            }
             Some(Kind::Rejoin(sealed)) => return self.rejoin_request(row, &sealed),
             // The Welcome that takes back a device that fell behind: for that device only.
             Some(Kind::WelcomePart(_)) => return Ok(vec![Handled::Duplicate]),
@@ -405,6 +412,15 @@ impl Profile {
     }
 
     fn own_commit_landed(&self, row: &GroupRow, seq: u64) -> Result<Vec<Handled>, ProfileError> {
+        if let Some(last) = &row.pending_commit {
+            // Its earlier parts, if it went in parts, were kept like anyone's.
+            self.conn
+                .execute(
+                    "DELETE FROM entry_parts WHERE log_id = ?1 AND last = ?2",
+                    params![row.log_id.as_slice(), last],
+                )
+                .map_err(db("forgetting a commit's parts"))?;
+        }
         let mls = self.mls();
         let mut group = Group::load(&mls, &row.group_id)?;
         if !group.has_pending_commit() {
@@ -1582,4 +1598,89 @@ fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
     RelayLink::from_payload_bytes(bytes)
         .map(|l| Some(l.to_string()))
         .map_err(|e| peer("log mirror", &format!("its relay is invalid: {e}")))
+}
+
+impl Profile {
+    /// Keeps a part of a log entry too large for one relay message; returns the whole entry
+    /// (an encoded envelope, never itself in parts) when this part completes it.
+    fn entry_part(&self, row: &GroupRow, part: &Part) -> Result<Option<Vec<u8>>, ProfileError> {
+        if part.last.len() != 16
+            || part.parts < 2
+            || part.parts > MAX_ENTRY_PARTS
+            || part.part >= part.parts
+        {
+            return Err(peer("log entry part", "its numbers or id are out of range"));
+        }
+        let log = row.log_id.as_slice();
+        let known: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM entry_parts WHERE log_id = ?1 AND last = ?2",
+                params![log, part.last],
+                |r| r.get(0),
+            )
+            .map_err(db("reading parts"))?;
+        if !known {
+            // A few entries in progress at most: the oldest ones (from a member who never sent
+            // the rest) go.
+            self.conn
+                .execute(
+                    "DELETE FROM entry_parts WHERE log_id = ?1 AND last IN (
+                       SELECT last FROM entry_parts WHERE log_id = ?1 GROUP BY last
+                       ORDER BY min(stored_at) DESC LIMIT -1 OFFSET ?2)",
+                    params![log, MAX_ENTRIES_IN_PARTS - 1],
+                )
+                .map_err(db("dropping old parts"))?;
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO entry_parts (log_id, last, part, parts, bytes, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![log, part.last, part.part, part.parts, part.bytes, now_ms()],
+            )
+            .map_err(db("keeping a part"))?;
+        let have: Vec<(u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT parts, bytes FROM entry_parts WHERE log_id = ?1 AND last = ?2
+                     ORDER BY part",
+                )
+                .map_err(db("reading parts"))?;
+            let rows = stmt
+                .query_map(params![log, part.last], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db("reading parts"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading parts"))?
+        };
+        if have.iter().any(|(n, _)| *n != part.parts) {
+            self.conn
+                .execute(
+                    "DELETE FROM entry_parts WHERE log_id = ?1 AND last = ?2",
+                    params![log, part.last],
+                )
+                .map_err(db("dropping parts"))?;
+            return Err(peer(
+                "log entry part",
+                "its parts disagree on how many there are",
+            ));
+        }
+        if u32::try_from(have.len()).unwrap_or(u32::MAX) < part.parts {
+            return Ok(None);
+        }
+        self.conn
+            .execute(
+                "DELETE FROM entry_parts WHERE log_id = ?1 AND last = ?2",
+                params![log, part.last],
+            )
+            .map_err(db("reading parts"))?;
+        let whole: Vec<u8> = have.into_iter().flat_map(|(_, b)| b).collect();
+        if matches!(
+            Envelope::decode(whole.as_slice()).map(|e| e.kind),
+            Ok(Some(Kind::Part(_)))
+        ) {
+            return Err(peer("log entry part", "an entry in parts holds parts"));
+        }
+        Ok(Some(whole))
+    }
 }
