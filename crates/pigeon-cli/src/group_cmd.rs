@@ -96,6 +96,28 @@ pub(crate) enum GroupCommand {
         /// The group.
         group: String,
     },
+    /// Keep a copy of the group's log (a mirror) on another relay, or replace its mirror
+    /// (admins): members who cannot reach the group's relay read and post through it.
+    Mirror {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The group.
+        group: String,
+        /// The relay's `pigeon://relay#…` link.
+        relay: String,
+    },
+    /// Move the group's home to its mirror, when the group's relay is gone for good (admins).
+    /// A member who can still reach the old relay and reads only there is left behind on it,
+    /// so this asks for `--home-is-gone`.
+    Move {
+        #[command(flatten)]
+        profile: ProfileArg,
+        /// The group.
+        group: String,
+        /// Confirms that the group's relay is gone for everyone.
+        #[arg(long)]
+        home_is_gone: bool,
+    },
 }
 
 /// `pigeon verify`.
@@ -201,6 +223,42 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<u8> {
         } => change(&profile, &group, GroupChange::Rename(&new_name)).await,
         GroupCommand::Rekey { profile, group } => {
             change(&profile, &group, GroupChange::Update).await
+        }
+        GroupCommand::Mirror {
+            profile,
+            group,
+            relay,
+        } => {
+            let relay = pigeon_transport::RelayLink::parse(relay.trim())?;
+            let mut client = open_client(&profile)?;
+            let report = client.mirror_group(&group, &relay).await?;
+            println!(
+                "{} is kept on a second relay too: members who cannot reach its relay read and \
+                 post through this one.",
+                safe(&group)
+            );
+            Ok(report_queued(&report))
+        }
+        GroupCommand::Move {
+            profile,
+            group,
+            home_is_gone,
+        } => {
+            if !home_is_gone {
+                anyhow::bail!(
+                    "moving a group's home is for a relay that is gone for everyone: a member \
+                     who still reaches it would stay there, apart from the rest. If it is gone, \
+                     run this again with --home-is-gone"
+                );
+            }
+            let mut client = open_client(&profile)?;
+            let report = client.move_group_home(&group).await?;
+            settle(&mut client).await?;
+            println!(
+                "{} lives on its mirror from now on; members follow when they next read.",
+                safe(&group)
+            );
+            Ok(report_queued(&report))
         }
         GroupCommand::Leave { profile, group } => {
             let mut client = open_client(&profile)?;

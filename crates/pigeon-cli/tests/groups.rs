@@ -487,6 +487,69 @@ fn a_group_log_has_a_mirror_that_outlives_its_home_relay() {
     mirror.assert_no_panic();
 }
 
+/// Issue #15: a group made on a profile with one relay gets a mirror later
+/// (`pigeon group mirror`); when its home relay is gone for good, an admin moves its home to
+/// the mirror (`pigeon group move --home-is-gone`), the others follow when they read, and the
+/// group goes on: nobody invited anybody again.
+#[test]
+fn a_group_whose_relay_is_gone_moves_home_to_its_mirror() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay_dir = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("relay dir");
+        d
+    };
+    let mut home = Relay::start(RelayOpts::in_dir(&relay_dir("home")));
+    let second = Relay::start(RelayOpts::in_dir(&relay_dir("second")));
+    let (ann, ben) = (dir.path().join("ann"), dir.path().join("ben"));
+    for (n, path) in [("ann", &ann), ("ben", &ben)] {
+        ok(
+            path,
+            &["init", "--name", n, "--relay", &home.link.to_string()],
+        );
+    }
+    ok(&ann, &["group", "create", "club"]);
+    join(&ann, &ben, "club");
+    read(&ann);
+    read(&ben);
+    // Only an admin gives the group a mirror.
+    let refused = run(&ben, &["group", "mirror", "club", &second.link.to_string()]);
+    assert!(!refused.status.success());
+    ok(&ann, &["group", "mirror", "club", &second.link.to_string()]);
+    ok(&ann, &["send", "club", "before the relay went"]);
+    for path in [&ann, &ben, &ann] {
+        read(path);
+    }
+    home.kill9();
+    // Without the confirmation, nothing moves.
+    let unconfirmed = run(&ann, &["group", "move", "club"]);
+    assert!(!unconfirmed.status.success());
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--home-is-gone"));
+    run(&ann, &["group", "move", "club", "--home-is-gone"]);
+    // ben follows when he reads (through what was the mirror), and both talk on there.
+    run(&ben, &["read", "--wait", "0.4"]);
+    let history = ok(&ben, &["group", "history", "club", "--limit", "100"]);
+    assert!(history.contains("home relay is gone"), "{history}");
+    ok(&ben, &["send", "club", "after the move"]);
+    read(&ann);
+    ok(&ann, &["send", "club", "and on"]);
+    read(&ben);
+    let at_ann = transcript(&ann, "ann", "club");
+    let at_ben = transcript(&ben, "ben", "club");
+    assert!(
+        at_ann.contains(&"ben: after the move".to_owned()),
+        "{at_ann:?}"
+    );
+    assert!(at_ben.contains(&"ann: and on".to_owned()), "{at_ben:?}");
+    assert!(at_ben.contains(&"ann: before the relay went".to_owned()));
+    assert_eq!(epoch(&ann, "club"), epoch(&ben, "club"));
+    // Changes are ordered there too.
+    ok(&ben, &["group", "rekey", "club"]);
+    read(&ann);
+    assert_eq!(epoch(&ann, "club"), epoch(&ben, "club"));
+    second.assert_no_panic();
+}
+
 /// Issue #14: `kill -9` of the relay while members commit and send: after a restart every
 /// member reads on; nothing acknowledged is lost, nothing shows twice, and the group does not
 /// fork.

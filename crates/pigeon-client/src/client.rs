@@ -583,6 +583,44 @@ impl Client {
         Ok(info)
     }
 
+    /// Gives a group's log a mirror (or a new one) on `relay`: the log, with its current keys,
+    /// made there, and announced to the members in the log (admins only).
+    ///
+    /// # Errors
+    /// For a member who is not an admin, an unknown group, or a relay that refuses.
+    pub async fn mirror_group(
+        &mut self,
+        group: &str,
+        relay: &RelayLink,
+    ) -> Result<FlushReport, Error> {
+        let info = self.profile.find_group(group)?;
+        let (log_id, owner, cap, home) = self.profile.log_keys(info.id)?;
+        if home.relay_key() == relay.relay_key() {
+            return Err(ProfileError::Invalid(
+                "that is the group's own relay; a mirror goes on another".to_owned(),
+            )
+            .into());
+        }
+        let id = MailboxId(log_id);
+        self.on_own_relay(relay, async |conn| {
+            conn.create_log(&owner, &id, pigeon_proto::auth::cap_hash(&cap))
+                .await
+        })
+        .await?;
+        blocking(|| self.profile.set_log_mirror(&log_id, Some(relay)))?;
+        self.flush(true).await
+    }
+
+    /// Moves a group's home to its mirror, for a home relay gone for everyone (admins only).
+    ///
+    /// # Errors
+    /// For a member who is not an admin, or a group without a mirror.
+    pub async fn move_group_home(&mut self, group: &str) -> Result<FlushReport, Error> {
+        let info = self.profile.find_group(group)?;
+        blocking(|| self.profile.move_home(info.id))?;
+        self.flush(true).await
+    }
+
     /// Gives a new conversation's log a mirror: the same log (id and keys) on the first other
     /// relay of this profile's that takes it, announced to the members in the log. With one
     /// relay, or no other answering, the log lives on its home relay alone: not an error.

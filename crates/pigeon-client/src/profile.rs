@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -532,6 +532,10 @@ impl Profile {
         if version < 10 {
             conn.execute_batch(schema::MIGRATE_10)
                 .map_err(db("adding log entry parts"))?;
+        }
+        if version < 11 {
+            conn.execute_batch(schema::MIGRATE_11)
+                .map_err(db("adding log moves"))?;
         }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {

@@ -111,6 +111,10 @@ pub struct LogMirror {
     /// The mirror's relay.
     #[prost(bytes = "vec", tag = "1")]
     pub relay: Vec<u8>,
+    /// Posted on the mirror itself, not the home relay: the log's home moves to the relay this
+    /// entry is on (its home is gone), and `relay` becomes its mirror (empty: none).
+    #[prost(bool, tag = "2")]
+    pub moved: bool,
 }
 
 /// Delivery receipt.

@@ -341,6 +341,8 @@ struct GroupRow {
     mirror_relay: Option<String>,
     /// This device's position in the mirror (the mirror's own sequence numbers).
     mirror_cursor: i64,
+    /// The relay message id of a move of the log's home to its mirror this device posted.
+    pending_move: Option<Vec<u8>>,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -407,7 +409,8 @@ impl Profile {
             .query_row(
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
                         cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
-                        direct, pending_ticket, rejoin_secret, mirror_relay, mirror_cursor
+                        direct, pending_ticket, rejoin_secret, mirror_relay, mirror_cursor,
+                        pending_move
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -431,6 +434,7 @@ impl Profile {
                         rejoin_secret: r.get(16)?,
                         mirror_relay: r.get(17)?,
                         mirror_cursor: r.get(18)?,
+                        pending_move: r.get(19)?,
                     })
                 },
             )

@@ -362,3 +362,12 @@ CREATE TABLE entry_parts (
 PRAGMA user_version = 10;
 COMMIT;
 ";
+
+/// Version 11: a move of a group log's home to its mirror that this device posted, by the
+/// move's relay message id, until it shows on the mirror.
+pub(super) const MIGRATE_11: &str = "
+BEGIN;
+ALTER TABLE groups ADD COLUMN pending_move BLOB;
+PRAGMA user_version = 11;
+COMMIT;
+";

@@ -110,6 +110,19 @@ impl Profile {
         payload: &[u8],
     ) -> Result<Vec<Handled>, ProfileError> {
         let (id, seq_i) = (row.id, to_i64(seq));
+        if row.mirror_relay.is_none()
+            && let Ok(Envelope {
+                kind: Some(Kind::ForHome(h)),
+            }) = Envelope::decode(payload)
+            && !matches!(
+                Envelope::decode(h.payload.as_slice()).map(|e| e.kind),
+                Ok(Some(Kind::ForHome(_)))
+            )
+        {
+            // Left for the home copy on what was its mirror, by a device that had not yet read
+            // that the mirror became the home: it counts here, under its own id.
+            return self.log_entry_at(row, seq, &h.message_id, &h.payload);
+        }
         // This device's own entries: its commit, its messages, its other requests.
         if row.pending_commit.as_deref() == Some(message_id) {
             return self.own_commit_landed(row, seq);
@@ -258,6 +271,8 @@ impl Profile {
             Some(Kind::Rejoin(sealed)) => return self.rejoin_request(row, &sealed),
             // The Welcome that takes back a device that fell behind: for that device only.
             Some(Kind::WelcomePart(_)) => return Ok(vec![Handled::Duplicate]),
+            // On a home copy that was a mirror before: a keeper's late forward.
+            Some(Kind::Forwarded(_)) => return Ok(vec![Handled::Duplicate]),
             _ => {
                 return Err(peer(
                     "envelope",
@@ -319,6 +334,10 @@ impl Profile {
                     }
                     Some(Body::GroupInvite(g)) if row.direct => {
                         Ok(vec![self.conversation_invite(row, g)?])
+                    }
+                    Some(Body::LogMirror(m)) if m.moved => {
+                        // A move belongs on the mirror, never on the home copy.
+                        Ok(vec![Handled::Duplicate])
                     }
                     Some(Body::LogMirror(m)) => {
                         if !roster_before.is_admin(&sender) {
@@ -1302,7 +1321,7 @@ impl Profile {
         };
         self.tx(|| {
             let mut out = Vec::new();
-            for (i, (seq, _, payload)) in deliveries.iter().enumerate() {
+            for (i, (seq, message_id, payload)) in deliveries.iter().enumerate() {
                 let row = self.group_row(id)?;
                 let seq_i = to_i64(*seq);
                 if seq_i <= row.mirror_cursor || row.state == STATE_GONE {
@@ -1337,6 +1356,16 @@ impl Profile {
                     Ok(Some(Kind::ForHome(h))) => {
                         if self.keeps_mirror(id)? {
                             self.carry_home(&row, &h)?;
+                        }
+                        out.push(Handled::Duplicate);
+                    }
+                    Ok(Some(Kind::Mls(ct))) => {
+                        // Only a move of the log's home to this relay is posted here directly.
+                        let moved = self.mirror_native(&row, message_id, &ct)?;
+                        if moved {
+                            out.extend(self.home_moved(&row, seq_i)?);
+                            out.extend(deliveries[i + 1..].iter().map(|_| Handled::Duplicate));
+                            break;
                         }
                         out.push(Handled::Duplicate);
                     }
@@ -1473,7 +1502,10 @@ impl Profile {
                 ));
             }
             let relay = mirror.map(|m| m.to_payload().encode_to_vec()).unwrap_or_default();
-            let content = new_content(Body::LogMirror(LogMirror { relay }))?;
+            let content = new_content(Body::LogMirror(LogMirror {
+                relay,
+                moved: false,
+            }))?;
             let mid: [u8; 16] = random()?;
             self.conn
                 .execute(
@@ -1682,5 +1714,156 @@ impl Profile {
             return Err(peer("log entry part", "an entry in parts holds parts"));
         }
         Ok(Some(whole))
+    }
+
+    /// An entry posted on a log's mirror directly: true when it moves the log's home there
+    /// (this device's own move, or an admin's). Anything else leaves no trace.
+    fn mirror_native(
+        &self,
+        row: &GroupRow,
+        message_id: &[u8],
+        ct: &[u8],
+    ) -> Result<bool, ProfileError> {
+        if row.pending_move.as_deref() == Some(message_id) {
+            return Ok(true);
+        }
+        self.conn
+            .execute_batch("SAVEPOINT mirror_native")
+            .map_err(db("starting a savepoint"))?;
+        let mls = self.mls();
+        let moved = Group::load(&mls, &row.group_id).and_then(|mut group| {
+            let roster = group.roster()?;
+            Ok(match group.open(&mls, ct)? {
+                Opened::Content {
+                    content, sender, ..
+                } => {
+                    matches!(content.body, Some(Body::LogMirror(m)) if m.moved)
+                        && roster.is_admin(&sender)
+                }
+                _ => false,
+            })
+        });
+        let release = if matches!(moved, Ok(true)) {
+            "RELEASE mirror_native"
+        } else {
+            "ROLLBACK TO mirror_native; RELEASE mirror_native"
+        };
+        self.conn
+            .execute_batch(release)
+            .map_err(db("ending a savepoint"))?;
+        Ok(moved.unwrap_or(false))
+    }
+
+    /// The log's home moved to its mirror at the mirror's position `at`: the mirror is the
+    /// home from there on (read from there), posts waiting for the old home go to the new one.
+    fn home_moved(&self, row: &GroupRow, at: i64) -> Result<Vec<Handled>, ProfileError> {
+        let Some(new_home) = &row.mirror_relay else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        self.conn
+            .execute(
+                "UPDATE outbox SET relay = ?1 WHERE mailbox_id = ?2 AND relay = ?3 AND carried = 0",
+                params![new_home, row.log_id.as_slice(), row.log_relay],
+            )
+            .map_err(db("moving the log's home"))?;
+        self.conn
+            .execute(
+                "DELETE FROM outbox WHERE mailbox_id = ?1 AND carried = 1",
+                [row.log_id.as_slice()],
+            )
+            .map_err(db("moving the log's home"))?;
+        self.conn
+            .execute(
+                "UPDATE groups SET log_relay = ?1, mirror_relay = NULL, cursor = ?2,
+                   mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0, pending_move = NULL,
+                   mirror_rotation = NULL WHERE id = ?3",
+                params![new_home, at, row.id],
+            )
+            .map_err(db("moving the log's home"))?;
+        let me = self.name()?;
+        let host = crate::profile::parse_stored_relay(new_home)
+            .map(|l| {
+                l.routes()
+                    .first()
+                    .map_or_else(String::new, |r| r.to_string())
+            })
+            .unwrap_or_default();
+        let m = self.notice(
+            row.id,
+            &me,
+            false,
+            &format!(
+                "the {}'s home relay is gone: it lives on its mirror from now on ({host}); \
+                 add a new mirror with `pigeon group mirror`",
+                if row.direct { "conversation" } else { "group" }
+            ),
+        )?;
+        Ok(vec![Handled::Group(m), Handled::LogKeysChanged])
+    }
+
+    /// A group log's id, owner key and member capability now, and its home relay: what
+    /// making a copy of it on another relay takes.
+    ///
+    /// # Errors
+    /// For an unknown group; database failures.
+    pub fn log_keys(
+        &self,
+        id: GroupId,
+    ) -> Result<([u8; 32], SigningKey, [u8; 32], RelayLink), ProfileError> {
+        let row = self.group_row(id)?;
+        let owner = SigningKey::from_bytes(&key32(&row.log_owner, "log owner")?);
+        let home = crate::profile::parse_stored_relay(&row.log_relay)?;
+        Ok((row.log_id, owner, row.log_cap, home))
+    }
+
+    /// Moves a group log's home to its mirror, for a home relay that is gone for everyone:
+    /// posted on the mirror, where every member reads it at the same place. An admin's
+    /// decision: a member who can still reach the old home and reads only there is left on it.
+    ///
+    /// # Errors
+    /// [`ProfileError::NotNow`] for a member who is not an admin or a log without a mirror.
+    pub fn move_home(&self, id: GroupId) -> Result<(), ProfileError> {
+        self.tx(|| {
+            let row = self.group_row(id)?;
+            let Some(mirror) = &row.mirror_relay else {
+                return Err(ProfileError::NotNow(
+                    "this group's log has no mirror to move to".to_owned(),
+                ));
+            };
+            if row.state != STATE_ACTIVE {
+                return Err(ProfileError::NotNow(
+                    "this device is not an active member of the group".to_owned(),
+                ));
+            }
+            let mls = self.mls();
+            let identity = Identity::load(&mls, &row.signature_key)?;
+            let mut group = Group::load(&mls, &row.group_id)?;
+            if !group.roster()?.is_admin(&row.signature_key) {
+                return Err(ProfileError::NotNow(
+                    "only an admin moves the group's home".to_owned(),
+                ));
+            }
+            let content = new_content(Body::LogMirror(LogMirror {
+                relay: Vec::new(),
+                moved: true,
+            }))?;
+            let ct = group.seal(&mls, &identity, &content)?;
+            let mid = self.queue_with_id(
+                mirror,
+                &row.log_id,
+                &row.log_cap,
+                &Envelope {
+                    kind: Some(Kind::Mls(ct)),
+                },
+                random()?,
+            )?;
+            self.conn
+                .execute(
+                    "UPDATE groups SET pending_move = ?1 WHERE id = ?2",
+                    params![mid.as_slice(), id],
+                )
+                .map_err(db("moving the log's home"))?;
+            Ok(())
+        })
     }
 }
