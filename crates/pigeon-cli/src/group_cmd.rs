@@ -101,7 +101,7 @@ pub(crate) enum GroupCommand {
     Mirror {
         #[command(flatten)]
         profile: ProfileArg,
-        /// The group.
+        /// The group, or a contact (your conversation with them).
         group: String,
         /// The relay's `pigeon://relay#…` link.
         relay: String,
@@ -112,7 +112,7 @@ pub(crate) enum GroupCommand {
     Move {
         #[command(flatten)]
         profile: ProfileArg,
-        /// The group.
+        /// The group, or a contact (your conversation with them).
         group: String,
         /// Confirms that the group's relay is gone for everyone.
         #[arg(long)]

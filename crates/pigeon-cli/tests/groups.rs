@@ -510,8 +510,12 @@ fn a_group_whose_relay_is_gone_moves_home_to_its_mirror() {
     }
     ok(&ann, &["group", "create", "club"]);
     join(&ann, &ben, "club");
+    // ann and ben are contacts too: their conversation of two lives on the same relay.
+    let invite = ok(&ann, &["invite", "--no-qr"]);
+    ok(&ben, &["accept", invite.lines().next().expect("link")]);
     read(&ann);
     read(&ben);
+    ok(&ben, &["group", "mirror", "ann", &second.link.to_string()]);
     // Only an admin gives the group a mirror.
     let refused = run(&ben, &["group", "mirror", "club", &second.link.to_string()]);
     assert!(!refused.status.success());
@@ -526,6 +530,8 @@ fn a_group_whose_relay_is_gone_moves_home_to_its_mirror() {
     assert!(!unconfirmed.status.success());
     assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--home-is-gone"));
     run(&ann, &["group", "move", "club", "--home-is-gone"]);
+    // In a conversation of two both people are admins: ben moves theirs.
+    run(&ben, &["group", "move", "ann", "--home-is-gone"]);
     // ben follows when he reads (through what was the mirror), and both talk on there.
     run(&ben, &["read", "--wait", "0.4"]);
     let history = ok(&ben, &["group", "history", "club", "--limit", "100"]);
@@ -547,6 +553,18 @@ fn a_group_whose_relay_is_gone_moves_home_to_its_mirror() {
     ok(&ben, &["group", "rekey", "club"]);
     read(&ann);
     assert_eq!(epoch(&ann, "club"), epoch(&ben, "club"));
+    // Their conversation of two moved as well: ann follows and they talk on.
+    ok(&ben, &["send", "ann", "our conversation moved too"]);
+    let mut at_ann = String::new();
+    for _ in 0..3 {
+        at_ann.push_str(&read(&ann));
+        if at_ann.contains("our conversation moved too") {
+            break;
+        }
+    }
+    assert!(at_ann.contains("our conversation moved too"), "{at_ann}");
+    ok(&ann, &["send", "ben", "so it did"]);
+    assert!(read(&ben).contains("so it did"));
     second.assert_no_panic();
 }
 

@@ -583,8 +583,9 @@ impl Client {
         Ok(info)
     }
 
-    /// Gives a group's log a mirror (or a new one) on `relay`: the log, with its current keys,
-    /// made there, and announced to the members in the log (admins only).
+    /// Gives a group's log (or a contact's conversation's) a mirror, or a new one, on `relay`:
+    /// the log, with its current keys, made there, and announced in the log (admins only; in a
+    /// conversation of two, both people are).
     ///
     /// # Errors
     /// For a member who is not an admin, an unknown group, or a relay that refuses.
@@ -593,8 +594,8 @@ impl Client {
         group: &str,
         relay: &RelayLink,
     ) -> Result<FlushReport, Error> {
-        let info = self.profile.find_group(group)?;
-        let (log_id, owner, cap, home) = self.profile.log_keys(info.id)?;
+        let id = self.profile.conversation_or_group(group)?;
+        let (log_id, owner, cap, home) = self.profile.log_keys(id)?;
         if home.relay_key() == relay.relay_key() {
             return Err(ProfileError::Invalid(
                 "that is the group's own relay; a mirror goes on another".to_owned(),
@@ -611,13 +612,14 @@ impl Client {
         self.flush(true).await
     }
 
-    /// Moves a group's home to its mirror, for a home relay gone for everyone (admins only).
+    /// Moves a group's (or a contact's conversation's) home to its mirror, for a home relay
+    /// gone for everyone (admins only).
     ///
     /// # Errors
     /// For a member who is not an admin, or a group without a mirror.
     pub async fn move_group_home(&mut self, group: &str) -> Result<FlushReport, Error> {
-        let info = self.profile.find_group(group)?;
-        blocking(|| self.profile.move_home(info.id))?;
+        let id = self.profile.conversation_or_group(group)?;
+        blocking(|| self.profile.move_home(id))?;
         self.flush(true).await
     }
 
@@ -1203,13 +1205,27 @@ impl Client {
                 }
             }
         }
+        let redundant = |relay: &[u8; 32]| {
+            only_copies.get(relay).copied().unwrap_or(false)
+                && copies.values().all(|holders| {
+                    !holders.contains(relay)
+                        || holders.iter().any(|h| h != relay && open.contains(h))
+                })
+        };
+        let mut skip = waiting;
         for (link, result) in opened {
-            // A failure is left for the subscription to report (it tries the relay again).
-            if let Ok((conn, won, best)) = result {
-                self.adopt(&link, network, best, conn, won);
+            match result {
+                Ok((conn, won, best)) => self.adopt(&link, network, best, conn, won),
+                // A relay that failed and holds only copies readable elsewhere is not tried
+                // again now (nor reported: its logs are read); any other failure is left for
+                // the subscription to report (it tries the relay again).
+                Err(_) if redundant(link.relay_key()) => {
+                    skip.insert(*link.relay_key());
+                }
+                Err(_) => {}
             }
         }
-        Ok(waiting)
+        Ok(skip)
     }
 
     /// Deliveries announced at subscription and not yet received.

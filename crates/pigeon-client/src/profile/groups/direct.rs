@@ -179,6 +179,27 @@ impl Profile {
         }))
     }
 
+    /// The log a group called `name`, or the conversation with the contact called `name`,
+    /// lives on (a group's name first).
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] when neither exists, or the contact's conversation is of the
+    /// first design (it has no log).
+    pub fn conversation_or_group(&self, name: &str) -> Result<GroupId, ProfileError> {
+        if let Ok(group) = self.find_group(name) {
+            return Ok(group.id);
+        }
+        let contact = self.find_contact(name)?;
+        self.conversation(contact.id)?
+            .map(|d| d.group)
+            .ok_or_else(|| {
+                ProfileError::NotNow(format!(
+                    "the conversation with {} is of the first design and has no log",
+                    contact.name
+                ))
+            })
+    }
+
     /// The contact whose conversation is `group`.
     pub(super) fn contact_of(&self, group: GroupId) -> Result<Option<Direct>, ProfileError> {
         self.conn
