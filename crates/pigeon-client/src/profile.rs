@@ -509,33 +509,20 @@ impl Profile {
                 });
             }
         }
-        if version < 5 {
-            conn.execute_batch(schema::MIGRATE_5)
-                .map_err(db("adding the proxies table"))?;
-        }
-        if version < 6 {
-            conn.execute_batch(schema::MIGRATE_6)
-                .map_err(db("adding the route memory table"))?;
-        }
-        if version < 7 {
-            conn.execute_batch(schema::MIGRATE_7)
-                .map_err(db("adding the relays table"))?;
-        }
-        if version < 8 {
-            conn.execute_batch(schema::MIGRATE_8)
-                .map_err(db("adding the rejoin tickets"))?;
-        }
-        if version < 9 {
-            conn.execute_batch(schema::MIGRATE_9)
-                .map_err(db("adding log mirrors"))?;
-        }
-        if version < 10 {
-            conn.execute_batch(schema::MIGRATE_10)
-                .map_err(db("adding log entry parts"))?;
-        }
-        if version < 11 {
-            conn.execute_batch(schema::MIGRATE_11)
-                .map_err(db("adding log moves"))?;
+        // The later versions each add tables or columns, in order.
+        let later: [(i64, &str, &'static str); 7] = [
+            (5, schema::MIGRATE_5, "adding the proxies table"),
+            (6, schema::MIGRATE_6, "adding the route memory table"),
+            (7, schema::MIGRATE_7, "adding the relays table"),
+            (8, schema::MIGRATE_8, "adding the rejoin tickets"),
+            (9, schema::MIGRATE_9, "adding log mirrors"),
+            (10, schema::MIGRATE_10, "adding log entry parts"),
+            (11, schema::MIGRATE_11, "adding log moves"),
+        ];
+        for (to, sql, doing) in later {
+            if version < to {
+                conn.execute_batch(sql).map_err(db(doing))?;
+            }
         }
         let crypto = pigeon_e2ee::crypto()?;
         Ok(Self {

@@ -426,29 +426,20 @@ pub async fn run_scenario(s: &Scenario) -> anyhow::Result<ScenarioResult> {
                 format!("tls {FOREIGN}:{port} via hop {HOP}:{TLS_PORT} (domestic)"),
             )
         }
-        Via::Relays => {
+        Via::Relays | Via::Mirror => {
             let first =
                 start_relay_at(&lab, &s.pigeon, &s.transport, FOREIGN_LISTED, LISTED_NAME).await?;
             second = Some(start_relay(&lab, &s.pigeon, &s.transport).await?);
-            (
-                first,
-                None,
+            let route = if s.via == Via::Relays {
                 format!(
                     "tls {FOREIGN}:{port}, the second relay (the first, on {FOREIGN_LISTED}, blocked)"
-                ),
-            )
-        }
-        Via::Mirror => {
-            let first =
-                start_relay_at(&lab, &s.pigeon, &s.transport, FOREIGN_LISTED, LISTED_NAME).await?;
-            second = Some(start_relay(&lab, &s.pigeon, &s.transport).await?);
-            (
-                first,
-                None,
+                )
+            } else {
                 format!(
                     "tls {FOREIGN}:{port}, the log's mirror (its home, on {FOREIGN_LISTED}, blocked)"
-                ),
-            )
+                )
+            };
+            (first, None, route)
         }
     };
     let mut result = ScenarioResult {

@@ -183,21 +183,10 @@ impl Profile {
         if seen.is_some() {
             return Ok(vec![Handled::Duplicate]);
         }
-        self.conn
-            .execute_batch("SAVEPOINT log_entry")
-            .map_err(db("starting a savepoint"))?;
-        match self.open_log_entry(row, seq, payload) {
-            Ok(h) => {
-                self.conn
-                    .execute_batch("RELEASE log_entry")
-                    .map_err(db("releasing a savepoint"))?;
-                Ok(h)
-            }
+        match self.savepoint(|| self.open_log_entry(row, seq, payload))? {
+            Ok(h) => Ok(h),
             Err(ProfileError::E2ee(E2eeError::WrongEpoch { got, current })) if got > current => {
                 // A commit this device never saw moved the group on: it cannot read on.
-                self.conn
-                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
-                    .map_err(db("rolling back"))?;
                 self.conn
                     .execute(
                         "UPDATE groups SET state = ?1, pending_commit = NULL, pending_intent = NULL
@@ -242,13 +231,31 @@ impl Profile {
                 Ok(vec![Handled::Group(m)])
             }
             Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
-                self.conn
-                    .execute_batch("ROLLBACK TO log_entry; RELEASE log_entry")
-                    .map_err(db("rolling back"))?;
                 Ok(vec![Handled::Dropped(e.to_string())])
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Runs `f` inside a savepoint: kept when it succeeds, undone when it fails (its error is
+    /// the inner result, for the caller to judge; the outer one is the database's).
+    fn savepoint<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, ProfileError>,
+    ) -> Result<Result<T, ProfileError>, ProfileError> {
+        self.conn
+            .execute_batch("SAVEPOINT entry")
+            .map_err(db("starting a savepoint"))?;
+        let result = f();
+        let end = if result.is_ok() {
+            "RELEASE entry"
+        } else {
+            "ROLLBACK TO entry; RELEASE entry"
+        };
+        self.conn
+            .execute_batch(end)
+            .map_err(db("ending a savepoint"))?;
+        Ok(result)
     }
 
     fn open_log_entry(
@@ -1201,20 +1208,9 @@ impl Profile {
         if part.id != id {
             return Ok(vec![Handled::Duplicate]);
         }
-        self.conn
-            .execute_batch("SAVEPOINT rejoin")
-            .map_err(db("starting a savepoint"))?;
-        match self.taken_back(row, &secret, &id, &part) {
-            Ok(h) => {
-                self.conn
-                    .execute_batch("RELEASE rejoin")
-                    .map_err(db("releasing a savepoint"))?;
-                Ok(h)
-            }
+        match self.savepoint(|| self.taken_back(row, &secret, &id, &part))? {
+            Ok(h) => Ok(h),
             Err(e) if e.kind() == pigeon_wire::ErrorKind::Peer => {
-                self.conn
-                    .execute_batch("ROLLBACK TO rejoin; RELEASE rejoin")
-                    .map_err(db("rolling back"))?;
                 Ok(vec![Handled::Dropped(e.to_string())])
             }
             Err(e) => Err(e),
@@ -1727,13 +1723,12 @@ impl Profile {
         if row.pending_move.as_deref() == Some(message_id) {
             return Ok(true);
         }
-        self.conn
-            .execute_batch("SAVEPOINT mirror_native")
-            .map_err(db("starting a savepoint"))?;
-        let mls = self.mls();
-        let moved = Group::load(&mls, &row.group_id).and_then(|mut group| {
+        // Whatever else opening it changed is undone.
+        let moved = self.savepoint(|| {
+            let mls = self.mls();
+            let mut group = Group::load(&mls, &row.group_id)?;
             let roster = group.roster()?;
-            Ok(match group.open(&mls, ct)? {
+            let moved = match group.open(&mls, ct)? {
                 Opened::Content {
                     content, sender, ..
                 } => {
@@ -1741,17 +1736,14 @@ impl Profile {
                         && roster.is_admin(&sender)
                 }
                 _ => false,
-            })
-        });
-        let release = if matches!(moved, Ok(true)) {
-            "RELEASE mirror_native"
-        } else {
-            "ROLLBACK TO mirror_native; RELEASE mirror_native"
-        };
-        self.conn
-            .execute_batch(release)
-            .map_err(db("ending a savepoint"))?;
-        Ok(moved.unwrap_or(false))
+            };
+            if moved {
+                Ok(())
+            } else {
+                Err(ProfileError::NotNow("not a move".to_owned()))
+            }
+        })?;
+        Ok(moved.is_ok())
     }
 
     /// The log's home moved to its mirror at the mirror's position `at`: the mirror is the
