@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -510,7 +510,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 7] = [
+        let later: [(i64, &str, &'static str); 8] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -518,6 +518,7 @@ impl Profile {
             (9, schema::MIGRATE_9, "adding log mirrors"),
             (10, schema::MIGRATE_10, "adding log entry parts"),
             (11, schema::MIGRATE_11, "adding log moves"),
+            (12, schema::MIGRATE_12, "adding mirror keys"),
         ];
         for (to, sql, doing) in later {
             if version < to {

@@ -696,6 +696,37 @@ fn a_conversation_goes_on_through_its_mirror_when_its_home_relay_is_cut_off() {
     let out = p.relay.run(&profiles);
     assert_eq!(texts(&out[1 - other_index]), ["after my refresh"]);
     assert_eq!(texts(&out[other_index]), ["and after it"]);
+    // The mirror's relay cannot make entries up: one renumbered far ahead, with a real
+    // entry inside but no valid tag, counts nowhere, and the conversation goes on.
+    let real = p.relay.logs[&(relay(2).to_string(), log)][0].1.clone();
+    let forged = pigeon_e2ee::Envelope {
+        kind: Some(pigeon_e2ee::content::envelope::Kind::Forwarded(
+            pigeon_e2ee::content::Forwarded {
+                home_seq: 1 << 40,
+                message_id: vec![3; 16],
+                payload: real,
+                mac: vec![0; 32],
+            },
+        )),
+    };
+    p.relay
+        .logs
+        .get_mut(&(relay(1).to_string(), log))
+        .expect("the mirror")
+        .push(([4; 16], prost::Message::encode_to_vec(&forged)));
+    let out = p.relay.run(&profiles);
+    assert!(
+        out[other_index]
+            .iter()
+            .any(|h| matches!(h, Handled::Dropped(r) if r.contains("does not verify"))),
+        "{:?}",
+        out[other_index]
+    );
+    keeper
+        .compose(keeper_sees_other, "still flowing")
+        .expect("compose");
+    let out = p.relay.run(&profiles);
+    assert_eq!(texts(&out[other_index]), ["still flowing"]);
     // The mirror holds the home relay's entries; the home relay holds what was sent from
     // behind the block.
     let home = &p.relay.logs[&(relay(2).to_string(), log)];
@@ -724,7 +755,7 @@ fn a_conversation_goes_on_through_its_mirror_when_its_home_relay_is_cut_off() {
     );
     let k = lines(keeper, keeper_sees_other);
     let o = lines(other, other_sees_keeper);
-    assert_eq!(k.len(), 4, "{k:?}");
+    assert_eq!(k.len(), 5, "{k:?}");
     let mut k_sorted = k.clone();
     let mut o_sorted = o.clone();
     k_sorted.sort();

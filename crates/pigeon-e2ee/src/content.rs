@@ -115,6 +115,10 @@ pub struct LogMirror {
     /// entry is on (its home is gone), and `relay` becomes its mirror (empty: none).
     #[prost(bool, tag = "2")]
     pub moved: bool,
+    /// The key (32 random bytes) keepers authenticate the mirror's entries with, so its relay
+    /// cannot make entries up.
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
 }
 
 /// Delivery receipt.
@@ -213,6 +217,10 @@ pub struct Forwarded {
     /// The entry (an [`Envelope`]), or empty when it was too large to carry wrapped.
     #[prost(bytes = "vec", tag = "3")]
     pub payload: Vec<u8>,
+    /// Keyed BLAKE2s-256 under the mirror's key over the fields above: the mirror's relay
+    /// cannot make up or renumber an entry.
+    #[prost(bytes = "vec", tag = "4")]
+    pub mac: Vec<u8>,
 }
 
 /// A post for a group log's home copy, left on its mirror by a device that cannot reach the

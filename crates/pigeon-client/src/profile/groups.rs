@@ -296,6 +296,9 @@ struct GroupWelcome {
     /// The log's mirror relay (`RelayLinkPayload` bytes), if it has one.
     #[prost(bytes = "vec", tag = "7")]
     mirror_relay: Vec<u8>,
+    /// The key the mirror's entries are authenticated with.
+    #[prost(bytes = "vec", tag = "8")]
+    mirror_key: Vec<u8>,
 }
 
 /// A group this device is now in, as its row is first written.
@@ -343,6 +346,8 @@ struct GroupRow {
     mirror_cursor: i64,
     /// The relay message id of a move of the log's home to its mirror this device posted.
     pending_move: Option<Vec<u8>>,
+    /// The key the mirror's entries are authenticated with.
+    mirror_key: Option<Vec<u8>>,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -410,7 +415,7 @@ impl Profile {
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
                         cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
                         direct, pending_ticket, rejoin_secret, mirror_relay, mirror_cursor,
-                        pending_move
+                        pending_move, mirror_key
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -435,6 +440,7 @@ impl Profile {
                         mirror_relay: r.get(17)?,
                         mirror_cursor: r.get(18)?,
                         pending_move: r.get(19)?,
+                        mirror_key: r.get(20)?,
                     })
                 },
             )

@@ -371,3 +371,11 @@ ALTER TABLE groups ADD COLUMN pending_move BLOB;
 PRAGMA user_version = 11;
 COMMIT;
 ";
+
+/// Version 12: the key a group log's mirror's entries are authenticated with.
+pub(super) const MIGRATE_12: &str = "
+BEGIN;
+ALTER TABLE groups ADD COLUMN mirror_key BLOB;
+PRAGMA user_version = 12;
+COMMIT;
+";

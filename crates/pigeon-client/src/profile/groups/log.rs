@@ -354,6 +354,10 @@ impl Profile {
                             ));
                         }
                         let mirror = mirror_from_payload(&m.relay)?;
+                        if mirror.is_some() && m.key.len() != 32 {
+                            return Err(peer("log mirror", "its key is not 32 bytes"));
+                        }
+                        self.keep_mirror_key(row.id, &m.key)?;
                         // A keeper forwards from this entry on (the one who set the mirror
                         // forwards what came before it).
                         self.conn
@@ -835,6 +839,7 @@ impl Profile {
             log_owner: fresh.log_owner.clone(),
             after_seq: seq,
             mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
+            mirror_key: fresh.mirror_key.clone().unwrap_or_default(),
         };
         let sealed = seal(&secret, b"welcome", &body.encode_to_vec())?;
         let parts = sealed.chunks(WELCOME_PART).count();
@@ -1005,6 +1010,7 @@ impl Profile {
             direct,
             mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
         })?;
+        self.keep_mirror_key(id, &gw.mirror_key)?;
         self.conn
             .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;
@@ -1173,6 +1179,7 @@ impl Profile {
             log_owner: fresh.log_owner.clone(),
             after_seq: seq,
             mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
+            mirror_key: fresh.mirror_key.clone().unwrap_or_default(),
         };
         let sealed = seal(&secret, b"rejoin welcome", &body.encode_to_vec())?;
         let id = rejoin_welcome_id(&secret);
@@ -1257,8 +1264,8 @@ impl Profile {
                 "UPDATE groups SET state = ?1, cursor = ?2, log_cap = ?3, log_owner = ?4,
                    pending_commit = NULL, pending_intent = NULL, pending_ticket = NULL,
                    rejoin_secret = NULL, sent_since_update = 0, updated_at = ?5,
-                   mirror_relay = ?6, mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0
-                 WHERE id = ?7",
+                   mirror_relay = ?6, mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0,
+                   mirror_key = NULL WHERE id = ?7",
                 params![
                     STATE_ACTIVE,
                     to_i64(gw.after_seq),
@@ -1270,6 +1277,7 @@ impl Profile {
                 ],
             )
             .map_err(db("rejoining a group"))?;
+        self.keep_mirror_key(row.id, &gw.mirror_key)?;
         let me = self.name()?;
         let m = self.notice(
             row.id,
@@ -1331,6 +1339,13 @@ impl Profile {
                     )
                     .map_err(db("advancing the mirror cursor"))?;
                 match Envelope::decode(*payload).map(|e| e.kind) {
+                    Ok(Some(Kind::Forwarded(f))) if !forwarded_verifies(&row, &f) => {
+                        // Made up or renumbered on the way (the mirror's relay cannot make a
+                        // valid one): it counts nowhere.
+                        out.push(Handled::Dropped(
+                            "a mirror entry that does not verify".to_owned(),
+                        ));
+                    }
                     Ok(Some(Kind::Forwarded(f))) => {
                         self.conn
                             .execute(
@@ -1396,7 +1411,7 @@ impl Profile {
         payload: &[u8],
     ) -> Result<(), ProfileError> {
         let row = self.group_row(id)?;
-        let Some(mirror) = &row.mirror_relay else {
+        let (Some(mirror), Some(key)) = (&row.mirror_relay, &row.mirror_key) else {
             return Ok(());
         };
         let (end, upto): (i64, i64) = self
@@ -1417,15 +1432,17 @@ impl Profile {
             home_seq: seq,
             message_id: message_id.to_vec(),
             payload: payload.to_vec(),
+            mac: Vec::new(),
         };
         let envelope = |f: Forwarded| Envelope {
             kind: Some(Kind::Forwarded(f)),
         };
-        if envelope(forwarded.clone()).encoded_len() > pigeon_wire::MAX_CIPHERTEXT {
+        if envelope(forwarded.clone()).encoded_len() + 64 > pigeon_wire::MAX_CIPHERTEXT {
             // Too large to carry wrapped: its place is kept, and a device reading only the
             // mirror sees a gap there.
             forwarded.payload.clear();
         }
+        forwarded.mac = forwarded_mac(key, &forwarded)?.to_vec();
         // The same id from whichever device forwards it: the relay keeps one.
         let copy_id = derived_id(b"pigeon mirror copy", message_id);
         self.queue_once(
@@ -1498,10 +1515,16 @@ impl Profile {
                 ));
             }
             let relay = mirror.map(|m| m.to_payload().encode_to_vec()).unwrap_or_default();
+            let key: Vec<u8> = match mirror {
+                Some(_) => random::<32>()?.to_vec(),
+                None => Vec::new(),
+            };
             let content = new_content(Body::LogMirror(LogMirror {
                 relay,
                 moved: false,
+                key: key.clone(),
             }))?;
+            self.keep_mirror_key(id, &key)?;
             let mid: [u8; 16] = random()?;
             self.conn
                 .execute(
@@ -1768,7 +1791,7 @@ impl Profile {
             .execute(
                 "UPDATE groups SET log_relay = ?1, mirror_relay = NULL, cursor = ?2,
                    mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0, pending_move = NULL,
-                   mirror_rotation = NULL WHERE id = ?3",
+                   mirror_rotation = NULL, mirror_key = NULL WHERE id = ?3",
                 params![new_home, at, row.id],
             )
             .map_err(db("moving the log's home"))?;
@@ -1838,6 +1861,7 @@ impl Profile {
             let content = new_content(Body::LogMirror(LogMirror {
                 relay: Vec::new(),
                 moved: true,
+                key: Vec::new(),
             }))?;
             let ct = group.seal(&mls, &identity, &content)?;
             let mid = self.queue_with_id(
@@ -1857,5 +1881,51 @@ impl Profile {
                 .map_err(db("moving the log's home"))?;
             Ok(())
         })
+    }
+
+    /// Keeps the key a group log's mirror's entries are authenticated with (empty: none).
+    fn keep_mirror_key(&self, id: GroupId, key: &[u8]) -> Result<(), ProfileError> {
+        let key = match key.len() {
+            0 => None,
+            32 => Some(key),
+            _ => return Err(peer("log mirror", "its key is not 32 bytes")),
+        };
+        self.conn
+            .execute(
+                "UPDATE groups SET mirror_key = ?1 WHERE id = ?2",
+                params![key, id],
+            )
+            .map_err(db("keeping the mirror's key"))?;
+        Ok(())
+    }
+}
+
+/// The tag a keeper puts on an entry it forwards: keyed BLAKE2s-256 over its home position,
+/// message id and bytes.
+fn forwarded_mac(key: &[u8], f: &Forwarded) -> Result<[u8; 32], ProfileError> {
+    use blake2::digest::{FixedOutput, Update};
+    let mut mac = <blake2::Blake2sMac256 as blake2::digest::KeyInit>::new_from_slice(key)
+        .map_err(|_| ProfileError::Invalid("a mirror key is not 32 bytes".to_owned()))?;
+    mac.update(b"pigeon mirror entry v1");
+    mac.update(&f.home_seq.to_be_bytes());
+    mac.update(
+        &u32::try_from(f.message_id.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    mac.update(&f.message_id);
+    mac.update(&f.payload);
+    Ok(mac.finalize_fixed().into())
+}
+
+/// True when a forwarded entry carries the tag of the group's mirror key.
+fn forwarded_verifies(row: &GroupRow, f: &Forwarded) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(key) = &row.mirror_key else {
+        return false;
+    };
+    match forwarded_mac(key, f) {
+        Ok(expected) => f.mac.len() == 32 && bool::from(expected.ct_eq(f.mac.as_slice())),
+        Err(_) => false,
     }
 }
