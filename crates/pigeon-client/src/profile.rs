@@ -36,6 +36,17 @@ pub use groups::{
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
 
+/// How a post goes into the outbox.
+#[derive(Clone, Copy)]
+enum Queued {
+    /// A new post of this device's (its message id is new).
+    New,
+    /// A post several devices or copies may ask for: a message id already queued stays.
+    Once,
+    /// As `Once`, another device's post carried from a log's mirror to its home relay.
+    Carried,
+}
+
 /// The database file inside a profile directory.
 pub const DB_FILE: &str = "profile.db";
 /// The committing side refreshes the group's keys after this many of its own messages.
@@ -1042,20 +1053,7 @@ impl Profile {
         envelope: &Envelope,
         message_id: [u8; 16],
     ) -> Result<[u8; 16], ProfileError> {
-        self.conn
-            .execute(
-                "INSERT INTO outbox (relay, mailbox_id, sender_cap, message_id, payload, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                params![
-                    relay,
-                    mailbox.as_slice(),
-                    cap.as_slice(),
-                    message_id.as_slice(),
-                    envelope.encode_to_vec(),
-                    now_ms()
-                ],
-            )
-            .map_err(db("queueing a message"))?;
+        self.insert_outbox(relay, mailbox, cap, envelope, message_id, Queued::New)?;
         Ok(message_id)
     }
 
@@ -1071,11 +1069,35 @@ impl Profile {
         message_id: [u8; 16],
         carried: bool,
     ) -> Result<(), ProfileError> {
+        let how = if carried {
+            Queued::Carried
+        } else {
+            Queued::Once
+        };
+        self.insert_outbox(relay, mailbox, cap, envelope, message_id, how)
+    }
+
+    /// Writes one outbox row.
+    fn insert_outbox(
+        &self,
+        relay: &str,
+        mailbox: &[u8; 32],
+        cap: &[u8; 32],
+        envelope: &Envelope,
+        message_id: [u8; 16],
+        how: Queued,
+    ) -> Result<(), ProfileError> {
+        let verb = match how {
+            Queued::New => "INSERT",
+            Queued::Once | Queued::Carried => "INSERT OR IGNORE",
+        };
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO outbox (relay, mailbox_id, sender_cap, message_id, payload, created_at,
-                   next_attempt_at, carried)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+                &format!(
+                    "{verb} INTO outbox (relay, mailbox_id, sender_cap, message_id, payload,
+                       created_at, next_attempt_at, carried)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)"
+                ),
                 params![
                     relay,
                     mailbox.as_slice(),
@@ -1083,7 +1105,7 @@ impl Profile {
                     message_id.as_slice(),
                     envelope.encode_to_vec(),
                     now_ms(),
-                    carried
+                    matches!(how, Queued::Carried)
                 ],
             )
             .map_err(db("queueing a message"))?;

@@ -828,19 +828,7 @@ impl Profile {
         let secret = key32(&intent.welcome_secret, "join request")?;
         let mailbox = key32(&intent.welcome_mailbox, "join request")?;
         let cap = key32(&intent.welcome_cap, "join request")?;
-        let relay = crate::profile::parse_stored_relay(&row.log_relay)?;
-        // Read the log keys afresh: a rotation may have happened in this same batch.
-        let fresh = self.group_row(row.id)?;
-        let body = GroupWelcome {
-            welcome,
-            log_relay: relay.to_payload().encode_to_vec(),
-            log_id: fresh.log_id.to_vec(),
-            log_cap: fresh.log_cap.to_vec(),
-            log_owner: fresh.log_owner.clone(),
-            after_seq: seq,
-            mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
-            mirror_key: fresh.mirror_key.clone().unwrap_or_default(),
-        };
+        let (body, _) = self.group_welcome(row.id, welcome, seq)?;
         let sealed = seal(&secret, b"welcome", &body.encode_to_vec())?;
         let parts = sealed.chunks(WELCOME_PART).count();
         let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
@@ -860,6 +848,30 @@ impl Profile {
             )?;
         }
         Ok(())
+    }
+
+    /// What a device added at log position `seq` needs besides the MLS Welcome: the log's
+    /// address and keys as they are now (read afresh: a rotation may have happened in this
+    /// same batch), and its mirror. Also returns the group's row as read.
+    fn group_welcome(
+        &self,
+        id: GroupId,
+        welcome: Vec<u8>,
+        seq: u64,
+    ) -> Result<(GroupWelcome, GroupRow), ProfileError> {
+        let fresh = self.group_row(id)?;
+        let relay = crate::profile::parse_stored_relay(&fresh.log_relay)?;
+        let body = GroupWelcome {
+            welcome,
+            log_relay: relay.to_payload().encode_to_vec(),
+            log_id: fresh.log_id.to_vec(),
+            log_cap: fresh.log_cap.to_vec(),
+            log_owner: fresh.log_owner.clone(),
+            after_seq: seq,
+            mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
+            mirror_key: fresh.mirror_key.clone().unwrap_or_default(),
+        };
+        Ok((body, fresh))
     }
 
     /// A delivery on one of this profile's group invitation mailboxes: a request to join.
@@ -1168,19 +1180,7 @@ impl Profile {
         seq: u64,
     ) -> Result<(), ProfileError> {
         let secret = key32(&intent.welcome_secret, "rejoin")?;
-        // Read the log keys afresh: a rotation may have happened in this same batch.
-        let fresh = self.group_row(row.id)?;
-        let relay = crate::profile::parse_stored_relay(&fresh.log_relay)?;
-        let body = GroupWelcome {
-            welcome,
-            log_relay: relay.to_payload().encode_to_vec(),
-            log_id: fresh.log_id.to_vec(),
-            log_cap: fresh.log_cap.to_vec(),
-            log_owner: fresh.log_owner.clone(),
-            after_seq: seq,
-            mirror_relay: mirror_payload(fresh.mirror_relay.as_deref())?,
-            mirror_key: fresh.mirror_key.clone().unwrap_or_default(),
-        };
+        let (body, fresh) = self.group_welcome(row.id, welcome, seq)?;
         let sealed = seal(&secret, b"rejoin welcome", &body.encode_to_vec())?;
         let id = rejoin_welcome_id(&secret);
         let parts = u32::try_from(sealed.chunks(WELCOME_PART).count()).unwrap_or(u32::MAX);
