@@ -13,6 +13,8 @@
 //! group's log order is taken instead.
 //!
 //! * Only admins add members, remove other members, promote, or rename the group.
+//! * A member adds and removes its own devices (entries under its own person id and name):
+//!   a person vouches for their own devices (issue #16), and everyone sees them come and go.
 //! * Anyone may commit a member's own request to leave (a self-remove proposal), and anyone
 //!   may commit a plain key refresh.
 //! * The roster after the commit lists exactly the group's devices, each once, and at least
@@ -236,8 +238,16 @@ pub fn check_commit(
         .filter(|k| !shape.rejoined.contains(*k))
         .cloned()
         .collect();
-    if !committer_admin && (!added.is_empty() || !by_others.is_empty()) {
-        return Err("a member who is not an admin added or removed someone".to_owned());
+    // A person's own devices are that person's to add and remove: a member who is not an
+    // admin may remove its own other devices (their entries carry its person id), and add
+    // devices under its own entry (checked below, once the new roster is known).
+    let committer_person = old.entry(&shape.committer).map(|e| e.person.as_slice());
+    let own_device = |key: &Vec<u8>| {
+        old.entry(key)
+            .is_some_and(|e| Some(e.person.as_slice()) == committer_person)
+    };
+    if !committer_admin && by_others.iter().any(|k| !own_device(k)) {
+        return Err("a member who is not an admin removed someone else".to_owned());
     }
     if shape.removed.contains(&shape.committer) {
         return Err("a commit removes its own committer".to_owned());
@@ -270,6 +280,20 @@ pub fn check_commit(
     }
     if new.name != old.name && !committer_admin {
         return Err("a member who is not an admin renamed the group".to_owned());
+    }
+    if !committer_admin && !added.is_empty() {
+        // Only devices of the committer's own: its person id and its name.
+        let Some(me) = old.entry(&shape.committer) else {
+            return Err("the committer is not in the roster".to_owned());
+        };
+        let foreign = new
+            .members
+            .iter()
+            .filter(|m| added.contains(&m.key))
+            .any(|m| m.person != me.person || m.name != me.name);
+        if foreign {
+            return Err("a member who is not an admin added someone".to_owned());
+        }
     }
     let old_by_key = old.by_key();
     for m in &new.members {
@@ -442,6 +466,60 @@ mod tests {
             ..CommitShape::default()
         };
         assert!(check_commit(&old, &members, &rename).is_err());
+    }
+
+    #[test]
+    fn a_member_adds_and_removes_only_its_own_devices() {
+        let old = roster(&[(1, true), (2, false), (3, false)]);
+        let members = keys(&[1, 2, 3]);
+        // 2 adds its laptop (4) under its own person id and name.
+        let mut with_laptop = old.clone();
+        with_laptop.members.push(RosterEntry {
+            device: "laptop".to_owned(),
+            ..entry(2, false)
+        });
+        with_laptop.members[3].key = vec![4; 32];
+        let add_own = CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[4]),
+            new_roster: Some(with_laptop.clone()),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&old, &members, &add_own).is_ok());
+        // The same device under another person's id, or another name, or as an admin: refused.
+        for change in [
+            |e: &mut RosterEntry| e.person = vec![3; 16],
+            |e: &mut RosterEntry| e.name = "m3".to_owned(),
+            |e: &mut RosterEntry| e.admin = true,
+        ] {
+            let mut r = with_laptop.clone();
+            change(&mut r.members[3]);
+            let shape = CommitShape {
+                committer: vec![2; 32],
+                added: keys(&[4]),
+                new_roster: Some(r),
+                ..CommitShape::default()
+            };
+            assert!(check_commit(&old, &members, &shape).is_err());
+        }
+        // 2 removes its laptop again; 3 may not.
+        let members = keys(&[1, 2, 3, 4]);
+        let remove = |by: u8| CommitShape {
+            committer: vec![by; 32],
+            removed: keys(&[4]),
+            new_roster: Some(old.clone()),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&with_laptop, &members, &remove(2)).is_ok());
+        assert!(check_commit(&with_laptop, &members, &remove(3)).is_err());
+        // Nor may 2 remove 3.
+        let other = CommitShape {
+            committer: vec![2; 32],
+            removed: keys(&[3]),
+            new_roster: Some(with_laptop.without(&keys(&[3]))),
+            ..CommitShape::default()
+        };
+        assert!(check_commit(&with_laptop, &members, &other).is_err());
     }
 
     #[test]
