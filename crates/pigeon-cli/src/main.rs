@@ -11,6 +11,7 @@ mod bench_tls;
 mod chat_cmd;
 mod connect_cmd;
 mod demo;
+mod devices_cmd;
 mod group_cmd;
 mod proxy_cmd;
 mod qr;
@@ -65,6 +66,9 @@ enum Command {
     Group(group_cmd::GroupCommand),
     /// Show the safety number with a contact or a group member (and mark them verified).
     Verify(group_cmd::VerifyArgs),
+    /// Your devices: link a new one, list them, remove one.
+    #[command(subcommand)]
+    Devices(devices_cmd::DevicesCommand),
     /// Connect to your relays and show the route search as it happens (every other command
     /// searches the same way, silently).
     Connect(connect_cmd::ConnectArgs),
@@ -147,7 +151,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd, profile_flag).await.map(|()| 0),
-            Command::Init(args) => user_cmd::init(args).map(|()| 0),
+            Command::Init(args) => user_cmd::init(args).await,
+            Command::Devices(cmd) => devices_cmd::run(cmd).await,
             Command::Connect(args) => connect_cmd::run(args).await,
             Command::Invite(args) => user_cmd::invite(args).await.map(|()| 0),
             Command::Accept(args) => user_cmd::accept(args).await,

@@ -55,11 +55,26 @@ pub(crate) struct InitArgs {
     #[command(flatten)]
     pub(crate) profile: ProfileArg,
     /// The name your contacts see (travels only inside encrypted messages and your invitations).
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "link", conflicts_with = "link")]
+    name: Option<String>,
     /// The relay you receive on (a `pigeon://relay#…` link from its operator).
-    #[arg(long, value_name = "RELAY_LINK")]
-    relay: String,
+    #[arg(
+        long,
+        value_name = "RELAY_LINK",
+        required_unless_present = "link",
+        conflicts_with = "link"
+    )]
+    relay: Option<String>,
+    /// Make this another device of yours: a `pigeon://device#…` link from
+    /// `pigeon devices link` on a device you have. It hands this one every conversation.
+    #[arg(long, value_name = "DEVICE_LINK")]
+    link: Option<String>,
+    /// This device's name, as your other devices and your contacts see it.
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+    /// With --link: give up waiting after this many seconds (`pigeon read` finishes later).
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    wait: f64,
 }
 
 /// `pigeon contacts`.
@@ -140,18 +155,40 @@ pub(crate) fn open_client(arg: &ProfileArg) -> anyhow::Result<Client> {
     Ok(Client::new(open_profile(arg)?, CONNECT_TIMEOUT))
 }
 
-pub(crate) fn init(args: InitArgs) -> anyhow::Result<()> {
+pub(crate) async fn init(args: InitArgs) -> anyhow::Result<u8> {
     let arg = &args.profile;
     let dir = arg.dir()?;
-    let relay = RelayLink::parse(&args.relay).context("the --relay link is unusable")?;
-    let profile = Profile::create(&dir, &passphrase(true)?, args.name.trim(), &relay)?;
+    if let Some(text) = &args.link {
+        // A bad link is refused before anything is made.
+        let link = pigeon_client::DeviceLink::parse(text).map_err(pigeon_client::Error::from)?;
+        let profile = Profile::create(&dir, &passphrase(true)?, &link.name, &link.relay)?;
+        let device = args.device.as_deref().unwrap_or(&link.device).trim();
+        profile.set_device_name(device)?;
+        println!(
+            "Created the profile of {} in {} as the device {}.",
+            safe(&link.name),
+            dir.display(),
+            safe(pigeon_client::device_label(device))
+        );
+        let mut client = Client::new(profile, CONNECT_TIMEOUT);
+        let wait = Duration::from_secs_f64(args.wait.clamp(1.0, 3600.0));
+        return crate::devices_cmd::follow(&mut client, &link, wait).await;
+    }
+    let (Some(name), Some(relay)) = (&args.name, &args.relay) else {
+        anyhow::bail!("pass --name and --relay, or --link to make this another of your devices");
+    };
+    let relay = RelayLink::parse(relay).context("the --relay link is unusable")?;
+    let profile = Profile::create(&dir, &passphrase(true)?, name.trim(), &relay)?;
+    if let Some(device) = &args.device {
+        profile.set_device_name(device.trim())?;
+    }
     println!(
         "Created the profile of {} in {}.",
         profile.name()?,
         dir.display()
     );
     println!("Invite someone with `pigeon invite`, or accept a link with `pigeon accept LINK`.");
-    Ok(())
+    Ok(0)
 }
 
 pub(crate) async fn invite(args: InviteArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //! outbox before any network IO; [`Client::flush`] posts it in order per destination and
 //! drops each item only once the relay holds it durably, backing off on failure.
 
+use crate::device_link::{DeviceLink, DeviceLinkError};
 use crate::invite::{Invite, InviteError};
 use crate::network::NetworkId;
 use crate::profile::{
@@ -54,6 +55,9 @@ pub enum Error {
     /// other way round).
     #[error("{0}")]
     WrongInvite(&'static str),
+    /// The device link is unusable.
+    #[error("this device link cannot be used: {0}")]
+    DeviceLink(#[from] DeviceLinkError),
 }
 
 /// A request to join a group, on its way to the inviter, whose device adds this one when it
@@ -100,7 +104,7 @@ impl Error {
             Self::Invite(_) => ErrorKind::BadInput,
             Self::Relay { source, .. } => source.kind(),
             Self::InviteUsed(_) => ErrorKind::Peer,
-            Self::WrongInvite(_) => ErrorKind::BadInput,
+            Self::WrongInvite(_) | Self::DeviceLink(_) => ErrorKind::BadInput,
         }
     }
 }
@@ -689,6 +693,52 @@ impl Client {
             return Err(e);
         }
         Ok(invite.to_link()?)
+    }
+
+    /// Makes a one-time link for a new device of this person (`pigeon devices link`): a
+    /// mailbox on this profile's relay that the new device answers in. The rest happens as
+    /// the profile syncs; [`Profile::device_link_progress`] says where it stands.
+    ///
+    /// # Errors
+    /// When the relay cannot be reached or refuses.
+    pub async fn link_device(&mut self) -> Result<DeviceLink, Error> {
+        let home = self.home_relay().await?;
+        let prepared = self.profile.prepare_device_link(&home)?;
+        let link = &prepared.link;
+        let result = self
+            .on_own_relay(&home, async |conn| {
+                conn.create_mailbox(
+                    &prepared.mailbox_key,
+                    &MailboxId(link.mailbox_id),
+                    pigeon_proto::auth::cap_hash(&link.sender_cap),
+                )
+                .await
+            })
+            .await;
+        if let Err(e) = result {
+            self.profile.cancel_device_link(&prepared)?;
+            return Err(e);
+        }
+        Ok(prepared.link)
+    }
+
+    /// On a new device (a profile made for it, named from the link): answers a device link.
+    /// The other device then hands over every conversation as the profile syncs;
+    /// [`Profile::link_join_progress`] says where it stands.
+    ///
+    /// # Errors
+    /// When the link's relay cannot be reached, or this profile followed a link before.
+    pub async fn follow_device_link(&mut self, link: &DeviceLink) -> Result<FlushReport, Error> {
+        let (reply, reply_relay) = self.new_inbox().await?;
+        blocking(|| self.profile.follow_device_link(link, &reply, &reply_relay))?;
+        let _ = self.subscribe_all().await;
+        let report = self.flush(true).await?;
+        if report.gone.contains(&link.mailbox_id) {
+            return Err(Error::WrongInvite(
+                "the device link was used or has expired: make a new one with `pigeon devices link`",
+            ));
+        }
+        Ok(report)
     }
 
     /// Runs `request` on a session with this profile's relay `relay`; a failure is "your
@@ -1346,6 +1396,11 @@ impl Client {
             Handled::LogKeysChanged => after.keys_changed = true,
             Handled::Duplicate | Handled::GroupEpoch { .. } => {}
             Handled::Dropped(reason) => events.push(ClientEvent::Dropped(reason)),
+            Handled::Notice(text) => events.push(ClientEvent::Notice(text)),
+            Handled::Linked(text) => {
+                after.new_logs = true;
+                events.push(ClientEvent::Notice(text));
+            }
         }
         Ok(())
     }

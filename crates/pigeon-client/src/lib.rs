@@ -6,8 +6,11 @@
 //!   backoff, receiving with exactly-once recording, and an event stream for interfaces.
 //! * [`RelayConnection`]: one Noise session with one relay, pipelined.
 //! * [`Invite`]: the `pigeon://invite#…` link, parsed strictly.
+//! * [`DeviceLink`]: the `pigeon://device#…` link that makes a new device another device of
+//!   the same person.
 
 mod client;
+pub mod device_link;
 pub mod ids;
 pub mod invite;
 pub mod mailbox;
@@ -19,6 +22,7 @@ pub use client::{
     Client, ClientEvent, Error, FlushReport, JoinRequest, MIRROR_PATIENCE, ProgressSink,
     RELAY_STAGGER,
 };
+pub use device_link::{DeviceLink, DeviceLinkError};
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};
 pub use mailbox::OwnedMailbox;
@@ -27,7 +31,8 @@ pub use pigeon_e2ee::Suite;
 /// profile's database directly (tests, tools).
 pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{
-    Contact, GroupChange, GroupInfo, GroupMessage, Handled, MemberInfo, Message, Passphrase,
-    Profile, ProfileError, RelayAdded, SavedProxy,
+    Contact, DeviceInfo, DeviceLinkProgress, GroupChange, GroupInfo, GroupMessage, Handled,
+    LinkJoinProgress, MemberInfo, Message, Passphrase, Profile, ProfileError, RelayAdded,
+    SavedProxy, device_label,
 };
 pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won, transports};

@@ -30,8 +30,9 @@ mod receive;
 mod schema;
 
 pub use groups::{
-    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage, LogCopies,
-    LogInbox, MemberInfo, PendingRotation, PreparedGroupInvite,
+    DeviceInfo, DeviceLinkProgress, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange,
+    GroupInfo, GroupMessage, LinkJoinProgress, LogCopies, LogInbox, MAX_LINKED_CONVERSATIONS,
+    MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite, device_label,
 };
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
@@ -53,7 +54,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -330,6 +331,10 @@ pub enum Handled {
     Duplicate,
     /// Refused (tampered, replayed, not for us...): dropped, state unchanged.
     Dropped(String),
+    /// Something to tell the person that is not a line of a transcript.
+    Notice(String),
+    /// This device joined a conversation its other device handed it (issue #16).
+    Linked(String),
 }
 
 /// A proxy kept in a profile.
@@ -521,7 +526,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 8] = [
+        let later: [(i64, &str, &'static str); 9] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -530,6 +535,7 @@ impl Profile {
             (10, schema::MIGRATE_10, "adding log entry parts"),
             (11, schema::MIGRATE_11, "adding log moves"),
             (12, schema::MIGRATE_12, "adding mirror keys"),
+            (13, schema::MIGRATE_13, "adding device links"),
         ];
         for (to, sql, doing) in later {
             if version < to {
@@ -1481,7 +1487,9 @@ impl Profile {
             .prepare(
                 "SELECT inbox_relay, inbox_id, inbox_key FROM contacts WHERE inbox_id IS NOT NULL
                  UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_invites WHERE used = 0
-                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 0",
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM group_joins WHERE used = 0
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM device_links WHERE state < 3
+                 UNION ALL SELECT relay, mailbox_id, mailbox_key FROM device_link_joins WHERE state < 2",
             )
             .map_err(db("listing mailboxes"))?;
         let rows = stmt

@@ -822,3 +822,110 @@ fn a_commit_too_large_for_one_relay_message_goes_in_parts() {
         "{handled:?}"
     );
 }
+
+/// Issue #16: alice links a second device. It gets her conversations (the one with bob and a
+/// group of her own), each as a new leaf with fresh keys; bob's transcript says she added a
+/// device; what either of her devices sends shows on the other as hers; and once removed, the
+/// second device reads nothing new.
+#[test]
+fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new() {
+    let Pair {
+        _dir: dir,
+        alice,
+        bob,
+        relay: mut mem,
+    } = pair(Suite::XWing);
+    let log = OwnedMailbox::generate().expect("log");
+    alice.create_group("notes", &relay(1), &log).expect("group");
+    let prepared = alice.prepare_device_link(&relay(1)).expect("link");
+    let text = prepared.link.to_link().expect("link text");
+    let link = pigeon_client::DeviceLink::parse(&text).expect("parses");
+    let laptop = Profile::create(&dir.path().join("laptop"), &pass(), &link.name, &link.relay)
+        .expect("laptop");
+    laptop.set_device_name("laptop").expect("name");
+    let reply = OwnedMailbox::generate().expect("reply");
+    laptop
+        .follow_device_link(&link, &reply, &relay(1))
+        .expect("follow");
+    mem.run(&[&alice, &bob, &laptop]);
+    let progress = laptop
+        .link_join_progress()
+        .expect("progress")
+        .expect("a link");
+    assert!(progress.done, "{progress:?}");
+    assert_eq!(progress.total, 2);
+    let at_alice = alice
+        .device_link_progress(&link.mailbox_id)
+        .expect("progress");
+    assert!(at_alice.done && at_alice.welcomed == 2, "{at_alice:?}");
+    // A used link opens nothing: its mailbox is spent, and a second hello is refused.
+    assert!(
+        alice
+            .spent_mailboxes()
+            .expect("spent")
+            .iter()
+            .any(|m| m.mailbox == link.mailbox_id)
+    );
+    // The laptop has the contact and the group, and alice's name.
+    assert_eq!(laptop.name().expect("name"), "alice");
+    let bob_at_laptop = laptop.find_contact("bob").expect("bob").id;
+    let notes = laptop.find_group("notes").expect("notes");
+    assert_eq!(notes.members, 2);
+    let devices: Vec<String> = alice
+        .devices()
+        .expect("devices")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(devices, ["", "laptop"]);
+    assert!(
+        notices(&bob)
+            .iter()
+            .any(|t| t.contains("alice added a device (laptop)")),
+        "{:?}",
+        notices(&bob)
+    );
+    // Everyone talks; each of alice's devices shows the other's message as hers.
+    let bob_at_alice = alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = bob.find_contact("alice").expect("alice").id;
+    bob.compose(alice_at_bob, "hi both").expect("compose");
+    laptop
+        .compose(bob_at_laptop, "from the laptop")
+        .expect("compose");
+    let out = mem.run(&[&alice, &bob, &laptop]);
+    assert_eq!(texts(&out[1]), ["from the laptop"]);
+    assert!(texts(&out[2]).contains(&"hi both".to_owned()));
+    let mine = alice
+        .history(Some(bob_at_alice), 100)
+        .expect("history")
+        .into_iter()
+        .find(|m| m.text == "from the laptop")
+        .expect("alice's phone has it");
+    assert!(mine.outgoing, "a message from her laptop is alice's own");
+    assert!(
+        alice
+            .history(Some(bob_at_alice), 100)
+            .expect("history")
+            .iter()
+            .any(|m| m.text == "hi both" && !m.outgoing)
+    );
+    // alice removes the laptop from everything: it is told, and reads nothing new.
+    assert_eq!(alice.remove_device("laptop").expect("remove"), 2);
+    mem.run(&[&alice, &bob, &laptop]);
+    assert!(
+        notices(&laptop)
+            .iter()
+            .any(|t| t.contains("this device was removed")),
+        "{:?}",
+        notices(&laptop)
+    );
+    bob.compose(alice_at_bob, "only for the phone")
+        .expect("compose");
+    let out = mem.run(&[&alice, &bob, &laptop]);
+    assert_eq!(texts(&out[0]), ["only for the phone"]);
+    assert!(texts(&out[2]).is_empty(), "the removed laptop read on");
+    assert_eq!(
+        alice.epoch_authenticator(bob_at_alice).expect("epoch"),
+        bob.epoch_authenticator(alice_at_bob).expect("epoch")
+    );
+}

@@ -133,7 +133,7 @@ pub struct Receipt {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
     /// Its kind.
-    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "envelope::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<envelope::Kind>,
 }
 
@@ -170,6 +170,10 @@ pub mod envelope {
         /// that carries a large group's roster).
         #[prost(message, tag = "8")]
         Part(super::Part),
+        /// Between two devices of one person while one links the other (issue #16): a
+        /// message sealed under the device link's secret.
+        #[prost(bytes = "vec", tag = "9")]
+        Link(Vec<u8>),
     }
 }
 

@@ -40,11 +40,18 @@ pub enum LinkKind {
     Invite,
     /// How to reach a volunteer proxy.
     Proxy,
+    /// A one-time link that makes a new device another device of the same person.
+    Device,
 }
 
 impl LinkKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [LinkKind; 3] = [LinkKind::Relay, LinkKind::Invite, LinkKind::Proxy];
+    pub const ALL: [LinkKind; 4] = [
+        LinkKind::Relay,
+        LinkKind::Invite,
+        LinkKind::Proxy,
+        LinkKind::Device,
+    ];
 
     /// The kind as written in a link.
     pub fn as_str(self) -> &'static str {
@@ -52,6 +59,7 @@ impl LinkKind {
             Self::Relay => "relay",
             Self::Invite => "invite",
             Self::Proxy => "proxy",
+            Self::Device => "device",
         }
     }
 
@@ -68,6 +76,7 @@ impl LinkKind {
             Self::Relay => "a relay link",
             Self::Invite => "an invitation link",
             Self::Proxy => "a proxy link",
+            Self::Device => "a device link",
         }
     }
 }

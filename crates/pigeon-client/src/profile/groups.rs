@@ -31,8 +31,13 @@ use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 
+mod devices;
 mod direct;
 mod log;
+pub use devices::{
+    DeviceInfo, DeviceLinkProgress, LinkJoinProgress, MAX_LINKED_CONVERSATIONS, PreparedDeviceLink,
+    device_label,
+};
 pub use log::LogCopies;
 
 /// A device refreshes its own keys in each group after this many of its messages...
@@ -200,6 +205,10 @@ struct Intent {
     welcome_cap: Vec<u8>,
     #[prost(bytes = "vec", tag = "9")]
     welcome_secret: Vec<u8>,
+    /// For an add of a new device of this person: the id its Welcome's parts carry (several
+    /// Welcomes share the new device's reply mailbox).
+    #[prost(bytes = "vec", tag = "10")]
+    welcome_id: Vec<u8>,
 }
 
 const ADD: u32 = 1;

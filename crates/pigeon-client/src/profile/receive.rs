@@ -99,6 +99,9 @@ impl Profile {
             })
         };
         let envelope = Envelope::decode(payload).map_err(|e| refuse(&e.to_string()))?;
+        if let Some(h) = self.device_link_delivery(mailbox, &envelope)? {
+            return Ok(h);
+        }
         if matches!(envelope.kind, Some(Kind::JoinRequest(_)))
             && let Some(h) = self.group_join_request(mailbox, envelope.clone())?
         {

@@ -379,3 +379,65 @@ ALTER TABLE groups ADD COLUMN mirror_key BLOB;
 PRAGMA user_version = 12;
 COMMIT;
 ";
+
+/// Version 13: several devices of one person (issue #16). This device's name, the device links
+/// it made (and what each new device was offered), and the link it followed if it was linked.
+pub(super) const MIGRATE_13: &str = "
+BEGIN;
+-- this device's name as the person's other devices and contacts see it ('' for the first)
+ALTER TABLE profile ADD COLUMN device TEXT NOT NULL DEFAULT '';
+-- links this device made for new devices; state 0 waiting, 1 offered, 2 adding, 3 done,
+-- 4 over (done or expired, mailbox deleted)
+CREATE TABLE device_links (
+  id INTEGER PRIMARY KEY,
+  mailbox_id BLOB NOT NULL UNIQUE,
+  mailbox_key BLOB NOT NULL,
+  relay TEXT NOT NULL,
+  secret BLOB NOT NULL,
+  device TEXT NOT NULL,
+  reply_relay TEXT,
+  reply_mailbox BLOB,
+  reply_cap BLOB,
+  state INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  done_at INTEGER
+);
+-- the conversations offered to a new device; state 0 offered, 1 adding, 2 Welcome sent
+CREATE TABLE device_link_items (
+  link INTEGER NOT NULL REFERENCES device_links(id) ON DELETE CASCADE,
+  idx INTEGER NOT NULL,
+  group_row INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+  welcome_id BLOB NOT NULL UNIQUE,
+  state INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (link, idx)
+);
+-- on a new device: the link it followed; state 0 hello sent, 1 key packages sent, 2 done,
+-- 3 over (reply mailbox deleted)
+CREATE TABLE device_link_joins (
+  id INTEGER PRIMARY KEY,
+  mailbox_id BLOB NOT NULL UNIQUE,
+  mailbox_key BLOB NOT NULL,
+  relay TEXT NOT NULL,
+  secret BLOB NOT NULL,
+  link_relay TEXT NOT NULL,
+  link_mailbox BLOB NOT NULL,
+  link_cap BLOB NOT NULL,
+  total INTEGER,
+  state INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL
+);
+-- the conversations a new device was offered, and the group each became
+CREATE TABLE device_link_join_items (
+  join_id INTEGER NOT NULL REFERENCES device_link_joins(id) ON DELETE CASCADE,
+  idx INTEGER NOT NULL,
+  direct INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  suite INTEGER NOT NULL,
+  welcome_id BLOB NOT NULL UNIQUE,
+  signature_key BLOB,
+  group_row INTEGER REFERENCES groups(id) ON DELETE SET NULL,
+  PRIMARY KEY (join_id, idx)
+);
+PRAGMA user_version = 13;
+COMMIT;
+";

@@ -136,7 +136,12 @@ impl Profile {
         roster: &Roster,
         own_key: &[u8],
     ) -> Result<Handled, ProfileError> {
-        let Some(other) = roster.members.iter().find(|m| m.key != own_key) else {
+        let own_person = roster.entry(own_key).map(|m| m.person.as_slice());
+        let Some(other) = roster
+            .members
+            .iter()
+            .find(|m| Some(m.person.as_slice()) != own_person)
+        else {
             return Err(peer("welcome", "the conversation has nobody else in it"));
         };
         let name = self.unique_name(&other.name)?;

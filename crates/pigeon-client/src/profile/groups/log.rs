@@ -303,6 +303,13 @@ impl Profile {
                 content, sender, ..
             } => {
                 let name = name_of(&roster_before, &sender);
+                // Sent by another device of this person (#16): it is this person's message.
+                let own_person = roster_before
+                    .entry(&row.signature_key)
+                    .map(|e| e.person.as_slice());
+                let from_me = roster_before
+                    .entry(&sender)
+                    .is_some_and(|e| Some(e.person.as_slice()) == own_person);
                 match content.body {
                     Some(Body::Text(t)) => {
                         let inserted = self
@@ -310,12 +317,13 @@ impl Profile {
                             .execute(
                                 "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
                                    outgoing, uid, body, sent_at, stored_at)
-                                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                                 params![
                                     row.id,
                                     to_i64(seq),
                                     sender,
                                     name,
+                                    from_me,
                                     content.id,
                                     t.text,
                                     to_i64(content.sent_at_ms),
@@ -327,7 +335,8 @@ impl Profile {
                             return Ok(vec![Handled::Duplicate]);
                         }
                         let m = self.group_message(self.conn.last_insert_rowid())?;
-                        if row.direct {
+                        // A message of this person's own is not acknowledged to anyone.
+                        if row.direct && !from_me {
                             return Ok(vec![self.conversation_content(
                                 row,
                                 Handled::Group(m),
@@ -336,6 +345,8 @@ impl Profile {
                         }
                         Ok(vec![Handled::Group(m)])
                     }
+                    // Receipts from this person's other devices say nothing about the contact.
+                    Some(Body::Receipt(_)) if from_me => Ok(vec![Handled::Duplicate]),
                     Some(Body::Receipt(r)) if row.direct => {
                         Ok(vec![self.conversation_receipt(row, &r)?])
                     }
@@ -570,8 +581,11 @@ impl Profile {
                 })
             })
             .map_err(db("listing spent mailboxes"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(db("listing spent mailboxes"))
+        let mut out: Vec<crate::profile::Inbox> = rows
+            .collect::<Result<_, _>>()
+            .map_err(db("listing spent mailboxes"))?;
+        out.extend(self.spent_link_mailboxes()?);
+        Ok(out)
     }
 
     /// A request to join went to an invitation mailbox that no longer exists: drops the request
@@ -614,7 +628,7 @@ impl Profile {
                 )
                 .map_err(db("forgetting a spent mailbox"))?;
         }
-        Ok(())
+        self.forget_spent_link(mailbox)
     }
 
     /// Log key rotations waiting for the relay (after their announcement was posted).
@@ -753,8 +767,28 @@ impl Profile {
                 .as_ref()
                 .map_or_else(|| "someone".to_owned(), |e| e.name.clone())
         };
+        // Whose devices these are: a person adds and removes their own (#16).
+        let my_person: Vec<u8> = self
+            .conn
+            .query_row("SELECT person FROM groups WHERE id = ?1", [row.id], |r| {
+                r.get(0)
+            })
+            .map_err(db("reading a group"))?;
+        let by_person = if own {
+            Some(my_person.clone())
+        } else {
+            changes.committer.as_ref().map(|c| c.person.clone())
+        };
+        let own_device = |e: &RosterEntry| by_person.as_ref() == Some(&e.person);
         let mut lines = Vec::new();
         for a in &changes.added {
+            if own_device(a) {
+                lines.push(format!(
+                    "{by} added a device ({}); compare its safety number with `pigeon verify`",
+                    device_label(&a.device)
+                ));
+                continue;
+            }
             lines.push(format!("{by} added {}", a.name));
             if self.verified_under_another_key(row, a)? {
                 let verify = match self.contact_of(row.id)? {
@@ -769,7 +803,14 @@ impl Profile {
             }
         }
         for r in &changes.removed {
-            lines.push(format!("{by} removed {}", r.name));
+            if own_device(r) {
+                lines.push(format!(
+                    "{by} removed a device ({})",
+                    device_label(&r.device)
+                ));
+            } else {
+                lines.push(format!("{by} removed {}", r.name));
+            }
         }
         for l in &changes.left {
             lines.push(format!("{} left", l.name));
@@ -798,9 +839,19 @@ impl Profile {
             ));
         }
         if changes.self_removed {
-            lines.push(format!(
-                "you are no longer in this group (removed by {by}); it reads nothing new"
-            ));
+            if by_person.as_ref() == Some(&my_person) {
+                let from = changes
+                    .committer
+                    .as_ref()
+                    .map_or("another device", |c| device_label(&c.device));
+                lines.push(format!(
+                    "this device was removed from here by your device {from}; it reads nothing new"
+                ));
+            } else {
+                lines.push(format!(
+                    "you are no longer in this group (removed by {by}); it reads nothing new"
+                ));
+            }
             self.conn
                 .execute(
                     "UPDATE groups SET state = ?1, pending_commit = NULL WHERE id = ?2",
@@ -842,10 +893,13 @@ impl Profile {
                         part: u32::try_from(i).unwrap_or(u32::MAX),
                         parts: parts_u32,
                         bytes: chunk.to_vec(),
-                        id: Vec::new(),
+                        id: intent.welcome_id.clone(),
                     })),
                 },
             )?;
+        }
+        if !intent.welcome_id.is_empty() {
+            self.link_welcome_sent(&intent.welcome_id)?;
         }
         Ok(())
     }
@@ -1049,7 +1103,7 @@ impl Profile {
 
     /// Keeps a part of a sealed Welcome under `key`; returns the whole sealed Welcome once
     /// every part is there (and forgets the parts).
-    fn collect_welcome_part(
+    pub(super) fn collect_welcome_part(
         &self,
         key: &[u8],
         part: &WelcomePart,
@@ -1642,7 +1696,7 @@ fn mirror_payload(mirror: Option<&str>) -> Result<Vec<u8>, ProfileError> {
 }
 
 /// A mirror relay from a welcome or a log message, as a group row keeps it.
-fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
+pub(super) fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -1884,7 +1938,7 @@ impl Profile {
     }
 
     /// Keeps the key a group log's mirror's entries are authenticated with (empty: none).
-    fn keep_mirror_key(&self, id: GroupId, key: &[u8]) -> Result<(), ProfileError> {
+    pub(super) fn keep_mirror_key(&self, id: GroupId, key: &[u8]) -> Result<(), ProfileError> {
         let key = match key.len() {
             0 => None,
             32 => Some(key),
