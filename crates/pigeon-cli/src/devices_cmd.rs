@@ -85,6 +85,30 @@ pub(crate) async fn run(cmd: DevicesCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// One round of sending and receiving while a link is under way. A relay that cannot be
+/// reached is tried again a second later (until the caller's deadline): what was done so far
+/// is in the profile, and the other device waits too.
+async fn sync_or_wait(client: &mut Client) -> anyhow::Result<()> {
+    match client
+        .sync(Duration::from_millis(500), Duration::from_secs(30))
+        .await
+    {
+        Ok((events, _)) => {
+            print_events(client, &events);
+            Ok(())
+        }
+        Err(pigeon_client::Error::Relay { whose, source }) => {
+            eprintln!(
+                "{whose} cannot be reached ({}); trying again",
+                safe(&source.to_string())
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn print_events(client: &Client, events: &[pigeon_client::ClientEvent]) {
     for e in events {
         if let Some(line) = notice(e, client.profile()) {
@@ -108,10 +132,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<u8> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait.clamp(1.0, 3600.0));
     let mut last = None;
     loop {
-        let (events, _) = client
-            .sync(Duration::from_millis(500), Duration::from_secs(30))
-            .await?;
-        print_events(&client, &events);
+        sync_or_wait(&mut client).await?;
         let progress = client.profile().device_link_progress(&link.mailbox_id)?;
         if Some(&progress) != last.as_ref() && progress.answered {
             eprintln!(
@@ -145,6 +166,27 @@ async fn link(args: LinkArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// `pigeon init --link` again on a profile it made: waits on if the link was answered, else
+/// answers it (a profile that is already in use is refused).
+pub(crate) async fn resume(
+    client: &mut Client,
+    link: &pigeon_client::DeviceLink,
+    device: &str,
+    wait: Duration,
+) -> anyhow::Result<u8> {
+    if client.profile().link_join_progress()?.is_some() {
+        eprintln!("This device answered a link before; carrying on…");
+        return wait_for_handover(client, wait).await;
+    }
+    let p = client.profile();
+    anyhow::ensure!(
+        p.contacts()?.is_empty() && p.groups()?.is_empty() && p.name()? == link.name,
+        "a profile in use is there already: pass another --profile for the new device"
+    );
+    p.set_device_name(device)?;
+    follow(client, link, wait).await
+}
+
 /// `pigeon init --link`: the new device's side, once its profile exists.
 pub(crate) async fn follow(
     client: &mut Client,
@@ -153,13 +195,14 @@ pub(crate) async fn follow(
 ) -> anyhow::Result<u8> {
     client.follow_device_link(link).await?;
     eprintln!("Answered the link; waiting for your other device to hand over your conversations…");
+    wait_for_handover(client, wait).await
+}
+
+async fn wait_for_handover(client: &mut Client, wait: Duration) -> anyhow::Result<u8> {
     let deadline = Instant::now() + wait;
     let mut last = None;
     loop {
-        let (events, _) = client
-            .sync(Duration::from_millis(500), Duration::from_secs(30))
-            .await?;
-        print_events(client, &events);
+        sync_or_wait(client).await?;
         let Some(progress) = client.profile().link_join_progress()? else {
             anyhow::bail!("this profile follows no device link");
         };

@@ -273,8 +273,9 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<u8> {
             limit,
         } => {
             let profile = open_profile(&profile)?;
-            let g = profile.find_group(&group)?;
-            for m in profile.group_history(g.id, limit)? {
+            // A group, or the conversation with a contact.
+            let id = profile.conversation_or_group(&group)?;
+            for m in profile.group_history(id, limit)? {
                 println!("{}", crate::user_cmd::group_line(&m));
             }
             Ok(0)

@@ -161,8 +161,15 @@ pub(crate) async fn init(args: InitArgs) -> anyhow::Result<u8> {
     if let Some(text) = &args.link {
         // A bad link is refused before anything is made.
         let link = pigeon_client::DeviceLink::parse(text).map_err(pigeon_client::Error::from)?;
-        let profile = Profile::create(&dir, &passphrase(true)?, &link.name, &link.relay)?;
+        let wait = Duration::from_secs_f64(args.wait.clamp(1.0, 3600.0));
         let device = args.device.as_deref().unwrap_or(&link.device).trim();
+        if dir.join(pigeon_client::profile::DB_FILE).exists() {
+            // The same command again (after an interruption): carry on where it stopped.
+            let profile = Profile::open(&dir, &passphrase(false)?)?;
+            let mut client = Client::new(profile, CONNECT_TIMEOUT);
+            return crate::devices_cmd::resume(&mut client, &link, device, wait).await;
+        }
+        let profile = Profile::create(&dir, &passphrase(true)?, &link.name, &link.relay)?;
         profile.set_device_name(device)?;
         println!(
             "Created the profile of {} in {} as the device {}.",
@@ -171,7 +178,6 @@ pub(crate) async fn init(args: InitArgs) -> anyhow::Result<u8> {
             safe(pigeon_client::device_label(device))
         );
         let mut client = Client::new(profile, CONNECT_TIMEOUT);
-        let wait = Duration::from_secs_f64(args.wait.clamp(1.0, 3600.0));
         return crate::devices_cmd::follow(&mut client, &link, wait).await;
     }
     let (Some(name), Some(relay)) = (&args.name, &args.relay) else {

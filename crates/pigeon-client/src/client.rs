@@ -165,6 +165,9 @@ pub struct FlushReport {
 }
 
 struct Session {
+    /// Which of the sessions with this relay it is: events of an earlier one (a `Closed` its
+    /// end sends when it is dropped) must not end this one.
+    generation: u64,
     link: RelayLink,
     conn: RelayConnection,
     subscribed: BTreeSet<[u8; 32]>,
@@ -193,8 +196,10 @@ pub struct Client {
     /// This client's dialer and route memory (nothing is shared with other clients).
     connector: Result<crate::relay::Connector, ClientError>,
     sessions: BTreeMap<[u8; 32], Session>,
-    events_tx: mpsc::UnboundedSender<([u8; 32], Event)>,
-    events_rx: mpsc::UnboundedReceiver<([u8; 32], Event)>,
+    events_tx: mpsc::UnboundedSender<([u8; 32], u64, Event)>,
+    events_rx: mpsc::UnboundedReceiver<([u8; 32], u64, Event)>,
+    /// The generation of the newest session.
+    generation: u64,
     /// Deliveries still expected per (relay key, mailbox) since subscribing (a log with a
     /// mirror is read on two relays).
     waiting: BTreeMap<([u8; 32], [u8; 32]), u64>,
@@ -233,6 +238,7 @@ impl Client {
             sessions: BTreeMap::new(),
             events_tx,
             events_rx,
+            generation: 0,
             waiting: BTreeMap::new(),
             timeout,
             saved_caps,
@@ -316,9 +322,11 @@ impl Client {
         self.routes.insert(key, won.route);
         let mut events = conn.take_events();
         let tx = self.events_tx.clone();
+        self.generation += 1;
+        let generation = self.generation;
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                if tx.send((key, event)).is_err() {
+                if tx.send((key, generation, event)).is_err() {
                     break;
                 }
             }
@@ -326,6 +334,7 @@ impl Client {
         self.sessions.insert(
             key,
             Session {
+                generation,
                 link: link.clone(),
                 conn,
                 subscribed: BTreeSet::new(),
@@ -399,8 +408,16 @@ impl Client {
             }
         );
         if spent || matches!(e, ClientError::Lost(_) | ClientError::Unreachable { .. }) {
-            self.sessions.remove(link.relay_key());
+            self.drop_session(*link.relay_key());
         }
+    }
+
+    /// Forgets the session with the relay whose key is `key`, and the deliveries it announced:
+    /// nothing more comes on it, so nothing is waited for (a `sync` would otherwise wait out
+    /// its whole limit for a backlog that can no longer arrive).
+    fn drop_session(&mut self, key: [u8; 32]) {
+        self.sessions.remove(&key);
+        self.waiting.retain(|(relay, _), _| *relay != key);
     }
 
     /// Keeps the proxies an invitation carries (as ways to try after the direct routes), and
@@ -1292,17 +1309,18 @@ impl Client {
         if self.sessions.is_empty() {
             return Ok(None);
         }
-        let Some((key, event)) = self.events_rx.recv().await else {
+        let Some((key, generation, event)) = self.events_rx.recv().await else {
             return Ok(None);
         };
+        if self.sessions.get(&key).map(|s| s.generation) != Some(generation) {
+            // From a session already dropped: what it pushed and was not acknowledged comes
+            // again on the current one.
+            return Ok(Some(Vec::new()));
+        }
         match event {
             Event::Push(push) => self.handle_push(key, push).await.map(Some),
             Event::Closed(reason) => {
-                if let Some(s) = self.sessions.remove(&key) {
-                    for m in s.subscribed.into_iter().chain(s.logs.into_keys()) {
-                        self.waiting.remove(&(key, m));
-                    }
-                }
+                self.drop_session(key);
                 let reason = match reason {
                     CloseReason::Relay(e) => format!("the relay closed the session: {}", e.message),
                     CloseReason::Eof => "the connection ended".to_owned(),
@@ -1524,6 +1542,7 @@ impl Client {
             } else {
                 quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
             };
+            tracing::debug!(backlog = self.backlog(), ?wait, "sync waits for deliveries");
             match tokio::time::timeout(wait, self.next_events()).await {
                 Ok(Ok(Some(mut batch))) => {
                     let lost = batch

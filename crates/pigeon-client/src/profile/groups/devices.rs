@@ -162,7 +162,7 @@ pub struct DeviceLinkProgress {
     pub offered: usize,
     /// Conversations whose Welcome went to the new device.
     pub welcomed: usize,
-    /// Every conversation was handed over.
+    /// Every conversation was handed over (its Welcome is on the relay).
     pub done: bool,
     /// Nobody answered in time.
     pub expired: bool,
@@ -411,17 +411,27 @@ impl Profile {
         &self,
         mailbox: &[u8; 32],
     ) -> Result<DeviceLinkProgress, ProfileError> {
-        let (id, device, state, created_at, answered): (i64, String, i64, i64, bool) = self
-            .conn
-            .query_row(
-                "SELECT id, device, state, created_at, reply_mailbox IS NOT NULL FROM device_links
-                 WHERE mailbox_id = ?1",
-                [mailbox.as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()
-            .map_err(db("reading a device link"))?
-            .ok_or_else(|| ProfileError::NotNow("this profile made no such link".to_owned()))?;
+        let (id, device, state, created_at, answered, unsent): (i64, String, i64, i64, bool, i64) =
+            self.conn
+                .query_row(
+                    "SELECT id, device, state, created_at, reply_mailbox IS NOT NULL,
+                   (SELECT count(*) FROM outbox o WHERE o.mailbox_id = l.reply_mailbox)
+                 FROM device_links l WHERE mailbox_id = ?1",
+                    [mailbox.as_slice()],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(db("reading a device link"))?
+                .ok_or_else(|| ProfileError::NotNow("this profile made no such link".to_owned()))?;
         let count = |min_state: i64| -> Result<usize, ProfileError> {
             let n: i64 = self
                 .conn
@@ -438,7 +448,8 @@ impl Profile {
             answered,
             offered: count(0)?,
             welcomed: count(2)?,
-            done: state == LINK_DONE || (state == LINK_OVER && answered),
+            // Handed over once the last Welcome has left this device, not just been queued.
+            done: (state == LINK_DONE || (state == LINK_OVER && answered)) && unsent == 0,
             expired: !answered && now_ms() - created_at > DEVICE_LINK_TTL_MS,
         })
     }
