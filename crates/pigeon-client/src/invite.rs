@@ -58,6 +58,10 @@ pub(crate) struct InvitePayload {
     /// path to the inviter's relay for someone who cannot reach it directly.
     #[prost(string, repeated, tag = "10")]
     proxies: Vec<String>,
+    /// The name of the inviter's device that made the invitation (issue #16; absent from
+    /// links made before it, read as "").
+    #[prost(string, tag = "11")]
+    device: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -98,6 +102,8 @@ pub struct Invite {
     pub group: Option<String>,
     /// The inviter's proxies: ways to the inviter's relay when it cannot be reached directly.
     pub proxies: Vec<pigeon_transport::ProxyLink>,
+    /// The name of the inviter's device that made it ("" for a first device).
+    pub device: String,
 }
 
 impl std::fmt::Debug for Invite {
@@ -238,7 +244,14 @@ impl Invite {
             offers,
             group: p.group,
             proxies,
+            device: p.device,
         };
+        crate::device_link::check_device_name(&invite.device).map_err(|problem| {
+            InviteError::Field {
+                field: "device name",
+                problem,
+            }
+        })?;
         if let Some(g) = &invite.group {
             pigeon_e2ee::roster::check_group_name(g).map_err(|problem| InviteError::Field {
                 field: "group name",
@@ -288,6 +301,7 @@ impl Invite {
                 .take(MAX_INVITE_PROXIES)
                 .map(ToString::to_string)
                 .collect(),
+            device: self.device.clone(),
         };
         encode_link(LinkKind::Invite, &payload.encode_to_vec()).map_err(InviteError::Link)
     }
@@ -324,6 +338,7 @@ mod tests {
             ],
             group: None,
             proxies: Vec::new(),
+            device: String::new(),
         }
     }
 

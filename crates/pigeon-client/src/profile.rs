@@ -967,6 +967,7 @@ impl Profile {
                     .map(|p| p.link)
                     .take(crate::invite::MAX_INVITE_PROXIES)
                     .collect(),
+                device: self.device_name()?,
             };
             // The person accepting starts the conversation and sends its Welcome here: the
             // invitation waits like a request to join a group of two.

@@ -543,7 +543,7 @@ impl Profile {
                     key: identity.public_key().to_vec(),
                     person: person.to_vec(),
                     name: my_name.clone(),
-                    device: String::new(),
+                    device: self.device_name()?,
                     admin: true,
                 }],
             };
@@ -925,6 +925,7 @@ impl Profile {
                 .map(|p| p.link)
                 .take(crate::invite::MAX_INVITE_PROXIES)
                 .collect(),
+            device: self.device_name()?,
         };
         let link = invite
             .to_link()
@@ -995,7 +996,7 @@ impl Profile {
                 key_package,
                 name: my_name.clone(),
                 person: person.to_vec(),
-                device: String::new(),
+                device: self.device_name()?,
                 reply_relay: relay.to_payload().encode_to_vec(),
                 reply_mailbox: reply.id.0.to_vec(),
                 reply_cap: reply.sender_cap.to_vec(),

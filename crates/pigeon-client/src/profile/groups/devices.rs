@@ -264,7 +264,14 @@ impl Profile {
                 continue;
             };
             for m in roster.members.iter().filter(|m| m.person == person) {
-                *seen.entry(m.device.clone()).or_default() += 1;
+                // This device's own entry counts under its name, whatever another device
+                // wrote in it (an inviter's device name travels only in newer links).
+                let name = if m.key == row.signature_key {
+                    me.clone()
+                } else {
+                    m.device.clone()
+                };
+                *seen.entry(name).or_default() += 1;
             }
         }
         seen.entry(me.clone()).or_default();

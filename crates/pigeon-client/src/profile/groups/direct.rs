@@ -61,7 +61,7 @@ impl Profile {
                     key: identity.public_key().to_vec(),
                     person: me.to_vec(),
                     name: my_name.clone(),
-                    device: String::new(),
+                    device: self.device_name()?,
                     admin: true,
                 }],
             };
@@ -75,7 +75,7 @@ impl Profile {
                         key,
                         person: them.to_vec(),
                         name: invite.name.clone(),
-                        device: String::new(),
+                        device: invite.device.clone(),
                         admin: true,
                     },
                 },
