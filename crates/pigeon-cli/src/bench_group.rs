@@ -105,6 +105,7 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
         name: "bench".to_owned(),
         members: vec![admin.entry(0, true)],
         direct: false,
+        devices: false,
     };
     let mut a = Group::create(&admin.provider, &admin.identity, Suite::XWing, &roster)?;
     let other = Device::new()?;

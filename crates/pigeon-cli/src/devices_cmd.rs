@@ -70,19 +70,30 @@ pub(crate) async fn run(cmd: DevicesCommand) -> anyhow::Result<u8> {
         }
         DevicesCommand::Remove(args) => {
             let mut client = open_client(&args.profile)?;
-            let count = client.profile().remove_device(&args.name)?;
+            client.profile().remove_device(&args.name)?;
             let (events, _) = client
                 .sync(Duration::from_secs(2), Duration::from_secs(30))
                 .await?;
             print_events(&client, &events);
             println!(
-                "Removing {} from {count} conversation(s): it reads nothing written from now on.",
-                safe(&args.name)
+                "Removing {} from your {}: it reads nothing written from now on.",
+                safe(&args.name),
+                conversations(&client)?
             );
             Ok(0)
         }
         DevicesCommand::Link(args) => link(args).await,
     }
+}
+
+/// "3 contacts and 2 groups".
+fn conversations(client: &Client) -> anyhow::Result<String> {
+    let p = client.profile();
+    Ok(format!(
+        "{} contact(s) and {} group(s)",
+        p.contacts()?.len(),
+        p.groups()?.len()
+    ))
 }
 
 /// One round of sending and receiving while a link is under way. A relay that cannot be
@@ -148,9 +159,9 @@ async fn link(args: LinkArgs) -> anyhow::Result<u8> {
                 .sync(Duration::from_millis(200), Duration::from_secs(10))
                 .await;
             println!(
-                "Linked {}: it is in your {} conversation(s) and reads on from here.",
+                "Linked {}: it is in your {} and reads on from here.",
                 safe(device_label(&progress.device)),
-                progress.offered
+                conversations(&client)?
             );
             return Ok(0);
         }
@@ -217,8 +228,8 @@ async fn wait_for_handover(client: &mut Client, wait: Duration) -> anyhow::Resul
                 .sync(Duration::from_millis(200), Duration::from_secs(10))
                 .await;
             println!(
-                "This device is linked: {} conversation(s). Read with `pigeon read`.",
-                progress.total
+                "This device is linked: it is in your {}. Read with `pigeon read`.",
+                conversations(client)?
             );
             return Ok(0);
         }

@@ -105,7 +105,7 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
     let (mut linking, link) = start_link(&alice);
     let joined = ok(&laptop, &["init", "--link", &link, "--device", "laptop"]);
     assert!(
-        joined.contains("This device is linked: 2 conversation(s)"),
+        joined.contains("This device is linked: it is in your 1 contact(s) and 1 group(s)"),
         "{joined}"
     );
     assert!(wait(&mut linking, Duration::from_secs(60)).success());
@@ -142,10 +142,40 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
         assert_eq!(transcript(&alice, "alice", conversation.0), at_bob);
         assert_eq!(transcript(&laptop, "alice", conversation.0), at_bob);
     }
+    // Conversations started after the link reach every device of alice's by themselves: a
+    // group her phone makes, and a contact her laptop accepts.
+    ok(&alice, &["group", "create", "later"]);
+    let carol = dir.path().join("carol");
+    ok(
+        &carol,
+        &[
+            "init",
+            "--name",
+            "carol",
+            "--relay",
+            &relay.link.to_string(),
+        ],
+    );
+    let invite = ok(&carol, &["invite", "--no-qr"]);
+    let carol_link = invite.lines().next().expect("a link");
+    ok(&laptop, &["accept", carol_link]);
+    for _ in 0..3 {
+        for p in [&alice, &laptop, &carol] {
+            read(p);
+        }
+    }
+    assert!(ok(&laptop, &["group", "list"]).contains("later"));
+    assert!(ok(&alice, &["contacts"]).contains("carol"));
+    ok(&carol, &["send", "alice", "hello from carol"]);
+    assert!(read(&alice).contains("hello from carol"));
+    assert!(read(&laptop).contains("hello from carol"));
     // alice removes the laptop in the middle of the conversation: it says so and reads on
     // nothing.
     let removed = ok(&alice, &["devices", "remove", "laptop"]);
-    assert!(removed.contains("from 2 conversation(s)"), "{removed}");
+    assert!(
+        removed.contains("from your 2 contact(s) and 2 group(s)"),
+        "{removed}"
+    );
     let told = read(&laptop);
     assert!(told.contains("this device was removed"), "{told}");
     // bob's device takes the logs' new keys (the removal moved them) as it reads.

@@ -720,6 +720,17 @@ impl Client {
     /// When the relay cannot be reached or refuses.
     pub async fn link_device(&mut self) -> Result<DeviceLink, Error> {
         let home = self.home_relay().await?;
+        if !self.profile.has_devices_group()? {
+            // The group of this person's devices, handed to the new device with the rest: in
+            // it, each device leaves key packages for the others, so that whichever starts or
+            // joins a conversation adds them at once.
+            let log = OwnedMailbox::generate().map_err(|e| ProfileError::Random(e.to_string()))?;
+            self.on_own_relay(&home, async |conn| {
+                conn.create_log(&log.key, &log.id, log.cap_hash()).await
+            })
+            .await?;
+            blocking(|| self.profile.create_devices_group(&home, &log))?;
+        }
         let prepared = self.profile.prepare_device_link(&home)?;
         let link = &prepared.link;
         let result = self

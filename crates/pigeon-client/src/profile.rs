@@ -54,7 +54,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -526,7 +526,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 9] = [
+        let later: [(i64, &str, &'static str); 10] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -536,6 +536,7 @@ impl Profile {
             (11, schema::MIGRATE_11, "adding log moves"),
             (12, schema::MIGRATE_12, "adding mirror keys"),
             (13, schema::MIGRATE_13, "adding device links"),
+            (14, schema::MIGRATE_14, "adding the group of devices"),
         ];
         for (to, sql, doing) in later {
             if version < to {

@@ -837,6 +837,9 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
     } = pair(Suite::XWing);
     let log = OwnedMailbox::generate().expect("log");
     alice.create_group("notes", &relay(1), &log).expect("group");
+    alice
+        .create_devices_group(&relay(1), &OwnedMailbox::generate().expect("log"))
+        .expect("group of devices");
     let prepared = alice.prepare_device_link(&relay(1)).expect("link");
     let text = prepared.link.to_link().expect("link text");
     let link = pigeon_client::DeviceLink::parse(&text).expect("parses");
@@ -853,11 +856,11 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
         .expect("progress")
         .expect("a link");
     assert!(progress.done, "{progress:?}");
-    assert_eq!(progress.total, 2);
+    assert_eq!(progress.total, 3, "bob, notes and the group of devices");
     let at_alice = alice
         .device_link_progress(&link.mailbox_id)
         .expect("progress");
-    assert!(at_alice.done && at_alice.welcomed == 2, "{at_alice:?}");
+    assert!(at_alice.done && at_alice.welcomed == 3, "{at_alice:?}");
     // A used link opens nothing: its mailbox is spent, and a second hello is refused.
     assert!(
         alice
@@ -909,8 +912,35 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
             .iter()
             .any(|m| m.text == "hi both" && !m.outgoing)
     );
+    // Each device leaves key packages for the other in the group of devices; a group alice's
+    // phone starts after the link then reaches the laptop by itself.
+    for _ in 0..3 {
+        alice.drive_groups().expect("drive");
+        laptop.drive_groups().expect("drive");
+        mem.run(&[&alice, &bob, &laptop]);
+    }
+    alice
+        .create_group("later", &relay(1), &OwnedMailbox::generate().expect("log"))
+        .expect("group");
+    for _ in 0..3 {
+        alice.drive_groups().expect("drive");
+        laptop.drive_groups().expect("drive");
+        mem.run(&[&alice, &bob, &laptop]);
+    }
+    let later = laptop
+        .find_group("later")
+        .expect("the laptop is in the new group");
+    assert_eq!(later.members, 2);
+    assert!(
+        laptop
+            .groups()
+            .expect("groups")
+            .iter()
+            .all(|g| !g.name.is_empty()),
+        "the group of devices is not listed among groups"
+    );
     // alice removes the laptop from everything: it is told, and reads nothing new.
-    assert_eq!(alice.remove_device("laptop").expect("remove"), 2);
+    assert_eq!(alice.remove_device("laptop").expect("remove"), 4);
     mem.run(&[&alice, &bob, &laptop]);
     assert!(
         notices(&laptop)

@@ -30,7 +30,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<body::Body>,
 }
 
@@ -57,7 +57,34 @@ pub mod body {
         /// A group's log has (or no longer has) a mirror on another relay (from an admin).
         #[prost(message, tag = "8")]
         LogMirror(super::LogMirror),
+        /// In the group of one person's devices: key packages one device made for another,
+        /// to be added with to conversations that device starts or joins (issue #16).
+        #[prost(message, tag = "9")]
+        DeviceKeys(super::DeviceKeys),
     }
+}
+
+/// Key packages for one of the person's other devices.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeviceKeys {
+    /// The signature key, in the group of devices, of the device they are for.
+    #[prost(bytes = "vec", tag = "1")]
+    pub for_key: Vec<u8>,
+    /// The packages.
+    #[prost(message, repeated, tag = "2")]
+    pub packages: Vec<DevicePackage>,
+}
+
+/// A key package and the secret that seals the Welcome made with it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DevicePackage {
+    /// The serialized key package (X-Wing).
+    #[prost(bytes = "vec", tag = "1")]
+    pub key_package: Vec<u8>,
+    /// 32 random bytes: the Welcome travels in the group of devices sealed under it, in parts
+    /// whose id is derived from it.
+    #[prost(bytes = "vec", tag = "2")]
+    pub secret: Vec<u8>,
 }
 
 /// A text message.

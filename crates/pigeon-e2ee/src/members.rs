@@ -849,6 +849,7 @@ mod tests {
             name: "school".to_owned(),
             members: vec![devices[0].entry("head", true)],
             direct: false,
+            devices: false,
         };
         let g = Group::create(
             &devices[0].provider,
@@ -937,6 +938,7 @@ mod tests {
             name: "class".to_owned(),
             members: vec![devices[0].entry("ann", true)],
             direct: false,
+            devices: false,
         };
         let g = Group::create(
             &devices[0].provider,
@@ -1069,6 +1071,7 @@ mod tests {
             name: "family".to_owned(),
             members: vec![devices[0].entry("ann", true)],
             direct: false,
+            devices: false,
         };
         let g = Group::create(
             &devices[0].provider,

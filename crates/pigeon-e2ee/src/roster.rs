@@ -46,6 +46,11 @@ pub struct Roster {
     /// people in it (each may have several devices). Fixed when the group is created.
     #[prost(bool, tag = "3")]
     pub direct: bool,
+    /// The group of one person's own devices (issue #16): no name, one person. Its devices
+    /// hand each other key packages there, so that any of them adds the others to a new
+    /// conversation. Fixed when the group is created.
+    #[prost(bool, tag = "4")]
+    pub devices: bool,
 }
 
 /// One device of one person in a group.
@@ -102,7 +107,16 @@ impl Roster {
     /// # Errors
     /// A sentence saying what is wrong.
     pub fn check(&self) -> Result<(), String> {
-        if self.direct {
+        if self.devices {
+            let people: BTreeSet<&[u8]> =
+                self.members.iter().map(|m| m.person.as_slice()).collect();
+            if self.direct || !self.name.is_empty() || people.len() > 1 {
+                return Err(
+                    "the group of one person's devices has a name, or someone else in it"
+                        .to_owned(),
+                );
+            }
+        } else if self.direct {
             if !self.name.is_empty() {
                 return Err("a conversation between two people has no name".to_owned());
             }
@@ -155,6 +169,7 @@ impl Roster {
         Self {
             name: self.name.clone(),
             direct: self.direct,
+            devices: self.devices,
             members: self
                 .members
                 .iter()
@@ -267,8 +282,8 @@ pub fn check_commit(
             return Ok(old.clone());
         }
     };
-    if new.direct != old.direct {
-        return Err("a commit changes whether the group is a conversation of two".to_owned());
+    if new.direct != old.direct || new.devices != old.devices {
+        return Err("a commit changes what kind of group it is".to_owned());
     }
     new.check()?;
     let listed: BTreeSet<Vec<u8>> = new.members.iter().map(|m| m.key.clone()).collect();
@@ -336,6 +351,7 @@ mod tests {
             name: "family".to_owned(),
             members: entries.iter().map(|(k, a)| entry(*k, *a)).collect(),
             direct: false,
+            devices: false,
         }
     }
 

@@ -209,6 +209,10 @@ struct Intent {
     /// Welcomes share the new device's reply mailbox).
     #[prost(bytes = "vec", tag = "10")]
     welcome_id: Vec<u8>,
+    /// For an add of another device of this person with a key package it left in the group of
+    /// devices: the Welcome goes back through that group's log, sealed under `welcome_secret`.
+    #[prost(bool, tag = "11")]
+    welcome_devices: bool,
 }
 
 const ADD: u32 = 1;
@@ -357,6 +361,10 @@ struct GroupRow {
     pending_move: Option<Vec<u8>>,
     /// The key the mirror's entries are authenticated with.
     mirror_key: Option<Vec<u8>>,
+    /// The group of the person's own devices (issue #16).
+    devices: bool,
+    /// The group's suite code.
+    suite: u16,
 }
 
 fn seal(secret: &[u8; 32], label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -424,7 +432,7 @@ impl Profile {
                 "SELECT id, name, group_id, signature_key, log_relay, log_id, log_cap, log_owner,
                         cursor, pending_commit, pending_intent, sent_since_update, updated_at, state,
                         direct, pending_ticket, rejoin_secret, mirror_relay, mirror_cursor,
-                        pending_move, mirror_key
+                        pending_move, mirror_key, devices, suite
                  FROM groups WHERE id = ?1",
                 [id],
                 |r| {
@@ -450,6 +458,8 @@ impl Profile {
                         mirror_cursor: r.get(18)?,
                         pending_move: r.get(19)?,
                         mirror_key: r.get(20)?,
+                        devices: r.get(21)?,
+                        suite: r.get(22)?,
                     })
                 },
             )
@@ -493,14 +503,21 @@ impl Profile {
                 ],
             )
             .map_err(db("saving the group"))?;
-        Ok(GroupId(self.conn.last_insert_rowid()))
+        let id = GroupId(self.conn.last_insert_rowid());
+        // A new conversation: the person's other devices are brought in at the next drive.
+        self.conn
+            .execute("UPDATE profile SET bring_devices = 1 WHERE id = 1", [])
+            .map_err(db("saving the group"))?;
+        Ok(id)
     }
 
     /// Group rows by number: every one, or only groups (not conversations of two).
     fn group_ids(&self, only_groups: bool) -> Result<Vec<GroupId>, ProfileError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id FROM groups WHERE ?1 = 0 OR direct = 0 ORDER BY id")
+            .prepare(
+                "SELECT id FROM groups WHERE ?1 = 0 OR (direct = 0 AND devices = 0) ORDER BY id",
+            )
             .map_err(db("listing groups"))?;
         let rows = stmt
             .query_map([only_groups], |r| r.get(0))
@@ -539,6 +556,7 @@ impl Profile {
             let roster = Roster {
                 name: name.to_owned(),
                 direct: false,
+                devices: false,
                 members: vec![RosterEntry {
                     key: identity.public_key().to_vec(),
                     person: person.to_vec(),
@@ -1330,7 +1348,7 @@ impl Profile {
     ) -> Result<Vec<GroupMessage>, ProfileError> {
         self.tx(|| {
             let lines = self.group_messages_where(
-                "(?1 IS NULL AND g.direct = 0 OR m.group_row = ?1) AND m.read = 0",
+                "(?1 IS NULL AND g.direct = 0 AND g.devices = 0 OR m.group_row = ?1) AND m.read = 0",
                 params![id],
                 i64::MAX,
             )?;
@@ -1647,6 +1665,10 @@ impl Profile {
         for id in self.group_ids(false)? {
             self.tx(|| self.drive_in_tx(id))?;
         }
+        self.tx(|| {
+            self.stock_device_packages()?;
+            self.bring_devices()
+        })?;
         Ok(())
     }
 }

@@ -441,3 +441,35 @@ CREATE TABLE device_link_join_items (
 PRAGMA user_version = 13;
 COMMIT;
 ";
+
+/// Version 14: the group of the person's own devices (issue #16), in which each device hands
+/// the others key packages so that any of them adds the others to a conversation it starts or
+/// joins.
+pub(super) const MIGRATE_14: &str = "
+BEGIN;
+ALTER TABLE groups ADD COLUMN devices INTEGER NOT NULL DEFAULT 0;
+-- a conversation started or joined since the person's other devices were last brought in
+ALTER TABLE profile ADD COLUMN bring_devices INTEGER NOT NULL DEFAULT 0;
+-- key packages this device made for another of the person's devices to add it with; the
+-- Welcome comes through the group of devices, sealed under `secret`, in parts with `welcome_id`
+CREATE TABLE own_packages (
+  secret BLOB PRIMARY KEY,
+  welcome_id BLOB NOT NULL UNIQUE,
+  for_key BLOB NOT NULL,
+  signature_key BLOB NOT NULL,
+  made_at INTEGER NOT NULL
+) WITHOUT ROWID;
+-- key packages the person's other devices made for this one; `used_for`: the conversation an
+-- add with it was queued in
+CREATE TABLE sibling_packages (
+  id INTEGER PRIMARY KEY,
+  owner_key BLOB NOT NULL,
+  key_package BLOB NOT NULL,
+  secret BLOB NOT NULL,
+  used_for INTEGER REFERENCES groups(id) ON DELETE SET NULL,
+  used INTEGER NOT NULL DEFAULT 0,
+  received_at INTEGER NOT NULL
+);
+PRAGMA user_version = 14;
+COMMIT;
+";

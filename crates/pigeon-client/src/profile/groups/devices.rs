@@ -27,13 +27,18 @@ use crate::ids::GroupId;
 use crate::invite::check_name;
 use crate::profile::{Handled, Profile, ProfileError, blob32, db, now_ms, random, to_i64};
 use blake2::{Blake2s256, Digest as _};
-use pigeon_e2ee::content::{WelcomePart, envelope::Kind};
-use pigeon_e2ee::{Envelope, Group, Identity, RosterEntry, Suite};
+use pigeon_e2ee::content::{DeviceKeys, DevicePackage, WelcomePart, body::Body, envelope::Kind};
+use pigeon_e2ee::{Envelope, Group, Identity, Roster, RosterEntry, Suite};
 use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
+
+/// Key packages each device keeps waiting, in the group of devices, for each other device.
+const DEVICE_STOCK: usize = 3;
+/// Most unused key packages kept from one other device.
+const MAX_DEVICE_PACKAGES: i64 = 16;
 
 /// Most conversations one link offers a new device.
 pub const MAX_LINKED_CONVERSATIONS: usize = 4096;
@@ -116,6 +121,9 @@ struct OfferedConversation {
     name: String,
     #[prost(uint32, tag = "4")]
     suite: u32,
+    /// The group of the person's own devices (no name).
+    #[prost(bool, tag = "5")]
+    devices: bool,
 }
 
 /// New device → existing device: (a chunk of) one key package per conversation.
@@ -131,6 +139,15 @@ struct IndexedKeyPackage {
     index: u32,
     #[prost(bytes = "vec", tag = "2")]
     key_package: Vec<u8>,
+}
+
+/// The id the parts of a Welcome made with a key package whose secret is `secret` carry in the
+/// group of devices.
+fn sibling_welcome_id(secret: &[u8; 32]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(b"pigeon sibling welcome id");
+    h.update(secret);
+    h.finalize().into()
 }
 
 /// The id the parts of conversation `index`'s Welcome carry.
@@ -263,6 +280,13 @@ impl Profile {
             let Some(person) = roster.entry(&row.signature_key).map(|e| e.person.clone()) else {
                 continue;
             };
+            if row.devices {
+                // Names every device of the person; not a conversation.
+                for m in &roster.members {
+                    seen.entry(m.device.clone()).or_default();
+                }
+                continue;
+            }
             for m in roster.members.iter().filter(|m| m.person == person) {
                 // This device's own entry counts under its name, whatever another device
                 // wrote in it (an inviter's device name travels only in newer links).
@@ -721,6 +745,7 @@ impl Profile {
                 direct: row.direct,
                 name,
                 suite: u32::from(suite),
+                devices: row.devices,
             });
         }
         let relay_text = reply_relay.to_string();
@@ -944,9 +969,14 @@ impl Profile {
                     "a conversation's number is out of range",
                 ));
             }
-            check_name(&c.name)
-                .or_else(|_| pigeon_e2ee::roster::check_group_name(&c.name))
-                .map_err(|r| peer("device link", &r))?;
+            if c.devices != c.name.is_empty() {
+                return Err(peer("device link", "a conversation has no name"));
+            }
+            if !c.devices {
+                check_name(&c.name)
+                    .or_else(|_| pigeon_e2ee::roster::check_group_name(&c.name))
+                    .map_err(|r| peer("device link", &r))?;
+            }
             if u16::try_from(c.suite)
                 .ok()
                 .and_then(Suite::from_code)
@@ -1131,6 +1161,11 @@ impl Profile {
             mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
         })?;
         self.keep_mirror_key(id, &gw.mirror_key)?;
+        if roster.devices {
+            self.conn
+                .execute("UPDATE groups SET devices = 1 WHERE id = ?1", [id])
+                .map_err(db("recording the group of devices"))?;
+        }
         self.conn
             .execute(
                 "UPDATE device_link_join_items SET group_row = ?1 WHERE join_id = ?2 AND idx = ?3",
@@ -1166,6 +1201,8 @@ impl Profile {
         }
         let what = if direct {
             format!("the conversation with {name}")
+        } else if roster.devices {
+            "the group of your devices".to_owned()
         } else {
             roster.name.clone()
         };
@@ -1223,6 +1260,436 @@ impl Profile {
             )
             .map_err(db("forgetting a spent mailbox"))?;
         Ok(())
+    }
+}
+
+impl Profile {
+    /// The group of this person's devices, if this device is in one.
+    fn devices_group(&self) -> Result<Option<GroupRow>, ProfileError> {
+        let id: Option<GroupId> = self
+            .conn
+            .query_row(
+                "SELECT id FROM groups WHERE devices = 1 AND state = ?1 ORDER BY id LIMIT 1",
+                [STATE_ACTIVE],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("finding the group of devices"))?;
+        id.map(|id| self.group_row(id)).transpose()
+    }
+
+    /// This device is in a group of the person's devices.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn has_devices_group(&self) -> Result<bool, ProfileError> {
+        Ok(self.devices_group()?.is_some())
+    }
+
+    /// Starts the group of this person's devices, with this device alone in it, on `log` (a
+    /// log the caller created on `relay`). A device link hands it to the new device like any
+    /// conversation.
+    ///
+    /// # Errors
+    /// On database or MLS failure.
+    pub fn create_devices_group(
+        &self,
+        relay: &RelayLink,
+        log: &OwnedMailbox,
+    ) -> Result<(), ProfileError> {
+        let person: [u8; 16] = random()?;
+        self.tx(|| {
+            let mls = self.mls();
+            let identity = Identity::generate(&mls)?;
+            let roster = Roster {
+                name: String::new(),
+                direct: false,
+                devices: true,
+                members: vec![RosterEntry {
+                    key: identity.public_key().to_vec(),
+                    person: person.to_vec(),
+                    name: self.name()?,
+                    device: self.device_name()?,
+                    admin: true,
+                }],
+            };
+            let group = Group::create(&mls, &identity, Suite::XWing, &roster)?;
+            let id = self.insert_group(&NewGroup {
+                name: "",
+                group_id: group.id(),
+                signature_key: identity.public_key(),
+                suite: Suite::XWing,
+                person: &person,
+                log_relay: relay.to_string(),
+                log_id: &log.id.0,
+                log_cap: &log.sender_cap,
+                log_owner: &log.key.to_bytes(),
+                cursor: 0,
+                direct: false,
+                mirror_relay: None,
+            })?;
+            self.conn
+                .execute("UPDATE groups SET devices = 1 WHERE id = ?1", [id])
+                .map_err(db("recording the group of devices"))?;
+            Ok(())
+        })
+    }
+
+    /// Keeps [`DEVICE_STOCK`] key packages of this device's waiting in the group of devices
+    /// for each other device there (and forgets those made for devices that left).
+    pub(super) fn stock_device_packages(&self) -> Result<(), ProfileError> {
+        let Some(row) = self.devices_group()? else {
+            return Ok(());
+        };
+        let roster = self.roster_of(&row)?;
+        let others: Vec<Vec<u8>> = roster
+            .members
+            .iter()
+            .filter(|m| m.key != row.signature_key)
+            .map(|m| m.key.clone())
+            .collect();
+        let made: Vec<(Vec<u8>, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT secret, for_key FROM own_packages")
+                .map_err(db("reading key packages"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db("reading key packages"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading key packages"))?
+        };
+        for (secret, for_key) in &made {
+            if !others.contains(for_key) {
+                self.conn
+                    .execute("DELETE FROM own_packages WHERE secret = ?1", [secret])
+                    .map_err(db("forgetting a key package"))?;
+            }
+        }
+        let owners: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT owner_key FROM sibling_packages WHERE used = 0")
+                .map_err(db("reading key packages"))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(db("reading key packages"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading key packages"))?
+        };
+        for owner in owners.iter().filter(|o| !others.contains(o)) {
+            self.conn
+                .execute(
+                    "DELETE FROM sibling_packages WHERE used = 0 AND owner_key = ?1",
+                    [owner],
+                )
+                .map_err(db("forgetting key packages"))?;
+        }
+        let mls = self.mls();
+        for key in others {
+            let have = made.iter().filter(|(_, k)| *k == key).count();
+            if have >= DEVICE_STOCK {
+                continue;
+            }
+            let mut packages = Vec::new();
+            for _ in have..DEVICE_STOCK {
+                let identity = Identity::generate(&mls)?;
+                let (key_package, ticket) =
+                    identity.key_package_with_ticket(&mls, Suite::XWing, None)?;
+                self.keep_ticket(&ticket)?;
+                let secret: [u8; 32] = random()?;
+                self.conn
+                    .execute(
+                        "INSERT INTO own_packages (secret, welcome_id, for_key, signature_key, made_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            secret.as_slice(),
+                            sibling_welcome_id(&secret).as_slice(),
+                            key,
+                            identity.public_key(),
+                            now_ms()
+                        ],
+                    )
+                    .map_err(db("keeping a key package"))?;
+                packages.push(DevicePackage {
+                    key_package,
+                    secret: secret.to_vec(),
+                });
+            }
+            self.queue_to_conversation(
+                row.id,
+                Body::DeviceKeys(DeviceKeys {
+                    for_key: key,
+                    packages,
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Key packages from another device of this person, in the group of devices.
+    pub(super) fn device_keys(
+        &self,
+        row: &GroupRow,
+        sender: &[u8],
+        keys: DeviceKeys,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        if !row.devices {
+            return Err(peer(
+                "key packages",
+                "key packages for a device came outside the group of devices",
+            ));
+        }
+        if keys.for_key != row.signature_key {
+            // For another device of the person.
+            return Ok(vec![Handled::Duplicate]);
+        }
+        for p in keys.packages {
+            let unused: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sibling_packages WHERE owner_key = ?1 AND used = 0",
+                    [sender],
+                    |r| r.get(0),
+                )
+                .map_err(db("keeping key packages"))?;
+            if unused >= MAX_DEVICE_PACKAGES {
+                break;
+            }
+            key32(&p.secret, "key packages")?;
+            self.conn
+                .execute(
+                    "INSERT INTO sibling_packages (owner_key, key_package, secret, received_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![sender, p.key_package, p.secret, now_ms()],
+                )
+                .map_err(db("keeping key packages"))?;
+        }
+        self.conn
+            .execute("UPDATE profile SET bring_devices = 1 WHERE id = 1", [])
+            .map_err(db("keeping key packages"))?;
+        Ok(vec![Handled::Duplicate])
+    }
+
+    /// Adds the person's other devices to each conversation they are not in yet (after this
+    /// device started or joined one, or got key packages). In each conversation one device
+    /// of the person does it: the one with the lowest key there.
+    pub(super) fn bring_devices(&self) -> Result<(), ProfileError> {
+        let wanted: bool = self
+            .conn
+            .query_row("SELECT bring_devices FROM profile WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(db("reading the profile"))?;
+        if !wanted {
+            return Ok(());
+        }
+        self.conn
+            .execute("UPDATE profile SET bring_devices = 0 WHERE id = 1", [])
+            .map_err(db("reading the profile"))?;
+        let Some(devices) = self.devices_group()? else {
+            return Ok(());
+        };
+        let droster = self.roster_of(&devices)?;
+        let others: Vec<RosterEntry> = droster
+            .members
+            .into_iter()
+            .filter(|m| m.key != devices.signature_key)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut short = false;
+        for (row, roster) in self.active_rosters()? {
+            if row.devices || row.suite != Suite::XWing.code() {
+                continue;
+            }
+            let Some(me) = roster.entry(&row.signature_key).cloned() else {
+                continue;
+            };
+            let mine: Vec<&RosterEntry> = roster
+                .members
+                .iter()
+                .filter(|m| m.person == me.person)
+                .collect();
+            if mine.iter().map(|m| &m.key).min() != Some(&row.signature_key) {
+                continue;
+            }
+            for other in &others {
+                if mine.iter().any(|m| m.device == other.device) {
+                    continue;
+                }
+                let queued: bool = self
+                    .conn
+                    .query_row(
+                        "SELECT count(*) > 0 FROM sibling_packages WHERE owner_key = ?1 AND used_for = ?2",
+                        params![other.key, row.id],
+                        |r| r.get(0),
+                    )
+                    .map_err(db("reading key packages"))?;
+                if queued {
+                    continue;
+                }
+                let package: Option<(i64, Vec<u8>, Vec<u8>)> = self
+                    .conn
+                    .query_row(
+                        "SELECT id, key_package, secret FROM sibling_packages
+                         WHERE owner_key = ?1 AND used = 0 ORDER BY id LIMIT 1",
+                        [&other.key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(db("reading key packages"))?;
+                let Some((package_id, key_package, secret)) = package else {
+                    short = true;
+                    continue;
+                };
+                self.conn
+                    .execute(
+                        "UPDATE sibling_packages SET used = 1, used_for = ?1 WHERE id = ?2",
+                        params![row.id, package_id],
+                    )
+                    .map_err(db("using a key package"))?;
+                let secret = key32(&secret, "key packages")?;
+                let Ok(key) =
+                    pigeon_e2ee::key_package_signature_key(&self.mls(), &key_package, Suite::XWing)
+                else {
+                    continue;
+                };
+                self.add_intent(
+                    row.id,
+                    &Intent {
+                        kind: ADD,
+                        key_package,
+                        entry: Some(RosterEntry {
+                            key,
+                            person: me.person.clone(),
+                            name: me.name.clone(),
+                            device: other.device.clone(),
+                            admin: me.admin,
+                        }),
+                        welcome_secret: secret.to_vec(),
+                        welcome_id: sibling_welcome_id(&secret).to_vec(),
+                        welcome_devices: true,
+                        ..Intent::default()
+                    },
+                )?;
+                self.drive_in_tx(row.id)?;
+            }
+        }
+        if short {
+            // Tried again when the missing key packages come.
+            self.conn
+                .execute("UPDATE profile SET bring_devices = 1 WHERE id = 1", [])
+                .map_err(db("reading the profile"))?;
+        }
+        Ok(())
+    }
+
+    /// The add of another device of this person won at `seq`: its Welcome goes through the
+    /// group of devices, sealed under the secret that came with its key package.
+    pub(super) fn send_sibling_welcome(
+        &self,
+        row: &GroupRow,
+        intent: &Intent,
+        welcome: Vec<u8>,
+        seq: u64,
+    ) -> Result<(), ProfileError> {
+        let Some(devices) = self.devices_group()? else {
+            return Ok(());
+        };
+        let secret = key32(&intent.welcome_secret, "key packages")?;
+        let (body, _) = self.group_welcome(row.id, welcome, seq)?;
+        let sealed = seal(&secret, b"sibling welcome", &body.encode_to_vec())?;
+        let parts = u32::try_from(sealed.chunks(super::WELCOME_PART).count()).unwrap_or(u32::MAX);
+        for (i, chunk) in sealed.chunks(super::WELCOME_PART).enumerate() {
+            self.queue_log(
+                &devices,
+                Kind::WelcomePart(WelcomePart {
+                    part: u32::try_from(i).unwrap_or(u32::MAX),
+                    parts,
+                    bytes: chunk.to_vec(),
+                    id: intent.welcome_id.clone(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// In the group of devices: a part of a Welcome, for this device if it made the key
+    /// package behind it.
+    pub(super) fn sibling_welcome_part(
+        &self,
+        part: &WelcomePart,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let own: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT secret, signature_key FROM own_packages WHERE welcome_id = ?1",
+                [&part.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("finding a Welcome"))?;
+        let Some((secret, signature_key)) = own else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let Some(sealed) = self.collect_welcome_part(&part.id, part)? else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        self.conn
+            .execute("DELETE FROM own_packages WHERE secret = ?1", [&secret])
+            .map_err(db("using a key package"))?;
+        let secret = key32(&secret, "welcome")?;
+        let plain = open_sealed(&secret, b"sibling welcome", &sealed)?;
+        let gw = super::GroupWelcome::decode(plain.as_slice())
+            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
+        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
+            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
+        let log_id = key32(&gw.log_id, "welcome")?;
+        if self.group_for_log(&log_id)?.is_some() {
+            return Ok(vec![Handled::Duplicate]);
+        }
+        let log_cap = key32(&gw.log_cap, "welcome")?;
+        let log_owner = key32(&gw.log_owner, "welcome")?;
+        let mls = self.mls();
+        let group = Group::join_group(&mls, &gw.welcome)?;
+        let roster = group.roster()?;
+        if roster.devices {
+            return Err(peer("welcome", "it is for a second group of devices"));
+        }
+        let Some(me) = roster.entry(&signature_key) else {
+            return Err(peer(
+                "welcome",
+                "the group's roster does not list this device",
+            ));
+        };
+        let id = self.insert_group(&NewGroup {
+            name: &roster.name,
+            group_id: group.id(),
+            signature_key: &signature_key,
+            suite: group.suite().unwrap_or(Suite::XWing),
+            person: &me.person,
+            log_relay: log_relay.to_string(),
+            log_id: &log_id,
+            log_cap: &log_cap,
+            log_owner: &log_owner,
+            cursor: to_i64(gw.after_seq),
+            direct: roster.direct,
+            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
+        })?;
+        self.keep_mirror_key(id, &gw.mirror_key)?;
+        let what = if roster.direct {
+            match self.conversation_joined(id, &roster, &signature_key)? {
+                Handled::NewContact(c) => format!("the conversation with {}", c.name),
+                _ => "a conversation".to_owned(),
+            }
+        } else {
+            roster.name.clone()
+        };
+        Ok(vec![Handled::Linked(format!(
+            "your other device brought this device into {what}"
+        ))])
     }
 }
 

@@ -57,6 +57,7 @@ impl Profile {
             let roster = Roster {
                 name: String::new(),
                 direct: true,
+                devices: false,
                 members: vec![RosterEntry {
                     key: identity.public_key().to_vec(),
                     person: me.to_vec(),

@@ -276,6 +276,10 @@ impl Profile {
                 };
             }
             Some(Kind::Rejoin(sealed)) => return self.rejoin_request(row, &sealed),
+            // In the group of this person's devices: a Welcome for a device of theirs.
+            Some(Kind::WelcomePart(part)) if row.devices => {
+                return self.sibling_welcome_part(&part);
+            }
             // The Welcome that takes back a device that fell behind: for that device only.
             Some(Kind::WelcomePart(_)) => return Ok(vec![Handled::Duplicate]),
             // On a home copy that was a mirror before: a keeper's late forward.
@@ -353,6 +357,7 @@ impl Profile {
                     Some(Body::GroupInvite(g)) if row.direct => {
                         Ok(vec![self.conversation_invite(row, g)?])
                     }
+                    Some(Body::DeviceKeys(keys)) => self.device_keys(row, &sender, keys),
                     Some(Body::LogMirror(m)) if m.moved => {
                         // A move belongs on the mirror, never on the home copy.
                         Ok(vec![Handled::Duplicate])
@@ -876,6 +881,9 @@ impl Profile {
         welcome: Vec<u8>,
         seq: u64,
     ) -> Result<(), ProfileError> {
+        if intent.welcome_devices {
+            return self.send_sibling_welcome(row, intent, welcome, seq);
+        }
         let secret = key32(&intent.welcome_secret, "join request")?;
         let mailbox = key32(&intent.welcome_mailbox, "join request")?;
         let cap = key32(&intent.welcome_cap, "join request")?;
@@ -907,7 +915,7 @@ impl Profile {
     /// What a device added at log position `seq` needs besides the MLS Welcome: the log's
     /// address and keys as they are now (read afresh: a rotation may have happened in this
     /// same batch), and its mirror. Also returns the group's row as read.
-    fn group_welcome(
+    pub(super) fn group_welcome(
         &self,
         id: GroupId,
         welcome: Vec<u8>,
@@ -1045,6 +1053,12 @@ impl Profile {
         let mls = self.mls();
         let group = Group::join_group(&mls, &gw.welcome)?;
         let roster = group.roster()?;
+        if roster.devices {
+            return Err(peer(
+                "welcome",
+                "an invitation was answered with someone's group of their own devices",
+            ));
+        }
         if roster.direct != direct {
             return Err(peer(
                 "welcome",
