@@ -38,6 +38,9 @@ pub(crate) struct LinkArgs {
     /// Give up after this many seconds (the link expires after 10 minutes).
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     wait: f64,
+    /// Hand the new device this many days of each conversation's messages (0: none).
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    history_days: u32,
 }
 
 /// `pigeon devices remove`.
@@ -130,7 +133,7 @@ fn print_events(client: &Client, events: &[pigeon_client::ClientEvent]) {
 
 async fn link(args: LinkArgs) -> anyhow::Result<u8> {
     let mut client = open_client(&args.profile)?;
-    let link = client.link_device().await?;
+    let link = client.link_device(args.history_days).await?;
     let text = link.to_link().context("making the link")?;
     println!("{text}");
     if !args.no_qr {

@@ -713,12 +713,13 @@ impl Client {
     }
 
     /// Makes a one-time link for a new device of this person (`pigeon devices link`): a
-    /// mailbox on this profile's relay that the new device answers in. The rest happens as
+    /// mailbox on this profile's relay that the new device answers in. The new device gets the
+    /// last `history_days` days of each conversation (0: none). The rest happens as
     /// the profile syncs; [`Profile::device_link_progress`] says where it stands.
     ///
     /// # Errors
     /// When the relay cannot be reached or refuses.
-    pub async fn link_device(&mut self) -> Result<DeviceLink, Error> {
+    pub async fn link_device(&mut self, history_days: u32) -> Result<DeviceLink, Error> {
         let home = self.home_relay().await?;
         if !self.profile.has_devices_group()? {
             // The group of this person's devices, handed to the new device with the rest: in
@@ -731,7 +732,7 @@ impl Client {
             .await?;
             blocking(|| self.profile.create_devices_group(&home, &log))?;
         }
-        let prepared = self.profile.prepare_device_link(&home)?;
+        let prepared = self.profile.prepare_device_link(&home, history_days)?;
         let link = &prepared.link;
         let result = self
             .on_own_relay(&home, async |conn| {

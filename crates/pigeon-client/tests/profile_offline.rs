@@ -840,7 +840,14 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
     alice
         .create_devices_group(&relay(1), &OwnedMailbox::generate().expect("log"))
         .expect("group of devices");
-    let prepared = alice.prepare_device_link(&relay(1)).expect("link");
+    alice
+        .compose(
+            alice.find_contact("bob").expect("bob").id,
+            "before the laptop came",
+        )
+        .expect("compose");
+    mem.run(&[&alice, &bob]);
+    let prepared = alice.prepare_device_link(&relay(1), 30).expect("link");
     let text = prepared.link.to_link().expect("link text");
     let link = pigeon_client::DeviceLink::parse(&text).expect("parses");
     let laptop = Profile::create(&dir.path().join("laptop"), &pass(), &link.name, &link.relay)
@@ -869,9 +876,17 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
             .iter()
             .any(|m| m.mailbox == link.mailbox_id)
     );
-    // The laptop has the contact and the group, and alice's name.
+    // The laptop has the contact and the group, and alice's name; and the last 30 days of
+    // history, as read.
     assert_eq!(laptop.name().expect("name"), "alice");
     let bob_at_laptop = laptop.find_contact("bob").expect("bob").id;
+    let old = laptop
+        .history(Some(bob_at_laptop), 100)
+        .expect("history")
+        .into_iter()
+        .find(|m| m.text == "before the laptop came")
+        .expect("history came with the link");
+    assert!(old.outgoing, "alice's own message stays hers");
     let notes = laptop.find_group("notes").expect("notes");
     assert_eq!(notes.members, 2);
     let devices: Vec<String> = alice

@@ -61,7 +61,7 @@ const JOIN_OVER: i64 = 3;
 /// What two devices say to each other while one links the other.
 #[derive(Clone, PartialEq, prost::Message)]
 struct LinkMessage {
-    #[prost(oneof = "link_message::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "link_message::Kind", tags = "1, 2, 3, 4")]
     kind: Option<link_message::Kind>,
 }
 
@@ -74,6 +74,8 @@ mod link_message {
         Offer(super::Offer),
         #[prost(message, tag = "3")]
         KeyPackages(super::KeyPackages),
+        #[prost(message, tag = "4")]
+        History(super::History),
     }
 }
 
@@ -108,6 +110,9 @@ struct Offer {
     /// for, to keep names apart).
     #[prost(string, tag = "6")]
     device: String,
+    /// History follows each conversation's Welcome (ending with a chunk marked `last`).
+    #[prost(bool, tag = "7")]
+    history: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -140,6 +145,45 @@ struct IndexedKeyPackage {
     #[prost(bytes = "vec", tag = "2")]
     key_package: Vec<u8>,
 }
+
+/// Existing device → new device, after a conversation's Welcome: (a chunk of) its recent
+/// messages, oldest first.
+#[derive(Clone, PartialEq, prost::Message)]
+struct History {
+    #[prost(uint32, tag = "1")]
+    index: u32,
+    #[prost(message, repeated, tag = "2")]
+    lines: Vec<HistoryLine>,
+    /// The conversation's last chunk.
+    #[prost(bool, tag = "3")]
+    last: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HistoryLine {
+    /// Its position in the conversation's log (0: none).
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(string, tag = "2")]
+    sender: String,
+    /// Written by this person (on any of their devices).
+    #[prost(bool, tag = "3")]
+    outgoing: bool,
+    #[prost(string, tag = "4")]
+    text: String,
+    #[prost(uint64, tag = "5")]
+    sent_at_ms: u64,
+    /// The content id (16 bytes): the same line is never kept twice.
+    #[prost(bytes = "vec", tag = "6")]
+    uid: Vec<u8>,
+}
+
+/// Most history lines one link hands over per conversation.
+const MAX_HISTORY_LINES: i64 = 100_000;
+/// Bytes of history lines per message (well under a relay message).
+const HISTORY_CHUNK_BYTES: usize = 32 * 1024;
+/// Longest line of history accepted, in bytes.
+const MAX_HISTORY_TEXT: usize = 64 * 1024;
 
 /// The id the parts of a Welcome made with a key package whose secret is `secret` carry in the
 /// group of devices.
@@ -383,14 +427,16 @@ impl Profile {
         })
     }
 
-    /// Makes a one-time link for a new device of this person. The caller creates the link's
-    /// mailbox on `relay` before showing it.
+    /// Makes a one-time link for a new device of this person, which hands over the last
+    /// `history_days` days of each conversation's messages (0: none). The caller creates the
+    /// link's mailbox on `relay` before showing it.
     ///
     /// # Errors
     /// On database failure.
     pub fn prepare_device_link(
         &self,
         relay: &RelayLink,
+        history_days: u32,
     ) -> Result<PreparedDeviceLink, ProfileError> {
         let mailbox_key =
             auth::generate_signing_key().map_err(|e| ProfileError::Random(e.to_string()))?;
@@ -405,15 +451,16 @@ impl Profile {
         };
         self.conn
             .execute(
-                "INSERT INTO device_links (mailbox_id, mailbox_key, relay, secret, device, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO device_links (mailbox_id, mailbox_key, relay, secret, device, created_at,
+                   history_days) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     link.mailbox_id.as_slice(),
                     mailbox_key.to_bytes().as_slice(),
                     relay.to_string(),
                     link.secret.as_slice(),
                     link.device,
-                    now_ms()
+                    now_ms(),
+                    history_days.min(36_500)
                 ],
             )
             .map_err(db("saving the device link"))?;
@@ -657,9 +704,9 @@ impl Profile {
             return match message {
                 link_message::Kind::Hello(h) => self.link_hello(&link, h).map(Some),
                 link_message::Kind::KeyPackages(k) => self.link_key_packages(&link, k).map(Some),
-                link_message::Kind::Offer(_) => Err(peer(
+                link_message::Kind::Offer(_) | link_message::Kind::History(_) => Err(peer(
                     "device link",
-                    "the device that made the link received an offer",
+                    "the device that made the link received what only it sends",
                 )),
             };
         }
@@ -669,6 +716,7 @@ impl Profile {
         match &envelope.kind {
             Some(Kind::Link(sealed)) => match open_link_message(&join.secret, sealed)? {
                 link_message::Kind::Offer(o) => self.link_offer(&join, o).map(Some),
+                link_message::Kind::History(h) => self.link_history(&join, h).map(Some),
                 _ => Err(peer(
                     "device link",
                     "the new device received something only it sends",
@@ -764,6 +812,14 @@ impl Profile {
             )
             .map_err(db("recording the new device"))?;
         let total = u32::try_from(conversations.len()).unwrap_or(u32::MAX);
+        let history_days: i64 = self
+            .conn
+            .query_row(
+                "SELECT history_days FROM device_links WHERE id = ?1",
+                [link.id],
+                |r| r.get(0),
+            )
+            .map_err(db("reading the device link"))?;
         let relays: Vec<String> = self.relays()?.iter().map(ToString::to_string).collect();
         let proxies: Vec<String> = self.proxies()?.iter().map(|p| p.link.to_string()).collect();
         let mut chunks: Vec<Vec<OfferedConversation>> = conversations
@@ -786,6 +842,7 @@ impl Profile {
                     total,
                     conversations: chunk,
                     device: device.clone(),
+                    history: history_days > 0,
                 }),
             )?;
         }
@@ -922,7 +979,181 @@ impl Profile {
                 [welcome_id],
             )
             .map_err(db("recording a Welcome"))?;
+        self.send_link_history(link, welcome_id)?;
         self.link_maybe_finished(link)
+    }
+
+    /// Existing device: right after a conversation's Welcome, its messages of the link's last
+    /// `history_days` days go to the new device (after the Welcome, in the same mailbox, so
+    /// they arrive once it is in).
+    fn send_link_history(&self, link: i64, welcome_id: &[u8]) -> Result<(), ProfileError> {
+        let (days, relay, mailbox, cap, secret): (i64, String, Vec<u8>, Vec<u8>, Vec<u8>) = self
+            .conn
+            .query_row(
+                "SELECT history_days, reply_relay, reply_mailbox, reply_cap, secret FROM device_links
+                 WHERE id = ?1 AND reply_mailbox IS NOT NULL",
+                [link],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .map_err(db("reading a device link"))?;
+        if days <= 0 {
+            return Ok(());
+        }
+        let (index, group): (u32, GroupId) = self
+            .conn
+            .query_row(
+                "SELECT idx, group_row FROM device_link_items WHERE welcome_id = ?1",
+                [welcome_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db("reading a device link"))?;
+        let (mailbox, cap, secret) = (
+            key32(&mailbox, "device link")?,
+            key32(&cap, "device link")?,
+            key32(&secret, "device link")?,
+        );
+        let since = now_ms() - days * 86_400_000;
+        let lines: Vec<HistoryLine> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT coalesce(seq, 0), sender, outgoing, body, sent_at, uid FROM group_messages
+                     WHERE group_row = ?1 AND notice = 0 AND sent_at >= ?2
+                     ORDER BY coalesce(seq, 9223372036854775807), id LIMIT ?3",
+                )
+                .map_err(db("reading history"))?;
+            let rows = stmt
+                .query_map(params![group, since, MAX_HISTORY_LINES], |r| {
+                    Ok(HistoryLine {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        sender: r.get(1)?,
+                        outgoing: r.get(2)?,
+                        text: r.get(3)?,
+                        sent_at_ms: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                        uid: r.get(5)?,
+                    })
+                })
+                .map_err(db("reading history"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(db("reading history"))?
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for line in lines {
+            bytes += line.encoded_len();
+            chunk.push(line);
+            if bytes >= HISTORY_CHUNK_BYTES {
+                self.queue_link_message(
+                    &relay,
+                    &mailbox,
+                    &cap,
+                    &secret,
+                    link_message::Kind::History(History {
+                        index,
+                        lines: std::mem::take(&mut chunk),
+                        last: false,
+                    }),
+                )?;
+                bytes = 0;
+            }
+        }
+        // The last chunk goes even when empty: the new device waits for it.
+        self.queue_link_message(
+            &relay,
+            &mailbox,
+            &cap,
+            &secret,
+            link_message::Kind::History(History {
+                index,
+                lines: chunk,
+                last: true,
+            }),
+        )
+    }
+
+    /// New device: (a chunk of) a conversation's history from the other device, kept as read.
+    fn link_history(&self, join: &JoinRow, history: History) -> Result<Handled, ProfileError> {
+        let group: Option<Option<GroupId>> = self
+            .conn
+            .query_row(
+                "SELECT group_row FROM device_link_join_items WHERE join_id = ?1 AND idx = ?2",
+                params![join.id, history.index],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("reading the device link"))?;
+        let Some(Some(group)) = group else {
+            return Err(peer(
+                "history",
+                "it is for a conversation this device is not in",
+            ));
+        };
+        let have: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM group_messages WHERE group_row = ?1",
+                [group],
+                |r| r.get(0),
+            )
+            .map_err(db("reading history"))?;
+        if history.last {
+            self.conn
+                .execute(
+                    "UPDATE device_link_join_items SET history_done = 1 WHERE join_id = ?1 AND idx = ?2",
+                    params![join.id, history.index],
+                )
+                .map_err(db("keeping history"))?;
+        }
+        let room = usize::try_from(MAX_HISTORY_LINES.saturating_sub(have)).unwrap_or(0);
+        for line in history.lines.into_iter().take(room) {
+            if line.uid.len() != 16
+                || line.text.len() > MAX_HISTORY_TEXT
+                || line.sender.chars().count() > 64
+            {
+                return Err(peer("history", "a line is malformed or too long"));
+            }
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO group_messages (group_row, seq, sender, outgoing, uid, body,
+                       sent_at, stored_at, read) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)",
+                    params![
+                        group,
+                        (line.seq > 0).then(|| to_i64(line.seq)),
+                        line.sender,
+                        line.outgoing,
+                        line.uid,
+                        line.text,
+                        to_i64(line.sent_at_ms),
+                        now_ms()
+                    ],
+                )
+                .map_err(db("keeping history"))?;
+        }
+        self.join_maybe_done(join.id)?;
+        Ok(Handled::Duplicate)
+    }
+
+    /// New device: the link is done once every conversation is joined and, when history
+    /// comes, every conversation's history is in (the reply mailbox is deleted then).
+    fn join_maybe_done(&self, join: i64) -> Result<(), ProfileError> {
+        let open: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM device_link_join_items i JOIN device_link_joins j ON j.id = i.join_id
+                 WHERE i.join_id = ?1 AND (i.group_row IS NULL OR (j.history = 1 AND i.history_done = 0))",
+                [join],
+                |r| r.get(0),
+            )
+            .map_err(db("reading the device link"))?;
+        if open == 0 {
+            self.conn
+                .execute(
+                    "UPDATE device_link_joins SET state = ?1 WHERE id = ?2 AND state = ?3",
+                    params![JOIN_DONE, join, JOIN_ASKED],
+                )
+                .map_err(db("finishing the device link"))?;
+        }
+        Ok(())
     }
 
     fn link_maybe_finished(&self, link: i64) -> Result<(), ProfileError> {
@@ -1021,8 +1252,8 @@ impl Profile {
         }
         self.conn
             .execute(
-                "UPDATE device_link_joins SET total = ?1 WHERE id = ?2",
-                params![to_i64(u64::from(offer.total)), join.id],
+                "UPDATE device_link_joins SET total = ?1, history = ?2 WHERE id = ?3",
+                params![to_i64(u64::from(offer.total)), offer.history, join.id],
             )
             .map_err(db("keeping the offer"))?;
         let have: i64 = self
@@ -1183,22 +1414,7 @@ impl Profile {
                 )
                 .map_err(db("saving the contact"))?;
         }
-        let open: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM device_link_join_items WHERE join_id = ?1 AND group_row IS NULL",
-                [join.id],
-                |r| r.get(0),
-            )
-            .map_err(db("reading the device link"))?;
-        if open == 0 {
-            self.conn
-                .execute(
-                    "UPDATE device_link_joins SET state = ?1 WHERE id = ?2",
-                    params![JOIN_DONE, join.id],
-                )
-                .map_err(db("finishing the device link"))?;
-        }
+        self.join_maybe_done(join.id)?;
         let what = if direct {
             format!("the conversation with {name}")
         } else if roster.devices {
