@@ -333,6 +333,10 @@ pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
     for m in &group_unread {
         println!("{}", group_line(m));
     }
+    // What was read here is read on the person's other devices too: tell them now.
+    if !unread.is_empty() || !group_unread.is_empty() {
+        client.flush(false).await?;
+    }
     client.profile().prune()?;
     Ok(report_queued(&report))
 }

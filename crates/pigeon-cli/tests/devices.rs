@@ -145,6 +145,11 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
         assert_eq!(transcript(&alice, "alice", conversation.0), at_bob);
         assert_eq!(transcript(&laptop, "alice", conversation.0), at_bob);
     }
+    // Read on one of alice's devices is read on the other.
+    ok(&bob, &["send", "alice", "read me once"]);
+    assert!(read(&laptop).contains("read me once"));
+    let at_phone = read(&alice);
+    assert!(!at_phone.contains("read me once"), "{at_phone}");
     // Conversations started after the link reach every device of alice's by themselves: a
     // group her phone makes, and a contact her laptop accepts.
     ok(&alice, &["group", "create", "later"]);

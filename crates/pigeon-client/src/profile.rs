@@ -1521,6 +1521,23 @@ impl Profile {
                     [contact_id],
                 )
                 .map_err(db("marking messages read"))?;
+            // How far each conversation is read, for the person's other devices.
+            let marks: BTreeMap<crate::ids::GroupId, i64> = {
+                let mut stmt = self
+                    .conn
+                    .prepare(
+                        "SELECT group_row, max(seq) FROM group_messages WHERE read = 0
+                           AND seq IS NOT NULL AND group_row IN
+                           (SELECT conversation FROM contacts WHERE ?1 IS NULL OR id = ?1)
+                         GROUP BY group_row",
+                    )
+                    .map_err(db("marking messages read"))?;
+                let rows = stmt
+                    .query_map([contact_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db("marking messages read"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(db("marking messages read"))?
+            };
             self.conn
                 .execute(
                     "UPDATE group_messages SET read = 1 WHERE read = 0 AND group_row IN
@@ -1528,6 +1545,7 @@ impl Profile {
                     [contact_id],
                 )
                 .map_err(db("marking messages read"))?;
+            self.share_read_marks(&marks)?;
             Ok(messages)
         })
     }

@@ -927,6 +927,25 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
             .iter()
             .any(|m| m.text == "hi both" && !m.outgoing)
     );
+    // Read on the laptop is read on the phone.
+    let read_here: Vec<String> = laptop
+        .take_unread(Some(bob_at_laptop))
+        .expect("read")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(read_here.contains(&"hi both".to_owned()), "{read_here:?}");
+    mem.run(&[&alice, &bob, &laptop]);
+    let unread_on_phone: Vec<String> = alice
+        .take_unread(Some(bob_at_alice))
+        .expect("read")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        !unread_on_phone.contains(&"hi both".to_owned()),
+        "{unread_on_phone:?}"
+    );
     // Each device leaves key packages for the other in the group of devices; a group alice's
     // phone starts after the link then reaches the laptop by itself.
     for _ in 0..3 {

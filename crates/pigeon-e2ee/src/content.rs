@@ -30,7 +30,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: Option<body::Body>,
 }
 
@@ -61,7 +61,30 @@ pub mod body {
         /// to be added with to conversations that device starts or joins (issue #16).
         #[prost(message, tag = "9")]
         DeviceKeys(super::DeviceKeys),
+        /// In the group of one person's devices: how far one device has read, so the others
+        /// show the same as read (issue #16).
+        #[prost(message, tag = "10")]
+        ReadMarks(super::ReadMarks),
     }
+}
+
+/// How far a device has read, per conversation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadMarks {
+    /// One per conversation.
+    #[prost(message, repeated, tag = "1")]
+    pub marks: Vec<ReadMark>,
+}
+
+/// Everything up to a position of one conversation's log is read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadMark {
+    /// The conversation's MLS group id (the same on every device in it).
+    #[prost(bytes = "vec", tag = "1")]
+    pub group_id: Vec<u8>,
+    /// The log position read up to (inclusive).
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 
 /// Key packages for one of the person's other devices.

@@ -1352,11 +1352,17 @@ impl Profile {
                 params![id],
                 i64::MAX,
             )?;
+            let mut marks: std::collections::BTreeMap<GroupId, i64> = Default::default();
             for l in &lines {
                 self.conn
                     .execute("UPDATE group_messages SET read = 1 WHERE id = ?1", [l.id])
                     .map_err(db("marking messages read"))?;
+                if let Some(seq) = l.seq {
+                    let m = marks.entry(l.group_id).or_default();
+                    *m = (*m).max(seq);
+                }
             }
+            self.share_read_marks(&marks)?;
             Ok(lines)
         })
     }

@@ -227,9 +227,11 @@ impl Profile {
                 contact_id,
                 link: g.link,
             }),
-            Some(Body::LogKeys(_) | Body::LogMirror(_) | Body::DeviceKeys(_)) => Ok(
-                Handled::Dropped("group log keys arrived in a 1:1 conversation".to_owned()),
-            ),
+            Some(
+                Body::LogKeys(_) | Body::LogMirror(_) | Body::DeviceKeys(_) | Body::ReadMarks(_),
+            ) => Ok(Handled::Dropped(
+                "group log keys arrived in a 1:1 conversation".to_owned(),
+            )),
             None => Ok(Handled::Dropped("empty content".to_owned())),
         }
     }

@@ -27,7 +27,9 @@ use crate::ids::GroupId;
 use crate::invite::check_name;
 use crate::profile::{Handled, Profile, ProfileError, blob32, db, now_ms, random, to_i64};
 use blake2::{Blake2s256, Digest as _};
-use pigeon_e2ee::content::{DeviceKeys, DevicePackage, WelcomePart, body::Body, envelope::Kind};
+use pigeon_e2ee::content::{
+    DeviceKeys, DevicePackage, ReadMark, ReadMarks, WelcomePart, body::Body, envelope::Kind,
+};
 use pigeon_e2ee::{Envelope, Group, Identity, Roster, RosterEntry, Suite};
 use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
@@ -39,6 +41,9 @@ use std::collections::BTreeMap;
 const DEVICE_STOCK: usize = 3;
 /// Most unused key packages kept from one other device.
 const MAX_DEVICE_PACKAGES: i64 = 16;
+
+/// Most read marks in one message.
+const MAX_READ_MARKS: usize = 1024;
 
 /// Most conversations one link offers a new device.
 pub const MAX_LINKED_CONVERSATIONS: usize = 4096;
@@ -1800,6 +1805,66 @@ impl Profile {
                 .map_err(db("reading the profile"))?;
         }
         Ok(())
+    }
+
+    /// Tells the person's other devices how far this one has read (`marks`: conversation and
+    /// the log position read up to), through the group of devices.
+    pub(in crate::profile) fn share_read_marks(
+        &self,
+        marks: &BTreeMap<GroupId, i64>,
+    ) -> Result<(), ProfileError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let Some(devices) = self.devices_group()? else {
+            return Ok(());
+        };
+        if self.roster_of(&devices)?.members.len() < 2 {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        for (group, seq) in marks {
+            let group_id: Vec<u8> = self
+                .conn
+                .query_row("SELECT group_id FROM groups WHERE id = ?1", [group], |r| {
+                    r.get(0)
+                })
+                .map_err(db("reading a group"))?;
+            out.push(ReadMark {
+                group_id,
+                seq: u64::try_from(*seq).unwrap_or(0),
+            });
+        }
+        for chunk in out.chunks(MAX_READ_MARKS) {
+            self.queue_to_conversation(
+                devices.id,
+                Body::ReadMarks(ReadMarks {
+                    marks: chunk.to_vec(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Another device of this person read up to these positions: the same is read here.
+    pub(super) fn read_marks(
+        &self,
+        row: &GroupRow,
+        marks: ReadMarks,
+    ) -> Result<Vec<Handled>, ProfileError> {
+        if !row.devices {
+            return Err(peer("read marks", "they came outside the group of devices"));
+        }
+        for m in marks.marks.iter().take(MAX_READ_MARKS) {
+            self.conn
+                .execute(
+                    "UPDATE group_messages SET read = 1 WHERE read = 0 AND seq <= ?1
+                       AND group_row = (SELECT id FROM groups WHERE group_id = ?2)",
+                    params![to_i64(m.seq), m.group_id],
+                )
+                .map_err(db("marking messages read"))?;
+        }
+        Ok(vec![Handled::Duplicate])
     }
 
     /// The add of another device of this person won at `seq`: its Welcome goes through the

@@ -358,6 +358,7 @@ impl Profile {
                         Ok(vec![self.conversation_invite(row, g)?])
                     }
                     Some(Body::DeviceKeys(keys)) => self.device_keys(row, &sender, keys),
+                    Some(Body::ReadMarks(marks)) => self.read_marks(row, marks),
                     Some(Body::LogMirror(m)) if m.moved => {
                         // A move belongs on the mirror, never on the home copy.
                         Ok(vec![Handled::Duplicate])
