@@ -33,6 +33,8 @@ pub(crate) enum BenchCommand {
     Attack(crate::bench_attack::AttackBenchArgs),
     /// What going through a proxy costs: round trip, connect, bulk, next to direct.
     Proxy(crate::bench_proxy::ProxyBenchArgs),
+    /// Linking a new device to a profile with many conversations: time and bytes.
+    Link(crate::bench_link::LinkBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -78,6 +80,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Group(args) => crate::bench_group::run(args).await,
         BenchCommand::Attack(args) => crate::bench_attack::run(args).await,
         BenchCommand::Proxy(args) => crate::bench_proxy::run(args).await,
+        BenchCommand::Link(args) => crate::bench_link::run(args).await,
     }
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod bench_attack;
 mod bench_client;
 mod bench_group;
+mod bench_link;
 mod bench_nats;
 mod bench_proxy;
 mod bench_tls;

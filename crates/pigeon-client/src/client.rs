@@ -775,17 +775,33 @@ impl Client {
     async fn on_own_relay<T>(
         &mut self,
         relay: &RelayLink,
-        request: impl AsyncFnOnce(&RelayConnection) -> Result<T, ClientError>,
+        request: impl AsyncFn(&RelayConnection) -> Result<T, ClientError>,
     ) -> Result<T, Error> {
-        let session = self.session(relay, "your relay").await?;
-        match request(&session.conn).await {
-            Ok(v) => Ok(v),
-            Err(source) => {
-                self.relay_failed(relay, &source);
-                Err(Error::Relay {
-                    whose: "your relay".to_owned(),
-                    source,
-                })
+        // A session that made its quota of mailboxes is spent for making more: the relay says
+        // to connect again, which the second attempt does.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let session = self.session(relay, "your relay").await?;
+            match request(&session.conn).await {
+                Ok(v) => return Ok(v),
+                Err(source) => {
+                    self.relay_failed(relay, &source);
+                    let spent = matches!(
+                        source,
+                        ClientError::Refused {
+                            code: ErrorCode::QuotaExceeded,
+                            retry_after: None,
+                            ..
+                        }
+                    );
+                    if !spent || attempts >= 2 {
+                        return Err(Error::Relay {
+                            whose: "your relay".to_owned(),
+                            source,
+                        });
+                    }
+                }
             }
         }
     }

@@ -32,7 +32,7 @@ pub use pigeon_e2ee::Suite;
 pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{
     Contact, DeviceInfo, DeviceLinkProgress, GroupChange, GroupInfo, GroupMessage, Handled,
-    LinkJoinProgress, MemberInfo, Message, Passphrase, Profile, ProfileError, RelayAdded,
-    SavedProxy, device_label,
+    LinkJoinProgress, MAX_LINKED_CONVERSATIONS, MemberInfo, Message, Passphrase, Profile,
+    ProfileError, RelayAdded, SavedProxy, device_label,
 };
 pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won, transports};

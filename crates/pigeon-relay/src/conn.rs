@@ -55,8 +55,11 @@ const MAX_LAST_RESORT_PER_SESSION: u8 = 2;
 const MAX_ACK_SEQS: usize = 4096;
 /// Most bytes echoed by a ping.
 const MAX_PING: usize = 64;
-/// Most subscriptions per connection.
-const MAX_SUBSCRIPTIONS: usize = 64;
+/// Most subscriptions per connection: one person's conversations on this relay (each a log)
+/// plus their mailboxes. At 72 bytes each (and the hub's entry), a full connection holds
+/// under 150 KB; a subscription needs a mailbox the subscriber owns or a log's capability.
+/// (It was 64: a profile with more conversations could not read them all, issue #16.)
+const MAX_SUBSCRIPTIONS: usize = 1024;
 /// Most store operations (send batches, ack groups) one connection may have in flight.
 const MAX_INFLIGHT: usize = 32;
 /// A client that does not take our bytes within this time is gone.
