@@ -18,8 +18,8 @@
 //! `kill -9`) and continue where it was.
 
 use super::{
-    ADD, GroupRow, Intent, NewGroup, REMOVE, STATE_ACTIVE, STATE_GONE, key32,
-    log::mirror_from_payload, open_sealed, peer, seal,
+    ADD, GroupRow, Intent, NewGroup, REMOVE, STATE_ACTIVE, STATE_GONE, key32, open_sealed, peer,
+    seal,
 };
 use crate::OwnedMailbox;
 use crate::device_link::{DEVICE_LINK_TTL_MS, DeviceLink, check_device_name};
@@ -1359,49 +1359,19 @@ impl Profile {
         let Some(sealed) = self.collect_welcome_part(&part.id, part)? else {
             return Ok(Handled::Duplicate);
         };
-        let plain = open_sealed(&join.secret, b"welcome", &sealed)?;
-        let gw = super::GroupWelcome::decode(plain.as_slice())
-            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
-        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
-            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
-        let log_id = key32(&gw.log_id, "welcome")?;
-        let log_cap = key32(&gw.log_cap, "welcome")?;
-        let log_owner = key32(&gw.log_owner, "welcome")?;
-        let mls = self.mls();
-        let group = Group::join_group(&mls, &gw.welcome)?;
-        let roster = group.roster()?;
-        if roster.direct != direct {
-            return Err(peer(
-                "welcome",
-                "it is not the kind of conversation offered",
-            ));
-        }
-        let Some(me) = roster.entry(&signature_key) else {
-            return Err(peer(
-                "welcome",
-                "the group's roster does not list this device",
-            ));
-        };
-        let id = self.insert_group(&NewGroup {
-            name: &roster.name,
-            group_id: group.id(),
-            signature_key: &signature_key,
-            suite: group.suite().unwrap_or(Suite::XWing),
-            person: &me.person,
-            log_relay: log_relay.to_string(),
-            log_id: &log_id,
-            log_cap: &log_cap,
-            log_owner: &log_owner,
-            cursor: to_i64(gw.after_seq),
-            direct,
-            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
-        })?;
-        self.keep_mirror_key(id, &gw.mirror_key)?;
-        if roster.devices {
-            self.conn
-                .execute("UPDATE groups SET devices = 1 WHERE id = ?1", [id])
-                .map_err(db("recording the group of devices"))?;
-        }
+        let (id, roster) = self.join_from_welcome(
+            &join.secret,
+            b"welcome",
+            &sealed,
+            &signature_key,
+            |roster| {
+                if roster.direct == direct {
+                    Ok(())
+                } else {
+                    Err("it is not the kind of conversation offered")
+                }
+            },
+        )?;
         self.conn
             .execute(
                 "UPDATE device_link_join_items SET group_row = ?1 WHERE join_id = ?2 AND idx = ?3",
@@ -1410,12 +1380,11 @@ impl Profile {
             .map_err(db("recording a joined conversation"))?;
         if direct {
             let local = self.unique_name(&name)?;
-            let suite = group.suite().unwrap_or(Suite::XWing);
             self.conn
                 .execute(
                     "INSERT INTO contacts (name, named_by_user, suite, conversation, created_at)
-                     VALUES (?1, 0, ?2, ?3, ?4)",
-                    params![local, suite.code(), id, now_ms()],
+                     SELECT ?1, 0, suite, id, ?2 FROM groups WHERE id = ?3",
+                    params![local, now_ms(), id],
                 )
                 .map_err(db("saving the contact"))?;
         }
@@ -1922,44 +1891,19 @@ impl Profile {
             .execute("DELETE FROM own_packages WHERE secret = ?1", [&secret])
             .map_err(db("using a key package"))?;
         let secret = key32(&secret, "welcome")?;
-        let plain = open_sealed(&secret, b"sibling welcome", &sealed)?;
-        let gw = super::GroupWelcome::decode(plain.as_slice())
-            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
-        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
-            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
-        let log_id = key32(&gw.log_id, "welcome")?;
-        if self.group_for_log(&log_id)?.is_some() {
-            return Ok(vec![Handled::Duplicate]);
-        }
-        let log_cap = key32(&gw.log_cap, "welcome")?;
-        let log_owner = key32(&gw.log_owner, "welcome")?;
-        let mls = self.mls();
-        let group = Group::join_group(&mls, &gw.welcome)?;
-        let roster = group.roster()?;
-        if roster.devices {
-            return Err(peer("welcome", "it is for a second group of devices"));
-        }
-        let Some(me) = roster.entry(&signature_key) else {
-            return Err(peer(
-                "welcome",
-                "the group's roster does not list this device",
-            ));
-        };
-        let id = self.insert_group(&NewGroup {
-            name: &roster.name,
-            group_id: group.id(),
-            signature_key: &signature_key,
-            suite: group.suite().unwrap_or(Suite::XWing),
-            person: &me.person,
-            log_relay: log_relay.to_string(),
-            log_id: &log_id,
-            log_cap: &log_cap,
-            log_owner: &log_owner,
-            cursor: to_i64(gw.after_seq),
-            direct: roster.direct,
-            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
-        })?;
-        self.keep_mirror_key(id, &gw.mirror_key)?;
+        let (id, roster) = self.join_from_welcome(
+            &secret,
+            b"sibling welcome",
+            &sealed,
+            &signature_key,
+            |roster| {
+                if roster.devices {
+                    Err("it is for a second group of devices")
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
         let what = if roster.direct {
             match self.conversation_joined(id, &roster, &signature_key)? {
                 Handled::NewContact(c) => format!("the conversation with {}", c.name),

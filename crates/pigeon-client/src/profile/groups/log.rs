@@ -1043,55 +1043,22 @@ impl Profile {
             return Ok(Some(Handled::Duplicate));
         };
         let secret = key32(&secret, "welcome")?;
-        let plain = open_sealed(&secret, b"welcome", &sealed)?;
-        let gw = GroupWelcome::decode(plain.as_slice())
-            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
-        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
-            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
-        let log_id = key32(&gw.log_id, "welcome")?;
-        let log_cap = key32(&gw.log_cap, "welcome")?;
-        let log_owner = key32(&gw.log_owner, "welcome")?;
-        let mls = self.mls();
-        let group = Group::join_group(&mls, &gw.welcome)?;
-        let roster = group.roster()?;
-        if roster.devices {
-            return Err(peer(
-                "welcome",
-                "an invitation was answered with someone's group of their own devices",
-            ));
-        }
-        if roster.direct != direct {
-            return Err(peer(
-                "welcome",
-                if direct {
-                    "an invitation to talk was answered with a group"
-                } else {
-                    "a request to join a group was answered with a conversation of two"
-                },
-            ));
-        }
-        let Some(me) = roster.entry(&signature_key) else {
-            return Err(peer(
-                "welcome",
-                "the group's roster does not list this device",
-            ));
-        };
-        let person = me.person.clone();
-        let id = self.insert_group(&NewGroup {
-            name: &roster.name,
-            group_id: group.id(),
-            signature_key: &signature_key,
-            suite: group.suite().unwrap_or(Suite::XWing),
-            person: &person,
-            log_relay: log_relay.to_string(),
-            log_id: &log_id,
-            log_cap: &log_cap,
-            log_owner: &log_owner,
-            cursor: to_i64(gw.after_seq),
-            direct,
-            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
-        })?;
-        self.keep_mirror_key(id, &gw.mirror_key)?;
+        let (id, roster) =
+            self.join_from_welcome(&secret, b"welcome", &sealed, &signature_key, |roster| {
+                if roster.devices {
+                    return Err(
+                        "an invitation was answered with someone's group of their own devices",
+                    );
+                }
+                if roster.direct != direct {
+                    return Err(if direct {
+                        "an invitation to talk was answered with a group"
+                    } else {
+                        "a request to join a group was answered with a conversation of two"
+                    });
+                }
+                Ok(())
+            })?;
         self.conn
             .execute("UPDATE group_joins SET used = 1 WHERE id = ?1", [join_id])
             .map_err(db("closing the request to join"))?;
@@ -1114,6 +1081,61 @@ impl Profile {
             &format!("you joined {} with {}", roster.name, members.join(", ")),
         )?;
         Ok(Some(Handled::JoinedGroup(self.group_info(id)?)))
+    }
+
+    /// Opens a sealed [`GroupWelcome`] (`label` under `secret`), joins its group as the device
+    /// whose signature key is `signature_key`, and writes the group's row (its log read from
+    /// the add on). `check` refuses a group of the wrong kind before anything is written; the
+    /// caller's transaction undoes the rest on any error.
+    pub(super) fn join_from_welcome(
+        &self,
+        secret: &[u8; 32],
+        label: &[u8],
+        sealed: &[u8],
+        signature_key: &[u8],
+        check: impl FnOnce(&Roster) -> Result<(), &'static str>,
+    ) -> Result<(GroupId, Roster), ProfileError> {
+        let plain = open_sealed(secret, label, sealed)?;
+        let gw = GroupWelcome::decode(plain.as_slice())
+            .map_err(|e| peer("welcome", &format!("it does not decode: {e}")))?;
+        let log_relay = RelayLink::from_payload_bytes(&gw.log_relay)
+            .map_err(|e| peer("welcome", &format!("its log relay is invalid: {e}")))?;
+        let log_id = key32(&gw.log_id, "welcome")?;
+        let log_cap = key32(&gw.log_cap, "welcome")?;
+        let log_owner = key32(&gw.log_owner, "welcome")?;
+        if self.group_for_log(&log_id)?.is_some() {
+            return Err(peer("welcome", "this device is in that group already"));
+        }
+        let group = Group::join_group(&self.mls(), &gw.welcome)?;
+        let roster = group.roster()?;
+        check(&roster).map_err(|reason| peer("welcome", reason))?;
+        let Some(me) = roster.entry(signature_key) else {
+            return Err(peer(
+                "welcome",
+                "the group's roster does not list this device",
+            ));
+        };
+        let id = self.insert_group(&NewGroup {
+            name: &roster.name,
+            group_id: group.id(),
+            signature_key,
+            suite: group.suite().unwrap_or(Suite::XWing),
+            person: &me.person,
+            log_relay: log_relay.to_string(),
+            log_id: &log_id,
+            log_cap: &log_cap,
+            log_owner: &log_owner,
+            cursor: to_i64(gw.after_seq),
+            direct: roster.direct,
+            mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
+        })?;
+        self.keep_mirror_key(id, &gw.mirror_key)?;
+        if roster.devices {
+            self.conn
+                .execute("UPDATE groups SET devices = 1 WHERE id = ?1", [id])
+                .map_err(db("recording the group of devices"))?;
+        }
+        Ok((id, roster))
     }
 
     /// Keeps a part of a sealed Welcome under `key`; returns the whole sealed Welcome once
@@ -1711,7 +1733,7 @@ fn mirror_payload(mirror: Option<&str>) -> Result<Vec<u8>, ProfileError> {
 }
 
 /// A mirror relay from a welcome or a log message, as a group row keeps it.
-pub(super) fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
+fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -1953,7 +1975,7 @@ impl Profile {
     }
 
     /// Keeps the key a group log's mirror's entries are authenticated with (empty: none).
-    pub(super) fn keep_mirror_key(&self, id: GroupId, key: &[u8]) -> Result<(), ProfileError> {
+    fn keep_mirror_key(&self, id: GroupId, key: &[u8]) -> Result<(), ProfileError> {
         let key = match key.len() {
             0 => None,
             32 => Some(key),
