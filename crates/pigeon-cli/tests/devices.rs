@@ -31,21 +31,8 @@ fn read(profile: &Path) -> String {
     ok(profile, &["read", "--wait", "0.4"])
 }
 
-/// A conversation's messages (not notices), in the log's order, as `sender: text` with this
-/// profile's own messages under `me`.
 fn transcript(profile: &Path, me: &str, conversation: &str) -> Vec<String> {
-    ok(
-        profile,
-        &["group", "history", conversation, "--limit", "1000"],
-    )
-    .lines()
-    .filter(|l| !l.contains(": * "))
-    .map(|l| {
-        let rest = l.split_once("] ").map_or(l, |(_, r)| r);
-        let rest = rest.split_once(" / ").map_or(rest, |(_, r)| r);
-        rest.replacen("you:", &format!("{me}:"), 1)
-    })
-    .collect()
+    support::transcript(profile, PASS, me, conversation)
 }
 
 /// Starts `pigeon devices link` on `profile`; returns the process and the link it printed.

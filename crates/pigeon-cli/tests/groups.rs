@@ -28,18 +28,8 @@ fn read(profile: &Path) -> String {
     ok(profile, &["read", "--wait", "0.4"])
 }
 
-/// The texts of a group's messages (not notices), in the group's order, as `sender: text`
-/// with this profile's own messages under `me`.
 fn transcript(profile: &Path, me: &str, group: &str) -> Vec<String> {
-    ok(profile, &["group", "history", group, "--limit", "1000"])
-        .lines()
-        .filter(|l| !l.contains(": * "))
-        .map(|l| {
-            let rest = l.split_once("] ").map_or(l, |(_, r)| r);
-            let rest = rest.split_once(" / ").map_or(rest, |(_, r)| r);
-            rest.replacen("you:", &format!("{me}:"), 1)
-        })
-        .collect()
+    support::transcript(profile, PASS, me, group)
 }
 
 fn epoch(profile: &Path, group: &str) -> String {

@@ -445,3 +445,22 @@ pub(crate) fn introduced(root: &Path, pass: &str, link: &str) -> (PathBuf, PathB
     assert!(read.contains("bob accepted your invitation"), "{read}");
     (alice, bob)
 }
+
+/// A conversation's messages (not notices), in the log's order, as `sender: text` with the
+/// profile's own messages under `me` (`pigeon group history`, which takes a group's or a
+/// contact's name).
+pub(crate) fn transcript(profile: &Path, pass: &str, me: &str, conversation: &str) -> Vec<String> {
+    client_ok(
+        profile,
+        pass,
+        &["group", "history", conversation, "--limit", "1000"],
+    )
+    .lines()
+    .filter(|l| !l.contains(": * "))
+    .map(|l| {
+        let rest = l.split_once("] ").map_or(l, |(_, r)| r);
+        let rest = rest.split_once(" / ").map_or(rest, |(_, r)| r);
+        rest.replacen("you:", &format!("{me}:"), 1)
+    })
+    .collect()
+}
