@@ -129,6 +129,9 @@ pub(crate) struct VerifyArgs {
     name: String,
     /// A member of the group.
     member: Option<String>,
+    /// Only this device of theirs (see `pigeon group members`; every device by default).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
     /// Mark the member verified (after comparing the number with them, in person or by call).
     #[arg(long)]
     mark: bool,
@@ -338,41 +341,55 @@ async fn settle(client: &mut pigeon_client::Client) -> anyhow::Result<()> {
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let profile = open_profile(&args.profile)?;
-    let (who, number, verified, place) = match &args.member {
+    let device = args.device.as_deref();
+    let (group, numbers, place) = match &args.member {
         None => {
             let c = profile.find_contact(&args.name)?;
-            let (_, number, verified) = profile.contact_safety_number(c.id)?;
-            if args.mark {
-                profile.mark_contact_verified(c.id)?;
-            }
-            (c.name, number, verified, "your conversation".to_owned())
+            let (group, numbers) = profile.contact_safety_numbers(c.id, device)?;
+            (group, numbers, "your conversation".to_owned())
         }
         Some(member) => {
             let g = profile.find_group(&args.name)?;
-            let (m, number) = profile.group_safety_number(g.id, member)?;
-            if args.mark {
-                profile.mark_member_verified(g.id, &m.name)?;
-            }
-            (m.name, number, m.verified, safe(&g.name))
+            let numbers = profile.member_safety_numbers(g.id, member, device)?;
+            (Some(g.id), numbers, safe(&g.name))
         }
     };
-    println!(
-        "Safety number with {} in {}:\n\n  {}\n",
-        safe(&who),
-        place,
-        number
+    anyhow::ensure!(
+        !args.mark || numbers.len() == 1,
+        "{} has {} devices: compare each number, and mark one at a time with --device",
+        safe(&numbers[0].0.name),
+        numbers.len()
     );
+    let who = numbers[0].0.name.clone();
+    for (m, number) in &numbers {
+        let which = if numbers.len() > 1 || !m.device.is_empty() {
+            format!(" ({})", safe(pigeon_client::device_label(&m.device)))
+        } else {
+            String::new()
+        };
+        println!(
+            "Safety number with {}{which} in {}:\n\n  {}\n",
+            safe(&m.name),
+            place,
+            number
+        );
+        if args.mark {
+            match group {
+                Some(g) => profile.mark_member_verified(g, m)?,
+                None => profile.mark_verified(&m.key)?,
+            }
+            println!("Marked {}{which} verified.", safe(&m.name));
+        } else if m.verified {
+            println!("{}{which} is marked verified.", safe(&m.name));
+        }
+    }
     println!(
-        "Compare it with the number {} sees for you (in person or on a call). If it matches, \
-         run this again with --mark. A key never changes in place: if {} is removed and added \
-         again, the new key shows here unverified, and the transcript says so.",
+        "Compare it with the number {} sees for you (in person or on a call), on each of their \
+         devices. If it matches, run this again with --mark. A key never changes in place: if \
+         {} is removed and added again, or adds a device, the new key shows here unverified, \
+         and the transcript says so.",
         safe(&who),
         safe(&who)
     );
-    if args.mark {
-        println!("Marked {} verified.", safe(&who));
-    } else if verified {
-        println!("{} is marked verified.", safe(&who));
-    }
     Ok(0)
 }

@@ -35,6 +35,17 @@ fn transcript(profile: &Path, me: &str, conversation: &str) -> Vec<String> {
     support::transcript(profile, PASS, me, conversation)
 }
 
+/// (`Safety number with …` line, the number) pairs of `pigeon verify`'s output.
+fn safety_numbers(out: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("Safety number with "))
+        .filter_map(|(i, l)| Some(((*l).to_owned(), lines.get(i + 2)?.trim().to_owned())))
+        .collect()
+}
+
 /// Starts `pigeon devices link` on `profile`; returns the process and the link it printed.
 fn start_link(profile: &Path) -> (Child, String) {
     let log = std::fs::File::create(profile.with_extension("link.log")).expect("log file");
@@ -114,6 +125,25 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
     // bob is told, and can compare the laptop's safety number.
     let at_bob = read(&bob);
     assert!(at_bob.contains("alice added a device (laptop)"), "{at_bob}");
+    // bob sees one safety number per device of alice's; the laptop's is the one the laptop
+    // sees for bob. Marking needs a device named.
+    let at_bob = ok(&bob, &["verify", "alice"]);
+    let numbers = safety_numbers(&at_bob);
+    assert_eq!(numbers.len(), 2, "{at_bob}");
+    let on_laptop = safety_numbers(&ok(&laptop, &["verify", "bob"]));
+    assert_eq!(on_laptop.len(), 1);
+    assert!(
+        numbers
+            .iter()
+            .any(|(who, n)| who.contains("(laptop)") && *n == on_laptop[0].1),
+        "{numbers:?} / {on_laptop:?}"
+    );
+    assert!(!run(&bob, &["verify", "alice", "--mark"]).status.success());
+    let marked = ok(&bob, &["verify", "alice", "--device", "laptop", "--mark"]);
+    assert!(
+        marked.contains("Marked alice (laptop) verified."),
+        "{marked}"
+    );
     // Every device sends, in the conversation of two and in the group.
     ok(&alice, &["send", "bob", "from alice's phone"]);
     ok(&laptop, &["send", "bob", "from alice's laptop"]);

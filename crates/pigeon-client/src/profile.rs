@@ -32,7 +32,8 @@ mod schema;
 pub use groups::{
     DeviceInfo, DeviceLinkProgress, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange,
     GroupInfo, GroupMessage, LinkJoinProgress, LogCopies, LogInbox, MAX_LINKED_CONVERSATIONS,
-    MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite, device_label,
+    MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite, SafetyNumbers,
+    device_label,
 };
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};

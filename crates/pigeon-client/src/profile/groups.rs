@@ -82,6 +82,9 @@ pub struct GroupInfo {
     pub state: &'static str,
 }
 
+/// Devices and the safety number with each.
+pub type SafetyNumbers = Vec<(MemberInfo, String)>;
+
 /// One member device of a group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -688,29 +691,144 @@ impl Profile {
         id: GroupId,
         member: &str,
     ) -> Result<(MemberInfo, String), ProfileError> {
-        let row = self.group_row(id)?;
-        let m = self.find_member(id, member)?;
-        Ok((
-            m.clone(),
-            pigeon_e2ee::safety_number(&row.signature_key, &m.key),
-        ))
+        let mut all = self.member_safety_numbers(id, member, None)?;
+        if all.len() > 1 {
+            return Err(ProfileError::Ambiguous(format!(
+                "{member} (several devices: name one)"
+            )));
+        }
+        all.pop()
+            .ok_or_else(|| ProfileError::NoContact(member.to_owned()))
     }
 
-    fn find_member(&self, id: GroupId, member: &str) -> Result<MemberInfo, ProfileError> {
-        let members = self.group_members(id)?;
-        let exact: Vec<_> = members.iter().filter(|m| m.name == member).collect();
+    /// Every device of the member called `member` (exact name, else the only case-insensitive
+    /// match): one person's, however many devices they have.
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such member, [`ProfileError::Ambiguous`] when two
+    /// people go by that name.
+    fn find_member_devices(
+        &self,
+        id: GroupId,
+        member: &str,
+    ) -> Result<Vec<MemberInfo>, ProfileError> {
+        let row = self.group_row(id)?;
+        let roster = self.roster_of(&row)?;
+        let exact: Vec<&RosterEntry> = roster.members.iter().filter(|m| m.name == member).collect();
         let chosen = if exact.is_empty() {
-            members
+            roster
+                .members
                 .iter()
                 .filter(|m| m.name.to_lowercase() == member.to_lowercase())
                 .collect()
         } else {
             exact
         };
-        match chosen.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(ProfileError::NoContact(member.to_owned())),
-            _ => Err(ProfileError::Ambiguous(member.to_owned())),
+        let people: std::collections::BTreeSet<&[u8]> =
+            chosen.iter().map(|m| m.person.as_slice()).collect();
+        if people.len() > 1 {
+            return Err(ProfileError::Ambiguous(member.to_owned()));
+        }
+        if chosen.is_empty() {
+            return Err(ProfileError::NoContact(member.to_owned()));
+        }
+        let mut out = Vec::new();
+        for m in chosen {
+            out.push(MemberInfo {
+                you: m.key == row.signature_key,
+                name: m.name.clone(),
+                device: m.device.clone(),
+                admin: m.admin,
+                key: m.key.clone(),
+                verified: self.is_verified(&m.key)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The safety number between this device and each device of a member (by name; only the
+    /// device called `device` when given).
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such member or device.
+    pub fn member_safety_numbers(
+        &self,
+        id: GroupId,
+        member: &str,
+        device: Option<&str>,
+    ) -> Result<SafetyNumbers, ProfileError> {
+        let row = self.group_row(id)?;
+        let devices: Vec<MemberInfo> = self
+            .find_member_devices(id, member)?
+            .into_iter()
+            .filter(|m| {
+                device.is_none_or(|d| crate::profile::device_label(&m.device) == d || m.device == d)
+            })
+            .collect();
+        if devices.is_empty() {
+            return Err(ProfileError::NoContact(format!(
+                "{member}'s device {}",
+                device.unwrap_or_default()
+            )));
+        }
+        Ok(devices
+            .into_iter()
+            .map(|m| {
+                let number = pigeon_e2ee::safety_number(&row.signature_key, &m.key);
+                (m, number)
+            })
+            .collect())
+    }
+
+    /// The safety numbers with each device of a contact, in your conversation (one, with the
+    /// contact's name and no device name, for a contact of the first design).
+    ///
+    /// # Errors
+    /// [`ProfileError::NoContact`] for no such contact.
+    pub fn contact_safety_numbers(
+        &self,
+        contact_id: ContactId,
+        device: Option<&str>,
+    ) -> Result<(Option<GroupId>, SafetyNumbers), ProfileError> {
+        match self.conversation(contact_id)? {
+            Some(direct) => {
+                let row = self.group_row(direct.group)?;
+                let roster = self.roster_of(&row)?;
+                let mine = roster
+                    .entry(&row.signature_key)
+                    .map(|e| e.person.clone())
+                    .unwrap_or_default();
+                let theirs = roster
+                    .members
+                    .iter()
+                    .find(|m| m.person != mine)
+                    .map(|m| m.name.clone())
+                    .ok_or_else(|| {
+                        ProfileError::NotNow("the other person left this conversation".to_owned())
+                    })?;
+                Ok((
+                    Some(direct.group),
+                    self.member_safety_numbers(direct.group, &theirs, device)?,
+                ))
+            }
+            None => {
+                let (key, number, verified) = self.contact_safety_number(contact_id)?;
+                let name = self.contact(contact_id)?.name;
+                Ok((
+                    None,
+                    vec![(
+                        MemberInfo {
+                            name,
+                            device: String::new(),
+                            admin: false,
+                            you: false,
+                            key,
+                            verified,
+                        },
+                        number,
+                    )],
+                ))
+            }
         }
     }
 
@@ -765,9 +883,12 @@ impl Profile {
     ///
     /// # Errors
     /// [`ProfileError::NoContact`] for no such member; on database failure.
-    pub fn mark_member_verified(&self, id: GroupId, member: &str) -> Result<(), ProfileError> {
-        let m = self.find_member(id, member)?;
-        self.mark_verified_as(&m.key, Some(id), Some(&m.name))
+    pub fn mark_member_verified(
+        &self,
+        id: GroupId,
+        member: &MemberInfo,
+    ) -> Result<(), ProfileError> {
+        self.mark_verified_as(&member.key, Some(id), Some(&member.name))
     }
 
     /// Marks a contact verified (the other person's key in your conversation).
@@ -1069,25 +1190,44 @@ impl Profile {
                 row.name
             )));
         }
+        // Changes queued before `intent` (the other devices of a person promoted).
+        let mut more = Vec::new();
         let intent = match change {
             GroupChange::Remove(member) => {
-                let m = self.find_member(id, member)?;
-                if m.you {
+                // A person goes with every device of theirs.
+                let devices = self.find_member_devices(id, member)?;
+                if devices.iter().any(|m| m.you) {
                     return Err(ProfileError::Invalid(
-                        "to leave a group use `pigeon group leave`".to_owned(),
+                        "to leave a group use `pigeon group leave` (and `pigeon devices remove` \
+                         for one of your devices)"
+                            .to_owned(),
                     ));
                 }
                 Intent {
                     kind: REMOVE,
-                    keys: vec![m.key],
+                    keys: devices.into_iter().map(|m| m.key).collect(),
                     ..Intent::default()
                 }
             }
-            GroupChange::Promote(member) => Intent {
-                kind: PROMOTE,
-                keys: vec![self.find_member(id, member)?.key],
-                ..Intent::default()
-            },
+            GroupChange::Promote(member) => {
+                // A person is an admin on every device of theirs: one change each.
+                let mut devices = self.find_member_devices(id, member)?;
+                let last = devices
+                    .pop()
+                    .ok_or_else(|| ProfileError::NoContact(member.to_owned()))?;
+                for m in devices {
+                    more.push(Intent {
+                        kind: PROMOTE,
+                        keys: vec![m.key],
+                        ..Intent::default()
+                    });
+                }
+                Intent {
+                    kind: PROMOTE,
+                    keys: vec![last.key],
+                    ..Intent::default()
+                }
+            }
             GroupChange::Rename(name) => {
                 pigeon_e2ee::roster::check_group_name(name).map_err(ProfileError::Invalid)?;
                 Intent {
@@ -1102,7 +1242,9 @@ impl Profile {
             },
         };
         self.tx(|| {
-            self.add_intent(id, &intent)?;
+            for i in more.iter().chain([&intent]) {
+                self.add_intent(id, i)?;
+            }
             self.drive_in_tx(id)
         })
     }
