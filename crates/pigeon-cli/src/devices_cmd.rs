@@ -62,8 +62,12 @@ pub(crate) async fn run(cmd: DevicesCommand) -> anyhow::Result<u8> {
                     .linked_at
                     .map(|t| format!(", linked here {}", clock(t)))
                     .unwrap_or_default();
+                let seen = d
+                    .last_seen
+                    .map(|t| format!(", last seen {}", clock(t)))
+                    .unwrap_or_default();
                 println!(
-                    "{}{} — in {} conversation(s){linked}",
+                    "{}{} — in {} conversation(s){linked}{seen}",
                     safe(device_label(&d.name)),
                     if d.this { " (this device)" } else { "" },
                     d.conversations

@@ -162,6 +162,12 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
         assert_eq!(transcript(&alice, "alice", conversation.0), at_bob);
         assert_eq!(transcript(&laptop, "alice", conversation.0), at_bob);
     }
+    let devices = ok(&alice, &["devices", "list"]);
+    assert!(
+        devices.contains("laptop — in 2 conversation(s), linked here"),
+        "{devices}"
+    );
+    assert!(devices.contains(", last seen "), "{devices}");
     // Read on one of alice's devices is read on the other.
     ok(&bob, &["send", "alice", "read me once"]);
     assert!(read(&laptop).contains("read me once"));

@@ -421,6 +421,13 @@ fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], ProfileError> {
         .map_err(|_| peer(what, "a 32-byte field holds another length"))
 }
 
+fn name_of_device(roster: &Roster, key: &[u8]) -> String {
+    roster
+        .entry(key)
+        .map(|e| e.device.clone())
+        .unwrap_or_default()
+}
+
 fn name_of(roster: &Roster, key: &[u8]) -> String {
     roster.entry(key).map_or_else(
         || "someone no longer in the group".to_owned(),

@@ -453,6 +453,11 @@ ALTER TABLE device_links ADD COLUMN history_days INTEGER NOT NULL DEFAULT 30;
 -- on a new device: history is coming with each conversation, and which have all of theirs
 ALTER TABLE device_link_joins ADD COLUMN history INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE device_link_join_items ADD COLUMN history_done INTEGER NOT NULL DEFAULT 0;
+-- when this device last read something another device of the person wrote, by device name
+CREATE TABLE device_seen (
+  device TEXT PRIMARY KEY,
+  seen_at INTEGER NOT NULL
+) WITHOUT ROWID;
 -- a conversation started or joined since the person's other devices were last brought in
 ALTER TABLE profile ADD COLUMN bring_devices INTEGER NOT NULL DEFAULT 0;
 -- key packages this device made for another of the person's devices to add it with; the

@@ -258,6 +258,8 @@ pub struct DeviceInfo {
     pub conversations: usize,
     /// When this device linked it (ms since the epoch), if it did.
     pub linked_at: Option<i64>,
+    /// When this device last read something it wrote (ms since the epoch).
+    pub last_seen: Option<i64>,
 }
 
 struct LinkRow {
@@ -304,6 +306,18 @@ impl Profile {
         self.conn
             .query_row("SELECT device FROM profile WHERE id = 1", [], |r| r.get(0))
             .map_err(db("reading the profile"))
+    }
+
+    /// Another device of this person, called `device`, wrote something this device read.
+    pub(super) fn device_seen(&self, device: &str) -> Result<(), ProfileError> {
+        self.conn
+            .execute(
+                "INSERT INTO device_seen (device, seen_at) VALUES (?1, ?2)
+                 ON CONFLICT (device) DO UPDATE SET seen_at = excluded.seen_at",
+                params![device, now_ms()],
+            )
+            .map_err(db("recording a device"))?;
+        Ok(())
     }
 
     /// Names this device (before it joins anything: the name goes into its roster entries).
@@ -358,11 +372,21 @@ impl Profile {
                     |r| r.get(0),
                 )
                 .map_err(db("reading device links"))?;
+            let last_seen = self
+                .conn
+                .query_row(
+                    "SELECT seen_at FROM device_seen WHERE device = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("reading device links"))?;
             out.push(DeviceInfo {
                 this: name == me,
                 name,
                 conversations,
                 linked_at,
+                last_seen,
             });
         }
         Ok(out)

@@ -314,6 +314,9 @@ impl Profile {
                 let from_me = roster_before
                     .entry(&sender)
                     .is_some_and(|e| Some(e.person.as_slice()) == own_person);
+                if from_me && sender != row.signature_key {
+                    self.device_seen(&name_of_device(&roster_before, &sender))?;
+                }
                 match content.body {
                     Some(Body::Text(t)) => {
                         let inserted = self
