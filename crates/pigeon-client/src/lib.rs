@@ -9,6 +9,7 @@
 //! * [`DeviceLink`]: the `pigeon://device#…` link that makes a new device another device of
 //!   the same person.
 
+pub mod backup;
 mod client;
 pub mod device_link;
 pub mod ids;
