@@ -421,6 +421,17 @@ fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], ProfileError> {
         .map_err(|_| peer(what, "a 32-byte field holds another length"))
 }
 
+/// In a conversation of two: a device of the other person (the one with the lowest key when
+/// they have several), as seen by the device whose key is `own_key`.
+fn other_person<'r>(roster: &'r Roster, own_key: &[u8]) -> Option<&'r RosterEntry> {
+    let own_person = roster.entry(own_key).map(|m| m.person.as_slice());
+    roster
+        .members
+        .iter()
+        .filter(|m| Some(m.person.as_slice()) != own_person)
+        .min_by(|a, b| a.key.cmp(&b.key))
+}
+
 fn name_of_device(roster: &Roster, key: &[u8]) -> String {
     roster
         .entry(key)
@@ -801,14 +812,7 @@ impl Profile {
             Some(direct) => {
                 let row = self.group_row(direct.group)?;
                 let roster = self.roster_of(&row)?;
-                let mine = roster
-                    .entry(&row.signature_key)
-                    .map(|e| e.person.clone())
-                    .unwrap_or_default();
-                let theirs = roster
-                    .members
-                    .iter()
-                    .find(|m| m.person != mine)
+                let theirs = other_person(&roster, &row.signature_key)
                     .map(|m| m.name.clone())
                     .ok_or_else(|| {
                         ProfileError::NotNow("the other person left this conversation".to_owned())

@@ -804,12 +804,7 @@ impl Profile {
             } else {
                 row.name.clone()
             };
-            let suite: u16 = self
-                .conn
-                .query_row("SELECT suite FROM groups WHERE id = ?1", [row.id], |r| {
-                    r.get(0)
-                })
-                .map_err(db("reading a group"))?;
+            let suite = row.suite;
             let index = u32::try_from(conversations.len()).unwrap_or(u32::MAX);
             self.conn
                 .execute(
@@ -938,13 +933,7 @@ impl Profile {
             else {
                 continue;
             };
-            let suite: u16 = self
-                .conn
-                .query_row("SELECT suite FROM groups WHERE id = ?1", [group], |r| {
-                    r.get(0)
-                })
-                .map_err(db("reading a group"))?;
-            let suite = Suite::from_code(suite).unwrap_or(Suite::XWing);
+            let suite = Suite::from_code(grow.suite).unwrap_or(Suite::XWing);
             let key = pigeon_e2ee::key_package_signature_key(&mls, &item.key_package, suite)?;
             self.add_intent(
                 group,

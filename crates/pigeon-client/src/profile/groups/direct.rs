@@ -137,12 +137,7 @@ impl Profile {
         roster: &Roster,
         own_key: &[u8],
     ) -> Result<Handled, ProfileError> {
-        let own_person = roster.entry(own_key).map(|m| m.person.as_slice());
-        let Some(other) = roster
-            .members
-            .iter()
-            .find(|m| Some(m.person.as_slice()) != own_person)
-        else {
+        let Some(other) = other_person(roster, own_key) else {
             return Err(peer("welcome", "the conversation has nobody else in it"));
         };
         let name = self.unique_name(&other.name)?;
@@ -385,16 +380,8 @@ impl Profile {
     ) -> Result<(Vec<u8>, String), ProfileError> {
         let row = self.group_row(group)?;
         let roster = self.roster_of(&row)?;
-        let own_person = roster
-            .entry(&row.signature_key)
-            .map(|e| e.person.clone())
-            .unwrap_or_default();
-        let theirs = roster
-            .members
-            .iter()
-            .filter(|m| m.person != own_person)
+        let theirs = other_person(&roster, &row.signature_key)
             .map(|m| m.key.clone())
-            .min()
             .ok_or_else(|| {
                 ProfileError::NotNow("the other person left this conversation".to_owned())
             })?;
