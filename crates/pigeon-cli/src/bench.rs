@@ -35,6 +35,8 @@ pub(crate) enum BenchCommand {
     Proxy(crate::bench_proxy::ProxyBenchArgs),
     /// Linking a new device to a profile with many conversations: time and bytes.
     Link(crate::bench_link::LinkBenchArgs),
+    /// A backup of a profile with 100,000 messages and its restore: time and size.
+    Backup(crate::bench_backup::BackupBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -81,6 +83,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Attack(args) => crate::bench_attack::run(args).await,
         BenchCommand::Proxy(args) => crate::bench_proxy::run(args).await,
         BenchCommand::Link(args) => crate::bench_link::run(args).await,
+        BenchCommand::Backup(args) => crate::bench_backup::run(args).await,
     }
 }
 

@@ -106,13 +106,15 @@ fn conversations(client: &Client) -> anyhow::Result<String> {
 /// One round of sending and receiving while a link is under way. A relay that cannot be
 /// reached is tried again a second later (until the caller's deadline): what was done so far
 /// is in the profile, and the other device waits too.
-async fn sync_or_wait(client: &mut Client) -> anyhow::Result<()> {
+pub(crate) async fn sync_or_wait(client: &mut Client, print: bool) -> anyhow::Result<()> {
     match client
         .sync(Duration::from_millis(500), Duration::from_secs(30))
         .await
     {
         Ok((events, _)) => {
-            print_events(client, &events);
+            if print {
+                print_events(client, &events);
+            }
             Ok(())
         }
         Err(pigeon_client::Error::Relay { whose, source }) => {
@@ -150,7 +152,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<u8> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait.clamp(1.0, 3600.0));
     let mut last = None;
     loop {
-        sync_or_wait(&mut client).await?;
+        sync_or_wait(&mut client, true).await?;
         let progress = client.profile().device_link_progress(&link.mailbox_id)?;
         if Some(&progress) != last.as_ref() && progress.answered {
             eprintln!(
@@ -220,7 +222,7 @@ async fn wait_for_handover(client: &mut Client, wait: Duration) -> anyhow::Resul
     let deadline = Instant::now() + wait;
     let mut last = None;
     loop {
-        sync_or_wait(client).await?;
+        sync_or_wait(client, true).await?;
         let Some(progress) = client.profile().link_join_progress()? else {
             anyhow::bail!("this profile follows no device link");
         };

@@ -1,8 +1,10 @@
 //! The `pigeon` command: one binary for the relay, the benchmarks and the demo.
 
 mod acme;
+mod backup_cmd;
 mod bench;
 mod bench_attack;
+mod bench_backup;
 mod bench_client;
 mod bench_group;
 mod bench_link;
@@ -70,6 +72,11 @@ enum Command {
     /// Your devices: link a new one, list them, remove one.
     #[command(subcommand)]
     Devices(devices_cmd::DevicesCommand),
+    /// Write an encrypted backup of your profile (contacts, groups, settings, history).
+    Backup(backup_cmd::BackupArgs),
+    /// Make a profile on this machine from a backup: it rejoins every conversation as a new
+    /// device (new keys; the backup's device is replaced).
+    Restore(backup_cmd::RestoreArgs),
     /// Connect to your relays and show the route search as it happens (every other command
     /// searches the same way, silently).
     Connect(connect_cmd::ConnectArgs),
@@ -154,6 +161,8 @@ fn main() -> std::process::ExitCode {
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd, profile_flag).await.map(|()| 0),
             Command::Init(args) => user_cmd::init(args).await,
             Command::Devices(cmd) => devices_cmd::run(cmd).await,
+            Command::Backup(args) => backup_cmd::backup(args).await,
+            Command::Restore(args) => backup_cmd::restore(args).await,
             Command::Connect(args) => connect_cmd::run(args).await,
             Command::Invite(args) => user_cmd::invite(args).await.map(|()| 0),
             Command::Accept(args) => user_cmd::accept(args).await,

@@ -1525,6 +1525,41 @@ impl Client {
         Ok(events)
     }
 
+    /// The contents of a backup (for [`crate::backup::seal`]) and what is in it. First a key
+    /// refresh in every active conversation puts a fresh restore secret's commitment into this
+    /// device's leaf; the secrets go into the backup for the conversations whose log took the
+    /// refresh within `wait` (the others are in it as history only). Call
+    /// [`Profile::backup_written`] once the file is safely written.
+    ///
+    /// # Errors
+    /// Local failures; a relay that cannot be reached is tried again until `wait` ends.
+    pub async fn backup(
+        &mut self,
+        wait: Duration,
+    ) -> Result<(Vec<u8>, crate::profile::BackupSummary), Error> {
+        blocking(|| self.profile.prepare_backup())?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self
+                .sync(Duration::from_millis(200), Duration::from_secs(30))
+                .await
+            {
+                Ok(_) => {}
+                Err(Error::Relay { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(Error::Relay { .. }) => break,
+                Err(e) => return Err(e),
+            }
+            if blocking(|| self.profile.backup_waiting())?.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+        }
+        Ok(blocking(|| self.profile.export_backup())?)
+    }
+
     /// Posts what is queued (now, whatever the backoff: someone asked), subscribes, takes
     /// everything waiting (until the backlog is drained, nothing arrives for `quiet`, or
     /// `limit` passes), then posts what that queued. Returns what happened.

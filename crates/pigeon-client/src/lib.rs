@@ -32,8 +32,8 @@ pub use pigeon_e2ee::Suite;
 /// profile's database directly (tests, tools).
 pub use pigeon_sqlcipher::install as install_sqlcipher;
 pub use profile::{
-    Contact, DeviceInfo, DeviceLinkProgress, GroupChange, GroupInfo, GroupMessage, Handled,
-    LinkJoinProgress, MAX_LINKED_CONVERSATIONS, MemberInfo, Message, Passphrase, Profile,
-    ProfileError, RelayAdded, SavedProxy, device_label,
+    BackupSummary, Contact, DeviceInfo, DeviceLinkProgress, GroupChange, GroupInfo, GroupMessage,
+    Handled, LinkJoinProgress, MAX_LINKED_CONVERSATIONS, MemberInfo, Message, Passphrase, Profile,
+    ProfileError, RelayAdded, RestoreProgress, SavedProxy, device_label,
 };
 pub use relay::{ClientError, CloseReason, Event, RelayConnection, RouteProgress, Won, transports};

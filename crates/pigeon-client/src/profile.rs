@@ -30,10 +30,10 @@ mod receive;
 mod schema;
 
 pub use groups::{
-    DeviceInfo, DeviceLinkProgress, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange,
-    GroupInfo, GroupMessage, LinkJoinProgress, LogCopies, LogInbox, MAX_LINKED_CONVERSATIONS,
-    MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite, SafetyNumbers,
-    device_label,
+    BackupSummary, DeviceInfo, DeviceLinkProgress, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY,
+    GroupChange, GroupInfo, GroupMessage, LinkJoinProgress, LogCopies, LogInbox,
+    MAX_LINKED_CONVERSATIONS, MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite,
+    RestoreProgress, SafetyNumbers, device_label,
 };
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
@@ -55,7 +55,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 14;
+const SCHEMA_VERSION: i64 = 15;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -527,7 +527,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 10] = [
+        let later: [(i64, &str, &'static str); 11] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -538,6 +538,7 @@ impl Profile {
             (12, schema::MIGRATE_12, "adding mirror keys"),
             (13, schema::MIGRATE_13, "adding device links"),
             (14, schema::MIGRATE_14, "adding the group of devices"),
+            (15, schema::MIGRATE_15, "adding backups"),
         ];
         for (to, sql, doing) in later {
             if version < to {
@@ -947,7 +948,11 @@ impl Profile {
                     suite,
                     slot_id: random()?,
                 });
-                let (key_package, ticket) = identity.key_package_with_ticket(&mls, suite, None)?;
+                let (key_package, ticket) = identity.key_package_with_ticket(
+                    &mls,
+                    suite,
+                    &pigeon_e2ee::LeafExtras::default(),
+                )?;
                 self.keep_ticket(&ticket)?;
                 key_packages.push(key_package);
             }

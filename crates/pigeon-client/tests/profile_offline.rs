@@ -993,3 +993,146 @@ fn a_linked_device_joins_every_conversation_and_a_removed_one_reads_nothing_new(
         bob.epoch_authenticator(alice_at_bob).expect("epoch")
     );
 }
+
+/// Issue #16: a backup restored on a new profile rejoins every conversation under new keys
+/// (the contact's and a group, each let in by the other side's device, which was not asked to
+/// do anything), keeps the history, and talks on; the same backup restored a second time is
+/// let in nowhere, and a bit changed in the file is refused before anything is made.
+#[test]
+fn a_backup_restored_on_a_new_profile_continues_every_conversation() {
+    use pigeon_client::backup::{self, KdfCost};
+    let Pair {
+        _dir: dir,
+        alice,
+        bob,
+        relay: mut mem,
+    } = pair(Suite::XWing);
+    let bob_at_alice = alice.find_contact("bob").expect("bob").id;
+    let alice_at_bob = bob.find_contact("alice").expect("alice").id;
+    let club = alice
+        .create_group("club", &relay(1), &OwnedMailbox::generate().expect("log"))
+        .expect("group");
+    let prepared = alice
+        .prepare_group_invite(club.id, &relay(1))
+        .expect("invite");
+    let invite = Invite::parse(&prepared.invite.to_link().expect("link")).expect("parse");
+    bob.request_group_join(
+        &invite,
+        &OwnedMailbox::generate().expect("reply"),
+        &relay(2),
+    )
+    .expect("join");
+    mem.run(&[&alice, &bob]);
+    let club_at_bob = bob.find_group("club").expect("bob is in the club").id;
+    alice
+        .compose(bob_at_alice, "before the backup")
+        .expect("compose");
+    mem.run(&[&alice, &bob]);
+
+    // The backup: a key refresh in each conversation puts the restore commitment in place.
+    assert_eq!(alice.prepare_backup().expect("prepare"), 2);
+    assert_eq!(alice.backup_waiting().expect("waiting").len(), 2);
+    for _ in 0..3 {
+        alice.drive_groups().expect("drive");
+        bob.drive_groups().expect("drive");
+        mem.run(&[&alice, &bob]);
+    }
+    assert!(alice.backup_waiting().expect("waiting").is_empty());
+    let (contents, summary) = alice.export_backup().expect("export");
+    assert_eq!((summary.conversations, summary.restorable), (2, 2));
+    assert!(summary.messages >= 1, "{summary:?}");
+    alice.backup_written().expect("written");
+    let cost = KdfCost {
+        m_cost_kib: 8 * 1024,
+        t_cost: 1,
+        lanes: 1,
+    };
+    let sealed = backup::seal(&contents, "backup words", cost, [7; 16]).expect("seal");
+    // One bit changed anywhere: refused, and no profile is made from it.
+    let mut flipped = sealed.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x10;
+    assert!(backup::open(&flipped, "backup words").is_err());
+    let opened = backup::open(&sealed, "backup words").expect("open");
+
+    // alice's phone is lost. A restore on a new machine makes new keys and asks to be let in.
+    drop(alice);
+    let restored_dir = dir.path().join("restored");
+    let (restored, progress) =
+        Profile::restore_backup(&restored_dir, &pass(), &opened).expect("restore");
+    assert_eq!(progress.waiting.len(), 2, "{progress:?}");
+    assert_eq!(restored.name().expect("name"), "alice");
+    let bob_at_restored = restored.find_contact("bob").expect("bob").id;
+    let line = restored
+        .history(Some(bob_at_restored), 100)
+        .expect("history")
+        .into_iter()
+        .find(|m| m.text == "before the backup")
+        .expect("the history came back");
+    assert!(line.outgoing);
+    for _ in 0..3 {
+        restored.drive_groups().expect("drive");
+        bob.drive_groups().expect("drive");
+        mem.run(&[&restored, &bob]);
+    }
+    let progress = restored.restore_progress().expect("progress");
+    assert!(progress.waiting.is_empty(), "{progress:?}");
+    assert_eq!(progress.back, 2);
+    assert!(
+        notices(&bob)
+            .iter()
+            .any(|t| t.contains("restored from a backup")),
+        "{:?}",
+        notices(&bob)
+    );
+    assert_eq!(
+        restored
+            .epoch_authenticator(bob_at_restored)
+            .expect("epoch"),
+        bob.epoch_authenticator(alice_at_bob).expect("epoch")
+    );
+    // Both conversations go on.
+    restored
+        .compose(bob_at_restored, "back from a backup")
+        .expect("compose");
+    let club_here = restored.find_group("club").expect("club").id;
+    restored
+        .compose_group(club_here, "hello club")
+        .expect("compose");
+    bob.compose(alice_at_bob, "welcome back").expect("compose");
+    let out = mem.run(&[&restored, &bob]);
+    assert!(texts(&out[0]).contains(&"welcome back".to_owned()));
+    let at_bob = texts(&out[1]);
+    assert!(
+        at_bob.contains(&"back from a backup".to_owned()),
+        "{at_bob:?}"
+    );
+    let club_lines: Vec<String> = bob
+        .group_history(club_at_bob, 100)
+        .expect("history")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        club_lines.contains(&"hello club".to_owned()),
+        "{club_lines:?}"
+    );
+
+    // The same backup again, elsewhere: the leaves it could replace are gone.
+    let (again, _) = Profile::restore_backup(&dir.path().join("again"), &pass(), &opened)
+        .expect("a second restore is made");
+    let before = notices(&bob).len();
+    for _ in 0..2 {
+        again.drive_groups().expect("drive");
+        bob.drive_groups().expect("drive");
+        mem.run(&[&again, &restored, &bob]);
+    }
+    assert_eq!(again.restore_progress().expect("progress").waiting.len(), 2);
+    assert!(
+        notices(&bob)[before..]
+            .iter()
+            .all(|t| !t.contains("restored from a backup")),
+        "{:?}",
+        notices(&bob)
+    );
+}

@@ -114,8 +114,9 @@ impl Identity {
     }
 
     /// A fresh one-time key package in `suite` for a group, whose leaf carries a new rejoin
-    /// ticket ([`crate::rejoin`]) and, to be taken back into a group, reveals the ticket of the
-    /// leaf it replaces. Returns the key package and the new ticket (keep its secret).
+    /// ticket ([`crate::rejoin`]) and `extras`: to be taken back into a group, the ticket of
+    /// the leaf it replaces; to take a device's place from its backup, the backup's secret.
+    /// Returns the key package and the new ticket (keep its secret).
     ///
     /// # Errors
     /// If building or serializing fails.
@@ -123,12 +124,12 @@ impl Identity {
         &self,
         provider: &P,
         suite: Suite,
-        reveal: Option<&crate::Ticket>,
+        extras: &crate::LeafExtras<'_>,
     ) -> Result<(Vec<u8>, crate::Ticket), E2eeError> {
         let ticket = crate::Ticket::generate(provider)?;
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(capabilities())
-            .leaf_node_extensions(crate::rejoin::ticket_extensions(&ticket, reveal)?)
+            .leaf_node_extensions(crate::rejoin::ticket_extensions(&ticket, extras)?)
             .build(suite.mls(), provider, &self.signer, self.credential.clone())
             .map_err(mls("building a key package"))?;
         let bytes = MlsMessageOut::from(bundle.key_package().clone())

@@ -24,9 +24,10 @@ pub use content::{Content, ContentError, Envelope};
 pub use crypto::{CryptoProvider, MemoryProvider};
 pub use group::{Group, Identity, Opened, forget_key_package};
 pub use members::{
-    Change, Changes, Committed, GROUP_PAST_EPOCHS, Rejoin, key_package_signature_key, stored_state,
+    Change, Changes, Committed, GROUP_PAST_EPOCHS, Rejoin, Restore, key_package_signature_key,
+    stored_state,
 };
-pub use rejoin::Ticket;
+pub use rejoin::{LeafExtras, RestoreSecret, Ticket};
 pub use roster::{Roster, RosterEntry};
 pub use verify::safety_number;
 

@@ -9,7 +9,10 @@
 //! caller discards it ([`Group::discard_pending`]) and proposes its change again.
 
 use crate::group::{Group, Identity, ratchet};
-use crate::rejoin::{TICKET_EXTENSION, Ticket, leaf_ticket, opens, ticket_extensions};
+use crate::rejoin::{
+    LeafExtras, RestoreSecret, TICKET_EXTENSION, Ticket, leaf_ticket, opens, restore_opens,
+    ticket_extensions,
+};
 use crate::roster::{CommitShape, ROSTER_EXTENSION, Roster, RosterEntry, check_commit};
 use crate::{E2eeError, Opened, Suite, mls};
 use openmls::prelude::*;
@@ -44,6 +47,9 @@ pub struct Changes {
     pub promoted: Vec<RosterEntry>,
     /// Devices that fell behind and were taken back (a new leaf for the same device).
     pub rejoined: Vec<RosterEntry>,
+    /// Devices restored from a backup, under their new keys: each took the place of the device
+    /// that made the backup (same person, name, device name and admin flag).
+    pub restored: Vec<RosterEntry>,
     /// This device was removed: the group is over for it.
     pub self_removed: bool,
 }
@@ -80,6 +86,19 @@ pub enum Change {
         /// The serialized key package the device sent.
         key_package: Vec<u8>,
     },
+    /// Let a device restored from a backup take the place of the device that made it: remove
+    /// that device's leaf and add this key package (a new signature key) under its roster
+    /// entry ([`Group::check_restore`]).
+    Restore {
+        /// The serialized key package the restored device sent.
+        key_package: Vec<u8>,
+    },
+    /// Refresh this device's own keys, with a new backup's restore commitment in its leaf
+    /// (which then stays there across later refreshes).
+    Backup {
+        /// [`RestoreSecret::commitment`] of the new backup's secret for this group.
+        commitment: [u8; 32],
+    },
 }
 
 /// A device's request to be taken back, checked against the group's tree.
@@ -90,6 +109,18 @@ pub struct Rejoin {
     /// The secret of the ticket its current leaf commits to, revealed in the request: only the
     /// device and the group's members see it, so it can seal what goes back to the device.
     pub revealed: Ticket,
+}
+
+/// A restored device's request to take the place of the device that made the backup, checked
+/// against the group's tree.
+#[derive(Debug)]
+pub struct Restore {
+    /// The roster entry of the device whose place it takes.
+    pub entry: RosterEntry,
+    /// The restored device's signature key.
+    pub key: Vec<u8>,
+    /// The backup's secret, revealed in the request: it seals what goes back to the device.
+    pub revealed: RestoreSecret,
 }
 
 /// A staged commit, not yet merged.
@@ -243,7 +274,32 @@ impl Group {
         self.group
             .own_leaf_node()
             .and_then(leaf_ticket)
-            .map(|(c, _)| c)
+            .map(|t| t.commitment)
+    }
+
+    /// The commitment of this device's newest backup's secret in its leaf (`None`: no backup
+    /// of this device can restore it in this group).
+    pub fn own_restore(&self) -> Option<[u8; 32]> {
+        self.group
+            .own_leaf_node()
+            .and_then(leaf_ticket)
+            .and_then(|t| t.restore)
+    }
+
+    /// The other devices' signature keys and restore commitments (those with a backup): what
+    /// opens a restored device's request.
+    pub fn restores(&self) -> Vec<(Vec<u8>, [u8; 32])> {
+        let own = self.group.own_leaf_index();
+        self.group
+            .members()
+            .filter(|m| m.index != own)
+            .filter_map(|m| {
+                let leaf = self.group.public_group().leaf(m.index)?;
+                leaf_ticket(leaf)
+                    .and_then(|t| t.restore)
+                    .map(|c| (m.signature_key, c))
+            })
+            .collect()
     }
 
     /// The other devices' signature keys and ticket commitments (those whose leaf has one):
@@ -255,7 +311,7 @@ impl Group {
             .filter(|m| m.index != own)
             .filter_map(|m| {
                 let leaf = self.group.public_group().leaf(m.index)?;
-                leaf_ticket(leaf).map(|(c, _)| (m.signature_key, c))
+                leaf_ticket(leaf).map(|t| (m.signature_key, t.commitment))
             })
             .collect()
     }
@@ -284,14 +340,15 @@ impl Group {
         if member.index == self.group.own_leaf_index() {
             return Err(bad("it is for this device itself".to_owned()));
         }
-        let (commitment, _) = self
+        let commitment = self
             .group
             .public_group()
             .leaf(member.index)
             .and_then(leaf_ticket)
+            .map(|t| t.commitment)
             .ok_or_else(|| bad("the device's leaf has no ticket".to_owned()))?;
         let revealed = leaf_ticket(kp.leaf_node())
-            .and_then(|(_, r)| r)
+            .and_then(|t| t.reveal)
             .ok_or_else(|| bad("it reveals no ticket".to_owned()))?;
         if !opens(&commitment, &revealed) {
             return Err(bad(
@@ -308,6 +365,61 @@ impl Group {
         Ok(Rejoin {
             entry,
             revealed: Ticket::from_secret(revealed),
+        })
+    }
+
+    /// Checks a restored device's request: a key package of the group's suite under a key not
+    /// in the group, revealing the backup secret whose commitment is in another device's
+    /// current leaf. That device's place is the restored one's.
+    ///
+    /// # Errors
+    /// [`E2eeError::BadInput`] saying which check failed: a request from an older backup (a
+    /// newer one replaced its secret), or for a device restored already, fails here.
+    pub fn check_restore<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        key_package: &[u8],
+    ) -> Result<Restore, E2eeError> {
+        let bad = crate::group::bad("request to restore a device");
+        let kp = validate_key_package(provider, key_package, self.group.ciphersuite())?;
+        let key = kp.leaf_node().signature_key().as_slice().to_vec();
+        if self.group.members().any(|m| m.signature_key == key) {
+            return Err(bad("its key is in the group already".to_owned()));
+        }
+        let revealed = leaf_ticket(kp.leaf_node())
+            .and_then(|t| t.restore_reveal)
+            .ok_or_else(|| bad("it reveals no backup's secret".to_owned()))?;
+        let own = self.group.own_leaf_index();
+        let member = self
+            .group
+            .members()
+            .find(|m| {
+                self.group
+                    .public_group()
+                    .leaf(m.index)
+                    .and_then(leaf_ticket)
+                    .and_then(|t| t.restore)
+                    .is_some_and(|c| restore_opens(&c, &revealed))
+            })
+            .ok_or_else(|| {
+                bad(
+                    "its backup's secret is in no device's leaf (an older backup, or the \
+                     device was restored already)"
+                        .to_owned(),
+                )
+            })?;
+        if member.index == own {
+            return Err(bad("it is for this device itself".to_owned()));
+        }
+        let entry = self
+            .roster()?
+            .entry(&member.signature_key)
+            .cloned()
+            .ok_or_else(|| bad("the roster does not list the device".to_owned()))?;
+        Ok(Restore {
+            entry,
+            key,
+            revealed: RestoreSecret::from_secret(revealed),
         })
     }
 
@@ -350,6 +462,10 @@ impl Group {
         let old = self.roster()?;
         let members = self.member_keys();
         let leaving = self.leaving();
+        let restore = match &change {
+            Change::Backup { commitment } => Some(*commitment),
+            _ => self.own_restore(),
+        };
         let mut roster = old.without(&leaving);
         let mut shape = CommitShape {
             committer: identity.public_key().to_vec(),
@@ -391,7 +507,38 @@ impl Group {
                     roster.members.retain(|m| m.key != key);
                 }
             }
-            Change::Update | Change::CommitLeaves => {}
+            Change::Update | Change::CommitLeaves | Change::Backup { .. } => {}
+            Change::Restore { key_package } => {
+                let restore = self.check_restore(provider, &key_package)?;
+                let old_key = restore.entry.key;
+                if shape.removed.contains(&old_key) {
+                    return Err(E2eeError::NotAllowed(
+                        "that device asked to leave; it is not restored".to_owned(),
+                    ));
+                }
+                let leaf = self
+                    .group
+                    .members()
+                    .find(|m| m.signature_key == old_key)
+                    .map(|m| m.index)
+                    .ok_or_else(|| {
+                        E2eeError::NotAllowed("that device is not in the group".to_owned())
+                    })?;
+                removals.push(leaf);
+                shape.removed.insert(old_key.clone());
+                shape.added.insert(restore.key.clone());
+                for m in &mut roster.members {
+                    if m.key == old_key {
+                        m.key.clone_from(&restore.key);
+                    }
+                }
+                shape.restored.insert(old_key, restore.key);
+                adds.push(validate_key_package(
+                    provider,
+                    &key_package,
+                    self.group.ciphersuite(),
+                )?);
+            }
             Change::Rejoin { key_package } => {
                 let rejoin = self.check_rejoin(provider, &key_package)?;
                 let key = rejoin.entry.key;
@@ -437,7 +584,13 @@ impl Group {
         let ticket = Ticket::generate(provider)?;
         let leaf = LeafNodeParameters::builder()
             .with_capabilities(capabilities())
-            .with_extensions(ticket_extensions(&ticket, None)?)
+            .with_extensions(ticket_extensions(
+                &ticket,
+                &LeafExtras {
+                    restore,
+                    ..LeafExtras::default()
+                },
+            )?)
             .build();
         let mut builder = self
             .group
@@ -633,12 +786,12 @@ impl Group {
                     .public_group()
                     .leaf(*old_leaf)
                     .and_then(leaf_ticket)
-                    .map(|(c, _)| c)
+                    .map(|t| t.commitment)
                     .ok_or_else(|| {
                         invalid("a commit takes back a device whose leaf has no ticket")
                     })?;
                 let revealed = leaf_ticket(leaf_node)
-                    .and_then(|(_, r)| r)
+                    .and_then(|t| t.reveal)
                     .ok_or_else(|| invalid("a commit takes back a device without its ticket"))?;
                 if !opens(&commitment, &revealed) {
                     return Err(invalid(
@@ -646,6 +799,26 @@ impl Group {
                     ));
                 }
                 shape.rejoined.insert(key.clone());
+            } else if let Some(revealed) = leaf_ticket(leaf_node).and_then(|t| t.restore_reveal) {
+                // A device restored from a backup: valid only in the place of the removed
+                // device whose leaf commits to that backup's secret.
+                let old_key = removed_at
+                    .iter()
+                    .find(|(_, leaf)| {
+                        self.group
+                            .public_group()
+                            .leaf(**leaf)
+                            .and_then(leaf_ticket)
+                            .and_then(|t| t.restore)
+                            .is_some_and(|c| restore_opens(&c, &revealed))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(|| {
+                        invalid("a commit restores a device without removing the one it replaces")
+                    })?;
+                if shape.restored.insert(old_key, key.clone()).is_some() {
+                    return Err(invalid("a commit restores one device twice"));
+                }
             }
             shape.added.insert(key);
         }
@@ -663,13 +836,20 @@ impl Group {
                 .members
                 .iter()
                 .filter(|m| shape.added.contains(&m.key) && !shape.rejoined.contains(&m.key))
+                .filter(|m| !shape.restored.values().any(|k| *k == m.key))
                 .cloned()
                 .collect(),
             removed: shape
                 .removed
                 .difference(&shape.left)
-                .filter(|k| !shape.rejoined.contains(*k))
+                .filter(|k| !shape.rejoined.contains(*k) && !shape.restored.contains_key(*k))
                 .filter_map(entry)
+                .collect(),
+            restored: new
+                .members
+                .iter()
+                .filter(|m| shape.restored.values().any(|k| *k == m.key))
+                .cloned()
                 .collect(),
             rejoined: shape.rejoined.iter().filter_map(entry).collect(),
             left: shape.left.iter().filter_map(entry).collect(),
@@ -783,6 +963,11 @@ mod tests {
         fn check_rejoin(&self, key_package: &[u8]) -> Result<Rejoin, E2eeError> {
             let g = self.group.as_ref().expect("in the group");
             g.check_rejoin(&self.provider, key_package)
+        }
+
+        fn check_restore(&self, key_package: &[u8]) -> Result<Restore, E2eeError> {
+            let g = self.group.as_ref().expect("in the group");
+            g.check_restore(&self.provider, key_package)
         }
 
         fn commit(&mut self, change: Change) -> Result<Committed, E2eeError> {
@@ -952,7 +1137,7 @@ mod tests {
         for i in 1..3 {
             let (kp, ticket) = devices[i]
                 .identity
-                .key_package_with_ticket(&devices[i].provider, Suite::XWing, None)
+                .key_package_with_ticket(&devices[i].provider, Suite::XWing, &LeafExtras::default())
                 .expect("kp");
             joined_tickets.push(ticket);
             let entry = devices[i].entry(&format!("m{i}"), false);
@@ -998,7 +1183,14 @@ mod tests {
         // A copy of cat from before its refresh asks with the older ticket: refused.
         let (stale, _) = devices[2]
             .identity
-            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_first))
+            .key_package_with_ticket(
+                &devices[2].provider,
+                Suite::XWing,
+                &LeafExtras {
+                    reveal: Some(&cat_first),
+                    ..LeafExtras::default()
+                },
+            )
             .expect("stale kp");
         assert!(matches!(
             devices[1].check_rejoin(&stale),
@@ -1011,7 +1203,14 @@ mod tests {
         // cat asks with the secret behind its leaf's ticket; ben (not an admin) takes it back.
         let (request, next) = devices[2]
             .identity
-            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_ticket))
+            .key_package_with_ticket(
+                &devices[2].provider,
+                Suite::XWing,
+                &LeafExtras {
+                    reveal: Some(&cat_ticket),
+                    ..LeafExtras::default()
+                },
+            )
             .expect("request");
         let checked = devices[1].check_rejoin(&request).expect("a valid request");
         assert_eq!(checked.entry.name, "m2");
@@ -1059,9 +1258,170 @@ mod tests {
         // The request cannot be used a second time: the leaf it replaced is gone.
         let (again, _) = devices[2]
             .identity
-            .key_package_with_ticket(&devices[2].provider, Suite::XWing, Some(&cat_ticket))
+            .key_package_with_ticket(
+                &devices[2].provider,
+                Suite::XWing,
+                &LeafExtras {
+                    reveal: Some(&cat_ticket),
+                    ..LeafExtras::default()
+                },
+            )
             .expect("again");
         assert!(devices[0].check_rejoin(&again).is_err());
+    }
+
+    /// Issue #16: a device restored from a backup (a new signature key, nothing of the old
+    /// device's state) takes the old device's place, committed by a member who is not an
+    /// admin; an older backup of the same device, and the same request a second time, do not.
+    #[test]
+    fn a_device_restored_from_its_newest_backup_takes_its_place() {
+        let mut devices: Vec<Device> = (0..3).map(|_| Device::new()).collect();
+        let roster = Roster {
+            name: "class".to_owned(),
+            members: vec![devices[0].entry("ann", true)],
+            direct: false,
+            devices: false,
+        };
+        let g = Group::create(
+            &devices[0].provider,
+            &devices[0].identity,
+            Suite::XWing,
+            &roster,
+        )
+        .expect("create");
+        devices[0].group = Some(g);
+        for i in 1..3 {
+            let (kp, _) = devices[i]
+                .identity
+                .key_package_with_ticket(&devices[i].provider, Suite::XWing, &LeafExtras::default())
+                .expect("kp");
+            let entry = devices[i].entry(&format!("m{i}"), false);
+            let committed = devices[0]
+                .commit(Change::Add {
+                    key_package: kp,
+                    entry,
+                })
+                .expect("add");
+            apply_log(&mut devices, &[(0, committed.commit)]);
+            devices[i].group = Some(
+                Group::join_group(&devices[i].provider, &committed.welcome.expect("welcome"))
+                    .expect("join"),
+            );
+        }
+        assert_eq!(devices[2].group().own_restore(), None);
+        // cat makes a backup: its leaf commits to the backup's secret.
+        let first = RestoreSecret::generate(&devices[2].provider).expect("secret");
+        let c = devices[2]
+            .commit(Change::Backup {
+                commitment: first.commitment(),
+            })
+            .expect("backup");
+        apply_log(&mut devices, &[(2, c.commit)]);
+        assert_eq!(devices[2].group().own_restore(), Some(first.commitment()));
+        // A refresh carries the commitment forward; a later backup replaces it.
+        let c = devices[2].commit(Change::Update).expect("refresh");
+        apply_log(&mut devices, &[(2, c.commit)]);
+        assert_eq!(devices[2].group().own_restore(), Some(first.commitment()));
+        let newest = RestoreSecret::generate(&devices[2].provider).expect("secret");
+        let c = devices[2]
+            .commit(Change::Backup {
+                commitment: newest.commitment(),
+            })
+            .expect("backup");
+        apply_log(&mut devices, &[(2, c.commit)]);
+        assert!(devices[0].group().restores().contains(&(
+            devices[2].identity.public_key().to_vec(),
+            newest.commitment()
+        )));
+        // cat's phone is lost; a new device restores the older backup: refused.
+        let restored = Device::new();
+        let request = |secret: &RestoreSecret| {
+            restored
+                .identity
+                .key_package_with_ticket(
+                    &restored.provider,
+                    Suite::XWing,
+                    &LeafExtras {
+                        restore_reveal: Some(secret),
+                        ..LeafExtras::default()
+                    },
+                )
+                .expect("request")
+                .0
+        };
+        let old_request = request(&first);
+        assert!(matches!(
+            devices[1].check_restore(&old_request),
+            Err(E2eeError::BadInput { .. })
+        ));
+        assert!(
+            devices[1]
+                .commit(Change::Restore {
+                    key_package: old_request
+                })
+                .is_err()
+        );
+        // With the newest backup, ben (not an admin) lets it take cat's place.
+        let new_request = request(&newest);
+        let checked = devices[1]
+            .check_restore(&new_request)
+            .expect("a valid request");
+        assert_eq!(checked.entry.name, "m2");
+        assert_eq!(checked.key, restored.identity.public_key());
+        assert!(
+            devices[2].check_restore(&new_request).is_err(),
+            "the old device does not commit its own replacement"
+        );
+        let swap = devices[1]
+            .commit(Change::Restore {
+                key_package: new_request.clone(),
+            })
+            .expect("restore");
+        match devices[0].open(&swap.commit) {
+            Ok(Opened::Commit { changes, .. }) => {
+                assert_eq!(changes.restored.len(), 1);
+                assert_eq!(changes.restored[0].key, restored.identity.public_key());
+                assert_eq!(changes.restored[0].name, "m2");
+                assert!(changes.added.is_empty() && changes.removed.is_empty());
+            }
+            other => panic!("ann refused the restore: {other:?}"),
+        }
+        match devices[2].open(&swap.commit) {
+            Ok(Opened::Commit { changes, .. }) => assert!(changes.self_removed),
+            other => panic!("the old device did not see its removal: {other:?}"),
+        }
+        let ben = &mut devices[1];
+        ben.group
+            .as_mut()
+            .expect("group")
+            .merge_pending(&ben.provider)
+            .expect("merge");
+        let mut restored = restored;
+        restored.group = Some(
+            Group::join_group(&restored.provider, &swap.welcome.expect("welcome"))
+                .expect("the restored device joins"),
+        );
+        let roster = restored.group().roster().expect("roster");
+        assert_eq!(roster.members.len(), 3);
+        let entry = roster
+            .entry(restored.identity.public_key())
+            .expect("listed under its new key");
+        assert_eq!((entry.name.as_str(), entry.admin), ("m2", false));
+        assert!(roster.entry(devices[2].identity.public_key()).is_none());
+        assert_eq!(
+            restored.group().own_restore(),
+            None,
+            "a new backup is needed"
+        );
+        let auth = devices[0].group().epoch_authenticator();
+        assert_eq!(restored.group().epoch_authenticator(), auth);
+        let hello = restored.say("restored");
+        assert!(matches!(
+            devices[0].open(&hello),
+            Ok(Opened::Content { .. })
+        ));
+        // The same request a second time finds no leaf to replace.
+        assert!(devices[0].check_restore(&new_request).is_err());
     }
 
     #[test]

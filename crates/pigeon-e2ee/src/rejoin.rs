@@ -72,10 +72,74 @@ impl Ticket {
 }
 
 fn commitment_of(secret: &[u8]) -> [u8; 32] {
+    labelled_commitment(b"pigeon rejoin ticket v1", secret)
+}
+
+fn labelled_commitment(label: &[u8], secret: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"pigeon rejoin ticket v1");
+    h.update(label);
     h.update(secret);
     h.finalize().into()
+}
+
+/// A backup's secret for one conversation: what lets a device restored from the backup take
+/// the place of the device that made it ([`crate::Group::check_restore`]).
+///
+/// Unlike a [`Ticket`], its commitment stays in the device's leaf across key refreshes (each
+/// new leaf carries it forward), because the device does not keep the secret: only the backup
+/// file holds it. So a thief of the device's state cannot use it, and a backup made later
+/// replaces it (the older backup's secret no longer opens anything).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RestoreSecret([u8; 32]);
+
+impl std::fmt::Debug for RestoreSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestoreSecret")
+    }
+}
+
+impl RestoreSecret {
+    /// A fresh secret from the provider's randomness.
+    ///
+    /// # Errors
+    /// When there is no randomness.
+    pub fn generate<P: OpenMlsProvider>(provider: &P) -> Result<Self, E2eeError> {
+        provider
+            .rand()
+            .random_array::<32>()
+            .map(Self)
+            .map_err(|e| E2eeError::Provider(format!("{e:?}")))
+    }
+
+    /// The secret with these bytes (as read from a backup).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        Self(secret)
+    }
+
+    /// The secret, for the backup.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The commitment that goes into the device's leaves.
+    pub fn commitment(&self) -> [u8; 32] {
+        restore_commitment_of(&self.0)
+    }
+}
+
+fn restore_commitment_of(secret: &[u8]) -> [u8; 32] {
+    labelled_commitment(b"pigeon restore secret v1", secret)
+}
+
+/// What a new leaf carries besides its own fresh ticket.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeafExtras<'a> {
+    /// To be taken back after falling behind: the secret of the ticket in the leaf replaced.
+    pub reveal: Option<&'a Ticket>,
+    /// The commitment of the device's newest backup's secret, carried from leaf to leaf.
+    pub restore: Option<[u8; 32]>,
+    /// To take the place of a device from its backup: that backup's secret.
+    pub restore_reveal: Option<&'a RestoreSecret>,
 }
 
 /// What the ticket extension holds.
@@ -87,16 +151,40 @@ struct TicketExt {
     /// In a rejoin's key package: the secret of the leaf it replaces.
     #[prost(bytes = "vec", tag = "2")]
     reveal: Vec<u8>,
+    /// Commitment to the secret of the device's newest backup (empty: none).
+    #[prost(bytes = "vec", tag = "3")]
+    restore: Vec<u8>,
+    /// In a restored device's key package: the backup's secret.
+    #[prost(bytes = "vec", tag = "4")]
+    restore_reveal: Vec<u8>,
 }
 
-/// The leaf extensions that carry `ticket` (and, for a rejoin, the old ticket's secret).
+/// A leaf's ticket extension, read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeafTicket {
+    /// Commitment to the leaf's own ticket.
+    pub commitment: [u8; 32],
+    /// A rejoin's revealed ticket secret.
+    pub reveal: Option<[u8; 32]>,
+    /// Commitment to the device's backup secret.
+    pub restore: Option<[u8; 32]>,
+    /// A restore's revealed backup secret.
+    pub restore_reveal: Option<[u8; 32]>,
+}
+
+/// The leaf extensions that carry `ticket` and `extras`.
 pub(crate) fn ticket_extensions(
     ticket: &Ticket,
-    reveal: Option<&Ticket>,
+    extras: &LeafExtras<'_>,
 ) -> Result<Extensions<LeafNode>, E2eeError> {
     let ext = TicketExt {
         commitment: ticket.commitment().to_vec(),
-        reveal: reveal.map(|t| t.0.to_vec()).unwrap_or_default(),
+        reveal: extras.reveal.map(|t| t.0.to_vec()).unwrap_or_default(),
+        restore: extras.restore.map(|c| c.to_vec()).unwrap_or_default(),
+        restore_reveal: extras
+            .restore_reveal
+            .map(|r| r.0.to_vec())
+            .unwrap_or_default(),
     };
     Extensions::from_vec(vec![Extension::Unknown(
         TICKET_EXTENSION,
@@ -105,22 +193,33 @@ pub(crate) fn ticket_extensions(
     .map_err(crate::mls("building a leaf's ticket"))
 }
 
-/// A leaf's ticket: (commitment, revealed secret). `None` for a leaf without a well-formed one
-/// (made before tickets existed).
-pub(crate) fn leaf_ticket(leaf: &LeafNode) -> Option<([u8; 32], Option<[u8; 32]>)> {
+/// A leaf's ticket extension. `None` for a leaf without a well-formed one (made before
+/// tickets existed, or with a field of the wrong length).
+pub(crate) fn leaf_ticket(leaf: &LeafNode) -> Option<LeafTicket> {
+    fn optional(bytes: &[u8]) -> Option<Option<[u8; 32]>> {
+        match bytes.len() {
+            0 => Some(None),
+            _ => bytes.try_into().ok().map(Some),
+        }
+    }
     let ext = leaf.extensions().unknown(TICKET_EXTENSION)?;
     let t = TicketExt::decode(ext.0.as_slice()).ok()?;
-    let commitment: [u8; 32] = t.commitment.as_slice().try_into().ok()?;
-    let reveal = match t.reveal.len() {
-        0 => None,
-        _ => Some(t.reveal.as_slice().try_into().ok()?),
-    };
-    Some((commitment, reveal))
+    Some(LeafTicket {
+        commitment: t.commitment.as_slice().try_into().ok()?,
+        reveal: optional(&t.reveal)?,
+        restore: optional(&t.restore)?,
+        restore_reveal: optional(&t.restore_reveal)?,
+    })
 }
 
 /// True when `reveal` is the secret behind `commitment`.
 pub(crate) fn opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
     commitment_of(reveal) == *commitment
+}
+
+/// True when `reveal` is the backup secret behind the restore `commitment`.
+pub(crate) fn restore_opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
+    restore_commitment_of(reveal) == *commitment
 }
 
 #[cfg(test)]
@@ -136,5 +235,17 @@ mod tests {
         assert!(!opens(&a.commitment(), b.secret()));
         assert_ne!(a.commitment(), b.commitment());
         assert_eq!(format!("{a:?}"), "Ticket", "no secret in debug output");
+    }
+
+    #[test]
+    fn a_backup_secret_opens_only_its_restore_commitment() {
+        let provider = crate::MemoryProvider::new().expect("provider");
+        let r = RestoreSecret::generate(&provider).expect("r");
+        assert!(restore_opens(&r.commitment(), r.secret()));
+        // The two kinds of commitment are apart: a ticket's never opens as a backup's.
+        let t = Ticket::from_secret(*r.secret());
+        assert!(!restore_opens(&t.commitment(), r.secret()));
+        assert!(!opens(&r.commitment(), t.secret()));
+        assert_eq!(format!("{r:?}"), "RestoreSecret");
     }
 }

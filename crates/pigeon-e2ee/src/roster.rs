@@ -217,6 +217,10 @@ pub struct CommitShape {
     /// Of both `removed` and `added`: devices taken back with a new leaf (a rejoin whose
     /// ticket the caller checked). They keep their roster entries.
     pub rejoined: BTreeSet<Vec<u8>>,
+    /// Devices restored from a backup: the key of the device replaced (in `removed`) to the
+    /// restored device's key (in `added`), whose backup secret the caller checked. The
+    /// restored device takes over the replaced one's roster entry.
+    pub restored: BTreeMap<Vec<u8>, Vec<u8>>,
     /// The roster the commit installs (`None`: unchanged).
     pub new_roster: Option<Roster>,
 }
@@ -231,6 +235,9 @@ pub fn check_commit(
     members: &BTreeSet<Vec<u8>>,
     shape: &CommitShape,
 ) -> Result<Roster, String> {
+    if !shape.restored.is_empty() {
+        return check_restores(old, members, shape);
+    }
     let committer_admin = old.is_admin(&shape.committer);
     if !shape.rejoined.is_subset(&shape.added)
         || !shape.rejoined.is_subset(&shape.removed)
@@ -332,6 +339,53 @@ pub fn check_commit(
     Ok(new)
 }
 
+/// A commit that restores devices from backups is anyone's to make for those devices (their
+/// backup secrets prove them): it is checked as if each restored device had always held the
+/// replaced one's key, which makes its entry one that stays, unchanged but for the key.
+fn check_restores(
+    old: &Roster,
+    members: &BTreeSet<Vec<u8>>,
+    shape: &CommitShape,
+) -> Result<Roster, String> {
+    let olds: BTreeSet<Vec<u8>> = shape.restored.keys().cloned().collect();
+    let news: BTreeSet<Vec<u8>> = shape.restored.values().cloned().collect();
+    if news.len() != olds.len()
+        || !olds.is_subset(&shape.removed)
+        || !news.is_subset(&shape.added)
+        || !olds.is_disjoint(&shape.left)
+        || !olds.is_disjoint(&shape.rejoined)
+        || !news.is_disjoint(&shape.rejoined)
+        || news.iter().any(|k| members.contains(k))
+    {
+        return Err(
+            "a device restored from a backup does not replace exactly one device".to_owned(),
+        );
+    }
+    if olds.contains(&shape.committer) {
+        return Err("a commit removes its own committer".to_owned());
+    }
+    let renamed = |key: &Vec<u8>| shape.restored.get(key).unwrap_or(key).clone();
+    let mut before = old.clone();
+    for m in &mut before.members {
+        m.key = renamed(&m.key);
+    }
+    let members: BTreeSet<Vec<u8>> = members.iter().map(renamed).collect();
+    let inner =
+        CommitShape {
+            committer: shape.committer.clone(),
+            added: shape.added.difference(&news).cloned().collect(),
+            removed: shape.removed.difference(&olds).cloned().collect(),
+            left: shape.left.clone(),
+            rejoined: shape.rejoined.clone(),
+            restored: BTreeMap::new(),
+            // A restore changes the roster (a key), so the commit must carry one.
+            new_roster: Some(shape.new_roster.clone().ok_or_else(|| {
+                "a commit restores a device without changing the roster".to_owned()
+            })?),
+        };
+    check_commit(&before, &members, &inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +411,50 @@ mod tests {
 
     fn keys(ks: &[u8]) -> BTreeSet<Vec<u8>> {
         ks.iter().map(|k| vec![*k; 32]).collect()
+    }
+
+    #[test]
+    fn anyone_lets_a_restored_device_take_its_place_under_the_same_entry_only() {
+        let old = roster(&[(1, true), (2, false), (3, false)]);
+        let members = keys(&[1, 2, 3]);
+        let restored_entry = |admin: bool, name: &str| {
+            let mut e = entry(3, admin);
+            e.key = vec![9; 32];
+            e.name = name.to_owned();
+            e
+        };
+        let with = |e: RosterEntry| Roster {
+            members: vec![entry(1, true), entry(2, false), e],
+            ..old.clone()
+        };
+        let shape = |new_roster: Option<Roster>| CommitShape {
+            committer: vec![2; 32],
+            added: keys(&[9]),
+            removed: keys(&[3]),
+            restored: [(vec![3; 32], vec![9; 32])].into_iter().collect(),
+            new_roster,
+            ..CommitShape::default()
+        };
+        // A member who is not an admin moves 3's entry to the restored key 9.
+        let fine = with(restored_entry(false, "m3"));
+        assert_eq!(
+            check_commit(&old, &members, &shape(Some(fine.clone()))),
+            Ok(fine)
+        );
+        // Not without the new roster, not with the entry rewritten or made admin.
+        assert!(check_commit(&old, &members, &shape(None)).is_err());
+        let renamed = with(restored_entry(false, "mallory"));
+        assert!(check_commit(&old, &members, &shape(Some(renamed))).is_err());
+        let admin = with(restored_entry(true, "m3"));
+        assert!(check_commit(&old, &members, &shape(Some(admin))).is_err());
+        // Not in place of the committer, nor under a key already in the group.
+        let mut own = shape(Some(with(restored_entry(false, "m3"))));
+        own.committer = vec![3; 32];
+        assert!(check_commit(&old, &members, &own).is_err());
+        let mut taken = shape(Some(with(restored_entry(false, "m3"))));
+        taken.restored = [(vec![3; 32], vec![1; 32])].into_iter().collect();
+        taken.added = keys(&[1]);
+        assert!(check_commit(&old, &members, &taken).is_err());
     }
 
     #[test]

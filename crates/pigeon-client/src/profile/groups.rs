@@ -31,9 +31,11 @@ use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 
+mod backup;
 mod devices;
 mod direct;
 mod log;
+pub use backup::{BackupSummary, RestoreProgress};
 pub use devices::{
     DeviceInfo, DeviceLinkProgress, LinkJoinProgress, MAX_LINKED_CONVERSATIONS, PreparedDeviceLink,
     device_label,
@@ -216,6 +218,9 @@ struct Intent {
     /// devices: the Welcome goes back through that group's log, sealed under `welcome_secret`.
     #[prost(bool, tag = "11")]
     welcome_devices: bool,
+    /// For a backup's key refresh: the restore commitment its new leaf carries.
+    #[prost(bytes = "vec", tag = "12")]
+    restore_commitment: Vec<u8>,
 }
 
 const ADD: u32 = 1;
@@ -227,6 +232,11 @@ const COMMIT_LEAVES: u32 = 6;
 /// Take back a device that fell behind (`key_package` is its request; `welcome_secret` the
 /// ticket secret it revealed, which seals the Welcome back).
 const REJOIN: u32 = 7;
+/// A key refresh that puts a new backup's restore commitment into this device's leaf.
+const BACKUP: u32 = 8;
+/// Let a device restored from a backup take the place of the one that made it (`key_package`
+/// is its request; `welcome_secret` the backup's secret it revealed).
+const RESTORE: u32 = 9;
 
 impl Intent {
     fn change(&self) -> Result<Change, ProfileError> {
@@ -246,6 +256,12 @@ impl Intent {
             PROMOTE => Change::Promote(self.keys.first().cloned().unwrap_or_default()),
             COMMIT_LEAVES => Change::CommitLeaves,
             REJOIN => Change::Rejoin {
+                key_package: self.key_package.clone(),
+            },
+            BACKUP => Change::Backup {
+                commitment: key32(&self.restore_commitment, "backup")?,
+            },
+            RESTORE => Change::Restore {
                 key_package: self.key_package.clone(),
             },
             other => {
@@ -1140,7 +1156,7 @@ impl Profile {
             let mls = self.mls();
             let identity = Identity::generate(&mls)?;
             let (key_package, ticket) =
-                identity.key_package_with_ticket(&mls, Suite::XWing, None)?;
+                identity.key_package_with_ticket(&mls, Suite::XWing, &pigeon_e2ee::LeafExtras::default())?;
             self.keep_ticket(&ticket)?;
             let request = JoinRequest {
                 key_package,
@@ -1718,7 +1734,7 @@ impl Profile {
                     return Ok(());
                 }
                 Err(e)
-                    if intent.kind == REJOIN
+                    if (intent.kind == REJOIN || intent.kind == RESTORE)
                         && (e.is_bad_input() || matches!(e, E2eeError::NotAllowed(_))) =>
                 {
                     // The device is back already (another member took it back first), or

@@ -483,3 +483,19 @@ CREATE TABLE sibling_packages (
 PRAGMA user_version = 14;
 COMMIT;
 ";
+
+/// Version 15: backups (issue #16). `backup_secrets` keeps each conversation's restore secret
+/// from `pigeon backup`'s start until the file is written (then only the file has it);
+/// `groups.restoring` marks a conversation a restore is bringing this device back into.
+pub(super) const MIGRATE_15: &str = "
+BEGIN;
+CREATE TABLE backup_secrets (
+  group_row INTEGER PRIMARY KEY REFERENCES groups(id) ON DELETE CASCADE,
+  secret BLOB NOT NULL,
+  commitment BLOB NOT NULL,
+  made_at INTEGER NOT NULL
+);
+ALTER TABLE groups ADD COLUMN restoring INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 15;
+COMMIT;
+";

@@ -1304,7 +1304,11 @@ impl Profile {
         for (index, suite) in items {
             let suite = Suite::from_code(suite).unwrap_or(Suite::XWing);
             let identity = Identity::generate(&mls)?;
-            let (key_package, ticket) = identity.key_package_with_ticket(&mls, suite, None)?;
+            let (key_package, ticket) = identity.key_package_with_ticket(
+                &mls,
+                suite,
+                &pigeon_e2ee::LeafExtras::default(),
+            )?;
             self.keep_ticket(&ticket)?;
             self.conn
                 .execute(
@@ -1597,8 +1601,11 @@ impl Profile {
             let mut packages = Vec::new();
             for _ in have..DEVICE_STOCK {
                 let identity = Identity::generate(&mls)?;
-                let (key_package, ticket) =
-                    identity.key_package_with_ticket(&mls, Suite::XWing, None)?;
+                let (key_package, ticket) = identity.key_package_with_ticket(
+                    &mls,
+                    Suite::XWing,
+                    &pigeon_e2ee::LeafExtras::default(),
+                )?;
                 self.keep_ticket(&ticket)?;
                 let secret: [u8; 32] = random()?;
                 self.conn

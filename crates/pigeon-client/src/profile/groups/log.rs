@@ -518,7 +518,7 @@ impl Profile {
             Some((i, Some(welcome))) if i.kind == ADD => {
                 self.send_welcome(row, &i, welcome, seq)?;
             }
-            Some((i, Some(welcome))) if i.kind == REJOIN => {
+            Some((i, Some(welcome))) if i.kind == REJOIN || i.kind == RESTORE => {
                 self.send_rejoin_welcome(row, &i, welcome, seq)?;
             }
             Some((i, _)) if i.kind == UPDATE => {
@@ -1197,7 +1197,16 @@ impl Profile {
         };
         let identity = Identity::load(&mls, &row.signature_key)?;
         let suite = group.suite().unwrap_or(Suite::XWing);
-        let (key_package, next) = identity.key_package_with_ticket(&mls, suite, Some(&old))?;
+        let (key_package, next) = identity.key_package_with_ticket(
+            &mls,
+            suite,
+            &pigeon_e2ee::LeafExtras {
+                reveal: Some(&old),
+                // The newest backup's commitment stays in this device's leaf.
+                restore: group.own_restore(),
+                ..pigeon_e2ee::LeafExtras::default()
+            },
+        )?;
         self.keep_ticket(&next)?;
         let request = RejoinRequest { key_package };
         // Sealed under the commitment, which only those who hold the group's tree know: the
@@ -1229,9 +1238,10 @@ impl Profile {
                 .map(|plain| (key, plain))
         });
         let Some((key, plain)) = opened else {
-            // Sealed to no ticket in the tree now: a device that is back already, a request
-            // from a copy of an old state, or one that was never for this group.
-            return Ok(vec![Handled::Duplicate]);
+            // Sealed to no ticket in the tree now: a device restored from a backup, a device
+            // that is back already, a request from a copy of an old state, or one that was
+            // never for this group.
+            return self.restore_request(row, &group, sealed);
         };
         let request = RejoinRequest::decode(plain.as_slice())
             .map_err(|e| peer("request to rejoin", &format!("it does not decode: {e}")))?;
@@ -1256,6 +1266,59 @@ impl Profile {
                     key_package: request.key_package,
                     keys: vec![key],
                     welcome_secret: rejoin.revealed.secret().to_vec(),
+                    ..Intent::default()
+                },
+            )?;
+        }
+        let m = self.notice(row.id, who, false, &line)?;
+        Ok(vec![Handled::Group(m)])
+    }
+
+    /// A request in the log from a device restored from a backup: sealed under the restore
+    /// commitment in the leaf of the device that made the backup. Answered like a request to
+    /// be taken back.
+    fn restore_request(
+        &self,
+        row: &GroupRow,
+        group: &Group,
+        sealed: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let opened = group.restores().into_iter().find_map(|(key, commitment)| {
+            open_sealed(&commitment, b"restore", sealed)
+                .ok()
+                .map(|plain| (key, plain))
+        });
+        let Some((key, plain)) = opened else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let request = RejoinRequest::decode(plain.as_slice()).map_err(|e| {
+            peer(
+                "request to restore a device",
+                &format!("it does not decode: {e}"),
+            )
+        })?;
+        let restore = group.check_restore(&self.mls(), &request.key_package)?;
+        if restore.entry.key != key {
+            return Err(peer(
+                "request to restore a device",
+                "it is sealed for one device and reveals another's backup",
+            ));
+        }
+        let roster = group.roster()?;
+        let respond = roster.is_admin(&row.signature_key)
+            || !roster.members.iter().any(|m| m.admin && m.key != key);
+        let who = &restore.entry.name;
+        let device = crate::profile::device_label(&restore.entry.device);
+        let mut line = format!("{who}'s {device} was restored from a backup on a new device");
+        if respond {
+            line.push_str("; letting it in");
+            self.add_intent(
+                row.id,
+                &Intent {
+                    kind: RESTORE,
+                    key_package: request.key_package,
+                    keys: vec![key],
+                    welcome_secret: restore.revealed.secret().to_vec(),
                     ..Intent::default()
                 },
             )?;
@@ -1337,9 +1400,16 @@ impl Profile {
         let log_cap = key32(&gw.log_cap, "welcome")?;
         let log_owner = key32(&gw.log_owner, "welcome")?;
         let mls = self.mls();
-        let old = Group::load(&mls, &row.group_id)?;
-        let old_ticket = old.own_ticket();
-        old.delete(&mls)?;
+        // A device restored from a backup has no old state of the group.
+        let old_ticket = match Group::load(&mls, &row.group_id) {
+            Ok(old) => {
+                let ticket = old.own_ticket();
+                old.delete(&mls)?;
+                ticket
+            }
+            Err(E2eeError::UnknownGroup) => None,
+            Err(e) => return Err(e.into()),
+        };
         let group = Group::join_group(&mls, &gw.welcome)?;
         if group.id() != row.group_id {
             return Err(peer("welcome", "it is for another group"));
