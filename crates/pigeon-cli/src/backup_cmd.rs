@@ -176,11 +176,22 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let dir = args.profile.dir()?;
-    anyhow::ensure!(
-        !dir.join(pigeon_client::profile::DB_FILE).exists(),
-        "{} holds a profile already; restore into a new one (--profile DIR)",
-        dir.display()
-    );
+    if dir.join(pigeon_client::profile::DB_FILE).exists() {
+        // The same command again (after an interruption): carry on waiting.
+        let profile = Profile::open(&dir, &passphrase(false)?)?;
+        let progress = profile.restore_progress()?;
+        let total = progress.back + progress.waiting.len() + progress.history_only;
+        anyhow::ensure!(
+            total > 0,
+            "{} holds a profile already; restore into a new one (--profile DIR)",
+            dir.display()
+        );
+        if !args.json {
+            eprintln!("This profile was restored from a backup before; carrying on…");
+        }
+        let client = Client::new(profile, CONNECT_TIMEOUT);
+        return wait_until_back(client, &args, &dir, total, started).await;
+    }
     let len = std::fs::metadata(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?
         .len();
@@ -207,7 +218,19 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             total
         );
     }
-    let mut client = Client::new(profile, CONNECT_TIMEOUT);
+    let client = Client::new(profile, CONNECT_TIMEOUT);
+    wait_until_back(client, &args, &dir, total, started).await
+}
+
+/// Syncs until every conversation let the restored device in (or `--wait` ends), then says
+/// where the restore stands.
+async fn wait_until_back(
+    mut client: Client,
+    args: &RestoreArgs,
+    dir: &Path,
+    total: usize,
+    started: Instant,
+) -> anyhow::Result<u8> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0));
     let progress = loop {
         crate::devices_cmd::sync_or_wait(&mut client, !args.json).await?;
@@ -232,7 +255,7 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
         println!(
             "Back in {} of {} conversation(s).",
             progress.back,
-            total - first.history_only
+            total - progress.history_only
         );
         for name in &progress.waiting {
             println!(

@@ -75,7 +75,7 @@ pub enum BackupError {
     #[error("this backup's header is damaged: {0}")]
     Header(&'static str),
     /// The passphrase does not open it.
-    #[error("the passphrase does not open this backup")]
+    #[error("the passphrase does not open this backup (or its header was changed)")]
     WrongPassphrase,
     /// Cut short, reordered, or changed.
     #[error("this backup is damaged ({0}); nothing was restored from it")]

@@ -1676,7 +1676,7 @@ pub fn parse_stored_relay(text: &str) -> Result<RelayLink, ProfileError> {
     })
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), ProfileError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ProfileError> {
     let io = |e: std::io::Error| ProfileError::Db {
         doing: "creating the profile directory",
         reason: e.to_string(),

@@ -33,6 +33,10 @@ use std::path::Path;
 
 /// The version of the contents inside the sealed container.
 const CONTENTS_FORMAT: u32 = 1;
+/// `groups.restoring`: a conversation a restore asked to be let into…
+const RESTORING: i64 = 1;
+/// …or one it brought back as history only.
+const RESTORED_AS_HISTORY: i64 = 2;
 /// Longest message text a backup may hold (a bound on a crafted file, far above any message).
 const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -366,15 +370,38 @@ impl Profile {
         let Some(first) = relays.first() else {
             return Err(bad("it names no relay".to_owned()));
         };
-        let profile = Self::create(dir, passphrase, &contents.name, first)?;
-        match profile.import(&contents, &relays) {
-            Ok(progress) => Ok((profile, progress)),
-            Err(e) => {
-                drop(profile);
-                remove_profile_files(dir);
-                Err(e)
-            }
+        if dir.join(crate::profile::DB_FILE).exists() {
+            return Err(ProfileError::Exists(dir.to_owned()));
         }
+        // Made beside `dir` and moved into it whole: a restore cut short (a crash, kill -9)
+        // leaves no half-made profile where the next attempt, or `pigeon`, would find it.
+        let staging = staging_dir(dir)?;
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io("clearing an earlier restore"))?;
+        }
+        let made = Self::create(&staging, passphrase, &contents.name, first).and_then(|p| {
+            let progress = p.import(&contents, &relays)?;
+            Ok((p, progress))
+        });
+        let progress = match made {
+            Ok((profile, progress)) => {
+                drop(profile);
+                progress
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        crate::profile::create_private_dir(dir)?;
+        let db_file = crate::profile::DB_FILE;
+        std::fs::rename(staging.join(db_file), dir.join(db_file))
+            .map_err(io("moving the restored profile into place"))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("moving the restored profile into place"))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok((Self::open(dir, passphrase)?, progress))
     }
 
     fn import(
@@ -546,6 +573,12 @@ impl Profile {
         }
         let me = self.name()?;
         let Some(secret) = secret else {
+            self.conn
+                .execute(
+                    "UPDATE groups SET restoring = ?1 WHERE id = ?2",
+                    params![RESTORED_AS_HISTORY, id],
+                )
+                .map_err(db("restoring a conversation"))?;
             self.notice(
                 id,
                 &me,
@@ -574,11 +607,12 @@ impl Profile {
         )?;
         self.conn
             .execute(
-                "UPDATE groups SET rejoin_secret = ?1, pending_ticket = ?2, restoring = 1
-                 WHERE id = ?3",
+                "UPDATE groups SET rejoin_secret = ?1, pending_ticket = ?2, restoring = ?3
+                 WHERE id = ?4",
                 params![
                     secret.secret().as_slice(),
                     ticket.commitment().as_slice(),
+                    RESTORING,
                     id
                 ],
             )
@@ -602,22 +636,29 @@ impl Profile {
     pub fn restore_progress(&self) -> Result<RestoreProgress, ProfileError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, state, rejoin_secret IS NOT NULL FROM groups WHERE restoring = 1")
+            .prepare(
+                "SELECT id, state, rejoin_secret IS NOT NULL, restoring FROM groups
+                 WHERE restoring > 0",
+            )
             .map_err(db("reading a restore"))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, GroupId>(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, GroupId>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .map_err(db("reading a restore"))?
-            .collect::<Result<Vec<(GroupId, i64, bool)>, _>>()
+            .collect::<Result<Vec<(GroupId, i64, bool, i64)>, _>>()
             .map_err(db("reading a restore"))?;
         let mut out = RestoreProgress::default();
-        for (id, state, asking) in rows {
-            match state {
-                STATE_LOST if asking => {
+        for (id, state, asking, restoring) in rows {
+            match (restoring, state) {
+                (RESTORED_AS_HISTORY, _) => out.history_only += 1,
+                (_, STATE_LOST) if asking => {
                     out.waiting
                         .push(self.conversation_name(&self.group_row(id)?)?);
                 }
-                STATE_ACTIVE | STATE_LEAVING => out.back += 1,
-                _ => out.history_only += 1,
+                (_, STATE_ACTIVE | STATE_LEAVING) => out.back += 1,
+                // Let in, then left or removed since.
+                _ => {}
             }
         }
         Ok(out)
@@ -828,16 +869,20 @@ fn bad(reason: String) -> ProfileError {
     ProfileError::Invalid(format!("the backup cannot be restored: {reason}"))
 }
 
-/// Removes a profile that a failed restore made (the database and its journal files; the
-/// directory too when nothing else is in it).
-fn remove_profile_files(dir: &Path) {
-    for name in [
-        crate::profile::DB_FILE.to_owned(),
-        format!("{}-wal", crate::profile::DB_FILE),
-        format!("{}-shm", crate::profile::DB_FILE),
-        format!("{}-journal", crate::profile::DB_FILE),
-    ] {
-        let _ = std::fs::remove_file(dir.join(name));
+fn io(doing: &'static str) -> impl FnOnce(std::io::Error) -> ProfileError {
+    move |e| ProfileError::Db {
+        doing,
+        reason: e.to_string(),
     }
-    let _ = std::fs::remove_dir(dir);
+}
+
+/// Where a restore into `dir` is made before it is moved there: `.NAME.restoring` beside it.
+fn staging_dir(dir: &Path) -> Result<std::path::PathBuf, ProfileError> {
+    let name = dir.file_name().ok_or_else(|| {
+        ProfileError::Invalid(format!(
+            "{} is not a directory to restore into",
+            dir.display()
+        ))
+    })?;
+    Ok(dir.with_file_name(format!(".{}.restoring", name.to_string_lossy())))
 }

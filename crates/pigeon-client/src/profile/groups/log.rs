@@ -847,8 +847,25 @@ impl Profile {
                 r.name
             ));
         }
+        for r in &changes.restored {
+            if r.person == my_person {
+                continue;
+            }
+            lines.push(format!(
+                "{}'s {} was restored from a backup on a new device ({by} let it in): a new \
+                 key, so its safety number is new",
+                r.name,
+                device_label(&r.device)
+            ));
+        }
         if changes.self_removed {
-            if by_person.as_ref() == Some(&my_person) {
+            if changes.restored.iter().any(|e| e.person == my_person) {
+                lines.push(
+                    "this device was replaced by one restored from its backup; it reads nothing \
+                     new"
+                    .to_owned(),
+                );
+            } else if by_person.as_ref() == Some(&my_person) {
                 let from = changes
                     .committer
                     .as_ref()
@@ -1307,11 +1324,8 @@ impl Profile {
         let roster = group.roster()?;
         let respond = roster.is_admin(&row.signature_key)
             || !roster.members.iter().any(|m| m.admin && m.key != key);
-        let who = &restore.entry.name;
-        let device = crate::profile::device_label(&restore.entry.device);
-        let mut line = format!("{who}'s {device} was restored from a backup on a new device");
+        // The transcript tells of it when the commit that lets the device in is applied.
         if respond {
-            line.push_str("; letting it in");
             self.add_intent(
                 row.id,
                 &Intent {
@@ -1323,8 +1337,7 @@ impl Profile {
                 },
             )?;
         }
-        let m = self.notice(row.id, who, false, &line)?;
-        Ok(vec![Handled::Group(m)])
+        Ok(vec![Handled::Duplicate])
     }
 
     /// The commit that took a device back won: the Welcome goes into the log, sealed under the
