@@ -8,6 +8,16 @@ use anyhow::Context as _;
 use pigeon_client::{Client, device_label};
 use std::time::{Duration, Instant};
 
+/// `pigeon devices [list|link|remove]`: without a subcommand, lists them.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct DevicesArgs {
+    #[command(subcommand)]
+    command: Option<DevicesCommand>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
 /// `pigeon devices …`.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum DevicesCommand {
@@ -53,8 +63,8 @@ pub(crate) struct RemoveArgs {
 }
 
 /// Runs a `pigeon devices` command.
-pub(crate) async fn run(cmd: DevicesCommand) -> anyhow::Result<u8> {
-    match cmd {
+pub(crate) async fn run(args: DevicesArgs) -> anyhow::Result<u8> {
+    match args.command.unwrap_or(DevicesCommand::List(args.list)) {
         DevicesCommand::List(args) => {
             let profile = open_profile(&args.profile)?;
             for d in profile.devices()? {

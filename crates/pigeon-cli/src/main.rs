@@ -69,9 +69,8 @@ enum Command {
     Group(group_cmd::GroupCommand),
     /// Show the safety number with a contact or a group member (and mark them verified).
     Verify(group_cmd::VerifyArgs),
-    /// Your devices: link a new one, list them, remove one.
-    #[command(subcommand)]
-    Devices(devices_cmd::DevicesCommand),
+    /// Your devices: list them (the default), link a new one, remove one.
+    Devices(devices_cmd::DevicesArgs),
     /// Write an encrypted backup of your profile (contacts, groups, settings, history).
     Backup(backup_cmd::BackupArgs),
     /// Make a profile on this machine from a backup: it rejoins every conversation as a new

@@ -122,6 +122,11 @@ fn a_linked_laptop_talks_in_every_conversation_and_reads_nothing_once_removed() 
         "{devices}"
     );
     assert!(devices.contains("first device (this device)"), "{devices}");
+    assert_eq!(
+        ok(&alice, &["devices"]),
+        devices,
+        "`pigeon devices` lists them"
+    );
     // bob is told, and can compare the laptop's safety number.
     let at_bob = read(&bob);
     assert!(at_bob.contains("alice added a device (laptop)"), "{at_bob}");
