@@ -127,6 +127,9 @@ impl HpkeCrypto for Hpke {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        if is_large_info_hash(ikm) {
+            return Ok(info_hash_memo(alg, salt, ikm));
+        }
         Ok(hkdf_extract(alg.into(), salt, ikm))
     }
 
@@ -216,6 +219,58 @@ impl HpkeCrypto for Hpke {
 }
 
 /// The HPKE instance for an openmls configuration, mapped as libcrux's provider maps it.
+/// `info` from this size up has its HPKE `info_hash` remembered (below it, hashing is cheaper
+/// than keeping and comparing a copy).
+const LARGE_INFO: usize = 4096;
+
+/// True for the extract of HPKE's key schedule that hashes `info` (RFC 9180 §5.1:
+/// `LabeledExtract("", "info_hash", info)`, whose input is "HPKE-v1" ‖ suite id (10 bytes) ‖
+/// "info_hash" ‖ info), when `info` is large.
+fn is_large_info_hash(labeled_ikm: &[u8]) -> bool {
+    labeled_ikm.len() >= 26 + LARGE_INFO
+        && labeled_ikm.starts_with(b"HPKE-v1HPKE")
+        && labeled_ikm.get(17..26) == Some(b"info_hash".as_slice())
+}
+
+/// A commit's update path is HPKE-encrypted once per device in each copath node's resolution
+/// (about every device of the group, in a tree whose inner nodes have no keys yet), each time
+/// under the same `info`: the group context, which carries the roster (about 70 KB at 1,000
+/// devices). Hashing it each time was half of every encryption (a profile of `pigeon bench
+/// group --members 1000`). The last large `info_hash` computed on this thread is kept with its
+/// whole input and reused only for byte-for-byte the same input: the same result, computed
+/// once per commit instead of once per device. What it holds is public to the group (the
+/// group context), never a key or a shared secret (those are short and never kept here).
+fn info_hash_memo(alg: KdfAlgorithm, salt: &[u8], labeled_ikm: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<InfoHash>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(hit) = last
+            .as_ref()
+            .filter(|h| h.alg == alg && h.salt == salt && h.labeled_ikm.as_slice() == labeled_ikm)
+        {
+            return hit.out.clone();
+        }
+        let out = hkdf_extract(alg.into(), salt, labeled_ikm);
+        *last = Some(InfoHash {
+            alg,
+            salt: salt.to_vec(),
+            labeled_ikm: labeled_ikm.to_vec(),
+            out: out.clone(),
+        });
+        out
+    })
+}
+
+/// One remembered `info_hash`: its whole input and its output.
+struct InfoHash {
+    alg: KdfAlgorithm,
+    salt: Vec<u8>,
+    labeled_ikm: Vec<u8>,
+    out: Vec<u8>,
+}
+
 fn hpke(config: HpkeConfig) -> hpke_rs::Hpke<Hpke> {
     let kem = match config.0 {
         HpkeKemType::DhKemP256 => KemAlgorithm::DhKemP256,
@@ -529,6 +584,54 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
             .collect()
+    }
+
+    /// The remembered `info_hash` is used only for the very same `info`: infos of the same
+    /// large size that differ in one byte, one after the other and back, each open only with
+    /// their own `info` under libcrux's provider (which remembers nothing).
+    #[test]
+    fn a_remembered_info_hash_is_used_only_for_the_same_info() {
+        let ours = CryptoProvider::new().expect("provider");
+        let libcrux = openmls_libcrux_crypto::CryptoProvider::new().expect("provider");
+        let suite = Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519;
+        let config = || suite.hpke_config();
+        let keys = libcrux
+            .derive_hpke_keypair(config(), &[9; 32])
+            .expect("key pair");
+        let a = vec![1u8; 70_000];
+        let mut b = a.clone();
+        b[40_000] ^= 1;
+        for info in [&a, &a, &b, &a, &b, &b] {
+            let sealed = ours
+                .hpke_seal(config(), &keys.public, info, b"aad", b"path secret")
+                .expect("seal");
+            let other = if info == &a { &b } else { &a };
+            assert_eq!(
+                libcrux
+                    .hpke_open(config(), &sealed, &keys.private, info, b"aad")
+                    .expect("opens with its own info"),
+                b"path secret"
+            );
+            assert!(
+                libcrux
+                    .hpke_open(config(), &sealed, &keys.private, other, b"aad")
+                    .is_err()
+            );
+        }
+        assert!(is_large_info_hash(
+            &[
+                b"HPKE-v1HPKE\x00\x01\x00\x01\x00\x03info_hash".as_slice(),
+                &a
+            ]
+            .concat()
+        ));
+        assert!(!is_large_info_hash(
+            &[
+                b"HPKE-v1HPKE\x00\x01\x00\x01\x00\x03psk_id_hash".as_slice(),
+                &a
+            ]
+            .concat()
+        ));
     }
 
     #[test]
