@@ -76,6 +76,10 @@ pub(crate) struct RelayArgs {
     /// (ten times this in a burst); one session makes at most 64.
     #[arg(long, default_value_t = RelayConfig::default().creations_per_sec)]
     creations_per_sec: f32,
+    /// The same from one source address on the plain `tcp` listener (ten times this in a
+    /// burst).
+    #[arg(long, default_value_t = RelayConfig::default().source_creations_per_sec)]
+    creations_per_source: f32,
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
@@ -501,6 +505,7 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         admission: args.admission_limits(),
         idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
         creations_per_sec: args.creations_per_sec,
+        source_creations_per_sec: args.creations_per_source,
         expiry_interval: std::time::Duration::from_secs(args.sweep_secs),
         ..RelayConfig::default()
     };

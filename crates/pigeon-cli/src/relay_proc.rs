@@ -56,6 +56,11 @@ impl RelayProcess {
             "1000000",
             "--idle-timeout",
             "86400",
+            // The load comes from one address, making hundreds of mailboxes at once.
+            "--creations-per-sec",
+            "1000000",
+            "--creations-per-source",
+            "1000000",
         ];
         args.extend_from_slice(extra);
         Self::start(data, &args)

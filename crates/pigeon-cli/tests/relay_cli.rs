@@ -279,3 +279,35 @@ fn sigterm_right_after_the_link_exits_cleanly() {
         "exit codes of relays stopped right after their link: {codes:?}"
     );
 }
+
+/// `pigeon bench relay` runs end to end against its relay child process (short, small) and
+/// prints its figures: the load makes hundreds of mailboxes from one address, which the
+/// relay's per-source creation limit must let through for a benchmark relay.
+#[test]
+fn the_relay_benchmark_runs_and_prints_its_figures() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .args([
+            "bench",
+            "relay",
+            "--seconds",
+            "1",
+            "--skip-idle",
+            "--mailboxes",
+            "256",
+            "--json",
+        ])
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figures: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("one JSON object");
+    assert!(figures["msgs_per_s"].as_f64().expect("msgs_per_s") > 0.0, "{figures}");
+    assert!(figures["p99_ms"].as_f64().expect("p99_ms") > 0.0, "{figures}");
+}

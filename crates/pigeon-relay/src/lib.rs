@@ -36,10 +36,6 @@ const FETCHES_PER_SEC: f32 = 2.0;
 /// ...and in a burst.
 const FETCH_BURST: f32 = 20.0;
 
-/// Creations per second from one source address on the plain `tcp` listener (sustained)...
-const SOURCE_CREATIONS_PER_SEC: f32 = 10.0;
-/// ...and in a burst.
-const SOURCE_CREATION_BURST: f32 = 100.0;
 
 /// Tunables of a relay. The defaults suit a public relay.
 #[derive(Clone, Debug)]
@@ -68,6 +64,9 @@ pub struct RelayConfig {
     /// Mailboxes, logs and key-package publications the relay makes per second, from
     /// everyone (sustained; ten times this in a burst).
     pub creations_per_sec: f32,
+    /// The same from one source address on the plain `tcp` listener (sustained; ten times
+    /// this in a burst).
+    pub source_creations_per_sec: f32,
 }
 
 impl Default for RelayConfig {
@@ -84,6 +83,7 @@ impl Default for RelayConfig {
             admission: AdmissionLimits::default(),
             idle_timeout: Duration::from_secs(120),
             creations_per_sec: 200.0,
+            source_creations_per_sec: 10.0,
         }
     }
 }
@@ -134,7 +134,10 @@ impl<S> Shared<S> {
             keys,
             limiter: conn::Limiter::new(config.sends_per_sec, config.send_burst),
             fetch_limiter: conn::Limiter::new(FETCHES_PER_SEC, FETCH_BURST),
-            source_creations: conn::Limiter::new(SOURCE_CREATIONS_PER_SEC, SOURCE_CREATION_BURST),
+            source_creations: conn::Limiter::new(
+                config.source_creations_per_sec.max(0.1),
+                config.source_creations_per_sec.max(0.1) * 10.0,
+            ),
             creations: std::sync::Mutex::new(pigeon_proto::rate::TokenBucket::new(
                 config.creations_per_sec.max(1.0),
                 config.creations_per_sec.max(1.0) * 10.0,
