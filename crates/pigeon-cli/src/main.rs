@@ -21,6 +21,7 @@ mod qr;
 mod relay_cmd;
 mod relay_proc;
 mod relays_cmd;
+mod shell_cmd;
 mod tls_setup;
 mod user_cmd;
 
@@ -99,6 +100,10 @@ enum Command {
     Lab(pigeon_lab::cli::LabCommand),
     /// Start a relay in a temporary directory and run a scripted exchange through it.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell_cmd::CompletionsArgs),
+    /// Print the manual page (or write one per command with --dir).
+    Man(shell_cmd::ManArgs),
 }
 
 fn init_logging(json: bool) {
@@ -109,12 +114,20 @@ fn init_logging(json: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (to anything but empty; see
+/// no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The global `--profile` as given (it is a path for user commands).
@@ -157,6 +170,12 @@ fn main() -> std::process::ExitCode {
             Command::Relays(cmd) => relays_cmd::run(cmd).map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
+            Command::Completions(args) => {
+                shell_cmd::completions(&args, <Cli as clap::CommandFactory>::command()).map(|()| 0)
+            }
+            Command::Man(args) => {
+                shell_cmd::man(&args, <Cli as clap::CommandFactory>::command()).map(|()| 0)
+            }
             Command::Lab(cmd) => pigeon_lab::cli::run(cmd, profile_flag).await.map(|()| 0),
             Command::Init(args) => user_cmd::init(args).await,
             Command::Devices(cmd) => devices_cmd::run(cmd).await,

@@ -435,3 +435,45 @@ fn new_conversations_go_to_the_first_relay_that_answers() {
     assert!(stderr(&out).contains("only relay"), "{}", stderr(&out));
     second.assert_no_panic();
 }
+
+/// Shell completions and manual pages come from the command definitions: every command is in
+/// them, and a reader that goes away early ends the program quietly.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let pigeon = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pigeon"));
+        c.stdin(std::process::Stdio::null());
+        c
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let out = pigeon().args(["completions", shell]).output().expect("run");
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["backup", "restore", "devices", "group", "proxies"] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let out = pigeon()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "an unknown shell is refused");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = pigeon()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    for page in [
+        "pigeon.1",
+        "pigeon-backup.1",
+        "pigeon-group-create.1",
+        "pigeon-devices-link.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let out = pigeon().arg("man").output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".SH SYNOPSIS"));
+}

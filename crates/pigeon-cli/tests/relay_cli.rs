@@ -308,6 +308,12 @@ fn the_relay_benchmark_runs_and_prints_its_figures() {
     let text = String::from_utf8_lossy(&out.stdout);
     let figures: serde_json::Value =
         serde_json::from_str(text.lines().last().unwrap_or_default()).expect("one JSON object");
-    assert!(figures["msgs_per_s"].as_f64().expect("msgs_per_s") > 0.0, "{figures}");
-    assert!(figures["p99_ms"].as_f64().expect("p99_ms") > 0.0, "{figures}");
+    assert!(
+        figures["msgs_per_s"].as_f64().expect("msgs_per_s") > 0.0,
+        "{figures}"
+    );
+    assert!(
+        figures["p99_ms"].as_f64().expect("p99_ms") > 0.0,
+        "{figures}"
+    );
 }

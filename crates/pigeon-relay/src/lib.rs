@@ -36,7 +36,6 @@ const FETCHES_PER_SEC: f32 = 2.0;
 /// ...and in a burst.
 const FETCH_BURST: f32 = 20.0;
 
-
 /// Tunables of a relay. The defaults suit a public relay.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
