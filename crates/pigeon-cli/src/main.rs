@@ -21,6 +21,7 @@ mod qr;
 mod relay_cmd;
 mod relay_proc;
 mod relays_cmd;
+mod rpc_cmd;
 mod shell_cmd;
 mod tls_setup;
 mod user_cmd;
@@ -100,6 +101,9 @@ enum Command {
     Lab(pigeon_lab::cli::LabCommand),
     /// Start a relay in a temporary directory and run a scripted exchange through it.
     Demo(demo::DemoArgs),
+    /// Speak JSON-RPC 2.0 on standard input and output, one object per line (docs/RPC.md):
+    /// the core that front ends drive.
+    Rpc(rpc_cmd::RpcArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(shell_cmd::CompletionsArgs),
     /// Print the manual page (or write one per command with --dir).
@@ -170,6 +174,7 @@ fn main() -> std::process::ExitCode {
             Command::Relays(cmd) => relays_cmd::run(cmd).map(|()| 0),
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
+            Command::Rpc(args) => rpc_cmd::run(args).await,
             Command::Completions(args) => {
                 shell_cmd::completions(&args, <Cli as clap::CommandFactory>::command()).map(|()| 0)
             }

@@ -1507,6 +1507,29 @@ impl Profile {
         self.group_messages_where("m.group_row = ?1", params![id], limit.max(0))
     }
 
+    /// The latest `limit` lines of a group (or conversation) before the line `before` (all
+    /// when `None`), oldest first: a page of its transcript.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn group_history_before(
+        &self,
+        id: GroupId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<GroupMessage>, ProfileError> {
+        // Before in the transcript's order (log position, then arrival), which is not the
+        // order of line ids: history from a linked device or a backup arrives later than lines
+        // it comes before.
+        self.group_messages_where(
+            "m.group_row = ?1 AND (?2 IS NULL OR (coalesce(m.seq, 9223372036854775807), m.id) <
+               (SELECT coalesce(b.seq, 9223372036854775807), b.id FROM group_messages b
+                WHERE b.id = ?2 AND b.group_row = ?1))",
+            params![id, before],
+            limit.max(0),
+        )
+    }
+
     /// Unread lines (of one group, or all), in log order; marks them read.
     ///
     /// # Errors

@@ -201,6 +201,18 @@ impl Profile {
             })
     }
 
+    /// What people call a conversation: the contact's name for a conversation of two, else
+    /// the group's name ("" for the group of the person's own devices).
+    ///
+    /// # Errors
+    /// On database failure, or for a group that is not there.
+    pub fn conversation_label(&self, id: GroupId) -> Result<String, ProfileError> {
+        match self.contact_of(id)? {
+            Some(direct) => Ok(direct.name),
+            None => Ok(self.group_row(id)?.name),
+        }
+    }
+
     /// The contact whose conversation is `group`.
     pub(super) fn contact_of(&self, group: GroupId) -> Result<Option<Direct>, ProfileError> {
         self.conn
