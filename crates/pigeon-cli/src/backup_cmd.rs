@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Largest backup file `pigeon restore` reads (it is opened whole, before anything is made).
-const MAX_BACKUP_BYTES: u64 = 4 << 30;
+const MAX_BACKUP_BYTES: u64 = 2 << 30;
 
 /// `pigeon backup`.
 #[derive(clap::Args, Debug)]
@@ -262,6 +262,13 @@ async fn wait_until_back(
                 "  {}: waiting for one of its members' devices to let this one in (it happens \
                  when one of them next reads; `pigeon read` carries on)",
                 safe(name)
+            );
+        }
+        if !progress.waiting.is_empty() {
+            println!(
+                "  If that does not happen within days: a newer backup was made on the old \
+                 device (only the newest one restores), or the conversation moved its log \
+                 since (someone was removed); ask for a new invitation there."
             );
         }
         if progress.history_only > 0 {

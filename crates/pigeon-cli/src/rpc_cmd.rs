@@ -156,8 +156,13 @@ const METHODS: &[&str] = &[
     "groups.admin",
     "groups.members",
     "devices.list",
+    "devices.remove",
     "relays.list",
+    "relays.add",
+    "relays.remove",
     "proxies.list",
+    "proxies.add",
+    "proxies.remove",
     "connection.check",
     "sync",
 ];
@@ -191,6 +196,26 @@ impl Params<'_> {
                 ))),
             },
         }
+    }
+
+    fn opt_bool(&self, name: &str) -> Result<Option<bool>, RpcError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(RpcError::params(format!(
+                "params.{name} must be true or false"
+            ))),
+        }
+    }
+
+    fn relay_link(&self, name: &str) -> Result<pigeon_transport::RelayLink, RpcError> {
+        pigeon_transport::RelayLink::parse(self.str(name)?.trim())
+            .map_err(|e| RpcError::params(format!("params.{name} is not a relay link: {e}")))
+    }
+
+    fn proxy_link(&self, name: &str) -> Result<pigeon_transport::ProxyLink, RpcError> {
+        pigeon_transport::ProxyLink::parse(self.str(name)?.trim())
+            .map_err(|e| RpcError::params(format!("params.{name} is not a proxy link: {e}")))
     }
 
     /// Refuses parameters the method does not take (a typo is an error, not ignored).
@@ -324,8 +349,7 @@ impl Server {
             }
             "profile.create" => {
                 p.only(&["name", "relay", "passphrase", "device"])?;
-                let relay = pigeon_transport::RelayLink::parse(p.str("relay")?)
-                    .map_err(|e| RpcError::params(format!("params.relay: {e}")))?;
+                let relay = p.relay_link("relay")?;
                 let passphrase = Passphrase::new(p.str("passphrase")?.to_owned());
                 let profile =
                     Profile::create(&self.dir, &passphrase, p.str("name")?.trim(), &relay)?;
@@ -532,19 +556,48 @@ impl Server {
                         .collect(),
                 ))
             }
+            "devices.remove" => {
+                p.only(&["name"])?;
+                let name = p.str("name")?.to_owned();
+                let client = self.client()?;
+                let conversations = client.profile().remove_device(&name)?;
+                let report = client.flush(true).await?;
+                Ok(json!({ "conversations": conversations, "sent": report.waiting == 0 }))
+            }
             "relays.list" => {
                 p.only(&[])?;
-                let profile = self.profile()?;
-                let first = profile.relay()?.to_string();
-                let mut relays = vec![first.clone()];
-                relays.extend(
-                    profile
-                        .relays()?
-                        .iter()
-                        .map(ToString::to_string)
-                        .filter(|r| *r != first),
-                );
-                Ok(json!(relays))
+                let relays = self.profile()?.relays()?;
+                Ok(json!(
+                    relays.iter().map(ToString::to_string).collect::<Vec<_>>()
+                ))
+            }
+            "relays.add" => {
+                p.only(&["link"])?;
+                let link = p.relay_link("link")?;
+                let outcome = match self.profile()?.add_relay(&link)? {
+                    pigeon_client::RelayAdded::Added => json!({ "added": true }),
+                    pigeon_client::RelayAdded::Updated(n) => {
+                        json!({ "added": false, "links_updated": n })
+                    }
+                    pigeon_client::RelayAdded::AlreadyThere => json!({ "added": false }),
+                };
+                Ok(outcome)
+            }
+            "relays.remove" => {
+                p.only(&["link"])?;
+                let link = p.relay_link("link")?;
+                Ok(json!({ "removed": self.profile()?.remove_relay(&link)? }))
+            }
+            "proxies.add" => {
+                p.only(&["link", "always"])?;
+                let link = p.proxy_link("link")?;
+                let always = p.opt_bool("always")?.unwrap_or(false);
+                Ok(json!({ "added": self.profile()?.add_proxy(&link, always)? }))
+            }
+            "proxies.remove" => {
+                p.only(&["link"])?;
+                let link = p.proxy_link("link")?;
+                Ok(json!({ "removed": self.profile()?.remove_proxy(&link)? }))
             }
             "proxies.list" => {
                 p.only(&[])?;
@@ -559,12 +612,7 @@ impl Server {
             "connection.check" => {
                 p.only(&[])?;
                 let client = self.client()?;
-                let mut relays = vec![client.profile().relay()?];
-                for r in client.profile().relays()? {
-                    if !relays.contains(&r) {
-                        relays.push(r);
-                    }
-                }
+                let relays = client.profile().relays()?;
                 let results = client.connect_all(&relays).await;
                 Ok(Value::Array(
                     relays

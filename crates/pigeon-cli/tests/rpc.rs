@@ -217,6 +217,28 @@ fn a_front_end_drives_the_core_over_json_rpc_and_bad_calls_are_told_what_is_wron
     assert_eq!(sent["sent"], true);
     assert!(ok(&bob, &["read", "--wait", "0.5"]).contains("hi club"));
 
+    // Settings: relays and proxies.
+    let relays = rpc.ok("relays.list", json!({}));
+    assert_eq!(relays, json!([relay.link.to_string()]));
+    assert_eq!(rpc.ok("proxies.list", json!({})), json!([]));
+    let e = rpc.err(
+        "proxies.add",
+        json!({ "link": "pigeon://relay#nope" }),
+        -32602,
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("message")
+            .contains("not a proxy link")
+    );
+    rpc.err(
+        "relays.add",
+        json!({ "link": "https://example.org" }),
+        -32602,
+    );
+    rpc.err("proxies.add", json!({ "link": 1, "always": "yes" }), -32602);
+
     // Bad calls: each gets its error, with a sentence naming what is wrong.
     let e = rpc.err(
         "messages.list",
