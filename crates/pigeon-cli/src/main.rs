@@ -210,7 +210,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Who is at fault, for the errors that know.
-fn kind_of(e: &anyhow::Error) -> Option<pigeon_wire::ErrorKind> {
+pub(crate) fn kind_of(e: &anyhow::Error) -> Option<pigeon_wire::ErrorKind> {
     e.chain().find_map(|cause| {
         if let Some(c) = cause.downcast_ref::<pigeon_client::Error>() {
             Some(c.kind())
@@ -242,7 +242,7 @@ fn plain(kind: pigeon_wire::ErrorKind) -> &'static str {
 
 /// The error and its causes, each sentence once: many errors here already say their cause in
 /// their own sentence, which `{:#}` would repeat.
-fn chain_once(e: &anyhow::Error) -> String {
+pub(crate) fn chain_once(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

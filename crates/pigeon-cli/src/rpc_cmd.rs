@@ -82,28 +82,10 @@ impl RpcError {
 
 impl From<anyhow::Error> for RpcError {
     fn from(e: anyhow::Error) -> Self {
-        let kind = e.chain().find_map(|cause| {
-            if let Some(c) = cause.downcast_ref::<pigeon_client::Error>() {
-                Some(c.kind())
-            } else {
-                cause.downcast_ref::<ProfileError>().map(ProfileError::kind)
-            }
-        });
-        let mut message = String::new();
-        for cause in e.chain() {
-            let text = cause.to_string();
-            if message.contains(&text) {
-                continue;
-            }
-            if !message.is_empty() {
-                message.push_str(": ");
-            }
-            message.push_str(&text);
-        }
         Self {
             code: -32000,
-            message,
-            kind: Some(kind.map_or("unknown", kind_name)),
+            message: crate::chain_once(&e),
+            kind: Some(crate::kind_of(&e).map_or("unknown", kind_name)),
         }
     }
 }

@@ -27,7 +27,9 @@ pub use members::{
     Change, Changes, Committed, GROUP_PAST_EPOCHS, Rejoin, Restore, key_package_signature_key,
     stored_state,
 };
-pub use rejoin::{LeafExtras, RestoreSecret, Ticket};
+pub use rejoin::{
+    LeafExtras, LeafSecret, RestoreKind, RestoreSecret, SecretKind, Ticket, TicketKind,
+};
 pub use roster::{Roster, RosterEntry};
 pub use verify::safety_number;
 

@@ -492,14 +492,7 @@ impl Group {
             }
             Change::Remove { keys } => {
                 for key in keys {
-                    let leaf = self
-                        .group
-                        .members()
-                        .find(|m| m.signature_key == key)
-                        .map(|m| m.index)
-                        .ok_or_else(|| {
-                            E2eeError::NotAllowed("that device is not in the group".to_owned())
-                        })?;
+                    let leaf = self.leaf_of(&key)?;
                     if !shape.removed.contains(&key) {
                         removals.push(leaf);
                     }
@@ -511,20 +504,7 @@ impl Group {
             Change::Restore { key_package } => {
                 let restore = self.check_restore(provider, &key_package)?;
                 let old_key = restore.entry.key;
-                if shape.removed.contains(&old_key) {
-                    return Err(E2eeError::NotAllowed(
-                        "that device asked to leave; it is not restored".to_owned(),
-                    ));
-                }
-                let leaf = self
-                    .group
-                    .members()
-                    .find(|m| m.signature_key == old_key)
-                    .map(|m| m.index)
-                    .ok_or_else(|| {
-                        E2eeError::NotAllowed("that device is not in the group".to_owned())
-                    })?;
-                removals.push(leaf);
+                removals.push(self.replaced_leaf(&shape, &old_key)?);
                 shape.removed.insert(old_key.clone());
                 shape.added.insert(restore.key.clone());
                 for m in &mut roster.members {
@@ -542,20 +522,7 @@ impl Group {
             Change::Rejoin { key_package } => {
                 let rejoin = self.check_rejoin(provider, &key_package)?;
                 let key = rejoin.entry.key;
-                if shape.removed.contains(&key) {
-                    return Err(E2eeError::NotAllowed(
-                        "that device asked to leave; it is not taken back".to_owned(),
-                    ));
-                }
-                let leaf = self
-                    .group
-                    .members()
-                    .find(|m| m.signature_key == key)
-                    .map(|m| m.index)
-                    .ok_or_else(|| {
-                        E2eeError::NotAllowed("that device is not in the group".to_owned())
-                    })?;
-                removals.push(leaf);
+                removals.push(self.replaced_leaf(&shape, &key)?);
                 shape.removed.insert(key.clone());
                 shape.added.insert(key.clone());
                 shape.rejoined.insert(key);
@@ -629,6 +596,26 @@ impl Group {
             epoch: self.epoch(),
             ticket,
         })
+    }
+
+    /// The leaf of the device with this signature key.
+    fn leaf_of(&self, key: &[u8]) -> Result<LeafNodeIndex, E2eeError> {
+        self.group
+            .members()
+            .find(|m| m.signature_key == key)
+            .map(|m| m.index)
+            .ok_or_else(|| E2eeError::NotAllowed("that device is not in the group".to_owned()))
+    }
+
+    /// The leaf a rejoin or a restore replaces: the device's, unless it asked to leave (then
+    /// it goes, and is not taken back).
+    fn replaced_leaf(&self, shape: &CommitShape, key: &[u8]) -> Result<LeafNodeIndex, E2eeError> {
+        if shape.removed.contains(key) {
+            return Err(E2eeError::NotAllowed(
+                "that device asked to leave; it is not taken back".to_owned(),
+            ));
+        }
+        self.leaf_of(key)
     }
 
     fn add_one<P: OpenMlsProvider>(

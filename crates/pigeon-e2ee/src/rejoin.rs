@@ -31,19 +31,71 @@ use crate::E2eeError;
 /// The private leaf-node extension type that holds a device's rejoin ticket.
 pub const TICKET_EXTENSION: u16 = 0xF7A2;
 
+/// What a kind of leaf secret is: the label its commitment is hashed under, and its name in
+/// debug output (which never shows the secret).
+pub trait SecretKind {
+    /// Domain separation for the commitment.
+    const LABEL: &'static [u8];
+    /// The type's name, for `Debug`.
+    const NAME: &'static str;
+}
+
+/// A 32-byte secret whose SHA-256 commitment (under its kind's label) goes into a leaf.
+pub struct LeafSecret<K: SecretKind>([u8; 32], std::marker::PhantomData<K>);
+
 /// A rejoin ticket's secret. Its commitment goes into the device's leaf; the secret stays on
 /// the device until it is revealed to come back.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Ticket([u8; 32]);
+pub type Ticket = LeafSecret<TicketKind>;
 
-impl std::fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Ticket")
+/// A backup's secret for one conversation: what lets a device restored from the backup take
+/// the place of the device that made it ([`crate::Group::check_restore`]).
+///
+/// Unlike a [`Ticket`], its commitment stays in the device's leaf across key refreshes (each
+/// new leaf carries it forward), because the device does not keep the secret: only the backup
+/// file holds it. So a thief of the device's state cannot use it, and a backup made later
+/// replaces it (the older backup's secret no longer opens anything).
+pub type RestoreSecret = LeafSecret<RestoreKind>;
+
+/// The kind of [`Ticket`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TicketKind;
+
+impl SecretKind for TicketKind {
+    const LABEL: &'static [u8] = b"pigeon rejoin ticket v1";
+    const NAME: &'static str = "Ticket";
+}
+
+/// The kind of [`RestoreSecret`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreKind;
+
+impl SecretKind for RestoreKind {
+    const LABEL: &'static [u8] = b"pigeon restore secret v1";
+    const NAME: &'static str = "RestoreSecret";
+}
+
+impl<K: SecretKind> Clone for LeafSecret<K> {
+    fn clone(&self) -> Self {
+        Self(self.0, std::marker::PhantomData)
     }
 }
 
-impl Ticket {
-    /// A fresh ticket from the provider's randomness.
+impl<K: SecretKind> PartialEq for LeafSecret<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<K: SecretKind> Eq for LeafSecret<K> {}
+
+impl<K: SecretKind> std::fmt::Debug for LeafSecret<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(K::NAME)
+    }
+}
+
+impl<K: SecretKind> LeafSecret<K> {
+    /// A fresh secret from the provider's randomness.
     ///
     /// # Errors
     /// When there is no randomness.
@@ -51,13 +103,13 @@ impl Ticket {
         provider
             .rand()
             .random_array::<32>()
-            .map(Self)
+            .map(Self::from_secret)
             .map_err(|e| E2eeError::Provider(format!("{e:?}")))
     }
 
-    /// The ticket with this secret (as stored).
+    /// The secret with these bytes (as stored, or read from a backup).
     pub fn from_secret(secret: [u8; 32]) -> Self {
-        Self(secret)
+        Self(secret, std::marker::PhantomData)
     }
 
     /// The secret, for storage.
@@ -67,68 +119,20 @@ impl Ticket {
 
     /// The commitment that goes into the leaf.
     pub fn commitment(&self) -> [u8; 32] {
-        commitment_of(&self.0)
-    }
-}
-
-fn commitment_of(secret: &[u8]) -> [u8; 32] {
-    labelled_commitment(b"pigeon rejoin ticket v1", secret)
-}
-
-fn labelled_commitment(label: &[u8], secret: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(label);
-    h.update(secret);
-    h.finalize().into()
-}
-
-/// A backup's secret for one conversation: what lets a device restored from the backup take
-/// the place of the device that made it ([`crate::Group::check_restore`]).
-///
-/// Unlike a [`Ticket`], its commitment stays in the device's leaf across key refreshes (each
-/// new leaf carries it forward), because the device does not keep the secret: only the backup
-/// file holds it. So a thief of the device's state cannot use it, and a backup made later
-/// replaces it (the older backup's secret no longer opens anything).
-#[derive(Clone, PartialEq, Eq)]
-pub struct RestoreSecret([u8; 32]);
-
-impl std::fmt::Debug for RestoreSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RestoreSecret")
-    }
-}
-
-impl RestoreSecret {
-    /// A fresh secret from the provider's randomness.
-    ///
-    /// # Errors
-    /// When there is no randomness.
-    pub fn generate<P: OpenMlsProvider>(provider: &P) -> Result<Self, E2eeError> {
-        provider
-            .rand()
-            .random_array::<32>()
-            .map(Self)
-            .map_err(|e| E2eeError::Provider(format!("{e:?}")))
+        Self::commitment_of(&self.0)
     }
 
-    /// The secret with these bytes (as read from a backup).
-    pub fn from_secret(secret: [u8; 32]) -> Self {
-        Self(secret)
+    fn commitment_of(secret: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(K::LABEL);
+        h.update(secret);
+        h.finalize().into()
     }
 
-    /// The secret, for the backup.
-    pub fn secret(&self) -> &[u8; 32] {
-        &self.0
+    /// True when `reveal` is the secret behind `commitment`.
+    pub(crate) fn opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
+        Self::commitment_of(reveal) == *commitment
     }
-
-    /// The commitment that goes into the device's leaves.
-    pub fn commitment(&self) -> [u8; 32] {
-        restore_commitment_of(&self.0)
-    }
-}
-
-fn restore_commitment_of(secret: &[u8]) -> [u8; 32] {
-    labelled_commitment(b"pigeon restore secret v1", secret)
 }
 
 /// What a new leaf carries besides its own fresh ticket.
@@ -212,14 +216,14 @@ pub(crate) fn leaf_ticket(leaf: &LeafNode) -> Option<LeafTicket> {
     })
 }
 
-/// True when `reveal` is the secret behind `commitment`.
+/// True when `reveal` is the ticket secret behind `commitment`.
 pub(crate) fn opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
-    commitment_of(reveal) == *commitment
+    Ticket::opens(commitment, reveal)
 }
 
 /// True when `reveal` is the backup secret behind the restore `commitment`.
 pub(crate) fn restore_opens(commitment: &[u8; 32], reveal: &[u8; 32]) -> bool {
-    restore_commitment_of(reveal) == *commitment
+    RestoreSecret::opens(commitment, reveal)
 }
 
 #[cfg(test)]
