@@ -681,6 +681,8 @@ fn line_json(m: &GroupMessage, conversation: &str) -> Value {
         "notice": m.notice,
         "text": m.text,
         "sent_at_ms": m.sent_at_ms,
+        "read": m.read,
+        "delivered": m.delivered,
     })
 }
 

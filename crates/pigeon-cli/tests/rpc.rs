@@ -194,9 +194,10 @@ fn a_front_end_drives_the_core_over_json_rpc_and_bad_calls_are_told_what_is_wron
     assert!(
         before
             .iter()
-            .any(|l| l["text"] == "hello bob" && l["outgoing"] == true),
-        "{before:?}"
+            .any(|l| l["text"] == "hello bob" && l["outgoing"] == true && l["delivered"] == true),
+        "alice's line, confirmed by bob's device: {before:?}"
     );
+    assert!(page.iter().all(|l| l["read"] == true), "{page:?}");
     assert!(before.iter().all(|l| l["id"] != page[0]["id"]));
 
     // A group with bob in it.

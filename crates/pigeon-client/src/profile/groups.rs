@@ -126,6 +126,11 @@ pub struct GroupMessage {
     pub text: String,
     /// The sender's clock.
     pub sent_at_ms: i64,
+    /// Shown as read here.
+    pub read: bool,
+    /// For this profile's own line in a conversation of two: the contact's device confirmed
+    /// it (a receipt).
+    pub delivered: bool,
 }
 
 /// A group log this profile reads.
@@ -1470,7 +1475,7 @@ impl Profile {
         let sql = format!(
             "SELECT * FROM (
                SELECT m.id, m.group_row, g.name, m.seq, m.sender, m.outgoing, m.notice, m.body, m.sent_at,
-                      coalesce(m.seq, 9223372036854775807) AS ord
+                      coalesce(m.seq, 9223372036854775807) AS ord, m.read, m.delivered
                FROM group_messages m JOIN groups g ON g.id = m.group_row
                WHERE {filter} ORDER BY ord DESC, m.id DESC LIMIT {limit})
              ORDER BY ord, id"
@@ -1488,6 +1493,8 @@ impl Profile {
                     notice: r.get(6)?,
                     text: r.get(7)?,
                     sent_at_ms: r.get(8)?,
+                    read: r.get(10)?,
+                    delivered: r.get(11)?,
                 })
             })
             .map_err(db("reading messages"))?;
