@@ -2,7 +2,9 @@
 //!
 //! [`MailboxStore`] is the seam between the relay and whatever keeps its data durable. The
 //! embedded backend ([`FjallStore`]) keeps everything on one machine; a NATS JetStream backend
-//! for scale-out implements the same trait and must pass the same tests.
+//! for scale-out implements the same trait and must pass the same tests: the conformance suite
+//! in `pigeon_store::conformance` (feature `conformance`), which the embedded backend's tests
+//! instantiate with `mailbox_store_conformance!`.
 //!
 //! A mailbox is one of two kinds ([`MailboxKind`]):
 //! * an **inbox**, a one-way queue: its owner reads it, and what it acknowledges is deleted;
@@ -35,6 +37,8 @@
 //!
 //! Time is passed in explicitly as Unix seconds (`now`); no backend reads the clock.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod fjall_store;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
