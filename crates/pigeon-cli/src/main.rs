@@ -1,6 +1,7 @@
 //! The `pigeon` command: one binary for the relay, the benchmarks and the demo.
 
 mod acme;
+mod app_cmd;
 mod backup_cmd;
 mod bench;
 mod bench_attack;
@@ -101,6 +102,8 @@ enum Command {
     Lab(pigeon_lab::cli::LabCommand),
     /// Start a relay in a temporary directory and run a scripted exchange through it.
     Demo(demo::DemoArgs),
+    /// Serve the web client on this machine (loopback only) and print its one-time address.
+    App(app_cmd::AppArgs),
     /// Speak JSON-RPC 2.0 on standard input and output, one object per line (docs/RPC.md):
     /// the core that front ends drive.
     Rpc(rpc_cmd::RpcArgs),
@@ -175,6 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Rpc(args) => rpc_cmd::run(args).await,
+            Command::App(args) => app_cmd::run(args).await,
             Command::Completions(args) => {
                 shell_cmd::completions(&args, <Cli as clap::CommandFactory>::command()).map(|()| 0)
             }

@@ -216,15 +216,58 @@ impl Params<'_> {
     }
 }
 
-/// One `pigeon rpc` session: the profile directory, the open profile's client, and the
-/// notifications waiting to go out before the next answer.
-struct Server {
+/// One session of the core (`pigeon rpc`, or a page of `pigeon app`): the profile directory,
+/// the open profile's client, and the notifications waiting to go out before the next answer.
+pub(crate) struct Server {
     dir: PathBuf,
     client: Option<Client>,
     notifications: Vec<Value>,
 }
 
 impl Server {
+    /// A session on the profile in `dir`, open from the start when `PIGEON_PASSPHRASE` is set
+    /// and a profile is there.
+    ///
+    /// # Errors
+    /// When that profile does not open.
+    pub(crate) fn new(dir: PathBuf) -> anyhow::Result<Self> {
+        let mut server = Self {
+            client: None,
+            notifications: Vec::new(),
+            dir,
+        };
+        if let Ok(pass) = std::env::var("PIGEON_PASSPHRASE")
+            && server.dir.join(pigeon_client::profile::DB_FILE).exists()
+        {
+            let profile = Profile::open(&server.dir, &Passphrase::new(pass))?;
+            server.client = Some(Client::new(profile, CONNECT_TIMEOUT));
+        }
+        Ok(server)
+    }
+
+    /// The notifications that go out before the next answer.
+    pub(crate) fn take_notifications(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.notifications)
+    }
+
+    /// Fetches from the relays (briefly) when a profile is open: the events, as notifications.
+    pub(crate) async fn background_sync(&mut self) -> Vec<Value> {
+        if self.client.is_some() {
+            let _ = self
+                .call(
+                    "sync",
+                    &Params(
+                        &json!({ "wait_ms": 200 })
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    ),
+                )
+                .await;
+        }
+        self.take_notifications()
+    }
+
     fn client(&mut self) -> Result<&mut Client, RpcError> {
         self.client.as_mut().ok_or_else(|| {
             RpcError::new(
@@ -239,7 +282,7 @@ impl Server {
     }
 
     /// Answers one line: a request, a notification (no answer) or a batch.
-    async fn handle_line(&mut self, line: &str) -> Option<Value> {
+    pub(crate) async fn handle_line(&mut self, line: &str) -> Option<Value> {
         let value: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
@@ -644,6 +687,14 @@ impl Server {
     }
 }
 
+/// The answer to a message that is not text (the WebSocket carries JSON text only).
+pub(crate) fn not_text() -> Value {
+    error_response(
+        Value::Null,
+        &RpcError::parse("messages are JSON text, not binary"),
+    )
+}
+
 fn error_response(id: Value, e: &RpcError) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "error": e.to_value() })
 }
@@ -736,19 +787,7 @@ fn event_json(event: &ClientEvent, profile: &Profile) -> Option<Value> {
 
 /// Runs `pigeon rpc` until standard input ends.
 pub(crate) async fn run(args: RpcArgs) -> anyhow::Result<u8> {
-    let dir = args.profile.dir()?;
-    let mut server = Server {
-        client: None,
-        notifications: Vec::new(),
-        dir: dir.clone(),
-    };
-    // With PIGEON_PASSPHRASE set and a profile there, it is open from the start.
-    if let Ok(pass) = std::env::var("PIGEON_PASSPHRASE")
-        && dir.join(pigeon_client::profile::DB_FILE).exists()
-    {
-        let profile = Profile::open(&dir, &Passphrase::new(pass))?;
-        server.client = Some(Client::new(profile, CONNECT_TIMEOUT));
-    }
+    let mut server = Server::new(args.profile.dir()?)?;
     let mut input = tokio::io::BufReader::new(tokio::io::stdin());
     let mut out = tokio::io::stdout();
     let mut line = Vec::new();

@@ -1,0 +1,181 @@
+// The Pigeonpost web client: JSON-RPC over a WebSocket to `pigeon app` (docs/RPC.md).
+// Everything a peer sends is put into the page as text (textContent), never as markup.
+"use strict";
+
+let socket;
+let nextId = 1;
+const pending = new Map();
+let current = null;
+
+function $(id) { return document.getElementById(id); }
+
+function setStatus(text) { $("status").textContent = text; }
+
+function call(method, params) {
+  const id = nextId++;
+  socket.send(JSON.stringify({ jsonrpc: "2.0", id, method, params: params || {} }));
+  return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+}
+
+function connect() {
+  socket = new WebSocket(`ws://${location.host}/rpc`);
+  socket.addEventListener("open", start);
+  socket.addEventListener("close", () => {
+    setStatus("disconnected from pigeon app; reload when it runs again");
+    for (const p of pending.values()) p.reject(new Error("disconnected"));
+    pending.clear();
+  });
+  socket.addEventListener("message", (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
+    if (msg.method === "event") { onEvent(msg.params); return; }
+    const p = pending.get(msg.id);
+    if (!p) return;
+    pending.delete(msg.id);
+    if (msg.error) p.reject(new Error(msg.error.message)); else p.resolve(msg.result);
+  });
+}
+
+async function start() {
+  try {
+    const me = await call("profile.info");
+    opened(me);
+  } catch (e) {
+    $("unlock").hidden = false;
+    setStatus("locked");
+  }
+}
+
+function opened(me) {
+  $("unlock").hidden = true;
+  $("me").textContent = me.device ? `${me.name} (${me.device})` : me.name;
+  setStatus("connected");
+  refreshList();
+}
+
+async function refreshList() {
+  const list = await call("conversations.list");
+  const ul = $("list");
+  ul.replaceChildren();
+  for (const c of list) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = c.unread > 0 ? `${c.name} (${c.unread})` : c.name;
+    if (c.unread > 0) b.classList.add("unread");
+    if (current === c.name) b.setAttribute("aria-current", "true");
+    if (c.last) {
+      const last = document.createElement("div");
+      last.className = "meta";
+      last.textContent = c.last.text;
+      b.append(last);
+    }
+    b.addEventListener("click", () => open(c.name));
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+function day(ms) { return new Date(ms).toLocaleDateString(); }
+
+async function open(name) {
+  current = name;
+  $("title").textContent = name;
+  $("composer").hidden = false;
+  const lines = await call("messages.list", { with: name, limit: 200 });
+  const ol = $("lines");
+  ol.replaceChildren();
+  let lastDay = null;
+  for (const l of lines) {
+    const d = day(l.sent_at_ms);
+    if (d !== lastDay) {
+      const sep = document.createElement("li");
+      sep.className = "day";
+      sep.textContent = d;
+      ol.append(sep);
+      lastDay = d;
+    }
+    const li = document.createElement("li");
+    li.className = l.notice ? "notice" : (l.outgoing ? "outgoing" : "incoming");
+    li.textContent = l.notice || l.outgoing ? l.text : `${l.from}: ${l.text}`;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const t = new Date(l.sent_at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    meta.textContent = l.outgoing && !l.notice ? `${t} ${l.delivered ? "✓✓" : (l.seq === null ? "…" : "✓")}` : t;
+    li.append(meta);
+    ol.append(li);
+  }
+  ol.lastElementChild?.scrollIntoView();
+  await call("messages.mark_read", { with: name });
+  refreshList();
+}
+
+function onEvent(ev) {
+  if (ev.kind === "message" && ev.line && ev.line.conversation === current) open(current);
+  else refreshList();
+}
+
+$("unlock-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    opened(await call("profile.open", { passphrase: $("passphrase").value }));
+  } catch (err) {
+    setStatus(err.message);
+  }
+  $("passphrase").value = "";
+});
+
+$("composer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = $("text").value;
+  if (!text || !current) return;
+  try {
+    const r = await call("messages.send", { to: current, text });
+    $("text").value = "";
+    setStatus(r.sent ? "sent" : "saved; it goes when the relay answers");
+    open(current);
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
+$("text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+});
+
+$("invite").addEventListener("click", async () => {
+  try {
+    const inv = await call("invite.create");
+    $("invite-link").textContent = inv.link;
+    $("invite-qr").src = "data:image/svg+xml;base64," + btoa(inv.qr_svg);
+    $("invitation").hidden = false;
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+$("invite-close").addEventListener("click", () => { $("invitation").hidden = true; });
+
+$("accept-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    const c = await call("invite.accept", { link: $("accept-link").value.trim() });
+    $("accept-link").value = "";
+    setStatus(`talking with ${c.name}`);
+    refreshList();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
+$("group-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await call("groups.create", { name: $("group-name").value.trim() });
+    $("group-name").value = "";
+    refreshList();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
+connect();
