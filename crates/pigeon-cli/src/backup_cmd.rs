@@ -77,9 +77,14 @@ pub(crate) async fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         m_cost_kib: args.kdf_mib.clamp(8, 1024) * 1024,
         ..KdfCost::DEFAULT
     };
+    let bar = crate::progress::bar("refreshing keys for the backup", args.json);
     let (contents, summary) = client
-        .backup(Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0)))
+        .backup_with_progress(
+            Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0)),
+            |done, total| crate::progress::set(&bar, done, total),
+        )
         .await?;
+    bar.finish_and_clear();
     let salt: [u8; 16] = {
         let mut s = [0u8; 16];
         getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -232,13 +237,16 @@ async fn wait_until_back(
     started: Instant,
 ) -> anyhow::Result<u8> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait.clamp(0.0, 3600.0));
+    let bar = crate::progress::bar("conversations that let this device in", args.json);
     let progress = loop {
         crate::devices_cmd::sync_or_wait(&mut client, !args.json).await?;
         let progress = client.profile().restore_progress()?;
+        crate::progress::set(&bar, progress.back, progress.back + progress.waiting.len());
         if progress.waiting.is_empty() || Instant::now() >= deadline {
             break progress;
         }
     };
+    bar.finish_and_clear();
     if args.json {
         println!(
             "{}",

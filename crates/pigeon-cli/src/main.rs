@@ -17,6 +17,7 @@ mod connect_cmd;
 mod demo;
 mod devices_cmd;
 mod group_cmd;
+mod progress;
 mod proxy_cmd;
 mod qr;
 mod relay_cmd;

@@ -1537,7 +1537,21 @@ impl Client {
         &mut self,
         wait: Duration,
     ) -> Result<(Vec<u8>, crate::profile::BackupSummary), Error> {
-        blocking(|| self.profile.prepare_backup())?;
+        self.backup_with_progress(wait, |_, _| {}).await
+    }
+
+    /// [`Client::backup`], telling `progress(done, total)` how many conversations took the
+    /// key refresh so far.
+    ///
+    /// # Errors
+    /// As [`Client::backup`].
+    pub async fn backup_with_progress(
+        &mut self,
+        wait: Duration,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<(Vec<u8>, crate::profile::BackupSummary), Error> {
+        let total = blocking(|| self.profile.prepare_backup())?;
+        progress(0, total);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self
@@ -1551,9 +1565,9 @@ impl Client {
                 Err(Error::Relay { .. }) => break,
                 Err(e) => return Err(e),
             }
-            if blocking(|| self.profile.backup_waiting())?.is_empty()
-                || tokio::time::Instant::now() >= deadline
-            {
+            let waiting = blocking(|| self.profile.backup_waiting())?.len();
+            progress(total.saturating_sub(waiting), total);
+            if waiting == 0 || tokio::time::Instant::now() >= deadline {
                 break;
             }
         }

@@ -1,0 +1,28 @@
+//! Progress bars for long work (indicatif): drawn on standard error when it is a terminal,
+//! without colour, and not at all otherwise (or with `--json`), so pipes and scripts see only
+//! the command's output.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A bar for `what`, hidden when `quiet` or when standard error is not a terminal.
+pub(crate) fn bar(what: &str, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template("{msg}: [{bar:30}] {pos}/{len} ({elapsed})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Shows `done` of `total`.
+pub(crate) fn set(bar: &ProgressBar, done: usize, total: usize) {
+    bar.set_length(u64::try_from(total).unwrap_or(u64::MAX));
+    bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+}
