@@ -49,8 +49,24 @@ async function start() {
 function opened(me) {
   $("unlock").hidden = true;
   $("me").textContent = me.device ? `${me.name} (${me.device})` : me.name;
-  setStatus("connected");
+  setStatus("connecting to your relays…");
   refreshList();
+  showConnection();
+}
+
+// The route in use to each relay, or why none worked (pointing at censorship when likely).
+async function showConnection() {
+  const started = performance.now();
+  try {
+    const relays = await call("connection.check");
+    const ms = Math.round(performance.now() - started);
+    const up = relays.filter((r) => r.connected);
+    setStatus(up.length > 0
+      ? `connected via ${up.map((r) => r.route).join(", ")} (${ms} ms)`
+      : `not connected: ${relays.map((r) => r.error).join("; ")}`);
+  } catch (err) {
+    setStatus(err.message);
+  }
 }
 
 async function refreshList() {
