@@ -4,7 +4,8 @@
 #                                       cryptography is Rust; cmake, clang, libclang, perl and git
 #                                       for BoringSSL, which the `tls` transport builds;
 #                                       libssl-dev only so that the `-lcrypto` SQLCipher's build
-#                                       script asks for resolves: nothing is taken from it)
+#                                       script asks for resolves: nothing is taken from it; node
+#                                       and npm for the web client's Vite build)
 #   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
 #                                       curl, openssl, headless Chromium for the censorship lab
 #                                       and the fingerprint tests, tshark for their captures,
@@ -25,6 +26,13 @@ need=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# The web client (`pigeon app`) is built with npm and Vite when pigeon is compiled: Debian's
+# nodejs and npm, unless node and npm are there already (NodeSource's nodejs carries its own npm,
+# and Debian's npm package would conflict with it).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  need+=(nodejs npm)
+fi
+want+=(node npm)
 if [ "${#need[@]}" -eq 0 ]; then
   echo "== system packages: all present (${want[*]})"
   exit 0

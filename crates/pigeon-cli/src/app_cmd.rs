@@ -25,10 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The page, its script and its style sheet, in the binary.
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const APP_JS: &str = include_str!("../web/app.js");
-const APP_CSS: &str = include_str!("../web/app.css");
+/// The web client's files as Vite built them from `web/` (see `build.rs`): path and bytes.
+const ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 /// What every answer says about what the page may load and do.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -186,12 +184,9 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<u8> {
             .spawn();
     }
     let app = axum::Router::new()
-        .route("/", get(index))
-        .route("/app.js", get(script))
-        .route("/app.css", get(style))
         .route("/login", get(login_handler))
         .route("/rpc", get(rpc_socket))
-        .fallback(not_found)
+        .fallback(get(asset))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             guard,
@@ -307,28 +302,24 @@ async fn login_handler(
         .into_response()
 }
 
-async fn index() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX_HTML,
-    )
-        .into_response()
-}
-
-async fn script() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        APP_JS,
-    )
-        .into_response()
-}
-
-async fn style() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
-}
-
-async fn not_found() -> Response {
-    refuse(StatusCode::NOT_FOUND, "not found")
+/// A file of the web client (`/` is its page), with its type; anything else is not found.
+async fn asset(uri: axum::http::Uri) -> Response {
+    let path = match uri.path() {
+        "/" => "/index.html",
+        other => other,
+    };
+    let Some((_, bytes)) = ASSETS.iter().find(|(p, _)| *p == path) else {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    };
+    let kind = match path.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    ([(header::CONTENT_TYPE, kind)], *bytes).into_response()
 }
 
 async fn rpc_socket(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {

@@ -1,6 +1,6 @@
 // The Pigeonpost web client: JSON-RPC over a WebSocket to `pigeon app` (docs/RPC.md).
 // Everything a peer sends is put into the page as text (textContent), never as markup.
-"use strict";
+import "./app.css";
 
 let socket;
 let nextId = 1;
