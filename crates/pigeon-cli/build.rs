@@ -10,6 +10,7 @@ fn main() {
     for watched in [
         "web/index.html",
         "web/src",
+        "web/public",
         "web/package.json",
         "web/package-lock.json",
         "web/vite.config.js",

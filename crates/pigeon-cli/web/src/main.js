@@ -6,6 +6,7 @@ let socket;
 let nextId = 1;
 const pending = new Map();
 let current = null;
+const kinds = new Map();
 
 function $(id) { return document.getElementById(id); }
 
@@ -74,6 +75,7 @@ async function refreshList() {
   const ul = $("list");
   ul.replaceChildren();
   for (const c of list) {
+    kinds.set(c.name, c.kind);
     const li = document.createElement("li");
     const b = document.createElement("button");
     b.type = "button";
@@ -98,6 +100,7 @@ async function open(name) {
   current = name;
   $("title").textContent = name;
   $("composer").hidden = false;
+  $("add-form").hidden = kinds.get(name) !== "group";
   const lines = await call("messages.list", { with: name, limit: 200 });
   const ol = $("lines");
   ol.replaceChildren();
@@ -127,7 +130,8 @@ async function open(name) {
 }
 
 function onEvent(ev) {
-  if (ev.kind === "message" && ev.line && ev.line.conversation === current) open(current);
+  const here = ev.kind === "delivered" || (ev.kind === "message" && ev.line && ev.line.conversation === current);
+  if (here && current !== null) open(current);
   else refreshList();
 }
 
@@ -178,6 +182,17 @@ $("accept-form").addEventListener("submit", async (e) => {
     $("accept-link").value = "";
     setStatus(`talking with ${c.name}`);
     refreshList();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
+$("add-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await call("groups.add", { group: current, contact: $("add-contact").value.trim() });
+    $("add-contact").value = "";
+    setStatus("asked them to join");
   } catch (err) {
     setStatus(err.message);
   }

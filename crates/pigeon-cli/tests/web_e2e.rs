@@ -1,0 +1,82 @@
+//! The web client in a real browser (issue #17): two `pigeon app` processes (alice, bob) and
+//! carol on the command line, against a real relay, driven in Debian's Chromium by
+//! `web/tests/e2e.mjs` (playwright-core, installed by the web client's `npm ci`). Screenshots of
+//! the main screens go to `target/screenshots/`.
+
+#[path = "support.rs"]
+mod support;
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use support::{Relay, RelayOpts};
+
+const PASS: &str = "web e2e passphrase";
+
+struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `pigeon app` on `profile`; the process and its one-time address.
+fn app(profile: &Path) -> (App, String) {
+    let mut child = support::client(profile, PASS)
+        .args(["app", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pigeon app");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the address");
+    (App(child), line.trim().to_owned())
+}
+
+#[test]
+fn two_people_use_the_web_client_in_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| dir.path().join(n));
+    for (p, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        support::client_ok(
+            p,
+            PASS,
+            &["init", "--name", name, "--relay", &relay.link.to_string()],
+        );
+    }
+    let (_a, alice_url) = app(&alice);
+    let (_b, bob_url) = app(&bob);
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    let out = Command::new("node")
+        .arg(web.join("tests/e2e.mjs"))
+        .args([&alice_url, &bob_url])
+        .arg(&shots)
+        .current_dir(&web)
+        .env("PIGEON_BIN", env!("CARGO_BIN_EXE_pigeon"))
+        .env("CAROL_PROFILE", &carol)
+        .env("PIGEON_PASSPHRASE", PASS)
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shot in [
+        "invite.png",
+        "conversation.png",
+        "group.png",
+        "phone-width.png",
+    ] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
+}

@@ -1,0 +1,138 @@
+// Drives two `pigeon app` pages in Debian's Chromium (playwright-core): alice invites bob, bob
+// accepts, they talk both ways, bob's markup shows as text and runs nothing, alice's line is
+// marked delivered, a group of three (carol joins from the command line) is made and used, and
+// the page is readable at phone width. Screenshots go to the directory given.
+//
+//   node tests/e2e.mjs ALICE_URL BOB_URL SCREENSHOT_DIR
+//   env: CHROMIUM (default /usr/bin/chromium), PIGEON_BIN, CAROL_PROFILE, PIGEON_PASSPHRASE
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+
+const [aliceUrl, bobUrl, shots] = process.argv.slice(2);
+mkdirSync(shots, { recursive: true });
+const T = 45_000;
+const markup = "<img src=x onerror=alert(1)><script>alert(2)</script>";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+  headless: true,
+});
+const dialogs = [];
+const errors = [];
+
+async function open(url) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
+  const page = await context.newPage();
+  page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  await page.goto(url);
+  await page.waitForSelector("#status:has-text('connected via')", { timeout: T });
+  return page;
+}
+
+function step(what) { console.log(`- ${what}`); }
+
+/// Asks the page for an invitation; its link, once shown.
+async function invite(page) {
+  await page.evaluate(() => { document.querySelector("#invite-link").textContent = ""; });
+  await page.click("#invite");
+  await page.waitForFunction(
+    () => document.querySelector("#invite-link").textContent.startsWith("pigeon://invite#"),
+    null,
+    { timeout: T },
+  );
+  return (await page.textContent("#invite-link")).trim();
+}
+
+try {
+  const alice = await open(aliceUrl);
+  const bob = await open(bobUrl);
+  step("both pages are connected");
+
+  const link = await invite(alice);
+  await alice.waitForFunction(() => document.querySelector("#invite-qr").naturalWidth > 0);
+  await alice.screenshot({ path: `${shots}/invite.png` });
+  await alice.click("#invite-close");
+  step("alice made an invitation with its QR code");
+
+  await bob.fill("#accept-link", link);
+  await bob.click("#accept-form button");
+  await bob.waitForSelector("#list button:has-text('alice')", { timeout: T });
+  await alice.waitForSelector("#list button:has-text('bob')", { timeout: T });
+  step("bob accepted; each sees the other");
+
+  await bob.click("#list button:has-text('alice')");
+  await bob.fill("#text", markup);
+  await bob.press("#text", "Enter");
+  await alice.waitForSelector("#list button:has-text('bob (')", { timeout: T });
+  await alice.screenshot({ path: `${shots}/conversations.png` });
+  await alice.click("#list button:has-text('bob')");
+  await alice.waitForSelector("#lines li:has-text('onerror=alert(1)')", { timeout: T });
+  if ((await alice.$$("#lines img, #lines script")).length > 0) {
+    throw new Error("bob's markup became elements of the page");
+  }
+  step("bob's markup arrived as text");
+
+  await alice.fill("#text", "hello bob, from the web");
+  await alice.click("#composer button");
+  await bob.waitForSelector("#lines li:has-text('hello bob, from the web')", { timeout: T });
+  // bob's device confirms: alice's line gets its second tick (the page reloads it on events).
+  const until = Date.now() + T;
+  while (!(await alice.$("#lines li.outgoing .meta:has-text('✓✓')"))) {
+    if (Date.now() > until) throw new Error("alice's line was never marked delivered");
+    await alice.waitForTimeout(1000);
+    await alice.click("#list button:has-text('bob')");
+  }
+  await alice.screenshot({ path: `${shots}/conversation.png` });
+  step("messages both ways; alice's is marked delivered");
+
+  // carol, on the command line, accepts alice's invitation; alice makes a group of three.
+  const carolLink = await invite(alice);
+  await alice.click("#invite-close");
+  const cli = (args) => execFileSync(process.env.PIGEON_BIN, args, {
+    env: { ...process.env, PIGEON_PROFILE: process.env.CAROL_PROFILE },
+    encoding: "utf8",
+  });
+  cli(["accept", carolLink]);
+  await alice.waitForSelector("#list button:has-text('carol')", { timeout: T });
+  await alice.fill("#group-name", "club");
+  await alice.click("#group-form button");
+  await alice.waitForSelector("#list button:has-text('club')", { timeout: T });
+  await alice.click("#list button:has-text('club')");
+  for (const who of ["bob", "carol"]) {
+    await alice.fill("#add-contact", who);
+    await alice.click("#add-form button");
+    await alice.waitForSelector("#status:has-text('asked them to join')", { timeout: T });
+  }
+  await bob.waitForSelector("#list button:has-text('club')", { timeout: T });
+  const deadline = Date.now() + T;
+  while (!cli(["group", "list"]).includes("club")) {
+    if (Date.now() > deadline) throw new Error("carol never joined the club");
+    cli(["read", "--wait", "1"]);
+  }
+  await bob.click("#list button:has-text('club')");
+  await bob.fill("#text", "hi club");
+  await bob.click("#composer button");
+  await alice.click("#list button:has-text('club')");
+  await alice.waitForSelector("#lines li:has-text('hi club')", { timeout: T });
+  let carolRead = "";
+  for (let i = 0; i < 10 && !carolRead.includes("hi club"); i++) carolRead += cli(["read", "--wait", "1"]);
+  if (!carolRead.includes("hi club")) throw new Error(`carol did not get it: ${carolRead}`);
+  await alice.screenshot({ path: `${shots}/group.png` });
+  step("a group of three is made and used");
+
+  await alice.setViewportSize({ width: 390, height: 800 });
+  await alice.screenshot({ path: `${shots}/phone-width.png`, fullPage: true });
+  const overflow = await alice.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  if (overflow) throw new Error("the page is wider than a phone");
+  step("readable at phone width");
+
+  if (dialogs.length > 0) throw new Error(`a peer's text ran script: ${dialogs.join(", ")}`);
+  if (errors.length > 0) throw new Error(`the page reported errors: ${errors.join("; ")}`);
+  console.log("ok");
+} finally {
+  await browser.close();
+}
