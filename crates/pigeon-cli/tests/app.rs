@@ -9,23 +9,12 @@ mod support;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::process::{Child, Stdio};
+use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 use support::{Relay, RelayOpts};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 
 const PASS: &str = "app test passphrase";
-
-/// The app process; killed when dropped.
-struct App(Child);
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One HTTP/1.1 GET to `host:port` with these headers; (status, headers, body).
 fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
@@ -62,6 +51,16 @@ async fn socket(addr: &str, cookie: &str, origin: &str) -> Result<Socket, tungst
     tokio_tungstenite::connect_async(req).await.map(|(s, _)| s)
 }
 
+/// The next JSON message from the server (at most `secs` seconds away).
+async fn next_value(ws: &mut Socket, secs: u64) -> Value {
+    let msg = tokio::time::timeout(Duration::from_secs(secs), ws.next())
+        .await
+        .expect("a message in time")
+        .expect("open")
+        .expect("a message");
+    serde_json::from_str(msg.to_text().expect("text")).expect("json")
+}
+
 /// Sends a request; the answer (events before it are collected into `events`).
 async fn call(
     ws: &mut Socket,
@@ -75,12 +74,7 @@ async fn call(
         .await
         .expect("send");
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("open")
-            .expect("a message");
-        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+        let v = next_value(ws, 30).await;
         if v.get("method") == Some(&json!("event")) {
             events.push(v["params"].clone());
         } else {
@@ -102,18 +96,7 @@ async fn the_web_app_is_served_only_to_its_page_and_talks_through_the_core() {
             &["init", "--name", name, "--relay", &relay.link.to_string()],
         );
     }
-    let mut child = support::client(&alice, PASS)
-        .args(["app", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pigeon app");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the address");
-    let _app = App(child);
-    let url = line.trim().to_owned();
+    let (_app, url) = support::start_app(&alice, PASS);
     let rest = url.strip_prefix("http://").expect("an http address");
     let (addr, login) = rest.split_once('/').expect("a path");
     let login = format!("/{login}");
@@ -196,12 +179,7 @@ async fn the_web_app_is_served_only_to_its_page_and_talks_through_the_core() {
         .any(|e| e["kind"] == "message" && e["line"]["text"] == markup)
     {
         assert!(Instant::now() < until, "no pushed event: {events:?}");
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a push")
-            .expect("open")
-            .expect("a message");
-        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+        let v = next_value(&mut ws, 10).await;
         if v.get("method") == Some(&json!("event")) {
             events.push(v["params"].clone());
         }
@@ -222,12 +200,7 @@ async fn the_web_app_is_served_only_to_its_page_and_talks_through_the_core() {
         .await
         .expect("send");
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer")
-            .expect("open")
-            .expect("a message");
-        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+        let v = next_value(&mut ws, 10).await;
         if v.get("method") != Some(&json!("event")) {
             assert_eq!(v["error"]["code"], -32700, "{v}");
             break;

@@ -464,3 +464,29 @@ pub(crate) fn transcript(profile: &Path, pass: &str, me: &str, conversation: &st
     })
     .collect()
 }
+
+/// A `pigeon app` process, killed when dropped.
+pub(crate) struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `pigeon app --no-browser` on `profile`; the process and the one-time address it
+/// printed.
+pub(crate) fn start_app(profile: &Path, pass: &str) -> (App, String) {
+    let mut child = client(profile, pass)
+        .args(["app", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pigeon app");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the address");
+    (App(child), line.trim().to_owned())
+}

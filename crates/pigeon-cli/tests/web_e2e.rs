@@ -6,36 +6,11 @@
 #[path = "support.rs"]
 mod support;
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use support::{Relay, RelayOpts};
 
 const PASS: &str = "web e2e passphrase";
-
-struct App(Child);
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `pigeon app` on `profile`; the process and its one-time address.
-fn app(profile: &Path) -> (App, String) {
-    let mut child = support::client(profile, PASS)
-        .args(["app", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pigeon app");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the address");
-    (App(child), line.trim().to_owned())
-}
 
 #[test]
 fn two_people_use_the_web_client_in_chromium() {
@@ -49,8 +24,8 @@ fn two_people_use_the_web_client_in_chromium() {
             &["init", "--name", name, "--relay", &relay.link.to_string()],
         );
     }
-    let (_a, alice_url) = app(&alice);
-    let (_b, bob_url) = app(&bob);
+    let (_a, alice_url) = support::start_app(&alice, PASS);
+    let (_b, bob_url) = support::start_app(&bob, PASS);
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
     let out = Command::new("node")

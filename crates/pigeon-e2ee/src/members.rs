@@ -1103,8 +1103,9 @@ mod tests {
     /// A device that missed commits for good is taken back by a member who is not an admin,
     /// with the secret of the ticket in its leaf; a request with the ticket of an older state
     /// (what a copy taken before the device's last refresh holds) is refused.
-    #[test]
-    fn a_device_that_fell_behind_is_taken_back_and_a_stale_copy_is_not() {
+    /// A group "class" of three devices: ann (admin) made it and added m1 and m2, one commit
+    /// each, in the log. Returns the devices and the rejoin tickets of m1 and m2's first leaves.
+    fn class_of_three() -> (Vec<Device>, Vec<Ticket>) {
         let mut devices: Vec<Device> = (0..3).map(|_| Device::new()).collect();
         let roster = Roster {
             name: "class".to_owned(),
@@ -1120,13 +1121,13 @@ mod tests {
         )
         .expect("create");
         devices[0].group = Some(g);
-        let mut joined_tickets = Vec::new();
+        let mut tickets = Vec::new();
         for i in 1..3 {
             let (kp, ticket) = devices[i]
                 .identity
                 .key_package_with_ticket(&devices[i].provider, Suite::XWing, &LeafExtras::default())
                 .expect("kp");
-            joined_tickets.push(ticket);
+            tickets.push(ticket);
             let entry = devices[i].entry(&format!("m{i}"), false);
             let committed = devices[0]
                 .commit(Change::Add {
@@ -1135,11 +1136,17 @@ mod tests {
                 })
                 .expect("add");
             apply_log(&mut devices, &[(0, committed.commit)]);
-            let joined =
+            devices[i].group = Some(
                 Group::join_group(&devices[i].provider, &committed.welcome.expect("welcome"))
-                    .expect("join");
-            devices[i].group = Some(joined);
+                    .expect("join"),
+            );
         }
+        (devices, tickets)
+    }
+
+    #[test]
+    fn a_device_that_fell_behind_is_taken_back_and_a_stale_copy_is_not() {
+        let (mut devices, mut joined_tickets) = class_of_three();
         let cat_first = joined_tickets.pop().expect("cat's first ticket");
         assert_eq!(
             devices[2].group().own_ticket(),
@@ -1262,39 +1269,7 @@ mod tests {
     /// admin; an older backup of the same device, and the same request a second time, do not.
     #[test]
     fn a_device_restored_from_its_newest_backup_takes_its_place() {
-        let mut devices: Vec<Device> = (0..3).map(|_| Device::new()).collect();
-        let roster = Roster {
-            name: "class".to_owned(),
-            members: vec![devices[0].entry("ann", true)],
-            direct: false,
-            devices: false,
-        };
-        let g = Group::create(
-            &devices[0].provider,
-            &devices[0].identity,
-            Suite::XWing,
-            &roster,
-        )
-        .expect("create");
-        devices[0].group = Some(g);
-        for i in 1..3 {
-            let (kp, _) = devices[i]
-                .identity
-                .key_package_with_ticket(&devices[i].provider, Suite::XWing, &LeafExtras::default())
-                .expect("kp");
-            let entry = devices[i].entry(&format!("m{i}"), false);
-            let committed = devices[0]
-                .commit(Change::Add {
-                    key_package: kp,
-                    entry,
-                })
-                .expect("add");
-            apply_log(&mut devices, &[(0, committed.commit)]);
-            devices[i].group = Some(
-                Group::join_group(&devices[i].provider, &committed.welcome.expect("welcome"))
-                    .expect("join"),
-            );
-        }
+        let (mut devices, _) = class_of_three();
         assert_eq!(devices[2].group().own_restore(), None);
         // cat makes a backup: its leaf commits to the backup's secret.
         let first = RestoreSecret::generate(&devices[2].provider).expect("secret");
