@@ -138,6 +138,8 @@ const METHODS: &[&str] = &[
     "groups.admin",
     "groups.members",
     "devices.list",
+    "devices.link",
+    "devices.link_progress",
     "devices.remove",
     "relays.list",
     "relays.add",
@@ -222,6 +224,8 @@ pub(crate) struct Server {
     dir: PathBuf,
     client: Option<Client>,
     notifications: Vec<Value>,
+    /// The mailbox of the device link this session made last (for `devices.link_progress`).
+    device_link: Option<[u8; 32]>,
 }
 
 impl Server {
@@ -235,6 +239,7 @@ impl Server {
             client: None,
             notifications: Vec::new(),
             dir,
+            device_link: None,
         };
         if let Ok(pass) = std::env::var("PIGEON_PASSPHRASE")
             && server.dir.join(pigeon_client::profile::DB_FILE).exists()
@@ -580,6 +585,32 @@ impl Server {
                         })
                         .collect(),
                 ))
+            }
+            "devices.link" => {
+                p.only(&["history_days"])?;
+                let days = p.opt_int("history_days", 0, 3650)?.unwrap_or(30);
+                let days = u32::try_from(days).unwrap_or(30);
+                let link = self.client()?.link_device(days).await?;
+                let text = link.to_link().map_err(pigeon_client::Error::from)?;
+                self.device_link = Some(link.mailbox_id);
+                Ok(json!({ "link": text, "qr_svg": crate::qr::svg(&text)? }))
+            }
+            "devices.link_progress" => {
+                p.only(&[])?;
+                let Some(mailbox) = self.device_link else {
+                    return Err(RpcError::params(
+                        "this session made no device link (devices.link makes one)",
+                    ));
+                };
+                let progress = self.profile()?.device_link_progress(&mailbox)?;
+                Ok(json!({
+                    "device": progress.device,
+                    "answered": progress.answered,
+                    "offered": progress.offered,
+                    "welcomed": progress.welcomed,
+                    "done": progress.done,
+                    "expired": progress.expired,
+                }))
             }
             "devices.remove" => {
                 p.only(&["name"])?;

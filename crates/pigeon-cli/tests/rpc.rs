@@ -218,6 +218,46 @@ fn a_front_end_drives_the_core_over_json_rpc_and_bad_calls_are_told_what_is_wron
     assert_eq!(sent["sent"], true);
     assert!(ok(&bob, &["read", "--wait", "0.5"]).contains("hi club"));
 
+    // A new device of alice's, linked from the front end: the link and its QR code, then
+    // `pigeon init --link` on the new device while the front end syncs.
+    rpc.err("devices.link_progress", json!({}), -32602);
+    let link = rpc.ok("devices.link", json!({ "history_days": 0 }));
+    let text = link["link"].as_str().expect("link").to_owned();
+    assert!(text.starts_with("pigeon://device#"), "{link}");
+    assert!(link["qr_svg"].as_str().expect("svg").contains("<svg"));
+    let laptop = dir.path().join("alice-laptop");
+    let mut follow = support::client(&laptop, PASS)
+        .args([
+            "init", "--link", &text, "--device", "laptop", "--wait", "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn init --link");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        rpc.ok("sync", json!({ "wait_ms": 300 }));
+        let progress = rpc.ok("devices.link_progress", json!({}));
+        if progress["done"] == true {
+            assert_eq!(progress["device"], "laptop", "{progress}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the link did not finish: {progress}"
+        );
+    }
+    assert!(follow.wait().expect("wait").success());
+    let devices = rpc.ok("devices.list", json!({}));
+    assert!(
+        devices
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|d| d["name"] == "laptop"),
+        "{devices}"
+    );
+
     // Settings: relays and proxies.
     let relays = rpc.ok("relays.list", json!({}));
     assert_eq!(relays, json!([relay.link.to_string()]));

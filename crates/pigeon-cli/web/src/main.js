@@ -163,15 +163,47 @@ $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
 });
 
+function showLink(title, made) {
+  $("invite-title").textContent = title;
+  $("invite-link").textContent = made.link;
+  $("invite-qr").src = "data:image/svg+xml;base64," + btoa(made.qr_svg);
+  $("invitation").hidden = false;
+}
+
 $("invite").addEventListener("click", async () => {
   try {
-    const inv = await call("invite.create");
-    $("invite-link").textContent = inv.link;
-    $("invite-qr").src = "data:image/svg+xml;base64," + btoa(inv.qr_svg);
-    $("invitation").hidden = false;
+    showLink("Give this one-time link to one person, privately:", await call("invite.create"));
   } catch (err) {
     setStatus(err.message);
   }
+});
+
+// A new device of yours: the link for `pigeon init --link` on it, then the handover as it goes
+// (the server keeps fetching while this page is open).
+$("link-device").addEventListener("click", async () => {
+  try {
+    showLink(
+      "On the new device run `pigeon init --link` with this link (it works once, for 10 minutes; show it to nobody else):",
+      await call("devices.link"),
+    );
+  } catch (err) {
+    setStatus(err.message);
+    return;
+  }
+  const follow = setInterval(async () => {
+    try {
+      const p = await call("devices.link_progress");
+      if (p.answered) setStatus(`${p.device || "new device"}: ${p.welcomed} of ${p.offered} conversations handed over`);
+      if (p.done || p.expired) {
+        clearInterval(follow);
+        setStatus(p.done ? `linked ${p.device}` : "nobody answered the link in time");
+        refreshList();
+      }
+    } catch (err) {
+      clearInterval(follow);
+      setStatus(err.message);
+    }
+  }, 2000);
 });
 $("invite-close").addEventListener("click", () => { $("invitation").hidden = true; });
 

@@ -124,6 +124,16 @@ try {
   await alice.screenshot({ path: `${shots}/group.png` });
   step("a group of three is made and used");
 
+  await alice.click("#link-device");
+  await alice.waitForFunction(
+    () => document.querySelector("#invite-link").textContent.startsWith("pigeon://device#"),
+    null,
+    { timeout: T },
+  );
+  await alice.screenshot({ path: `${shots}/link-device.png` });
+  await alice.click("#invite-close");
+  step("a device link with its QR code");
+
   await alice.setViewportSize({ width: 390, height: 800 });
   await alice.screenshot({ path: `${shots}/phone-width.png`, fullPage: true });
   const overflow = await alice.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
