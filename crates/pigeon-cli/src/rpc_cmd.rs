@@ -16,10 +16,11 @@
 use crate::user_cmd::{CONNECT_TIMEOUT, ProfileArg};
 use pigeon_client::{
     Client, ClientEvent, Contact, GroupChange, GroupInfo, GroupMessage, Passphrase, Profile,
-    ProfileError,
+    ProfileError, RouteProgress,
 };
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
@@ -226,6 +227,8 @@ pub(crate) struct Server {
     notifications: Vec<Value>,
     /// The mailbox of the device link this session made last (for `devices.link_progress`).
     device_link: Option<[u8; 32]>,
+    /// Route attempts reported while a call runs, as notifications to send.
+    routes: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl Server {
@@ -240,19 +243,68 @@ impl Server {
             notifications: Vec::new(),
             dir,
             device_link: None,
+            routes: Arc::default(),
         };
         if let Ok(pass) = std::env::var("PIGEON_PASSPHRASE")
             && server.dir.join(pigeon_client::profile::DB_FILE).exists()
         {
             let profile = Profile::open(&server.dir, &Passphrase::new(pass))?;
-            server.client = Some(Client::new(profile, CONNECT_TIMEOUT));
+            server.client = Some(server.client_for(profile));
         }
         Ok(server)
     }
 
-    /// The notifications that go out before the next answer.
+    /// A client on `profile` whose route searches are reported as `route` events: each
+    /// attempt of each relay (trying, failed and why, connected after how long), with a flag
+    /// when the failure looks like censorship (the local network's fault).
+    fn client_for(&self, profile: Profile) -> Client {
+        let mut client = Client::new(profile, CONNECT_TIMEOUT);
+        let routes = Arc::clone(&self.routes);
+        client.set_progress(Box::new(move |link, progress| {
+            let relay: String = link.relay_key()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let params = match progress {
+                RouteProgress::Trying { route, after } => json!({
+                    "kind": "route", "relay": relay, "state": "trying", "route": route,
+                    "after_ms": after.as_millis(),
+                }),
+                RouteProgress::Failed {
+                    route,
+                    after,
+                    error,
+                    kind,
+                } => json!({
+                    "kind": "route", "relay": relay, "state": "failed", "route": route,
+                    "after_ms": after.as_millis(), "error": error,
+                    "censorship_likely": kind == pigeon_wire::ErrorKind::LocalNetwork,
+                }),
+                RouteProgress::Connected { route, after } => json!({
+                    "kind": "route", "relay": relay, "state": "connected", "route": route,
+                    "after_ms": after.as_millis(),
+                }),
+            };
+            if let Ok(mut r) = routes.lock() {
+                // Bounded: a call that searches long keeps the newest attempts.
+                if r.len() >= 256 {
+                    r.remove(0);
+                }
+                r.push(json!({ "jsonrpc": "2.0", "method": "event", "params": params }));
+            }
+        }));
+        client
+    }
+
+    /// The notifications that go out before the next answer: route attempts, then events.
     pub(crate) fn take_notifications(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.notifications)
+        let mut out = self
+            .routes
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        out.append(&mut self.notifications);
+        out
     }
 
     /// Fetches from the relays (briefly) when a profile is open: the events, as notifications.
@@ -386,14 +438,14 @@ impl Server {
                 if let Some(device) = p.opt_str("device")? {
                     profile.set_device_name(device.trim())?;
                 }
-                self.client = Some(Client::new(profile, CONNECT_TIMEOUT));
+                self.client = Some(self.client_for(profile));
                 self.profile_info()
             }
             "profile.open" => {
                 p.only(&["passphrase"])?;
                 let passphrase = Passphrase::new(p.str("passphrase")?.to_owned());
                 let profile = Profile::open(&self.dir, &passphrase)?;
-                self.client = Some(Client::new(profile, CONNECT_TIMEOUT));
+                self.client = Some(self.client_for(profile));
                 self.profile_info()
             }
             "profile.info" => {
@@ -843,7 +895,7 @@ pub(crate) async fn run(args: RpcArgs) -> anyhow::Result<u8> {
                 )),
             }
         };
-        for n in server.notifications.drain(..) {
+        for n in server.take_notifications() {
             write_value(&mut out, &n).await?;
         }
         if let Some(a) = answer {

@@ -130,6 +130,12 @@ async function open(name) {
 }
 
 function onEvent(ev) {
+  if (ev.kind === "route") {
+    if (ev.state === "trying") setStatus(`trying ${ev.route}…`);
+    else if (ev.state === "connected") setStatus(`connected via ${ev.route} (${ev.after_ms} ms)`);
+    else setStatus(`${ev.route} failed: ${ev.error}${ev.censorship_likely ? " (the network may be blocking it)" : ""}`);
+    return;
+  }
   const here = ev.kind === "delivered" || (ev.kind === "message" && ev.line && ev.line.conversation === current);
   if (here && current !== null) open(current);
   else refreshList();
