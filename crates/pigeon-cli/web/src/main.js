@@ -213,6 +213,59 @@ $("link-device").addEventListener("click", async () => {
 });
 $("invite-close").addEventListener("click", () => { $("invitation").hidden = true; });
 
+// Settings: the profile's relays and proxies, each with a remove button.
+function linkItem(text, onRemove) {
+  const li = document.createElement("li");
+  const code = document.createElement("code");
+  code.textContent = text.length > 60 ? `${text.slice(0, 60)}…` : text;
+  code.title = text;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "Remove";
+  remove.addEventListener("click", onRemove);
+  li.append(code, " ", remove);
+  return li;
+}
+
+async function showSettings() {
+  try {
+    const relays = await call("relays.list");
+    $("relays").replaceChildren(...relays.map((link) => linkItem(link, async () => {
+      try { await call("relays.remove", { link }); showSettings(); } catch (err) { setStatus(err.message); }
+    })));
+    const proxies = await call("proxies.list");
+    $("proxies").replaceChildren(...proxies.map((p) => linkItem(`${p.link}${p.always ? " (only)" : ""}`, async () => {
+      try { await call("proxies.remove", { link: p.link }); showSettings(); } catch (err) { setStatus(err.message); }
+    })));
+    $("settings").hidden = false;
+  } catch (err) {
+    setStatus(err.message);
+  }
+}
+
+$("open-settings").addEventListener("click", showSettings);
+$("settings-close").addEventListener("click", () => { $("settings").hidden = true; });
+$("relay-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await call("relays.add", { link: $("relay-link").value.trim() });
+    $("relay-link").value = "";
+    showSettings();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+$("proxy-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await call("proxies.add", { link: $("proxy-link").value.trim(), always: $("proxy-always").checked });
+    $("proxy-link").value = "";
+    showSettings();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
 $("accept-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   try {

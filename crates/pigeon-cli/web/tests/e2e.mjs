@@ -134,6 +134,15 @@ try {
   await alice.click("#invite-close");
   step("a device link with its QR code");
 
+  await alice.click("#open-settings");
+  await alice.waitForSelector("#relays li code", { timeout: T });
+  await alice.fill("#proxy-link", "not a proxy link");
+  await alice.click("#proxy-form button");
+  await alice.waitForSelector("#status:has-text('not a proxy link')", { timeout: T });
+  await alice.screenshot({ path: `${shots}/settings.png` });
+  await alice.click("#settings-close");
+  step("settings list the relay and refuse a bad proxy link in words");
+
   await alice.setViewportSize({ width: 390, height: 800 });
   await alice.screenshot({ path: `${shots}/phone-width.png`, fullPage: true });
   const overflow = await alice.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
