@@ -310,19 +310,22 @@ impl Server {
     /// Fetches from the relays (briefly) when a profile is open: the events, as notifications.
     pub(crate) async fn background_sync(&mut self) -> Vec<Value> {
         if self.client.is_some() {
-            let _ = self
-                .call(
-                    "sync",
-                    &Params(
-                        &json!({ "wait_ms": 200 })
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    ),
-                )
-                .await;
+            let _ = self.sync(Duration::from_millis(200)).await;
         }
         self.take_notifications()
+    }
+
+    /// Sends and fetches for `wait`; the events become notifications.
+    async fn sync(&mut self, wait: Duration) -> Result<Value, RpcError> {
+        let client = self.client()?;
+        let (events, report) = client.sync(wait, Duration::from_secs(30)).await?;
+        let count = events.len();
+        let notes: Vec<Value> = events
+            .iter()
+            .filter_map(|e| event_json(e, client.profile()))
+            .collect();
+        self.notifications.extend(notes);
+        Ok(json!({ "events": count, "sent": report.sent, "waiting": report.waiting }))
     }
 
     fn client(&mut self) -> Result<&mut Client, RpcError> {
@@ -743,16 +746,8 @@ impl Server {
             "sync" => {
                 p.only(&["wait_ms"])?;
                 let wait = p.opt_int("wait_ms", 0, 60_000)?.unwrap_or(500);
-                let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(500));
-                let client = self.client()?;
-                let (events, report) = client.sync(wait, Duration::from_secs(30)).await?;
-                let count = events.len();
-                let notes: Vec<Value> = events
-                    .iter()
-                    .filter_map(|e| event_json(e, client.profile()))
-                    .collect();
-                self.notifications.extend(notes);
-                Ok(json!({ "events": count, "sent": report.sent, "waiting": report.waiting }))
+                self.sync(Duration::from_millis(u64::try_from(wait).unwrap_or(500)))
+                    .await
             }
             other => Err(RpcError::no_method(other)),
         }

@@ -235,21 +235,9 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn export_backup(&self) -> Result<(Vec<u8>, BackupSummary), ProfileError> {
-        let (name, device, first_relay): (String, String, String) = self
-            .conn
-            .query_row(
-                "SELECT name, device, relay FROM profile WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(db("reading the profile"))?;
-        let mut relays = vec![first_relay];
-        for r in self.relays()? {
-            let r = r.to_string();
-            if !relays.contains(&r) {
-                relays.push(r);
-            }
-        }
+        let (name, device) = (self.name()?, self.device_name()?);
+        // The first is the one new things are made on, as `relays` lists them.
+        let relays = self.relays()?.iter().map(ToString::to_string).collect();
         let proxies = self
             .proxies()?
             .into_iter()
@@ -824,16 +812,7 @@ impl Profile {
         if row.devices {
             return Ok("the group of your devices".to_owned());
         }
-        let contact: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT name FROM contacts WHERE conversation = ?1",
-                [row.id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("reading a contact"))?;
-        Ok(contact.unwrap_or_else(|| row.name.clone()))
+        self.conversation_label(row.id)
     }
 
     fn drop_intents_of_kind(&self, id: GroupId, kind: u32) -> Result<(), ProfileError> {

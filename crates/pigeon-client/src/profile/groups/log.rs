@@ -1269,9 +1269,7 @@ impl Profile {
                 "it is sealed for one device and signed by another",
             ));
         }
-        let roster = group.roster()?;
-        let respond = roster.is_admin(&row.signature_key)
-            || !roster.members.iter().any(|m| m.admin && m.key != key);
+        let respond = takes_back(&group.roster()?, &row.signature_key, &key);
         let who = &rejoin.entry.name;
         let mut line = format!("{who}'s device fell behind and asked to be taken back");
         if respond {
@@ -1321,9 +1319,7 @@ impl Profile {
                 "it is sealed for one device and reveals another's backup",
             ));
         }
-        let roster = group.roster()?;
-        let respond = roster.is_admin(&row.signature_key)
-            || !roster.members.iter().any(|m| m.admin && m.key != key);
+        let respond = takes_back(&group.roster()?, &row.signature_key, &key);
         // The transcript tells of it when the commit that lets the device in is applied.
         if respond {
             self.add_intent(
@@ -2105,4 +2101,11 @@ fn forwarded_verifies(row: &GroupRow, f: &Forwarded) -> bool {
         Ok(expected) => f.mac.len() == 32 && bool::from(expected.ct_eq(f.mac.as_slice())),
         Err(_) => false,
     }
+}
+
+/// Whether this device (`me`) answers a request to take back or restore the device `key`: an
+/// admin's device does, and every member's when that device was the group's only admin (the
+/// log decides which commit counts).
+fn takes_back(roster: &Roster, me: &[u8], key: &[u8]) -> bool {
+    roster.is_admin(me) || !roster.members.iter().any(|m| m.admin && m.key != key)
 }
