@@ -16,6 +16,7 @@ mod chat_cmd;
 mod connect_cmd;
 mod demo;
 mod devices_cmd;
+mod files_cmd;
 mod group_cmd;
 mod progress;
 mod proxy_cmd;
@@ -64,8 +65,12 @@ enum Command {
     Contacts(user_cmd::ContactsArgs),
     /// Send a message.
     Send(user_cmd::SendArgs),
-    /// Fetch and print new messages (and mark them read).
+    /// Fetch and print new messages (and mark them read); files that arrived are fetched too.
     Read(user_cmd::ReadArgs),
+    /// List the photos, voice notes and files of your conversations.
+    Files(files_cmd::FilesArgs),
+    /// Save a file that arrived (or one you sent) out of the encrypted profile.
+    Save(files_cmd::SaveArgs),
     /// Talk interactively with one contact.
     Chat(chat_cmd::ChatArgs),
     /// Groups: create, invite, add, remove, leave, members, admin, rename.
@@ -197,6 +202,8 @@ fn main() -> std::process::ExitCode {
             Command::Contacts(args) => user_cmd::contacts(args).map(|()| 0),
             Command::Send(args) => user_cmd::send(args).await,
             Command::Read(args) => user_cmd::read(args).await,
+            Command::Files(args) => files_cmd::files(&args),
+            Command::Save(args) => files_cmd::save(&args),
             Command::Chat(args) => chat_cmd::run(args).await,
             Command::Group(cmd) => group_cmd::run(cmd).await,
             Command::Verify(args) => group_cmd::verify(args),

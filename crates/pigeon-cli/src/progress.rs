@@ -26,3 +26,14 @@ pub(crate) fn set(bar: &ProgressBar, done: usize, total: usize) {
     bar.set_length(u64::try_from(total).unwrap_or(u64::MAX));
     bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
 }
+
+/// A bar counting bytes for `what` (a file going up or coming down), hidden as [`bar`] is.
+pub(crate) fn bytes_bar(what: &str, quiet: bool) -> ProgressBar {
+    let bar = bar(what, quiet);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg}: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

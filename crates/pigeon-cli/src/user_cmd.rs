@@ -113,9 +113,17 @@ pub(crate) struct SendArgs {
     pub(crate) profile: ProfileArg,
     /// The contact's or group's name or number (see `pigeon contacts`, `pigeon group list`).
     contact: String,
-    /// The message.
-    #[arg(required = true, num_args = 1..)]
+    /// The message (with `--file`: its caption, which may be left out).
+    #[arg(required_unless_present = "file", num_args = 0..)]
     text: Vec<String>,
+    /// Send a photo, voice note or file (up to 100 MiB): encrypted here under a key of its
+    /// own, uploaded to the conversation's relay in chunks that resume after a broken
+    /// connection, and announced to the conversation once it is all there.
+    #[arg(long, value_name = "PATH")]
+    file: Option<std::path::PathBuf>,
+    /// With `--file`: it is a voice note.
+    #[arg(long, requires = "file")]
+    voice: bool,
 }
 
 /// `pigeon read`.
@@ -128,6 +136,10 @@ pub(crate) struct ReadArgs {
     /// After the backlog, keep listening this many seconds for new messages.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     wait: f64,
+    /// Save the files that arrive in this directory too (they are always kept, encrypted,
+    /// in the profile: `pigeon files`, `pigeon save`).
+    #[arg(long, value_name = "DIR")]
+    save_to: Option<PathBuf>,
 }
 
 /// The passphrase from `PIGEON_PASSPHRASE`, or asked for on the terminal.
@@ -265,6 +277,28 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<u8> {
     let arg = &args.profile;
     let mut client = open_client(arg)?;
     let text = args.text.join(" ");
+    if let Some(path) = &args.file {
+        let kind = args.voice.then_some(pigeon_client::AttachmentKind::Voice);
+        let (line, file) = client.attach(&args.contact, path, &text, kind)?;
+        let to = client.profile().conversation_label(line.group_id)?;
+        let outcomes = crate::files_cmd::transfer(&mut client, false).await?;
+        let sent = outcomes
+            .iter()
+            .any(|o| matches!(o, pigeon_client::FileOutcome::Sent(f) if f.id == file.id));
+        let report = client.flush(true).await?;
+        if !sent {
+            eprintln!(
+                "{} is kept and goes to {} the next time pigeon connects.",
+                safe(&file.name),
+                safe(&to)
+            );
+            return Ok(EXIT_QUEUED);
+        }
+        if report.waiting == 0 {
+            println!("Sent {} to {}.", safe(&file.name), safe(&to));
+        }
+        return Ok(report_queued(&report));
+    }
     let is_contact = match client.profile().find_contact(&args.contact) {
         Ok(_) => true,
         Err(ProfileError::NoContact(_)) => false,
@@ -322,6 +356,19 @@ pub(crate) async fn read(args: ReadArgs) -> anyhow::Result<u8> {
             println!("{line}");
         }
     }
+    let outcomes = crate::files_cmd::transfer(&mut client, false).await?;
+    if let Some(dir) = &args.save_to {
+        for outcome in &outcomes {
+            if let pigeon_client::FileOutcome::Received(f) = outcome {
+                let path = client.profile().export_file(f.id, dir)?;
+                println!(
+                    "* saved {} to {}",
+                    safe(&f.name),
+                    safe(&path.display().to_string())
+                );
+            }
+        }
+    }
     let unread = client.profile().take_unread(only_contact)?;
     let group_unread = client.profile().take_group_unread(only_group)?;
     if unread.is_empty() && group_unread.is_empty() {
@@ -377,7 +424,21 @@ pub(crate) fn message_line(m: &Message) -> String {
         return format!("[{}] * {}", clock(m.sent_at_ms), safe(&m.text));
     }
     let who = if m.outgoing { "you" } else { &m.contact };
-    format!("[{}] {}: {}", clock(m.sent_at_ms), safe(who), safe(&m.text))
+    format!(
+        "[{}] {}: {}",
+        clock(m.sent_at_ms),
+        safe(who),
+        with_file(&m.text, m.file.as_ref())
+    )
+}
+
+/// A line's text, after the file it carries if any.
+fn with_file(text: &str, file: Option<&pigeon_client::FileInfo>) -> String {
+    match file {
+        Some(f) if text.is_empty() => crate::files_cmd::file_label(f),
+        Some(f) => format!("{} {}", crate::files_cmd::file_label(f), safe(text)),
+        None => safe(text),
+    }
 }
 
 /// A line of a group's transcript.
@@ -396,7 +457,7 @@ pub(crate) fn group_line(m: &GroupMessage) -> String {
         clock(m.sent_at_ms),
         safe(&m.group),
         safe(who),
-        safe(&m.text)
+        with_file(&m.text, m.file.as_ref())
     )
 }
 

@@ -24,6 +24,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod files;
+
+pub use files::{FileOutcome, FileProgress};
+
 /// Longest wait before retrying an outbox item.
 const MAX_BACKOFF_MS: i64 = 300_000;
 

@@ -30,10 +30,11 @@ mod receive;
 mod schema;
 
 pub use groups::{
-    BackupSummary, DeviceInfo, DeviceLinkProgress, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY,
-    GroupChange, GroupInfo, GroupMessage, LinkJoinProgress, LogCopies, LogInbox,
-    MAX_LINKED_CONVERSATIONS, MemberInfo, PendingRotation, PreparedDeviceLink, PreparedGroupInvite,
-    RestoreProgress, SafetyNumbers, device_label,
+    BackupSummary, DeviceInfo, DeviceLinkProgress, FILES_DIR, FileInfo, FileState,
+    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage,
+    LinkJoinProgress, LogCopies, LogInbox, MAX_LINKED_CONVERSATIONS, MemberInfo, PendingDownload,
+    PendingRotation, PendingUpload, PreparedDeviceLink, PreparedGroupInvite, RestoreProgress,
+    SafetyNumbers, device_label, is_picture, make_thumbnail, sniff_mime,
 };
 
 use schema::{CONTACT_QUERY_ALL, SCHEMA};
@@ -55,7 +56,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 15;
+const SCHEMA_VERSION: i64 = 16;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -119,6 +120,17 @@ pub enum ProfileError {
     /// Randomness failed.
     #[error("the random source failed: {0}")]
     Random(String),
+    /// Reading or writing a file failed.
+    #[error("{doing} {}: {source}", path.display())]
+    File {
+        /// What was being done.
+        doing: &'static str,
+        /// To which file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ProfileError {
@@ -134,6 +146,14 @@ impl ProfileError {
             | Self::Ambiguous(_)
             | Self::Invalid(_)
             | Self::NotNow(_) => ErrorKind::BadInput,
+            Self::File { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                ErrorKind::BadInput
+            }
             _ => ErrorKind::Internal,
         }
     }
@@ -215,6 +235,14 @@ pub struct Message {
     /// A notice about the conversation (it fell behind, messages expired, the other person
     /// left), not something a person wrote.
     pub notice: bool,
+    /// The photo, voice note or file it carries (its text is then the caption).
+    pub file: Option<FileInfo>,
+}
+
+impl Message {
+    fn with_file_id(self, file: Option<i64>) -> (Self, Option<i64>) {
+        (self, file)
+    }
 }
 
 /// A message waiting to be posted to a relay.
@@ -527,7 +555,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 11] = [
+        let later: [(i64, &str, &'static str); 12] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -539,6 +567,7 @@ impl Profile {
             (13, schema::MIGRATE_13, "adding device links"),
             (14, schema::MIGRATE_14, "adding the group of devices"),
             (15, schema::MIGRATE_15, "adding backups"),
+            (16, schema::MIGRATE_16, "adding files"),
         ];
         for (to, sql, doing) in later {
             if version < to {
@@ -1417,6 +1446,7 @@ impl Profile {
             stored_at_ms: now,
             delivered: false,
             notice: false,
+            file: None,
         }))
     }
 
@@ -1577,14 +1607,16 @@ impl Profile {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered, notice FROM (
+                "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered, notice,
+                        file FROM (
                    SELECT * FROM (
                      SELECT 0 AS design, m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at,
-                            m.stored_at, m.delivered, m.read, 0 AS notice
+                            m.stored_at, m.delivered, m.read, 0 AS notice, NULL AS file
                      FROM messages m JOIN contacts c ON c.id = m.contact_id
                      UNION ALL
                      SELECT 1, gm.id, c.id, c.name, gm.outgoing, gm.body, gm.sent_at, gm.stored_at,
-                            gm.delivered, gm.read, gm.notice
+                            gm.delivered, gm.read, gm.notice,
+                            (SELECT f.id FROM files f WHERE f.message = gm.id)
                      FROM group_messages gm JOIN contacts c ON c.conversation = gm.group_row)
                    WHERE (?1 IS NULL OR contact_id = ?1) AND (?2 = 0 OR read = 0)
                    ORDER BY stored_at DESC, design DESC, id DESC LIMIT ?3)
@@ -1603,11 +1635,20 @@ impl Profile {
                     stored_at_ms: r.get(6)?,
                     delivered: r.get(7)?,
                     notice: r.get(8)?,
-                })
+                    file: None,
+                }
+                .with_file_id(r.get(9)?))
             })
             .map_err(db("reading messages"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(db("reading messages"))
+        let mut lines: Vec<(Message, Option<i64>)> = rows
+            .collect::<Result<_, _>>()
+            .map_err(db("reading messages"))?;
+        for (line, file) in &mut lines {
+            if let Some(id) = file {
+                line.file = Some(self.file(*id)?);
+            }
+        }
+        Ok(lines.into_iter().map(|(line, _)| line).collect())
     }
 
     /// Forgets delivery ids older than any relay keeps a message.

@@ -18,6 +18,15 @@ pub const MAX_TEXT: usize = 48 * 1024;
 /// Length of the sender-chosen id of a [`Content`].
 pub const CONTENT_ID_LEN: usize = 16;
 
+/// Largest file one [`Attachment`] may describe (100 MiB).
+pub const MAX_ATTACHMENT: u64 = 100 * 1024 * 1024;
+
+/// Largest thumbnail an [`Attachment`] may carry inside the message.
+pub const MAX_THUMBNAIL: usize = 24 * 1024;
+
+/// Longest file name an [`Attachment`] may carry, in bytes of UTF-8.
+pub const MAX_FILE_NAME: usize = 255;
+
 const LEN_PREFIX: usize = 4;
 
 /// One unit of conversation, chosen by the sender and seen only by the group.
@@ -30,7 +39,7 @@ pub struct Content {
     #[prost(uint64, tag = "2")]
     pub sent_at_ms: u64,
     /// What it says.
-    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "body::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: Option<body::Body>,
 }
 
@@ -65,7 +74,67 @@ pub mod body {
         /// show the same as read (issue #16).
         #[prost(message, tag = "10")]
         ReadMarks(super::ReadMarks),
+        /// A photo, voice note or file (issue #17): its ciphertext waits on a relay, and this
+        /// says where and holds the key.
+        #[prost(message, boxed, tag = "11")]
+        Attachment(Box<super::Attachment>),
     }
+}
+
+/// What an [`Attachment`] is, for showing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum AttachmentKind {
+    /// Any file.
+    File = 0,
+    /// A picture (shown with its thumbnail).
+    Image = 1,
+    /// A recorded voice note.
+    Voice = 2,
+}
+
+/// A file sent in a conversation. The file was encrypted on the sender's device under `key`
+/// (fresh for this file) and posted in chunks to a log of its own on `relay`, which then
+/// stopped taking posts; `read_cap` reads it. Only this message, inside MLS, links the chunks
+/// to the conversation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attachment {
+    /// The file's name, as the sender had it (a receiver sanitises it before saving).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its media type, as the sender's device judged it (a receiver checks before showing).
+    #[prost(string, tag = "2")]
+    pub mime: String,
+    /// Its length in bytes.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// The 32-byte key its chunks are sealed under.
+    #[prost(bytes = "vec", tag = "4")]
+    pub key: Vec<u8>,
+    /// SHA-256 of the whole file.
+    #[prost(bytes = "vec", tag = "5")]
+    pub sha256: Vec<u8>,
+    /// The 32-byte id of the log holding its chunks.
+    #[prost(bytes = "vec", tag = "6")]
+    pub blob_id: Vec<u8>,
+    /// The 32-byte capability that reads that log (retired: it posts nothing).
+    #[prost(bytes = "vec", tag = "7")]
+    pub read_cap: Vec<u8>,
+    /// The relay holding the log (`RelayLinkPayload` bytes).
+    #[prost(bytes = "vec", tag = "8")]
+    pub relay: Vec<u8>,
+    /// A small JPEG of a picture, shown before the file arrives (empty otherwise).
+    #[prost(bytes = "vec", tag = "9")]
+    pub thumbnail: Vec<u8>,
+    /// Text sent with it.
+    #[prost(string, tag = "10")]
+    pub caption: String,
+    /// Bytes of the file per chunk (the last one may be shorter).
+    #[prost(uint32, tag = "11")]
+    pub chunk_size: u32,
+    /// An [`AttachmentKind`].
+    #[prost(enumeration = "AttachmentKind", tag = "12")]
+    pub kind: i32,
 }
 
 /// How far a device has read, per conversation.
@@ -409,8 +478,61 @@ impl Content {
             {
                 Err(ContentError::Invalid("the receipt's ids are malformed"))
             }
+            Some(body::Body::Attachment(a)) => a.check(),
             Some(_) => Ok(()),
         }
+    }
+}
+
+/// Fewest bytes of a file per chunk an [`Attachment`] may name.
+pub const MIN_CHUNK: u32 = 4096;
+
+/// Most bytes of a file per chunk: a sealed chunk (index, file bytes, tag) fits the relay's
+/// 64 KiB message.
+pub const MAX_CHUNK: u32 = 65_280;
+
+impl Attachment {
+    fn check(&self) -> Result<(), ContentError> {
+        let fixed = [&self.key, &self.sha256, &self.blob_id, &self.read_cap];
+        if fixed.iter().any(|f| f.len() != 32) {
+            return Err(ContentError::Invalid(
+                "an attachment's key, hash, id or capability is not 32 bytes",
+            ));
+        }
+        if self.size == 0 || self.size > MAX_ATTACHMENT {
+            return Err(ContentError::Invalid(
+                "an attachment is empty or larger than 100 MiB",
+            ));
+        }
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
+            return Err(ContentError::Invalid(
+                "an attachment's chunk size is out of range",
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > MAX_FILE_NAME || self.mime.len() > 127 {
+            return Err(ContentError::Invalid(
+                "an attachment's name or media type is empty or too long",
+            ));
+        }
+        if self.thumbnail.len() > MAX_THUMBNAIL || self.caption.len() > 4096 {
+            return Err(ContentError::Invalid(
+                "an attachment's thumbnail or caption is too long",
+            ));
+        }
+        if self.relay.is_empty() || self.relay.len() > 2048 {
+            return Err(ContentError::Invalid(
+                "an attachment's relay is missing or too long",
+            ));
+        }
+        if AttachmentKind::try_from(self.kind).is_err() {
+            return Err(ContentError::Invalid("an attachment's kind is unknown"));
+        }
+        Ok(())
+    }
+
+    /// How many chunks the file is in.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_size.max(1)))
     }
 }
 
@@ -469,6 +591,26 @@ mod tests {
             Content::unpad(&garbage),
             Err(ContentError::Decode(_))
         ));
+        let mut bad_file = text("");
+        bad_file.body = Some(body::Body::Attachment(Box::new(Attachment {
+            name: "cat.jpg".into(),
+            size: 10,
+            key: vec![1; 32],
+            sha256: vec![2; 32],
+            blob_id: vec![3; 32],
+            read_cap: vec![4; 31],
+            relay: vec![5; 40],
+            chunk_size: MAX_CHUNK,
+            ..Attachment::default()
+        })));
+        assert!(matches!(
+            Content::unpad(&bad_file.pad().expect("pad")),
+            Err(ContentError::Invalid(_))
+        ));
+        if let Some(body::Body::Attachment(a)) = &mut bad_file.body {
+            a.read_cap.push(4);
+        }
+        assert!(Content::unpad(&bad_file.pad().expect("pad")).is_ok());
         let mut no_id = text("hi");
         no_id.id.clear();
         assert!(matches!(

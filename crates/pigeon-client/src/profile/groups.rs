@@ -34,11 +34,17 @@ use rusqlite::{OptionalExtension, params};
 mod backup;
 mod devices;
 mod direct;
+mod files;
 mod log;
+
 pub use backup::{BackupSummary, RestoreProgress};
 pub use devices::{
     DeviceInfo, DeviceLinkProgress, LinkJoinProgress, MAX_LINKED_CONVERSATIONS, PreparedDeviceLink,
     device_label,
+};
+pub use files::{
+    FILES_DIR, FileInfo, FileState, PendingDownload, PendingUpload, is_picture, make_thumbnail,
+    sniff_mime,
 };
 pub use log::LogCopies;
 
@@ -131,6 +137,14 @@ pub struct GroupMessage {
     /// For this profile's own line in a conversation of two: the contact's device confirmed
     /// it (a receipt).
     pub delivered: bool,
+    /// The photo, voice note or file it carries (its text is then the caption).
+    pub file: Option<FileInfo>,
+}
+
+impl GroupMessage {
+    fn with_file_id(self, file: Option<i64>) -> (Self, Option<i64>) {
+        (self, file)
+    }
 }
 
 /// A group log this profile reads.
@@ -1475,7 +1489,8 @@ impl Profile {
         let sql = format!(
             "SELECT * FROM (
                SELECT m.id, m.group_row, g.name, m.seq, m.sender, m.outgoing, m.notice, m.body, m.sent_at,
-                      coalesce(m.seq, 9223372036854775807) AS ord, m.read, m.delivered
+                      coalesce(m.seq, 9223372036854775807) AS ord, m.read, m.delivered,
+                      (SELECT f.id FROM files f WHERE f.message = m.id) AS file
                FROM group_messages m JOIN groups g ON g.id = m.group_row
                WHERE {filter} ORDER BY ord DESC, m.id DESC LIMIT {limit})
              ORDER BY ord, id"
@@ -1495,11 +1510,20 @@ impl Profile {
                     sent_at_ms: r.get(8)?,
                     read: r.get(10)?,
                     delivered: r.get(11)?,
-                })
+                    file: None,
+                }
+                .with_file_id(r.get(12)?))
             })
             .map_err(db("reading messages"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(db("reading messages"))
+        let mut lines: Vec<(GroupMessage, Option<i64>)> = rows
+            .collect::<Result<_, _>>()
+            .map_err(db("reading messages"))?;
+        for (line, file) in &mut lines {
+            if let Some(id) = file {
+                line.file = Some(self.file(*id)?);
+            }
+        }
+        Ok(lines.into_iter().map(|(line, _)| line).collect())
     }
 
     /// The latest `limit` lines of a group's transcript, in log order.

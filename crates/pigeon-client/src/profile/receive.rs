@@ -232,6 +232,10 @@ impl Profile {
             ) => Ok(Handled::Dropped(
                 "group log keys arrived in a 1:1 conversation".to_owned(),
             )),
+            Some(Body::Attachment(_)) => Ok(Handled::Dropped(
+                "a file arrived in a conversation of the first design, which carries text only"
+                    .to_owned(),
+            )),
             None => Ok(Handled::Dropped("empty content".to_owned())),
         }
     }

@@ -499,3 +499,29 @@ ALTER TABLE groups ADD COLUMN restoring INTEGER NOT NULL DEFAULT 0;
 PRAGMA user_version = 15;
 COMMIT;
 ";
+
+/// Version 16: photos, voice notes and files (issue #17). `description` is the attachment
+/// as sent (an `Attachment` protobuf); `done` counts an upload's chunks on the relay in order
+/// from the first, or is a download's log position; `received` is a download's bitmap of
+/// chunks here; `seed` makes every secret of an upload until it is sent.
+pub(super) const MIGRATE_16: &str = "
+BEGIN;
+CREATE TABLE files (
+  id INTEGER PRIMARY KEY,
+  message INTEGER NOT NULL UNIQUE REFERENCES group_messages(id) ON DELETE CASCADE,
+  group_row INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+  outgoing INTEGER NOT NULL,
+  description BLOB NOT NULL,
+  state INTEGER NOT NULL,
+  done INTEGER NOT NULL DEFAULT 0,
+  received BLOB,
+  seed BLOB,
+  error TEXT,
+  saved_to TEXT,
+  updated_at INTEGER NOT NULL
+);
+CREATE INDEX files_state ON files (state);
+CREATE INDEX files_group ON files (group_row);
+PRAGMA user_version = 16;
+COMMIT;
+";

@@ -201,6 +201,27 @@ impl Profile {
             })
     }
 
+    /// The conversation with the contact called `name`, else the group called `name` (the
+    /// order `pigeon send` reads a name in).
+    ///
+    /// # Errors
+    /// As [`Self::conversation_or_group`].
+    pub fn conversation_or_group_contact_first(&self, name: &str) -> Result<GroupId, ProfileError> {
+        match self.find_contact(name) {
+            Ok(contact) => self
+                .conversation(contact.id)?
+                .map(|d| d.group)
+                .ok_or_else(|| {
+                    ProfileError::NotNow(format!(
+                        "the conversation with {} is of the first design and carries text only",
+                        contact.name
+                    ))
+                }),
+            Err(ProfileError::NoContact(_)) => Ok(self.find_group(name)?.id),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What people call a conversation: the contact's name for a conversation of two, else
     /// the group's name ("" for the group of the person's own devices).
     ///
@@ -255,6 +276,7 @@ impl Profile {
             stored_at_ms,
             delivered,
             notice: line.notice,
+            file: line.file.clone(),
         })
     }
 

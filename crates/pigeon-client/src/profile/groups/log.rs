@@ -352,6 +352,31 @@ impl Profile {
                         }
                         Ok(vec![Handled::Group(m)])
                     }
+                    Some(Body::Attachment(ref a)) => {
+                        let Some(line) = self.receive_file(
+                            row,
+                            seq,
+                            &super::files::FileSender {
+                                key: &sender,
+                                name: &name,
+                                own: from_me,
+                            },
+                            &content,
+                            a,
+                        )?
+                        else {
+                            return Ok(vec![Handled::Duplicate]);
+                        };
+                        let m = self.group_message(line)?;
+                        if row.direct && !from_me {
+                            return Ok(vec![self.conversation_content(
+                                row,
+                                Handled::Group(m),
+                                &content.id,
+                            )?]);
+                        }
+                        Ok(vec![Handled::Group(m)])
+                    }
                     // Receipts from this person's other devices say nothing about the contact.
                     Some(Body::Receipt(_)) if from_me => Ok(vec![Handled::Duplicate]),
                     Some(Body::Receipt(r)) if row.direct => {
