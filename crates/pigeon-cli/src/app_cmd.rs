@@ -11,16 +11,19 @@
 //!   once;
 //! - every answer carries a Content-Security-Policy that allows scripts, styles and connections
 //!   from this server only (no inline script, no remote resource), and the page puts peers' text
-//!   into the document as text.
+//!   into the document as text;
+//! - files are served with a type judged from their bytes: pictures (never SVG) and voice notes
+//!   inline, everything else as a download; uploads come only from this server's own pages
+//!   (`Origin`) and are bounded at 100 MiB.
 
 use crate::rpc_cmd;
 use crate::user_cmd::ProfileArg;
 use anyhow::Context as _;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +33,18 @@ const ASSETS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/web_assets.
 
 /// What every answer says about what the page may load and do.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+                   media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+                   frame-ancestors 'none'";
 /// The session cookie's name.
 const COOKIE: &str = "pigeon_session";
 /// Largest message the page may send over the WebSocket.
 const MAX_WS_MESSAGE: usize = 1 << 20;
 /// How often the server fetches from the relays while the page is open.
 const SYNC_EVERY: Duration = Duration::from_secs(3);
+/// How often the page is sent what the file transfers report.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Largest file the page may upload.
+const MAX_UPLOAD: u64 = pigeon_e2ee::content::MAX_ATTACHMENT;
 
 /// `pigeon app`.
 #[derive(clap::Args, Debug)]
@@ -62,6 +70,17 @@ struct AppState {
     session: String,
     /// The engine's thread: requests in, what to send back out.
     engine: tokio::sync::mpsc::Sender<Job>,
+    /// Where uploads wait until the engine has sealed them (inside the profile).
+    uploads: std::path::PathBuf,
+}
+
+/// A file to serve.
+struct Served {
+    /// Its type, as judged from its bytes.
+    mime: String,
+    /// Its (safe) name.
+    name: String,
+    bytes: Vec<u8>,
 }
 
 /// Work for the engine's thread.
@@ -70,6 +89,23 @@ enum Job {
     Line(String, tokio::sync::oneshot::Sender<Vec<serde_json::Value>>),
     /// Fetch from the relays; the notifications go back.
     Sync(tokio::sync::oneshot::Sender<Vec<serde_json::Value>>),
+    /// The notifications waiting (what the file transfers report), without fetching.
+    Poll(tokio::sync::oneshot::Sender<Vec<serde_json::Value>>),
+    /// A file's bytes, or its thumbnail.
+    File {
+        id: i64,
+        thumbnail: bool,
+        reply: tokio::sync::oneshot::Sender<Result<Served, String>>,
+    },
+    /// A file the page uploaded, kept at `path`, to send.
+    Upload {
+        to: String,
+        name: String,
+        caption: String,
+        voice: bool,
+        path: std::path::PathBuf,
+        reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>,
+    },
 }
 
 /// Starts the engine — the profile, its database and its relay sessions — on a thread of its
@@ -112,6 +148,31 @@ fn start_engine(dir: std::path::PathBuf) -> anyhow::Result<tokio::sync::mpsc::Se
                         Job::Sync(reply) => {
                             let _ = reply.send(server.background_sync().await);
                         }
+                        Job::Poll(reply) => {
+                            let _ = reply.send(server.take_notifications());
+                        }
+                        Job::File {
+                            id,
+                            thumbnail,
+                            reply,
+                        } => {
+                            let _ = reply.send(serve_file(&mut server, id, thumbnail));
+                        }
+                        Job::Upload {
+                            to,
+                            name,
+                            caption,
+                            voice,
+                            path,
+                            reply,
+                        } => {
+                            let sent = server
+                                .send_file(&to, &path, Some(&name), &caption, voice)
+                                .map_err(|e| e.message().to_owned());
+                            // Sealed into the profile (or refused): the upload is not needed.
+                            let _ = std::fs::remove_file(&path);
+                            let _ = reply.send(sent);
+                        }
                     }
                 }
             });
@@ -120,6 +181,43 @@ fn start_engine(dir: std::path::PathBuf) -> anyhow::Result<tokio::sync::mpsc::Se
         .recv()
         .map_err(|_| anyhow::anyhow!("the engine did not start"))??;
     Ok(tx)
+}
+
+/// File `id` (or its thumbnail) with the type it is served as: pictures and voice notes as
+/// themselves (judged from their bytes; never SVG), everything else as bytes to download.
+fn serve_file(server: &mut rpc_cmd::Server, id: i64, thumbnail: bool) -> Result<Served, String> {
+    if thumbnail {
+        return match server.file_thumbnail(id) {
+            Ok(Some(bytes)) => Ok(Served {
+                mime: "image/jpeg".to_owned(),
+                name: "thumbnail.jpg".to_owned(),
+                bytes,
+            }),
+            Ok(None) => Err("this file has no thumbnail".to_owned()),
+            Err(e) => Err(e.message().to_owned()),
+        };
+    }
+    let (info, bytes) = server.file_bytes(id).map_err(|e| e.message().to_owned())?;
+    let inline = pigeon_client::profile::is_picture(&info.mime)
+        || matches!(
+            info.mime.as_str(),
+            "audio/ogg"
+                | "audio/webm"
+                | "audio/mpeg"
+                | "audio/mp4"
+                | "audio/x-wav"
+                | "audio/wav"
+                | "video/webm"
+        );
+    Ok(Served {
+        mime: if inline {
+            info.mime
+        } else {
+            "application/octet-stream".to_owned()
+        },
+        name: info.name,
+        bytes,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -161,12 +259,14 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<u8> {
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     };
     let login = secret()?;
+    let dir = args.profile.dir()?;
     let state = Arc::new(AppState {
         hosts: [host.clone(), format!("localhost:{}", addr.port())],
         origin: format!("http://{host}"),
         login: std::sync::Mutex::new(Some(login.clone())),
         session: secret()?,
-        engine: start_engine(args.profile.dir()?)?,
+        engine: start_engine(dir.clone())?,
+        uploads: dir.join(pigeon_client::profile::FILES_DIR),
     });
     let url = format!("http://{host}/login?secret={login}");
     println!("{url}");
@@ -186,6 +286,9 @@ pub(crate) async fn run(args: AppArgs) -> anyhow::Result<u8> {
     let app = axum::Router::new()
         .route("/login", get(login_handler))
         .route("/rpc", get(rpc_socket))
+        .route("/files", post(upload_handler))
+        .route("/files/{id}", get(file_handler))
+        .route("/files/{id}/thumbnail", get(thumbnail_handler))
         .fallback(get(asset))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -242,7 +345,7 @@ async fn guard(
             StatusCode::FORBIDDEN,
             "open the address pigeon app printed (it works once); restart pigeon app for a new one",
         )
-    } else if path == "/rpc"
+    } else if (path == "/rpc" || request.method() != axum::http::Method::GET)
         && headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) != Some(state.origin.as_str())
     {
         refuse(
@@ -302,6 +405,159 @@ async fn login_handler(
         .into_response()
 }
 
+async fn file_handler(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    serve(&state, id, false).await
+}
+
+async fn thumbnail_handler(State(state): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    serve(&state, id, true).await
+}
+
+async fn serve(state: &AppState, id: i64, thumbnail: bool) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .engine
+        .send(Job::File {
+            id,
+            thumbnail,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
+    }
+    match answer.await {
+        Ok(Ok(served)) => {
+            let disposition = if served.mime == "application/octet-stream" {
+                "attachment"
+            } else {
+                "inline"
+            };
+            let ascii: String = served
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || " .-_()".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let encoded: String = served
+                .name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b".-_".contains(&b) {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            (
+                [
+                    (header::CONTENT_TYPE, served.mime),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("{disposition}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"),
+                    ),
+                ],
+                served.bytes,
+            )
+                .into_response()
+        }
+        Ok(Err(why)) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            why,
+        )
+            .into_response(),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"),
+    }
+}
+
+/// `POST /files?to=NAME&name=FILE[&caption=TEXT][&voice=1]` with the file as the body: kept
+/// inside the profile until the engine has sealed it, then sent like `files.send`.
+async fn upload_handler(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: axum::body::Body,
+) -> Response {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let (Some(to), Some(name)) = (q.get("to"), q.get("name")) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "an upload names its conversation (to) and file (name)",
+        );
+    };
+    if let Err(e) = tokio::fs::create_dir_all(&state.uploads).await {
+        return bad_request(&format!("the profile's files directory: {e}"));
+    }
+    let path = match secret() {
+        Ok(s) => state.uploads.join(format!(".upload-{s}")),
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let written: Result<(), String> = async {
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("keeping the upload: {e}"))?;
+        let mut stream = body.into_data_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
+            total += chunk.len() as u64;
+            if total > MAX_UPLOAD {
+                return Err("a file may be at most 100 MiB".to_owned());
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("keeping the upload: {e}"))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("keeping the upload: {e}"))
+    }
+    .await;
+    if let Err(why) = written {
+        let _ = tokio::fs::remove_file(&path).await;
+        return bad_request(&why);
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = Job::Upload {
+        to: to.clone(),
+        name: name.clone(),
+        caption: q.get("caption").cloned().unwrap_or_default(),
+        voice: q.get("voice").is_some_and(|v| v == "1"),
+        path: path.clone(),
+        reply,
+    };
+    if state.engine.send(job).await.is_err() {
+        let _ = tokio::fs::remove_file(&path).await;
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
+    }
+    match answer.await {
+        Ok(Ok(value)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response(),
+        Ok(Err(why)) => bad_request(&why),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"),
+    }
+}
+
+fn bad_request(why: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        why.to_owned(),
+    )
+        .into_response()
+}
+
 /// A file of the web client (`/` is its page), with its type; anything else is not found.
 async fn asset(uri: axum::http::Uri) -> Response {
     let path = match uri.path() {
@@ -331,6 +587,8 @@ async fn rpc_socket(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) ->
 async fn serve_socket(mut socket: WebSocket, state: Arc<AppState>) {
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let out = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -343,6 +601,7 @@ async fn serve_socket(mut socket: WebSocket, state: Arc<AppState>) {
                 Some(Err(_)) | None => return,
             },
             _ = tick.tick() => ask(&state, Job::Sync).await,
+            _ = poll.tick() => ask(&state, Job::Poll).await,
         };
         let Some(out) = out else {
             return;

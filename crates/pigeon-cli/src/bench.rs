@@ -37,6 +37,11 @@ pub(crate) enum BenchCommand {
     Link(crate::bench_link::LinkBenchArgs),
     /// A backup of a profile with 100,000 messages and its restore: time and size.
     Backup(crate::bench_backup::BackupBenchArgs),
+    /// A file of up to 100 MiB from one person to another: over tls on loopback, or through
+    /// the censorship lab, beside the link's capacity.
+    File(crate::bench_file::FileBenchArgs),
+    /// `pigeon app` from its start to an interactive page.
+    App(crate::bench_app::AppBenchArgs),
 }
 
 /// Arguments of `pigeon bench relay`.
@@ -84,6 +89,8 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Proxy(args) => crate::bench_proxy::run(args).await,
         BenchCommand::Link(args) => crate::bench_link::run(args).await,
         BenchCommand::Backup(args) => crate::bench_backup::run(args).await,
+        BenchCommand::File(args) => crate::bench_file::run(args).await,
+        BenchCommand::App(args) => crate::bench_app::run(args).await,
     }
 }
 

@@ -42,7 +42,7 @@ pub(crate) struct RpcArgs {
 
 /// A JSON-RPC error: its code, a sentence, and for a failed call whose fault it was.
 #[derive(Debug)]
-struct RpcError {
+pub(crate) struct RpcError {
     code: i64,
     message: String,
     kind: Option<&'static str>,
@@ -70,6 +70,11 @@ impl RpcError {
             message: message.into(),
             kind: None,
         }
+    }
+
+    /// The sentence.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     fn to_value(&self) -> Value {
@@ -149,6 +154,9 @@ const METHODS: &[&str] = &[
     "proxies.add",
     "proxies.remove",
     "connection.check",
+    "files.send",
+    "files.list",
+    "files.save",
     "sync",
 ];
 
@@ -229,6 +237,8 @@ pub(crate) struct Server {
     device_link: Option<[u8; 32]>,
     /// Route attempts reported while a call runs, as notifications to send.
     routes: Arc<std::sync::Mutex<Vec<Value>>>,
+    /// The file transfers of the open profile, on a thread of their own.
+    transfers: Option<crate::transfers::Transfers>,
 }
 
 impl Server {
@@ -244,14 +254,33 @@ impl Server {
             dir,
             device_link: None,
             routes: Arc::default(),
+            transfers: None,
         };
         if let Ok(pass) = std::env::var("PIGEON_PASSPHRASE")
             && server.dir.join(pigeon_client::profile::DB_FILE).exists()
         {
-            let profile = Profile::open(&server.dir, &Passphrase::new(pass))?;
-            server.client = Some(server.client_for(profile));
+            let passphrase = Passphrase::new(pass);
+            let profile = Profile::open(&server.dir, &passphrase)?;
+            server.opened(profile, passphrase)?;
         }
         Ok(server)
+    }
+
+    /// Makes `profile` the open one, with its file transfers started.
+    fn opened(&mut self, profile: Profile, passphrase: Passphrase) -> anyhow::Result<()> {
+        self.client = Some(self.client_for(profile));
+        self.transfers = Some(crate::transfers::Transfers::start(
+            self.dir.clone(),
+            passphrase,
+        )?);
+        Ok(())
+    }
+
+    /// Asks the transfers to look for work (a file was chosen, or a sync may have brought one).
+    fn nudge_transfers(&self) {
+        if let Some(t) = &self.transfers {
+            t.nudge();
+        }
     }
 
     /// A client on `profile` whose route searches are reported as `route` events: each
@@ -304,6 +333,9 @@ impl Server {
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
         out.append(&mut self.notifications);
+        if let Some(t) = &self.transfers {
+            out.extend(t.take_events());
+        }
         out
     }
 
@@ -319,6 +351,8 @@ impl Server {
     async fn sync(&mut self, wait: Duration) -> Result<Value, RpcError> {
         let client = self.client()?;
         let (events, report) = client.sync(wait, Duration::from_secs(30)).await?;
+        self.nudge_transfers();
+        let client = self.client()?;
         let count = events.len();
         let notes: Vec<Value> = events
             .iter()
@@ -326,6 +360,64 @@ impl Server {
             .collect();
         self.notifications.extend(notes);
         Ok(json!({ "events": count, "sent": report.sent, "waiting": report.waiting }))
+    }
+
+    /// Chooses the file at `path` (under `name`, or its own) to send to `to`; the transfers
+    /// upload it and send its message. Returns the line and the file.
+    ///
+    /// # Errors
+    /// For an unknown conversation, or a file that cannot be sent (empty, too large, not
+    /// readable).
+    pub(crate) fn send_file(
+        &mut self,
+        to: &str,
+        path: &std::path::Path,
+        name: Option<&str>,
+        caption: &str,
+        voice: bool,
+    ) -> Result<Value, RpcError> {
+        let kind = voice.then_some(pigeon_client::AttachmentKind::Voice);
+        let profile = self.profile()?;
+        let group = profile.conversation_or_group_contact_first(to)?;
+        let (line, file) = match name {
+            Some(name) => profile.prepare_file_named(
+                group,
+                path,
+                &pigeon_client::attachment::safe_file_name(name),
+                caption,
+                kind,
+            )?,
+            None => profile.prepare_file(group, path, caption, kind)?,
+        };
+        let label = profile.conversation_label(group)?;
+        let answer = json!({
+            "line": line_json(&line, &label),
+            "file": crate::files_cmd::file_json(&file),
+        });
+        self.nudge_transfers();
+        Ok(answer)
+    }
+
+    /// File `id`'s bytes (a file sent, or received and checked), with what it is.
+    ///
+    /// # Errors
+    /// For a file that is not here (yet).
+    pub(crate) fn file_bytes(
+        &mut self,
+        id: i64,
+    ) -> Result<(pigeon_client::FileInfo, Vec<u8>), RpcError> {
+        let profile = self.profile()?;
+        let info = profile.file(id)?;
+        let bytes = profile.read_file(id)?;
+        Ok((info, bytes))
+    }
+
+    /// A picture's thumbnail (a JPEG), if it came with one.
+    ///
+    /// # Errors
+    /// For a file that does not exist.
+    pub(crate) fn file_thumbnail(&mut self, id: i64) -> Result<Option<Vec<u8>>, RpcError> {
+        Ok(self.profile()?.file_thumbnail(id)?)
     }
 
     fn client(&mut self) -> Result<&mut Client, RpcError> {
@@ -441,14 +533,14 @@ impl Server {
                 if let Some(device) = p.opt_str("device")? {
                     profile.set_device_name(device.trim())?;
                 }
-                self.client = Some(self.client_for(profile));
+                self.opened(profile, passphrase)?;
                 self.profile_info()
             }
             "profile.open" => {
                 p.only(&["passphrase"])?;
                 let passphrase = Passphrase::new(p.str("passphrase")?.to_owned());
                 let profile = Profile::open(&self.dir, &passphrase)?;
-                self.client = Some(self.client_for(profile));
+                self.opened(profile, passphrase)?;
                 self.profile_info()
             }
             "profile.info" => {
@@ -517,6 +609,38 @@ impl Server {
                 Ok(Value::Array(
                     lines.iter().map(|m| line_json(m, &label)).collect(),
                 ))
+            }
+            "files.send" => {
+                p.only(&["to", "path", "caption", "voice"])?;
+                let to = p.str("to")?.to_owned();
+                let path = PathBuf::from(p.str("path")?);
+                let caption = p.opt_str("caption")?.unwrap_or_default().to_owned();
+                let voice = p.opt_bool("voice")?.unwrap_or(false);
+                self.send_file(&to, &path, None, &caption, voice)
+            }
+            "files.list" => {
+                p.only(&["with"])?;
+                let profile = self.profile()?;
+                let group = match p.opt_str("with")? {
+                    Some(name) => Some(profile.conversation_or_group_contact_first(name)?),
+                    None => None,
+                };
+                Ok(Value::Array(
+                    profile
+                        .files(group)?
+                        .iter()
+                        .map(crate::files_cmd::file_json)
+                        .collect(),
+                ))
+            }
+            "files.save" => {
+                p.only(&["id", "path"])?;
+                let id = p
+                    .opt_int("id", 1, i64::MAX)?
+                    .ok_or_else(|| RpcError::params("params.id is missing"))?;
+                let dest = PathBuf::from(p.str("path")?);
+                let saved = self.profile()?.export_file(id, &dest)?;
+                Ok(json!({ "path": saved.display().to_string() }))
             }
             "messages.send" => {
                 p.only(&["to", "text"])?;
@@ -812,6 +936,7 @@ fn line_json(m: &GroupMessage, conversation: &str) -> Value {
         "sent_at_ms": m.sent_at_ms,
         "read": m.read,
         "delivered": m.delivered,
+        "file": m.file.as_ref().map(crate::files_cmd::file_json),
     })
 }
 

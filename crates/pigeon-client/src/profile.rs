@@ -61,6 +61,7 @@ const SCHEMA_VERSION: i64 = 16;
 pub const ROUTE_MEMORY: i64 = 256;
 
 /// A passphrase, wiped from memory when dropped and never printed.
+#[derive(Clone)]
 pub struct Passphrase(Zeroizing<String>);
 
 impl Passphrase {

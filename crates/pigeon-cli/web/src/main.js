@@ -85,7 +85,7 @@ async function refreshList() {
     if (c.last) {
       const last = document.createElement("div");
       last.className = "meta";
-      last.textContent = c.last.text;
+      last.textContent = c.last.file ? `[${c.last.file.kind}] ${c.last.file.name} ${c.last.text}` : c.last.text;
       b.append(last);
     }
     b.addEventListener("click", () => open(c.name));
@@ -117,6 +117,10 @@ async function open(name) {
     const li = document.createElement("li");
     li.className = l.notice ? "notice" : (l.outgoing ? "outgoing" : "incoming");
     li.textContent = l.notice || l.outgoing ? l.text : `${l.from}: ${l.text}`;
+    if (l.file) {
+      if (l.text) li.append(document.createElement("br"));
+      li.append(fileView(l.file));
+    }
     const meta = document.createElement("span");
     meta.className = "meta";
     const t = new Date(l.sent_at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -129,7 +133,64 @@ async function open(name) {
   refreshList();
 }
 
+function size(bytes) {
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
+  if (bytes >= 1e3) return `${Math.round(bytes / 1e3)} kB`;
+  return `${bytes} B`;
+}
+
+// A photo, voice note or file in a line: its thumbnail, a player for a voice note, its name as
+// a link to save it once it is here, and a progress bar while it moves.
+function fileView(f) {
+  const box = document.createElement("div");
+  box.className = "file";
+  box.dataset.file = String(f.id);
+  const here = f.state === "received" || f.state === "sent" || f.state === "uploading";
+  if (f.thumbnail) {
+    const img = document.createElement("img");
+    img.alt = `photo ${f.name}`;
+    img.src = `/files/${f.id}/thumbnail`;
+    box.append(img);
+  }
+  if (f.kind === "voice note" && here) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.src = `/files/${f.id}`;
+    box.append(audio);
+  }
+  const name = document.createElement(here ? "a" : "span");
+  name.textContent = `${f.name} (${size(f.size)})`;
+  if (here) {
+    name.href = `/files/${f.id}`;
+    name.download = f.name;
+  }
+  box.append(name);
+  if (f.state === "uploading" || f.state === "downloading") {
+    const bar = document.createElement("progress");
+    bar.max = f.size;
+    bar.value = f.done;
+    bar.setAttribute("aria-label", f.state === "uploading" ? `sending ${f.name}` : `receiving ${f.name}`);
+    box.append(bar);
+  }
+  if (f.state === "failed") {
+    const why = document.createElement("span");
+    why.className = "meta";
+    why.textContent = `cannot be had: ${f.error || "unknown reason"}`;
+    box.append(why);
+  }
+  return box;
+}
+
 function onEvent(ev) {
+  if (ev.kind === "file_progress") {
+    const bar = document.querySelector(`[data-file="${Number(ev.id)}"] progress`);
+    if (bar) { bar.max = ev.size; bar.value = ev.done; }
+    return;
+  }
+  if (ev.kind === "file") {
+    if (ev.conversation === current) open(current); else refreshList();
+    return;
+  }
   if (ev.kind === "route") {
     if (ev.state === "trying") setStatus(`trying ${ev.route}…`);
     else if (ev.state === "connected") setStatus(`connected via ${ev.route} (${ev.after_ms} ms)`);
@@ -151,10 +212,34 @@ $("unlock-form").addEventListener("submit", async (e) => {
   $("passphrase").value = "";
 });
 
+// Sends a file (the message's text becomes its caption): uploaded to this machine's pigeon,
+// which seals it and sends it; the line shows its progress.
+async function sendFile(blob, name, caption, voice) {
+  const q = new URLSearchParams({ to: current, name, caption });
+  if (voice) q.set("voice", "1");
+  setStatus(`sealing ${name}…`);
+  const r = await fetch(`/files?${q}`, { method: "POST", body: blob });
+  if (!r.ok) throw new Error(await r.text());
+  setStatus(`sending ${name}`);
+  open(current);
+}
+
 $("composer").addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = $("text").value;
-  if (!text || !current) return;
+  const chosen = $("file").files[0];
+  if (!current) return;
+  if (chosen) {
+    try {
+      await sendFile(chosen, chosen.name, text, false);
+      $("file").value = "";
+      $("text").value = "";
+    } catch (err) {
+      setStatus(err.message);
+    }
+    return;
+  }
+  if (!text) return;
   try {
     const r = await call("messages.send", { to: current, text });
     $("text").value = "";
@@ -162,6 +247,39 @@ $("composer").addEventListener("submit", async (e) => {
     open(current);
   } catch (err) {
     setStatus(err.message);
+  }
+});
+
+$("file").addEventListener("change", () => {
+  const f = $("file").files[0];
+  if (f) setStatus(`${f.name} (${size(f.size)}) is ready: add a caption if you like, then Send`);
+});
+
+// Voice notes: recorded in the browser (the microphone is asked for when the button is
+// pressed), sent as a file marked as a voice note when it is pressed again.
+let recorder = null;
+$("record").addEventListener("click", async () => {
+  if (recorder) { recorder.stop(); return; }
+  if (!current) return;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const parts = [];
+    recorder = new MediaRecorder(stream);
+    recorder.addEventListener("dataavailable", (e) => parts.push(e.data));
+    recorder.addEventListener("stop", async () => {
+      stream.getTracks().forEach((t) => t.stop());
+      $("record").setAttribute("aria-pressed", "false");
+      const type = recorder.mimeType || "audio/webm";
+      recorder = null;
+      const name = `voice note ${new Date().toISOString().slice(0, 19).replace("T", " ")}.${type.includes("ogg") ? "ogg" : "webm"}`;
+      try { await sendFile(new Blob(parts, { type }), name, "", true); } catch (err) { setStatus(err.message); }
+    });
+    recorder.start();
+    $("record").setAttribute("aria-pressed", "true");
+    setStatus("recording a voice note: press Voice note again to send it");
+  } catch (err) {
+    recorder = null;
+    setStatus(`no microphone: ${err.message}`);
   }
 });
 

@@ -1,13 +1,17 @@
 // Drives two `pigeon app` pages in Debian's Chromium (playwright-core): alice invites bob, bob
 // accepts, they talk both ways, bob's markup shows as text and runs nothing, alice's line is
-// marked delivered, a group of three (carol joins from the command line) is made and used, and
-// the page is readable at phone width. Screenshots go to the directory given.
+// marked delivered, each sends the other a picture (the thumbnail shows at once, the whole
+// arrives and matches byte for byte), a group of three (carol joins from the command line) is
+// made and used, and the page is readable at phone width. Screenshots go to the directory given.
 //
 //   node tests/e2e.mjs ALICE_URL BOB_URL SCREENSHOT_DIR
-//   env: CHROMIUM (default /usr/bin/chromium), PIGEON_BIN, CAROL_PROFILE, PIGEON_PASSPHRASE
+//   env: CHROMIUM (default /usr/bin/chromium), PIGEON_BIN, CAROL_PROFILE, PIGEON_PASSPHRASE,
+//        ALICE_PICTURE, BOB_PICTURE (PNG files each sends the other)
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { basename } from "node:path";
 
 const [aliceUrl, bobUrl, shots] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
@@ -47,6 +51,36 @@ async function invite(page) {
   return (await page.textContent("#invite-link")).trim();
 }
 
+/// `from` sends the picture at `path` to `to` (whose conversation with `from` is called
+/// `fromName` on `to`'s page): the sender's line shows it at once; the receiver's shows its
+/// thumbnail, then the whole, which must hash to the file's SHA-256.
+async function sendPicture(from, to, toName, fromName, path) {
+  const name = basename(path);
+  const want = createHash("sha256").update(readFileSync(path)).digest("hex");
+  await from.click(`#list button:has-text('${toName}')`);
+  await from.setInputFiles("#file", path);
+  await from.fill("#text", `a picture: ${name}`);
+  await from.click("#composer button[type=submit]");
+  await from.waitForSelector(`#lines .file:has-text('${name}')`, { timeout: T });
+  await to.click(`#list button:has-text('${fromName}')`);
+  const until = Date.now() + T;
+  let got = null;
+  while (got !== want) {
+    if (Date.now() > until) throw new Error(`${name} never arrived whole (last hash ${got})`);
+    await to.waitForTimeout(500);
+    got = await to.evaluate(async (n) => {
+      const box = [...document.querySelectorAll("#lines .file")].find((b) => b.textContent.includes(n));
+      const img = box?.querySelector("img");
+      const link = box?.querySelector("a[href^='/files/']");
+      if (!img || !img.complete || img.naturalWidth === 0 || !link) return null;
+      const bytes = await (await fetch(link.href)).arrayBuffer();
+      const digest = await crypto.subtle.digest("SHA-256", bytes);
+      return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+    }, name);
+    if (got === null) await to.click(`#list button:has-text('${fromName}')`);
+  }
+}
+
 try {
   const alice = await open(aliceUrl);
   const bob = await open(bobUrl);
@@ -77,7 +111,7 @@ try {
   step("bob's markup arrived as text");
 
   await alice.fill("#text", "hello bob, from the web");
-  await alice.click("#composer button");
+  await alice.click("#composer button[type=submit]");
   await bob.waitForSelector("#lines li:has-text('hello bob, from the web')", { timeout: T });
   // bob's device confirms: alice's line gets its second tick (the page reloads it on events).
   const until = Date.now() + T;
@@ -88,6 +122,12 @@ try {
   }
   await alice.screenshot({ path: `${shots}/conversation.png` });
   step("messages both ways; alice's is marked delivered");
+
+  // Pictures both ways, from the composer's file button.
+  await sendPicture(alice, bob, "bob", "alice", process.env.ALICE_PICTURE);
+  await bob.screenshot({ path: `${shots}/photo.png` });
+  await sendPicture(bob, alice, "alice", "bob", process.env.BOB_PICTURE);
+  step("a picture each way: thumbnail at once, the whole checked byte for byte");
 
   // carol, on the command line, accepts alice's invitation; alice makes a group of three.
   const carolLink = await invite(alice);
@@ -115,7 +155,7 @@ try {
   }
   await bob.click("#list button:has-text('club')");
   await bob.fill("#text", "hi club");
-  await bob.click("#composer button");
+  await bob.click("#composer button[type=submit]");
   await alice.click("#list button:has-text('club')");
   await alice.waitForSelector("#lines li:has-text('hi club')", { timeout: T });
   let carolRead = "";

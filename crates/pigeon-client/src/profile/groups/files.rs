@@ -88,6 +88,8 @@ pub struct FileInfo {
     pub id: i64,
     /// The transcript line it belongs to.
     pub message: i64,
+    /// The conversation it is in.
+    pub group: GroupId,
     /// Sent by this profile.
     pub outgoing: bool,
     /// Its name, made safe to save under and show.
@@ -442,7 +444,7 @@ impl Profile {
     ) -> Result<Vec<(FileInfo, Attachment)>, ProfileError> {
         let sql = format!(
             "SELECT f.id, f.message, f.outgoing, f.description, f.state, f.done, f.received,
-                    f.error, f.saved_to
+                    f.error, f.saved_to, f.group_row
              FROM files f WHERE {filter} ORDER BY f.id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(db("reading files"))?;
@@ -458,12 +460,13 @@ impl Profile {
                     r.get::<_, Option<Vec<u8>>>(6)?,
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, Option<String>>(8)?,
+                    r.get::<_, GroupId>(9)?,
                 ))
             })
             .map_err(db("reading files"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, message, outgoing, description, state, done, received, error, saved_to) =
+            let (id, message, outgoing, description, state, done, received, error, saved_to, group) =
                 row.map_err(db("reading files"))?;
             let a = Attachment::decode(description.as_slice())
                 .map_err(|e| bad_row(format!("its description does not decode: {e}")))?;
@@ -484,6 +487,7 @@ impl Profile {
                 FileInfo {
                     id,
                     message,
+                    group,
                     outgoing,
                     name: safe_file_name(&a.name),
                     mime: a.mime.clone(),
