@@ -12,6 +12,9 @@
 //!
 //! Each figure is wall time of the commands: `pigeon send NAME --file` (sealing and upload) and
 //! `pigeon read --save-to` until the file is saved (download, check, save), each a new process.
+//! Before the measured file, a 1 MiB file goes each way (reported apart): a profile meets the
+//! network's freeze once, and pays for it once (one frozen connection, about 6 s), which is not
+//! the cost of a file.
 
 use crate::relay_proc::RelayProcess;
 use anyhow::Context as _;
@@ -53,6 +56,8 @@ enum Place<'a> {
 struct Transfer {
     upload_s: f64,
     download_s: f64,
+    /// The 1 MiB files each way before, which include meeting the network.
+    warm_up_s: f64,
 }
 
 impl Transfer {
@@ -74,7 +79,10 @@ async fn pigeon(place: Place<'_>, profile: &Path, args: &[&str]) -> anyhow::Resu
     cmd.args(args)
         .env("PIGEON_PROFILE", profile)
         .env("PIGEON_PASSPHRASE", "bench")
-        .env("PIGEON_LOG", "warn");
+        .env(
+            "PIGEON_LOG",
+            std::env::var("PIGEON_BENCH_CLIENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        );
     let out = tokio::time::timeout(STEP, cmd.output())
         .await
         .with_context(|| format!("pigeon {} took longer than {STEP:?}", args[0]))??;
@@ -84,6 +92,9 @@ async fn pigeon(place: Place<'_>, profile: &Path, args: &[&str]) -> anyhow::Resu
         args[0],
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    if std::env::var_os("PIGEON_BENCH_CLIENT_LOG").is_some() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -125,6 +136,28 @@ async fn one(
     pigeon(place, &bob, &["accept", link]).await?;
     pigeon(place, &alice, &["read", "--wait", "0.3"]).await?;
     pigeon(place, &bob, &["read", "--wait", "0.3"]).await?;
+    // First a small file each way, so that each profile has met the network (a freeze costs a
+    // profile one frozen connection, some 6 s, before it keeps its connections under it).
+    let warm = dir.join("warm-up.bin");
+    make_file(&warm, 1, 7)?;
+    let warm_arg = warm.to_str().context("not UTF-8")?;
+    let start = Instant::now();
+    for (from, to, to_name, from_name) in [
+        (&alice, &bob, "bob", "alice"),
+        (&bob, &alice, "alice", "bob"),
+    ] {
+        pigeon(place, from, &["send", to_name, "--file", warm_arg]).await?;
+        let got = dir.join(format!("warm-{from_name}"));
+        std::fs::create_dir_all(&got)?;
+        let got_arg = got.to_str().context("not UTF-8")?;
+        for _ in 0..10 {
+            pigeon(place, to, &["read", "--wait", "0", "--save-to", got_arg]).await?;
+            if got.join("warm-up.bin").exists() {
+                break;
+            }
+        }
+    }
+    let warm_up_s = start.elapsed().as_secs_f64();
     let path = file.to_str().context("the file's path is not UTF-8")?;
     let start = Instant::now();
     pigeon(place, &alice, &["send", "bob", "--file", path]).await?;
@@ -155,6 +188,7 @@ async fn one(
     Ok(Transfer {
         upload_s,
         download_s,
+        warm_up_s,
     })
 }
 
@@ -219,7 +253,14 @@ async fn in_lab(
         )
         .await
         .with_context(|| format!("the file through {name} over {transport}"))?;
-        say(args, &format!("{name} over {transport}: {t:?}"));
+        let stats = lab.stats();
+        say(
+            args,
+            &format!(
+                "{name} over {transport}: {t:?}; the censor forwarded {} packets, dropped {}, rules fired {:?}",
+                stats.packets, stats.dropped, stats.fired
+            ),
+        );
         out.push(t);
         drop(relay);
         drop(lab);
@@ -274,6 +315,7 @@ pub(crate) async fn run(args: FileBenchArgs) -> anyhow::Result<()> {
                 "baseline_upload_s": base.upload_s,
                 "baseline_download_s": base.download_s,
                 "baseline_total_s": base.total_s(),
+                "warm_up_s": via.warm_up_s,
                 "share_of_capacity": share,
                 "machine": crate::bench::machine(),
             })
@@ -294,6 +336,10 @@ pub(crate) async fn run(args: FileBenchArgs) -> anyhow::Result<()> {
             base.total_s()
         );
         println!("  share of the link's capacity: {:.0} %", share * 100.0);
+        println!(
+            "  (before it, 1 MiB each way, which includes meeting the network: {:.2} s)",
+            via.warm_up_s
+        );
     }
     Ok(())
 }

@@ -87,7 +87,12 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
     };
     let mut client = Client::new(profile, CONNECT_TIMEOUT);
     target.unread(&client)?;
-    println!("— chatting with {title}. Type and press Enter to send; /quit or Ctrl-D leaves.");
+    println!(
+        "— chatting with {title}. Type and press Enter to send; /file PATH [CAPTION] sends a \
+         photo or file; /quit or Ctrl-D leaves."
+    );
+    // Files still on their way from an earlier run go on first.
+    crate::files_cmd::transfer(&mut client, false).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut connected = false;
     let mut retry = Duration::ZERO;
@@ -102,6 +107,17 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                     break;
                 }
                 if text.is_empty() {
+                    continue;
+                }
+                if let Some(rest) = text.strip_prefix("/file ") {
+                    let (path, caption) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+                    match client.attach(&args.contact, std::path::Path::new(path), caption.trim(), None) {
+                        Ok(_) => {
+                            crate::files_cmd::transfer(&mut client, false).await?;
+                            client.flush(true).await?;
+                        }
+                        Err(e) => println!("* {}", safe(&e.to_string())),
+                    }
                     continue;
                 }
                 match target.compose(&client, text) {
@@ -128,6 +144,8 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                         }
                         show_unread(&client, target, &mut others)?;
                         client.flush(false).await?;
+                        // Files that arrived come down now (with a progress bar).
+                        crate::files_cmd::transfer(&mut client, false).await?;
                     }
                     None => {
                         connected = false;

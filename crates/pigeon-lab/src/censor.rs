@@ -623,8 +623,14 @@ impl Censor {
                 return Output::drop();
             }
         }
-        if !self.tcp.contains_key(&key) {
-            if self.tcp.len() >= MAX_FLOWS {
+        // A client's SYN (without ACK) opens a new connection, even on a 4-tuple a closed one
+        // used (ports are reused within minutes when many short connections are made, as a
+        // session moving from leg to leg does): it starts with counts of its own, as a
+        // connection tracker's entry does. What was decided about the client and server
+        // (penalties, blocks) is kept apart from flows and stays.
+        let new_connection = up && flags.syn && !flags.ack;
+        if new_connection || !self.tcp.contains_key(&key) {
+            if !self.tcp.contains_key(&key) && self.tcp.len() >= MAX_FLOWS {
                 return Output::pass();
             }
             let freeze = self

@@ -318,15 +318,26 @@ async fn start_server(
     args: Vec<String>,
 ) -> anyhow::Result<ServerProcess> {
     let dir = tempfile::tempdir().with_context(|| format!("{command} directory"))?;
+    // `PIGEON_LAB_SERVER_LOG=FILTER` keeps the server's log in `/tmp/pigeon-lab-{command}.log`,
+    // for debugging a scenario.
+    let (filter, log) = match std::env::var("PIGEON_LAB_SERVER_LOG") {
+        Ok(filter) => {
+            let path = std::env::temp_dir().join(format!("pigeon-lab-{command}.log"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            (filter, Stdio::from(file))
+        }
+        Err(_) => ("warn".to_owned(), Stdio::null()),
+    };
     let mut child = ns
         .command(&pigeon.to_string_lossy())
         .arg(command)
         .arg("--data")
         .arg(dir.path())
         .args(&args)
-        .env("PIGEON_LOG", "warn")
+        .env("PIGEON_LOG", filter)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .with_context(|| format!("starting pigeon {command}"))?;
     let stdout = child

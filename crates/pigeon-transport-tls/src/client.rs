@@ -717,7 +717,7 @@ async fn run_leg(
                     let cap = u32::try_from(got).unwrap_or(u32::MAX);
                     if let Ok(mut learned) = ctx.learned.lock() {
                         let entry = learned.entry(ctx.name.clone()).or_insert(cap);
-                        *entry = (*entry).min(cap).max(pigeon_transport::MIN_ROTATE);
+                        *entry = next_cap(*entry, cap, ctx.cap.is_some());
                     }
                     tracing::info!(
                         bytes = got,
@@ -733,6 +733,21 @@ async fn run_leg(
         };
         let _ = events.send(LegEvent::Failed(index, e)).await;
     }
+}
+
+/// The cap to keep for a route after a leg froze having received `got` bytes, from the one
+/// kept before (`kept`). A leg that ran without a cap tells the threshold: what it received.
+/// A leg already kept under a cap that froze anyway was most often cut by bytes the censor
+/// counted twice (TCP retransmissions after loss), which it received only once: lowering the
+/// cap to what it received would ratchet it down on every loss, to a handshake every few KB
+/// for good. Such a freeze lowers the cap by a tenth at most.
+fn next_cap(kept: u32, got: u32, was_capped: bool) -> u32 {
+    let next = if was_capped {
+        kept.min(got).max(kept - kept / 10)
+    } else {
+        kept.min(got)
+    };
+    next.max(pigeon_transport::MIN_ROTATE)
 }
 
 enum LegEnd {
@@ -1294,6 +1309,18 @@ mod tests {
         assert!(got.len() < data.len(), "more legs than allowed");
         assert_eq!(got, data[..got.len()], "bytes lost or changed");
         server.abort();
+    }
+
+    #[test]
+    fn a_capped_leg_that_freezes_lowers_the_cap_a_tenth_at_most() {
+        // The first freeze, without a cap, tells the threshold.
+        assert_eq!(next_cap(20_000, 16_049, false), 16_049);
+        // Under the cap, a freeze after little (loss the censor counted twice) costs a tenth.
+        assert_eq!(next_cap(16_000, 5_000, true), 14_400);
+        assert_eq!(next_cap(16_000, 15_000, true), 15_000);
+        // Never below the smallest rotation.
+        assert_eq!(next_cap(4_200, 1_000, true), pigeon_transport::MIN_ROTATE);
+        assert_eq!(next_cap(9_000, 1_000, false), pigeon_transport::MIN_ROTATE);
     }
 
     #[test]

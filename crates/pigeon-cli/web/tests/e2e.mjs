@@ -32,7 +32,10 @@ async function open(url) {
   page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  const started = Date.now();
   await page.goto(url);
+  await page.waitForFunction(() => document.querySelector("#me").textContent !== "", null, { timeout: T });
+  console.log(`- the page was interactive ${Date.now() - started} ms after it was asked for (Chromium)`);
   await page.waitForSelector("#status:has-text('connected via')", { timeout: T });
   return page;
 }

@@ -172,6 +172,8 @@ impl Client {
             };
             outcomes.push(outcome);
         }
+        // What the dialer learned on the way (a freeze's cap) is kept for the next run.
+        self.save_learned();
         Ok(outcomes)
     }
 

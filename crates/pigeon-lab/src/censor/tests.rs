@@ -326,6 +326,28 @@ fn rule05_freeze_at_16k_on_foreign_hosting() {
 }
 
 #[test]
+fn rule05_a_new_connection_on_a_reused_port_gets_a_count_of_its_own() {
+    // A client that makes many short connections reuses its ports within minutes: the freeze
+    // counts per connection, so a new SYN on the 4-tuple of a closed one starts from zero.
+    let mut cen = censor("ru-home-2026");
+    let mut first = Conn::new(41_000, FOREIGN, 443);
+    assert!(first.open(&mut cen, ms(0)));
+    assert!(first.up(&mut cen, ms(1), &hello("relay.example")).forward);
+    assert_eq!(first.download(&mut cen, ms(2), 14_000, ms(1)), 14_000);
+    let mut again = Conn::new(41_000, FOREIGN, 443);
+    again.cseq = 900_000;
+    again.sseq = 700_000;
+    assert!(again.open(&mut cen, ms(100)));
+    assert!(again.up(&mut cen, ms(101), &hello("relay.example")).forward);
+    assert_eq!(again.download(&mut cen, ms(102), 14_000, ms(1)), 14_000);
+    assert!(!cen.fired().contains_key(&RuleId::Freeze));
+    // Past the threshold within one connection, it freezes as before.
+    let got = again.download(&mut cen, ms(200), 14_000, ms(1));
+    assert!(got < 14_000, "forwarded {got}");
+    assert_eq!(cen.fired()[&RuleId::Freeze], 1);
+}
+
+#[test]
 fn rule06_fully_encrypted_first_packet_at_26_percent() {
     let seed: u64 = 0x6f_6e_65;
     let mut cen = custom("[rules.fet]\n", seed);
