@@ -176,3 +176,29 @@ pub(crate) fn save(args: &SaveArgs) -> anyhow::Result<u8> {
     println!("Saved to {}", shell_word(&path.display().to_string()));
     Ok(0)
 }
+
+/// `pigeon read-receipts`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ReadReceiptsArgs {
+    #[command(flatten)]
+    pub(crate) profile: ProfileArg,
+    /// `on` or `off`; without it, says which it is.
+    #[arg(value_parser = ["on", "off"])]
+    state: Option<String>,
+}
+
+/// `pigeon read-receipts [on|off]`: whether contacts learn that you read their messages.
+pub(crate) fn read_receipts(args: &ReadReceiptsArgs) -> anyhow::Result<u8> {
+    let profile = open_profile(&args.profile)?;
+    if let Some(state) = &args.state {
+        profile.set_read_receipts(state == "on")?;
+    }
+    if profile.read_receipts()? {
+        println!("Read receipts are on: your contacts see when you have read their messages.");
+    } else {
+        println!(
+            "Read receipts are off: your contacts see that their messages arrived, not that you read them."
+        );
+    }
+    Ok(0)
+}

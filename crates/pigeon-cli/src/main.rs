@@ -74,6 +74,8 @@ enum Command {
     Files(files_cmd::FilesArgs),
     /// Save a file that arrived (or one you sent) out of the encrypted profile.
     Save(files_cmd::SaveArgs),
+    /// Whether your contacts see that you read their messages: on (the default) or off.
+    ReadReceipts(files_cmd::ReadReceiptsArgs),
     /// Talk interactively with one contact.
     Chat(chat_cmd::ChatArgs),
     /// Groups: create, invite, add, remove, leave, members, admin, rename.
@@ -207,6 +209,7 @@ fn main() -> std::process::ExitCode {
             Command::Read(args) => user_cmd::read(args).await,
             Command::Files(args) => files_cmd::files(&args),
             Command::Save(args) => files_cmd::save(&args),
+            Command::ReadReceipts(args) => files_cmd::read_receipts(&args),
             Command::Chat(args) => chat_cmd::run(args).await,
             Command::Group(cmd) => group_cmd::run(cmd).await,
             Command::Verify(args) => group_cmd::verify(args),

@@ -127,6 +127,7 @@ const METHODS: &[&str] = &[
     "profile.create",
     "profile.open",
     "profile.info",
+    "profile.read_receipts",
     "conversations.list",
     "contacts.list",
     "groups.list",
@@ -547,6 +548,14 @@ impl Server {
                 p.only(&[])?;
                 self.profile_info()
             }
+            "profile.read_receipts" => {
+                p.only(&["send"])?;
+                let profile = self.profile()?;
+                if let Some(on) = p.opt_bool("send")? {
+                    profile.set_read_receipts(on)?;
+                }
+                Ok(json!({ "send": profile.read_receipts()? }))
+            }
             "conversations.list" => {
                 p.only(&[])?;
                 let profile = self.profile()?;
@@ -936,6 +945,7 @@ fn line_json(m: &GroupMessage, conversation: &str) -> Value {
         "sent_at_ms": m.sent_at_ms,
         "read": m.read,
         "delivered": m.delivered,
+        "seen": m.seen,
         "file": m.file.as_ref().map(crate::files_cmd::file_json),
     })
 }

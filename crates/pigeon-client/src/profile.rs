@@ -56,7 +56,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 16;
+const SCHEMA_VERSION: i64 = 17;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -233,6 +233,8 @@ pub struct Message {
     pub stored_at_ms: i64,
     /// For outgoing messages: the peer confirmed receipt.
     pub delivered: bool,
+    /// For outgoing messages: the peer read it (when they send read receipts).
+    pub seen: bool,
     /// A notice about the conversation (it fell behind, messages expired, the other person
     /// left), not something a person wrote.
     pub notice: bool,
@@ -556,7 +558,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 12] = [
+        let later: [(i64, &str, &'static str); 13] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -569,6 +571,7 @@ impl Profile {
             (14, schema::MIGRATE_14, "adding the group of devices"),
             (15, schema::MIGRATE_15, "adding backups"),
             (16, schema::MIGRATE_16, "adding files"),
+            (17, schema::MIGRATE_17, "adding read receipts"),
         ];
         for (to, sql, doing) in later {
             if version < to {
@@ -1344,6 +1347,7 @@ impl Profile {
             for chunk in ids.chunks(512) {
                 let content = new_content(Body::Receipt(Receipt {
                     ids: chunk.to_vec(),
+                    read: false,
                 }))?;
                 let ct = group.seal(&mls, &identity, &content)?;
                 self.queue_mls(&row, ct)?;
@@ -1448,6 +1452,7 @@ impl Profile {
             delivered: false,
             notice: false,
             file: None,
+            seen: false,
         }))
     }
 
@@ -1583,6 +1588,7 @@ impl Profile {
                 )
                 .map_err(db("marking messages read"))?;
             self.share_read_marks(&marks)?;
+            self.send_read_receipts(&marks)?;
             Ok(messages)
         })
     }
@@ -1609,15 +1615,15 @@ impl Profile {
             .conn
             .prepare(
                 "SELECT id, contact_id, name, outgoing, body, sent_at, stored_at, delivered, notice,
-                        file FROM (
+                        file, seen FROM (
                    SELECT * FROM (
                      SELECT 0 AS design, m.id, m.contact_id, c.name, m.outgoing, m.body, m.sent_at,
-                            m.stored_at, m.delivered, m.read, 0 AS notice, NULL AS file
+                            m.stored_at, m.delivered, m.read, 0 AS notice, NULL AS file, 0 AS seen
                      FROM messages m JOIN contacts c ON c.id = m.contact_id
                      UNION ALL
                      SELECT 1, gm.id, c.id, c.name, gm.outgoing, gm.body, gm.sent_at, gm.stored_at,
                             gm.delivered, gm.read, gm.notice,
-                            (SELECT f.id FROM files f WHERE f.message = gm.id)
+                            (SELECT f.id FROM files f WHERE f.message = gm.id), gm.seen
                      FROM group_messages gm JOIN contacts c ON c.conversation = gm.group_row)
                    WHERE (?1 IS NULL OR contact_id = ?1) AND (?2 = 0 OR read = 0)
                    ORDER BY stored_at DESC, design DESC, id DESC LIMIT ?3)
@@ -1637,6 +1643,7 @@ impl Profile {
                     delivered: r.get(7)?,
                     notice: r.get(8)?,
                     file: None,
+                    seen: r.get(10)?,
                 }
                 .with_file_id(r.get(9)?))
             })

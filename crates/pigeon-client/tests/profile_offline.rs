@@ -275,6 +275,21 @@ fn invitation_conversation_and_exactly_once() {
             .collect::<Vec<_>>(),
         [(true, true), (true, true), (true, true), (false, false)]
     );
+    // bob read them (take_unread above): his device told alice's, once per line.
+    assert_eq!(
+        history.iter().map(|m| m.seen).collect::<Vec<_>>(),
+        [true, true, true, false]
+    );
+    // With read receipts off, bob's reading tells nobody.
+    assert!(p.bob.read_receipts().expect("setting"));
+    p.bob.set_read_receipts(false).expect("off");
+    p.alice.compose(bob_at_alice, "ping 3").expect("compose");
+    p.run();
+    assert_eq!(p.bob.take_unread(None).expect("unread").len(), 1);
+    p.run();
+    let last = p.alice.history(Some(bob_at_alice), 1).expect("history");
+    assert_eq!(last[0].text, "ping 3");
+    assert!(!last[0].seen, "a read receipt went out while they were off");
     assert!(matches!(
         p.alice.compose(bob_at_alice, "   "),
         Err(ProfileError::Invalid(_))

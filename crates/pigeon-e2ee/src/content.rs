@@ -246,6 +246,9 @@ pub struct Receipt {
     /// Ids of the contents received.
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub ids: Vec<Vec<u8>>,
+    /// The person has also read them (sent only by those who send read receipts).
+    #[prost(bool, tag = "2")]
+    pub read: bool,
 }
 
 /// What one relay message carries.

@@ -124,7 +124,8 @@ async function open(name) {
     const meta = document.createElement("span");
     meta.className = "meta";
     const t = new Date(l.sent_at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    meta.textContent = l.outgoing && !l.notice ? `${t} ${l.delivered ? "✓✓" : (l.seq === null ? "…" : "✓")}` : t;
+    const mark = l.seen ? "✓✓ read" : (l.delivered ? "✓✓" : (l.seq === null ? "…" : "✓"));
+    meta.textContent = l.outgoing && !l.notice ? `${t} ${mark}` : t;
     li.append(meta);
     ol.append(li);
   }
@@ -197,7 +198,7 @@ function onEvent(ev) {
     else setStatus(`${ev.route} failed: ${ev.error}${ev.censorship_likely ? " (the network may be blocking it)" : ""}`);
     return;
   }
-  const here = ev.kind === "delivered" || (ev.kind === "message" && ev.line && ev.line.conversation === current);
+  const here = ev.kind === "delivered" || ev.kind === "read" || (ev.kind === "message" && ev.line && ev.line.conversation === current);
   if (here && current !== null) open(current);
   else refreshList();
 }
@@ -355,6 +356,7 @@ async function showSettings() {
     $("proxies").replaceChildren(...proxies.map((p) => linkItem(`${p.link}${p.always ? " (only)" : ""}`, async () => {
       try { await call("proxies.remove", { link: p.link }); showSettings(); } catch (err) { setStatus(err.message); }
     })));
+    $("read-receipts").checked = (await call("profile.read_receipts")).send;
     $("settings").hidden = false;
   } catch (err) {
     setStatus(err.message);
@@ -362,6 +364,14 @@ async function showSettings() {
 }
 
 $("open-settings").addEventListener("click", showSettings);
+$("read-receipts").addEventListener("change", async () => {
+  try {
+    const r = await call("profile.read_receipts", { send: $("read-receipts").checked });
+    setStatus(r.send ? "read receipts on" : "read receipts off");
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
 $("settings-close").addEventListener("click", () => { $("settings").hidden = true; });
 $("relay-form").addEventListener("submit", async (e) => {
   e.preventDefault();

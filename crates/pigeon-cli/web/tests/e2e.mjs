@@ -123,8 +123,16 @@ try {
     await alice.waitForTimeout(1000);
     await alice.click("#list button:has-text('bob')");
   }
+  // bob has the conversation open, so he has read it: alice's line says so.
+  const readBy = Date.now() + T;
+  while (!(await alice.$("#lines li.outgoing .meta:has-text('read')"))) {
+    if (Date.now() > readBy) throw new Error("alice's line was never marked read");
+    await bob.click("#list button:has-text('alice')");
+    await alice.waitForTimeout(1000);
+    await alice.click("#list button:has-text('bob')");
+  }
   await alice.screenshot({ path: `${shots}/conversation.png` });
-  step("messages both ways; alice's is marked delivered");
+  step("messages both ways; alice's is marked delivered, then read");
 
   // Pictures both ways, from the composer's file button.
   await sendPicture(alice, bob, "bob", "alice", process.env.ALICE_PICTURE);

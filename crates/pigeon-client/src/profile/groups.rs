@@ -139,6 +139,9 @@ pub struct GroupMessage {
     pub delivered: bool,
     /// The photo, voice note or file it carries (its text is then the caption).
     pub file: Option<FileInfo>,
+    /// For this profile's own line in a conversation of two: the contact read it (when they
+    /// send read receipts).
+    pub seen: bool,
 }
 
 impl GroupMessage {
@@ -1490,7 +1493,7 @@ impl Profile {
             "SELECT * FROM (
                SELECT m.id, m.group_row, g.name, m.seq, m.sender, m.outgoing, m.notice, m.body, m.sent_at,
                       coalesce(m.seq, 9223372036854775807) AS ord, m.read, m.delivered,
-                      (SELECT f.id FROM files f WHERE f.message = m.id) AS file
+                      (SELECT f.id FROM files f WHERE f.message = m.id) AS file, m.seen
                FROM group_messages m JOIN groups g ON g.id = m.group_row
                WHERE {filter} ORDER BY ord DESC, m.id DESC LIMIT {limit})
              ORDER BY ord, id"
@@ -1511,6 +1514,7 @@ impl Profile {
                     read: r.get(10)?,
                     delivered: r.get(11)?,
                     file: None,
+                    seen: r.get(13)?,
                 }
                 .with_file_id(r.get(12)?))
             })
@@ -1586,6 +1590,7 @@ impl Profile {
                 }
             }
             self.share_read_marks(&marks)?;
+            self.send_read_receipts(&marks)?;
             Ok(lines)
         })
     }

@@ -525,3 +525,16 @@ CREATE INDEX files_group ON files (group_row);
 PRAGMA user_version = 16;
 COMMIT;
 ";
+
+/// Version 17: read receipts in conversations of two (issue #17). `group_messages.seen`: of
+/// this profile's line, the other person read it; of theirs, this device told them it was read
+/// (lines read before this version count as told). `profile.read_receipts`: whether this device
+/// tells people what it read.
+pub(super) const MIGRATE_17: &str = "
+BEGIN;
+ALTER TABLE group_messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+UPDATE group_messages SET seen = 1 WHERE outgoing = 0 AND read = 1;
+ALTER TABLE profile ADD COLUMN read_receipts INTEGER NOT NULL DEFAULT 1;
+PRAGMA user_version = 17;
+COMMIT;
+";

@@ -277,6 +277,7 @@ impl Profile {
             delivered,
             notice: line.notice,
             file: line.file.clone(),
+            seen: line.seen,
         })
     }
 
@@ -310,9 +311,88 @@ impl Profile {
                 group,
                 Body::Receipt(Receipt {
                     ids: chunk.to_vec(),
+                    read: false,
                 }),
             )?;
         }
+        Ok(())
+    }
+
+    /// Tells the other person of each conversation of two in `marks` (read up to a log
+    /// position) which of their lines this device has now read, unless this profile sends no
+    /// read receipts. Each line is told once.
+    pub(in crate::profile) fn send_read_receipts(
+        &self,
+        marks: &std::collections::BTreeMap<GroupId, i64>,
+    ) -> Result<(), ProfileError> {
+        let on: bool = self
+            .conn
+            .query_row("SELECT read_receipts FROM profile WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(db("reading the profile"))?;
+        for (group, seq) in marks {
+            if self.contact_of(*group)?.is_none() {
+                continue;
+            }
+            let ids: Vec<Vec<u8>> = {
+                let mut stmt = self
+                    .conn
+                    .prepare(
+                        "SELECT uid FROM group_messages WHERE group_row = ?1 AND outgoing = 0
+                           AND notice = 0 AND read = 1 AND seen = 0 AND seq <= ?2",
+                    )
+                    .map_err(db("reading what was read"))?;
+                let rows = stmt
+                    .query_map(params![group, seq], |r| r.get(0))
+                    .map_err(db("reading what was read"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(db("reading what was read"))?
+            };
+            self.conn
+                .execute(
+                    "UPDATE group_messages SET seen = 1 WHERE group_row = ?1 AND outgoing = 0
+                       AND read = 1 AND seen = 0 AND seq <= ?2",
+                    params![group, seq],
+                )
+                .map_err(db("recording read receipts"))?;
+            if !on {
+                continue;
+            }
+            for chunk in ids.chunks(512) {
+                self.queue_to_conversation(
+                    *group,
+                    Body::Receipt(Receipt {
+                        ids: chunk.to_vec(),
+                        read: true,
+                    }),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this profile tells people what it read (read receipts; on unless turned off).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn read_receipts(&self) -> Result<bool, ProfileError> {
+        self.conn
+            .query_row("SELECT read_receipts FROM profile WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(db("reading the profile"))
+    }
+
+    /// Turns read receipts on or off for this device: off, nobody learns what it read (they
+    /// still learn what it received).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub fn set_read_receipts(&self, on: bool) -> Result<(), ProfileError> {
+        self.conn
+            .execute("UPDATE profile SET read_receipts = ?1 WHERE id = 1", [on])
+            .map_err(db("changing read receipts"))?;
         Ok(())
     }
 
@@ -384,6 +464,15 @@ impl Profile {
                     params![row.id, id],
                 )
                 .map_err(db("recording a receipt"))?;
+            if receipt.read {
+                self.conn
+                    .execute(
+                        "UPDATE group_messages SET seen = 1
+                         WHERE group_row = ?1 AND uid = ?2 AND outgoing = 1",
+                        params![row.id, id],
+                    )
+                    .map_err(db("recording a read receipt"))?;
+            }
         }
         Ok(Handled::Receipt {
             contact_id: direct.contact,
