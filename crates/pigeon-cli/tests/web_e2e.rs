@@ -2,7 +2,7 @@
 //! carol on the command line, against a real relay, driven in Debian's Chromium by
 //! `web/tests/e2e.mjs` (playwright-core, installed by the web client's `npm ci`): they talk,
 //! exchange a picture both ways (thumbnails shown, the whole fetched and checked byte for byte),
-//! make and use a group of three. Screenshots of the main screens go to `target/screenshots/`.
+//! see delivered and read marks, make, use and manage a group of three. Screenshots of the main screens go to `target/screenshots/`.
 
 #[path = "support.rs"]
 mod support;
@@ -58,6 +58,7 @@ fn two_people_use_the_web_client_in_chromium() {
         "conversation.png",
         "group.png",
         "photo.png",
+        "members.png",
         "phone-width.png",
     ] {
         assert!(shots.join(shot).exists(), "{shot}");

@@ -417,6 +417,101 @@ $("add-form").addEventListener("submit", async (e) => {
   }
 });
 
+// Group management: the members (with their admin and verified marks), removing a member and
+// making one an admin (admins only: every device refuses it from anyone else), renaming,
+// an invitation link, leaving.
+async function showMembers() {
+  if (!current) return;
+  const group = current;
+  try {
+    const members = await call("groups.members", { group });
+    $("members-title").textContent = `Members of ${group}`;
+    const iAmAdmin = members.some((m) => m.you && m.admin);
+    $("member-list").replaceChildren(...members.map((m) => {
+      const li = document.createElement("li");
+      const who = m.device ? `${m.name} (${m.device})` : m.name;
+      const marks = [m.you ? "you" : "", m.admin ? "admin" : "", m.verified ? "verified" : ""].filter(Boolean);
+      li.textContent = marks.length > 0 ? `${who} — ${marks.join(", ")}` : who;
+      if (iAmAdmin && !m.you) {
+        const act = async (method, done) => {
+          try {
+            await call(method, { group, member: m.name });
+            setStatus(done);
+            showMembers();
+          } catch (err) {
+            setStatus(err.message);
+          }
+        };
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.textContent = "Remove";
+        remove.addEventListener("click", () => act("groups.remove", `removed ${m.name}`));
+        li.append(" ", remove);
+        if (!m.admin) {
+          const promote = document.createElement("button");
+          promote.type = "button";
+          promote.textContent = "Make admin";
+          promote.addEventListener("click", () => act("groups.admin", `${m.name} is an admin`));
+          li.append(" ", promote);
+        }
+      }
+      return li;
+    }));
+    $("members").hidden = false;
+  } catch (err) {
+    setStatus(err.message);
+  }
+}
+
+$("show-members").addEventListener("click", showMembers);
+$("members-close").addEventListener("click", () => { $("members").hidden = true; });
+$("rename-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const name = $("rename-name").value.trim();
+  if (!name || !current) return;
+  try {
+    await call("groups.rename", { group: current, name });
+    $("rename-name").value = "";
+    $("members").hidden = true;
+    // The new name holds once the group's log has ordered the change (a moment).
+    setStatus(`renaming ${current} to ${name}`);
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+$("group-invite").addEventListener("click", async () => {
+  try {
+    $("members").hidden = true;
+    showLink(`Give this one-time link to one person to join ${current}:`, await call("groups.invite", { group: current }));
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+// Leaving takes a second press within five seconds (no modal dialog).
+let leaveArmed = null;
+$("leave-group").addEventListener("click", async () => {
+  if (!current) return;
+  if (leaveArmed === null) {
+    $("leave-group").textContent = `Press again to leave ${current} (you will read nothing new from it)`;
+    leaveArmed = setTimeout(() => {
+      leaveArmed = null;
+      $("leave-group").textContent = "Leave the group";
+    }, 5000);
+    return;
+  }
+  clearTimeout(leaveArmed);
+  leaveArmed = null;
+  $("leave-group").textContent = "Leave the group";
+  try {
+    await call("groups.leave", { group: current });
+    $("members").hidden = true;
+    setStatus(`left ${current}`);
+    refreshList();
+  } catch (err) {
+    setStatus(err.message);
+  }
+});
+
 $("group-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   try {

@@ -175,6 +175,27 @@ try {
   await alice.screenshot({ path: `${shots}/group.png` });
   step("a group of three is made and used");
 
+  // Managing it from the page: the members, bob made an admin, carol removed, a new name.
+  await alice.click("#show-members");
+  await alice.waitForSelector("#member-list li:has-text('carol')", { timeout: T });
+  await alice.screenshot({ path: `${shots}/members.png` });
+  await alice.click("#member-list li:has-text('bob') button:has-text('Make admin')");
+  await alice.waitForSelector("#status:has-text('bob is an admin')", { timeout: T });
+  // The change holds once the group's log has ordered it (the page fetches every few seconds).
+  const promoted = Date.now() + T;
+  while (!(await alice.$("#member-list li:has-text('bob'):has-text('admin')"))) {
+    if (Date.now() > promoted) throw new Error("bob never became an admin");
+    await alice.waitForTimeout(1000);
+    await alice.click("#show-members");
+  }
+  await alice.click("#member-list li:has-text('carol') button:has-text('Remove')");
+  await alice.waitForSelector("#status:has-text('removed carol')", { timeout: T });
+  await alice.fill("#rename-name", "book club");
+  await alice.click("#rename-form button");
+  await alice.waitForSelector("#list button:has-text('book club')", { timeout: T });
+  await bob.waitForSelector("#list button:has-text('book club')", { timeout: T });
+  step("members listed; bob made an admin, carol removed, the group renamed, from the page");
+
   await alice.click("#link-device");
   await alice.waitForFunction(
     () => document.querySelector("#invite-link").textContent.startsWith("pigeon://device#"),
