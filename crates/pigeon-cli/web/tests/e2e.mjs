@@ -20,7 +20,8 @@ const markup = "<img src=x onerror=alert(1)><script>alert(2)</script>";
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox"],
+  // A fake microphone (a tone) and no permission prompt, for the voice note.
+  args: ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
   headless: true,
 });
 const dialogs = [];
@@ -139,6 +140,28 @@ try {
   await bob.screenshot({ path: `${shots}/photo.png` });
   await sendPicture(bob, alice, "alice", "bob", process.env.BOB_PICTURE);
   step("a picture each way: thumbnail at once, the whole checked byte for byte");
+
+  // A voice note recorded in bob's page (Chromium's fake microphone), playable in alice's.
+  await bob.click("#list button:has-text('alice')");
+  await bob.click("#record");
+  await bob.waitForSelector("#record[aria-pressed='true']", { timeout: T });
+  await bob.waitForTimeout(1500);
+  await bob.click("#record");
+  const heard = Date.now() + T;
+  let voice = 0;
+  while (voice === 0) {
+    if (Date.now() > heard) throw new Error("bob's voice note never arrived whole");
+    await alice.waitForTimeout(500);
+    await alice.click("#list button:has-text('bob')");
+    voice = await alice.evaluate(async () => {
+      const audio = document.querySelector("#lines .file audio");
+      if (!audio) return 0;
+      const r = await fetch(audio.src);
+      const type = r.headers.get("content-type") || "";
+      return r.ok && !type.startsWith("application/") ? (await r.arrayBuffer()).byteLength : 0;
+    });
+  }
+  step(`a voice note recorded in the page arrived (${voice} bytes) with a player`);
 
   // carol, on the command line, accepts alice's invitation; alice makes a group of three.
   const carolLink = await invite(alice);
