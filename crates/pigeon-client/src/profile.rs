@@ -242,12 +242,6 @@ pub struct Message {
     pub file: Option<FileInfo>,
 }
 
-impl Message {
-    fn with_file_id(self, file: Option<i64>) -> (Self, Option<i64>) {
-        (self, file)
-    }
-}
-
 /// A message waiting to be posted to a relay.
 #[derive(Clone, Debug)]
 pub struct OutboxItem {
@@ -1632,7 +1626,7 @@ impl Profile {
             .map_err(db("reading messages"))?;
         let rows = stmt
             .query_map(params![contact_id, unread_only, limit], |r| {
-                Ok(Message {
+                let line = Message {
                     id: r.get(0)?,
                     contact_id: r.get(1)?,
                     contact: r.get(2)?,
@@ -1644,19 +1638,14 @@ impl Profile {
                     notice: r.get(8)?,
                     file: None,
                     seen: r.get(10)?,
-                }
-                .with_file_id(r.get(9)?))
+                };
+                Ok((line, r.get(9)?))
             })
             .map_err(db("reading messages"))?;
-        let mut lines: Vec<(Message, Option<i64>)> = rows
+        let lines: Vec<(Message, Option<i64>)> = rows
             .collect::<Result<_, _>>()
             .map_err(db("reading messages"))?;
-        for (line, file) in &mut lines {
-            if let Some(id) = file {
-                line.file = Some(self.file(*id)?);
-            }
-        }
-        Ok(lines.into_iter().map(|(line, _)| line).collect())
+        self.with_files(lines, |m: &mut Message, f| m.file = Some(f))
     }
 
     /// Forgets delivery ids older than any relay keeps a message.

@@ -144,10 +144,15 @@ pub struct GroupMessage {
     pub seen: bool,
 }
 
-impl GroupMessage {
-    fn with_file_id(self, file: Option<i64>) -> (Self, Option<i64>) {
-        (self, file)
-    }
+/// Who wrote a line that came through a group's log.
+#[derive(Clone, Copy)]
+struct LineSender<'a> {
+    /// Their signature key in the group.
+    key: &'a [u8],
+    /// Their name.
+    name: &'a str,
+    /// One of this person's own devices.
+    own: bool,
 }
 
 /// A group log this profile reads.
@@ -1419,25 +1424,7 @@ impl Profile {
                     params![id, content.encode_to_vec(), relay_msg_id.as_slice()],
                 )
                 .map_err(db("saving a message"))?;
-            let me = self.name()?;
-            self.conn
-                .execute(
-                    "INSERT INTO group_messages (group_row, relay_msg_id, sender_key, sender, outgoing,
-                       uid, body, sent_at, stored_at, read)
-                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, 1)",
-                    params![
-                        id,
-                        relay_msg_id.as_slice(),
-                        row.signature_key,
-                        me,
-                        content.id,
-                        text,
-                        to_i64(content.sent_at_ms),
-                        now_ms()
-                    ],
-                )
-                .map_err(db("saving a message"))?;
-            let message_id = self.conn.last_insert_rowid();
+            let message_id = self.insert_own_line(&row, &relay_msg_id, &content, text)?;
             let due = row.sent_since_update + 1 >= GROUP_REKEY_EVERY
                 || now_ms() - row.updated_at >= GROUP_REKEY_AFTER_MS;
             self.conn
@@ -1458,6 +1445,68 @@ impl Profile {
             self.drive_with(id, false)?;
             self.group_message(message_id)
         })
+    }
+
+    /// Puts this device's own line (a text, or a file's caption) in the transcript of `row`,
+    /// read, not yet placed in the log (it is once the log confirms `relay_msg_id`); its number.
+    fn insert_own_line(
+        &self,
+        row: &GroupRow,
+        relay_msg_id: &[u8; 16],
+        content: &Content,
+        body: &str,
+    ) -> Result<i64, ProfileError> {
+        let me = self.name()?;
+        self.conn
+            .execute(
+                "INSERT INTO group_messages (group_row, relay_msg_id, sender_key, sender, outgoing,
+                   uid, body, sent_at, stored_at, read)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, 1)",
+                params![
+                    row.id,
+                    relay_msg_id.as_slice(),
+                    row.signature_key,
+                    me,
+                    content.id,
+                    body,
+                    to_i64(content.sent_at_ms),
+                    now_ms()
+                ],
+            )
+            .map_err(db("saving a message"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Puts a line that came through the log of `row` at position `seq` in its transcript;
+    /// `None` when it is there already (a redelivery).
+    fn insert_log_line(
+        &self,
+        row: &GroupRow,
+        seq: u64,
+        from: &LineSender<'_>,
+        content: &Content,
+        body: &str,
+    ) -> Result<Option<i64>, ProfileError> {
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
+                   outgoing, uid, body, sent_at, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    row.id,
+                    to_i64(seq),
+                    from.key,
+                    from.name,
+                    from.own,
+                    content.id,
+                    body,
+                    to_i64(content.sent_at_ms),
+                    now_ms()
+                ],
+            )
+            .map_err(db("saving a message"))?;
+        Ok((inserted > 0).then(|| self.conn.last_insert_rowid()))
     }
 
     fn has_update_intent(&self, id: GroupId) -> Result<bool, ProfileError> {
@@ -1501,7 +1550,7 @@ impl Profile {
         let mut stmt = self.conn.prepare(&sql).map_err(db("reading messages"))?;
         let rows = stmt
             .query_map(args, |r| {
-                Ok(GroupMessage {
+                let line = GroupMessage {
                     id: r.get(0)?,
                     group_id: r.get(1)?,
                     group: r.get(2)?,
@@ -1515,19 +1564,14 @@ impl Profile {
                     delivered: r.get(11)?,
                     file: None,
                     seen: r.get(13)?,
-                }
-                .with_file_id(r.get(12)?))
+                };
+                Ok((line, r.get(12)?))
             })
             .map_err(db("reading messages"))?;
-        let mut lines: Vec<(GroupMessage, Option<i64>)> = rows
+        let lines: Vec<(GroupMessage, Option<i64>)> = rows
             .collect::<Result<_, _>>()
             .map_err(db("reading messages"))?;
-        for (line, file) in &mut lines {
-            if let Some(id) = file {
-                line.file = Some(self.file(*id)?);
-            }
-        }
-        Ok(lines.into_iter().map(|(line, _)| line).collect())
+        self.with_files(lines, |m: &mut GroupMessage, f| m.file = Some(f))
     }
 
     /// The latest `limit` lines of a group's transcript, in log order.

@@ -23,17 +23,6 @@ use rusqlite::params;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
-/// Who sent a file that arrived.
-#[derive(Clone, Copy)]
-pub(super) struct FileSender<'a> {
-    /// Their signature key in the group.
-    pub(super) key: &'a [u8],
-    /// Their name.
-    pub(super) name: &'a str,
-    /// One of this person's own devices.
-    pub(super) own: bool,
-}
-
 /// The directory beside the database that holds sealed files.
 pub const FILES_DIR: &str = "files";
 
@@ -387,25 +376,7 @@ impl Profile {
             .map_err(|e| ProfileError::Invalid(format!("the file's description: {e}")))?;
         let relay_msg_id: [u8; 16] = random()?;
         let sent = self.tx(|| {
-            let me = self.name()?;
-            self.conn
-                .execute(
-                    "INSERT INTO group_messages (group_row, relay_msg_id, sender_key, sender, outgoing,
-                       uid, body, sent_at, stored_at, read)
-                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, 1)",
-                    params![
-                        id,
-                        relay_msg_id.as_slice(),
-                        row.signature_key,
-                        me,
-                        content.id,
-                        caption,
-                        to_i64(content.sent_at_ms),
-                        now_ms()
-                    ],
-                )
-                .map_err(db("saving a file"))?;
-            let message = self.conn.last_insert_rowid();
+            let message = self.insert_own_line(&row, &relay_msg_id, &content, caption)?;
             self.conn
                 .execute(
                     "INSERT INTO files (message, group_row, outgoing, description, state, seed,
@@ -503,6 +474,23 @@ impl Profile {
             ));
         }
         Ok(out)
+    }
+
+    /// `lines` as read with the number of the file each carries, that file put in by `set`.
+    pub(in crate::profile) fn with_files<T>(
+        &self,
+        lines: Vec<(T, Option<i64>)>,
+        set: impl Fn(&mut T, FileInfo),
+    ) -> Result<Vec<T>, ProfileError> {
+        lines
+            .into_iter()
+            .map(|(mut line, file)| {
+                if let Some(id) = file {
+                    set(&mut line, self.file(id)?);
+                }
+                Ok(line)
+            })
+            .collect()
     }
 
     /// The file of transcript line `message`, if it has one.
@@ -669,44 +657,19 @@ impl Profile {
         &self,
         row: &GroupRow,
         seq: u64,
-        from: &FileSender<'_>,
+        from: &super::LineSender<'_>,
         content: &pigeon_e2ee::Content,
         a: &Attachment,
     ) -> Result<Option<i64>, ProfileError> {
-        let FileSender {
-            key: sender,
-            name,
-            own: from_me,
-        } = *from;
         RelayLink::from_payload_bytes(&a.relay).map_err(|e| {
             ProfileError::E2ee(pigeon_e2ee::E2eeError::BadInput {
                 what: "file",
                 reason: format!("its relay is invalid: {e}"),
             })
         })?;
-        let inserted = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
-                   outgoing, uid, body, sent_at, stored_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    row.id,
-                    to_i64(seq),
-                    sender,
-                    name,
-                    from_me,
-                    content.id,
-                    a.caption,
-                    to_i64(content.sent_at_ms),
-                    now_ms()
-                ],
-            )
-            .map_err(db("saving a file's line"))?;
-        if inserted == 0 {
+        let Some(message) = self.insert_log_line(row, seq, from, content, &a.caption)? else {
             return Ok(None);
-        }
-        let message = self.conn.last_insert_rowid();
+        };
         let mut kept = a.clone();
         // The receiver's own judgement of what it is, from the bytes once they are here; a
         // thumbnail that is not a JPEG is not kept.
@@ -721,7 +684,7 @@ impl Profile {
                 params![
                     message,
                     row.id,
-                    from_me,
+                    from.own,
                     kept.encode_to_vec(),
                     DOWNLOADING,
                     now_ms()

@@ -318,30 +318,18 @@ impl Profile {
                     self.device_seen(&name_of_device(&roster_before, &sender))?;
                 }
                 match content.body {
-                    Some(Body::Text(t)) => {
-                        let inserted = self
-                            .conn
-                            .execute(
-                                "INSERT OR IGNORE INTO group_messages (group_row, seq, sender_key, sender,
-                                   outgoing, uid, body, sent_at, stored_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                                params![
-                                    row.id,
-                                    to_i64(seq),
-                                    sender,
-                                    name,
-                                    from_me,
-                                    content.id,
-                                    t.text,
-                                    to_i64(content.sent_at_ms),
-                                    now_ms()
-                                ],
-                            )
-                            .map_err(db("saving a message"))?;
-                        if inserted == 0 {
+                    Some(Body::Text(ref t)) => {
+                        let from = super::LineSender {
+                            key: &sender,
+                            name: &name,
+                            own: from_me,
+                        };
+                        let Some(line) =
+                            self.insert_log_line(row, seq, &from, &content, &t.text)?
+                        else {
                             return Ok(vec![Handled::Duplicate]);
-                        }
-                        let m = self.group_message(self.conn.last_insert_rowid())?;
+                        };
+                        let m = self.group_message(line)?;
                         // A message of this person's own is not acknowledged to anyone.
                         if row.direct && !from_me {
                             return Ok(vec![self.conversation_content(
@@ -356,7 +344,7 @@ impl Profile {
                         let Some(line) = self.receive_file(
                             row,
                             seq,
-                            &super::files::FileSender {
+                            &super::LineSender {
                                 key: &sender,
                                 name: &name,
                                 own: from_me,
