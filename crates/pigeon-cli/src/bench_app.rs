@@ -174,11 +174,6 @@ async fn once(profile: &Path) -> anyhow::Result<Start> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 pub(crate) async fn run(args: AppBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let relay = RelayProcess::start(&tmp.path().join("relay"), &[])?;
@@ -221,9 +216,9 @@ pub(crate) async fn run(args: AppBenchArgs) -> anyhow::Result<()> {
     let interactive = pick(|s| s.interactive);
     let slowest = interactive.iter().copied().fold(0.0, f64::max);
     let (address, page, interactive) = (
-        median(pick(|s| s.address)),
-        median(pick(|s| s.page)),
-        median(interactive),
+        crate::bench::median(pick(|s| s.address)),
+        crate::bench::median(pick(|s| s.page)),
+        crate::bench::median(interactive),
     );
     if args.json {
         println!(

@@ -69,11 +69,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn text(i: usize) -> Content {
     let mut id = vec![0u8; 16];
     id[..8].copy_from_slice(&(i as u64).to_be_bytes());
@@ -210,14 +205,14 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     }
     Ok(Costs {
         build_s,
-        add_ms: median(add),
-        remove_ms: median(remove),
-        update_ms: median(update),
-        process_ms: median(process),
+        add_ms: crate::bench::median(add),
+        remove_ms: crate::bench::median(remove),
+        update_ms: crate::bench::median(update),
+        process_ms: crate::bench::median(process),
         commit_bytes,
         welcome_bytes,
-        encrypt_us: median(enc),
-        decrypt_us: median(dec),
+        encrypt_us: crate::bench::median(enc),
+        decrypt_us: crate::bench::median(dec),
     })
 }
 

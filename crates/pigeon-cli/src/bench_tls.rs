@@ -172,11 +172,6 @@ async fn bulk_once(
     Ok(received as f64 / (1024.0 * 1024.0) / secs)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Handshake times over `route` in milliseconds, each with a fresh dialer.
 async fn handshakes(link: &RelayLink, route: &Route, n: usize) -> anyhow::Result<Histogram<u64>> {
     let link = only(link, route)?;
@@ -229,7 +224,10 @@ pub(crate) async fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
             rates[i].1.push(rate);
         }
     }
-    let bulk: Vec<(&str, f64)> = rates.into_iter().map(|(n, v)| (n, median(v))).collect();
+    let bulk: Vec<(&str, f64)> = rates
+        .into_iter()
+        .map(|(n, v)| (n, crate::bench::median(v)))
+        .collect();
 
     let mut shakes = Vec::new();
     for (name, route) in &routes.all()[..2] {

@@ -111,7 +111,7 @@ pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<u8> {
                 }
                 if let Some(rest) = text.strip_prefix("/file ") {
                     let (path, caption) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
-                    match client.attach(&args.contact, std::path::Path::new(path), caption.trim(), None) {
+                    match client.attach(&args.contact, std::path::Path::new(path), None, caption.trim(), None) {
                         Ok(_) => {
                             crate::files_cmd::transfer(&mut client, false).await?;
                             client.flush(true).await?;

@@ -378,19 +378,8 @@ impl Server {
         voice: bool,
     ) -> Result<Value, RpcError> {
         let kind = voice.then_some(pigeon_client::AttachmentKind::Voice);
-        let profile = self.profile()?;
-        let group = profile.conversation_or_group_contact_first(to)?;
-        let (line, file) = match name {
-            Some(name) => profile.prepare_file_named(
-                group,
-                path,
-                &pigeon_client::attachment::safe_file_name(name),
-                caption,
-                kind,
-            )?,
-            None => profile.prepare_file(group, path, caption, kind)?,
-        };
-        let label = profile.conversation_label(group)?;
+        let (line, file) = self.client()?.attach(to, path, name, caption, kind)?;
+        let label = self.profile()?.conversation_label(line.group_id)?;
         let answer = json!({
             "line": line_json(&line, &label),
             "file": crate::files_cmd::file_json(&file),

@@ -279,7 +279,7 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<u8> {
     let text = args.text.join(" ");
     if let Some(path) = &args.file {
         let kind = args.voice.then_some(pigeon_client::AttachmentKind::Voice);
-        let (line, file) = client.attach(&args.contact, path, &text, kind)?;
+        let (line, file) = client.attach(&args.contact, path, None, &text, kind)?;
         let to = client.profile().conversation_label(line.group_id)?;
         let outcomes = crate::files_cmd::transfer(&mut client, false).await?;
         let sent = outcomes

@@ -66,6 +66,17 @@ fn picture(path: &Path) -> Vec<u8> {
     png
 }
 
+/// A relay under `dir`, alice and bob introduced (bob has read alice's side), and the
+/// directory bob saves files in.
+fn talking(dir: &Path) -> (Relay, PathBuf, PathBuf, PathBuf) {
+    let relay = Relay::start(RelayOpts::in_dir(dir));
+    let (alice, bob) = support::introduced(dir, PASS, &relay.link.to_string());
+    ok(&bob, &["read", "--wait", "0.3"]);
+    let inbox = dir.join("bob-saved");
+    std::fs::create_dir_all(&inbox).expect("mkdir");
+    (relay, alice, bob, inbox)
+}
+
 /// Bob reads until the file called `name` is saved in `dir` (or `within` passes).
 fn read_until_saved(profile: &Path, dir: &Path, name: &str, within: Duration) -> PathBuf {
     let deadline = Instant::now() + within;
@@ -97,11 +108,7 @@ fn read_until_saved(profile: &Path, dir: &Path, name: &str, within: Duration) ->
 fn files_and_pictures_arrive_whole_and_the_relay_never_sees_them() {
     let seed = support::seed_from_env("PIGEON_FILES_SEED");
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
-    let (alice, bob) = support::introduced(dir.path(), PASS, &relay.link.to_string());
-    ok(&bob, &["read", "--wait", "0.3"]);
-    let inbox = dir.path().join("bob-saved");
-    std::fs::create_dir_all(&inbox).expect("mkdir");
+    let (relay, alice, bob, inbox) = talking(dir.path());
 
     // A 5 MiB file with a caption, and a picture.
     let marker = b"PLAINTEXT-MARKER-that-must-never-reach-the-relay";
@@ -198,11 +205,7 @@ fn uploads_and_downloads_cut_by_kill_9_go_on_where_they_stopped() {
     let seed = support::seed_from_env("PIGEON_FILES_KILL_SEED");
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(RelayOpts::in_dir(dir.path()));
-    let (alice, bob) = support::introduced(dir.path(), PASS, &relay.link.to_string());
-    ok(&bob, &["read", "--wait", "0.3"]);
-    let inbox = dir.path().join("bob-saved");
-    std::fs::create_dir_all(&inbox).expect("mkdir");
+    let (relay, alice, bob, inbox) = talking(dir.path());
     let big = dir.path().join("big.bin");
     let sent = random_file(&big, 40 << 20, seed, b"marker");
 

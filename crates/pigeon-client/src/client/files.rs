@@ -103,8 +103,9 @@ fn io_stop(doing: &str) -> impl FnOnce(std::io::Error) -> Stop + '_ {
 
 impl Client {
     /// Chooses the file at `path` to send to `to` (a contact's name, else a group's, as
-    /// `pigeon send` reads it) with `caption`: sealed into the profile and in the transcript
-    /// at once. [`Client::transfer_files`] uploads it and then sends its message.
+    /// `pigeon send` reads it) under `name` (its own when `None`) with `caption`: sealed into
+    /// the profile and in the transcript at once. [`Client::transfer_files`] uploads it and
+    /// then sends its message.
     ///
     /// # Errors
     /// For an unknown name, a file that cannot be read, is empty or is over 100 MiB.
@@ -112,12 +113,16 @@ impl Client {
         &self,
         to: &str,
         path: &std::path::Path,
+        name: Option<&str>,
         caption: &str,
         kind: Option<pigeon_e2ee::content::AttachmentKind>,
     ) -> Result<(crate::GroupMessage, FileInfo), Error> {
         let group = self.profile.conversation_or_group_contact_first(to)?;
-        Ok(blocking(|| {
-            self.profile.prepare_file(group, path, caption, kind)
+        Ok(blocking(|| match name {
+            Some(name) => self
+                .profile
+                .prepare_file_named(group, path, name, caption, kind),
+            None => self.profile.prepare_file(group, path, caption, kind),
         })?)
     }
 
@@ -224,9 +229,6 @@ impl Client {
         deadline: tokio::time::Instant,
         progress: &mut (dyn FnMut(&FileProgress) + Send),
     ) -> Result<(), Stop> {
-        let name = blocking(|| self.profile.file(up.id))
-            .map(|f| f.name)
-            .unwrap_or_default();
         let mut done = up.done;
         self.passes(deadline, async |this| {
             let conn = this.transfer_session(&up.relay).await?;
@@ -271,7 +273,7 @@ impl Client {
                         done = index + 1;
                         progress(&FileProgress {
                             id: up.id,
-                            name: name.clone(),
+                            name: up.name.clone(),
                             outgoing: true,
                             done: (done * u64::from(up.layout.chunk_size)).min(up.layout.size),
                             total: up.layout.size,
@@ -423,13 +425,7 @@ impl Client {
             }
             Ok(())
         })
-        .await?;
-        file.sync_all().map_err(io_stop("writing the file"))?;
-        blocking(|| {
-            self.profile
-                .download_progress(down.id, down.cursor, &down.received)
-        })
-        .map_err(|e| Stop::Wait(e.to_string()))?;
-        Ok(())
+        // A pass ends well only once every chunk is here, synced and recorded.
+        .await
     }
 }

@@ -22,6 +22,7 @@ use prost::Message as _;
 use rusqlite::params;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// The directory beside the database that holds sealed files.
 pub const FILES_DIR: &str = "files";
@@ -107,6 +108,8 @@ pub struct FileInfo {
 pub struct PendingUpload {
     /// The file's number.
     pub id: i64,
+    /// Its name (safe).
+    pub name: String,
     /// Its secrets.
     pub secrets: FileSecrets,
     /// Its chunks.
@@ -151,6 +154,35 @@ impl std::fmt::Debug for PendingDownload {
             .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
+}
+
+/// A file that a failed step left half made: deleted when dropped, unless kept.
+struct Unkept(Option<PathBuf>);
+
+impl Unkept {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unkept {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A file's record as read: what front ends see, the description, and the transfer's state.
+struct FileRow {
+    info: FileInfo,
+    description: Attachment,
+    /// An upload's chunks on the relay, or a download's log position.
+    done: u64,
+    /// A download's bitmap of chunks here.
+    received: Option<Vec<u8>>,
+    /// An upload's seed, until it is sent.
+    seed: Option<Zeroizing<Vec<u8>>>,
 }
 
 fn file_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError {
@@ -245,13 +277,13 @@ impl Profile {
     ) -> Result<(super::GroupMessage, FileInfo), ProfileError> {
         let name = source
             .file_name()
-            .map(|n| safe_file_name(&n.to_string_lossy()))
-            .unwrap_or_else(|| "file".to_owned());
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         self.prepare_file_named(id, source, &name, caption, kind)
     }
 
     /// [`Self::prepare_file`] under a given name (an upload from a page, kept in a temporary
-    /// file).
+    /// file), made safe first.
     ///
     /// # Errors
     /// As [`Self::prepare_file`].
@@ -263,6 +295,7 @@ impl Profile {
         caption: &str,
         kind: Option<AttachmentKind>,
     ) -> Result<(super::GroupMessage, FileInfo), ProfileError> {
+        let name = safe_file_name(name);
         if caption.len() > 4096 {
             return Err(ProfileError::Invalid(
                 "a file's caption may be at most 4096 bytes".to_owned(),
@@ -304,6 +337,9 @@ impl Profile {
         let blob_id = secrets.blob_id();
         let sealed_path = self.sealed_path(&blob_id.0);
         let part = sealed_path.with_extension("part");
+        // Whatever fails from here on leaves neither half a sealed file nor an orphan one.
+        let part_guard = Unkept(Some(part.clone()));
+        let sealed_guard = Unkept(Some(sealed_path.clone()));
         let mut out = std::fs::File::create(&part).map_err(file_err("writing", &part))?;
         let key = secrets.key();
         let mut hash = FileHash::default();
@@ -356,7 +392,7 @@ impl Profile {
             AttachmentKind::File
         });
         let description = Attachment {
-            name: name.to_owned(),
+            name,
             mime,
             size,
             key: key.to_vec(),
@@ -394,13 +430,9 @@ impl Profile {
                 .map_err(db("saving a file"))?;
             Ok(message)
         });
-        let message = match sent {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&sealed_path);
-                return Err(e);
-            }
-        };
+        let message = sent?;
+        part_guard.keep();
+        sealed_guard.keep();
         let line = self.group_message(message)?;
         let info = self
             .file_of_message(message)?
@@ -408,14 +440,14 @@ impl Profile {
         Ok((line, info))
     }
 
-    fn file_row(
+    fn file_rows(
         &self,
         filter: &str,
         args: impl rusqlite::Params,
-    ) -> Result<Vec<(FileInfo, Attachment)>, ProfileError> {
+    ) -> Result<Vec<FileRow>, ProfileError> {
         let sql = format!(
             "SELECT f.id, f.message, f.outgoing, f.description, f.state, f.done, f.received,
-                    f.error, f.saved_to, f.group_row
+                    f.error, f.saved_to, f.group_row, f.seed
              FROM files f WHERE {filter} ORDER BY f.id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(db("reading files"))?;
@@ -432,30 +464,44 @@ impl Profile {
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, GroupId>(9)?,
+                    r.get::<_, Option<Vec<u8>>>(10)?.map(Zeroizing::new),
                 ))
             })
             .map_err(db("reading files"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, message, outgoing, description, state, done, received, error, saved_to, group) =
-                row.map_err(db("reading files"))?;
+            let (
+                id,
+                message,
+                outgoing,
+                description,
+                state,
+                recorded,
+                received,
+                error,
+                saved_to,
+                group,
+                seed,
+            ) = row.map_err(db("reading files"))?;
+            let recorded = u64::try_from(recorded).unwrap_or(0);
             let a = Attachment::decode(description.as_slice())
                 .map_err(|e| bad_row(format!("its description does not decode: {e}")))?;
             let layout = Layout::of(&a).map_err(|e| bad_row(e.to_string()))?;
             let state = FileState::from_i64(state);
             let done = match state {
                 FileState::Sent | FileState::Received => a.size,
-                FileState::Uploading => {
-                    (u64::try_from(done).unwrap_or(0) * u64::from(a.chunk_size)).min(a.size)
-                }
+                FileState::Uploading => (recorded * u64::from(a.chunk_size)).min(a.size),
                 FileState::Downloading => {
-                    let r = Received::from_bytes(layout.chunks(), &received.unwrap_or_default());
+                    let r = Received::from_bytes(
+                        layout.chunks(),
+                        received.as_deref().unwrap_or_default(),
+                    );
                     (r.count() * u64::from(a.chunk_size)).min(a.size)
                 }
                 FileState::Failed => 0,
             };
-            out.push((
-                FileInfo {
+            out.push(FileRow {
+                info: FileInfo {
                     id,
                     message,
                     group,
@@ -470,10 +516,20 @@ impl Profile {
                     has_thumbnail: !a.thumbnail.is_empty(),
                     saved_to: saved_to.map(PathBuf::from),
                 },
-                a,
-            ));
+                description: a,
+                done: recorded,
+                received,
+                seed,
+            });
         }
         Ok(out)
+    }
+
+    /// File number `id`'s record.
+    fn file_row(&self, id: i64) -> Result<FileRow, ProfileError> {
+        self.file_rows("f.id = ?1", [id])?.pop().ok_or_else(|| {
+            ProfileError::Invalid(format!("there is no file #{id}: `pigeon files` lists them"))
+        })
     }
 
     /// `lines` as read with the number of the file each carries, that file put in by `set`.
@@ -499,9 +555,9 @@ impl Profile {
     /// On database failure.
     pub fn file_of_message(&self, message: i64) -> Result<Option<FileInfo>, ProfileError> {
         Ok(self
-            .file_row("f.message = ?1", [message])?
+            .file_rows("f.message = ?1", [message])?
             .pop()
-            .map(|(info, _)| info))
+            .map(|r| r.info))
     }
 
     /// File number `id`.
@@ -509,12 +565,7 @@ impl Profile {
     /// # Errors
     /// [`ProfileError::NoContact`] when there is none.
     pub fn file(&self, id: i64) -> Result<FileInfo, ProfileError> {
-        self.file_row("f.id = ?1", [id])?
-            .pop()
-            .map(|(info, _)| info)
-            .ok_or_else(|| {
-                ProfileError::Invalid(format!("there is no file #{id}: `pigeon files` lists them"))
-            })
+        Ok(self.file_row(id)?.info)
     }
 
     /// The files of a conversation (or all), oldest first.
@@ -523,9 +574,9 @@ impl Profile {
     /// On database failure.
     pub fn files(&self, group: Option<GroupId>) -> Result<Vec<FileInfo>, ProfileError> {
         Ok(self
-            .file_row("(?1 IS NULL OR f.group_row = ?1)", params![group])?
+            .file_rows("(?1 IS NULL OR f.group_row = ?1)", params![group])?
             .into_iter()
-            .map(|(info, _)| info)
+            .map(|r| r.info)
             .collect())
     }
 
@@ -534,10 +585,7 @@ impl Profile {
     /// # Errors
     /// On database failure, or when there is no such file.
     pub fn file_thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, ProfileError> {
-        let (_, a) = self
-            .file_row("f.id = ?1", [id])?
-            .pop()
-            .ok_or_else(|| ProfileError::Invalid(format!("there is no file #{id}")))?;
+        let a = self.file_row(id)?.description;
         Ok((!a.thumbnail.is_empty() && is_jpeg(&a.thumbnail)).then_some(a.thumbnail))
     }
 
@@ -546,34 +594,22 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn pending_uploads(&self) -> Result<Vec<PendingUpload>, ProfileError> {
-        let ids: Vec<(i64, Vec<u8>, i64)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, seed, done FROM files WHERE state = ?1 ORDER BY id")
-                .map_err(db("reading uploads"))?;
-            let rows = stmt
-                .query_map([UPLOADING], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(db("reading uploads"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(db("reading uploads"))?
-        };
         let mut out = Vec::new();
-        for (id, seed, done) in ids {
-            let (_, a) = self
-                .file_row("f.id = ?1", [id])?
-                .pop()
-                .ok_or_else(|| bad_row("it vanished"))?;
-            let seed: [u8; 32] = seed
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad_row("its seed is not 32 bytes"))?;
+        for row in self.file_rows("f.state = ?1", [UPLOADING])? {
+            let a = &row.description;
+            let seed: [u8; 32] = row
+                .seed
+                .as_deref()
+                .and_then(|s| s.as_slice().try_into().ok())
+                .ok_or_else(|| bad_row("its seed is missing or not 32 bytes"))?;
             out.push(PendingUpload {
-                id,
+                id: row.info.id,
+                name: row.info.name.clone(),
                 secrets: FileSecrets::from_seed(seed),
-                layout: Layout::of(&a).map_err(|e| bad_row(e.to_string()))?,
+                layout: Layout::of(a).map_err(|e| bad_row(e.to_string()))?,
                 relay: RelayLink::from_payload_bytes(&a.relay)
                     .map_err(|e| bad_row(format!("its relay: {e}")))?,
-                done: u64::try_from(done).unwrap_or(0),
+                done: row.done,
                 path: self.sealed_path(&a.blob_id),
             });
         }
@@ -601,10 +637,11 @@ impl Profile {
     /// On database failure.
     pub fn upload_sent(&self, id: i64) -> Result<(), ProfileError> {
         self.tx(|| {
-            let (info, a) = self
-                .file_row("f.id = ?1", [id])?
-                .pop()
-                .ok_or_else(|| bad_row("it vanished"))?;
+            let FileRow {
+                info,
+                description: a,
+                ..
+            } = self.file_row(id)?;
             if info.state != FileState::Uploading {
                 return Ok(());
             }
@@ -699,38 +736,27 @@ impl Profile {
     /// # Errors
     /// On database failure.
     pub fn pending_downloads(&self) -> Result<Vec<PendingDownload>, ProfileError> {
-        let rows: Vec<(i64, i64, Option<Vec<u8>>)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, done, received FROM files WHERE state = ?1 ORDER BY id")
-                .map_err(db("reading downloads"))?;
-            let rows = stmt
-                .query_map([DOWNLOADING], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(db("reading downloads"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(db("reading downloads"))?
-        };
         let mut out = Vec::new();
-        for (id, cursor, received) in rows {
-            let (info, a) = self
-                .file_row("f.id = ?1", [id])?
-                .pop()
-                .ok_or_else(|| bad_row("it vanished"))?;
-            let layout = Layout::of(&a).map_err(|e| bad_row(e.to_string()))?;
+        for row in self.file_rows("f.state = ?1", [DOWNLOADING])? {
+            let a = &row.description;
+            let layout = Layout::of(a).map_err(|e| bad_row(e.to_string()))?;
             let fixed = |v: &[u8]| -> Result<[u8; 32], ProfileError> {
                 v.try_into()
                     .map_err(|_| bad_row("a key or id is not 32 bytes"))
             };
             out.push(PendingDownload {
-                id,
-                name: info.name,
+                id: row.info.id,
+                name: row.info.name.clone(),
                 key: fixed(&a.key)?,
                 blob_id: fixed(&a.blob_id)?,
                 read_cap: fixed(&a.read_cap)?,
                 relay: RelayLink::from_payload_bytes(&a.relay)
                     .map_err(|e| bad_row(format!("its relay: {e}")))?,
-                cursor: u64::try_from(cursor).unwrap_or(0),
-                received: Received::from_bytes(layout.chunks(), &received.unwrap_or_default()),
+                cursor: row.done,
+                received: Received::from_bytes(
+                    layout.chunks(),
+                    row.received.as_deref().unwrap_or_default(),
+                ),
                 layout,
                 path: self.sealed_path(&a.blob_id),
             });
@@ -765,10 +791,7 @@ impl Profile {
     /// # Errors
     /// [`ProfileError::Invalid`] saying what is wrong; on database failure.
     pub fn download_complete(&self, id: i64) -> Result<FileInfo, ProfileError> {
-        let (_, mut a) = self
-            .file_row("f.id = ?1", [id])?
-            .pop()
-            .ok_or_else(|| bad_row("it vanished"))?;
+        let mut a = self.file_row(id)?.description;
         let path = self.sealed_path(&a.blob_id);
         let mut head = Vec::new();
         let checked = self.open_sealed(&a, &path, |chunk| {
@@ -833,25 +856,26 @@ impl Profile {
         Ok(())
     }
 
+    /// File `id`'s record when the whole file is on this device (sent, or received and
+    /// checked).
+    fn file_here(&self, id: i64) -> Result<FileRow, ProfileError> {
+        let row = self.file_row(id)?;
+        match row.info.state {
+            FileState::Received | FileState::Sent | FileState::Uploading => Ok(row),
+            state => Err(ProfileError::NotNow(format!(
+                "{} is not here yet ({})",
+                row.info.name,
+                state.as_str()
+            ))),
+        }
+    }
+
     /// The whole of file `id` (sent, or received and checked), opened.
     ///
     /// # Errors
     /// [`ProfileError::NotNow`] for a file still on its way; as [`Self::export_file`].
     pub fn read_file(&self, id: i64) -> Result<Vec<u8>, ProfileError> {
-        let (info, a) = self
-            .file_row("f.id = ?1", [id])?
-            .pop()
-            .ok_or_else(|| ProfileError::Invalid(format!("there is no file #{id}")))?;
-        if !matches!(
-            info.state,
-            FileState::Received | FileState::Sent | FileState::Uploading
-        ) {
-            return Err(ProfileError::NotNow(format!(
-                "{} is not here yet ({})",
-                info.name,
-                info.state.as_str()
-            )));
-        }
+        let a = self.file_here(id)?.description;
         let mut out = Vec::with_capacity(usize::try_from(a.size).unwrap_or(0));
         self.open_sealed(&a, &self.sealed_path(&a.blob_id), |chunk| {
             out.extend_from_slice(chunk);
@@ -869,20 +893,11 @@ impl Profile {
     /// [`ProfileError::NotNow`] for a file still on its way; [`ProfileError::File`] when the
     /// destination cannot be written.
     pub fn export_file(&self, id: i64, dest: &Path) -> Result<PathBuf, ProfileError> {
-        let (info, a) = self
-            .file_row("f.id = ?1", [id])?
-            .pop()
-            .ok_or_else(|| ProfileError::Invalid(format!("there is no file #{id}")))?;
-        if !matches!(
-            info.state,
-            FileState::Received | FileState::Sent | FileState::Uploading
-        ) {
-            return Err(ProfileError::NotNow(format!(
-                "{} is not here yet ({})",
-                info.name,
-                info.state.as_str()
-            )));
-        }
+        let FileRow {
+            info,
+            description: a,
+            ..
+        } = self.file_here(id)?;
         let target = if dest.is_dir() {
             free_name(dest, &info.name)
         } else {

@@ -317,53 +317,19 @@ impl Profile {
                 if from_me && sender != row.signature_key {
                     self.device_seen(&name_of_device(&roster_before, &sender))?;
                 }
+                let from = super::LineSender {
+                    key: &sender,
+                    name: &name,
+                    own: from_me,
+                };
                 match content.body {
                     Some(Body::Text(ref t)) => {
-                        let from = super::LineSender {
-                            key: &sender,
-                            name: &name,
-                            own: from_me,
-                        };
-                        let Some(line) =
-                            self.insert_log_line(row, seq, &from, &content, &t.text)?
-                        else {
-                            return Ok(vec![Handled::Duplicate]);
-                        };
-                        let m = self.group_message(line)?;
-                        // A message of this person's own is not acknowledged to anyone.
-                        if row.direct && !from_me {
-                            return Ok(vec![self.conversation_content(
-                                row,
-                                Handled::Group(m),
-                                &content.id,
-                            )?]);
-                        }
-                        Ok(vec![Handled::Group(m)])
+                        let line = self.insert_log_line(row, seq, &from, &content, &t.text)?;
+                        self.line_arrived(row, line, from_me, &content.id)
                     }
                     Some(Body::Attachment(ref a)) => {
-                        let Some(line) = self.receive_file(
-                            row,
-                            seq,
-                            &super::LineSender {
-                                key: &sender,
-                                name: &name,
-                                own: from_me,
-                            },
-                            &content,
-                            a,
-                        )?
-                        else {
-                            return Ok(vec![Handled::Duplicate]);
-                        };
-                        let m = self.group_message(line)?;
-                        if row.direct && !from_me {
-                            return Ok(vec![self.conversation_content(
-                                row,
-                                Handled::Group(m),
-                                &content.id,
-                            )?]);
-                        }
-                        Ok(vec![Handled::Group(m)])
+                        let line = self.receive_file(row, seq, &from, &content, a)?;
+                        self.line_arrived(row, line, from_me, &content.id)
                     }
                     // Receipts from this person's other devices say nothing about the contact.
                     Some(Body::Receipt(_)) if from_me => Ok(vec![Handled::Duplicate]),
@@ -1838,6 +1804,32 @@ fn mirror_from_payload(bytes: &[u8]) -> Result<Option<String>, ProfileError> {
 }
 
 impl Profile {
+    /// What a line that came through the log (a text, or a file with its caption) is for the
+    /// front ends: nothing new when `line` is `None` (it was there already); in a conversation
+    /// of two, the contact's message (which gets a receipt), unless one of this person's own
+    /// devices wrote it.
+    fn line_arrived(
+        &self,
+        row: &GroupRow,
+        line: Option<i64>,
+        from_me: bool,
+        content_id: &[u8],
+    ) -> Result<Vec<Handled>, ProfileError> {
+        let Some(line) = line else {
+            return Ok(vec![Handled::Duplicate]);
+        };
+        let m = self.group_message(line)?;
+        // A message of this person's own is not acknowledged to anyone.
+        if row.direct && !from_me {
+            return Ok(vec![self.conversation_content(
+                row,
+                Handled::Group(m),
+                content_id,
+            )?]);
+        }
+        Ok(vec![Handled::Group(m)])
+    }
+
     /// Keeps a part of a log entry too large for one relay message; returns the whole entry
     /// (an encoded envelope, never itself in parts) when this part completes it.
     fn entry_part(&self, row: &GroupRow, part: &Part) -> Result<Option<Vec<u8>>, ProfileError> {
