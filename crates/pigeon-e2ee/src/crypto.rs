@@ -11,11 +11,16 @@
 //! check it against libcrux and against the FIPS 180-4 and RFC 5869 vectors, and HPKE both
 //! ways between the two providers). HPKE runs on `hpke-rs` as in libcrux's provider, with the
 //! same algorithm mapping (X-Wing is code point 0x647a, as there); only its KDF is `sha2`'s.
-//! Everything else — the KEMs, AEAD, signatures, randomness — is libcrux's, unchanged.
+//! X-Wing's encapsulation takes its X25519 half from `curve25519-dalek`
+//! ([`xwing_encaps_derand`]); everything else — ML-KEM, decapsulation, AEAD, signatures,
+//! randomness — is libcrux's, unchanged.
 
+use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
 use hpke_rs_crypto::HpkeCrypto;
+use hpke_rs_crypto::Rng as _;
 use hpke_rs_crypto::types::{AeadAlgorithm, KdfAlgorithm, KemAlgorithm};
 use hpke_rs_libcrux::HpkeLibcrux;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -179,6 +184,11 @@ impl HpkeCrypto for Hpke {
         pk_r: &[u8],
         prng: &mut Self::HpkePrng,
     ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+        if alg == KemAlgorithm::XWingDraft06 {
+            let mut eseed = zeroize::Zeroizing::new([0u8; XWING_ESEED]);
+            prng.fill_bytes(&mut eseed[..]);
+            return xwing_encaps_derand(pk_r, &eseed);
+        }
         HpkeLibcrux::kem_encaps(alg, pk_r, prng)
     }
 
@@ -215,6 +225,90 @@ impl HpkeCrypto for Hpke {
         msg: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
         HpkeLibcrux::aead_open(alg, key, nonce, aad, msg)
+    }
+}
+
+/// Bytes of an X-Wing public key: ML-KEM-768's, then X25519's.
+const XWING_PK: usize = 1184 + 32;
+/// Bytes of randomness an X-Wing encapsulation takes: ML-KEM-768's 32, then the ephemeral
+/// X25519 secret's 32 (draft-connolly-cfrg-xwing-kem-06, `EncapsulateDerand`'s `eseed`).
+const XWING_ESEED: usize = 64;
+
+/// X-Wing encapsulation (draft-connolly-cfrg-xwing-kem-06), the same bytes as libcrux's, with
+/// the X25519 half on `curve25519-dalek`.
+///
+/// Why: a commit in a group whose tree has no inner keys yet (right after a batch add)
+/// encapsulates to every other device, and a profile of `pigeon bench group --members 1000`
+/// put most of each encapsulation in X25519's two Montgomery ladders (libcrux's portable code).
+/// Here the ephemeral public key is a fixed-base multiplication with a precomputed table
+/// (about a quarter of a ladder) and the shared secret an Edwards multiplication ([`x25519`]).
+/// Commits at 1,000 devices took a fifth less (BENCHMARKS.md, "Groups"). ML-KEM-768 (with its public-key check) and the
+/// SHA3-256 combiner stay libcrux's; decapsulation stays libcrux's entirely. The tests check
+/// the output against libcrux's `encapsulate_derand` byte for byte, and that libcrux opens
+/// what this seals.
+fn xwing_encaps_derand(
+    pk: &[u8],
+    eseed: &[u8; XWING_ESEED],
+) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+    use hpke_rs_crypto::error::Error;
+    use libcrux_ml_kem::mlkem768;
+    if pk.len() != XWING_PK {
+        return Err(Error::KemInvalidPublicKey);
+    }
+    let (pk_m, pk_x) = pk.split_at(1184);
+    let pk_m =
+        mlkem768::MlKem768PublicKey::try_from(pk_m).map_err(|_| Error::KemInvalidPublicKey)?;
+    if !mlkem768::validate_public_key(&pk_m) {
+        return Err(Error::KemInvalidPublicKey);
+    }
+    let pk_x: [u8; 32] = pk_x.try_into().map_err(|_| Error::KemInvalidPublicKey)?;
+    let (m_seed, x_seed) = eseed.split_at(32);
+    let m_seed: [u8; 32] = m_seed
+        .try_into()
+        .map_err(|_| Error::InsufficientRandomness)?;
+    let x_seed: [u8; 32] = x_seed
+        .try_into()
+        .map_err(|_| Error::InsufficientRandomness)?;
+    let (ct_m, ss_m) = mlkem768::encapsulate(&pk_m, m_seed);
+    let ek_x = zeroize::Zeroizing::new(x_seed);
+    let ct_x = EdwardsPoint::mul_base_clamped(*ek_x)
+        .to_montgomery()
+        .to_bytes();
+    let ss_x = zeroize::Zeroizing::new(x25519(&ek_x, pk_x));
+    if *ss_x == [0; 32] {
+        // A low-order peer key: libcrux refuses the all-zero shared secret too.
+        return Err(Error::KemInvalidPublicKey);
+    }
+    // Combiner: SHA3-256(ss_M ‖ ss_X ‖ ct_X ‖ pk_X ‖ XWingLabel), the label "\\.//^\\".
+    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(32 * 4 + 6));
+    input.extend_from_slice(ss_m.as_ref());
+    input.extend_from_slice(&*ss_x);
+    input.extend_from_slice(&ct_x);
+    input.extend_from_slice(&pk_x);
+    input.extend_from_slice(&[0x5c, 0x2e, 0x2f, 0x2f, 0x5e, 0x5c]);
+    let ss = libcrux_sha3::sha256(&input);
+    let mut ct = Vec::with_capacity(ct_m.as_ref().len() + 32);
+    ct.extend_from_slice(ct_m.as_ref());
+    ct.extend_from_slice(&ct_x);
+    Ok((ss.to_vec(), ct))
+}
+
+/// X25519(k, u) (RFC 7748): the u-coordinate of the clamped `k` times the point with
+/// u-coordinate `u`.
+///
+/// Computed on the birationally equivalent Edwards curve when `u` is on the curve: the
+/// u-coordinate of k·P does not depend on which of the two points with that u is taken, and
+/// `curve25519-dalek` multiplies Edwards points with its AVX2 backend where the CPU has it
+/// (constant time in `k`; measured here at about 60 % of the time of the Montgomery ladder,
+/// decompression included). A `u` on the quadratic twist has no Edwards point; those, and
+/// CPUs without AVX2, take the ladder. The clamped scalar is used unreduced, so a point with a
+/// small-order part gives the ladder's answer too (the tests compare the two on random,
+/// twist, small-order and non-canonical inputs).
+fn x25519(k: &[u8; 32], u: [u8; 32]) -> [u8; 32] {
+    let point = MontgomeryPoint(u);
+    match point.to_edwards(0) {
+        Some(edwards) => edwards.mul_clamped(*k).to_montgomery().to_bytes(),
+        None => point.mul_clamped(*k).to_bytes(),
     }
 }
 
@@ -632,6 +726,104 @@ mod tests {
             ]
             .concat()
         ));
+    }
+
+    /// X-Wing encapsulation here gives libcrux's bytes for the same randomness, libcrux
+    /// decapsulates it to the same secret, and bad public keys are refused in words.
+    #[test]
+    fn xwing_encapsulation_is_libcrux_s_byte_for_byte() {
+        use libcrux_kem::{Algorithm, Ct, key_gen_derand};
+        for i in 0..16u8 {
+            let (sk, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[i; 32]).expect("keys");
+            let pk_bytes = pk.encode();
+            let mut eseed = [0u8; XWING_ESEED];
+            for (j, b) in (0u8..).zip(eseed.iter_mut()) {
+                *b = j.wrapping_mul(31) ^ i.wrapping_mul(97);
+            }
+            let (ss, ct) = xwing_encaps_derand(&pk_bytes, &eseed).expect("encapsulates");
+            let (their_ss, their_ct) = pk.encapsulate_derand(&eseed).expect("libcrux");
+            assert_eq!(ct, their_ct.encode());
+            assert_eq!(ss, their_ss.encode());
+            let opened = Ct::decode(Algorithm::XWingKemDraft06, &ct)
+                .expect("ciphertext")
+                .decapsulate(&sk)
+                .expect("decapsulates");
+            assert_eq!(opened.encode(), ss);
+        }
+        let (_, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[7; 32]).expect("keys");
+        let good = pk.encode();
+        let eseed = [3u8; XWING_ESEED];
+        let refused = |pk: &[u8]| {
+            matches!(
+                xwing_encaps_derand(pk, &eseed),
+                Err(hpke_rs_crypto::error::Error::KemInvalidPublicKey)
+            )
+        };
+        assert!(refused(&good[..XWING_PK - 1]));
+        assert!(refused(&[good.as_slice(), &[0]].concat()));
+        assert!(refused(&[]));
+        // An ML-KEM coefficient of 4095 (≥ q) fails the public-key check.
+        let mut bad_m = good.clone();
+        bad_m[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(refused(&bad_m));
+        // A low-order X25519 key (zero) gives the all-zero shared secret.
+        let mut bad_x = good.clone();
+        bad_x[1184..].fill(0);
+        assert!(refused(&bad_x));
+    }
+
+    /// X25519 through Edwards gives the ladder's answer: random points, points on the twist,
+    /// small-order points, u = 0, 1, p − 1 and non-canonical encodings (u ≥ p, top bit set).
+    #[test]
+    fn x25519_through_edwards_is_the_ladder_s_answer() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            let mut out = [0u8; 32];
+            for chunk in out.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes());
+            }
+            out
+        };
+        let p_minus = |d: u8| {
+            let mut u = [0xff; 32];
+            u[0] = 0xed - d;
+            u[31] = 0x7f;
+            u
+        };
+        let mut specials = vec![[0u8; 32], p_minus(1), p_minus(0), [0xff; 32]];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        specials.push(one);
+        // The order-8 points' u-coordinates (RFC 7748's low-order list starts with these).
+        specials.push(hex32(
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        ));
+        specials.push(hex32(
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        ));
+        let mut twist = 0;
+        for i in 0..400 {
+            let k = next();
+            let u = if i < specials.len() {
+                specials[i]
+            } else {
+                next()
+            };
+            let ladder = MontgomeryPoint(u).mul_clamped(k).to_bytes();
+            assert_eq!(x25519(&k, u), ladder, "u = {u:02x?}");
+            twist += usize::from(MontgomeryPoint(u).to_edwards(0).is_none());
+        }
+        assert!(
+            twist > 100,
+            "about half of random u are on the twist: {twist}"
+        );
+
+        fn hex32(text: &str) -> [u8; 32] {
+            super::tests::hex(text).try_into().expect("32 bytes")
+        }
     }
 
     #[test]
