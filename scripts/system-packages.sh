@@ -9,12 +9,13 @@
 #   scripts/system-packages.sh test    build + what the tests use (network namespaces, nginx,
 #                                       curl, openssl, headless Chromium for the censorship lab
 #                                       and the fingerprint tests, tshark for their captures,
-#                                       pebble and pebble-challtestsrv for the ACME test)
+#                                       pebble and pebble-challtestsrv for the ACME test,
+#                                       nats-server for the JetStream store's tests)
 # Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 build=(gcc g++ make perl pkg-config cmake clang libclang-dev git libssl-dev)
-test=(iproute2 curl openssl nginx-light chromium tshark pebble)
+test=(iproute2 curl openssl nginx-light chromium tshark pebble nats-server)
 
 case "${1:-build}" in
   build) want=("${build[@]}") ;;

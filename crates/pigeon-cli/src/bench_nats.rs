@@ -1,8 +1,9 @@
 //! NATS JetStream under the relay benchmark's load (filled in by `--vs-nats`).
 //!
 //! The server is Debian's `nats-server`, started here as a child process on a free loopback
-//! port with JetStream on and file storage in a temporary directory; it is killed (and waited
-//! for) when [`NatsServer`] is dropped, so on every exit path.
+//! port with JetStream on and file storage in a temporary directory
+//! ([`pigeon_store_nats::NatsServer`]); it is killed (and waited for) when dropped, so on
+//! every exit path.
 //!
 //! What the comparison sets up, and how it mirrors `pigeon bench relay`:
 //!
@@ -36,153 +37,15 @@
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt as _;
+use pigeon_store_nats::NatsServer;
 use std::collections::VecDeque;
-use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt as _;
 
 const MSG_SIZE: usize = 1024;
 const STREAM: &str = "PIGEON";
 const WARMUP: Duration = Duration::from_secs(2);
-/// How long the server may take to accept connections.
-const STARTUP: Duration = Duration::from_secs(15);
-
-/// A `nats-server` child process with its store directory; killed and waited for on drop.
-struct NatsServer {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-    version: String,
-    /// Whether `sync_interval: always` (fsync before every publish ack) is in force.
-    sync_always: bool,
-    // Dropped after the child has been killed (fields drop after `Drop::drop`).
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Starts `nats-server` on a free loopback port and waits until it greets a client.
-    async fn start() -> anyhow::Result<Self> {
-        let version = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .context("cannot run nats-server (apt-get install nats-server)")?;
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
-        let dir = tempfile::tempdir()?;
-        let store = dir.path().join("js");
-        std::fs::create_dir_all(&store)?;
-        let port = free_port()?;
-        let conf = dir.path().join("nats.conf");
-        let sync_always = write_config(&conf, port, &store, true)?;
-        if !sync_always {
-            write_config(&conf, port, &store, false)?;
-        }
-        let log = dir.path().join("nats.log");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log)?,
-            ))
-            .spawn()
-            .context("could not start nats-server")?;
-        let mut server = Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            log,
-            version,
-            sync_always,
-            _dir: dir,
-        };
-        server.wait_ready(port).await?;
-        Ok(server)
-    }
-
-    /// Waits until the server sends its `INFO` greeting on the client port.
-    async fn wait_ready(&mut self, port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("nats-server exited with {status}: {}", self.log_tail());
-            }
-            if let Ok(Ok(mut s)) = tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(("127.0.0.1", port)),
-            )
-            .await
-            {
-                let mut buf = [0u8; 4];
-                let read = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf));
-                if matches!(read.await, Ok(Ok(_))) && &buf == b"INFO" {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "nats-server did not accept connections within {STARTUP:?}: {}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The last part of the server's log, for error messages.
-    fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let len = f.metadata().map_or(0, |m| m.len());
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(2000)));
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// Writes the server config; with `sync_always`, first checks with `nats-server -t` that this
-/// server knows `sync_interval` and returns whether the written config has it.
-fn write_config(conf: &Path, port: u16, store: &Path, sync_always: bool) -> anyhow::Result<bool> {
-    let sync = if sync_always {
-        "  sync_interval: always\n"
-    } else {
-        ""
-    };
-    let text = format!(
-        "listen: \"127.0.0.1:{port}\"\nmax_payload: 1048576\njetstream {{\n  store_dir: {store:?}\n{sync}}}\n",
-        store = store.display().to_string(),
-    );
-    std::fs::write(conf, text)?;
-    if !sync_always {
-        return Ok(false);
-    }
-    let status = Command::new("nats-server")
-        .arg("-t")
-        .arg("-c")
-        .arg(conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run nats-server -t")?;
-    Ok(status.success())
-}
 
 /// Subjects (mailboxes) owned by connection `i` of `n`.
 fn share(mailboxes: usize, n: usize, i: usize) -> Vec<String> {

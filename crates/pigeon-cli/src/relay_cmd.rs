@@ -3,7 +3,8 @@
 use anyhow::Context as _;
 use pigeon_proto::StaticKeypair;
 use pigeon_relay::{Metrics, RelayConfig};
-use pigeon_store::{FjallStore, Limits};
+use pigeon_store::{FjallStore, Limits, MailboxStore};
+use pigeon_store_nats::{NatsOptions, NatsStore};
 use pigeon_transport::admission::AdmissionLimits;
 use pigeon_transport::{RelayLink, Route};
 use std::io::Write as _;
@@ -17,6 +18,15 @@ pub(crate) struct RelayArgs {
     /// Directory for the relay's key and store (created if missing).
     #[arg(long, env = "PIGEON_RELAY_DATA")]
     data: PathBuf,
+    /// Where the mailboxes are kept: the embedded store under `--data` (the default), or a NATS
+    /// JetStream cluster, `nats://HOST:PORT[,HOST:PORT…]` (the relay's key stays under `--data`
+    /// either way). See the README's "A relay on NATS JetStream".
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// With `--store nats://…`: copies of each stream in the cluster (3 in a cluster of three or
+    /// more nodes). Fixed when the streams are first made.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    store_replicas: u8,
     /// Address to listen on for the plain `tcp` transport (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
@@ -465,8 +475,39 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
         idle_secs: args.idle_days.saturating_mul(86_400),
         ..Limits::default()
     };
-    let store = FjallStore::open(&args.data.join("store"), limits)
-        .context("could not open the relay's store")?;
+    match args.store.clone() {
+        None => {
+            let store = FjallStore::open(&args.data.join("store"), limits)
+                .context("could not open the relay's store")?;
+            serve_on(args, keys, store, shutdown).await
+        }
+        Some(urls) => {
+            if let Some(bad) = urls.split(',').find(|u| !u.trim().starts_with("nats://")) {
+                anyhow::bail!(
+                    "--store takes nats://HOST:PORT[,HOST:PORT…]; {bad:?} is not a nats:// address"
+                );
+            }
+            let options = NatsOptions {
+                replicas: usize::from(args.store_replicas),
+                ..NatsOptions::default()
+            };
+            // The address is not logged: it may carry credentials.
+            let store = NatsStore::connect(&urls, limits, options)
+                .await
+                .context("could not open the relay's store on NATS JetStream")?;
+            tracing::info!("mailboxes on NATS JetStream");
+            serve_on(args, keys, store, shutdown).await
+        }
+    }
+}
+
+/// Serves on `store` until `shutdown`.
+async fn serve_on<S: MailboxStore>(
+    args: RelayArgs,
+    keys: StaticKeypair,
+    store: S,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = pigeon_transport::tcp::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;

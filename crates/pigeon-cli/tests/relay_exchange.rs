@@ -164,7 +164,21 @@ async fn party(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_and_bob_exchange_ten_thousand_messages() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut relay = Relay::start(RelayOpts::in_dir(dir.path()));
+    exchange(Relay::start(RelayOpts::in_dir(dir.path()))).await;
+}
+
+/// The same through a relay whose mailboxes are on NATS JetStream (Debian's `nats-server`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_and_bob_exchange_ten_thousand_messages_on_nats_jetstream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = pigeon_store_nats::NatsServer::start()
+        .await
+        .expect("nats-server runs (apt-get install nats-server)");
+    let opts = RelayOpts::in_dir(dir.path()).arg("--store").arg(&nats.url);
+    exchange(Relay::start(opts)).await;
+}
+
+async fn exchange(mut relay: Relay) {
     let seed = support::seed_from_env("PIGEON_EXCHANGE_SEED");
     let mut rng = Rng::new(seed);
 

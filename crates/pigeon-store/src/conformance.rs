@@ -702,6 +702,89 @@ pub async fn logs_have_their_own_depth_and_expire_like_inboxes<S: MailboxStore>(
     assert_eq!(store.mailbox(mbx(1)).await.unwrap(), Some(log(1)));
 }
 
+/// Key-package slots: the first publisher owns one; one-time packages go first in, first out, each once, then the last-resort one again and again; limits are refused.
+pub async fn key_packages_bind_their_owner_and_go_first_in_first_out<S: MailboxStore>(
+    store: &Arc<S>,
+) {
+    let store: &S = store;
+    let (slot, owner) = ([5u8; 32], [6u8; 32]);
+    assert_eq!(store.take_key_package(slot).await.unwrap(), None);
+    let two = vec![b"a".to_vec(), b"b".to_vec()];
+    assert_eq!(
+        store
+            .publish_key_packages(slot, owner, two, None, 1_000)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        store
+            .publish_key_packages(slot, [7; 32], vec![b"x".to_vec()], None, 1_000)
+            .await,
+        Err(StoreError::SlotOwnedElsewhere)
+    ));
+    assert!(matches!(
+        store
+            .publish_key_packages(slot, owner, vec![vec![1]; 2], None, 1_000)
+            .await,
+        Err(StoreError::KeyPackageLimit { .. })
+    ));
+    assert!(matches!(
+        store
+            .publish_key_packages(slot, owner, vec![], Some(vec![0; 65]), 1_000)
+            .await,
+        Err(StoreError::KeyPackageLimit { .. })
+    ));
+    let held = store
+        .publish_key_packages(
+            slot,
+            owner,
+            vec![b"c".to_vec()],
+            Some(b"last".to_vec()),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, 3);
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        let t = store.take_key_package(slot).await.unwrap().unwrap();
+        taken.push((t.data, t.last_resort));
+    }
+    assert_eq!(
+        taken,
+        [
+            (b"a".to_vec(), false),
+            (b"b".to_vec(), false),
+            (b"c".to_vec(), false),
+            (b"last".to_vec(), true),
+            (b"last".to_vec(), true),
+        ]
+    );
+    // A slot without a last-resort package runs dry.
+    let other = [8u8; 32];
+    store
+        .publish_key_packages(other, owner, vec![b"z".to_vec()], None, 1_000)
+        .await
+        .unwrap();
+    assert!(store.take_key_package(other).await.unwrap().is_some());
+    assert_eq!(store.take_key_package(other).await.unwrap(), None);
+    // Renewed, a slot stays past the idle time of the other; idle, it goes with its packages.
+    assert!(
+        store
+            .renew(Renewal::Slot(slot), 1_000 + IDLE)
+            .await
+            .unwrap()
+    );
+    let gone = store.expire(1_000 + IDLE + 2 * 86_400).await.unwrap();
+    assert_eq!(gone.slots, 1);
+    assert!(store.take_key_package(other).await.unwrap().is_none());
+    assert_eq!(
+        store.take_key_package(slot).await.unwrap().unwrap().data,
+        b"last".to_vec()
+    );
+}
+
 /// Instantiates the conformance suite: one test per check, each on a fresh store from `$open`,
 /// an async function taking [`Limits`] and returning `(guard, store)`; the guard is kept until
 /// the check ends.
@@ -722,6 +805,7 @@ macro_rules! mailbox_store_conformance {
             a_log_takes_posts_only_with_its_current_capability,
             updates_retire_idempotently_and_keep_the_newest_eight,
             logs_have_their_own_depth_and_expire_like_inboxes,
+            key_packages_bind_their_owner_and_go_first_in_first_out,
         );
     };
     (@checks $open:path; $($check:ident,)*) => {

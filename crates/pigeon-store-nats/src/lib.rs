@@ -1,0 +1,1320 @@
+//! The relay's [`MailboxStore`] on NATS JetStream, for relay nodes that share one cluster
+//! (issue #18). The embedded store (`pigeon_store::FjallStore`) stays the default; this one
+//! passes the same conformance suite (`pigeon_store::conformance`).
+//!
+//! Layout (names under a prefix, `PIGEON` by default; subjects under its lower case):
+//!
+//! * **Mailbox records** in the KV bucket `PIGEON_MBX` (key: the id in hex): kind, keys,
+//!   capability hashes, retired capabilities, a random generation per creation, the day of the
+//!   last renewal. Changed by compare-and-set on the entry's revision.
+//! * **Messages** on `pigeon.m.<shard>.<id>` in the streams `PIGEON_M<shard>` (shard = first id
+//!   byte mod the shard count). Every entry carries the mailbox's state after it in headers
+//!   (last sequence number, depth, generation), so the newest entry is the mailbox's *head*.
+//!   Every write to a mailbox's subject is published with `Nats-Expected-Last-Subject-Sequence`
+//!   = the head's stream sequence: JetStream serializes the writers of one mailbox, on any
+//!   node, and a writer with a stale head reloads it and tries again. A mailbox sequence number
+//!   is taken only by a successful publish: dense, rising, never reused. Acks and expiry first
+//!   publish a small head entry (the new depth, the same last number) and then delete the
+//!   messages, so the counter survives an empty mailbox; the next append removes that head.
+//!   A log's capability update writes the record and then a *fence* entry on the subject, so
+//!   an append that read the old record on another node finds its expectation stale and reads
+//!   the record again.
+//! * **De-duplication records** on `pigeon.d.<shard>.<id>.<message id>` in the same stream
+//!   (the number given and the receive time), looked up before an append and written right
+//!   after it; deleted with the mailbox and by [`MailboxStore::expire`].
+//! * **Key-package slots** in the KV bucket `PIGEON_SLOTS` (owner, renewal day, last-resort
+//!   package); one-time packages as messages on `pigeon.k.<slot>` in `PIGEON_KP`, taken by
+//!   reading the first and deleting it by sequence (a delete that loses a race moves on).
+//!
+//! One relay process also serializes its own writers per mailbox with a local lock, so the
+//! expectation above fails only across nodes. What is weaker than the embedded store, and why,
+//! is in ARCHITECTURE.md ("Relay nodes on NATS JetStream"): a node that dies between storing a
+//! message and its de-duplication record lets a retry store it twice (clients drop the second
+//! copy by its id), and durability is the cluster's (replicas, and the server's sync interval).
+//!
+//! Time is the caller's (`now`), as for every backend; the store never reads the clock.
+
+mod bucket;
+mod codec;
+pub mod server;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::{self, stream};
+use bucket::Bucket;
+use bytes::Bytes;
+use codec::{DAY, Entry, Kind, Record, Slot, corrupt, hex, unhex};
+use futures_util::StreamExt as _;
+use pigeon_store::{
+    Appended, CreateOutcome, Expired, Limits, MAX_RETIRED_CAPS, MailboxId, MailboxKind,
+    MailboxRecord, MailboxStore, MessageId, NewMessage, Renewal, RetiredCap, StoreError,
+    StoredMessage, TakenKeyPackage,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+pub use server::NatsServer;
+
+/// How often one operation retries after losing a race to another node before it gives up.
+pub(crate) const MAX_RACES: usize = 64;
+/// Mailboxes whose local lock is kept at most (idle ones are dropped past it).
+const MAX_LOCKS: usize = 65_536;
+/// Messages one scan asks for at a time.
+const SCAN_BATCH: usize = 1024;
+
+/// How the store lays itself out on the cluster.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Message streams the mailboxes are spread over (by the first byte of their id), 1–255.
+    /// Fixed once the streams exist: every node of one store must use the same.
+    pub shards: u8,
+    /// Copies of every stream and bucket (1 on one server; 3 in a cluster of three or more).
+    pub replicas: usize,
+    /// Prefix of stream and bucket names (upper case) and of subjects (lower case), so that
+    /// several stores can share one cluster.
+    pub prefix: String,
+    /// How long to wait for the cluster's answer to one request.
+    pub timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            shards: 4,
+            replicas: 1,
+            prefix: "PIGEON".to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The relay's mailboxes and key packages on NATS JetStream.
+pub struct NatsStore {
+    js: jetstream::Context,
+    mailboxes: Bucket,
+    slots: Bucket,
+    shards: Vec<stream::Stream>,
+    packages: stream::Stream,
+    limits: Limits,
+    subjects: String,
+    locks: Locks,
+}
+
+pub(crate) fn backend(op: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// An entry read back by stream sequence.
+struct Found {
+    sequence: u64,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+}
+
+/// The state of a mailbox's subject: its newest entry.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    /// Stream sequence of the newest entry on the subject (of any generation), 0 for none.
+    sseq: u64,
+    /// The mailbox's last sequence number.
+    seq: u64,
+    /// Messages it holds.
+    depth: u64,
+    /// What the newest entry is, when it is this mailbox's.
+    kind: Option<Kind>,
+}
+
+impl NatsStore {
+    /// Connects to the cluster at `urls` (`nats://HOST:PORT`, several separated by commas) and
+    /// creates the streams and buckets the store needs, or opens them.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when no server answers or JetStream refuses the layout.
+    pub async fn connect(
+        urls: &str,
+        limits: Limits,
+        options: NatsOptions,
+    ) -> Result<Self, StoreError> {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(options.timeout))
+            .connection_timeout(options.timeout)
+            .connect(urls)
+            .await
+            .map_err(|e| backend("connect", e))?;
+        Self::with_client(client, limits, options).await
+    }
+
+    /// As [`NatsStore::connect`], on a client that is connected already.
+    ///
+    /// # Errors
+    /// As [`NatsStore::connect`].
+    pub async fn with_client(
+        client: async_nats::Client,
+        limits: Limits,
+        options: NatsOptions,
+    ) -> Result<Self, StoreError> {
+        let op = "open";
+        if options.shards == 0 {
+            return Err(backend(op, "a store needs at least one shard"));
+        }
+        let mut js = jetstream::new(client);
+        js.set_timeout(options.timeout);
+        let p = options.prefix.to_uppercase();
+        let subjects = options.prefix.to_lowercase();
+        let config = |name: String, subjects: Vec<String>| stream::Config {
+            name,
+            subjects,
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let mut shards = Vec::with_capacity(usize::from(options.shards));
+        for k in 0..options.shards {
+            let c = config(
+                format!("{p}_M{k}"),
+                vec![
+                    format!("{subjects}.m.{k}.*"),
+                    format!("{subjects}.d.{k}.*.*"),
+                ],
+            );
+            shards.push(
+                js.get_or_create_stream(c)
+                    .await
+                    .map_err(|e| backend(op, e))?,
+            );
+        }
+        let packages = js
+            .get_or_create_stream(config(format!("{p}_KP"), vec![format!("{subjects}.k.*")]))
+            .await
+            .map_err(|e| backend(op, e))?;
+        let records = js
+            .get_or_create_stream(stream::Config {
+                max_messages_per_subject: 1,
+                ..config(
+                    format!("{p}_REC"),
+                    vec![format!("{subjects}.r.*"), format!("{subjects}.s.*")],
+                )
+            })
+            .await
+            .map_err(|e| backend(op, e))?;
+        let mailboxes = Bucket::new(js.clone(), records.clone(), format!("{subjects}.r"));
+        let slots = Bucket::new(js.clone(), records, format!("{subjects}.s"));
+        Ok(Self {
+            js,
+            mailboxes,
+            slots,
+            shards,
+            packages,
+            limits,
+            subjects,
+            locks: Locks::default(),
+        })
+    }
+
+    fn shard(&self, id: &MailboxId) -> usize {
+        usize::from(id.0[0]) % self.shards.len()
+    }
+
+    fn stream(&self, id: &MailboxId) -> &stream::Stream {
+        &self.shards[self.shard(id)]
+    }
+
+    /// The subject of a mailbox's entries.
+    fn msubj(&self, id: &MailboxId) -> String {
+        format!("{}.m.{}.{}", self.subjects, self.shard(id), hex(&id.0))
+    }
+
+    /// The subject of one de-duplication record.
+    fn dsubj(&self, id: &MailboxId, message: &MessageId) -> String {
+        format!(
+            "{}.d.{}.{}.{}",
+            self.subjects,
+            self.shard(id),
+            hex(&id.0),
+            hex(&message.0)
+        )
+    }
+
+    /// Every de-duplication record of a mailbox.
+    fn dfilter(&self, id: &MailboxId) -> String {
+        format!("{}.d.{}.{}.*", self.subjects, self.shard(id), hex(&id.0))
+    }
+
+    fn ksubj(&self, slot: &[u8; 32]) -> String {
+        format!("{}.k.{}", self.subjects, hex(slot))
+    }
+
+    /// The mailbox's record and its revision.
+    async fn record(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+    ) -> Result<Option<(Record, u64)>, StoreError> {
+        match self.mailboxes.entry(op, &hex(&id.0)).await? {
+            Some(e) => Ok(Some((Record::decode(op, &e.value)?, e.revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn slot(
+        &self,
+        op: &'static str,
+        slot: &[u8; 32],
+    ) -> Result<Option<(Slot, u64)>, StoreError> {
+        match self.slots.entry(op, &hex(slot)).await? {
+            Some(e) => Ok(Some((Slot::decode(op, &e.value)?, e.revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// The mailbox's head, read from its newest entry.
+    async fn head(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+    ) -> Result<Head, StoreError> {
+        match self
+            .stream(id)
+            .direct_get_last_for_subject(self.msubj(id))
+            .await
+        {
+            Ok(m) => {
+                let e = Entry::parse(op, &m.headers)?;
+                Ok(if e.generation == rec.generation {
+                    Head {
+                        sseq: m.sequence,
+                        seq: e.seq,
+                        depth: e.depth,
+                        kind: Some(e.kind),
+                    }
+                } else {
+                    // An earlier mailbox under this id left an entry: this one starts empty.
+                    Head {
+                        sseq: m.sequence,
+                        seq: 0,
+                        depth: 0,
+                        kind: None,
+                    }
+                })
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head {
+                sseq: 0,
+                seq: 0,
+                depth: 0,
+                kind: None,
+            }),
+            Err(e) => Err(backend(op, e)),
+        }
+    }
+
+    /// The first entry on the mailbox's subject at or after stream sequence `from`.
+    async fn next_entry(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        from: u64,
+    ) -> Result<Option<Found>, StoreError> {
+        match self
+            .stream(id)
+            .direct_get_next_for_subject(self.msubj(id), Some(from))
+            .await
+        {
+            Ok(m) => Ok(Some(Found {
+                sequence: m.sequence,
+                headers: m.headers,
+                payload: m.payload,
+            })),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(backend(op, e)),
+        }
+    }
+
+    /// The smallest stream sequence from which the mailbox's entries have sequence numbers of
+    /// at least `first` (entries of an earlier mailbox under the id count as 0): a binary
+    /// search with direct gets, as numbers never fall along the subject.
+    async fn position(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        head: &Head,
+        first: u64,
+    ) -> Result<u64, StoreError> {
+        if first <= 1 {
+            return Ok(1);
+        }
+        if head.sseq == 0 || head.seq < first {
+            return Ok(head.sseq.saturating_add(1));
+        }
+        let (mut lo, mut hi) = (1u64, head.sseq);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(m) = self.next_entry(op, id, mid).await? else {
+                hi = mid;
+                continue;
+            };
+            let e = Entry::parse(op, &m.headers)?;
+            let key = if e.generation == rec.generation {
+                e.seq
+            } else {
+                0
+            };
+            if key >= first {
+                hi = mid;
+            } else {
+                lo = m.sequence.saturating_add(1).max(mid.saturating_add(1));
+            }
+        }
+        Ok(lo)
+    }
+
+    async fn publish(
+        &self,
+        op: &'static str,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        expect: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        publish(&self.js, op, subject, headers, payload, expect).await
+    }
+
+    /// Deletes an entry by stream sequence; one that is gone already is no error.
+    async fn forget(&self, op: &'static str, stream: &stream::Stream, sseq: u64) {
+        if let Err(e) = stream.delete_message(sseq).await {
+            tracing::debug!(op, error = %e, "an entry could not be deleted (gone already?)");
+        }
+    }
+
+    /// The sequence number a de-duplication record gives this message id, in this mailbox.
+    async fn dedup(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        message: &MessageId,
+    ) -> Result<Option<u64>, StoreError> {
+        match self
+            .stream(id)
+            .direct_get_last_for_subject(self.dsubj(id, message))
+            .await
+        {
+            Ok(m) => {
+                let (seq, _, generation) = codec::parse_dedup(op, &m.headers)?;
+                Ok((generation == rec.generation).then_some(seq))
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(backend(op, e)),
+        }
+    }
+
+    /// Appends one mailbox's messages in order, under its lock.
+    async fn append_to(
+        &self,
+        id: MailboxId,
+        messages: Vec<(usize, NewMessage)>,
+    ) -> Vec<(usize, Result<Appended, StoreError>)> {
+        let _lock = self.locks.lock(id.0).await;
+        let mut state = None;
+        let mut out = Vec::with_capacity(messages.len());
+        for (i, m) in messages {
+            let r = if m.ciphertext.len() > self.limits.max_ciphertext {
+                Err(StoreError::MessageTooLarge {
+                    len: m.ciphertext.len(),
+                    limit: self.limits.max_ciphertext,
+                })
+            } else {
+                self.append_one(&mut state, m).await
+            };
+            if r.is_err() {
+                // Read again before the next one: the error may have been a race.
+                state = None;
+            }
+            out.push((i, r));
+        }
+        out
+    }
+
+    async fn append_one(
+        &self,
+        state: &mut Option<(Record, Head)>,
+        m: NewMessage,
+    ) -> Result<Appended, StoreError> {
+        let op = "append";
+        let id = m.mailbox;
+        let payload = Bytes::from(m.ciphertext);
+        for _ in 0..MAX_RACES {
+            let (rec, head) = match state.take() {
+                Some(s) => s,
+                None => {
+                    let Some((rec, _)) = self.record(op, &id).await? else {
+                        return Err(StoreError::NoSuchMailbox);
+                    };
+                    let head = self.head(op, &id, &rec).await?;
+                    (rec, head)
+                }
+            };
+            let log = rec.record.kind == MailboxKind::Log;
+            if log
+                && let Some(hash) = m.cap_hash
+                && hash != rec.record.sender_cap_hash
+            {
+                let e = match rec.record.retired(&hash) {
+                    Some(_) => StoreError::CapabilityRetired,
+                    None => StoreError::BadCapability,
+                };
+                *state = Some((rec, head));
+                return Err(e);
+            }
+            if let Some(seq) = self.dedup(op, &id, &rec, &m.message_id).await? {
+                *state = Some((rec, head));
+                return Ok(Appended {
+                    seq,
+                    duplicate: true,
+                });
+            }
+            let limit = if log {
+                self.limits.max_log_depth
+            } else {
+                self.limits.max_depth
+            };
+            if head.depth >= limit {
+                *state = Some((rec, head));
+                return Err(StoreError::MailboxFull { limit });
+            }
+            let entry = Entry {
+                kind: Kind::Message,
+                seq: head.seq + 1,
+                depth: head.depth + 1,
+                generation: rec.generation,
+                message_id: Some(m.message_id.0),
+                at: m.now,
+            };
+            let Some(sseq) = self
+                .publish(
+                    op,
+                    self.msubj(&id),
+                    entry.headers(),
+                    payload.clone(),
+                    Some(head.sseq),
+                )
+                .await?
+            else {
+                // Another node wrote to this mailbox: read its record and head again.
+                continue;
+            };
+            if head.kind == Some(Kind::Head) {
+                self.forget(op, self.stream(&id), head.sseq).await;
+            }
+            let dedup = codec::dedup_headers(entry.seq, m.now, rec.generation);
+            if let Err(e) = self
+                .publish(
+                    op,
+                    self.dsubj(&id, &m.message_id),
+                    dedup,
+                    Bytes::new(),
+                    None,
+                )
+                .await
+            {
+                // The message is durable; only a retry of it would be stored again.
+                tracing::warn!(error = %e, "a message was stored without its de-duplication record");
+            }
+            *state = Some((
+                rec,
+                Head {
+                    sseq,
+                    seq: entry.seq,
+                    depth: entry.depth,
+                    kind: Some(Kind::Message),
+                },
+            ));
+            return Ok(Appended {
+                seq: entry.seq,
+                duplicate: false,
+            });
+        }
+        Err(backend(op, "too many writers raced for one mailbox"))
+    }
+
+    /// Writes a head entry after `head` (the same last number, `depth`), then deletes the
+    /// entries `gone` and the head it replaces. False when another node wrote first.
+    async fn behead(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        head: &Head,
+        depth: u64,
+        gone: &[u64],
+    ) -> Result<bool, StoreError> {
+        let marker = Entry {
+            kind: Kind::Head,
+            seq: head.seq,
+            depth,
+            generation: rec.generation,
+            message_id: None,
+            at: 0,
+        };
+        if self
+            .publish(
+                op,
+                self.msubj(id),
+                marker.headers(),
+                Bytes::new(),
+                Some(head.sseq),
+            )
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let stream = self.stream(id);
+        if head.kind == Some(Kind::Head) {
+            self.forget(op, stream, head.sseq).await;
+        }
+        for &s in gone {
+            self.forget(op, stream, s).await;
+        }
+        Ok(true)
+    }
+
+    /// Deletes a shard's messages and de-duplication records received at or before `cutoff`;
+    /// returns how many messages.
+    async fn expire_shard(&self, k: usize, cutoff: u64) -> Result<u64, StoreError> {
+        let op = "expire";
+        let stream = &self.shards[k];
+        let mut due: BTreeMap<[u8; 32], Vec<(u64, u64)>> = BTreeMap::new();
+        scan(
+            op,
+            stream,
+            format!("{}.m.{k}.*", self.subjects),
+            |sseq, subject, h| {
+                let e = Entry::parse(op, h)?;
+                if e.kind == Kind::Message && e.at <= cutoff {
+                    let id = subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(unhex::<32>)
+                        .ok_or_else(|| corrupt(op, "a message subject without a mailbox id"))?;
+                    due.entry(id).or_default().push((sseq, e.generation));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let mut messages = 0;
+        for (raw, entries) in due {
+            let id = MailboxId(raw);
+            let _lock = self.locks.lock(raw).await;
+            let Some((rec, _)) = self.record(op, &id).await? else {
+                for (sseq, _) in entries {
+                    self.forget(op, stream, sseq).await;
+                }
+                continue;
+            };
+            let (mine, strays): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|&(_, g)| g == rec.generation);
+            for (sseq, _) in strays {
+                self.forget(op, stream, sseq).await;
+            }
+            let gone: Vec<u64> = mine.into_iter().map(|(s, _)| s).collect();
+            let n = gone.len() as u64;
+            let mut done = false;
+            for _ in 0..MAX_RACES {
+                let head = self.head(op, &id, &rec).await?;
+                if self
+                    .behead(op, &id, &rec, &head, head.depth.saturating_sub(n), &gone)
+                    .await?
+                {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                return Err(backend(op, "too many writers raced for one mailbox"));
+            }
+            messages += n;
+        }
+        let mut records = Vec::new();
+        scan(
+            op,
+            stream,
+            format!("{}.d.{k}.*.*", self.subjects),
+            |sseq, _, h| {
+                if codec::received_at(op, h)? <= cutoff {
+                    records.push(sseq);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        for sseq in records {
+            self.forget(op, stream, sseq).await;
+        }
+        Ok(messages)
+    }
+
+    /// Deletes a mailbox's record (at this revision) and purges its entries.
+    async fn remove(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        if !self.mailboxes.delete(op, &hex(&id.0), revision).await? {
+            return Ok(false);
+        }
+        let stream = self.stream(id);
+        for filter in [self.msubj(id), self.dfilter(id)] {
+            stream
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| backend(op, e))?;
+        }
+        Ok(true)
+    }
+
+    async fn remove_slot(
+        &self,
+        op: &'static str,
+        slot: &[u8; 32],
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        if !self.slots.delete(op, &hex(slot), revision).await? {
+            return Ok(false);
+        }
+        self.packages
+            .purge()
+            .filter(self.ksubj(slot))
+            .await
+            .map_err(|e| backend(op, e))?;
+        Ok(true)
+    }
+
+    /// One-time key packages a slot holds.
+    async fn held(&self, op: &'static str, slot: &[u8; 32]) -> Result<u64, StoreError> {
+        let mut counts = self
+            .packages
+            .info_with_subjects(self.ksubj(slot))
+            .await
+            .map_err(|e| backend(op, e))?;
+        let mut total = 0u64;
+        while let Some(c) = counts.next().await {
+            let (_, n) = c.map_err(|e| backend(op, e))?;
+            total += n as u64;
+        }
+        Ok(total)
+    }
+}
+
+/// Publishes one entry; `expect` is the stream sequence the subject's newest entry must
+/// have (0: none). `None` when it had another: a writer elsewhere came first.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    op: &'static str,
+    subject: String,
+    mut headers: async_nats::HeaderMap,
+    payload: Bytes,
+    expect: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    if let Some(seq) = expect {
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            seq.to_string().as_str(),
+        );
+    }
+    let ack = js
+        .publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(|e| backend(op, e))?;
+    match ack.await {
+        Ok(a) => Ok(Some(a.sequence)),
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+        Err(e) => Err(backend(op, e)),
+    }
+}
+
+/// Scans a stream's entries under `filter`, handing each (stream sequence, subject,
+/// headers) to `each`.
+pub(crate) async fn scan(
+    op: &'static str,
+    stream: &stream::Stream,
+    filter: String,
+    mut each: impl FnMut(u64, &str, &async_nats::HeaderMap) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| backend(op, e))?;
+    let empty = async_nats::HeaderMap::new();
+    let result = async {
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(SCAN_BATCH)
+                .messages()
+                .await
+                .map_err(|e| backend(op, e))?;
+            let mut got = 0usize;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| backend(op, e))?;
+                let info = m.info().map_err(|e| backend(op, e))?;
+                each(
+                    info.stream_sequence,
+                    m.subject.as_str(),
+                    m.headers.as_ref().unwrap_or(&empty),
+                )?;
+                got += 1;
+            }
+            if got == 0 {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    let name = consumer.cached_info().name.clone();
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(op, error = %e, "a scan's consumer stays until it is idle");
+    }
+    result
+}
+
+fn generation() -> Result<u64, StoreError> {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| backend("create", e))?;
+    Ok(u64::from_le_bytes(raw))
+}
+
+impl MailboxStore for NatsStore {
+    async fn create_mailbox(
+        &self,
+        id: MailboxId,
+        record: MailboxRecord,
+    ) -> Result<CreateOutcome, StoreError> {
+        let op = "create";
+        let _lock = self.locks.lock(id.0).await;
+        let fresh = Record {
+            record: MailboxRecord::new(
+                record.kind,
+                record.recipient_key,
+                record.sender_cap_hash,
+                record.created_at,
+            ),
+            generation: generation()?,
+            used_day: record.created_at / DAY,
+        };
+        for _ in 0..MAX_RACES {
+            if self
+                .mailboxes
+                .create(op, &hex(&id.0), fresh.encode())
+                .await?
+            {
+                return Ok(CreateOutcome::Created);
+            }
+            if let Some((old, _)) = self.record(op, &id).await? {
+                return if old.record.same_creation(&record) {
+                    Ok(CreateOutcome::AlreadyExists)
+                } else {
+                    Err(StoreError::MailboxExists)
+                };
+            }
+        }
+        Err(backend(
+            op,
+            "a mailbox was made and deleted too often at once",
+        ))
+    }
+
+    async fn mailbox(&self, id: MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
+        Ok(self.record("lookup", &id).await?.map(|(r, _)| r.record))
+    }
+
+    async fn append(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let n = batch.len();
+        let mut groups: Vec<(MailboxId, Vec<(usize, NewMessage)>)> = Vec::new();
+        let mut index: HashMap<MailboxId, usize> = HashMap::new();
+        for (i, m) in batch.into_iter().enumerate() {
+            let g = *index.entry(m.mailbox).or_insert_with(|| {
+                groups.push((m.mailbox, Vec::new()));
+                groups.len() - 1
+            });
+            if let Some((_, list)) = groups.get_mut(g) {
+                list.push((i, m));
+            }
+        }
+        let done = futures_util::future::join_all(
+            groups
+                .into_iter()
+                .map(|(id, messages)| self.append_to(id, messages)),
+        )
+        .await;
+        let mut results: Vec<Option<Result<Appended, StoreError>>> = (0..n).map(|_| None).collect();
+        for (i, r) in done.into_iter().flatten() {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(backend("append", "an answer went missing"))))
+            .collect()
+    }
+
+    async fn read(
+        &self,
+        id: MailboxId,
+        after_seq: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let op = "read";
+        let Some((rec, _)) = self.record(op, &id).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let mut out = Vec::new();
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(out);
+        };
+        if max_messages == 0 {
+            return Ok(out);
+        }
+        let head = self.head(op, &id, &rec).await?;
+        let mut pos = self.position(op, &id, &rec, &head, first).await?;
+        let mut bytes = 0usize;
+        while let Some(m) = self.next_entry(op, &id, pos).await? {
+            pos = m.sequence.saturating_add(1);
+            let e = Entry::parse(op, &m.headers)?;
+            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < first {
+                continue;
+            }
+            let len = m.payload.len();
+            if !out.is_empty() && bytes.saturating_add(len) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            let message_id = e
+                .message_id
+                .ok_or_else(|| corrupt(op, "a message entry without its id"))?;
+            out.push(StoredMessage {
+                seq: e.seq,
+                message_id: MessageId(message_id),
+                received_at: e.at,
+                ciphertext: m.payload.to_vec(),
+            });
+            if out.len() >= max_messages {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pending(&self, id: MailboxId) -> Result<u64, StoreError> {
+        let op = "pending";
+        let Some((rec, _)) = self.record(op, &id).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        Ok(self.head(op, &id, &rec).await?.depth)
+    }
+
+    async fn pending_after(
+        &self,
+        id: MailboxId,
+        after_seq: u64,
+        through_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let op = "pending";
+        if after_seq == 0 && through_seq == u64::MAX {
+            return self.pending(id).await;
+        }
+        let Some((rec, _)) = self.record(op, &id).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        let Some(first) = after_seq.checked_add(1).filter(|&f| f <= through_seq) else {
+            return Ok(0);
+        };
+        let head = self.head(op, &id, &rec).await?;
+        let mut pos = self.position(op, &id, &rec, &head, first).await?;
+        let mut count = 0;
+        while let Some(m) = self.next_entry(op, &id, pos).await? {
+            pos = m.sequence.saturating_add(1);
+            let e = Entry::parse(op, &m.headers)?;
+            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < first {
+                continue;
+            }
+            if e.seq > through_seq {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    async fn update_mailbox(
+        &self,
+        id: MailboxId,
+        new_owner_key: Option<[u8; 32]>,
+        new_cap_hash: [u8; 32],
+    ) -> Result<u64, StoreError> {
+        let op = "update";
+        let _lock = self.locks.lock(id.0).await;
+        let mut retired_here: Option<[u8; 32]> = None;
+        for _ in 0..MAX_RACES {
+            let Some((rec, revision)) = self.record(op, &id).await? else {
+                return Err(StoreError::NoSuchMailbox);
+            };
+            if rec.record.kind != MailboxKind::Log {
+                return Err(StoreError::NotALog { op: "update" });
+            }
+            let head = self.head(op, &id, &rec).await?;
+            let mut next = rec.clone();
+            if let Some(owner) = new_owner_key {
+                next.record.recipient_key = owner;
+            }
+            let current = rec.record.sender_cap_hash == new_cap_hash;
+            let read_until = match (current, retired_here) {
+                (true, None) => {
+                    // A retry: nothing to retire.
+                    let answer = rec.record.retired_caps.last().map_or(0, |r| r.read_until);
+                    if next == rec {
+                        return Ok(answer);
+                    }
+                    answer
+                }
+                (true, Some(old)) => {
+                    // This call retired `old` and lost the fence to an append: move its
+                    // `read_until` up to what is stored now.
+                    for r in &mut next.record.retired_caps {
+                        if r.cap_hash == old {
+                            r.read_until = head.seq;
+                        }
+                    }
+                    head.seq
+                }
+                (false, _) => {
+                    let caps = &mut next.record.retired_caps;
+                    caps.retain(|r| r.cap_hash != new_cap_hash);
+                    caps.push(RetiredCap {
+                        cap_hash: rec.record.sender_cap_hash,
+                        read_until: head.seq,
+                    });
+                    let over = caps.len().saturating_sub(MAX_RETIRED_CAPS);
+                    caps.drain(..over);
+                    next.record.sender_cap_hash = new_cap_hash;
+                    retired_here = Some(rec.record.sender_cap_hash);
+                    head.seq
+                }
+            };
+            if next != rec
+                && !self
+                    .mailboxes
+                    .update(op, &hex(&id.0), next.encode(), revision)
+                    .await?
+            {
+                continue;
+            }
+            if retired_here.is_none() {
+                return Ok(read_until);
+            }
+            // The fence: an append that read the old record elsewhere now expects a stale head.
+            let fence = Entry {
+                kind: Kind::Update,
+                seq: head.seq,
+                depth: head.depth,
+                generation: rec.generation,
+                message_id: None,
+                at: 0,
+            };
+            if self
+                .publish(
+                    op,
+                    self.msubj(&id),
+                    fence.headers(),
+                    Bytes::new(),
+                    Some(head.sseq),
+                )
+                .await?
+                .is_some()
+            {
+                if head.kind == Some(Kind::Head) {
+                    self.forget(op, self.stream(&id), head.sseq).await;
+                }
+                return Ok(read_until);
+            }
+        }
+        Err(backend(op, "too many writers raced for one mailbox"))
+    }
+
+    async fn ack(&self, id: MailboxId, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        let op = "ack";
+        let _lock = self.locks.lock(id.0).await;
+        let Some((rec, _)) = self.record(op, &id).await? else {
+            return Err(StoreError::NoSuchMailbox);
+        };
+        if rec.record.kind == MailboxKind::Log {
+            return Ok(0);
+        }
+        let wanted: BTreeSet<u64> = seqs.into_iter().filter(|&s| s > 0).collect();
+        let (Some(&lo), Some(&hi)) = (wanted.first(), wanted.last()) else {
+            return Ok(0);
+        };
+        for _ in 0..MAX_RACES {
+            let head = self.head(op, &id, &rec).await?;
+            if head.seq < lo {
+                return Ok(0);
+            }
+            let mut pos = self.position(op, &id, &rec, &head, lo).await?;
+            let mut gone = Vec::new();
+            while let Some(m) = self.next_entry(op, &id, pos).await? {
+                pos = m.sequence.saturating_add(1);
+                let e = Entry::parse(op, &m.headers)?;
+                if e.kind != Kind::Message || e.generation != rec.generation {
+                    continue;
+                }
+                if e.seq > hi {
+                    break;
+                }
+                if wanted.contains(&e.seq) {
+                    gone.push(m.sequence);
+                }
+            }
+            if gone.is_empty() {
+                return Ok(0);
+            }
+            let n = gone.len() as u64;
+            if self
+                .behead(op, &id, &rec, &head, head.depth.saturating_sub(n), &gone)
+                .await?
+            {
+                return Ok(n);
+            }
+        }
+        Err(backend(op, "too many writers raced for one mailbox"))
+    }
+
+    async fn delete_mailbox(&self, id: MailboxId) -> Result<bool, StoreError> {
+        let op = "delete";
+        let _lock = self.locks.lock(id.0).await;
+        for _ in 0..MAX_RACES {
+            let Some((_, revision)) = self.record(op, &id).await? else {
+                return Ok(false);
+            };
+            if self.remove(op, &id, revision).await? {
+                return Ok(true);
+            }
+        }
+        Err(backend(op, "too many writers raced for one mailbox"))
+    }
+
+    async fn publish_key_packages(
+        &self,
+        slot: [u8; 32],
+        owner_key: [u8; 32],
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        now: u64,
+    ) -> Result<u32, StoreError> {
+        let op = "publish";
+        let max_len = self.limits.max_key_package_len;
+        if let Some(p) = one_time
+            .iter()
+            .chain(&last_resort)
+            .find(|p| p.len() > max_len)
+        {
+            return Err(StoreError::KeyPackageLimit {
+                detail: format!("a key package of {} bytes (limit {max_len})", p.len()),
+            });
+        }
+        let _lock = self.locks.lock(slot).await;
+        for _ in 0..MAX_RACES {
+            let existing = self.slot(op, &slot).await?;
+            if let Some((s, _)) = &existing
+                && s.owner != owner_key
+            {
+                return Err(StoreError::SlotOwnedElsewhere);
+            }
+            let held = if existing.is_some() {
+                self.held(op, &slot).await?
+            } else {
+                0
+            };
+            let total = held + one_time.len() as u64;
+            let max = self.limits.max_key_packages as u64;
+            if total > max {
+                return Err(StoreError::KeyPackageLimit {
+                    detail: format!(
+                        "{held} held and {} more, over the limit of {max}",
+                        one_time.len()
+                    ),
+                });
+            }
+            let record = Slot {
+                owner: owner_key,
+                used_day: now / DAY,
+                last_resort: last_resort
+                    .clone()
+                    .or_else(|| existing.as_ref().and_then(|(s, _)| s.last_resort.clone())),
+            };
+            let written = match &existing {
+                None => self.slots.create(op, &hex(&slot), record.encode()).await?,
+                Some((_, revision)) => {
+                    self.slots
+                        .update(op, &hex(&slot), record.encode(), *revision)
+                        .await?
+                }
+            };
+            if !written {
+                continue;
+            }
+            for p in &one_time {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(codec::H_AT, now.to_string().as_str());
+                self.publish(op, self.ksubj(&slot), h, Bytes::from(p.clone()), None)
+                    .await?;
+            }
+            return u32::try_from(total).map_err(|_| backend(op, "too many key packages to count"));
+        }
+        Err(backend(
+            op,
+            "too many writers raced for one key-package slot",
+        ))
+    }
+
+    async fn take_key_package(
+        &self,
+        slot: [u8; 32],
+    ) -> Result<Option<TakenKeyPackage>, StoreError> {
+        let op = "take";
+        for _ in 0..MAX_RACES {
+            match self
+                .packages
+                .direct_get_first_for_subject(self.ksubj(&slot))
+                .await
+            {
+                Ok(m) => match self.packages.delete_message(m.sequence).await {
+                    Ok(true) => {
+                        return Ok(Some(TakenKeyPackage {
+                            data: m.payload.to_vec(),
+                            last_resort: false,
+                        }));
+                    }
+                    // Taken by another node a moment ago: the next one.
+                    Ok(false) | Err(_) => continue,
+                },
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(backend(op, e)),
+            }
+        }
+        Ok(self.slot(op, &slot).await?.and_then(|(s, _)| {
+            s.last_resort.map(|data| TakenKeyPackage {
+                data,
+                last_resort: true,
+            })
+        }))
+    }
+
+    async fn renew(&self, what: Renewal, now: u64) -> Result<bool, StoreError> {
+        let op = "renew";
+        let today = now / DAY;
+        for _ in 0..MAX_RACES {
+            let (key, bucket, value, revision) = match what {
+                Renewal::Mailbox(id) => {
+                    let Some((mut rec, revision)) = self.record(op, &id).await? else {
+                        return Ok(false);
+                    };
+                    if rec.used_day >= today {
+                        return Ok(true);
+                    }
+                    rec.used_day = today;
+                    (hex(&id.0), &self.mailboxes, rec.encode(), revision)
+                }
+                Renewal::Slot(slot) => {
+                    let Some((mut s, revision)) = self.slot(op, &slot).await? else {
+                        return Ok(false);
+                    };
+                    if s.used_day >= today {
+                        return Ok(true);
+                    }
+                    s.used_day = today;
+                    (hex(&slot), &self.slots, s.encode(), revision)
+                }
+            };
+            if bucket.update(op, &key, value, revision).await? {
+                return Ok(true);
+            }
+        }
+        Err(backend(op, "too many writers raced for one renewal"))
+    }
+
+    async fn expire(&self, now: u64) -> Result<Expired, StoreError> {
+        let op = "expire";
+        let mut gone = Expired::default();
+        if let Some(cutoff) = now.checked_sub(self.limits.expiry_secs) {
+            for k in 0..self.shards.len() {
+                gone.messages += self.expire_shard(k, cutoff).await?;
+            }
+        }
+        let Some(before) = now.checked_sub(self.limits.idle_secs).map(|t| t / DAY) else {
+            return Ok(gone);
+        };
+        for key in self.mailboxes.keys(op).await? {
+            let Some(raw) = unhex::<32>(&key) else {
+                continue;
+            };
+            let id = MailboxId(raw);
+            let _lock = self.locks.lock(raw).await;
+            if let Some((rec, revision)) = self.record(op, &id).await?
+                && rec.used_day < before
+                && self.remove(op, &id, revision).await?
+            {
+                gone.mailboxes += 1;
+            }
+        }
+        for key in self.slots.keys(op).await? {
+            let Some(slot) = unhex::<32>(&key) else {
+                continue;
+            };
+            let _lock = self.locks.lock(slot).await;
+            if let Some((s, revision)) = self.slot(op, &slot).await?
+                && s.used_day < before
+                && self.remove_slot(op, &slot, revision).await?
+            {
+                gone.slots += 1;
+            }
+        }
+        Ok(gone)
+    }
+}
+
+/// This process's lock per mailbox (and per key-package slot), so that its own writers to one
+/// mailbox take turns and only other nodes can race them. Bounded: past [`MAX_LOCKS`], locks
+/// nobody holds or waits for are dropped.
+#[derive(Default)]
+struct Locks(std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    async fn lock(&self, key: [u8; 32]) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= MAX_LOCKS {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            Arc::clone(map.entry(key).or_default())
+        };
+        lock.lock_owned().await
+    }
+}
