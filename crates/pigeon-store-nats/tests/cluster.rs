@@ -132,13 +132,28 @@ async fn two_nodes_share_mailboxes_without_forks_losses_or_second_copies() {
     let next = a.append(vec![msg(mbx(0), 9, 12)]).await.pop().unwrap();
     assert_eq!(next.unwrap().seq, 81);
 
-    // A log's capability replaced on one node is refused on the other from then on.
+    // A log's capability replaced on one node is refused on the other from then on, and the
+    // other node's lookups (which it caches for the relay's hot path) follow.
     a.create_mailbox(mbx(9), log(9)).await.unwrap();
+    assert_eq!(a.mailbox(mbx(9)).await.unwrap(), Some(log(9)));
     let first = a
         .append(vec![posted_with(msg(mbx(9), 1, 10), cap(9))])
         .await;
     assert_eq!(first[0].as_ref().unwrap().seq, 1);
     assert_eq!(b.update_mailbox(mbx(9), None, cap(10)).await.unwrap(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = a.mailbox(mbx(9)).await.unwrap().unwrap();
+        if seen.sender_cap_hash == cap(10) {
+            assert_eq!(seen.retired_caps.len(), 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still looks up the old record"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let old = a
         .append(vec![posted_with(msg(mbx(9), 2, 10), cap(9))])
         .await;
