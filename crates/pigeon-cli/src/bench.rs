@@ -75,6 +75,10 @@ pub(crate) struct RelayBenchArgs {
     /// Skip the idle-connection memory phase.
     #[arg(long)]
     skip_idle: bool,
+    /// Run the relay with its mailboxes on NATS JetStream (a Debian `nats-server` started here,
+    /// one server, one replica) instead of its embedded store.
+    #[arg(long)]
+    store_nats: bool,
 }
 
 const MSG_SIZE: usize = 1024;
@@ -507,7 +511,19 @@ pub(crate) async fn idle_memory(
 async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let measure = Duration::from_secs(args.seconds);
-    let relay_flags = ["--sends-per-sec", "100000000", "--max-depth", "10000000"];
+    let nats = if args.store_nats {
+        Some(
+            pigeon_store_nats::NatsServer::start()
+                .await
+                .context("could not start nats-server (apt-get install nats-server)")?,
+        )
+    } else {
+        None
+    };
+    let mut relay_flags = vec!["--sends-per-sec", "100000000", "--max-depth", "10000000"];
+    if let Some(n) = &nats {
+        relay_flags.extend(["--store", n.url.as_str()]);
+    }
     let relay = RelayProcess::start_for_load(&tmp.path().join("relay"), &relay_flags)?;
     let setup = setup(&relay.link, &args).await?;
     if !args.json {
@@ -563,6 +579,7 @@ async fn relay(args: RelayBenchArgs) -> anyhow::Result<()> {
     let result = serde_json::json!({
         "machine": machine(),
         "message_bytes": MSG_SIZE,
+        "store": if args.store_nats { "nats" } else { "embedded" },
         "seconds": args.seconds,
         "msgs_per_s": max.rate().round(),
         "p50_ms": at70.quantile_ms(0.5),
