@@ -367,11 +367,49 @@ async fn round(relay: &mut Relay, round: usize, point: usize, rng: &mut Rng) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_or_doubled_across_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crash_rounds(Relay::start(RelayOpts::in_dir(dir.path())), ROUNDS).await;
+}
+
+/// The same with the relay's mailboxes on a three-server NATS JetStream cluster (Debian's
+/// `nats-server`, three replicas), in fewer rounds: the relay is killed, the cluster is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_or_doubled_across_kill_9_on_nats_jetstream() {
+    let cluster = pigeon_store_nats::NatsServer::cluster(3)
+        .await
+        .expect("a nats-server cluster runs (apt-get install nats-server)");
+    let urls: Vec<String> = cluster.iter().map(|s| s.url.clone()).collect();
+    let urls = urls.join(",");
+    // The cluster elects its leaders first; the relay would refuse to start before.
+    let options = pigeon_store_nats::NatsOptions {
+        replicas: 3,
+        ..pigeon_store_nats::NatsOptions::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let limits = pigeon_store::Limits::default();
+        match pigeon_store_nats::NatsStore::connect(&urls, limits, options.clone()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the cluster did not form: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opts = RelayOpts::in_dir(dir.path())
+        .arg("--store")
+        .arg(&urls)
+        .arg("--store-replicas")
+        .arg("3");
+    crash_rounds(Relay::start(opts), 3).await;
+}
+
+/// `rounds` rounds of a burst, a `kill -9` at a seeded point and a restart.
+async fn crash_rounds(mut relay: Relay, rounds: usize) {
     let seed = support::seed_from_env("PIGEON_CRASH_SEED");
     let mut rng = Rng::new(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut relay = Relay::start(RelayOpts::in_dir(dir.path()));
-    let points: Vec<usize> = (0..ROUNDS)
+    let points: Vec<usize> = (0..rounds)
         .map(|_| usize::try_from(rng.below(BURST as u64)).expect("small"))
         .collect();
     println!("kill points: {points:?}");

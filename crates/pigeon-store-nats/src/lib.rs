@@ -163,10 +163,26 @@ impl NatsStore {
         limits: Limits,
         options: NatsOptions,
     ) -> Result<Self, StoreError> {
+        let parts: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let mut servers = Vec::with_capacity(parts.len());
+        for (i, url) in parts.iter().enumerate() {
+            // Not echoed: an address may carry credentials.
+            let server = url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                backend(
+                    "connect",
+                    format!(
+                        "server address {} of {} is not usable: {e}",
+                        i + 1,
+                        parts.len()
+                    ),
+                )
+            })?;
+            servers.push(server);
+        }
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(options.timeout))
             .connection_timeout(options.timeout)
-            .connect(urls)
+            .connect(servers)
             .await
             .map_err(|e| backend("connect", e))?;
         Self::with_client(client, limits, options).await
