@@ -264,8 +264,18 @@ pub async fn serve<S: MailboxStore>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    let news = store.news();
     let shared = Arc::new(Shared::new(store, keys, config, metrics));
     let expiry = tokio::spawn(expiry_loop(Arc::clone(&shared)));
+    // Messages other relay nodes stored: their subscribers here read them from the store.
+    let news = news.map(|mut news| {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Some(mailbox) = news.recv().await {
+                shared.hub.wake(mailbox);
+            }
+        })
+    });
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<TransportError>(4);
     let acceptors: Vec<_> = listeners
         .starts
@@ -287,6 +297,9 @@ pub async fn serve<S: MailboxStore>(
     );
     // A sweep cut short here loses nothing: the store finishes what it was handed.
     expiry.abort();
+    if let Some(news) = news {
+        news.abort();
+    }
     shared.stopping.store(true, Ordering::Release);
     shared.stop.notify_waiters();
     // Connections with subscriptions wait on their own wake-up, not on `stop`.

@@ -105,11 +105,37 @@ pub struct NatsStore {
     cache: Arc<cache::RecordCache>,
     watch: tokio::task::JoinHandle<()>,
     positions: Positions,
+    /// Core NATS subject of the notices "mailbox M has new messages" between nodes.
+    notices: String,
+    /// What other nodes' notices say, until the relay takes it.
+    news: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<MailboxId>>>,
+    listen: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for NatsStore {
     fn drop(&mut self) {
         self.watch.abort();
+        self.listen.abort();
+    }
+}
+
+/// Notices from other nodes queued for the relay at most.
+const NEWS_QUEUE: usize = 4096;
+
+/// Hands other nodes' notices (a mailbox id each) on to the relay; drops what does not parse
+/// and what does not fit.
+async fn listen(
+    mut subscriber: async_nats::Subscriber,
+    news: tokio::sync::mpsc::Sender<MailboxId>,
+) {
+    while let Some(m) = subscriber.next().await {
+        let Ok(id) = <[u8; 32]>::try_from(m.payload.as_ref()) else {
+            tracing::debug!("a notice of new messages that is not a mailbox id");
+            continue;
+        };
+        if news.try_send(MailboxId(id)).is_err() && news.is_closed() {
+            return;
+        }
     }
 }
 
@@ -180,6 +206,8 @@ impl NatsStore {
             servers.push(server);
         }
         let client = async_nats::ConnectOptions::new()
+            // This node's notices of new messages are for the other nodes.
+            .no_echo()
             .request_timeout(Some(options.timeout))
             .connection_timeout(options.timeout)
             .connect(servers)
@@ -201,6 +229,13 @@ impl NatsStore {
         if options.shards == 0 {
             return Err(backend(op, "a store needs at least one shard"));
         }
+        let notices = format!("{}.n", options.prefix.to_lowercase());
+        let subscriber = client
+            .subscribe(notices.clone())
+            .await
+            .map_err(|e| backend(op, e))?;
+        let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
+        let listen = tokio::spawn(listen(subscriber, news_tx));
         let mut js = jetstream::new(client);
         js.set_timeout(options.timeout);
         let p = options.prefix.to_uppercase();
@@ -274,6 +309,9 @@ impl NatsStore {
             cache,
             watch,
             positions: Positions::default(),
+            notices,
+            news: std::sync::Mutex::new(Some(news_rx)),
+            listen,
         })
     }
 
@@ -539,6 +577,13 @@ impl NatsStore {
                 batch.state = None;
             }
             out.push((i, r));
+        }
+        if out.iter().any(|(_, r)| matches!(r, Ok(a) if !a.duplicate)) {
+            // Other nodes' subscribers of this mailbox read it from the stream.
+            let notice = Bytes::copy_from_slice(&id.0);
+            if let Err(e) = self.js.client().publish(self.notices.clone(), notice).await {
+                tracing::debug!(error = %e, "a notice of new messages was not sent");
+            }
         }
         for written in futures_util::future::join_all(batch.records).await {
             if let Err(e) = written {
@@ -1439,6 +1484,13 @@ impl MailboxStore for NatsStore {
             }
         }
         Err(backend(op, "too many writers raced for one renewal"))
+    }
+
+    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<MailboxId>> {
+        self.news
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     async fn expire(&self, now: u64) -> Result<Expired, StoreError> {

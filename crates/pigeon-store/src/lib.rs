@@ -410,4 +410,12 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// alike, and mailboxes and slots last renewed (or created) more than
     /// [`Limits::idle_secs`] before `now`, with all they hold.
     fn expire(&self, now: u64) -> impl Future<Output = Result<Expired, StoreError>> + Send;
+
+    /// For a store that several relay nodes share: the mailboxes *other* nodes append to, as
+    /// they do (repeats possible, bounded: a wake-up lost to a full queue is taken up by the
+    /// next one). The relay wakes its subscribers of each, which read from the store. `None`
+    /// (the default) for a store one node has to itself; it may be taken once.
+    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<MailboxId>> {
+        None
+    }
 }
