@@ -61,6 +61,8 @@ pub use server::NatsServer;
 pub(crate) const MAX_RACES: usize = 64;
 /// Mailboxes whose local lock is kept at most (idle ones are dropped past it).
 const MAX_LOCKS: usize = 65_536;
+/// Deletes [`NatsStore::forget_all`] has in flight at most.
+const FORGET_AT_ONCE: usize = 256;
 /// Messages one scan asks for at a time.
 const SCAN_BATCH: usize = 1024;
 
@@ -156,6 +158,8 @@ struct Batch {
     generation: Option<u64>,
     /// De-duplication records being written.
     records: Vec<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>,
+    /// Head entries an append made stale, deleted once the batch is through.
+    stale_heads: Vec<u64>,
 }
 
 /// An entry read back by stream sequence.
@@ -176,6 +180,19 @@ struct Head {
     depth: u64,
     /// What the newest entry is, when it is this mailbox's.
     kind: Option<Kind>,
+}
+
+impl Head {
+    /// An empty mailbox whose subject's newest entry (of an earlier mailbox under the id, or
+    /// none: 0) is at `sseq`.
+    fn empty(sseq: u64) -> Self {
+        Self {
+            sseq,
+            seq: 0,
+            depth: 0,
+            kind: None,
+        }
+    }
 }
 
 impl NatsStore {
@@ -229,17 +246,15 @@ impl NatsStore {
         if options.shards == 0 {
             return Err(backend(op, "a store needs at least one shard"));
         }
-        let notices = format!("{}.n", options.prefix.to_lowercase());
+        let p = options.prefix.to_uppercase();
+        let subjects = options.prefix.to_lowercase();
+        let notices = format!("{subjects}.n");
         let subscriber = client
             .subscribe(notices.clone())
             .await
             .map_err(|e| backend(op, e))?;
-        let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
-        let listen = tokio::spawn(listen(subscriber, news_tx));
         let mut js = jetstream::new(client);
         js.set_timeout(options.timeout);
-        let p = options.prefix.to_uppercase();
-        let subjects = options.prefix.to_lowercase();
         let config = |name: String, subjects: Vec<String>| stream::Config {
             name,
             subjects,
@@ -287,6 +302,9 @@ impl NatsStore {
             })
             .await
             .map_err(|e| backend(op, e))?;
+        // The tasks start once nothing can fail any more, so that none outlives a failed open.
+        let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
+        let listen = tokio::spawn(listen(subscriber, news_tx));
         let cache = Arc::new(cache::RecordCache::default());
         let watch = tokio::spawn(cache::watch(
             js.clone(),
@@ -398,20 +416,10 @@ impl NatsStore {
                     }
                 } else {
                     // An earlier mailbox under this id left an entry: this one starts empty.
-                    Head {
-                        sseq: m.sequence,
-                        seq: 0,
-                        depth: 0,
-                        kind: None,
-                    }
+                    Head::empty(m.sequence)
                 })
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head {
-                sseq: 0,
-                seq: 0,
-                depth: 0,
-                kind: None,
-            }),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head::empty(0)),
             Err(e) => Err(backend(op, e)),
         }
     }
@@ -436,6 +444,27 @@ impl NatsStore {
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(backend(op, e)),
         }
+    }
+
+    /// The next message of this mailbox (`rec`'s generation) numbered `min` or more, at or
+    /// after stream sequence `*pos`, which it moves past what it looked at; heads, fences and
+    /// an earlier mailbox's entries are passed over.
+    async fn next_message(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        pos: &mut u64,
+        min: u64,
+    ) -> Result<Option<(Entry, Found)>, StoreError> {
+        while let Some(m) = self.next_entry(op, id, *pos).await? {
+            *pos = m.sequence.saturating_add(1);
+            let e = Entry::parse(op, &m.headers)?;
+            if e.kind == Kind::Message && e.generation == rec.generation && e.seq >= min {
+                return Ok(Some((e, m)));
+            }
+        }
+        Ok(None)
     }
 
     /// The smallest stream sequence from which the mailbox's entries have sequence numbers of
@@ -508,6 +537,13 @@ impl NatsStore {
                 tracing::debug!(op, error = %error, "an entry could not be deleted (gone already?)");
             }
             Err(e) => tracing::debug!(op, error = %e, "an entry could not be deleted"),
+        }
+    }
+
+    /// Deletes entries by stream sequence, a bounded number of requests in flight at a time.
+    async fn forget_all(&self, op: &'static str, stream: &stream::Stream, sseqs: &[u64]) {
+        for chunk in sseqs.chunks(FORGET_AT_ONCE) {
+            futures_util::future::join_all(chunk.iter().map(|&s| self.forget(op, stream, s))).await;
         }
     }
 
@@ -585,6 +621,8 @@ impl NatsStore {
                 tracing::debug!(error = %e, "a notice of new messages was not sent");
             }
         }
+        self.forget_all(op, self.stream(&id), &batch.stale_heads)
+            .await;
         for written in futures_util::future::join_all(batch.records).await {
             if let Err(e) = written {
                 // The messages are durable; only a retry of one would be stored again.
@@ -666,7 +704,7 @@ impl NatsStore {
                 continue;
             };
             if head.kind == Some(Kind::Head) {
-                self.forget(op, self.stream(&id), head.sseq).await;
+                batch.stale_heads.push(head.sseq);
             }
             let dedup = codec::dedup_headers(entry.seq, m.now, rec.generation);
             batch.records.push(
@@ -734,7 +772,7 @@ impl NatsStore {
         if head.kind == Some(Kind::Head) {
             self.forget(op, stream, head.sseq).await;
         }
-        futures_util::future::join_all(gone.iter().map(|&s| self.forget(op, stream, s))).await;
+        self.forget_all(op, stream, gone).await;
         Ok(true)
     }
 
@@ -743,7 +781,8 @@ impl NatsStore {
     async fn expire_shard(&self, k: usize, cutoff: u64) -> Result<u64, StoreError> {
         let op = "expire";
         let stream = &self.shards[k];
-        let mut due: BTreeMap<[u8; 32], Vec<(u64, u64)>> = BTreeMap::new();
+        // Per mailbox: (stream sequence, generation, sequence number) of what is due.
+        let mut due: BTreeMap<[u8; 32], Vec<(u64, u64, u64)>> = BTreeMap::new();
         scan(
             op,
             stream,
@@ -756,7 +795,7 @@ impl NatsStore {
                         .next()
                         .and_then(unhex::<32>)
                         .ok_or_else(|| corrupt(op, "a message subject without a mailbox id"))?;
-                    due.entry(id).or_default().push((sseq, e.generation));
+                    due.entry(id).or_default().push((sseq, e.generation, e.seq));
                 }
                 Ok(())
             },
@@ -767,17 +806,19 @@ impl NatsStore {
             let id = MailboxId(raw);
             let _lock = self.locks.lock(raw).await;
             let Some((rec, _)) = self.record(op, &id).await? else {
-                for (sseq, _) in entries {
-                    self.forget(op, stream, sseq).await;
-                }
+                let strays: Vec<u64> = entries.iter().map(|&(s, _, _)| s).collect();
+                self.forget_all(op, stream, &strays).await;
                 continue;
             };
-            let (mine, strays): (Vec<_>, Vec<_>) =
-                entries.into_iter().partition(|&(_, g)| g == rec.generation);
-            for (sseq, _) in strays {
-                self.forget(op, stream, sseq).await;
-            }
-            let gone: Vec<u64> = mine.into_iter().map(|(s, _)| s).collect();
+            let (mine, strays): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|&(_, g, _)| g == rec.generation);
+            let strays: Vec<u64> = strays.into_iter().map(|(s, _, _)| s).collect();
+            self.forget_all(op, stream, &strays).await;
+            let gone: Vec<u64> = mine.iter().map(|&(s, _, _)| s).collect();
+            // This node's map of where its messages sit must not hand these to an ack.
+            let seqs: BTreeSet<u64> = mine.iter().map(|&(_, _, seq)| seq).collect();
+            self.positions.remove(&id, &seqs);
             let n = gone.len() as u64;
             let mut done = false;
             for _ in 0..MAX_RACES {
@@ -809,9 +850,7 @@ impl NatsStore {
             },
         )
         .await?;
-        for sseq in records {
-            self.forget(op, dstream, sseq).await;
-        }
+        self.forget_all(op, dstream, &records).await;
         Ok(messages)
     }
 
@@ -1131,12 +1170,7 @@ impl MailboxStore for NatsStore {
                 self.position(op, &id, &rec, &head, next).await?
             }
         };
-        while let Some(m) = self.next_entry(op, &id, pos).await? {
-            pos = m.sequence.saturating_add(1);
-            let e = Entry::parse(op, &m.headers)?;
-            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < next {
-                continue;
-            }
+        while let Some((e, m)) = self.next_message(op, &id, &rec, &mut pos, next).await? {
             if !take(&mut out, e, m.payload)? {
                 break;
             }
@@ -1171,12 +1205,7 @@ impl MailboxStore for NatsStore {
         let head = self.head(op, &id, &rec).await?;
         let mut pos = self.position(op, &id, &rec, &head, first).await?;
         let mut count = 0;
-        while let Some(m) = self.next_entry(op, &id, pos).await? {
-            pos = m.sequence.saturating_add(1);
-            let e = Entry::parse(op, &m.headers)?;
-            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < first {
-                continue;
-            }
+        while let Some((e, _)) = self.next_message(op, &id, &rec, &mut pos, first).await? {
             if e.seq > through_seq {
                 break;
             }
@@ -1303,12 +1332,7 @@ impl MailboxStore for NatsStore {
             let (mut gone, missing) = self.positions.find(&id, &wanted);
             if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
                 let mut pos = self.position(op, &id, &rec, &head, lo).await?;
-                while let Some(m) = self.next_entry(op, &id, pos).await? {
-                    pos = m.sequence.saturating_add(1);
-                    let e = Entry::parse(op, &m.headers)?;
-                    if e.kind != Kind::Message || e.generation != rec.generation {
-                        continue;
-                    }
+                while let Some((e, m)) = self.next_message(op, &id, &rec, &mut pos, lo).await? {
                     if e.seq > hi {
                         break;
                     }

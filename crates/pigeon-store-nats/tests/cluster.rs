@@ -15,23 +15,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A store on one server of the cluster, once the cluster has elected its leaders.
+/// A store on one server of the cluster, with three replicas.
 async fn store_on(server: &NatsServer) -> NatsStore {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let options = NatsOptions {
         replicas: 3,
         ..NatsOptions::default()
     };
-    loop {
-        match NatsStore::connect(&server.url, Limits::default(), options.clone()).await {
-            Ok(store) => return store,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for the cluster: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the cluster did not form: {e}\n{}", server.log_tail()),
-        }
-    }
+    NatsStore::connect(&server.url, Limits::default(), options)
+        .await
+        .unwrap_or_else(|e| panic!("the store opens on the cluster: {e}\n{}", server.log_tail()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
