@@ -380,22 +380,6 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_kill_9_on_nats_jetstream
         .expect("a nats-server cluster runs (apt-get install nats-server)");
     let urls: Vec<String> = cluster.iter().map(|s| s.url.clone()).collect();
     let urls = urls.join(",");
-    // The cluster elects its leaders first; the relay would refuse to start before.
-    let options = pigeon_store_nats::NatsOptions {
-        replicas: 3,
-        ..pigeon_store_nats::NatsOptions::default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let limits = pigeon_store::Limits::default();
-        match pigeon_store_nats::NatsStore::connect(&urls, limits, options.clone()).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "the cluster did not form: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = RelayOpts::in_dir(dir.path())
         .arg("--store")

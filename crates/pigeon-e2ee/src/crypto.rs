@@ -797,7 +797,7 @@ mod tests {
         let mut one = [0u8; 32];
         one[0] = 1;
         specials.push(one);
-        // The order-8 points' u-coordinates (RFC 7748's low-order list starts with these).
+        // u-coordinates of the two points of order 8 (from the usual list of small-order points).
         specials.push(hex32(
             "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
         ));
@@ -822,7 +822,7 @@ mod tests {
         );
 
         fn hex32(text: &str) -> [u8; 32] {
-            super::tests::hex(text).try_into().expect("32 bytes")
+            hex(text).try_into().expect("32 bytes")
         }
     }
 

@@ -8,6 +8,7 @@
 //! Everything read back is checked: a value or header that does not parse is refused with a
 //! [`StoreError::Backend`] that says what is wrong, never a panic.
 
+use bytes::Bytes;
 use pigeon_store::{MAX_RETIRED_CAPS, MailboxKind, MailboxRecord, RetiredCap, StoreError};
 
 /// Seconds in a day: renewals are kept by the day.
@@ -281,26 +282,94 @@ impl Entry {
     }
 }
 
-/// A de-duplication record's headers: the sequence number given, the receive time, the
-/// generation.
-pub(crate) fn dedup_headers(seq: u64, at: u64, generation: u64) -> async_nats::HeaderMap {
+/// Entries one head marker takes out at most (besides the marker it replaces).
+pub(crate) const MAX_LIST: usize = 4096;
+
+/// A head marker's payload: the stream sequences of the entries it takes out, eight bytes
+/// each, big-endian.
+pub(crate) fn encode_list(sseqs: &[u64]) -> Bytes {
+    sseqs.iter().flat_map(|s| s.to_be_bytes()).collect()
+}
+
+/// Reads [`encode_list`]'s payload back.
+pub(crate) fn decode_list(op: &'static str, raw: &[u8]) -> Result<Vec<u64>, StoreError> {
+    if !raw.len().is_multiple_of(8) {
+        return Err(corrupt(
+            op,
+            format!(
+                "a head marker's list of {} bytes, not a multiple of 8",
+                raw.len()
+            ),
+        ));
+    }
+    if raw.len() / 8 > MAX_LIST + 1 {
+        return Err(corrupt(
+            op,
+            format!(
+                "a head marker listing {} entries, over {}",
+                raw.len() / 8,
+                MAX_LIST + 1
+            ),
+        ));
+    }
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_be_bytes(b)
+        })
+        .collect())
+}
+
+/// What a de-duplication record says about its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dedup {
+    /// The sequence number it was given (or, for an intent, is to be given).
+    pub(crate) seq: u64,
+    /// The mailbox generation.
+    pub(crate) generation: u64,
+    /// Written before the message's publish, which may not have happened: the message is
+    /// stored only if the mailbox holds it under `seq` (see `NatsStore::append_to`).
+    pub(crate) intent: bool,
+}
+
+/// Header of a de-duplication record written before its message.
+const H_INTENT: &str = "P-Intent";
+
+/// A de-duplication record's headers: the sequence number, the receive time, the generation,
+/// and whether it is an intent.
+pub(crate) fn dedup_headers(d: Dedup, at: u64) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    h.insert(H_SEQ, seq.to_string().as_str());
+    h.insert(H_SEQ, d.seq.to_string().as_str());
     h.insert(H_AT, at.to_string().as_str());
-    h.insert(H_GEN, generation.to_string().as_str());
+    h.insert(H_GEN, d.generation.to_string().as_str());
+    if d.intent {
+        h.insert(H_INTENT, "1");
+    }
     h
 }
 
-/// (sequence number, receive time, generation) of a de-duplication record.
+/// Reads a de-duplication record's headers back.
 pub(crate) fn parse_dedup(
     op: &'static str,
     h: &async_nats::HeaderMap,
-) -> Result<(u64, u64, u64), StoreError> {
-    Ok((
-        number(op, h, H_SEQ)?,
-        number(op, h, H_AT)?,
-        number(op, h, H_GEN)?,
-    ))
+) -> Result<Dedup, StoreError> {
+    let intent = match h.get(H_INTENT).map(async_nats::HeaderValue::as_str) {
+        None => false,
+        Some("1") => true,
+        Some(other) => {
+            return Err(corrupt(
+                op,
+                format!("a de-duplication record whose {H_INTENT} is {other:?}"),
+            ));
+        }
+    };
+    Ok(Dedup {
+        seq: number(op, h, H_SEQ)?,
+        generation: number(op, h, H_GEN)?,
+        intent,
+    })
 }
 
 /// The receive time of any entry or record (every one carries `P-At`).

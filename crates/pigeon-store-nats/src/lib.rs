@@ -11,26 +11,29 @@
 //!   byte mod the shard count). Every entry carries the mailbox's state after it in headers
 //!   (last sequence number, depth, generation), so the newest entry is the mailbox's *head*.
 //!   Every write to a mailbox's subject is published with `Nats-Expected-Last-Subject-Sequence`
-//!   = the head's stream sequence: JetStream serializes the writers of one mailbox, on any
-//!   node, and a writer with a stale head reloads it and tries again. A mailbox sequence number
-//!   is taken only by a successful publish: dense, rising, never reused. Acks and expiry first
-//!   publish a small head entry (the new depth, the same last number) and then delete the
+//!   = the head's stream sequence (and a `Nats-Msg-Id` of the same number, see [`publish`]):
+//!   JetStream serializes the writers of one mailbox, on any node, and a writer with a stale
+//!   head reloads it and tries again. A mailbox sequence number is taken only by a successful
+//!   publish: dense, rising, never reused. Acks and expiry first publish a small head entry
+//!   (the new depth, the same last number, the list of what it takes out) and then delete the
 //!   messages, so the counter survives an empty mailbox; the next append removes that head.
+//!   Whoever reads a head whose deletes a dead node did not make makes them first.
 //!   A log's capability update writes the record and then a *fence* entry on the subject, so
 //!   an append that read the old record on another node finds its expectation stale and reads
 //!   the record again.
 //! * **De-duplication records** on `pigeon.d.<shard>.<id>.<message id>` in the streams
-//!   `PIGEON_D<shard>` (the number given and the receive time), looked up before an append
-//!   and written right after it; deleted with the mailbox and by [`MailboxStore::expire`].
+//!   `PIGEON_D<shard>` (the number given and the receive time), looked up before an append,
+//!   written as an intent before it and for good after it (`NatsStore::append_to`); deleted
+//!   with the mailbox and by [`MailboxStore::expire`].
 //! * **Key-package slots** in the KV bucket `PIGEON_SLOTS` (owner, renewal day, last-resort
 //!   package); one-time packages as messages on `pigeon.k.<slot>` in `PIGEON_KP`, taken by
 //!   reading the first and deleting it by sequence (a delete that loses a race moves on).
 //!
 //! One relay process also serializes its own writers per mailbox with a local lock, so the
 //! expectation above fails only across nodes. What is weaker than the embedded store, and why,
-//! is in ARCHITECTURE.md ("Relay nodes on NATS JetStream"): a node that dies between storing a
-//! message and its de-duplication record lets a retry store it twice (clients drop the second
-//! copy by its id), and durability is the cluster's (replicas, and the server's sync interval).
+//! is in ARCHITECTURE.md ("Relay nodes on NATS JetStream"): durability is the cluster's
+//! (replicas, and the server's sync interval), and one narrow crash case costs a second copy
+//! of a message (clients drop it by its id).
 //!
 //! Time is the caller's (`now`), as for every backend; the store never reads the clock.
 
@@ -61,6 +64,8 @@ pub use server::NatsServer;
 pub(crate) const MAX_RACES: usize = 64;
 /// Mailboxes whose local lock is kept at most (idle ones are dropped past it).
 const MAX_LOCKS: usize = 65_536;
+/// Deletes [`NatsStore::forget_all`] has in flight at most.
+const FORGET_AT_ONCE: usize = 256;
 /// Messages one scan asks for at a time.
 const SCAN_BATCH: usize = 1024;
 
@@ -105,6 +110,7 @@ pub struct NatsStore {
     cache: Arc<cache::RecordCache>,
     watch: tokio::task::JoinHandle<()>,
     positions: Positions,
+    finished: Finished,
     /// Core NATS subject of the notices "mailbox M has new messages" between nodes.
     notices: String,
     /// What other nodes' notices say, until the relay takes it.
@@ -152,10 +158,14 @@ struct Batch {
     /// The mailbox's record and head, when known to be current.
     state: Option<(Record, Head)>,
     /// Message ids with what their de-duplication records say, under `generation`.
-    known: HashMap<MessageId, Option<u64>>,
+    known: HashMap<MessageId, Option<codec::Dedup>>,
     generation: Option<u64>,
+    /// Intents written (and stored) in this batch: the number each names.
+    intents: HashMap<MessageId, u64>,
     /// De-duplication records being written.
     records: Vec<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>,
+    /// Head entries an append made stale, deleted once the batch is through.
+    stale_heads: Vec<u64>,
 }
 
 /// An entry read back by stream sequence.
@@ -176,6 +186,19 @@ struct Head {
     depth: u64,
     /// What the newest entry is, when it is this mailbox's.
     kind: Option<Kind>,
+}
+
+impl Head {
+    /// An empty mailbox whose subject's newest entry (of an earlier mailbox under the id, or
+    /// none: 0) is at `sseq`.
+    fn empty(sseq: u64) -> Self {
+        Self {
+            sseq,
+            seq: 0,
+            depth: 0,
+            kind: None,
+        }
+    }
 }
 
 impl NatsStore {
@@ -229,17 +252,15 @@ impl NatsStore {
         if options.shards == 0 {
             return Err(backend(op, "a store needs at least one shard"));
         }
-        let notices = format!("{}.n", options.prefix.to_lowercase());
+        let p = options.prefix.to_uppercase();
+        let subjects = options.prefix.to_lowercase();
+        let notices = format!("{subjects}.n");
         let subscriber = client
             .subscribe(notices.clone())
             .await
             .map_err(|e| backend(op, e))?;
-        let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
-        let listen = tokio::spawn(listen(subscriber, news_tx));
         let mut js = jetstream::new(client);
         js.set_timeout(options.timeout);
-        let p = options.prefix.to_uppercase();
-        let subjects = options.prefix.to_lowercase();
         let config = |name: String, subjects: Vec<String>| stream::Config {
             name,
             subjects,
@@ -287,6 +308,9 @@ impl NatsStore {
             })
             .await
             .map_err(|e| backend(op, e))?;
+        // The tasks start once nothing can fail any more, so that none outlives a failed open.
+        let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
+        let listen = tokio::spawn(listen(subscriber, news_tx));
         let cache = Arc::new(cache::RecordCache::default());
         let watch = tokio::spawn(cache::watch(
             js.clone(),
@@ -309,6 +333,7 @@ impl NatsStore {
             cache,
             watch,
             positions: Positions::default(),
+            finished: Finished::default(),
             notices,
             news: std::sync::Mutex::new(Some(news_rx)),
             listen,
@@ -389,6 +414,9 @@ impl NatsStore {
         {
             Ok(m) => {
                 let e = Entry::parse(op, &m.headers)?;
+                if e.kind == Kind::Head && !m.payload.is_empty() {
+                    self.finish(op, id, m.sequence, &m.payload).await?;
+                }
                 Ok(if e.generation == rec.generation {
                     Head {
                         sseq: m.sequence,
@@ -398,20 +426,10 @@ impl NatsStore {
                     }
                 } else {
                     // An earlier mailbox under this id left an entry: this one starts empty.
-                    Head {
-                        sseq: m.sequence,
-                        seq: 0,
-                        depth: 0,
-                        kind: None,
-                    }
+                    Head::empty(m.sequence)
                 })
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head {
-                sseq: 0,
-                seq: 0,
-                depth: 0,
-                kind: None,
-            }),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head::empty(0)),
             Err(e) => Err(backend(op, e)),
         }
     }
@@ -436,6 +454,27 @@ impl NatsStore {
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(backend(op, e)),
         }
+    }
+
+    /// The next message of this mailbox (`rec`'s generation) numbered `min` or more, at or
+    /// after stream sequence `*pos`, which it moves past what it looked at; heads, fences and
+    /// an earlier mailbox's entries are passed over.
+    async fn next_message(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        pos: &mut u64,
+        min: u64,
+    ) -> Result<Option<(Entry, Found)>, StoreError> {
+        while let Some(m) = self.next_entry(op, id, *pos).await? {
+            *pos = m.sequence.saturating_add(1);
+            let e = Entry::parse(op, &m.headers)?;
+            if e.kind == Kind::Message && e.generation == rec.generation && e.seq >= min {
+                return Ok(Some((e, m)));
+            }
+        }
+        Ok(None)
     }
 
     /// The smallest stream sequence from which the mailbox's entries have sequence numbers of
@@ -511,32 +550,70 @@ impl NatsStore {
         }
     }
 
-    /// The sequence number a de-duplication record gives this message id, in this mailbox.
+    /// Deletes entries by stream sequence, a bounded number of requests in flight at a time.
+    async fn forget_all(&self, op: &'static str, stream: &stream::Stream, sseqs: &[u64]) {
+        for chunk in sseqs.chunks(FORGET_AT_ONCE) {
+            futures_util::future::join_all(chunk.iter().map(|&s| self.forget(op, stream, s))).await;
+        }
+    }
+
+    /// What the de-duplication record of this message id says, in this mailbox.
     async fn dedup(
         &self,
         op: &'static str,
         id: &MailboxId,
         rec: &Record,
         message: &MessageId,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<codec::Dedup>, StoreError> {
         match self
             .dstream(id)
             .direct_get_last_for_subject(self.dsubj(id, message))
             .await
         {
             Ok(m) => {
-                let (seq, _, generation) = codec::parse_dedup(op, &m.headers)?;
-                Ok((generation == rec.generation).then_some(seq))
+                let d = codec::parse_dedup(op, &m.headers)?;
+                Ok((d.generation == rec.generation).then_some(d))
             }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(backend(op, e)),
         }
     }
 
-    /// Appends one mailbox's messages in order, under its lock. The batch's de-duplication
-    /// records are looked up all at once first, and the new ones written without waiting for
-    /// each answer (all are awaited before the batch is answered), so a batch costs about one
-    /// round trip per message (its publish) instead of three.
+    /// Whether the mailbox holds this message under `seq` (what an intent names).
+    async fn holds(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        head: &Head,
+        seq: u64,
+        message: &MessageId,
+    ) -> Result<bool, StoreError> {
+        if seq == 0 || head.seq < seq {
+            return Ok(false);
+        }
+        let mut pos = self.position(op, id, rec, head, seq).await?;
+        Ok(match self.next_message(op, id, rec, &mut pos, seq).await? {
+            Some((e, _)) => e.seq == seq && e.message_id == Some(message.0),
+            None => false,
+        })
+    }
+
+    /// Appends one mailbox's messages in order, under its lock.
+    ///
+    /// De-duplication survives a node that dies at any point: every message's record is
+    /// written twice, as an *intent* naming the number it is about to take (stored before
+    /// the message's publish is sent) and, once the message is stored, as the record proper.
+    /// A retry that finds an intent looks whether the mailbox holds the message under that
+    /// number: if so it is a duplicate; if the number went to another message, or to none
+    /// yet, it was never stored. (One case stays open, and costs a second copy, never a
+    /// loss: the node dies after the message and before its record, and the recipient,
+    /// reading through another node, takes the message before the sender's retry; the
+    /// number is then gone and the intent cannot be told from one whose publish lost.)
+    ///
+    /// Round trips per batch: the records are looked up all at once, the intents written all
+    /// at once, then one publish per message, the records written without waiting for each
+    /// answer (all are awaited before the batch is answered).
     async fn append_to(
         &self,
         id: MailboxId,
@@ -559,6 +636,7 @@ impl NatsStore {
             }
             batch.generation = Some(rec.generation);
             if let Ok(head) = self.head(op, &id, &rec).await {
+                self.intend(&id, &rec, &head, &messages, &mut batch).await;
                 batch.state = Some((rec, head));
             }
         }
@@ -585,6 +663,8 @@ impl NatsStore {
                 tracing::debug!(error = %e, "a notice of new messages was not sent");
             }
         }
+        self.forget_all(op, self.stream(&id), &batch.stale_heads)
+            .await;
         for written in futures_util::future::join_all(batch.records).await {
             if let Err(e) = written {
                 // The messages are durable; only a retry of one would be stored again.
@@ -592,6 +672,59 @@ impl NatsStore {
             }
         }
         out
+    }
+
+    /// Writes the intents of a batch's new messages at once, numbered as they will be if
+    /// no other node writes to the mailbox meanwhile (`append_one` writes again those whose
+    /// number turns out otherwise). One that fails is written again by `append_one`.
+    async fn intend(
+        &self,
+        id: &MailboxId,
+        rec: &Record,
+        head: &Head,
+        messages: &[(usize, NewMessage)],
+        batch: &mut Batch,
+    ) {
+        let op = "append";
+        let mut next = head.seq;
+        let mut writes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, m) in messages {
+            let fresh = matches!(batch.known.get(&m.message_id), Some(None));
+            if !fresh
+                || m.ciphertext.len() > self.limits.max_ciphertext
+                || !seen.insert(m.message_id)
+            {
+                continue;
+            }
+            next += 1;
+            let intent = codec::Dedup {
+                seq: next,
+                generation: rec.generation,
+                intent: true,
+            };
+            let written = send(
+                &self.js,
+                op,
+                self.dsubj(id, &m.message_id),
+                codec::dedup_headers(intent, m.now),
+                Bytes::new(),
+            )
+            .await;
+            writes.push((m.message_id, next, written));
+        }
+        let (ids, futures): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .map(|(message, seq, written)| ((message, seq), written))
+            .unzip();
+        for ((message, seq), written) in ids
+            .into_iter()
+            .zip(futures_util::future::join_all(futures).await)
+        {
+            if written.is_ok() {
+                batch.intents.insert(message, seq);
+            }
+        }
     }
 
     async fn append_one(&self, batch: &mut Batch, m: NewMessage) -> Result<Appended, StoreError> {
@@ -626,12 +759,32 @@ impl NatsStore {
                 Some(&found) if batch.generation == Some(rec.generation) => found,
                 _ => self.dedup(op, &id, &rec, &m.message_id).await?,
             };
-            if let Some(seq) = known {
-                *state = Some((rec, head));
-                return Ok(Appended {
-                    seq,
-                    duplicate: true,
-                });
+            if let Some(d) = known {
+                let stored = !d.intent
+                    || self
+                        .holds(op, &id, &rec, &head, d.seq, &m.message_id)
+                        .await?;
+                if stored {
+                    if d.intent {
+                        let confirmed = codec::Dedup { intent: false, ..d };
+                        batch.records.push(
+                            send(
+                                &self.js,
+                                op,
+                                self.dsubj(&id, &m.message_id),
+                                codec::dedup_headers(confirmed, m.now),
+                                Bytes::new(),
+                            )
+                            .await,
+                        );
+                        batch.known.insert(m.message_id, Some(confirmed));
+                    }
+                    *state = Some((rec, head));
+                    return Ok(Appended {
+                        seq: d.seq,
+                        duplicate: true,
+                    });
+                }
             }
             let limit = if log {
                 self.limits.max_log_depth
@@ -650,6 +803,23 @@ impl NatsStore {
                 message_id: Some(m.message_id.0),
                 at: m.now,
             };
+            if batch.intents.get(&m.message_id) != Some(&entry.seq) {
+                let intent = codec::Dedup {
+                    seq: entry.seq,
+                    generation: rec.generation,
+                    intent: true,
+                };
+                send(
+                    &self.js,
+                    op,
+                    self.dsubj(&id, &m.message_id),
+                    codec::dedup_headers(intent, m.now),
+                    Bytes::new(),
+                )
+                .await
+                .await?;
+                batch.intents.insert(m.message_id, entry.seq);
+            }
             let Some(sseq) = self
                 .publish(
                     op,
@@ -666,20 +836,24 @@ impl NatsStore {
                 continue;
             };
             if head.kind == Some(Kind::Head) {
-                self.forget(op, self.stream(&id), head.sseq).await;
+                batch.stale_heads.push(head.sseq);
             }
-            let dedup = codec::dedup_headers(entry.seq, m.now, rec.generation);
+            let record = codec::Dedup {
+                seq: entry.seq,
+                generation: rec.generation,
+                intent: false,
+            };
             batch.records.push(
                 send(
                     &self.js,
                     op,
                     self.dsubj(&id, &m.message_id),
-                    dedup,
+                    codec::dedup_headers(record, m.now),
                     Bytes::new(),
                 )
                 .await,
             );
-            batch.known.insert(m.message_id, Some(entry.seq));
+            batch.known.insert(m.message_id, Some(record));
             self.positions.insert(id, entry.seq, sseq);
             *state = Some((
                 rec,
@@ -698,8 +872,14 @@ impl NatsStore {
         Err(backend(op, "too many writers raced for one mailbox"))
     }
 
-    /// Writes a head entry after `head` (the same last number, `depth`), then deletes the
-    /// entries `gone` and the head it replaces. False when another node wrote first.
+    /// Writes a head marker after `head` (the same last number, `depth`) that lists the
+    /// entries it takes out — `gone` and the marker it replaces — and then deletes them.
+    /// False when another writer came first.
+    ///
+    /// The list is what makes the marker safe across a crash: a node that dies after the
+    /// marker and before the deletes leaves a mailbox whose depth already counts them gone,
+    /// and whoever reads that head next ([`NatsStore::head`]) deletes them before anything
+    /// else reads the mailbox.
     async fn behead(
         &self,
         op: &'static str,
@@ -709,6 +889,10 @@ impl NatsStore {
         depth: u64,
         gone: &[u64],
     ) -> Result<bool, StoreError> {
+        let mut list = gone.to_vec();
+        if head.kind == Some(Kind::Head) {
+            list.push(head.sseq);
+        }
         let marker = Entry {
             kind: Kind::Head,
             seq: head.seq,
@@ -717,25 +901,113 @@ impl NatsStore {
             message_id: None,
             at: 0,
         };
-        if self
+        let Some(sseq) = self
             .publish(
                 op,
                 self.msubj(id),
                 marker.headers(),
-                Bytes::new(),
+                codec::encode_list(&list),
                 Some(head.sseq),
             )
             .await?
-            .is_none()
-        {
+        else {
             return Ok(false);
-        }
-        let stream = self.stream(id);
-        if head.kind == Some(Kind::Head) {
-            self.forget(op, stream, head.sseq).await;
-        }
-        futures_util::future::join_all(gone.iter().map(|&s| self.forget(op, stream, s))).await;
+        };
+        self.forget_all(op, self.stream(id), &list).await;
+        self.finished.insert(*id, sseq);
         Ok(true)
+    }
+
+    /// Deletes what the head marker at `sseq` lists, unless this node has done so already.
+    async fn finish(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        sseq: u64,
+        list: &[u8],
+    ) -> Result<(), StoreError> {
+        if self.finished.has(id, sseq) {
+            return Ok(());
+        }
+        let list = codec::decode_list(op, list)?;
+        self.forget_all(op, self.stream(id), &list).await;
+        self.finished.insert(*id, sseq);
+        Ok(())
+    }
+
+    /// Takes the messages at the stream sequences `gone` out of the mailbox: per at most
+    /// [`codec::MAX_LIST`] of them a head marker (the depth less those taken), then the
+    /// deletes. Only the entries still there count, so that two nodes taking the same
+    /// messages (a recipient's ack repeated on another node, or every node's expiry) do not
+    /// count them twice. Returns how many were taken.
+    async fn take_out(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        gone: &[u64],
+    ) -> Result<u64, StoreError> {
+        let mut taken = 0;
+        for chunk in gone.chunks(codec::MAX_LIST) {
+            let mut done = false;
+            for _ in 0..MAX_RACES {
+                // The head first: reading it finishes another node's marker, whose entries
+                // are gone then; and a marker of its own after it fails if anything else was
+                // taken since.
+                let head = self.head(op, id, rec).await?;
+                let live = self.live(op, id, rec, chunk).await?;
+                if live.is_empty() {
+                    done = true;
+                    break;
+                }
+                let n = live.len() as u64;
+                if self
+                    .behead(op, id, rec, &head, head.depth.saturating_sub(n), &live)
+                    .await?
+                {
+                    taken += n;
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                return Err(backend(op, "too many writers raced for one mailbox"));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Those of the stream sequences `sseqs` that still hold a message of this mailbox.
+    async fn live(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        sseqs: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        let stream = self.stream(id);
+        let subject = self.msubj(id);
+        let mut out = Vec::with_capacity(sseqs.len());
+        for chunk in sseqs.chunks(FORGET_AT_ONCE) {
+            let got =
+                futures_util::future::join_all(chunk.iter().map(|&s| stream.direct_get(s))).await;
+            for (&sseq, m) in chunk.iter().zip(got) {
+                match m {
+                    Ok(m) => {
+                        let e = Entry::parse(op, &m.headers)?;
+                        if m.subject.as_str() == subject
+                            && e.kind == Kind::Message
+                            && e.generation == rec.generation
+                        {
+                            out.push(sseq);
+                        }
+                    }
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+                    Err(e) => return Err(backend(op, e)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes a shard's messages and de-duplication records received at or before `cutoff`;
@@ -743,20 +1015,30 @@ impl NatsStore {
     async fn expire_shard(&self, k: usize, cutoff: u64) -> Result<u64, StoreError> {
         let op = "expire";
         let stream = &self.shards[k];
-        let mut due: BTreeMap<[u8; 32], Vec<(u64, u64)>> = BTreeMap::new();
+        // Per mailbox: (stream sequence, generation, sequence number) of what is due.
+        let mut due: BTreeMap<[u8; 32], Vec<(u64, u64, u64)>> = BTreeMap::new();
+        // Head markers and fences that a later entry replaced, which a node that died before
+        // deleting one left behind: per mailbox, the newest entry if it is one, and those
+        // replaced.
+        let mut replaced: HashMap<[u8; 32], (Option<u64>, Vec<u64>)> = HashMap::new();
         scan(
             op,
             stream,
             format!("{}.m.{k}.*", self.subjects),
             |sseq, subject, h| {
                 let e = Entry::parse(op, h)?;
+                let id = subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(unhex::<32>)
+                    .ok_or_else(|| corrupt(op, "a message subject without a mailbox id"))?;
                 if e.kind == Kind::Message && e.at <= cutoff {
-                    let id = subject
-                        .rsplit('.')
-                        .next()
-                        .and_then(unhex::<32>)
-                        .ok_or_else(|| corrupt(op, "a message subject without a mailbox id"))?;
-                    due.entry(id).or_default().push((sseq, e.generation));
+                    due.entry(id).or_default().push((sseq, e.generation, e.seq));
+                }
+                let (newest, old) = replaced.entry(id).or_default();
+                let marker = (e.kind != Kind::Message).then_some(sseq);
+                if let Some(before) = std::mem::replace(newest, marker) {
+                    old.push(before);
                 }
                 Ok(())
             },
@@ -767,34 +1049,24 @@ impl NatsStore {
             let id = MailboxId(raw);
             let _lock = self.locks.lock(raw).await;
             let Some((rec, _)) = self.record(op, &id).await? else {
-                for (sseq, _) in entries {
-                    self.forget(op, stream, sseq).await;
-                }
+                let strays: Vec<u64> = entries.iter().map(|&(s, _, _)| s).collect();
+                self.forget_all(op, stream, &strays).await;
                 continue;
             };
-            let (mine, strays): (Vec<_>, Vec<_>) =
-                entries.into_iter().partition(|&(_, g)| g == rec.generation);
-            for (sseq, _) in strays {
-                self.forget(op, stream, sseq).await;
-            }
-            let gone: Vec<u64> = mine.into_iter().map(|(s, _)| s).collect();
-            let n = gone.len() as u64;
-            let mut done = false;
-            for _ in 0..MAX_RACES {
-                let head = self.head(op, &id, &rec).await?;
-                if self
-                    .behead(op, &id, &rec, &head, head.depth.saturating_sub(n), &gone)
-                    .await?
-                {
-                    done = true;
-                    break;
-                }
-            }
-            if !done {
-                return Err(backend(op, "too many writers raced for one mailbox"));
-            }
+            let (mine, strays): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|&(_, g, _)| g == rec.generation);
+            let strays: Vec<u64> = strays.into_iter().map(|(s, _, _)| s).collect();
+            self.forget_all(op, stream, &strays).await;
+            let gone: Vec<u64> = mine.iter().map(|&(s, _, _)| s).collect();
+            // This node's map of where its messages sit must not hand these to an ack.
+            let seqs: BTreeSet<u64> = mine.iter().map(|&(_, _, seq)| seq).collect();
+            self.positions.remove(&id, &seqs);
+            let n = self.take_out(op, &id, &rec, &gone).await?;
             messages += n;
         }
+        let leftovers: Vec<u64> = replaced.into_values().flat_map(|(_, old)| old).collect();
+        self.forget_all(op, stream, &leftovers).await;
         let mut records = Vec::new();
         let dstream = &self.dedup[k];
         scan(
@@ -809,9 +1081,7 @@ impl NatsStore {
             },
         )
         .await?;
-        for sseq in records {
-            self.forget(op, dstream, sseq).await;
-        }
+        self.forget_all(op, dstream, &records).await;
         Ok(messages)
     }
 
@@ -875,6 +1145,17 @@ impl NatsStore {
 
 /// Publishes one entry; `expect` is the stream sequence the subject's newest entry must
 /// have (0: none). `None` when it had another: a writer elsewhere came first.
+///
+/// The expectation alone is not a compare-and-set in a cluster of nats-server before 2.9.21:
+/// the leader checks it when it proposes the write, not when the write is applied, so two
+/// writers expecting the same entry can both pass (nats-server#4320). What is checked when a
+/// write is applied, in order on every replica, is the stream's de-duplication by
+/// `Nats-Msg-Id`. So a write expecting entry `H` also carries the message id `H`: of two
+/// writers racing on `H`, the second is answered "duplicate" and counts as having lost. The
+/// id is unique per stream because `H` is one entry on one subject, and is never expected
+/// again once something is written after it (the newest entry of a subject is never deleted
+/// before another is written after it). Expecting no entry (0) is checked at apply already,
+/// and a subject purged and written again must be able to expect 0 twice.
 pub(crate) async fn publish(
     js: &jetstream::Context,
     op: &'static str,
@@ -888,12 +1169,20 @@ pub(crate) async fn publish(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             seq.to_string().as_str(),
         );
+        if seq > 0 {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                seq.to_string().as_str(),
+            );
+        }
     }
     let ack = js
         .publish_with_headers(subject, headers, payload)
         .await
         .map_err(|e| backend(op, e))?;
     match ack.await {
+        // Another writer expecting the same entry was applied first.
+        Ok(a) if a.duplicate => Ok(None),
         Ok(a) => Ok(Some(a.sequence)),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
         Err(e) => Err(backend(op, e)),
@@ -1078,6 +1367,12 @@ impl MailboxStore for NatsStore {
         if max_messages == 0 {
             return Ok(out);
         }
+        // The head first: reading it finishes the deletes of an ack whose node died midway,
+        // so that nothing acknowledged is read again.
+        let head = self.head(op, &id, &rec).await?;
+        if head.seq < first {
+            return Ok(out);
+        }
         let mut bytes = 0usize;
         let mut full = false;
         let mut take = |out: &mut Vec<StoredMessage>, e: Entry, payload: Bytes| {
@@ -1126,17 +1421,9 @@ impl MailboxStore for NatsStore {
         let next = out.last().map_or(first, |m| m.seq.saturating_add(1));
         let mut pos = match pos {
             Some(p) => p,
-            None => {
-                let head = self.head(op, &id, &rec).await?;
-                self.position(op, &id, &rec, &head, next).await?
-            }
+            None => self.position(op, &id, &rec, &head, next).await?,
         };
-        while let Some(m) = self.next_entry(op, &id, pos).await? {
-            pos = m.sequence.saturating_add(1);
-            let e = Entry::parse(op, &m.headers)?;
-            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < next {
-                continue;
-            }
+        while let Some((e, m)) = self.next_message(op, &id, &rec, &mut pos, next).await? {
             if !take(&mut out, e, m.payload)? {
                 break;
             }
@@ -1171,12 +1458,7 @@ impl MailboxStore for NatsStore {
         let head = self.head(op, &id, &rec).await?;
         let mut pos = self.position(op, &id, &rec, &head, first).await?;
         let mut count = 0;
-        while let Some(m) = self.next_entry(op, &id, pos).await? {
-            pos = m.sequence.saturating_add(1);
-            let e = Entry::parse(op, &m.headers)?;
-            if e.kind != Kind::Message || e.generation != rec.generation || e.seq < first {
-                continue;
-            }
+        while let Some((e, _)) = self.next_message(op, &id, &rec, &mut pos, first).await? {
             if e.seq > through_seq {
                 break;
             }
@@ -1294,42 +1576,29 @@ impl MailboxStore for NatsStore {
         let Some(&lo) = wanted.first() else {
             return Ok(0);
         };
-        for _ in 0..MAX_RACES {
-            let head = self.head(op, &id, &rec).await?;
-            if head.seq < lo {
-                return Ok(0);
-            }
-            // Where this node appended them it knows their places; the rest are looked for.
-            let (mut gone, missing) = self.positions.find(&id, &wanted);
-            if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
-                let mut pos = self.position(op, &id, &rec, &head, lo).await?;
-                while let Some(m) = self.next_entry(op, &id, pos).await? {
-                    pos = m.sequence.saturating_add(1);
-                    let e = Entry::parse(op, &m.headers)?;
-                    if e.kind != Kind::Message || e.generation != rec.generation {
-                        continue;
-                    }
-                    if e.seq > hi {
-                        break;
-                    }
-                    if missing.contains(&e.seq) {
-                        gone.push(m.sequence);
-                    }
+        let head = self.head(op, &id, &rec).await?;
+        if head.seq < lo {
+            return Ok(0);
+        }
+        // Where this node appended them it knows their places; the rest are looked for.
+        let (mut gone, missing) = self.positions.find(&id, &wanted);
+        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+            let mut pos = self.position(op, &id, &rec, &head, lo).await?;
+            while let Some((e, m)) = self.next_message(op, &id, &rec, &mut pos, lo).await? {
+                if e.seq > hi {
+                    break;
+                }
+                if missing.contains(&e.seq) {
+                    gone.push(m.sequence);
                 }
             }
-            if gone.is_empty() {
-                return Ok(0);
-            }
-            let n = gone.len() as u64;
-            if self
-                .behead(op, &id, &rec, &head, head.depth.saturating_sub(n), &gone)
-                .await?
-            {
-                self.positions.remove(&id, &wanted);
-                return Ok(n);
-            }
         }
-        Err(backend(op, "too many writers raced for one mailbox"))
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let n = self.take_out(op, &id, &rec, &gone).await?;
+        self.positions.remove(&id, &wanted);
+        Ok(n)
     }
 
     async fn delete_mailbox(&self, id: MailboxId) -> Result<bool, StoreError> {
@@ -1530,6 +1799,28 @@ impl MailboxStore for NatsStore {
             }
         }
         Ok(gone)
+    }
+}
+
+/// The head markers whose listed entries this node has deleted: per mailbox, the newest.
+/// Bounded: past [`MAX_LOCKS`] mailboxes it starts again empty (a marker forgotten is at
+/// worst finished again; deleting what is gone is harmless).
+#[derive(Default)]
+struct Finished(std::sync::Mutex<HashMap<MailboxId, u64>>);
+
+impl Finished {
+    fn has(&self, id: &MailboxId, sseq: u64) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(id).is_some_and(|&done| done >= sseq)
+    }
+
+    fn insert(&self, id: MailboxId, sseq: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_LOCKS && !map.contains_key(&id) {
+            map.clear();
+        }
+        let done = map.entry(id).or_default();
+        *done = (*done).max(sseq);
     }
 }
 

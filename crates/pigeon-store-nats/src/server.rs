@@ -12,6 +12,8 @@ use tokio::io::AsyncReadExt as _;
 
 /// How long a server may take to accept clients.
 const STARTUP: Duration = Duration::from_secs(20);
+/// How long a new cluster may take to elect the leaders that let it make a replicated stream.
+const CLUSTER_READY: Duration = Duration::from_secs(60);
 
 /// One running `nats-server`.
 pub struct NatsServer {
@@ -56,7 +58,7 @@ impl NatsServer {
     }
 
     /// Starts `nodes` servers in one JetStream cluster, each in its own directory under a new
-    /// temporary one.
+    /// temporary one, and returns once the cluster makes streams with a replica on each.
     ///
     /// # Errors
     /// As [`NatsServer::start`].
@@ -92,6 +94,7 @@ impl NatsServer {
         }
         if let Some(first) = servers.first_mut() {
             first._temp = Some(TempDir(root));
+            wait_for_jetstream(&first.url, nodes).await?;
         }
         Ok(servers)
     }
@@ -230,6 +233,42 @@ impl Drop for NatsServer {
 struct ClusterConf<'a> {
     port: u16,
     routes: &'a [String],
+}
+
+/// Waits until the cluster at `url` takes a stream with `replicas` replicas (its JetStream
+/// leaders are elected), by making a small stream in memory and removing it again.
+async fn wait_for_jetstream(url: &str, replicas: usize) -> io::Result<()> {
+    use async_nats::jetstream::{self, stream};
+    const PROBE: &str = "PIGEON_CLUSTER_READY";
+    let deadline = Instant::now() + CLUSTER_READY;
+    loop {
+        let attempt = async {
+            let client = async_nats::connect(url).await.map_err(io::Error::other)?;
+            let js = jetstream::new(client);
+            js.create_stream(stream::Config {
+                name: PROBE.to_owned(),
+                subjects: vec!["pigeon-cluster-ready".to_owned()],
+                storage: stream::StorageType::Memory,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+            js.delete_stream(PROBE)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Ok::<(), io::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(io::Error::other(format!(
+                    "the cluster made no replicated stream within {CLUSTER_READY:?}: {e}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
 
 /// A loopback port that was free a moment ago.
