@@ -23,6 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) enum BenchCommand {
     /// Relay throughput, latency and idle-connection memory.
     Relay(RelayBenchArgs),
+    /// Relay nodes sharing a NATS JetStream cluster, under load and `kill -9`, beside one
+    /// embedded node and JetStream publishing alone.
+    Cluster(crate::bench_cluster::ClusterBenchArgs),
     /// End-to-end encryption and profile costs, and invitation-to-first-message latency.
     Client(crate::bench_client::ClientBenchArgs),
     /// The tls transport next to tcp: bulk download, handshake time, idle-connection memory.
@@ -86,6 +89,7 @@ const MSG_SIZE: usize = 1024;
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Relay(args) => relay(args).await,
+        BenchCommand::Cluster(args) => crate::bench_cluster::run(args).await,
         BenchCommand::Client(args) => crate::bench_client::run(args).await,
         BenchCommand::Tls(args) => crate::bench_tls::run(args).await,
         BenchCommand::Group(args) => crate::bench_group::run(args).await,

@@ -8,6 +8,7 @@ mod bench_app;
 mod bench_attack;
 mod bench_backup;
 mod bench_client;
+mod bench_cluster;
 mod bench_file;
 mod bench_group;
 mod bench_link;

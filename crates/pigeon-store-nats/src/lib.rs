@@ -533,7 +533,12 @@ impl NatsStore {
     /// readers at once and its bytes go when the server compacts the block. (async-nats's
     /// `delete_message` asks for the erase, which rewrites the entry with random bytes first
     /// and made an ack of 16 messages take ~5 ms here.)
-    async fn forget(&self, op: &'static str, stream: &stream::Stream, sseq: u64) {
+    ///
+    /// True once the entry is gone: deleted now, or found missing. False when the cluster did
+    /// not answer or could not apply the delete (a server down, leaders being elected): the
+    /// entry may still be there.
+    async fn forget(&self, op: &'static str, stream: &stream::Stream, sseq: u64) -> bool {
+        use async_nats::jetstream::ErrorCode;
         use async_nats::jetstream::response::Response;
         let subject = format!("STREAM.MSG.DELETE.{}", stream.cached_info().config.name);
         let request = serde_json::json!({ "seq": sseq, "no_erase": true });
@@ -542,19 +547,40 @@ impl NatsStore {
             .request::<_, _, Response<stream::DeleteStatus>>(subject, &request)
             .await
         {
-            Ok(Response::Ok(_)) => {}
-            Ok(Response::Err { error }) => {
-                tracing::debug!(op, error = %error, "an entry could not be deleted (gone already?)");
+            Ok(Response::Ok(_)) => true,
+            // The server's answers to a delete of what is not there: "sequence not found"
+            // from a clustered stream's leader, "delete failed" from the store.
+            Ok(Response::Err { error })
+                if [
+                    ErrorCode::SEQUENCE_NOT_FOUND,
+                    ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
+                ]
+                .contains(&error.error_code()) =>
+            {
+                true
             }
-            Err(e) => tracing::debug!(op, error = %e, "an entry could not be deleted"),
+            Ok(Response::Err { error }) => {
+                tracing::debug!(op, error = %error, "an entry could not be deleted");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(op, error = %e, "an entry could not be deleted");
+                false
+            }
         }
     }
 
-    /// Deletes entries by stream sequence, a bounded number of requests in flight at a time.
-    async fn forget_all(&self, op: &'static str, stream: &stream::Stream, sseqs: &[u64]) {
+    /// Deletes entries by stream sequence, a bounded number of requests in flight at a time;
+    /// true once all are gone (see [`NatsStore::forget`]).
+    async fn forget_all(&self, op: &'static str, stream: &stream::Stream, sseqs: &[u64]) -> bool {
+        let mut all = true;
         for chunk in sseqs.chunks(FORGET_AT_ONCE) {
-            futures_util::future::join_all(chunk.iter().map(|&s| self.forget(op, stream, s))).await;
+            let done =
+                futures_util::future::join_all(chunk.iter().map(|&s| self.forget(op, stream, s)))
+                    .await;
+            all &= done.into_iter().all(|d| d);
         }
+        all
     }
 
     /// What the de-duplication record of this message id says, in this mailbox.
@@ -913,8 +939,10 @@ impl NatsStore {
         else {
             return Ok(false);
         };
-        self.forget_all(op, self.stream(id), &list).await;
-        self.finished.insert(*id, sseq);
+        // Not all gone (the cluster did not answer): the next reader of this head finishes it.
+        if self.forget_all(op, self.stream(id), &list).await {
+            self.finished.insert(*id, sseq);
+        }
         Ok(true)
     }
 
@@ -930,7 +958,13 @@ impl NatsStore {
             return Ok(());
         }
         let list = codec::decode_list(op, list)?;
-        self.forget_all(op, self.stream(id), &list).await;
+        if !self.forget_all(op, self.stream(id), &list).await {
+            // Nothing may be read past a head whose entries could still be there.
+            return Err(backend(
+                op,
+                "the entries an earlier ack took out could not be deleted yet",
+            ));
+        }
         self.finished.insert(*id, sseq);
         Ok(())
     }
@@ -1419,11 +1453,18 @@ impl MailboxStore for NatsStore {
             return Ok(out);
         }
         let next = out.last().map_or(first, |m| m.seq.saturating_add(1));
-        let mut pos = match pos {
+        // Where the message before `next` sits, if this node knows (it appended or read it),
+        // is where the rest starts: a subscriber's next read needs no search.
+        let mut pos = match pos.or_else(|| {
+            let before = next.checked_sub(1)?;
+            Some(self.positions.get(&id, before)?.saturating_add(1))
+        }) {
             Some(p) => p,
             None => self.position(op, &id, &rec, &head, next).await?,
         };
         while let Some((e, m)) = self.next_message(op, &id, &rec, &mut pos, next).await? {
+            // An ack of it, or the next read, on this node needs no search either.
+            self.positions.insert(id, e.seq, m.sequence);
             if !take(&mut out, e, m.payload)? {
                 break;
             }
@@ -1824,10 +1865,11 @@ impl Finished {
     }
 }
 
-/// Where the messages this node appended sit in their streams (mailbox sequence number →
-/// stream sequence), so that an ack of them needs no search. Bounded: past [`MAX_POSITIONS`]
-/// it starts again empty. An ack of a message acknowledged on another node meanwhile may be
-/// counted twice in the depth (never below zero); deleting it again is harmless.
+/// Where the messages this node appended or read sit in their streams (mailbox sequence
+/// number → stream sequence), so that reading on from them and acknowledging them need no
+/// search. Bounded: past [`MAX_POSITIONS`] it starts again empty. Entries may outlive their
+/// message (acknowledged on another node): a position is only ever a place to look, and a
+/// lower bound for the next (numbers rise along a subject).
 #[derive(Default)]
 struct Positions(std::sync::Mutex<(usize, PositionMap)>);
 
@@ -1865,6 +1907,12 @@ impl Positions {
             out.push((seq, sseq));
         }
         out
+    }
+
+    /// The position of `seq`, if known.
+    fn get(&self, id: &MailboxId, seq: u64) -> Option<u64> {
+        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.1.get(id)?.get(&seq).copied()
     }
 
     /// The stream sequences of those of `seqs` it knows, and the rest.
