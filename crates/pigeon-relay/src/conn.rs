@@ -159,6 +159,10 @@ struct Subscription {
     /// Highest sequence number this subscription may push: a retired capability's
     /// `read_until` on a log, `u64::MAX` otherwise.
     read_until: u64,
+    /// Of a log: the first eight bytes of the hash of the member capability it was made with,
+    /// to look its reach up again when another relay node changes the log's record (0 for an
+    /// inbox; eight bytes, not 32, as every idle subscription keeps it).
+    cap_tag: u64,
     /// Pushed and not yet acknowledged, ascending.
     in_flight: Vec<u64>,
 }
@@ -174,6 +178,25 @@ fn log_reach(record: &MailboxRecord, cap_hash: &[u8; 32]) -> Option<u64> {
         .retired_caps
         .iter()
         .find(|r| bool::from(cap_hash.ct_eq(&r.cap_hash)))
+        .map(|r| r.read_until)
+}
+
+/// The first eight bytes of a capability hash (see [`Subscription::cap_tag`]).
+fn cap_tag(cap_hash: &[u8; 32]) -> u64 {
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&cap_hash[..8]);
+    u64::from_le_bytes(tag)
+}
+
+/// [`log_reach`] for the capability whose hash starts with `tag`.
+fn log_reach_by_tag(record: &MailboxRecord, tag: u64) -> Option<u64> {
+    if cap_tag(&record.sender_cap_hash) == tag {
+        return Some(u64::MAX);
+    }
+    record
+        .retired_caps
+        .iter()
+        .find(|r| cap_tag(&r.cap_hash) == tag)
         .map(|r| r.read_until)
 }
 
@@ -882,11 +905,19 @@ impl Conn {
     }
 
     /// Drops subscriptions to mailboxes that were deleted, and limits those made with a log
-    /// capability that was retired since, by this or any other session.
-    fn apply_revocations(&mut self) {
+    /// capability that was retired since, by this or any other session. Returns the mailboxes
+    /// another relay node changed, whose records must be looked up ([`Conn::recheck`]).
+    #[must_use]
+    fn apply_revocations(&mut self) -> Vec<MailboxId> {
+        let mut rechecks = Vec::new();
         if let Some(w) = &self.waker {
             for (mailbox, change) in w.take_revoked() {
                 match change {
+                    Change::Recheck => {
+                        if !rechecks.contains(&mailbox) {
+                            rechecks.push(mailbox);
+                        }
+                    }
                     Change::Deleted => self.subs.retain(|s| s.mailbox != mailbox),
                     Change::Retired(read_until) => {
                         for sub in &mut self.subs {
@@ -899,10 +930,55 @@ impl Conn {
                 }
             }
         }
+        rechecks
+    }
+
+    /// Hands rechecks taken outside a push round back to the waker, for the next one.
+    fn requeue(&self, rechecks: &[MailboxId]) {
+        if let Some(w) = &self.waker {
+            for &mailbox in rechecks {
+                w.recheck(mailbox);
+            }
+        }
+    }
+
+    /// Follows a record another relay node changed: the subscriptions to a mailbox that is gone
+    /// end, and a log's are limited to what their capability reaches now.
+    async fn recheck<S: MailboxStore>(&mut self, shared: &Shared<S>, mailbox: MailboxId) {
+        if !self.subs.iter().any(|s| s.mailbox == mailbox) {
+            return;
+        }
+        match shared.store.mailbox(mailbox).await {
+            Ok(None) => {
+                self.subs.retain(|s| s.mailbox != mailbox);
+                if let Some(w) = &self.waker {
+                    shared.hub.unsubscribe(mailbox, w);
+                }
+            }
+            Ok(Some(record)) if record.kind == MailboxKind::Log => {
+                for sub in self.subs.iter_mut().filter(|s| s.mailbox == mailbox) {
+                    // A capability gone from the record altogether reads nothing more.
+                    let reach = log_reach_by_tag(&record, sub.cap_tag).unwrap_or(0);
+                    sub.read_until = sub.read_until.min(reach);
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                tracing::warn!(conn = self.no, error = %e, "looking up a changed mailbox failed; retrying shortly");
+                if let Some(w) = &self.waker {
+                    let w = Arc::clone(w);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        w.recheck(mailbox);
+                    });
+                }
+            }
+        }
     }
 
     fn check_ack(&mut self, a: msg::Ack) -> Result<(MailboxId, Vec<u64>), response::Result> {
-        self.apply_revocations();
+        let later = self.apply_revocations();
+        self.requeue(&later);
         let id = MailboxId::parse("ack", &a.mailbox_id).map_err(|e| field_error(&e))?;
         if a.seqs.len() > MAX_ACK_SEQS {
             return Err(field_error(&WireError::Field {
@@ -1103,7 +1179,8 @@ impl Conn {
                 // (Re)subscribing starts delivery over from the oldest unacknowledged message
                 // (of a log: after `after_seq`). Revocations and retirements that came before
                 // this subscription must not end or limit it later.
-                self.apply_revocations();
+                let later = self.apply_revocations();
+                self.requeue(&later);
                 self.subs.retain(|s| s.mailbox != id);
                 // Most connections hold one subscription for hours, and a `Vec`'s first growth
                 // would make room for four (256 bytes); later ones grow as usual.
@@ -1114,6 +1191,7 @@ impl Conn {
                     mailbox: id,
                     last_pushed: after_seq,
                     read_until,
+                    cap_tag: log_cap.map_or(0, |h| cap_tag(&h)),
                     in_flight: Vec::new(),
                 });
                 let waker = self.waker.get_or_insert_with(Arc::default);
@@ -1328,7 +1406,9 @@ impl Conn {
             return Ok(());
         };
         let waker = Arc::clone(waker);
-        self.apply_revocations();
+        for mailbox in self.apply_revocations() {
+            self.recheck(shared, mailbox).await;
+        }
         let mut dirty = waker.take_dirty();
         // One push round writes at most about `push_bytes`; the rest waits for the next round,
         // so no single write grows without bound on a slow link.
@@ -1641,11 +1721,12 @@ mod tests {
     }
 
     /// Every subscribed connection keeps its subscriptions while idle (ARCHITECTURE.md, "Memory
-    /// per idle connection"): a log's reading limit costs one word, and nothing else may grow
-    /// it unnoticed.
+    /// per idle connection"): a log's reading limit costs one word, the tag of its capability
+    /// (to follow changes made on another relay node) one more, and nothing else may grow it
+    /// unnoticed.
     #[test]
     fn a_subscription_stays_small() {
-        assert_eq!(std::mem::size_of::<Subscription>(), 72);
+        assert_eq!(std::mem::size_of::<Subscription>(), 80);
     }
 
     /// A wake-up left for a connection while its socket is readable is seen by one of its next

@@ -42,6 +42,9 @@ pub(crate) enum Change {
     /// Its member capability was retired, reading up to this sequence number: subscriptions
     /// made before with the capability current then (every one not limited yet) stop there.
     Retired(u64),
+    /// Another relay node changed its record (retired a capability, deleted it): look it up
+    /// and follow what it says now.
+    Recheck,
 }
 
 /// Most live messages, and bytes of them, queued for one connection before it must read from
@@ -97,6 +100,11 @@ impl Waker {
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default()
+    }
+
+    /// Asks the connection to look `mailbox`'s record up again (see [`Change::Recheck`]).
+    pub(crate) fn recheck(&self, mailbox: MailboxId) {
+        self.change(mailbox, Change::Recheck);
     }
 
     /// Records a change to `mailbox` and wakes the connection to follow it.
@@ -181,6 +189,14 @@ impl Hub {
     pub(crate) fn retire(&self, mailbox: MailboxId, read_until: u64) {
         for w in self.subscribers(&mailbox) {
             w.change(mailbox, Change::Retired(read_until));
+        }
+    }
+
+    /// Tells every connection subscribed to `mailbox` that another relay node changed its
+    /// record (see [`Change::Recheck`]).
+    pub(crate) fn recheck(&self, mailbox: MailboxId) {
+        for w in self.subscribers(&mailbox) {
+            w.change(mailbox, Change::Recheck);
         }
     }
 

@@ -271,8 +271,11 @@ pub async fn serve<S: MailboxStore>(
     let news = news.map(|mut news| {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            while let Some(mailbox) = news.recv().await {
-                shared.hub.wake(mailbox);
+            while let Some(news) = news.recv().await {
+                match news {
+                    pigeon_store::News::Messages(mailbox) => shared.hub.wake(mailbox),
+                    pigeon_store::News::Changed(mailbox) => shared.hub.recheck(mailbox),
+                }
             }
         })
     });

@@ -51,7 +51,7 @@ use codec::{DAY, Entry, Kind, Record, Slot, corrupt, hex, unhex};
 use futures_util::StreamExt as _;
 use pigeon_store::{
     Appended, CreateOutcome, Expired, Limits, MAX_RETIRED_CAPS, MailboxId, MailboxKind,
-    MailboxRecord, MailboxStore, MessageId, NewMessage, Renewal, RetiredCap, StoreError,
+    MailboxRecord, MailboxStore, MessageId, NewMessage, News, Renewal, RetiredCap, StoreError,
     StoredMessage, TakenKeyPackage,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -114,7 +114,7 @@ pub struct NatsStore {
     /// Core NATS subject of the notices "mailbox M has new messages" between nodes.
     notices: String,
     /// What other nodes' notices say, until the relay takes it.
-    news: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<MailboxId>>>,
+    news: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<News>>>,
     listen: tokio::task::JoinHandle<()>,
 }
 
@@ -128,19 +128,44 @@ impl Drop for NatsStore {
 /// Notices from other nodes queued for the relay at most.
 const NEWS_QUEUE: usize = 4096;
 
-/// Hands other nodes' notices (a mailbox id each) on to the relay; drops what does not parse
-/// and what does not fit.
+/// A notice's first byte: what happened to the mailbox whose id follows.
+const NOTICE_MESSAGES: u8 = b'm';
+const NOTICE_CHANGED: u8 = b'c';
+
+/// Hands other nodes' notices on to the relay; drops what does not parse. A record change
+/// first drops the record from this node's cache, so that the relay's lookup after it sees
+/// the change (the watch on the records stream would too, but may come later), and waits for
+/// room; new messages are dropped when the queue is full (the next notice wakes the same).
 async fn listen(
     mut subscriber: async_nats::Subscriber,
-    news: tokio::sync::mpsc::Sender<MailboxId>,
+    news: tokio::sync::mpsc::Sender<News>,
+    cache: Arc<cache::RecordCache>,
 ) {
     while let Some(m) = subscriber.next().await {
-        let Ok(id) = <[u8; 32]>::try_from(m.payload.as_ref()) else {
-            tracing::debug!("a notice of new messages that is not a mailbox id");
+        let (kind, id) = match m.payload.split_first() {
+            Some((&kind, id)) => (kind, <[u8; 32]>::try_from(id)),
+            None => {
+                tracing::debug!("an empty notice");
+                continue;
+            }
+        };
+        let Ok(id) = id.map(MailboxId) else {
+            tracing::debug!("a notice without a mailbox id");
             continue;
         };
-        if news.try_send(MailboxId(id)).is_err() && news.is_closed() {
-            return;
+        match kind {
+            NOTICE_MESSAGES => {
+                if news.try_send(News::Messages(id)).is_err() && news.is_closed() {
+                    return;
+                }
+            }
+            NOTICE_CHANGED => {
+                cache.forget(&id);
+                if news.send(News::Changed(id)).await.is_err() {
+                    return;
+                }
+            }
+            _ => tracing::debug!("a notice of an unknown kind"),
         }
     }
 }
@@ -310,8 +335,8 @@ impl NatsStore {
             .map_err(|e| backend(op, e))?;
         // The tasks start once nothing can fail any more, so that none outlives a failed open.
         let (news_tx, news_rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
-        let listen = tokio::spawn(listen(subscriber, news_tx));
         let cache = Arc::new(cache::RecordCache::default());
+        let listen = tokio::spawn(listen(subscriber, news_tx, Arc::clone(&cache)));
         let watch = tokio::spawn(cache::watch(
             js.clone(),
             records.clone(),
@@ -338,6 +363,22 @@ impl NatsStore {
             news: std::sync::Mutex::new(Some(news_rx)),
             listen,
         })
+    }
+
+    /// Tells the other nodes what happened to a mailbox (core NATS: at most once, in the order
+    /// this node sends them).
+    async fn notify(&self, kind: u8, id: &MailboxId) {
+        let mut notice = Vec::with_capacity(33);
+        notice.push(kind);
+        notice.extend_from_slice(&id.0);
+        if let Err(e) = self
+            .js
+            .client()
+            .publish(self.notices.clone(), Bytes::from(notice))
+            .await
+        {
+            tracing::debug!(error = %e, "a notice to the other nodes was not sent");
+        }
     }
 
     fn shard(&self, id: &MailboxId) -> usize {
@@ -684,10 +725,7 @@ impl NatsStore {
         }
         if out.iter().any(|(_, r)| matches!(r, Ok(a) if !a.duplicate)) {
             // Other nodes' subscribers of this mailbox read it from the stream.
-            let notice = Bytes::copy_from_slice(&id.0);
-            if let Err(e) = self.js.client().publish(self.notices.clone(), notice).await {
-                tracing::debug!(error = %e, "a notice of new messages was not sent");
-            }
+            self.notify(NOTICE_MESSAGES, &id).await;
         }
         self.forget_all(op, self.stream(&id), &batch.stale_heads)
             .await;
@@ -1131,6 +1169,7 @@ impl NatsStore {
         }
         self.cache.forget(id);
         self.positions.drop_mailbox(id);
+        self.notify(NOTICE_CHANGED, id).await;
         for (stream, filter) in [
             (self.stream(id), self.msubj(id)),
             (self.dstream(id), self.dfilter(id)),
@@ -1572,6 +1611,10 @@ impl MailboxStore for NatsStore {
                 continue;
             }
             self.cache.forget(&id);
+            if retired_here.is_some() {
+                // Before the fence: a post that follows it is announced after this.
+                self.notify(NOTICE_CHANGED, &id).await;
+            }
             if retired_here.is_none() {
                 return Ok(read_until);
             }
@@ -1796,7 +1839,7 @@ impl MailboxStore for NatsStore {
         Err(backend(op, "too many writers raced for one renewal"))
     }
 
-    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<MailboxId>> {
+    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<News>> {
         self.news
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

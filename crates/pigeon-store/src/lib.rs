@@ -411,11 +411,23 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// [`Limits::idle_secs`] before `now`, with all they hold.
     fn expire(&self, now: u64) -> impl Future<Output = Result<Expired, StoreError>> + Send;
 
-    /// For a store that several relay nodes share: the mailboxes *other* nodes append to, as
-    /// they do (repeats possible, bounded: a wake-up lost to a full queue is taken up by the
-    /// next one). The relay wakes its subscribers of each, which read from the store. `None`
-    /// (the default) for a store one node has to itself; it may be taken once.
-    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<MailboxId>> {
+    /// For a store that several relay nodes share: what *other* nodes do to mailboxes, as
+    /// they do it (repeats possible, bounded: a wake-up lost to a full queue is taken up by
+    /// the next one). The relay wakes its subscribers of a mailbox with new messages, which
+    /// read from the store, and has them look again at one whose record changed. `None` (the
+    /// default) for a store one node has to itself; it may be taken once.
+    fn news(&self) -> Option<tokio::sync::mpsc::Receiver<News>> {
         None
     }
+}
+
+/// What another relay node did to a mailbox (see [`MailboxStore::news`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum News {
+    /// It stored new messages in it.
+    Messages(MailboxId),
+    /// It replaced the mailbox's capability (a log's member capability retired) or deleted
+    /// the mailbox: subscriptions to it must look at its record again. A lookup after this
+    /// arrives sees the change.
+    Changed(MailboxId),
 }
