@@ -492,11 +492,31 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<()> {
                 ..NatsOptions::default()
             };
             // The address is not logged: it may carry credentials.
-            let store = NatsStore::connect(&urls, limits, options)
-                .await
-                .context("could not open the relay's store on NATS JetStream")?;
+            let store = open_nats(&urls, limits, options).await?;
             tracing::info!("mailboxes on NATS JetStream");
             serve_on(args, keys, store, shutdown).await
+        }
+    }
+}
+
+/// Opens the store on NATS JetStream. No server answering is an error at once; servers that
+/// answer while JetStream is not ready (a cluster electing leaders after a server died) are
+/// waited for, up to a minute, as a relay restarted in that moment would otherwise exit.
+async fn open_nats(urls: &str, limits: Limits, options: NatsOptions) -> anyhow::Result<NatsStore> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match NatsStore::connect(urls, limits, options.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(pigeon_store::StoreError::Backend { op: "open", reason })
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%reason, "JetStream is not ready yet; trying again in 2 s");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("could not open the relay's store on NATS JetStream"));
+            }
         }
     }
 }

@@ -1,12 +1,11 @@
 //! Records by key on a stream of their own, one entry per key (`max_messages_per_subject: 1`),
 //! changed by compare-and-set on the entry's stream sequence — what JetStream's key-value
-//! buckets are, on the primitives this store uses anyway (direct gets and expected-sequence
-//! publishes). (async-nats's KV API cannot create a bucket on nats-server 2.9, whose answer
-//! it fails to parse.) A deleted key keeps a small tombstone entry, so that a create racing a
+//! buckets are, on the primitives this store uses anyway (reads from the leader and
+//! expected-sequence publishes). (async-nats's KV API cannot create a bucket on nats-server
+//! 2.9, whose answer it fails to parse.) A deleted key keeps a small tombstone entry, so that a create racing a
 //! delete is ordered by the same check.
 
 use crate::{publish, scan};
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use pigeon_store::StoreError;
@@ -42,19 +41,9 @@ impl Bucket {
         op: &'static str,
         key: &str,
     ) -> Result<Option<(bool, u64, Bytes)>, StoreError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(self.subject(key))
-            .await
-        {
-            Ok(m) => Ok(Some((
-                m.headers.get(H_DELETED).is_some(),
-                m.sequence,
-                m.payload,
-            ))),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(crate::backend(op, e)),
-        }
+        Ok(crate::get::last(op, &self.stream, &self.subject(key))
+            .await?
+            .map(|m| (m.headers.get(H_DELETED).is_some(), m.sequence, m.payload)))
     }
 
     /// The live value under `key`.

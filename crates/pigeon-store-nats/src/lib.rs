@@ -40,10 +40,10 @@
 mod bucket;
 mod cache;
 mod codec;
+mod get;
 pub mod server;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, stream};
 use bucket::Bucket;
 use bytes::Bytes;
@@ -291,7 +291,8 @@ impl NatsStore {
             subjects,
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
-            allow_direct: true,
+            // Every read goes to the leader (`get`): replicas answering reads could be behind.
+            allow_direct: false,
             ..Default::default()
         };
         let mut shards = Vec::with_capacity(usize::from(options.shards));
@@ -448,12 +449,8 @@ impl NatsStore {
         id: &MailboxId,
         rec: &Record,
     ) -> Result<Head, StoreError> {
-        match self
-            .stream(id)
-            .direct_get_last_for_subject(self.msubj(id))
-            .await
-        {
-            Ok(m) => {
+        match get::last(op, self.stream(id), &self.msubj(id)).await? {
+            Some(m) => {
                 let e = Entry::parse(op, &m.headers)?;
                 if e.kind == Kind::Head && !m.payload.is_empty() {
                     self.finish(op, id, m.sequence, &m.payload).await?;
@@ -470,8 +467,7 @@ impl NatsStore {
                     Head::empty(m.sequence)
                 })
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Head::empty(0)),
-            Err(e) => Err(backend(op, e)),
+            None => Ok(Head::empty(0)),
         }
     }
 
@@ -482,19 +478,13 @@ impl NatsStore {
         id: &MailboxId,
         from: u64,
     ) -> Result<Option<Found>, StoreError> {
-        match self
-            .stream(id)
-            .direct_get_next_for_subject(self.msubj(id), Some(from))
-            .await
-        {
-            Ok(m) => Ok(Some(Found {
+        Ok(get::next(op, self.stream(id), &self.msubj(id), from)
+            .await?
+            .map(|m| Found {
                 sequence: m.sequence,
                 headers: m.headers,
                 payload: m.payload,
-            })),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(backend(op, e)),
-        }
+            }))
     }
 
     /// The next message of this mailbox (`rec`'s generation) numbered `min` or more, at or
@@ -520,7 +510,7 @@ impl NatsStore {
 
     /// The smallest stream sequence from which the mailbox's entries have sequence numbers of
     /// at least `first` (entries of an earlier mailbox under the id count as 0): a binary
-    /// search with direct gets, as numbers never fall along the subject.
+    /// search with reads by position, as numbers never fall along the subject.
     async fn position(
         &self,
         op: &'static str,
@@ -632,18 +622,32 @@ impl NatsStore {
         rec: &Record,
         message: &MessageId,
     ) -> Result<Option<codec::Dedup>, StoreError> {
-        match self
-            .dstream(id)
-            .direct_get_last_for_subject(self.dsubj(id, message))
-            .await
-        {
-            Ok(m) => {
+        match get::last(op, self.dstream(id), &self.dsubj(id, message)).await? {
+            Some(m) => {
                 let d = codec::parse_dedup(op, &m.headers)?;
                 Ok((d.generation == rec.generation).then_some(d))
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(backend(op, e)),
+            None => Ok(None),
         }
+    }
+
+    /// Sends a de-duplication record (or intent) of `message` in mailbox `id`; the future
+    /// answers once JetStream has stored it.
+    async fn record_dedup(
+        &self,
+        id: &MailboxId,
+        message: &MessageId,
+        d: codec::Dedup,
+        at: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), StoreError>> {
+        send(
+            &self.js,
+            "append",
+            self.dsubj(id, message),
+            codec::dedup_headers(d, at),
+            Bytes::new(),
+        )
+        .await
     }
 
     /// Whether the mailbox holds this message under `seq` (what an intent names).
@@ -749,7 +753,6 @@ impl NatsStore {
         messages: &[(usize, NewMessage)],
         batch: &mut Batch,
     ) {
-        let op = "append";
         let mut next = head.seq;
         let mut writes = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -767,14 +770,7 @@ impl NatsStore {
                 generation: rec.generation,
                 intent: true,
             };
-            let written = send(
-                &self.js,
-                op,
-                self.dsubj(id, &m.message_id),
-                codec::dedup_headers(intent, m.now),
-                Bytes::new(),
-            )
-            .await;
+            let written = self.record_dedup(id, &m.message_id, intent, m.now).await;
             writes.push((m.message_id, next, written));
         }
         let (ids, futures): (Vec<_>, Vec<_>) = writes
@@ -832,14 +828,8 @@ impl NatsStore {
                     if d.intent {
                         let confirmed = codec::Dedup { intent: false, ..d };
                         batch.records.push(
-                            send(
-                                &self.js,
-                                op,
-                                self.dsubj(&id, &m.message_id),
-                                codec::dedup_headers(confirmed, m.now),
-                                Bytes::new(),
-                            )
-                            .await,
+                            self.record_dedup(&id, &m.message_id, confirmed, m.now)
+                                .await,
                         );
                         batch.known.insert(m.message_id, Some(confirmed));
                     }
@@ -873,15 +863,9 @@ impl NatsStore {
                     generation: rec.generation,
                     intent: true,
                 };
-                send(
-                    &self.js,
-                    op,
-                    self.dsubj(&id, &m.message_id),
-                    codec::dedup_headers(intent, m.now),
-                    Bytes::new(),
-                )
-                .await
-                .await?;
+                self.record_dedup(&id, &m.message_id, intent, m.now)
+                    .await
+                    .await?;
                 batch.intents.insert(m.message_id, entry.seq);
             }
             let Some(sseq) = self
@@ -907,16 +891,9 @@ impl NatsStore {
                 generation: rec.generation,
                 intent: false,
             };
-            batch.records.push(
-                send(
-                    &self.js,
-                    op,
-                    self.dsubj(&id, &m.message_id),
-                    codec::dedup_headers(record, m.now),
-                    Bytes::new(),
-                )
-                .await,
-            );
+            batch
+                .records
+                .push(self.record_dedup(&id, &m.message_id, record, m.now).await);
             batch.known.insert(m.message_id, Some(record));
             self.positions.insert(id, entry.seq, sseq);
             *state = Some((
@@ -1062,20 +1039,16 @@ impl NatsStore {
         let mut out = Vec::with_capacity(sseqs.len());
         for chunk in sseqs.chunks(FORGET_AT_ONCE) {
             let got =
-                futures_util::future::join_all(chunk.iter().map(|&s| stream.direct_get(s))).await;
+                futures_util::future::join_all(chunk.iter().map(|&s| get::at(op, stream, s))).await;
             for (&sseq, m) in chunk.iter().zip(got) {
-                match m {
-                    Ok(m) => {
-                        let e = Entry::parse(op, &m.headers)?;
-                        if m.subject.as_str() == subject
-                            && e.kind == Kind::Message
-                            && e.generation == rec.generation
-                        {
-                            out.push(sseq);
-                        }
+                if let Some(m) = m? {
+                    let e = Entry::parse(op, &m.headers)?;
+                    if m.subject.as_str() == subject
+                        && e.kind == Kind::Message
+                        && e.generation == rec.generation
+                    {
+                        out.push(sseq);
                     }
-                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-                    Err(e) => return Err(backend(op, e)),
                 }
             }
         }
@@ -1472,11 +1445,11 @@ impl MailboxStore for NatsStore {
         if !known.is_empty() {
             let stream = self.stream(&id);
             let got = futures_util::future::join_all(
-                known.iter().map(|&(_, sseq)| stream.direct_get(sseq)),
+                known.iter().map(|&(_, sseq)| get::at(op, stream, sseq)),
             )
             .await;
             for (&(seq, sseq), m) in known.iter().zip(got) {
-                let Ok(m) = m else { break };
+                let Ok(Some(m)) = m else { break };
                 let e = Entry::parse(op, &m.headers)?;
                 if e.kind != Kind::Message || e.generation != rec.generation || e.seq != seq {
                     break;
@@ -1779,12 +1752,8 @@ impl MailboxStore for NatsStore {
     ) -> Result<Option<TakenKeyPackage>, StoreError> {
         let op = "take";
         for _ in 0..MAX_RACES {
-            match self
-                .packages
-                .direct_get_first_for_subject(self.ksubj(&slot))
-                .await
-            {
-                Ok(m) => match self.packages.delete_message(m.sequence).await {
+            match get::next(op, &self.packages, &self.ksubj(&slot), 1).await? {
+                Some(m) => match self.packages.delete_message(m.sequence).await {
                     Ok(true) => {
                         return Ok(Some(TakenKeyPackage {
                             data: m.payload.to_vec(),
@@ -1794,8 +1763,7 @@ impl MailboxStore for NatsStore {
                     // Taken by another node a moment ago: the next one.
                     Ok(false) | Err(_) => continue,
                 },
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(backend(op, e)),
+                None => break,
             }
         }
         Ok(self.slot(op, &slot).await?.and_then(|(s, _)| {
