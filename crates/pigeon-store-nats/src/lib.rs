@@ -291,8 +291,8 @@ impl NatsStore {
             subjects,
             storage: stream::StorageType::File,
             num_replicas: options.replicas,
-            // Every read goes to the leader (`get`): replicas answering reads could be behind.
-            allow_direct: false,
+            // Used with one replica only: see `get`.
+            allow_direct: true,
             ..Default::default()
         };
         let mut shards = Vec::with_capacity(usize::from(options.shards));
