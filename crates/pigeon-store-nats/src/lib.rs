@@ -819,11 +819,21 @@ impl NatsStore {
                 Some(&found) if batch.generation == Some(rec.generation) => found,
                 _ => self.dedup(op, &id, &rec, &m.message_id).await?,
             };
-            if let Some(d) = known {
-                let stored = !d.intent
+            if let Some(mut d) = known {
+                let mut stored = !d.intent
                     || self
                         .holds(op, &id, &rec, &head, d.seq, &m.message_id)
                         .await?;
+                if !stored && d.head_passed(head.seq) {
+                    // Its number is taken and the message there is gone: an ack takes a
+                    // message only after making its record final, so look again.
+                    if let Some(now) = self.dedup(op, &id, &rec, &m.message_id).await?
+                        && !now.intent
+                    {
+                        d = now;
+                        stored = true;
+                    }
+                }
                 if stored {
                     if d.intent {
                         let confirmed = codec::Dedup { intent: false, ..d };
@@ -1004,11 +1014,13 @@ impl NatsStore {
                 // are gone then; and a marker of its own after it fails if anything else was
                 // taken since.
                 let head = self.head(op, id, rec).await?;
-                let live = self.live(op, id, rec, chunk).await?;
-                if live.is_empty() {
+                let entries = self.live(op, id, rec, chunk).await?;
+                if entries.is_empty() {
                     done = true;
                     break;
                 }
+                self.confirm(op, id, rec, &entries).await?;
+                let live: Vec<u64> = entries.iter().map(|&(sseq, _)| sseq).collect();
                 let n = live.len() as u64;
                 if self
                     .behead(op, id, rec, &head, head.depth.saturating_sub(n), &live)
@@ -1026,14 +1038,54 @@ impl NatsStore {
         Ok(taken)
     }
 
-    /// Those of the stream sequences `sseqs` that still hold a message of this mailbox.
+    /// Makes the de-duplication record of each of these messages final where it is still the
+    /// intent naming it, before they are deleted: once a message is gone, an intent can no
+    /// longer be checked against it, and a retry finding one would store the message again.
+    /// (The node that stored it writes the same when it lives; this covers one that died
+    /// first, and a recipient that took the message through another node meanwhile.)
+    async fn confirm(
+        &self,
+        op: &'static str,
+        id: &MailboxId,
+        rec: &Record,
+        entries: &[(u64, Entry)],
+    ) -> Result<(), StoreError> {
+        for chunk in entries.chunks(FORGET_AT_ONCE) {
+            let found = futures_util::future::join_all(chunk.iter().map(|(_, e)| async move {
+                let Some(message) = e.message_id.map(MessageId) else {
+                    return Ok(None);
+                };
+                Ok::<_, StoreError>(
+                    self.dedup(op, id, rec, &message)
+                        .await?
+                        .filter(|d| d.intent && d.seq == e.seq)
+                        .map(|d| (message, d, e.at)),
+                )
+            }))
+            .await;
+            let mut writes = Vec::new();
+            for f in found {
+                if let Some((message, d, at)) = f? {
+                    let fin = codec::Dedup { intent: false, ..d };
+                    writes.push(self.record_dedup(id, &message, fin, at).await);
+                }
+            }
+            for written in futures_util::future::join_all(writes).await {
+                written?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Those of the stream sequences `sseqs` that still hold a message of this mailbox, with
+    /// the message.
     async fn live(
         &self,
         op: &'static str,
         id: &MailboxId,
         rec: &Record,
         sseqs: &[u64],
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<(u64, Entry)>, StoreError> {
         let stream = self.stream(id);
         let subject = self.msubj(id);
         let mut out = Vec::with_capacity(sseqs.len());
@@ -1047,7 +1099,7 @@ impl NatsStore {
                         && e.kind == Kind::Message
                         && e.generation == rec.generation
                     {
-                        out.push(sseq);
+                        out.push((sseq, e));
                     }
                 }
             }
