@@ -32,8 +32,7 @@
 //! One relay process also serializes its own writers per mailbox with a local lock, so the
 //! expectation above fails only across nodes. What is weaker than the embedded store, and why,
 //! is in ARCHITECTURE.md ("Relay nodes on NATS JetStream"): durability is the cluster's
-//! (replicas, and the server's sync interval), and one narrow crash case costs a second copy
-//! of a message (clients drop it by its id).
+//! (replicas, and the server's sync interval).
 //!
 //! Time is the caller's (`now`), as for every backend; the store never reads the clock.
 
@@ -677,10 +676,9 @@ impl NatsStore {
     /// the message's publish is sent) and, once the message is stored, as the record proper.
     /// A retry that finds an intent looks whether the mailbox holds the message under that
     /// number: if so it is a duplicate; if the number went to another message, or to none
-    /// yet, it was never stored. (One case stays open, and costs a second copy, never a
-    /// loss: the node dies after the message and before its record, and the recipient,
-    /// reading through another node, takes the message before the sender's retry; the
-    /// number is then gone and the intent cannot be told from one whose publish lost.)
+    /// yet, it was never stored. If the number is taken and its message gone (acknowledged
+    /// through another node before the retry), the record is read again: an ack makes the
+    /// record of each message it takes final before deleting it (`NatsStore::confirm`).
     ///
     /// Round trips per batch: the records are looked up all at once, the intents written all
     /// at once, then one publish per message, the records written without waiting for each
