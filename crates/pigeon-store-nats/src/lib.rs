@@ -11,7 +11,7 @@
 //!   byte mod the shard count). Every entry carries the mailbox's state after it in headers
 //!   (last sequence number, depth, generation), so the newest entry is the mailbox's *head*.
 //!   Every write to a mailbox's subject is published with `Nats-Expected-Last-Subject-Sequence`
-//!   = the head's stream sequence (and a `Nats-Msg-Id` of the same number, see [`publish`]):
+//!   = the head's stream sequence (and a `Nats-Msg-Id` of the same number, see `publish`):
 //!   JetStream serializes the writers of one mailbox, on any node, and a writer with a stale
 //!   head reloads it and tries again. A mailbox sequence number is taken only by a successful
 //!   publish: dense, rising, never reused. Acks and expiry first publish a small head entry
