@@ -166,7 +166,6 @@ struct Entry {
 
 #[derive(Default)]
 struct Counters {
-    first_deliveries: AtomicU64,
     counted: AtomicU64,
     /// Messages seen under two sequence numbers.
     stored_twice: AtomicU64,
@@ -257,9 +256,6 @@ impl Ledger {
         match e.delivered {
             None => {
                 e.delivered = Some(seq);
-                self.counters
-                    .first_deliveries
-                    .fetch_add(1, Ordering::Relaxed);
                 if self.measuring.load(Ordering::Relaxed) {
                     self.counters.counted.fetch_add(1, Ordering::Relaxed);
                     let _ = self

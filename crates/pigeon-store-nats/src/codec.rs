@@ -334,13 +334,6 @@ pub(crate) struct Dedup {
     pub(crate) intent: bool,
 }
 
-impl Dedup {
-    /// Whether the mailbox's numbers reached this record's (`last` is the mailbox's last).
-    pub(crate) fn head_passed(&self, last: u64) -> bool {
-        last >= self.seq
-    }
-}
-
 /// Header of a de-duplication record written before its message.
 const H_INTENT: &str = "P-Intent";
 

@@ -822,7 +822,7 @@ impl NatsStore {
                     || self
                         .holds(op, &id, &rec, &head, d.seq, &m.message_id)
                         .await?;
-                if !stored && d.head_passed(head.seq) {
+                if !stored && head.seq >= d.seq {
                     // Its number is taken and the message there is gone: an ack takes a
                     // message only after making its record final, so look again.
                     if let Some(now) = self.dedup(op, &id, &rec, &m.message_id).await?
@@ -992,9 +992,9 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Takes the messages at the stream sequences `gone` out of the mailbox: per at most
-    /// [`codec::MAX_LIST`] of them a head marker (the depth less those taken), then the
-    /// deletes. Only the entries still there count, so that two nodes taking the same
+    /// Takes the messages at the stream sequences `gone` out of the mailbox (`known`: the head
+    /// as read before they were found, if it was): per at most [`codec::MAX_LIST`] of them a
+    /// head marker (the depth less those taken), then the deletes. Only the entries still there count, so that two nodes taking the same
     /// messages (a recipient's ack repeated on another node, or every node's expiry) do not
     /// count them twice. Returns how many were taken.
     async fn take_out(
@@ -1003,15 +1003,19 @@ impl NatsStore {
         id: &MailboxId,
         rec: &Record,
         gone: &[u64],
+        mut known: Option<Head>,
     ) -> Result<u64, StoreError> {
         let mut taken = 0;
         for chunk in gone.chunks(codec::MAX_LIST) {
             let mut done = false;
             for _ in 0..MAX_RACES {
-                // The head first: reading it finishes another node's marker, whose entries
-                // are gone then; and a marker of its own after it fails if anything else was
-                // taken since.
-                let head = self.head(op, id, rec).await?;
+                // The head first (or `known`, read before `gone` was found): reading it
+                // finishes another node's marker, whose entries are gone then; and a marker of
+                // its own after it fails if anything else was taken since.
+                let head = match known.take() {
+                    Some(head) => head,
+                    None => self.head(op, id, rec).await?,
+                };
                 let entries = self.live(op, id, rec, chunk).await?;
                 if entries.is_empty() {
                     done = true;
@@ -1157,7 +1161,7 @@ impl NatsStore {
             // This node's map of where its messages sit must not hand these to an ack.
             let seqs: BTreeSet<u64> = mine.iter().map(|&(_, _, seq)| seq).collect();
             self.positions.remove(&id, &seqs);
-            let n = self.take_out(op, &id, &rec, &gone).await?;
+            let n = self.take_out(op, &id, &rec, &gone, None).await?;
             messages += n;
         }
         let leftovers: Vec<u64> = replaced.into_values().flat_map(|(_, old)| old).collect();
@@ -1703,7 +1707,8 @@ impl MailboxStore for NatsStore {
         if gone.is_empty() {
             return Ok(0);
         }
-        let n = self.take_out(op, &id, &rec, &gone).await?;
+        // The head read above: an ack reads it once.
+        let n = self.take_out(op, &id, &rec, &gone, Some(head)).await?;
         self.positions.remove(&id, &wanted);
         Ok(n)
     }
