@@ -12,7 +12,9 @@
 //! ways between the two providers). HPKE runs on `hpke-rs` as in libcrux's provider, with the
 //! same algorithm mapping (X-Wing is code point 0x647a, as there); only its KDF is `sha2`'s.
 //! X-Wing's encapsulation takes its X25519 half from `curve25519-dalek`
-//! ([`xwing_encaps_derand`]); everything else — ML-KEM, decapsulation, AEAD, signatures,
+//! ([`xwing_encaps_derand`]), and the provider keeps recipients' keys prepared for it
+//! ([`Recipient`]: ML-KEM's matrix expanded, the X25519 point on the Edwards curve), since a
+//! group's commits encrypt to the same leaf keys one commit after another; everything else — ML-KEM, decapsulation, AEAD, signatures,
 //! randomness — is libcrux's, unchanged.
 
 use curve25519_dalek::edwards::EdwardsPoint;
@@ -250,47 +252,170 @@ fn xwing_encaps_derand(
     pk: &[u8],
     eseed: &[u8; XWING_ESEED],
 ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
-    use hpke_rs_crypto::error::Error;
-    use libcrux_ml_kem::mlkem768;
-    if pk.len() != XWING_PK {
-        return Err(Error::KemInvalidPublicKey);
+    Recipient::prepare(pk)?.encapsulate(eseed)
+}
+
+/// A recipient's X-Wing public key made ready for encapsulation: its ML-KEM-768 key checked
+/// and, where the CPU has AVX2, unpacked (the matrix expanded from its seed and the key's
+/// hash taken — most of an encapsulation's ML-KEM time, 29 µs packed against 8 µs unpacked
+/// on this machine), and its X25519 key moved to the Edwards curve (8 µs). The provider keeps
+/// recent recipients ([`Recipients`]): a commit in a group whose tree has few inner keys
+/// encrypts to every device's leaf key, the same keys commit after commit.
+struct Recipient {
+    mlkem: MlKemKey,
+    x: [u8; 32],
+    /// `None` for a key on X25519's twist (no Edwards point): the ladder handles it.
+    edwards: Option<EdwardsPoint>,
+}
+
+enum MlKemKey {
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Box<libcrux_ml_kem::mlkem768::avx2::unpacked::MlKem768PublicKeyUnpacked>),
+    /// libcrux's packed key, which picks its own implementation per call.
+    Packed(Box<libcrux_ml_kem::mlkem768::MlKem768PublicKey>),
+}
+
+impl Recipient {
+    /// Checks an X-Wing public key and prepares it.
+    fn prepare(pk: &[u8]) -> Result<Self, hpke_rs_crypto::error::Error> {
+        use hpke_rs_crypto::error::Error;
+        use libcrux_ml_kem::mlkem768;
+        if pk.len() != XWING_PK {
+            return Err(Error::KemInvalidPublicKey);
+        }
+        let (pk_m, pk_x) = pk.split_at(1184);
+        let pk_m =
+            mlkem768::MlKem768PublicKey::try_from(pk_m).map_err(|_| Error::KemInvalidPublicKey)?;
+        if !mlkem768::validate_public_key(&pk_m) {
+            return Err(Error::KemInvalidPublicKey);
+        }
+        let x: [u8; 32] = pk_x.try_into().map_err(|_| Error::KemInvalidPublicKey)?;
+        Ok(Self {
+            mlkem: MlKemKey::new(pk_m),
+            x,
+            edwards: MontgomeryPoint(x).to_edwards(0),
+        })
     }
-    let (pk_m, pk_x) = pk.split_at(1184);
-    let pk_m =
-        mlkem768::MlKem768PublicKey::try_from(pk_m).map_err(|_| Error::KemInvalidPublicKey)?;
-    if !mlkem768::validate_public_key(&pk_m) {
-        return Err(Error::KemInvalidPublicKey);
+
+    /// X-Wing's encapsulation to this key with the given 64 bytes of randomness: the shared
+    /// secret and the ciphertext.
+    fn encapsulate(
+        &self,
+        eseed: &[u8; XWING_ESEED],
+    ) -> Result<(Vec<u8>, Vec<u8>), hpke_rs_crypto::error::Error> {
+        use hpke_rs_crypto::error::Error;
+        let (m_seed, x_seed) = eseed.split_at(32);
+        let m_seed: [u8; 32] = m_seed
+            .try_into()
+            .map_err(|_| Error::InsufficientRandomness)?;
+        let x_seed: [u8; 32] = x_seed
+            .try_into()
+            .map_err(|_| Error::InsufficientRandomness)?;
+        let (ct_m, ss_m) = self.mlkem.encapsulate(m_seed);
+        let ek_x = zeroize::Zeroizing::new(x_seed);
+        let public = EdwardsPoint::mul_base_clamped(*ek_x);
+        let (ct_x, ss_x) = match &self.edwards {
+            // Both back to Montgomery u-coordinates with one field inversion instead of two.
+            Some(peer) => {
+                let mut shared = peer.mul_clamped(*ek_x);
+                let mut both = EdwardsPoint::to_montgomery_batch(&[public, shared]);
+                let out = (
+                    both[0].to_bytes(),
+                    zeroize::Zeroizing::new(both[1].to_bytes()),
+                );
+                both.iter_mut().for_each(zeroize::Zeroize::zeroize);
+                zeroize::Zeroize::zeroize(&mut shared);
+                out
+            }
+            None => (
+                public.to_montgomery().to_bytes(),
+                zeroize::Zeroizing::new(x25519_on(&ek_x, self.x, None)),
+            ),
+        };
+        if *ss_x == [0; 32] {
+            // A low-order peer key: libcrux refuses the all-zero shared secret too.
+            return Err(Error::KemInvalidPublicKey);
+        }
+        // Combiner: SHA3-256(ss_M ‖ ss_X ‖ ct_X ‖ pk_X ‖ XWingLabel), the label "\\.//^\\".
+        let mut input = zeroize::Zeroizing::new(Vec::with_capacity(32 * 4 + 6));
+        input.extend_from_slice(ss_m.as_ref());
+        input.extend_from_slice(&*ss_x);
+        input.extend_from_slice(&ct_x);
+        input.extend_from_slice(&self.x);
+        input.extend_from_slice(&[0x5c, 0x2e, 0x2f, 0x2f, 0x5e, 0x5c]);
+        let ss = libcrux_sha3::sha256(&input);
+        let mut ct = Vec::with_capacity(ct_m.as_ref().len() + 32);
+        ct.extend_from_slice(ct_m.as_ref());
+        ct.extend_from_slice(&ct_x);
+        Ok((ss.to_vec(), ct))
     }
-    let pk_x: [u8; 32] = pk_x.try_into().map_err(|_| Error::KemInvalidPublicKey)?;
-    let (m_seed, x_seed) = eseed.split_at(32);
-    let m_seed: [u8; 32] = m_seed
-        .try_into()
-        .map_err(|_| Error::InsufficientRandomness)?;
-    let x_seed: [u8; 32] = x_seed
-        .try_into()
-        .map_err(|_| Error::InsufficientRandomness)?;
-    let (ct_m, ss_m) = mlkem768::encapsulate(&pk_m, m_seed);
-    let ek_x = zeroize::Zeroizing::new(x_seed);
-    let ct_x = EdwardsPoint::mul_base_clamped(*ek_x)
-        .to_montgomery()
-        .to_bytes();
-    let ss_x = zeroize::Zeroizing::new(x25519(&ek_x, pk_x));
-    if *ss_x == [0; 32] {
-        // A low-order peer key: libcrux refuses the all-zero shared secret too.
-        return Err(Error::KemInvalidPublicKey);
+}
+
+impl MlKemKey {
+    /// `pk` must have passed `validate_public_key`.
+    fn new(pk: libcrux_ml_kem::mlkem768::MlKem768PublicKey) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            use libcrux_ml_kem::mlkem768::avx2::unpacked;
+            let mut key = Box::new(unpacked::MlKem768PublicKeyUnpacked::default());
+            unpacked::unpacked_public_key(&pk, &mut key);
+            return Self::Avx2(key);
+        }
+        Self::Packed(Box::new(pk))
     }
-    // Combiner: SHA3-256(ss_M ‖ ss_X ‖ ct_X ‖ pk_X ‖ XWingLabel), the label "\\.//^\\".
-    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(32 * 4 + 6));
-    input.extend_from_slice(ss_m.as_ref());
-    input.extend_from_slice(&*ss_x);
-    input.extend_from_slice(&ct_x);
-    input.extend_from_slice(&pk_x);
-    input.extend_from_slice(&[0x5c, 0x2e, 0x2f, 0x2f, 0x5e, 0x5c]);
-    let ss = libcrux_sha3::sha256(&input);
-    let mut ct = Vec::with_capacity(ct_m.as_ref().len() + 32);
-    ct.extend_from_slice(ct_m.as_ref());
-    ct.extend_from_slice(&ct_x);
-    Ok((ss.to_vec(), ct))
+
+    fn encapsulate(
+        &self,
+        randomness: [u8; 32],
+    ) -> (
+        libcrux_ml_kem::mlkem768::MlKem768Ciphertext,
+        libcrux_ml_kem::MlKemSharedSecret,
+    ) {
+        match self {
+            // Made only after the CPU was found to have AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(key) => {
+                libcrux_ml_kem::mlkem768::avx2::unpacked::encapsulate(key, randomness)
+            }
+            Self::Packed(key) => libcrux_ml_kem::mlkem768::encapsulate(key, randomness),
+        }
+    }
+}
+
+/// The recipients a provider prepared lately, at most [`MAX_RECIPIENTS`] (about 7.6 KB each
+/// with the key they are found by): two generations, the older dropped whole when the newer
+/// fills, so keys in use stay and a table that strangers' keys could grow stays bounded.
+#[derive(Default)]
+struct Recipients {
+    current: std::collections::HashMap<Box<[u8]>, std::sync::Arc<Recipient>>,
+    previous: std::collections::HashMap<Box<[u8]>, std::sync::Arc<Recipient>>,
+}
+
+/// Enough for every device of a 1,000-device group twice over (a key refresh replaces a
+/// leaf key; the old one stays until its generation goes).
+const MAX_RECIPIENTS: usize = 2048;
+
+impl Recipients {
+    fn get(&mut self, pk: &[u8]) -> Option<std::sync::Arc<Recipient>> {
+        if let Some(hit) = self.current.get(pk) {
+            return Some(hit.clone());
+        }
+        let hit = self.previous.remove(pk)?;
+        self.insert(pk, hit.clone());
+        Some(hit)
+    }
+
+    fn insert(&mut self, pk: &[u8], recipient: std::sync::Arc<Recipient>) {
+        if self.current.len() >= MAX_RECIPIENTS / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(pk.into(), recipient);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 /// X25519(k, u) (RFC 7748): the u-coordinate of the clamped `k` times the point with
@@ -304,11 +429,16 @@ fn xwing_encaps_derand(
 /// CPUs without AVX2, take the ladder. The clamped scalar is used unreduced, so a point with a
 /// small-order part gives the ladder's answer too (the tests compare the two on random,
 /// twist, small-order and non-canonical inputs).
+#[cfg(test)]
 fn x25519(k: &[u8; 32], u: [u8; 32]) -> [u8; 32] {
-    let point = MontgomeryPoint(u);
-    match point.to_edwards(0) {
+    x25519_on(k, u, MontgomeryPoint(u).to_edwards(0).as_ref())
+}
+
+/// [`x25519`] with `u`'s Edwards point (either sign) already found, or `None` on the twist.
+fn x25519_on(k: &[u8; 32], u: [u8; 32], edwards: Option<&EdwardsPoint>) -> [u8; 32] {
+    match edwards {
         Some(edwards) => edwards.mul_clamped(*k).to_montgomery().to_bytes(),
-        None => point.mul_clamped(*k).to_bytes(),
+        None => MontgomeryPoint(u).mul_clamped(*k).to_bytes(),
     }
 }
 
@@ -393,6 +523,8 @@ fn hpke(config: HpkeConfig) -> hpke_rs::Hpke<Hpke> {
 /// libcrux's provider, with the SHA-2 family from `sha2`.
 pub struct CryptoProvider {
     inner: openmls_libcrux_crypto::CryptoProvider,
+    /// X-Wing keys prepared for encapsulation lately (public keys only).
+    recipients: std::sync::Mutex<Recipients>,
 }
 
 impl std::fmt::Debug for CryptoProvider {
@@ -407,7 +539,55 @@ impl CryptoProvider {
     /// # Errors
     /// When the system gives no randomness.
     pub fn new() -> Result<Self, impl std::fmt::Debug> {
-        openmls_libcrux_crypto::CryptoProvider::new().map(|inner| Self { inner })
+        openmls_libcrux_crypto::CryptoProvider::new().map(|inner| Self {
+            inner,
+            recipients: std::sync::Mutex::default(),
+        })
+    }
+
+    /// HPKE's base-mode seal (RFC 9180 §6.1) with X-Wing, whose encapsulation uses the
+    /// prepared recipient; the key schedule and the AEAD are `hpke-rs`'s, as for every other
+    /// KEM.
+    fn xwing_seal(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ptxt: &[u8],
+    ) -> Result<HpkeCiphertext, CryptoError> {
+        let lock = || {
+            self.recipients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        // Prepared outside the lock: the threads of one commit prepare different keys at once.
+        let remembered = lock().get(pk_r);
+        let fresh = remembered.is_none();
+        let recipient = match remembered {
+            Some(known) => known,
+            None => std::sync::Arc::new(
+                Recipient::prepare(pk_r).map_err(|_| CryptoError::HpkeEncryptionError)?,
+            ),
+        };
+        let mut eseed = zeroize::Zeroizing::new([0u8; XWING_ESEED]);
+        <Hpke as HpkeCrypto>::prng().fill_bytes(&mut eseed[..]);
+        let (shared, enc) = recipient
+            .encapsulate(&eseed)
+            .map_err(|_| CryptoError::HpkeEncryptionError)?;
+        if fresh {
+            // Only keys that worked: a low-order X25519 key fails every time.
+            lock().insert(pk_r, recipient);
+        }
+        let shared = zeroize::Zeroizing::new(shared);
+        let ciphertext = hpke(config)
+            .key_schedule(&shared, info, &[], &[])
+            .and_then(|mut context| context.seal(aad, ptxt))
+            .map_err(|_| CryptoError::HpkeEncryptionError)?;
+        Ok(HpkeCiphertext {
+            kem_output: enc.into(),
+            ciphertext: ciphertext.into(),
+        })
     }
 }
 
@@ -527,6 +707,9 @@ impl OpenMlsCrypto for CryptoProvider {
         aad: &[u8],
         ptxt: &[u8],
     ) -> Result<HpkeCiphertext, CryptoError> {
+        if config.0 == HpkeKemType::XWingKemDraft6 {
+            return self.xwing_seal(config, pk_r, info, aad, ptxt);
+        }
         let pk_r = hpke_rs::HpkePublicKey::new(pk_r.to_vec());
         let (kem_output, ciphertext) = hpke(config)
             .seal(&pk_r, info, aad, ptxt, None, None, None)
@@ -826,6 +1009,59 @@ mod tests {
         }
     }
 
+    /// The unpacked ML-KEM key gives libcrux's packed encapsulation, byte for byte; a bad
+    /// key is refused through the provider's seal, not remembered; the remembered keys stay
+    /// bounded and keep the ones in use.
+    #[test]
+    fn prepared_recipients_encapsulate_as_libcrux_and_stay_bounded() {
+        use libcrux_kem::{Algorithm, key_gen_derand};
+        use libcrux_ml_kem::mlkem768;
+        for i in 0..8u8 {
+            let (_, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[i; 32]).expect("keys");
+            let pk = pk.encode();
+            let pk_m = mlkem768::MlKem768PublicKey::try_from(&pk[..1184]).expect("ML-KEM key");
+            let packed = MlKemKey::Packed(Box::new(pk_m.clone()));
+            let chosen = MlKemKey::new(pk_m);
+            let (ct, ss) = packed.encapsulate([i ^ 0x5a; 32]);
+            let (ct2, ss2) = chosen.encapsulate([i ^ 0x5a; 32]);
+            assert_eq!(ct.as_ref(), ct2.as_ref());
+            assert_eq!(ss.as_ref(), ss2.as_ref());
+        }
+        let ours = CryptoProvider::new().expect("provider");
+        let config = || Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519.hpke_config();
+        let (_, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[9; 32]).expect("keys");
+        let mut bad = pk.encode();
+        bad[1184..].fill(0);
+        assert!(matches!(
+            ours.hpke_seal(config(), &bad, b"info", b"aad", b"secret"),
+            Err(CryptoError::HpkeEncryptionError)
+        ));
+        bad[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(
+            ours.hpke_seal(config(), &bad, b"info", b"aad", b"secret")
+                .is_err()
+        );
+        assert!(
+            ours.hpke_seal(config(), &bad[..100], b"info", b"aad", b"secret")
+                .is_err()
+        );
+        let lock = || ours.recipients.lock().expect("lock");
+        assert_eq!(lock().len(), 0);
+        // Many keys (the same recipient under many names is enough to count entries): the
+        // table never holds more than its bound, and a key in use survives every turnover.
+        let kept = pk.encode();
+        let recipient = std::sync::Arc::new(Recipient::prepare(&kept).expect("prepared"));
+        lock().insert(&kept, recipient.clone());
+        for n in 0..3 * MAX_RECIPIENTS {
+            let name = (n as u64).to_le_bytes();
+            lock().insert(&name, recipient.clone());
+            assert!(lock().len() <= MAX_RECIPIENTS);
+            if n % 256 == 0 {
+                assert!(lock().get(&kept).is_some(), "a key in use stays");
+            }
+        }
+    }
+
     #[test]
     fn hpke_goes_both_ways_between_this_provider_and_libcrux() {
         use openmls_traits::types::Ciphersuite;
@@ -844,14 +1080,20 @@ mod tests {
                 (&ours as &dyn OpenMlsCrypto, &libcrux as &dyn OpenMlsCrypto),
                 (&libcrux, &ours),
             ] {
+                // Twice: the second time to a recipient this provider prepared already.
+                for _ in 0..2 {
+                    let sealed = seal
+                        .hpke_seal(config(), &keys.public, &big_info, b"aad", b"secret")
+                        .expect("seal");
+                    assert_eq!(
+                        open.hpke_open(config(), &sealed, &keys.private, &big_info, b"aad")
+                            .expect("open"),
+                        b"secret"
+                    );
+                }
                 let sealed = seal
                     .hpke_seal(config(), &keys.public, &big_info, b"aad", b"secret")
                     .expect("seal");
-                assert_eq!(
-                    open.hpke_open(config(), &sealed, &keys.private, &big_info, b"aad")
-                        .expect("open"),
-                    b"secret"
-                );
                 assert!(
                     open.hpke_open(config(), &sealed, &keys.private, b"other info", b"aad")
                         .is_err()

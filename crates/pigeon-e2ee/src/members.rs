@@ -575,6 +575,10 @@ impl Group {
         let bundle = builder
             .load_psks(provider.storage())
             .map_err(mls("building a commit"))?
+            // The group's configuration puts the ratchet tree into GroupInfos so that Welcomes
+            // carry it; without this, openmls would also export and sign a GroupInfo with the
+            // whole tree for every commit (megabytes at 1,000 devices), which nothing reads.
+            .create_group_info(false)
             .build(provider.rand(), provider.crypto(), &identity.signer, |_| {
                 true
             })
