@@ -418,6 +418,46 @@ impl Recipients {
     }
 }
 
+/// What is wrong with `key` as an HPKE public key of `kem` that others will encrypt to, if
+/// anything: an X-Wing key whose ML-KEM half fails FIPS 203's check or whose X25519 half has
+/// small order, an X25519 key of small order, a key of the wrong length. Every encryption to
+/// such a key fails, so one in a leaf would make every commit whose path reaches that leaf
+/// fail for whoever makes it: groups refuse commits and key packages that bring one
+/// (`members.rs`), deterministically, so the refusal is the same on every device.
+pub(crate) fn hpke_key_problem(kem: HpkeKemType, key: &[u8]) -> Option<&'static str> {
+    let x25519 = |u: &[u8]| -> Option<&'static str> {
+        let u: [u8; 32] = u.try_into().ok()?;
+        let small = match MontgomeryPoint(u).to_edwards(0) {
+            Some(point) => point.is_small_order(),
+            // On the twist: any clamped scalar is a multiple of 8 (this one a power of two),
+            // so the product is the identity, u = 0, exactly for points of small order.
+            None => MontgomeryPoint(u).mul_clamped([0; 32]).to_bytes() == [0; 32],
+        };
+        small.then_some("an X25519 key of small order")
+    };
+    match kem {
+        HpkeKemType::XWingKemDraft6 => {
+            if key.len() != XWING_PK {
+                return Some("an X-Wing key of the wrong length");
+            }
+            let (pk_m, pk_x) = key.split_at(1184);
+            let valid = libcrux_ml_kem::mlkem768::MlKem768PublicKey::try_from(pk_m)
+                .is_ok_and(|pk| libcrux_ml_kem::mlkem768::validate_public_key(&pk));
+            if !valid {
+                return Some("an X-Wing key whose ML-KEM half is not a valid key");
+            }
+            x25519(pk_x)
+        }
+        HpkeKemType::DhKem25519 => {
+            if key.len() != 32 {
+                return Some("an X25519 key of the wrong length");
+            }
+            x25519(key)
+        }
+        _ => None,
+    }
+}
+
 /// X25519(k, u) (RFC 7748): the u-coordinate of the clamped `k` times the point with
 /// u-coordinate `u`.
 ///
@@ -1059,6 +1099,62 @@ mod tests {
             if n % 256 == 0 {
                 assert!(lock().get(&kept).is_some(), "a key in use stays");
             }
+        }
+    }
+
+    /// Keys nobody can encrypt to are found: every small-order X25519 point (u of the points
+    /// of order 1, 2, 4 and 8, and on the twist), bad ML-KEM halves, wrong lengths; real keys
+    /// pass.
+    #[test]
+    fn keys_nobody_can_encrypt_to_are_found() {
+        use libcrux_kem::{Algorithm, key_gen_derand};
+        let xwing = HpkeKemType::XWingKemDraft6;
+        let x = HpkeKemType::DhKem25519;
+        for i in 0..8u8 {
+            let (_, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[i; 32]).expect("keys");
+            let pk = pk.encode();
+            assert_eq!(hpke_key_problem(xwing, &pk), None);
+            assert_eq!(hpke_key_problem(x, &pk[1184..]), None);
+            let mut bad = pk.clone();
+            bad[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+            assert!(hpke_key_problem(xwing, &bad).is_some());
+            assert!(hpke_key_problem(xwing, &pk[..XWING_PK - 1]).is_some());
+            assert!(hpke_key_problem(x, &pk[..31]).is_some());
+        }
+        let (_, pk) = key_gen_derand(Algorithm::XWingKemDraft06, &[1; 32]).expect("keys");
+        let pk = pk.encode();
+        // Small-order u-coordinates: 0, 1, p − 1 (order 4, on the twist), the two of order 8,
+        // and non-canonical forms of 0 and 1 (p, p + 1).
+        let mut p_minus_1 = [0xff; 32];
+        p_minus_1[0] = 0xec;
+        p_minus_1[31] = 0x7f;
+        let mut p = p_minus_1;
+        p[0] = 0xed;
+        let mut p_plus_1 = p_minus_1;
+        p_plus_1[0] = 0xee;
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let hex32 = |t: &str| -> [u8; 32] { hex(t).try_into().expect("32 bytes") };
+        let order8a = hex32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+        let order8b = hex32("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157");
+        for u in [[0u8; 32], one, p_minus_1, order8a, order8b, p, p_plus_1] {
+            assert!(hpke_key_problem(x, &u).is_some(), "u = {u:02x?}");
+            let mut key = pk.clone();
+            key[1184..].copy_from_slice(&u);
+            assert!(hpke_key_problem(xwing, &key).is_some(), "u = {u:02x?}");
+        }
+        assert_eq!(hpke_key_problem(HpkeKemType::DhKemP256, &[1, 2, 3]), None);
+        // Random u-coordinates (about half of them on the twist) have large order.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..64 {
+            let mut u = [0u8; 32];
+            for chunk in u.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes());
+            }
+            assert_eq!(hpke_key_problem(x, &u), None, "u = {u:02x?}");
         }
     }
 

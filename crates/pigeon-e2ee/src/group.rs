@@ -424,6 +424,7 @@ impl Group {
                 },
             }),
             ProcessedMessageContent::StagedCommitMessage(staged) => {
+                crate::members::check_keys(&staged)?;
                 let changes = if self.is_group() {
                     self.check_staged(&sender, &staged)?
                 } else {

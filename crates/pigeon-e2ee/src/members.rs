@@ -911,7 +911,53 @@ fn validate_key_package<P: OpenMlsProvider>(
             "it is for another ciphersuite than the group's".to_owned()
         ));
     }
+    key_package_keys(&kp).map_err(|e| bad(e.to_owned()))?;
     Ok(kp)
+}
+
+/// A key package's two public keys (its init key and its leaf's encryption key) are keys
+/// others can encrypt to ([`crate::crypto::hpke_key_problem`]).
+fn key_package_keys(kp: &KeyPackage) -> Result<(), &'static str> {
+    let kem = kp.ciphersuite().hpke_kem_algorithm();
+    if let Some(problem) = crate::crypto::hpke_key_problem(kem, kp.hpke_init_key().as_slice()) {
+        return Err(problem);
+    }
+    leaf_key(kem, kp.leaf_node())
+}
+
+/// A leaf's encryption key is one others can encrypt to.
+fn leaf_key(kem: HpkeKemType, leaf: &LeafNode) -> Result<(), &'static str> {
+    // openmls keeps the key's bytes to itself; its wire form is the bytes behind a length.
+    let key = leaf
+        .encryption_key()
+        .tls_serialize_detached()
+        .ok()
+        .and_then(|wire| tls_codec::VLBytes::tls_deserialize_exact(wire).ok())
+        .ok_or("a leaf whose encryption key cannot be read")?;
+    match crate::crypto::hpke_key_problem(kem, key.as_slice()) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a commit that brings a public key nobody can encrypt to — in its committer's new
+/// leaf or in a key package it adds: every later commit whose path reaches that leaf would
+/// fail for whoever makes it, so one member could stop everyone else's changes (their key
+/// refreshes included) until an admin removed it. The check reads only the commit's bytes, so
+/// every device refuses the same commits.
+///
+/// # Errors
+/// [`E2eeError::InvalidCommit`] saying which key is at fault.
+pub(crate) fn check_keys(staged: &StagedCommit) -> Result<(), E2eeError> {
+    let kem = staged.group_context().ciphersuite().hpke_kem_algorithm();
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        leaf_key(kem, leaf).map_err(|p| invalid(format!("the committer's new leaf has {p}")))?;
+    }
+    for add in staged.add_proposals() {
+        key_package_keys(add.add_proposal().key_package())
+            .map_err(|p| invalid(format!("a device added has {p}")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
