@@ -1194,6 +1194,144 @@ mod tests {
         (devices, tickets)
     }
 
+    /// QUIC-style variable-length integer at `at` (RFC 9000 §16, as MLS uses for lengths):
+    /// its value and its own length.
+    fn varint(bytes: &[u8], at: usize) -> (usize, usize) {
+        let first = bytes[at];
+        let len = 1usize << (first >> 6);
+        let mut value = usize::from(first & 0x3f);
+        for b in &bytes[at + 1..at + len] {
+            value = (value << 8) | usize::from(*b);
+        }
+        (value, len)
+    }
+
+    /// `at` past one opaque<V> field.
+    fn skip_vec(bytes: &[u8], at: usize) -> usize {
+        let (n, len) = varint(bytes, at);
+        at + len + n
+    }
+
+    /// SignWithLabel (RFC 9420 §5.1.2) by `identity` over `content`.
+    fn sign_with_label(identity: &Identity, label: &str, content: &[u8]) -> Vec<u8> {
+        use openmls_traits::signatures::Signer as _;
+        let label = format!("MLS 1.0 {label}");
+        let mut tbs = Vec::new();
+        tls_codec::VLBytes::new(label.into_bytes())
+            .tls_serialize(&mut tbs)
+            .expect("label");
+        tls_codec::VLBytes::new(content.to_vec())
+            .tls_serialize(&mut tbs)
+            .expect("content");
+        identity.signer.sign(&tbs).expect("signature")
+    }
+
+    /// A key package of `identity`, correctly signed, whose leaf's encryption key has an X25519
+    /// half of small order (zero): openmls accepts it; nobody could ever encrypt to the leaf.
+    fn key_package_with_a_dead_leaf_key(d: &Device) -> Vec<u8> {
+        let mut msg = d
+            .identity
+            .key_package(&d.provider, Suite::XWing)
+            .expect("kp");
+        // MlsMessage: version, wire format; KeyPackage: version, suite, init key, leaf node.
+        let kp = 4;
+        let leaf = skip_vec(&msg, kp + 4);
+        let (key_len, key_len_len) = varint(&msg, leaf);
+        assert_eq!(key_len, 1216, "an X-Wing leaf key");
+        let x_half = leaf + key_len_len + 1184;
+        msg[x_half..x_half + 32].fill(0);
+        // LeafNode: encryption key, signature key, credential (type, identity), capabilities
+        // (five vectors), source (key_package: lifetime, two u64), extensions, signature.
+        let mut at = skip_vec(&msg, leaf);
+        at = skip_vec(&msg, at);
+        at = skip_vec(&msg, at + 2);
+        for _ in 0..5 {
+            at = skip_vec(&msg, at);
+        }
+        assert_eq!(msg[at], 1, "a key package's leaf");
+        at = skip_vec(&msg, at + 1 + 16);
+        let leaf_signature = at;
+        let signature = sign_with_label(&d.identity, "LeafNodeTBS", &msg[leaf..leaf_signature]);
+        let (old_len, len_len) = varint(&msg, leaf_signature);
+        assert_eq!(old_len, signature.len());
+        msg[leaf_signature + len_len..leaf_signature + len_len + old_len]
+            .copy_from_slice(&signature);
+        let kp_signature = skip_vec(&msg, skip_vec(&msg, leaf_signature));
+        let signature = sign_with_label(&d.identity, "KeyPackageTBS", &msg[kp..kp_signature]);
+        let (old_len, len_len) = varint(&msg, kp_signature);
+        assert_eq!(
+            kp_signature + len_len + old_len,
+            msg.len(),
+            "the key package's end"
+        );
+        msg[kp_signature + len_len..].copy_from_slice(&signature);
+        msg
+    }
+
+    /// A key package whose leaf key nobody can encrypt to (signed correctly, so openmls takes
+    /// it) is refused by the admin, and a commit that adds it anyway — made with openmls
+    /// directly — is refused by the member who reads it, before merging: merged, it would
+    /// make every later commit whose path reaches that leaf fail.
+    #[test]
+    fn a_key_nobody_can_encrypt_to_is_refused_by_adder_and_reader() {
+        let (mut devices, _) = class_of_three();
+        let newcomer = Device::new();
+        let dead = key_package_with_a_dead_leaf_key(&newcomer);
+        let kp = MlsMessageIn::tls_deserialize_exact(dead.as_slice()).expect("message");
+        let MlsMessageBodyIn::KeyPackage(kp) = kp.extract() else {
+            panic!("a key package");
+        };
+        let kp = kp
+            .validate(devices[0].provider.crypto(), ProtocolVersion::Mls10)
+            .expect("openmls takes its signatures");
+        let refused = devices[0]
+            .commit(Change::Add {
+                key_package: dead.clone(),
+                entry: newcomer.entry("dan", false),
+            })
+            .expect_err("refused by the adder");
+        assert!(refused.to_string().contains("small order"), "{refused}");
+        // Within the roster's rules (the newcomer joins the roster too), so that only the key
+        // check stands in its way.
+        let ann = &mut devices[0];
+        let mut roster = ann.group().roster().expect("roster");
+        roster.members.push(newcomer.entry("dan", false));
+        let bundle = ann
+            .group
+            .as_mut()
+            .expect("group")
+            .group
+            .commit_builder()
+            .propose_adds([kp])
+            .propose_group_context_extensions(context_extensions(&roster).expect("roster"))
+            .expect("extensions")
+            .load_psks(ann.provider.storage())
+            .expect("psks")
+            .build(
+                ann.provider.rand(),
+                ann.provider.crypto(),
+                &ann.identity.signer,
+                |_| true,
+            )
+            .expect("openmls builds it")
+            .stage_commit(&ann.provider)
+            .expect("staged");
+        let commit = bundle.commit().tls_serialize_detached().expect("bytes");
+        let epoch = devices[1].group().epoch();
+        let ben = &mut devices[1];
+        let refused = ben
+            .group
+            .as_mut()
+            .expect("group")
+            .open(&ben.provider, &commit)
+            .expect_err("refused by the reader");
+        assert!(
+            matches!(&refused, E2eeError::InvalidCommit(why) if why.contains("small order")),
+            "{refused}"
+        );
+        assert_eq!(devices[1].group().epoch(), epoch, "nothing merged");
+    }
+
     #[test]
     fn a_device_that_fell_behind_is_taken_back_and_a_stale_copy_is_not() {
         let (mut devices, mut joined_tickets) = class_of_three();
