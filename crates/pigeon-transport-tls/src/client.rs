@@ -348,7 +348,8 @@ struct Counting<S> {
 
 /// Most bytes read from a leg's socket at once.
 const READ_AHEAD: usize = 64 * 1024;
-/// Room a quiet leg keeps for the next decrypted read…
+/// Room a quiet leg takes for the next decrypted read once its socket has bytes (an idle leg
+/// holds none)…
 const LEG_ROOM_QUIET: usize = 4 * 1024;
 /// …and a busy one.
 const LEG_ROOM_BUSY: usize = 32 * 1024;
@@ -796,16 +797,29 @@ impl LegState {
         let mut rbuf = BytesMut::new();
         let mut inbuf: Vec<u8> = Vec::new();
         let mut cmds_open = true;
-        // Room for the next read: 4 KiB on a quiet leg, 32 KiB once reads fill that.
+        // Room for the next read: 4 KiB on a quiet leg, 32 KiB once reads fill that; taken
+        // only once there is something to read.
         let mut room = LEG_ROOM_QUIET;
         loop {
-            if rbuf.capacity() - rbuf.len() < room {
-                rbuf.reserve(room);
+            if rbuf.is_empty() {
+                // What is left of the last read's allocation would keep all of it alive.
+                rbuf = BytesMut::new();
             }
             let deadline = self.deadline();
             let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
+            let read = async {
+                if !leg_has_pending(stream) {
+                    // Waits until a byte is there (or the end): readiness alone would still
+                    // be set after the last read that emptied the socket.
+                    stream.get_ref().inner.peek(&mut [0u8; 1]).await?;
+                }
+                if rbuf.capacity() - rbuf.len() < room {
+                    rbuf.reserve(room);
+                }
+                stream.read_buf(&mut rbuf).await
+            };
             tokio::select! {
-                read = stream.read_buf(&mut rbuf) => {
+                read = read => {
                     let n = read?;
                     if n == 0 {
                         if self.h2.remote_ended() && self.h2.local_ended() {
@@ -972,6 +986,14 @@ impl LegState {
         }
         Ok(())
     }
+}
+
+/// Whether a leg has bytes to work on without its socket: read ahead and not yet handed to
+/// TLS, or held by TLS (decrypted, or of a record not yet opened). Only when it has none does
+/// the leg wait for its socket before taking room to read into: an idle leg holds no buffer.
+fn leg_has_pending(stream: &Tls) -> bool {
+    let counting = stream.get_ref();
+    counting.start < counting.end || crate::ech::ffi::has_pending(stream.ssl())
 }
 
 /// `part` as a slice of `whole`, without copying, when it lies inside `whole`; a copy otherwise

@@ -545,10 +545,10 @@ impl AsyncWrite for Held {
     }
 }
 
-/// Two BoringSSL functions the `boring` crate does not wrap. Unsafe because they are foreign
+/// BoringSSL functions the `boring` crate does not wrap. Unsafe because they are foreign
 /// calls; each reads or writes only the buffers and the live `SSL` it is given.
 #[allow(unsafe_code)]
-mod ffi {
+pub(crate) mod ffi {
     use boring::ssl::SslRef;
     use foreign_types::ForeignTypeRef as _;
 
@@ -558,6 +558,12 @@ mod ffi {
         // SAFETY: both buffers are 32 bytes, as X25519_public_from_private reads and writes.
         unsafe { boring_sys::X25519_public_from_private(public.as_mut_ptr(), private.as_ptr()) };
         public
+    }
+
+    /// Whether TLS holds bytes not yet handed out: decrypted, or of a record not yet opened.
+    pub(crate) fn has_pending(ssl: &SslRef) -> bool {
+        // SAFETY: `ssl` is a live SSL; SSL_has_pending only reads its state.
+        unsafe { boring_sys::SSL_has_pending(ssl.as_ptr()) == 1 }
     }
 
     /// The next record sequence numbers to read and to write, in the current epoch.
