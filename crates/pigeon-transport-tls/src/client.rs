@@ -355,7 +355,7 @@ const LEG_ROOM_QUIET: usize = 4 * 1024;
 const LEG_ROOM_BUSY: usize = 32 * 1024;
 /// Smallest buffer a session reads its caller's bytes into (it grows to [`CHUNK`] while the
 /// caller writes fast, and shrinks back when it does not).
-const UP_QUIET: usize = 2 * 1024;
+const UP_QUIET: usize = 256;
 /// How long to wait before trying again to open a leg that could not be opened.
 const LEG_RETRY: Duration = Duration::from_millis(100);
 

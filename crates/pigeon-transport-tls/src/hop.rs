@@ -163,14 +163,19 @@ pub async fn serve<S: ServerStream>(
 
 /// A carried session's buffers while it idles (most sessions a proxy holds do)…
 const IDLE_BUFFER: usize = 1024;
+/// …except the one the relay's bytes are read into, which is there all the time (the
+/// connection to the relay gives no sign of readiness): small, as the answers to an idle
+/// session are (pings, a push), and grown on the first read that fills it…
+const DOWN_IDLE_BUFFER: usize = 256;
 /// …and while data flows.
 const BUSY_BUFFER: usize = 16 * 1024;
 /// A session quiet this long gives its large buffers back.
 const SHRINK_AFTER: Duration = Duration::from_secs(5);
 
 /// Carries bytes between the client's session and the relay until either ends. Its two
-/// buffers start small, grow when a read fills one, and shrink again after a quiet spell, so an
-/// idle session holds 2 KiB of them instead of 32.
+/// buffers start small, grow when a read fills one, and shrink again after a quiet spell; the
+/// client's side is read only once it is ready, into a buffer given back while not busy, so an
+/// idle session holds 256 bytes of them instead of 32 KiB.
 async fn carry<S: ServerStream>(
     mut session: S,
     relay: Box<dyn Connection>,
@@ -187,7 +192,7 @@ async fn carry<S: ServerStream>(
     let mut busy = false;
     let mut last = tokio::time::Instant::now();
     let mut up: Vec<u8> = Vec::new();
-    let mut down = vec![0u8; IDLE_BUFFER];
+    let mut down = vec![0u8; DOWN_IDLE_BUFFER];
     loop {
         let want = if busy { BUSY_BUFFER } else { IDLE_BUFFER };
         tokio::select! {
@@ -202,6 +207,9 @@ async fn carry<S: ServerStream>(
                         carried.up += n as u64;
                         meter.up(n as u64);
                         busy |= n >= IDLE_BUFFER;
+                        if !busy {
+                            up = Vec::new();
+                        }
                         last = tokio::time::Instant::now();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -225,7 +233,7 @@ async fn carry<S: ServerStream>(
             () = tokio::time::sleep_until(last + SHRINK_AFTER), if busy => {
                 busy = false;
                 up = Vec::new();
-                down = vec![0u8; IDLE_BUFFER];
+                down = vec![0u8; DOWN_IDLE_BUFFER];
             }
         }
     }
