@@ -517,7 +517,9 @@ enum LegEvent {
     /// The server ended the response on this leg.
     DownEnded(u16),
     /// The leg failed.
-    Failed(u16, TlsError),
+    /// (Boxed: the session's channel of events keeps a block of slots the size of the largest
+    /// event for as long as it lives.)
+    Failed(u16, Box<TlsError>),
 }
 
 /// A leg as the session sees it.
@@ -732,7 +734,7 @@ async fn run_leg(
             }
             LegEnd::Error(e) => e,
         };
-        let _ = events.send(LegEvent::Failed(index, e)).await;
+        let _ = events.send(LegEvent::Failed(index, Box::new(e))).await;
     }
 }
 
@@ -850,7 +852,7 @@ impl LegState {
                         ))),
                         Event::Headers { block, .. } => out_events.push(Err(block)),
                         Event::End => out_events.push(Ok(LegEvent::DownEnded(index))),
-                        Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, TlsError::Io(io::ErrorKind::ConnectionReset.into())))),
+                        Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, Box::new(TlsError::Io(io::ErrorKind::ConnectionReset.into()))))),
                         Event::PingAck(_) => {}
                     }).map_err(TlsError::from)?;
                     if from_buf {
