@@ -14,7 +14,8 @@
 //! X-Wing's encapsulation takes its X25519 half from `curve25519-dalek`
 //! ([`xwing_encaps_derand`]), and the provider keeps recipients' keys prepared for it
 //! ([`Recipient`]: ML-KEM's matrix expanded, the X25519 point on the Edwards curve), since a
-//! group's commits encrypt to the same leaf keys one commit after another; everything else — ML-KEM, decapsulation, AEAD, signatures,
+//! group's commits encrypt to the same leaf keys one commit after another; everything else —
+//! ML-KEM, decapsulation, AEAD, signatures,
 //! randomness — is libcrux's, unchanged.
 
 use curve25519_dalek::edwards::EdwardsPoint;
@@ -278,18 +279,8 @@ enum MlKemKey {
 impl Recipient {
     /// Checks an X-Wing public key and prepares it.
     fn prepare(pk: &[u8]) -> Result<Self, hpke_rs_crypto::error::Error> {
-        use hpke_rs_crypto::error::Error;
-        use libcrux_ml_kem::mlkem768;
-        if pk.len() != XWING_PK {
-            return Err(Error::KemInvalidPublicKey);
-        }
-        let (pk_m, pk_x) = pk.split_at(1184);
-        let pk_m =
-            mlkem768::MlKem768PublicKey::try_from(pk_m).map_err(|_| Error::KemInvalidPublicKey)?;
-        if !mlkem768::validate_public_key(&pk_m) {
-            return Err(Error::KemInvalidPublicKey);
-        }
-        let x: [u8; 32] = pk_x.try_into().map_err(|_| Error::KemInvalidPublicKey)?;
+        let (pk_m, x) =
+            xwing_halves(pk).map_err(|_| hpke_rs_crypto::error::Error::KemInvalidPublicKey)?;
         Ok(Self {
             mlkem: MlKemKey::new(pk_m),
             x,
@@ -418,6 +409,27 @@ impl Recipients {
     }
 }
 
+/// An X-Wing public key's two halves: its ML-KEM-768 key, checked as FIPS 203 asks before
+/// encapsulating, and its X25519 u-coordinate.
+fn xwing_halves(
+    pk: &[u8],
+) -> Result<(libcrux_ml_kem::mlkem768::MlKem768PublicKey, [u8; 32]), &'static str> {
+    use libcrux_ml_kem::mlkem768;
+    if pk.len() != XWING_PK {
+        return Err("an X-Wing key of the wrong length");
+    }
+    let (pk_m, pk_x) = pk.split_at(1184);
+    let invalid = "an X-Wing key whose ML-KEM half is not a valid key";
+    let pk_m = mlkem768::MlKem768PublicKey::try_from(pk_m).map_err(|_| invalid)?;
+    if !mlkem768::validate_public_key(&pk_m) {
+        return Err(invalid);
+    }
+    let x = pk_x
+        .try_into()
+        .map_err(|_| "an X-Wing key of the wrong length")?;
+    Ok((pk_m, x))
+}
+
 /// What is wrong with `key` as an HPKE public key of `kem` that others will encrypt to, if
 /// anything: an X-Wing key whose ML-KEM half fails FIPS 203's check or whose X25519 half has
 /// small order, an X25519 key of small order, a key of the wrong length. Every encryption to
@@ -436,18 +448,10 @@ pub(crate) fn hpke_key_problem(kem: HpkeKemType, key: &[u8]) -> Option<&'static 
         small.then_some("an X25519 key of small order")
     };
     match kem {
-        HpkeKemType::XWingKemDraft6 => {
-            if key.len() != XWING_PK {
-                return Some("an X-Wing key of the wrong length");
-            }
-            let (pk_m, pk_x) = key.split_at(1184);
-            let valid = libcrux_ml_kem::mlkem768::MlKem768PublicKey::try_from(pk_m)
-                .is_ok_and(|pk| libcrux_ml_kem::mlkem768::validate_public_key(&pk));
-            if !valid {
-                return Some("an X-Wing key whose ML-KEM half is not a valid key");
-            }
-            x25519(pk_x)
-        }
+        HpkeKemType::XWingKemDraft6 => match xwing_halves(key) {
+            Ok((_, x)) => x25519(&x),
+            Err(problem) => Some(problem),
+        },
         HpkeKemType::DhKem25519 => {
             if key.len() != 32 {
                 return Some("an X25519 key of the wrong length");
@@ -610,8 +614,13 @@ impl CryptoProvider {
                 Recipient::prepare(pk_r).map_err(|_| CryptoError::HpkeEncryptionError)?,
             ),
         };
-        let mut eseed = zeroize::Zeroizing::new([0u8; XWING_ESEED]);
-        <Hpke as HpkeCrypto>::prng().fill_bytes(&mut eseed[..]);
+        // The provider's own generator: a fresh `hpke-rs` one would seed itself from the
+        // system once more for every encryption.
+        let eseed = zeroize::Zeroizing::new(
+            self.inner
+                .random_array::<XWING_ESEED>()
+                .map_err(|_| CryptoError::HpkeEncryptionError)?,
+        );
         let (shared, enc) = recipient
             .encapsulate(&eseed)
             .map_err(|_| CryptoError::HpkeEncryptionError)?;

@@ -994,9 +994,10 @@ impl NatsStore {
 
     /// Takes the messages at the stream sequences `gone` out of the mailbox (`known`: the head
     /// as read before they were found, if it was): per at most [`codec::MAX_LIST`] of them a
-    /// head marker (the depth less those taken), then the deletes. Only the entries still there count, so that two nodes taking the same
-    /// messages (a recipient's ack repeated on another node, or every node's expiry) do not
-    /// count them twice. Returns how many were taken.
+    /// head marker (the depth less those taken), then the deletes. Only the entries still
+    /// there count, so that two nodes taking the same messages (a recipient's ack repeated on
+    /// another node, or every node's expiry) do not count them twice. Returns how many were
+    /// taken.
     async fn take_out(
         &self,
         op: &'static str,
