@@ -1,15 +1,16 @@
 //! `pigeon bench group`: what a group of N devices costs (issue #14).
 //!
-//! 1. In memory, X-Wing: a group of N devices built with one batch add, then, at N, the time to
-//!    create an add, a remove and a key-refresh commit (admin side) and to process each (another
-//!    member's side), their sizes and the Welcome's, and one message's encrypt and decrypt.
+//! 1. In one process, X-Wing, each device's MLS state kept as the client keeps it (SQLite
+//!    through the client's codec, the database in memory): a group of N devices built with one
+//!    batch add, then, at N, the time to create an add, a remove and a key-refresh commit
+//!    (admin side) and to process each (another member's side), their sizes and the Welcome's,
+//!    and one message's encrypt and decrypt.
 //! 2. Fan-out on a real relay child process: N connections subscribed to one group log; the
 //!    time from one post until its push has reached every one of them.
 
 use crate::relay_proc::RelayProcess;
 use hdrhistogram::Histogram;
 use pigeon_client::{OwnedMailbox, RelayConnection};
-use pigeon_e2ee::MemoryProvider as Provider;
 use pigeon_e2ee::content::{Text, body::Body};
 use pigeon_e2ee::{Change, Content, Group, Identity, Opened, Roster, RosterEntry, Suite};
 use std::time::{Duration, Instant};
@@ -40,16 +41,31 @@ pub(crate) struct GroupBenchArgs {
     json: bool,
 }
 
+/// A device as a client keeps one: its MLS state stored through the client's codec in SQLite
+/// (a database in memory: what encoding and storing the state costs, not the disk's time).
 struct Device {
-    provider: Provider,
+    crypto: pigeon_e2ee::CryptoProvider,
+    conn: rusqlite::Connection,
     identity: Identity,
 }
 
 impl Device {
     fn new() -> anyhow::Result<Self> {
-        let provider = Provider::new()?;
-        let identity = Identity::generate(&provider)?;
-        Ok(Self { provider, identity })
+        let crypto = pigeon_e2ee::crypto()?;
+        let conn = pigeon_client::memory_state()?;
+        let identity = Identity::generate(&pigeon_e2ee::Provider::new(
+            &crypto,
+            pigeon_client::StateStorage::new(&conn),
+        ))?;
+        Ok(Self {
+            crypto,
+            conn,
+            identity,
+        })
+    }
+
+    fn mls(&self) -> pigeon_e2ee::Provider<'_, pigeon_client::StateStorage<'_>> {
+        pigeon_e2ee::Provider::new(&self.crypto, pigeon_client::StateStorage::new(&self.conn))
     }
 
     fn entry(&self, i: usize, admin: bool) -> RosterEntry {
@@ -105,10 +121,10 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
         direct: false,
         devices: false,
     };
-    let mut a = Group::create(&admin.provider, &admin.identity, Suite::XWing, &roster)?;
+    let mut a = Group::create(&admin.mls(), &admin.identity, Suite::XWing, &roster)?;
     let other = Device::new()?;
     let mut adds = vec![(
-        other.identity.key_package(&other.provider, Suite::XWing)?,
+        other.identity.key_package(&other.mls(), Suite::XWing)?,
         other.entry(1, false),
     )];
     // Leaves 2, 4, 8, …: one device under each subtree beside the admin's path. Their own
@@ -118,38 +134,38 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     for i in 2..members {
         let d = Device::new()?;
         adds.push((
-            d.identity.key_package(&d.provider, Suite::XWing)?,
+            d.identity.key_package(&d.mls(), Suite::XWing)?,
             d.entry(i, false),
         ));
         if i.is_power_of_two() && steady {
             fillers.push(d);
         }
     }
-    let built = a.commit(&admin.provider, &admin.identity, Change::AddMany(adds))?;
-    a.merge_pending(&admin.provider)?;
+    let built = a.commit(&admin.mls(), &admin.identity, Change::AddMany(adds))?;
+    a.merge_pending(&admin.mls())?;
     let welcome = built.welcome.ok_or_else(|| anyhow::anyhow!("no welcome"))?;
-    let mut b = Group::join_group(&other.provider, &welcome)?;
+    let mut b = Group::join_group(&other.mls(), &welcome)?;
     let build_s = started.elapsed().as_secs_f64();
     if steady {
         let mut groups = fillers
             .iter()
-            .map(|d| Group::join_group(&d.provider, &welcome))
+            .map(|d| Group::join_group(&d.mls(), &welcome))
             .collect::<Result<Vec<_>, _>>()?;
         // B (leaf 1) refreshes too.
-        let c = b.commit(&other.provider, &other.identity, Change::Update)?;
-        b.merge_pending(&other.provider)?;
-        a.open(&admin.provider, &c.commit)?;
+        let c = b.commit(&other.mls(), &other.identity, Change::Update)?;
+        b.merge_pending(&other.mls())?;
+        a.open(&admin.mls(), &c.commit)?;
         for (g, d) in groups.iter_mut().zip(&fillers) {
-            g.open(&d.provider, &c.commit)?;
+            g.open(&d.mls(), &c.commit)?;
         }
         for k in 0..fillers.len() {
-            let c = groups[k].commit(&fillers[k].provider, &fillers[k].identity, Change::Update)?;
-            groups[k].merge_pending(&fillers[k].provider)?;
-            a.open(&admin.provider, &c.commit)?;
-            b.open(&other.provider, &c.commit)?;
+            let c = groups[k].commit(&fillers[k].mls(), &fillers[k].identity, Change::Update)?;
+            groups[k].merge_pending(&fillers[k].mls())?;
+            a.open(&admin.mls(), &c.commit)?;
+            b.open(&other.mls(), &c.commit)?;
             for j in 0..fillers.len() {
                 if j != k {
-                    groups[j].open(&fillers[j].provider, &c.commit)?;
+                    groups[j].open(&fillers[j].mls(), &c.commit)?;
                 }
             }
         }
@@ -157,9 +173,9 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     let (mut add, mut remove, mut update, mut process) = (vec![], vec![], vec![], vec![]);
     let (mut commit_bytes, mut welcome_bytes) = (0, 0);
     let mut apply = |a: &mut Group, b: &mut Group, commit: &[u8]| -> anyhow::Result<()> {
-        a.merge_pending(&admin.provider)?;
+        a.merge_pending(&admin.mls())?;
         let t = Instant::now();
-        let opened = b.open(&other.provider, commit)?;
+        let opened = b.open(&other.mls(), commit)?;
         process.push(ms(t.elapsed()));
         anyhow::ensure!(matches!(opened, Opened::Commit { .. }), "not a commit");
         Ok(())
@@ -168,10 +184,10 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
         let newcomer = Device::new()?;
         let kp = newcomer
             .identity
-            .key_package(&newcomer.provider, Suite::XWing)?;
+            .key_package(&newcomer.mls(), Suite::XWing)?;
         let t = Instant::now();
         let c = a.commit(
-            &admin.provider,
+            &admin.mls(),
             &admin.identity,
             Change::Add {
                 key_package: kp,
@@ -183,7 +199,7 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
         apply(&mut a, &mut b, &c.commit)?;
         let t = Instant::now();
         let c = a.commit(
-            &admin.provider,
+            &admin.mls(),
             &admin.identity,
             Change::Remove {
                 keys: vec![newcomer.identity.public_key().to_vec()],
@@ -192,7 +208,7 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
         remove.push(ms(t.elapsed()));
         apply(&mut a, &mut b, &c.commit)?;
         let t = Instant::now();
-        let c = a.commit(&admin.provider, &admin.identity, Change::Update)?;
+        let c = a.commit(&admin.mls(), &admin.identity, Change::Update)?;
         update.push(ms(t.elapsed()));
         commit_bytes = c.commit.len();
         apply(&mut a, &mut b, &c.commit)?;
@@ -200,10 +216,10 @@ fn costs(members: usize, rounds: usize, steady: bool) -> anyhow::Result<Costs> {
     let (mut enc, mut dec) = (Vec::new(), Vec::new());
     for i in 0..200 {
         let t = Instant::now();
-        let ct = a.seal(&admin.provider, &admin.identity, &text(i))?;
+        let ct = a.seal(&admin.mls(), &admin.identity, &text(i))?;
         enc.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
-        b.open(&other.provider, &ct)?;
+        b.open(&other.mls(), &ct)?;
         dec.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(Costs {

@@ -507,7 +507,9 @@ fn sqlcipher_pages(path: &Path, passphrase: &str) -> Vec<u8> {
 }
 
 /// The forms a stored secret may take, each half separately (a value may straddle a page
-/// boundary, but then one half is whole on one page): raw bytes, or serde_json's numbers.
+/// boundary, but then one half is whole on one page): raw bytes, serde_json's numbers, or
+/// MessagePack's integers (a byte from 128 up after 0xCC), as the profile's codec stores
+/// large values.
 fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let (a, b) = secret.split_at(secret.len() / 2);
     let json = |half: &[u8]| {
@@ -517,7 +519,19 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
             .join(",")
             .into_bytes()
     };
-    vec![a.to_vec(), b.to_vec(), json(a), json(b)]
+    let msgpack = |half: &[u8]| {
+        half.iter()
+            .flat_map(|&x| if x < 0x80 { vec![x] } else { vec![0xcc, x] })
+            .collect::<Vec<u8>>()
+    };
+    vec![
+        a.to_vec(),
+        b.to_vec(),
+        json(a),
+        json(b),
+        msgpack(a),
+        msgpack(b),
+    ]
 }
 
 fn holds(pages: &[u8], secret: &[u8]) -> bool {
@@ -558,6 +572,7 @@ fn stored_secrets(db: &Path) -> Vec<Vec<u8>> {
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .expect("rows")
     {
+        // Small values (these, in a conversation of two) are JSON; see pigeon-client's codec.
         let value: serde_json::Value =
             serde_json::from_slice(&blob.expect("row")).expect("openmls stores JSON here");
         walk(&value, &mut out);

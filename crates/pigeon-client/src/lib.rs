@@ -12,6 +12,7 @@
 pub mod attachment;
 pub mod backup;
 mod client;
+mod codec;
 pub mod device_link;
 pub mod ids;
 pub mod invite;
@@ -24,6 +25,7 @@ pub use client::{
     Client, ClientEvent, Error, FileOutcome, FileProgress, FlushReport, JoinRequest,
     MIRROR_PATIENCE, ProgressSink, RELAY_STAGGER,
 };
+pub use codec::{StateCodec, StateCodecError, StateStorage, memory_state};
 pub use device_link::{DeviceLink, DeviceLinkError};
 pub use ids::{ContactId, GroupId};
 pub use invite::{Invite, InviteError};

@@ -178,24 +178,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// serde_json for openmls's stored values.
-#[derive(Default)]
-pub(crate) struct JsonCodec;
-
-impl openmls_sqlite_storage::Codec for JsonCodec {
-    type Error = serde_json::Error;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
-}
-
-type Storage<'a> = openmls_sqlite_storage::SqliteStorageProvider<JsonCodec, &'a Connection>;
-type Mls<'a> = pigeon_e2ee::Provider<'a, Storage<'a>>;
+type Mls<'a> = pigeon_e2ee::Provider<'a, crate::StateStorage<'a>>;
 
 /// A contact as people see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -508,12 +491,14 @@ impl Profile {
         if version > SCHEMA_VERSION {
             return Err(ProfileError::TooNew(version));
         }
-        openmls_sqlite_storage::SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
-            .run_migrations()
-            .map_err(|e| ProfileError::Db {
-                doing: "preparing the encryption state tables",
-                reason: e.to_string(),
-            })?;
+        openmls_sqlite_storage::SqliteStorageProvider::<crate::StateCodec, &mut Connection>::new(
+            &mut conn,
+        )
+        .run_migrations()
+        .map_err(|e| ProfileError::Db {
+            doing: "preparing the encryption state tables",
+            reason: e.to_string(),
+        })?;
         if version < 1 {
             conn.execute_batch(SCHEMA).map_err(db("creating tables"))?;
         }
@@ -765,7 +750,7 @@ impl Profile {
     }
 
     fn mls(&self) -> Mls<'_> {
-        pigeon_e2ee::Provider::new(&self.crypto, Storage::new(&self.conn))
+        pigeon_e2ee::Provider::new(&self.crypto, crate::StateStorage::new(&self.conn))
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction: committed on `Ok`, rolled back on `Err`.

@@ -1,5 +1,6 @@
-//! The crypto provider openmls runs on: libcrux for everything, except the SHA-2 family
-//! (hashes, HMAC, HKDF — also inside HPKE), which goes to RustCrypto's `sha2`.
+//! The crypto provider openmls runs on: libcrux for signatures, ML-KEM, decapsulation and key
+//! derivation; RustCrypto's `sha2` for the SHA-2 family (hashes, HMAC, HKDF — also inside HPKE)
+//! and `chacha20poly1305` for that AEAD; the operating system for randomness.
 //!
 //! Why: a profile of `pigeon bench group --members 1000 --steady` spent more than half its time
 //! in libcrux's portable SHA-256, most of it inside HPKE: each HPKE encryption of a commit's
@@ -14,9 +15,15 @@
 //! X-Wing's encapsulation takes its X25519 half from `curve25519-dalek`
 //! ([`xwing_encaps_derand`]), and the provider keeps recipients' keys prepared for it
 //! ([`Recipient`]: ML-KEM's matrix expanded, the X25519 point on the Edwards curve), since a
-//! group's commits encrypt to the same leaf keys one commit after another; everything else —
-//! ML-KEM, decapsulation, AEAD, signatures,
-//! randomness — is libcrux's, unchanged.
+//! group's commits encrypt to the same leaf keys one commit after another; an X-Wing seal runs
+//! HPKE's key schedule here ([`CryptoProvider::xwing_seal`]), hashing the group context once
+//! per commit instead of once per device.
+//!
+//! A later profile (fresh tree, 1,000 devices) found two more costs that were not the
+//! cryptography's own: libcrux's ChaCha20-Poly1305 sealed a 1.2 MB commit in 2.6 ms where
+//! `chacha20poly1305` (AVX2) takes 0.9 ms, and libcrux's HMAC-DRBG took 3.3 µs for the 64
+//! bytes of each X-Wing encapsulation where the kernel's `getrandom` takes 0.5 µs. The kernel's
+//! generator also keeps no state in this process that could give away past outputs.
 
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
@@ -135,9 +142,6 @@ impl HpkeCrypto for Hpke {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
-        if is_large_info_hash(ikm) {
-            return Ok(info_hash_memo(alg, salt, ikm));
-        }
         Ok(hkdf_extract(alg.into(), salt, ikm))
     }
 
@@ -217,6 +221,9 @@ impl HpkeCrypto for Hpke {
         aad: &[u8],
         msg: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        if alg == AeadAlgorithm::ChaCha20Poly1305 {
+            return chacha_seal(key, nonce, aad, msg).map_err(hpke_error);
+        }
         HpkeLibcrux::aead_seal(alg, key, nonce, aad, msg)
     }
 
@@ -227,8 +234,91 @@ impl HpkeCrypto for Hpke {
         aad: &[u8],
         msg: &[u8],
     ) -> Result<Vec<u8>, hpke_rs_crypto::error::Error> {
+        if alg == AeadAlgorithm::ChaCha20Poly1305 {
+            return chacha_open(key, nonce, aad, msg).map_err(|e| match e {
+                CryptoError::AeadDecryptionError => hpke_rs_crypto::error::Error::AeadOpenError,
+                other => hpke_error(other),
+            });
+        }
         HpkeLibcrux::aead_open(alg, key, nonce, aad, msg)
     }
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) sealing: the ciphertext with its 16-byte tag appended, as
+/// libcrux gives it. The cipher's copy of the key is wiped when it is dropped.
+fn chacha_seal(key: &[u8], nonce: &[u8], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
+        .map_err(|_| CryptoError::InvalidLength)?;
+    let nonce: &[u8; 12] = nonce.try_into().map_err(|_| CryptoError::InvalidLength)?;
+    cipher
+        .encrypt(nonce.into(), Payload { msg, aad })
+        .map_err(|_| CryptoError::CryptoLibraryError)
+}
+
+/// ChaCha20-Poly1305 opening of a ciphertext with its tag appended.
+fn chacha_open(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    ct_tag: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
+        .map_err(|_| CryptoError::InvalidLength)?;
+    let nonce: &[u8; 12] = nonce.try_into().map_err(|_| CryptoError::InvalidLength)?;
+    cipher
+        .decrypt(nonce.into(), Payload { msg: ct_tag, aad })
+        .map_err(|_| CryptoError::AeadDecryptionError)
+}
+
+/// HPKE's `suite_id` (RFC 9180 §5.1): "HPKE" ‖ KEM id ‖ KDF id ‖ AEAD id.
+fn hpke_suite_id(kem: KemAlgorithm, kdf: KdfAlgorithm, aead: AeadAlgorithm) -> [u8; 10] {
+    let mut id = [0; 10];
+    id[..4].copy_from_slice(b"HPKE");
+    id[4..6].copy_from_slice(&(kem as u16).to_be_bytes());
+    id[6..8].copy_from_slice(&(kdf as u16).to_be_bytes());
+    id[8..].copy_from_slice(&(aead as u16).to_be_bytes());
+    id
+}
+
+/// HPKE's `LabeledExtract(salt, label, ikm)` (RFC 9180 §4).
+fn labeled_extract(kdf: Sha2, suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> Vec<u8> {
+    hkdf_extract(
+        kdf,
+        salt,
+        &[b"HPKE-v1".as_slice(), suite_id, label, ikm].concat(),
+    )
+}
+
+/// HPKE's `LabeledExpand(prk, label, info, len)` (RFC 9180 §4).
+fn labeled_expand(
+    kdf: Sha2,
+    suite_id: &[u8],
+    prk: &[u8],
+    label: &[u8],
+    info: &[u8],
+    len: usize,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    let l = u16::try_from(len).map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
+    let labeled = [
+        &l.to_be_bytes(),
+        b"HPKE-v1".as_slice(),
+        suite_id,
+        label,
+        info,
+    ]
+    .concat();
+    hkdf_expand(kdf, prk, &labeled, len)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| CryptoError::HkdfOutputLengthInvalid)
+}
+
+/// The last large `info_hash` a provider computed: its suite, its whole `info` and the hash.
+struct InfoHash {
+    suite_id: [u8; 10],
+    info: Vec<u8>,
+    hash: Vec<u8>,
 }
 
 /// Bytes of an X-Wing public key: ML-KEM-768's, then X25519's.
@@ -486,60 +576,19 @@ fn x25519_on(k: &[u8; 32], u: [u8; 32], edwards: Option<&EdwardsPoint>) -> [u8; 
     }
 }
 
-/// The HPKE instance for an openmls configuration, mapped as libcrux's provider maps it.
 /// `info` from this size up has its HPKE `info_hash` remembered (below it, hashing is cheaper
 /// than keeping and comparing a copy).
 const LARGE_INFO: usize = 4096;
 
-/// True for the extract of HPKE's key schedule that hashes `info` (RFC 9180 §5.1:
-/// `LabeledExtract("", "info_hash", info)`, whose input is "HPKE-v1" ‖ suite id (10 bytes) ‖
-/// "info_hash" ‖ info), when `info` is large.
-fn is_large_info_hash(labeled_ikm: &[u8]) -> bool {
-    labeled_ikm.len() >= 26 + LARGE_INFO
-        && labeled_ikm.starts_with(b"HPKE-v1HPKE")
-        && labeled_ikm.get(17..26) == Some(b"info_hash".as_slice())
-}
-
-/// A commit's update path is HPKE-encrypted once per device in each copath node's resolution
-/// (about every device of the group, in a tree whose inner nodes have no keys yet), each time
-/// under the same `info`: the group context, which carries the roster (about 70 KB at 1,000
-/// devices). Hashing it each time was half of every encryption (a profile of `pigeon bench
-/// group --members 1000`). The last large `info_hash` computed on this thread is kept with its
-/// whole input and reused only for byte-for-byte the same input: the same result, computed
-/// once per commit instead of once per device. What it holds is public to the group (the
-/// group context), never a key or a shared secret (those are short and never kept here).
-fn info_hash_memo(alg: KdfAlgorithm, salt: &[u8], labeled_ikm: &[u8]) -> Vec<u8> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<InfoHash>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some(hit) = last
-            .as_ref()
-            .filter(|h| h.alg == alg && h.salt == salt && h.labeled_ikm.as_slice() == labeled_ikm)
-        {
-            return hit.out.clone();
-        }
-        let out = hkdf_extract(alg.into(), salt, labeled_ikm);
-        *last = Some(InfoHash {
-            alg,
-            salt: salt.to_vec(),
-            labeled_ikm: labeled_ikm.to_vec(),
-            out: out.clone(),
-        });
-        out
-    })
-}
-
-/// One remembered `info_hash`: its whole input and its output.
-struct InfoHash {
-    alg: KdfAlgorithm,
-    salt: Vec<u8>,
-    labeled_ikm: Vec<u8>,
-    out: Vec<u8>,
-}
-
+/// The HPKE instance for an openmls configuration, mapped as libcrux's provider maps it.
 fn hpke(config: HpkeConfig) -> hpke_rs::Hpke<Hpke> {
+    let (kem, kdf, aead) = hpke_algorithms(&config);
+    hpke_rs::Hpke::new(hpke_rs::Mode::Base, kem, kdf, aead)
+}
+
+/// openmls's names for an HPKE configuration's algorithms in `hpke-rs`'s (whose code points
+/// are RFC 9180's, and 0x647a for X-Wing as in libcrux's provider).
+fn hpke_algorithms(config: &HpkeConfig) -> (KemAlgorithm, KdfAlgorithm, AeadAlgorithm) {
     let kem = match config.0 {
         HpkeKemType::DhKemP256 => KemAlgorithm::DhKemP256,
         HpkeKemType::DhKemP384 => KemAlgorithm::DhKemP384,
@@ -561,7 +610,7 @@ fn hpke(config: HpkeConfig) -> hpke_rs::Hpke<Hpke> {
         HpkeAeadType::ChaCha20Poly1305 => AeadAlgorithm::ChaCha20Poly1305,
         HpkeAeadType::Export => AeadAlgorithm::HpkeExport,
     };
-    hpke_rs::Hpke::new(hpke_rs::Mode::Base, kem, kdf, aead)
+    (kem, kdf, aead)
 }
 
 /// libcrux's provider, with the SHA-2 family from `sha2`.
@@ -569,6 +618,9 @@ pub struct CryptoProvider {
     inner: openmls_libcrux_crypto::CryptoProvider,
     /// X-Wing keys prepared for encapsulation lately (public keys only).
     recipients: std::sync::Mutex<Recipients>,
+    /// The last large HPKE `info_hash` of an X-Wing seal (the group context: public to the
+    /// group, never a key or a shared secret).
+    info_hash: std::sync::Mutex<Option<std::sync::Arc<InfoHash>>>,
 }
 
 impl std::fmt::Debug for CryptoProvider {
@@ -578,7 +630,8 @@ impl std::fmt::Debug for CryptoProvider {
 }
 
 impl CryptoProvider {
-    /// A provider whose randomness is an HMAC-DRBG seeded from the operating system.
+    /// A provider whose randomness is the operating system's (libcrux's own key generation
+    /// inside keeps its HMAC-DRBG, seeded from the operating system).
     ///
     /// # Errors
     /// When the system gives no randomness.
@@ -586,12 +639,43 @@ impl CryptoProvider {
         openmls_libcrux_crypto::CryptoProvider::new().map(|inner| Self {
             inner,
             recipients: std::sync::Mutex::default(),
+            info_hash: std::sync::Mutex::default(),
         })
     }
 
-    /// HPKE's base-mode seal (RFC 9180 §6.1) with X-Wing, whose encapsulation uses the
-    /// prepared recipient; the key schedule and the AEAD are `hpke-rs`'s, as for every other
-    /// KEM.
+    /// HPKE's `info_hash` (RFC 9180 §5.1: `LabeledExtract("", "info_hash", info)`). A commit's
+    /// update path is encrypted once per device in each copath node's resolution (about every
+    /// device of the group, in a tree whose inner nodes have no keys yet), each time under the
+    /// same `info`: the group context, which carries the roster (about 70 KB at 1,000
+    /// devices). The last large one is kept with its whole input and reused only for byte for
+    /// byte the same input: hashed once per commit instead of once per device.
+    fn info_hash(&self, kdf: Sha2, suite_id: &[u8; 10], info: &[u8]) -> Vec<u8> {
+        let compute = || labeled_extract(kdf, suite_id, b"", b"info_hash", info);
+        if info.len() < LARGE_INFO {
+            return compute();
+        }
+        let lock = || {
+            self.info_hash
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        // Compared outside the lock: the threads of one commit read it at once.
+        let last = lock().clone();
+        if let Some(hit) = last.filter(|h| h.suite_id == *suite_id && h.info == info) {
+            return hit.hash.clone();
+        }
+        let hash = compute();
+        *lock() = Some(std::sync::Arc::new(InfoHash {
+            suite_id: *suite_id,
+            info: info.to_vec(),
+            hash: hash.clone(),
+        }));
+        hash
+    }
+
+    /// HPKE's base-mode seal (RFC 9180 §5.1, §6.1) with X-Wing, whose encapsulation uses the
+    /// prepared recipient, and whose key schedule hashes a large `info` once
+    /// ([`Self::info_hash`]). The tests open what it seals with libcrux's provider.
     fn xwing_seal(
         &self,
         config: HpkeConfig,
@@ -614,11 +698,8 @@ impl CryptoProvider {
                 Recipient::prepare(pk_r).map_err(|_| CryptoError::HpkeEncryptionError)?,
             ),
         };
-        // The provider's own generator: a fresh `hpke-rs` one would seed itself from the
-        // system once more for every encryption.
         let eseed = zeroize::Zeroizing::new(
-            self.inner
-                .random_array::<XWING_ESEED>()
+            self.random_array::<XWING_ESEED>()
                 .map_err(|_| CryptoError::HpkeEncryptionError)?,
         );
         let (shared, enc) = recipient
@@ -629,9 +710,29 @@ impl CryptoProvider {
             lock().insert(pk_r, recipient);
         }
         let shared = zeroize::Zeroizing::new(shared);
-        let ciphertext = hpke(config)
-            .key_schedule(&shared, info, &[], &[])
-            .and_then(|mut context| context.seal(aad, ptxt))
+        let (kem, kdf_id, aead_id) = hpke_algorithms(&config);
+        let (aead, key_len) = match config.2 {
+            HpkeAeadType::AesGcm128 => (AeadType::Aes128Gcm, 16),
+            HpkeAeadType::AesGcm256 => (AeadType::Aes256Gcm, 32),
+            HpkeAeadType::ChaCha20Poly1305 => (AeadType::ChaCha20Poly1305, 32),
+            HpkeAeadType::Export => return Err(CryptoError::SenderSetupError),
+        };
+        let suite_id = hpke_suite_id(kem, kdf_id, aead_id);
+        let kdf = Sha2::from(kdf_id);
+        // Base mode: no PSK, and `psk_id` empty.
+        let context = [
+            &[0u8][..],
+            &labeled_extract(kdf, &suite_id, b"", b"psk_id_hash", b""),
+            &self.info_hash(kdf, &suite_id, info),
+        ]
+        .concat();
+        let secret =
+            zeroize::Zeroizing::new(labeled_extract(kdf, &suite_id, &shared, b"secret", b""));
+        let key = labeled_expand(kdf, &suite_id, &secret, b"key", &context, key_len)?;
+        // The first (and only) message of the context: its nonce is the base nonce.
+        let nonce = labeled_expand(kdf, &suite_id, &secret, b"base_nonce", &context, 12)?;
+        let ciphertext = self
+            .aead_encrypt(aead, &key, ptxt, &nonce, aad)
             .map_err(|_| CryptoError::HpkeEncryptionError)?;
         Ok(HpkeCiphertext {
             kem_output: enc.into(),
@@ -716,6 +817,9 @@ impl OpenMlsCrypto for CryptoProvider {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        if alg == AeadType::ChaCha20Poly1305 {
+            return chacha_seal(key, nonce, aad, data);
+        }
         self.inner.aead_encrypt(alg, key, data, nonce, aad)
     }
 
@@ -727,6 +831,9 @@ impl OpenMlsCrypto for CryptoProvider {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        if alg == AeadType::ChaCha20Poly1305 {
+            return chacha_open(key, nonce, aad, ct_tag);
+        }
         self.inner.aead_decrypt(alg, key, ct_tag, nonce, aad)
     }
 
@@ -889,15 +996,20 @@ impl openmls_traits::OpenMlsProvider for MemoryProvider {
     }
 }
 
+/// The operating system's generator, asked for every value (`getrandom`).
 impl OpenMlsRand for CryptoProvider {
-    type Error = <openmls_libcrux_crypto::CryptoProvider as OpenMlsRand>::Error;
+    type Error = getrandom::Error;
 
     fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
-        self.inner.random_array()
+        let mut out = [0; N];
+        getrandom::fill(&mut out)?;
+        Ok(out)
     }
 
     fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
-        self.inner.random_vec(len)
+        let mut out = vec![0; len];
+        getrandom::fill(&mut out)?;
+        Ok(out)
     }
 }
 
@@ -944,20 +1056,89 @@ mod tests {
                     .is_err()
             );
         }
-        assert!(is_large_info_hash(
-            &[
-                b"HPKE-v1HPKE\x00\x01\x00\x01\x00\x03info_hash".as_slice(),
-                &a
-            ]
-            .concat()
-        ));
-        assert!(!is_large_info_hash(
-            &[
-                b"HPKE-v1HPKE\x00\x01\x00\x01\x00\x03psk_id_hash".as_slice(),
-                &a
-            ]
-            .concat()
-        ));
+        // A small `info` (hashed each time) too, and an empty one.
+        for info in [b"small".as_slice(), b""] {
+            let sealed = ours
+                .hpke_seal(config(), &keys.public, info, b"aad", b"path secret")
+                .expect("seal");
+            assert_eq!(
+                libcrux
+                    .hpke_open(config(), &sealed, &keys.private, info, b"aad")
+                    .expect("opens"),
+                b"path secret"
+            );
+        }
+    }
+
+    /// ChaCha20-Poly1305 here and in libcrux are one cipher: each opens what the other seals
+    /// (empty, one byte, and a commit's size), and a changed byte of ciphertext, tag or
+    /// associated data, a wrong key or nonce, or a bad length is refused.
+    #[test]
+    fn chacha20_poly1305_is_libcrux_s_both_ways_and_refuses_tampering() {
+        let ours = CryptoProvider::new().expect("provider");
+        let libcrux = openmls_libcrux_crypto::CryptoProvider::new().expect("provider");
+        let chacha = AeadType::ChaCha20Poly1305;
+        let (key, nonce) = ([5u8; 32], [6u8; 12]);
+        for len in [0, 1, 64, 1_200_000] {
+            let plain: Vec<u8> = (0..=250u8).cycle().take(len).collect();
+            let sealed = ours
+                .aead_encrypt(chacha, &key, &plain, &nonce, b"aad")
+                .expect("seal");
+            assert_eq!(
+                sealed,
+                libcrux
+                    .aead_encrypt(chacha, &key, &plain, &nonce, b"aad")
+                    .expect("seal"),
+                "the same bytes as libcrux's"
+            );
+            assert_eq!(sealed.len(), len + 16);
+            assert_eq!(
+                libcrux
+                    .aead_decrypt(chacha, &key, &sealed, &nonce, b"aad")
+                    .expect("libcrux opens ours"),
+                plain
+            );
+            assert_eq!(
+                ours.aead_decrypt(chacha, &key, &sealed, &nonce, b"aad")
+                    .expect("opens"),
+                plain
+            );
+            for at in [0, sealed.len() / 2, sealed.len() - 1] {
+                let mut bad = sealed.clone();
+                bad[at] ^= 1;
+                assert_eq!(
+                    ours.aead_decrypt(chacha, &key, &bad, &nonce, b"aad"),
+                    Err(CryptoError::AeadDecryptionError)
+                );
+            }
+            let refused = |key: &[u8], nonce: &[u8], aad: &[u8]| {
+                ours.aead_decrypt(chacha, key, &sealed, nonce, aad).is_err()
+            };
+            assert!(refused(&key, &nonce, b"aaD"));
+            assert!(refused(&[4; 32], &nonce, b"aad"));
+            assert!(refused(&key, &[7; 12], b"aad"));
+            assert!(refused(&key[..31], &nonce, b"aad"));
+            assert!(refused(&key, &nonce[..11], b"aad"));
+        }
+        assert!(
+            ours.aead_decrypt(chacha, &key, &[0; 15], &nonce, b"")
+                .is_err()
+        );
+        assert_eq!(
+            ours.aead_encrypt(chacha, &key[..16], b"x", &nonce, b""),
+            Err(CryptoError::InvalidLength)
+        );
+    }
+
+    /// Randomness comes in the length asked, different each time.
+    #[test]
+    fn randomness_is_the_length_asked_and_never_repeats() {
+        let ours = CryptoProvider::new().expect("provider");
+        let a: [u8; 32] = ours.random_array().expect("random");
+        let b: [u8; 32] = ours.random_array().expect("random");
+        assert_ne!(a, b);
+        assert_eq!(ours.random_vec(1000).expect("random").len(), 1000);
+        assert!(ours.random_vec(0).expect("random").is_empty());
     }
 
     /// X-Wing encapsulation here gives libcrux's bytes for the same randomness, libcrux
