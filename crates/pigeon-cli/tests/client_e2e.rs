@@ -572,9 +572,8 @@ fn stored_secrets(db: &Path) -> Vec<Vec<u8>> {
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .expect("rows")
     {
-        // Small values (these, in a conversation of two) are JSON; see pigeon-client's codec.
         let value: serde_json::Value =
-            serde_json::from_slice(&blob.expect("row")).expect("openmls stores JSON here");
+            pigeon_client::StateCodec::read(&blob.expect("row")).expect("openmls's state");
         walk(&value, &mut out);
     }
     out

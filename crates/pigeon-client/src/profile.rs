@@ -56,7 +56,7 @@ pub const DB_FILE: &str = "profile.db";
 pub const REKEY_EVERY: i64 = 50;
 /// Delivered message ids are remembered this long (longer than a relay keeps a message).
 const SEEN_DAYS: i64 = 60;
-const SCHEMA_VERSION: i64 = 17;
+const SCHEMA_VERSION: i64 = 18;
 /// Most (network, relay) pairs whose working route is remembered.
 pub const ROUTE_MEMORY: i64 = 256;
 
@@ -537,7 +537,7 @@ impl Profile {
             }
         }
         // The later versions each add tables or columns, in order.
-        let later: [(i64, &str, &'static str); 13] = [
+        let later: [(i64, &str, &'static str); 14] = [
             (5, schema::MIGRATE_5, "adding the proxies table"),
             (6, schema::MIGRATE_6, "adding the route memory table"),
             (7, schema::MIGRATE_7, "adding the relays table"),
@@ -551,6 +551,11 @@ impl Profile {
             (15, schema::MIGRATE_15, "adding backups"),
             (16, schema::MIGRATE_16, "adding files"),
             (17, schema::MIGRATE_17, "adding read receipts"),
+            (
+                18,
+                schema::MIGRATE_18,
+                "marking MLS state stored as MessagePack",
+            ),
         ];
         for (to, sql, doing) in later {
             if version < to {

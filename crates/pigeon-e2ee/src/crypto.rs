@@ -11,7 +11,8 @@
 //! SHA-NI, ARMv8 SHA2) and falls back to portable code, with the same results (the tests below
 //! check it against libcrux and against the FIPS 180-4 and RFC 5869 vectors, and HPKE both
 //! ways between the two providers). HPKE runs on `hpke-rs` as in libcrux's provider, with the
-//! same algorithm mapping (X-Wing is code point 0x647a, as there); only its KDF is `sha2`'s.
+//! same algorithm mapping (X-Wing is code point 0x647a, as there), its KDF `sha2`'s and its
+//! ChaCha20-Poly1305 RustCrypto's; X-Wing *seals* run HPKE's key schedule here instead.
 //! X-Wing's encapsulation takes its X25519 half from `curve25519-dalek`
 //! ([`xwing_encaps_derand`]), and the provider keeps recipients' keys prepared for it
 //! ([`Recipient`]: ML-KEM's matrix expanded, the X25519 point on the Edwards curve), since a
@@ -106,7 +107,7 @@ fn hkdf_expand(hash: Sha2, prk: &[u8], info: &[u8], len: usize) -> Result<Vec<u8
     Ok(okm)
 }
 
-/// libcrux's HPKE primitives with `sha2`'s HKDF.
+/// libcrux's HPKE primitives with `sha2`'s HKDF and RustCrypto's ChaCha20-Poly1305.
 #[derive(Debug)]
 struct Hpke;
 
@@ -118,7 +119,7 @@ impl HpkeCrypto for Hpke {
     type HpkePrng = <HpkeLibcrux as HpkeCrypto>::HpkePrng;
 
     fn name() -> String {
-        "libcrux with sha2's HKDF".to_owned()
+        "libcrux with sha2's HKDF and RustCrypto's ChaCha20-Poly1305".to_owned()
     }
 
     fn supports_kdf(alg: KdfAlgorithm) -> Result<(), hpke_rs_crypto::error::Error> {
@@ -613,7 +614,8 @@ fn hpke_algorithms(config: &HpkeConfig) -> (KemAlgorithm, KdfAlgorithm, AeadAlgo
     (kem, kdf, aead)
 }
 
-/// libcrux's provider, with the SHA-2 family from `sha2`.
+/// libcrux's provider, with the SHA-2 family from `sha2`, ChaCha20-Poly1305 from RustCrypto,
+/// X-Wing seals of its own and the operating system's randomness (the module's text says why).
 pub struct CryptoProvider {
     inner: openmls_libcrux_crypto::CryptoProvider,
     /// X-Wing keys prepared for encapsulation lately (public keys only).
@@ -689,6 +691,13 @@ impl CryptoProvider {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
+        let (kem, kdf_id, aead_id) = hpke_algorithms(&config);
+        let (aead, key_len) = match config.2 {
+            HpkeAeadType::AesGcm128 => (AeadType::Aes128Gcm, 16),
+            HpkeAeadType::AesGcm256 => (AeadType::Aes256Gcm, 32),
+            HpkeAeadType::ChaCha20Poly1305 => (AeadType::ChaCha20Poly1305, 32),
+            HpkeAeadType::Export => return Err(CryptoError::SenderSetupError),
+        };
         // Prepared outside the lock: the threads of one commit prepare different keys at once.
         let remembered = lock().get(pk_r);
         let fresh = remembered.is_none();
@@ -710,13 +719,6 @@ impl CryptoProvider {
             lock().insert(pk_r, recipient);
         }
         let shared = zeroize::Zeroizing::new(shared);
-        let (kem, kdf_id, aead_id) = hpke_algorithms(&config);
-        let (aead, key_len) = match config.2 {
-            HpkeAeadType::AesGcm128 => (AeadType::Aes128Gcm, 16),
-            HpkeAeadType::AesGcm256 => (AeadType::Aes256Gcm, 32),
-            HpkeAeadType::ChaCha20Poly1305 => (AeadType::ChaCha20Poly1305, 32),
-            HpkeAeadType::Export => return Err(CryptoError::SenderSetupError),
-        };
         let suite_id = hpke_suite_id(kem, kdf_id, aead_id);
         let kdf = Sha2::from(kdf_id);
         // Base mode: no PSK, and `psk_id` empty.

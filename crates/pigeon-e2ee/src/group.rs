@@ -527,6 +527,11 @@ pub(crate) fn without_resumption_psks<P: OpenMlsProvider>(
 
 /// Parses a Welcome for this device and stages it, keeping `past_epochs` epochs' keys once
 /// joined; refuses a suite Pigeonpost does not speak.
+/// The longest group id a device joins with. Pigeonpost's groups have openmls's 16 random
+/// bytes; the id is a key of the stored state (and kept in the client's tables), so one chosen
+/// by whoever sent a Welcome has a bound.
+const MAX_GROUP_ID: usize = 256;
+
 pub(crate) fn stage_welcome<P: OpenMlsProvider>(
     provider: &P,
     welcome: &[u8],
@@ -550,6 +555,12 @@ pub(crate) fn stage_welcome<P: OpenMlsProvider>(
         return Err(bad(
             "it uses a ciphersuite Pigeonpost does not speak".to_owned()
         ));
+    }
+    let id = staged.group_context().group_id().as_slice().len();
+    if id > MAX_GROUP_ID {
+        return Err(bad(format!(
+            "its group id is {id} bytes long; at most {MAX_GROUP_ID} are accepted"
+        )));
     }
     Ok(staged)
 }

@@ -155,7 +155,7 @@ pub(crate) fn mls<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> E
     }
 }
 
-/// A fresh crypto provider (an HMAC-DRBG seeded from the operating system).
+/// A fresh crypto provider (its randomness the operating system's).
 ///
 /// # Errors
 /// [`E2eeError::Provider`] when the system gives no randomness.

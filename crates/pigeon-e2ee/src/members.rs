@@ -1061,6 +1061,50 @@ mod tests {
         }
     }
 
+    /// A Welcome to a group whose id is longer than a device accepts (300 bytes; Pigeonpost's
+    /// are 16) is refused, saying why: the id is a key of the stored state.
+    #[test]
+    fn a_welcome_with_an_overlong_group_id_is_refused() {
+        let (creator, joiner) = (Device::new(), Device::new());
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(Suite::XWing.mls())
+            .use_ratchet_tree_extension(true)
+            .build();
+        let mut group = MlsGroup::new_with_group_id(
+            &creator.provider,
+            &creator.identity.signer,
+            &config,
+            GroupId::from_slice(&[7; 300]),
+            creator.identity.credential.clone(),
+        )
+        .expect("group");
+        let kp = joiner
+            .identity
+            .key_package(&joiner.provider, Suite::XWing)
+            .expect("key package");
+        let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(&kp)
+            .expect("parses")
+            .extract()
+        else {
+            panic!("not a key package");
+        };
+        let kp = kp
+            .validate(creator.provider.crypto(), ProtocolVersion::Mls10)
+            .expect("valid");
+        let (_, welcome, _) = group
+            .add_members(&creator.provider, &creator.identity.signer, &[kp])
+            .expect("add");
+        let welcome = welcome.tls_serialize_detached().expect("welcome");
+        match Group::join_group(&joiner.provider, &welcome) {
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("its group id is 300 bytes long; at most 256 are accepted"),
+                "{e}"
+            ),
+            Ok(_) => panic!("joined a group with a 300-byte id"),
+        }
+    }
+
     /// Issue #14: a 200-device group built in one process; five members commit at the same
     /// moment; applying the log in order, every device ends in the same epoch with the same
     /// secrets, and the four that lost commit again, one after the other.

@@ -538,3 +538,12 @@ ALTER TABLE profile ADD COLUMN read_receipts INTEGER NOT NULL DEFAULT 1;
 PRAGMA user_version = 17;
 COMMIT;
 ";
+
+/// Version 18: openmls's large values (a group's tree, its message secrets at many devices) are
+/// stored as MessagePack (`codec.rs`). No table changes; the version tells a release from before
+/// that it cannot read this profile (`TooNew`) instead of letting it fail inside a group's state.
+pub(super) const MIGRATE_18: &str = "
+BEGIN;
+PRAGMA user_version = 18;
+COMMIT;
+";
