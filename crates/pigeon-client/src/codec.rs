@@ -69,15 +69,20 @@ pub fn memory_state() -> Result<rusqlite::Connection, crate::ProfileError> {
         doing: "opening a database in memory",
         reason: e.to_string(),
     })?;
+    state_tables(&mut conn)?;
+    Ok(conn)
+}
+
+/// Creates or updates openmls's tables in `conn` (`openmls_sqlite_storage`'s migrations).
+pub(crate) fn state_tables(conn: &mut rusqlite::Connection) -> Result<(), crate::ProfileError> {
     openmls_sqlite_storage::SqliteStorageProvider::<StateCodec, &mut rusqlite::Connection>::new(
-        &mut conn,
+        conn,
     )
     .run_migrations()
     .map_err(|e| crate::ProfileError::Db {
-        doing: "creating openmls's tables",
+        doing: "preparing the encryption state tables",
         reason: e.to_string(),
-    })?;
-    Ok(conn)
+    })
 }
 
 impl<const LARGE: usize> StateCodecWith<LARGE> {

@@ -491,14 +491,7 @@ impl Profile {
         if version > SCHEMA_VERSION {
             return Err(ProfileError::TooNew(version));
         }
-        openmls_sqlite_storage::SqliteStorageProvider::<crate::StateCodec, &mut Connection>::new(
-            &mut conn,
-        )
-        .run_migrations()
-        .map_err(|e| ProfileError::Db {
-            doing: "preparing the encryption state tables",
-            reason: e.to_string(),
-        })?;
+        crate::codec::state_tables(&mut conn)?;
         if version < 1 {
             conn.execute_batch(SCHEMA).map_err(db("creating tables"))?;
         }

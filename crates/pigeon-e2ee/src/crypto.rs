@@ -245,13 +245,23 @@ impl HpkeCrypto for Hpke {
     }
 }
 
-/// ChaCha20-Poly1305 (RFC 8439) sealing: the ciphertext with its 16-byte tag appended, as
-/// libcrux gives it. The cipher's copy of the key is wiped when it is dropped.
-fn chacha_seal(key: &[u8], nonce: &[u8], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+/// ChaCha20-Poly1305 (RFC 8439) with this key, and the nonce, both checked for length. The
+/// cipher's copy of the key is wiped when it is dropped.
+fn chacha<'n>(
+    key: &[u8],
+    nonce: &'n [u8],
+) -> Result<(chacha20poly1305::ChaCha20Poly1305, &'n [u8; 12]), CryptoError> {
+    use chacha20poly1305::aead::KeyInit as _;
     let cipher = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
         .map_err(|_| CryptoError::InvalidLength)?;
-    let nonce: &[u8; 12] = nonce.try_into().map_err(|_| CryptoError::InvalidLength)?;
+    let nonce = nonce.try_into().map_err(|_| CryptoError::InvalidLength)?;
+    Ok((cipher, nonce))
+}
+
+/// ChaCha20-Poly1305 sealing: the ciphertext with its 16-byte tag appended, as libcrux gives it.
+fn chacha_seal(key: &[u8], nonce: &[u8], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use chacha20poly1305::aead::{Aead as _, Payload};
+    let (cipher, nonce) = chacha(key, nonce)?;
     cipher
         .encrypt(nonce.into(), Payload { msg, aad })
         .map_err(|_| CryptoError::CryptoLibraryError)
@@ -264,10 +274,8 @@ fn chacha_open(
     aad: &[u8],
     ct_tag: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
-    let cipher = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
-        .map_err(|_| CryptoError::InvalidLength)?;
-    let nonce: &[u8; 12] = nonce.try_into().map_err(|_| CryptoError::InvalidLength)?;
+    use chacha20poly1305::aead::{Aead as _, Payload};
+    let (cipher, nonce) = chacha(key, nonce)?;
     cipher
         .decrypt(nonce.into(), Payload { msg: ct_tag, aad })
         .map_err(|_| CryptoError::AeadDecryptionError)
@@ -315,11 +323,12 @@ fn labeled_expand(
         .map_err(|_| CryptoError::HkdfOutputLengthInvalid)
 }
 
-/// The last large `info_hash` a provider computed: its suite, its whole `info` and the hash.
-struct InfoHash {
+/// The last key schedule context a provider computed for a large `info`: its suite, its whole
+/// `info`, and the context (mode ‖ `psk_id_hash` ‖ `info_hash`).
+struct ScheduleContext {
     suite_id: [u8; 10],
     info: Vec<u8>,
-    hash: Vec<u8>,
+    context: Vec<u8>,
 }
 
 /// Bytes of an X-Wing public key: ML-KEM-768's, then X25519's.
@@ -577,7 +586,7 @@ fn x25519_on(k: &[u8; 32], u: [u8; 32], edwards: Option<&EdwardsPoint>) -> [u8; 
     }
 }
 
-/// `info` from this size up has its HPKE `info_hash` remembered (below it, hashing is cheaper
+/// `info` from this size up has its HPKE key schedule context remembered (below it, hashing is cheaper
 /// than keeping and comparing a copy).
 const LARGE_INFO: usize = 4096;
 
@@ -620,9 +629,9 @@ pub struct CryptoProvider {
     inner: openmls_libcrux_crypto::CryptoProvider,
     /// X-Wing keys prepared for encapsulation lately (public keys only).
     recipients: std::sync::Mutex<Recipients>,
-    /// The last large HPKE `info_hash` of an X-Wing seal (the group context: public to the
-    /// group, never a key or a shared secret).
-    info_hash: std::sync::Mutex<Option<std::sync::Arc<InfoHash>>>,
+    /// The last HPKE key schedule context of an X-Wing seal with a large `info` (the group
+    /// context: public to the group, never a key or a shared secret).
+    schedule_context: std::sync::Mutex<Option<std::sync::Arc<ScheduleContext>>>,
 }
 
 impl std::fmt::Debug for CryptoProvider {
@@ -641,43 +650,51 @@ impl CryptoProvider {
         openmls_libcrux_crypto::CryptoProvider::new().map(|inner| Self {
             inner,
             recipients: std::sync::Mutex::default(),
-            info_hash: std::sync::Mutex::default(),
+            schedule_context: std::sync::Mutex::default(),
         })
     }
 
-    /// HPKE's `info_hash` (RFC 9180 §5.1: `LabeledExtract("", "info_hash", info)`). A commit's
-    /// update path is encrypted once per device in each copath node's resolution (about every
-    /// device of the group, in a tree whose inner nodes have no keys yet), each time under the
-    /// same `info`: the group context, which carries the roster (about 70 KB at 1,000
-    /// devices). The last large one is kept with its whole input and reused only for byte for
-    /// byte the same input: hashed once per commit instead of once per device.
-    fn info_hash(&self, kdf: Sha2, suite_id: &[u8; 10], info: &[u8]) -> Vec<u8> {
-        let compute = || labeled_extract(kdf, suite_id, b"", b"info_hash", info);
+    /// HPKE's base-mode `key_schedule_context` (RFC 9180 §5.1: mode 0 ‖ `psk_id_hash` of the
+    /// empty `psk_id` ‖ `info_hash`). A commit's update path is encrypted once per device in
+    /// each copath node's resolution (about every device of the group, in a tree whose inner
+    /// nodes have no keys yet), each time under the same `info`: the group context, which
+    /// carries the roster (about 70 KB at 1,000 devices). The last one for a large `info` is
+    /// kept with its whole input and reused only for byte for byte the same input: `info`
+    /// hashed once per commit instead of once per device.
+    fn key_schedule_context(&self, kdf: Sha2, suite_id: &[u8; 10], info: &[u8]) -> Vec<u8> {
+        let compute = || {
+            [
+                &[0u8][..],
+                &labeled_extract(kdf, suite_id, b"", b"psk_id_hash", b""),
+                &labeled_extract(kdf, suite_id, b"", b"info_hash", info),
+            ]
+            .concat()
+        };
         if info.len() < LARGE_INFO {
             return compute();
         }
         let lock = || {
-            self.info_hash
+            self.schedule_context
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
         // Compared outside the lock: the threads of one commit read it at once.
         let last = lock().clone();
         if let Some(hit) = last.filter(|h| h.suite_id == *suite_id && h.info == info) {
-            return hit.hash.clone();
+            return hit.context.clone();
         }
-        let hash = compute();
-        *lock() = Some(std::sync::Arc::new(InfoHash {
+        let context = compute();
+        *lock() = Some(std::sync::Arc::new(ScheduleContext {
             suite_id: *suite_id,
             info: info.to_vec(),
-            hash: hash.clone(),
+            context: context.clone(),
         }));
-        hash
+        context
     }
 
     /// HPKE's base-mode seal (RFC 9180 §5.1, §6.1) with X-Wing, whose encapsulation uses the
     /// prepared recipient, and whose key schedule hashes a large `info` once
-    /// ([`Self::info_hash`]). The tests open what it seals with libcrux's provider.
+    /// ([`Self::key_schedule_context`]). The tests open what it seals with libcrux's provider.
     fn xwing_seal(
         &self,
         config: HpkeConfig,
@@ -691,13 +708,10 @@ impl CryptoProvider {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        let (kem, kdf_id, aead_id) = hpke_algorithms(&config);
-        let (aead, key_len) = match config.2 {
-            HpkeAeadType::AesGcm128 => (AeadType::Aes128Gcm, 16),
-            HpkeAeadType::AesGcm256 => (AeadType::Aes256Gcm, 32),
-            HpkeAeadType::ChaCha20Poly1305 => (AeadType::ChaCha20Poly1305, 32),
-            HpkeAeadType::Export => return Err(CryptoError::SenderSetupError),
-        };
+        let (kem, kdf_id, aead) = hpke_algorithms(&config);
+        if aead == AeadAlgorithm::HpkeExport {
+            return Err(CryptoError::SenderSetupError);
+        }
         // Prepared outside the lock: the threads of one commit prepare different keys at once.
         let remembered = lock().get(pk_r);
         let fresh = remembered.is_none();
@@ -719,22 +733,18 @@ impl CryptoProvider {
             lock().insert(pk_r, recipient);
         }
         let shared = zeroize::Zeroizing::new(shared);
-        let suite_id = hpke_suite_id(kem, kdf_id, aead_id);
+        let suite_id = hpke_suite_id(kem, kdf_id, aead);
         let kdf = Sha2::from(kdf_id);
         // Base mode: no PSK, and `psk_id` empty.
-        let context = [
-            &[0u8][..],
-            &labeled_extract(kdf, &suite_id, b"", b"psk_id_hash", b""),
-            &self.info_hash(kdf, &suite_id, info),
-        ]
-        .concat();
+        let context = self.key_schedule_context(kdf, &suite_id, info);
         let secret =
             zeroize::Zeroizing::new(labeled_extract(kdf, &suite_id, &shared, b"secret", b""));
+        let key_len = Hpke::aead_key_length(aead);
         let key = labeled_expand(kdf, &suite_id, &secret, b"key", &context, key_len)?;
         // The first (and only) message of the context: its nonce is the base nonce.
-        let nonce = labeled_expand(kdf, &suite_id, &secret, b"base_nonce", &context, 12)?;
-        let ciphertext = self
-            .aead_encrypt(aead, &key, ptxt, &nonce, aad)
+        let nonce_len = Hpke::aead_nonce_length(aead);
+        let nonce = labeled_expand(kdf, &suite_id, &secret, b"base_nonce", &context, nonce_len)?;
+        let ciphertext = Hpke::aead_seal(aead, &key, &nonce, aad, ptxt)
             .map_err(|_| CryptoError::HpkeEncryptionError)?;
         Ok(HpkeCiphertext {
             kem_output: enc.into(),

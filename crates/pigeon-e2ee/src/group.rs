@@ -525,13 +525,13 @@ pub(crate) fn without_resumption_psks<P: OpenMlsProvider>(
         .ok_or(E2eeError::UnknownGroup)
 }
 
-/// Parses a Welcome for this device and stages it, keeping `past_epochs` epochs' keys once
-/// joined; refuses a suite Pigeonpost does not speak.
 /// The longest group id a device joins with. Pigeonpost's groups have openmls's 16 random
 /// bytes; the id is a key of the stored state (and kept in the client's tables), so one chosen
 /// by whoever sent a Welcome has a bound.
 const MAX_GROUP_ID: usize = 256;
 
+/// Parses a Welcome for this device and stages it, keeping `past_epochs` epochs' keys once
+/// joined; refuses a suite Pigeonpost does not speak and a group id over [`MAX_GROUP_ID`].
 pub(crate) fn stage_welcome<P: OpenMlsProvider>(
     provider: &P,
     welcome: &[u8],
