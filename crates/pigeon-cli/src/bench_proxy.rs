@@ -34,6 +34,10 @@ pub(crate) struct ProxyBenchArgs {
     /// Idle sessions held open through the proxy for the memory figure (0: skip it).
     #[arg(long, default_value_t = 1000)]
     idle: u32,
+    /// Seconds the idle sessions are held before each must answer a ping (past 25 s, the
+    /// legs' keep-alive pings run too).
+    #[arg(long, default_value_t = 1)]
+    idle_hold: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -46,7 +50,10 @@ struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    fn start(data: &std::path::Path) -> anyhow::Result<Self> {
+    /// Starts one, with room for `sessions` client sessions from this one address (the
+    /// defaults hold 2,048 per address and 4,096 in all).
+    fn start(data: &std::path::Path, sessions: u32) -> anyhow::Result<Self> {
+        let room = sessions.max(4096).saturating_add(64).to_string();
         let exe = std::env::current_exe().context("cannot find the pigeon binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -59,6 +66,7 @@ impl ProxyProcess {
             ])
             .arg("--data")
             .arg(data)
+            .args(["--max-sessions", &room, "--max-per-source", &room])
             .env("PIGEON_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -171,7 +179,7 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
         &dir.path().join("relay"),
         &["--tls", "127.0.0.1:0", "--sni", "cover.test"],
     )?;
-    let proxy = ProxyProcess::start(&dir.path().join("proxy"))?;
+    let proxy = ProxyProcess::start(&dir.path().join("proxy"), 0)?;
     let dialer = pigeon_client::transports()?;
     let (mut direct, mut proxied) = (Side::new()?, Side::new()?);
     for _ in 0..args.rounds {
@@ -185,8 +193,15 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let idle_kib = idle_memory(&dialer, &relay.link, &proxy, args.idle).await?;
     drop(proxy);
+    let idle_kib = idle_memory(
+        &dialer,
+        &relay.link,
+        &dir.path().join("idle-proxy"),
+        args.idle,
+        Duration::from_secs(args.idle_hold),
+    )
+    .await?;
     relay.stop()?;
     let share = if direct.mbps() > 0.0 {
         proxied.mbps() / direct.mbps() * 100.0
@@ -245,24 +260,39 @@ pub(crate) async fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The proxy's resident memory per idle session it carries: `n` sessions opened through it
-/// and held, the proxy's RSS before and after.
+/// The resident memory per idle session of a proxy that carries nothing else: a proxy
+/// process of its own (so that memory the bulk rounds freed cannot be counted as reused), one
+/// session through it and closed first (what any first session sets up once), then `n`
+/// sessions opened and held for `hold`; its RSS before and after them. Each held session must
+/// then still answer a ping.
 async fn idle_memory(
     dialer: &pigeon_transport::Transports,
     link: &pigeon_transport::RelayLink,
-    proxy: &ProxyProcess,
+    data: &std::path::Path,
     n: u32,
+    hold: Duration,
 ) -> anyhow::Result<Option<f64>> {
     if n == 0 {
         return Ok(None);
     }
+    let proxy = ProxyProcess::start(data, n)?;
     let pid = proxy.child.id();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = crate::bench::rss_kib(pid).context("the proxy's memory")?;
     let target = link
         .routes()
         .first()
         .context("the relay's link has no route")?;
+    let first = RelayConnection::connect_via(
+        dialer,
+        proxy.link.route(),
+        target,
+        link.relay_key(),
+        Duration::from_secs(20),
+    )
+    .await?;
+    first.ping().await?;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = crate::bench::rss_kib(pid).context("the proxy's memory")?;
     let mut held = Vec::with_capacity(n as usize);
     for _ in 0..n {
         held.push(
@@ -276,8 +306,15 @@ async fn idle_memory(
             .await?,
         );
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(hold).await;
     let after = crate::bench::rss_kib(pid).context("the proxy's memory")?;
+    // Held, not merely counted: every session still answers.
+    for (i, conn) in held.iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(10), conn.ping())
+            .await
+            .with_context(|| format!("idle session {i} did not answer after {hold:?}"))?
+            .with_context(|| format!("idle session {i} failed after {hold:?}"))?;
+    }
     drop(held);
     Ok(Some(after.saturating_sub(before) as f64 / f64::from(n)))
 }

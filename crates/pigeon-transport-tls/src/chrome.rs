@@ -25,6 +25,8 @@ use boring::ssl::{
 };
 
 use crate::error::TlsError;
+use crate::keylog::{KeyLog, Side};
+use crate::record::Records;
 
 /// Chrome's TLS 1.2 cipher suites, in its order (TLS 1.3's three are BoringSSL's fixed list).
 const CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
@@ -102,6 +104,8 @@ impl CertificateCompressor for Brotli {
 pub struct ChromeTls {
     connector: SslConnector,
     sessions: Arc<Mutex<HashMap<String, boring::ssl::SslSession>>>,
+    /// Where each connection's key log goes (see [`ChromeTls::take_records`]).
+    keylog: boring::ex_data::Index<boring::ssl::Ssl, Arc<KeyLog>>,
 }
 
 impl std::fmt::Debug for ChromeTls {
@@ -156,9 +160,17 @@ impl ChromeTls {
         b.set_default_verify_paths()
             .map_err(setup("the system's certificate roots"))?;
         b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        let keylog =
+            boring::ssl::Ssl::new_ex_index::<Arc<KeyLog>>().map_err(setup("key log state"))?;
+        b.set_keylog_callback(move |ssl, line| {
+            if let Some(log) = ssl.ex_data(keylog) {
+                log.note(line);
+            }
+        });
         Ok(Self {
             connector: b.build(),
             sessions: Arc::default(),
+            keylog,
         })
     }
 
@@ -171,6 +183,7 @@ impl ChromeTls {
             }
         };
         let mut config = self.connector.configure().map_err(setup("connection"))?;
+        config.set_ex_data(self.keylog, Arc::new(KeyLog::default()));
         config.set_use_server_name_indication(target.sni.is_some());
         match &target.ech {
             // A real ECH extension in place of the GREASE one (the same shape on the wire).
@@ -215,6 +228,13 @@ impl ChromeTls {
             ffi::set_session(&mut config, session).map_err(setup("session resumption"))?;
         }
         Ok(config)
+    }
+
+    /// Record protection for the client's side of `ssl`, a finished TLS 1.3 connection made
+    /// with this client, from its key log (taken: the secrets are wiped here and never given
+    /// twice). `None` for TLS 1.2, or a suite [`crate::record`] does not implement.
+    pub(crate) fn take_records(&self, ssl: &boring::ssl::SslRef) -> Option<Records> {
+        ssl.ex_data(self.keylog)?.take_records(ssl, Side::Client)
     }
 
     /// Remembers the session of a finished handshake for the next connection to `cache_key`.

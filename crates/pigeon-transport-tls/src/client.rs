@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use crate::chrome::{self, ChromeTls, Target};
 use crate::error::TlsError;
 use crate::h2::{self, Event, Priority, Role};
+use crate::record;
 use crate::token::{self, SessionId, TokenKey};
 
 /// Chrome 156 on Linux, as Debian ships it.
@@ -70,6 +71,8 @@ pub struct Dialer {
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
     /// The highest leg number a session may use (all of `u16` but in tests).
     last_leg: u16,
+    /// Legs whose records moved out of TLS (see [`LegIo`]).
+    own_records: Arc<AtomicU64>,
 }
 
 impl Dialer {
@@ -82,6 +85,7 @@ impl Dialer {
             tls: ChromeTls::new()?,
             learned: Arc::default(),
             last_leg: u16::MAX,
+            own_records: Arc::default(),
         })
     }
 
@@ -90,6 +94,13 @@ impl Dialer {
     fn with_last_leg(mut self, last: u16) -> Self {
         self.last_leg = last;
         self
+    }
+
+    /// How many legs of this dialer's sessions so far moved their records out of TLS once
+    /// the server answered (each then holds keys and sequence numbers instead of BoringSSL's
+    /// connection state).
+    pub fn legs_on_own_records(&self) -> u64 {
+        self.own_records.load(Ordering::Relaxed)
     }
 
     /// The download caps learned so far, by route, to keep across runs.
@@ -140,6 +151,7 @@ impl Dialer {
         let ctx = Arc::new(SessionCtx {
             tls: self.tls.clone(),
             learned: Arc::clone(&self.learned),
+            own_records: Arc::clone(&self.own_records),
             route: route.clone(),
             name,
             target: target(route, &params),
@@ -314,6 +326,7 @@ fn authority(route: &Route, params: &TlsParams) -> String {
 struct SessionCtx {
     tls: ChromeTls,
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
+    own_records: Arc<AtomicU64>,
     route: Route,
     name: String,
     target: Target,
@@ -337,7 +350,8 @@ struct SessionCtx {
 /// reads per record, and on a busy leg most of those would be a system call each. One read of
 /// up to [`READ_AHEAD`] bytes serves several records instead.
 struct Counting<S> {
-    inner: S,
+    /// The socket; taken when the leg's records move out of TLS ([`LegIo::go_lean`]).
+    inner: Option<S>,
     meter: Meter,
     /// Bytes read from the socket and not yet handed to TLS: `ahead[start..end]`. Allocated
     /// when a read needs it, given back after a small read was all handed on.
@@ -356,6 +370,11 @@ const LEG_ROOM_BUSY: usize = 32 * 1024;
 /// Smallest buffer a session reads its caller's bytes into (it grows to [`CHUNK`] while the
 /// caller writes fast, and shrinks back when it does not).
 const UP_QUIET: usize = 256;
+/// Room a leg on its own records reads into beyond the record under way: a little while
+/// quiet…
+const LEAN_ROOM_QUIET: usize = 512;
+/// …and several records' worth once reads fill it.
+const LEAN_ROOM_BUSY: usize = 64 * 1024;
 /// How long to wait before trying again to open a leg that could not be opened.
 const LEG_RETRY: Duration = Duration::from_millis(100);
 
@@ -383,7 +402,7 @@ impl<S> Counting<S> {
         mid_record: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             meter: Meter {
                 received,
                 records: RecordTracker::default(),
@@ -450,10 +469,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
         if buf.remaining() == 0 || this.hand(buf) {
             return Poll::Ready(Ok(()));
         }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(socket_taken()));
+        };
         if buf.remaining() >= READ_AHEAD {
             // Large enough to read into directly.
             let before = buf.filled().len();
-            let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let poll = Pin::new(inner).poll_read(cx, buf);
             this.meter.count(&buf.filled()[before..]);
             return poll;
         }
@@ -461,7 +483,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
             this.ahead = vec![0; READ_AHEAD].into_boxed_slice();
         }
         let mut ahead = ReadBuf::new(&mut this.ahead);
-        match Pin::new(&mut this.inner).poll_read(cx, &mut ahead) {
+        match Pin::new(inner).poll_read(cx, &mut ahead) {
             Poll::Ready(Ok(())) => {
                 let n = ahead.filled().len();
                 (this.start, this.end) = (0, n);
@@ -486,19 +508,300 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        match self.get_mut().inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_write(cx, buf),
+            None => Poll::Ready(Err(socket_taken())),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        match self.get_mut().inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_flush(cx),
+            None => Poll::Ready(Err(socket_taken())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        match self.get_mut().inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_shutdown(cx),
+            None => Poll::Ready(Err(socket_taken())),
+        }
     }
 }
 
+fn socket_taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the leg's socket moved on")
+}
+
 type Tls = tokio_boring::SslStream<Counting<TcpStream>>;
+
+/// A leg's connection: BoringSSL's until the server has answered the leg's request, then the
+/// leg's own record protection ([`crate::record`], with the keys BoringSSL's key log gave),
+/// as the front's legs do. BoringSSL's connection state (the session with the server's
+/// certificate parsed, the handshake configuration, two AEAD contexts: about 7 KB) is then
+/// freed; an idle leg keeps two keys, two IVs and two sequence numbers.
+///
+/// On the wire nothing changes: one record per write, as BoringSSL writes them, without
+/// padding. What the leg's own records do not take after the switch is a post-handshake
+/// handshake message (a late session ticket, a KeyUpdate): the leg then fails, and the session
+/// goes on over its next leg, or reconnects. Servers send their tickets with the handshake's
+/// last flight, before the response the switch waits for; the front sends no KeyUpdate.
+#[allow(clippy::large_enum_variant)] // A leg spends its life `Lean`: boxing it would only add an allocation.
+enum LegIo {
+    Tls(Tls),
+    Lean(Lean),
+}
+
+impl LegIo {
+    /// The socket, to wait on without reading.
+    fn socket(&self) -> io::Result<&TcpStream> {
+        match self {
+            Self::Tls(tls) => tls.get_ref().inner.as_ref().ok_or_else(socket_taken),
+            Self::Lean(lean) => Ok(&lean.tcp),
+        }
+    }
+
+    /// Whether bytes wait to be worked on without the socket (see [`leg_has_pending`]).
+    fn has_pending(&self) -> bool {
+        match self {
+            Self::Tls(tls) => leg_has_pending(tls),
+            Self::Lean(lean) => !lean.inbuf.is_empty(),
+        }
+    }
+
+    /// Moves the leg's records out of BoringSSL, if it is between records with nothing held:
+    /// nothing read and not yet handed out, no record half read. Whether it moved now.
+    fn go_lean(&mut self, tls: &ChromeTls) -> bool {
+        let Self::Tls(stream) = self else {
+            return false;
+        };
+        if leg_has_pending(stream) || stream.get_ref().meter.records.mid_record() {
+            return false;
+        }
+        let Some(records) = tls.take_records(stream.ssl()) else {
+            return false;
+        };
+        let counting = stream.get_mut();
+        let Some(tcp) = counting.inner.take() else {
+            return false;
+        };
+        // Nothing was read ahead (checked above): the read-ahead buffer holds no bytes.
+        let meter = Meter {
+            received: Arc::clone(&counting.meter.received),
+            records: std::mem::take(&mut counting.meter.records),
+            mid_record: Arc::clone(&counting.meter.mid_record),
+        };
+        *self = Self::Lean(Lean {
+            tcp,
+            meter,
+            records,
+            inbuf: Vec::new(),
+            plain: 0..0,
+            opened: 0,
+            closed: false,
+            busy: false,
+            out: Vec::new(),
+            out_at: 0,
+        });
+        true
+    }
+}
+
+/// A leg's TLS records after the handshake, protected by the leg itself.
+struct Lean {
+    tcp: TcpStream,
+    /// Counts what comes off the socket, and where the records it carries end.
+    meter: Meter,
+    records: record::Records,
+    /// Bytes off the socket from the next record on (several records, when they came in one
+    /// read); empty, with no allocation, once all are handed out.
+    inbuf: Vec<u8>,
+    /// Plaintext of the record opened in place at the start of `inbuf`, not yet handed out…
+    plain: std::ops::Range<usize>,
+    /// …and that record's length in `inbuf`.
+    opened: usize,
+    /// The server sent close_notify.
+    closed: bool,
+    /// The last read filled its room: read in larger pieces.
+    busy: bool,
+    /// A sealed record not yet all written: `out[out_at..]`.
+    out: Vec<u8>,
+    out_at: usize,
+}
+
+impl Lean {
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_at..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        if !self.out.is_empty() {
+            self.out = Vec::new();
+            self.out_at = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Lean {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let n = buf.remaining().min(this.plain.len());
+                buf.put_slice(&this.inbuf[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+                if this.plain.is_empty() {
+                    this.inbuf.drain(..this.opened);
+                    this.opened = 0;
+                    if this.inbuf.is_empty() {
+                        this.inbuf = Vec::new();
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.closed {
+                return Poll::Ready(Ok(()));
+            }
+            match this.records.open(&mut this.inbuf) {
+                Ok(Some(record::Opened::Data { start, end, used })) => {
+                    this.plain = start..end;
+                    this.opened = used;
+                    if start == end {
+                        this.inbuf.drain(..used);
+                        this.opened = 0;
+                    }
+                    continue;
+                }
+                Ok(Some(record::Opened::Closed { .. })) => {
+                    this.closed = true;
+                    this.inbuf = Vec::new();
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            }
+            // Read at least to the end of the record under way, and what else has come (a
+            // quiet leg's next record is most often small: a little room first).
+            let want = if this.inbuf.len() < record::HEADER_LEN {
+                record::HEADER_LEN - this.inbuf.len()
+            } else {
+                let len = usize::from(u16::from_be_bytes([this.inbuf[3], this.inbuf[4]]));
+                (record::HEADER_LEN + len).saturating_sub(this.inbuf.len())
+            };
+            let room = want.max(if this.busy {
+                LEAN_ROOM_BUSY
+            } else {
+                LEAN_ROOM_QUIET
+            });
+            let at = this.inbuf.len();
+            this.inbuf.resize(at + room, 0);
+            let mut space = ReadBuf::new(&mut this.inbuf[at..]);
+            let poll = Pin::new(&mut this.tcp).poll_read(cx, &mut space);
+            let got = space.filled().len();
+            this.meter.count(&this.inbuf[at..at + got]);
+            this.busy = got == room;
+            this.inbuf.truncate(at + got);
+            match poll {
+                Poll::Ready(Ok(())) if got == 0 => {
+                    if this.inbuf.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if this.inbuf.is_empty() {
+                        this.inbuf = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Lean {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(cx))?;
+        let n = buf.len().min(record::MAX_PLAINTEXT);
+        this.records
+            .seal(&buf[..n], &mut this.out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // Written now if the socket takes it; otherwise by the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for LegIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
+            Self::Lean(lean) => Pin::new(lean).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for LegIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
+            Self::Lean(lean) => Pin::new(lean).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(tls) => Pin::new(tls).poll_flush(cx),
+            Self::Lean(lean) => Pin::new(lean).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
+            Self::Lean(lean) => Pin::new(lean).poll_shutdown(cx),
+        }
+    }
+}
 
 /// What the session tells a leg.
 enum LegCmd {
@@ -690,7 +993,7 @@ fn handshake_error(route: &str, e: &tokio_boring::HandshakeError<Counting<TcpStr
 async fn run_leg(
     ctx: Arc<SessionCtx>,
     index: u16,
-    mut stream: Tls,
+    stream: Tls,
     (received, mid_record): (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
     mut cmds: mpsc::Receiver<LegCmd>,
     events: mpsc::Sender<LegEvent>,
@@ -710,7 +1013,9 @@ async fn run_leg(
         pinged: false,
         last_activity: Instant::now(),
         mid_record,
+        answered: false,
     };
+    let mut stream = LegIo::Tls(stream);
     let result = leg.run(&ctx, index, &mut stream, &mut cmds, &events).await;
     if let Err(e) = result {
         let e = match e {
@@ -785,6 +1090,9 @@ struct LegState {
     last_activity: Instant,
     /// The socket's bytes end inside a TLS record: more are owed.
     mid_record: Arc<std::sync::atomic::AtomicBool>,
+    /// The server answered the leg's request (its session tickets, sent with the handshake's
+    /// last flight, came before): the leg's records may move out of TLS.
+    answered: bool,
 }
 
 impl LegState {
@@ -792,7 +1100,7 @@ impl LegState {
         &mut self,
         ctx: &SessionCtx,
         index: u16,
-        stream: &mut Tls,
+        stream: &mut LegIo,
         cmds: &mut mpsc::Receiver<LegCmd>,
         events: &mpsc::Sender<LegEvent>,
     ) -> Result<(), LegEnd> {
@@ -810,10 +1118,10 @@ impl LegState {
             let deadline = self.deadline();
             let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
             let read = async {
-                if !leg_has_pending(stream) {
+                if !stream.has_pending() {
                     // Waits until a byte is there (or the end): readiness alone would still
                     // be set after the last read that emptied the socket.
-                    stream.get_ref().inner.peek(&mut [0u8; 1]).await?;
+                    stream.socket()?.peek(&mut [0u8; 1]).await?;
                 }
                 if rbuf.capacity() - rbuf.len() < room {
                     rbuf.reserve(room);
@@ -921,6 +1229,10 @@ impl LegState {
             if !cmds_open && self.pending.is_empty() && self.h2.remote_ended() {
                 return Ok(());
             }
+            if self.answered && stream.go_lean(&ctx.tls) {
+                ctx.own_records.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(index, "tunnel leg: records now protected by the leg itself");
+            }
         }
     }
 
@@ -943,7 +1255,10 @@ impl LegState {
             .find(|(n, _)| n == ":status")
             .and_then(|(_, v)| v.parse::<u16>().ok());
         match status {
-            Some(200) => Ok(LegEvent::Ready(index)),
+            Some(200) => {
+                self.answered = true;
+                Ok(LegEvent::Ready(index))
+            }
             // Trailers (no status) after the response, and informational answers (a CDN's 103
             // Early Hints) before it: nothing to do.
             None => Ok(LegEvent::Data(index, Bytes::new())),
@@ -956,7 +1271,7 @@ impl LegState {
     }
 
     /// Sends what the windows allow, one DATA frame per record (small records at first).
-    async fn flush(&mut self, stream: &mut Tls) -> Result<(), LegEnd> {
+    async fn flush(&mut self, stream: &mut LegIo) -> Result<(), LegEnd> {
         while let Some(front) = self.pending.front_mut() {
             let max = if self.records < SHAPED_RECORDS {
                 SHAPED_RECORD - h2::FRAME_HEADER_LEN
@@ -995,7 +1310,7 @@ impl LegState {
 /// the leg wait for its socket before taking room to read into: an idle leg holds no buffer.
 fn leg_has_pending(stream: &Tls) -> bool {
     let counting = stream.get_ref();
-    counting.start < counting.end || crate::ech::ffi::has_pending(stream.ssl())
+    counting.start < counting.end || crate::keylog::ffi::has_pending(stream.ssl())
 }
 
 /// `part` as a slice of `whole`, without copying, when it lies inside `whole`; a copy otherwise
@@ -1271,7 +1586,11 @@ mod tests {
             got.extend_from_slice(&body);
         }
         assert_eq!(got, wire);
-        assert_eq!(counting.inner.calls, 1, "one socket read for all of it");
+        assert_eq!(
+            counting.inner.as_ref().map(|r| r.calls),
+            Some(1),
+            "one socket read for all of it"
+        );
         assert_eq!(received.load(Ordering::Relaxed), wire.len() as u64);
         assert!(mid.load(Ordering::Relaxed), "the cut record is owed");
     }
@@ -1333,6 +1652,96 @@ mod tests {
         assert!(got.len() < data.len(), "more legs than allowed");
         assert_eq!(got, data[..got.len()], "bytes lost or changed");
         server.abort();
+    }
+
+    /// Once the server has answered, a leg protects its records itself: bytes go on both ways,
+    /// large and small, unchanged, and the session ends cleanly.
+    #[tokio::test]
+    async fn a_leg_goes_on_with_its_own_records() {
+        use crate::front::{Front, FrontConfig, server_tls_config};
+        use pigeon_transport::ServerStream as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = crate::certs::self_signed(&dir.path().join("key.pem"), "relay.test")
+            .expect("certificate");
+        let key = [7u8; 32];
+        let config = FrontConfig {
+            tls: server_tls_config(cert.chain, cert.key).expect("rustls"),
+            path: "/tunnel".to_owned(),
+            key: TokenKey::new(key),
+            cover: crate::Cover::Dir(dir.path().to_path_buf()),
+            cover_tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            admission: pigeon_transport::admission::AdmissionLimits::default(),
+            ech: None,
+        };
+        let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+            .await
+            .expect("front");
+        let params =
+            TlsParams::new(None, "/tunnel", key, Some(cert.pin), Rotate::Off).expect("params");
+        let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let down: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (up_len, down_sent) = (up.len(), down.clone());
+        // Reads until `n` bytes are in, or the end (then fewer).
+        async fn take(session: &mut impl pigeon_transport::ServerStream, n: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            while got.len() < n {
+                if std::future::poll_fn(|cx| session.poll_read_ready(cx))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match session.try_read_buf(&mut got) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            got
+        }
+        let server = tokio::spawn(async move {
+            let mut session = front.accept().await.expect("a session");
+            let got = take(&mut session, up_len).await;
+            session.write_all(&down_sent).await.expect("downstream");
+            let ping = take(&mut session, 4).await;
+            assert_eq!(ping, b"ping");
+            session.write_all(b"pong").await.expect("pong");
+            let rest = take(&mut session, usize::MAX).await;
+            (got, rest.len())
+        });
+        let dialer = Dialer::new().expect("dialer");
+        let mut conn = dialer
+            .dial(&route, Duration::from_secs(20))
+            .await
+            .expect("dial");
+        conn.write_all(&up).await.expect("write");
+        let mut got = vec![0u8; down.len()];
+        tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("downstream");
+        assert!(got == down, "downstream bytes changed");
+        assert_eq!(dialer.legs_on_own_records(), 1, "the leg kept TLS's state");
+        // Quiet, then a small exchange on the leg's own records.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        conn.write_all(b"ping").await.expect("ping");
+        let mut pong = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut pong))
+            .await
+            .expect("in time")
+            .expect("pong");
+        assert_eq!(&pong, b"pong");
+        conn.shutdown().await.expect("shutdown");
+        drop(conn);
+        let (upstream, after) = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server's side ends")
+            .expect("server task");
+        assert!(upstream == up, "upstream bytes changed");
+        assert_eq!(after, 0);
     }
 
     #[test]

@@ -39,7 +39,8 @@ use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 use crate::error::TlsError;
-use crate::record::{Aead, Direction, Records};
+use crate::keylog::{KeyLog, Side};
+use crate::record::Records;
 use crate::token::{self, ReplayFilter, TokenKey};
 
 /// The label proofs are minted for, in place of a request path (so a proof is never a valid
@@ -187,14 +188,7 @@ struct Conn {
     /// writes leaves).
     proven: AtomicBool,
     /// The application traffic secrets, from BoringSSL's key log.
-    secrets: Mutex<Secrets>,
-}
-
-/// The client's and the server's first application traffic secrets.
-#[derive(Default)]
-struct Secrets {
-    client: Option<Zeroizing<Vec<u8>>>,
-    server: Option<Zeroizing<Vec<u8>>>,
+    keys: KeyLog,
 }
 
 /// The front's side: a BoringSSL server that accepts only ECH with a fresh proof.
@@ -286,24 +280,8 @@ impl EchServer {
             Ok(())
         });
         b.set_keylog_callback(move |ssl, line| {
-            let Some(state) = ssl.ex_data(conn) else {
-                return;
-            };
-            let mut parts = line.split(' ');
-            let (Some(label), Some(_random), Some(secret)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return;
-            };
-            let Some(secret) = from_hex(secret) else {
-                return;
-            };
-            if let Ok(mut secrets) = state.secrets.lock() {
-                match label {
-                    "CLIENT_TRAFFIC_SECRET_0" => secrets.client = Some(secret),
-                    "SERVER_TRAFFIC_SECRET_0" => secrets.server = Some(secret),
-                    _ => {}
-                }
+            if let Some(state) = ssl.ex_data(conn) {
+                state.keys.note(line);
             }
         });
         Ok(Self {
@@ -350,27 +328,10 @@ impl EchServer {
                 return Ok(Recognised::Stranger { tcp, raw: held.raw });
             }
         };
-        let ssl = stream.ssl();
-        let suite = ssl
-            .current_cipher()
-            .map(boring::ssl::SslCipherRef::protocol_id);
-        let (read_seq, write_seq) = ffi::sequences(ssl);
-        let (client, server) = {
-            let mut secrets = state
-                .secrets
-                .lock()
-                .map_err(|_| TlsError::Config("the ECH key log was poisoned".into()))?;
-            (secrets.client.take(), secrets.server.take())
-        };
-        let (Some(suite), Some(client), Some(server)) = (suite, client, server) else {
-            return Err(TlsError::Config("the TLS keys of an ECH connection".into()));
-        };
-        let (Some(rx), Some(tx)) = (
-            direction(suite, &client, read_seq),
-            direction(suite, &server, write_seq),
-        ) else {
-            return Err(TlsError::Config("an unsupported TLS cipher suite".into()));
-        };
+        let records = state
+            .keys
+            .take_records(stream.ssl(), Side::Server)
+            .ok_or_else(|| TlsError::Config("the TLS keys of an ECH connection".into()))?;
         let mut stream = stream;
         let held = stream.get_mut();
         let tcp = held
@@ -378,11 +339,7 @@ impl EchServer {
             .take()
             .ok_or_else(|| TlsError::Io(io::ErrorKind::ConnectionAborted.into()))?;
         let raw = held.raw.split_off(held.given);
-        Ok(Recognised::Client {
-            tcp,
-            records: Records::new(rx, tx),
-            raw,
-        })
+        Ok(Recognised::Client { tcp, records, raw })
     }
 }
 
@@ -390,54 +347,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn from_hex(text: &str) -> Option<Zeroizing<Vec<u8>>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = Zeroizing::new(Vec::with_capacity(text.len() / 2));
-    for pair in text.as_bytes().chunks(2) {
-        out.push(digit(pair[0])? << 4 | digit(pair[1])?);
-    }
-    Some(out)
-}
-
-/// A direction's record keys from its TLS 1.3 application traffic secret (RFC 8446, 7.3).
-fn direction(suite: u16, secret: &[u8], seq: u64) -> Option<Direction> {
-    let (aead, hkdf, key_len) = match suite {
-        0x1301 => (Aead::Aes128Gcm, ring::hkdf::HKDF_SHA256, 16),
-        0x1302 => (Aead::Aes256Gcm, ring::hkdf::HKDF_SHA384, 32),
-        0x1303 => (Aead::ChaCha20Poly1305, ring::hkdf::HKDF_SHA256, 32),
-        _ => return None,
-    };
-    let prk = ring::hkdf::Prk::new_less_safe(hkdf, secret);
-    let mut key = [0u8; 32];
-    expand_label(&prk, b"key", &mut key[..key_len])?;
-    let mut iv = [0u8; 12];
-    expand_label(&prk, b"iv", &mut iv)?;
-    let direction = Direction::new(aead, key, iv, seq);
-    zeroize::Zeroize::zeroize(&mut key);
-    Some(direction)
-}
-
-/// HKDF-Expand-Label with an empty context.
-fn expand_label(prk: &ring::hkdf::Prk, label: &[u8], out: &mut [u8]) -> Option<()> {
-    struct Len(usize);
-    impl ring::hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            self.0
-        }
-    }
-    let length = u16::try_from(out.len()).ok()?.to_be_bytes();
-    let full_len = [u8::try_from(6 + label.len()).ok()?];
-    let info: [&[u8]; 5] = [&length, &full_len, b"tls13 ", label, &[0]];
-    prk.expand(&info, Len(out.len())).ok()?.fill(out).ok()
 }
 
 /// The socket under the front's BoringSSL while it decides: reads are handed over one record
@@ -548,33 +457,13 @@ impl AsyncWrite for Held {
 /// BoringSSL functions the `boring` crate does not wrap. Unsafe because they are foreign
 /// calls; each reads or writes only the buffers and the live `SSL` it is given.
 #[allow(unsafe_code)]
-pub(crate) mod ffi {
-    use boring::ssl::SslRef;
-    use foreign_types::ForeignTypeRef as _;
-
+mod ffi {
     /// The X25519 public key of `private`.
     pub(super) fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
         let mut public = [0u8; 32];
         // SAFETY: both buffers are 32 bytes, as X25519_public_from_private reads and writes.
         unsafe { boring_sys::X25519_public_from_private(public.as_mut_ptr(), private.as_ptr()) };
         public
-    }
-
-    /// Whether TLS holds bytes not yet handed out: decrypted, or of a record not yet opened.
-    pub(crate) fn has_pending(ssl: &SslRef) -> bool {
-        // SAFETY: `ssl` is a live SSL; SSL_has_pending only reads its state.
-        unsafe { boring_sys::SSL_has_pending(ssl.as_ptr()) == 1 }
-    }
-
-    /// The next record sequence numbers to read and to write, in the current epoch.
-    pub(super) fn sequences(ssl: &SslRef) -> (u64, u64) {
-        // SAFETY: `ssl` is a live SSL; both functions only read its state.
-        unsafe {
-            (
-                boring_sys::SSL_get_read_sequence(ssl.as_ptr()),
-                boring_sys::SSL_get_write_sequence(ssl.as_ptr()),
-            )
-        }
     }
 }
 
@@ -663,27 +552,5 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&n| n > 20_000), "{seen:?}");
-    }
-
-    #[test]
-    fn keys_follow_rfc_8446() {
-        // RFC 8448 (simple 1-RTT), the server's application traffic secret and its key and iv.
-        let secret = hex("a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643");
-        let direction = direction(0x1301, &secret, 0).expect("a TLS 1.3 suite");
-        let (key, iv) = direction.parts();
-        assert_eq!(
-            &key[..16],
-            hex("9f02283b6c9c07efc26bb9f2ac92e356").as_slice()
-        );
-        assert_eq!(iv.as_slice(), hex("cf782b88dd83549aadf1e984").as_slice());
-        assert!(direction_none(0x1304));
-    }
-
-    fn direction_none(suite: u16) -> bool {
-        direction(suite, &[0; 32], 0).is_none()
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        from_hex(text).expect("hex").to_vec()
     }
 }

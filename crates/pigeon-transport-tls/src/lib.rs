@@ -26,6 +26,7 @@ mod front;
 pub mod fuzzing;
 mod h2;
 pub mod hop;
+mod keylog;
 mod opening;
 mod record;
 mod session;
