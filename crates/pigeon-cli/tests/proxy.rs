@@ -182,3 +182,47 @@ fn two_people_talk_while_one_reaches_the_relay_only_through_a_proxy() {
     assert!(read.contains("while the proxy is down"), "{read}");
     relay.assert_no_panic();
 }
+
+/// `pigeon bench proxy` runs end to end (a relay, a proxy for the rounds, a fresh proxy for the
+/// idle sessions) and prints its figures; every idle session it held answered at the end.
+#[test]
+fn the_proxy_benchmark_runs_and_prints_its_figures() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .args([
+            "bench",
+            "proxy",
+            "--rounds",
+            "1",
+            "--pings",
+            "5",
+            "--messages",
+            "4",
+            "--idle",
+            "50",
+            "--json",
+        ])
+        .env("PIGEON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figures: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("one JSON object");
+    for field in ["proxy_bulk_share_pct", "proxy_rtt_p50_ms"] {
+        assert!(
+            figures[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {figures}"
+        );
+    }
+    // (Fifty sessions are too few for the figure itself to mean much: a number is enough.)
+    assert!(
+        figures["proxy_kib_per_idle_session"].as_f64().is_some(),
+        "{figures}"
+    );
+    assert_eq!(figures["idle_sessions"], 50, "{figures}");
+}

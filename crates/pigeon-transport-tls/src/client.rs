@@ -27,10 +27,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_channel::mpsc;
+use futures_util::StreamExt as _;
 use pigeon_transport::{Connection, Host, Rotate, Route, TlsParams, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::chrome::{self, ChromeTls, Target};
@@ -152,7 +153,9 @@ impl Dialer {
             tls: self.tls.clone(),
             learned: Arc::clone(&self.learned),
             own_records: Arc::clone(&self.own_records),
-            route: route.clone(),
+            host: route.host().clone(),
+            port: route.port(),
+            redacted: route.redacted(),
             name,
             target: target(route, &params),
             authority: authority(route, &params),
@@ -304,7 +307,7 @@ fn connect_name(ctx: &SessionCtx) -> String {
             crate::ech::inner_name(&ctx.key, now, random(), &pad[..pad_len])
         }
         (None, Some(sni)) => sni.clone(),
-        (None, None) => ctx.route.host().to_string(),
+        (None, None) => ctx.host.to_string(),
     }
 }
 
@@ -327,7 +330,12 @@ struct SessionCtx {
     tls: ChromeTls,
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
     own_records: Arc<AtomicU64>,
-    route: Route,
+    /// Where the legs connect: the route's host and port (a session keeps no copy of the
+    /// whole route, whose parameters are a map of strings)…
+    host: pigeon_transport::Host,
+    port: u16,
+    /// …and the route as errors name it.
+    redacted: String,
     name: String,
     target: Target,
     authority: String,
@@ -859,9 +867,7 @@ async fn open_leg(
     index: u16,
     events: mpsc::Sender<LegEvent>,
 ) -> Result<LegHandle, TlsError> {
-    let route = &ctx.route;
-    let tcp =
-        pigeon_transport::tcp::connect(route.host(), route.port(), Duration::from_secs(30)).await?;
+    let tcp = pigeon_transport::tcp::connect(&ctx.host, ctx.port, Duration::from_secs(30)).await?;
     let received = Arc::new(AtomicU64::new(0));
     let mid_record = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counting = Counting::new(tcp, Arc::clone(&received), Arc::clone(&mid_record));
@@ -869,7 +875,7 @@ async fn open_leg(
     let domain = connect_name(ctx);
     let mut stream = tokio_boring::connect(config, &domain, counting)
         .await
-        .map_err(|e| handshake_error(&ctx.route.redacted(), &e))?;
+        .map_err(|e| handshake_error(&ctx.redacted, &e))?;
     if ctx.target.ech.is_none() {
         // (With ECH, a resumed session's ticket would lengthen the inner hello past GREASE's
         // lengths: ECH connections always make a full handshake, as a first visit does.)
@@ -877,7 +883,7 @@ async fn open_leg(
     }
     if stream.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
         return Err(TlsError::NotHttp2 {
-            route: ctx.route.redacted(),
+            route: ctx.redacted.clone(),
         });
     }
     let handshake = received.load(Ordering::Relaxed);
@@ -996,7 +1002,7 @@ async fn run_leg(
     stream: Tls,
     (received, mid_record): (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
     mut cmds: mpsc::Receiver<LegCmd>,
-    events: mpsc::Sender<LegEvent>,
+    mut events: mpsc::Sender<LegEvent>,
 ) {
     let mut leg = LegState {
         h2: h2::Leg::new(
@@ -1016,7 +1022,9 @@ async fn run_leg(
         answered: false,
     };
     let mut stream = LegIo::Tls(stream);
-    let result = leg.run(&ctx, index, &mut stream, &mut cmds, &events).await;
+    let result = leg
+        .run(&ctx, index, &mut stream, &mut cmds, &mut events)
+        .await;
     if let Err(e) = result {
         let e = match e {
             LegEnd::Stalled => {
@@ -1033,13 +1041,13 @@ async fn run_leg(
                     );
                 }
                 TlsError::Stalled {
-                    route: ctx.route.redacted(),
+                    route: ctx.redacted.clone(),
                     received: got,
                 }
             }
             LegEnd::Error(e) => e,
         };
-        let _ = events.send(LegEvent::Failed(index, Box::new(e))).await;
+        let _ = send(&mut events, LegEvent::Failed(index, Box::new(e))).await;
     }
 }
 
@@ -1102,7 +1110,7 @@ impl LegState {
         index: u16,
         stream: &mut LegIo,
         cmds: &mut mpsc::Receiver<LegCmd>,
-        events: &mpsc::Sender<LegEvent>,
+        events: &mut mpsc::Sender<LegEvent>,
     ) -> Result<(), LegEnd> {
         let mut rbuf = BytesMut::new();
         let mut inbuf: Vec<u8> = Vec::new();
@@ -1181,12 +1189,12 @@ impl LegState {
                             Err(block) => self.response(ctx, index, &block)?,
                         };
                         let failed = matches!(event, LegEvent::Failed(..));
-                        if events.send(event).await.is_err() || failed {
+                        if send(events, event).await.is_err() || failed {
                             return Ok(());
                         }
                     }
                 }
-                cmd = cmds.recv(), if take_cmds => match cmd {
+                cmd = cmds.next(), if take_cmds => match cmd {
                     Some(LegCmd::Write(bytes)) => {
                         self.pending_len += bytes.len();
                         self.pending.push_back(bytes);
@@ -1264,7 +1272,7 @@ impl LegState {
             None => Ok(LegEvent::Data(index, Bytes::new())),
             Some(100..=199) => Ok(LegEvent::Data(index, Bytes::new())),
             Some(status) => Err(LegEnd::Error(TlsError::Refused {
-                route: ctx.route.redacted(),
+                route: ctx.redacted.clone(),
                 status,
             })),
         }
@@ -1327,17 +1335,25 @@ fn share(whole: &Bytes, part: &[u8]) -> Bytes {
 /// Moves the request body to leg `index` once it is both here (its opening task handed it
 /// over) and ready (its response came); the two happen in either order. The leg the body
 /// leaves ends its request, so the server can retire it.
-async fn promote(legs: &BTreeMap<u16, LegHandle>, up: &mut u16, up_open: bool, index: u16) {
+async fn promote(legs: &mut BTreeMap<u16, LegHandle>, up: &mut u16, up_open: bool, index: u16) {
     if index <= *up || !legs.get(&index).is_some_and(|leg| leg.ready) {
         return;
     }
-    if let Some(old) = legs.get(up) {
-        let _ = old.cmd.send(LegCmd::EndUp).await;
+    if let Some(old) = legs.get_mut(up) {
+        let _ = send(&mut old.cmd, LegCmd::EndUp).await;
     }
     *up = index;
-    if !up_open && let Some(leg) = legs.get(up) {
-        let _ = leg.cmd.send(LegCmd::EndUp).await;
+    if !up_open && let Some(leg) = legs.get_mut(up) {
+        let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
     }
+}
+
+/// Sends on a bounded channel once it has room. The session's channels are `futures`' rather
+/// than tokio's: an idle tokio channel keeps a block of 32 slots (1–1.3 KB here) for as long
+/// as it lives, a `futures` channel only the messages in flight.
+async fn send<T>(tx: &mut mpsc::Sender<T>, item: T) -> Result<(), mpsc::SendError> {
+    std::future::poll_fn(|cx| tx.poll_ready(cx)).await?;
+    tx.start_send(item)
 }
 
 /// Whether the caller's end of the session's stream is gone: a write to it fails once the
@@ -1385,13 +1401,13 @@ async fn run_session(
                         // (an ended request alone only means "the next leg follows").
                         break;
                     }
-                    if let Some(leg) = legs.get(&up) {
-                        let _ = leg.cmd.send(LegCmd::EndUp).await;
+                    if let Some(leg) = legs.get_mut(&up) {
+                        let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
                     }
                 }
                 Ok(n) => {
-                    let Some(leg) = legs.get(&up) else { break };
-                    if leg.cmd.send(LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    let Some(leg) = legs.get_mut(&up) else { break };
+                    if send(&mut leg.cmd, LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         break;
                     }
                     // A full read means the caller writes fast: a bigger buffer; a small one
@@ -1403,7 +1419,7 @@ async fn run_session(
                     }
                 }
             },
-            event = events.recv() => {
+            event = events.next() => {
                 let Some(event) = event else { break };
                 match event {
                     LegEvent::Ready(index) => {
@@ -1411,7 +1427,7 @@ async fn run_session(
                         match legs.get_mut(&index) {
                             Some(leg) => {
                                 leg.ready = true;
-                                promote(&legs, &mut up, up_open, index).await;
+                                promote(&mut legs, &mut up, up_open, index).await;
                             }
                             // Its answer came before its opening task handed it over.
                             None => {
@@ -1469,7 +1485,7 @@ async fn run_session(
                     Ok((index, Ok(mut leg))) => {
                         leg.ready = early.remove(&index);
                         legs.insert(index, leg);
-                        promote(&legs, &mut up, up_open, index).await;
+                        promote(&mut legs, &mut up, up_open, index).await;
                     }
                     Ok((_, Err(e))) => {
                         // Tried again shortly while it is still needed.

@@ -136,6 +136,8 @@ pub async fn serve<S: ServerStream>(
         .await
         .map_err(|_| TlsError::Io(io::ErrorKind::TimedOut.into()))??;
     let early = buf.split_off(used);
+    // What is carried for a long time holds nothing it no longer needs.
+    drop(buf);
     if let Err(why) = policy.check(&target) {
         session
             .write_all(&encode_answer(&Answer::Refused(why)))
@@ -152,6 +154,7 @@ pub async fn serve<S: ServerStream>(
             return Ok(Outcome::Unreachable);
         }
     };
+    drop(target);
     session
         .write_all(&encode_answer(&Answer::Connected))
         .await?;
