@@ -1335,15 +1335,72 @@ fn share(whole: &Bytes, part: &[u8]) -> Bytes {
 /// Moves the request body to leg `index` once it is both here (its opening task handed it
 /// over) and ready (its response came); the two happen in either order. The leg the body
 /// leaves ends its request, so the server can retire it.
-async fn promote(legs: &mut BTreeMap<u16, LegHandle>, up: &mut u16, up_open: bool, index: u16) {
-    if index <= *up || !legs.get(&index).is_some_and(|leg| leg.ready) {
+/// A session's open legs by number, in order: most often one, two while a rotation overlaps
+/// them. (A sorted `Vec` of one element while idle, where a `BTreeMap` keeps a node of eleven.)
+struct Legs(Vec<(u16, LegHandle)>);
+
+impl Legs {
+    fn new(index: u16, leg: LegHandle) -> Self {
+        Self(vec![(index, leg)])
+    }
+
+    fn position(&self, index: u16) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&index, |(i, _)| *i)
+    }
+
+    fn insert(&mut self, index: u16, leg: LegHandle) {
+        match self.position(index) {
+            Ok(at) => self.0[at].1 = leg,
+            Err(at) => self.0.insert(at, (index, leg)),
+        }
+    }
+
+    fn get(&self, index: u16) -> Option<&LegHandle> {
+        self.position(index).ok().map(|at| &self.0[at].1)
+    }
+
+    fn get_mut(&mut self, index: u16) -> Option<&mut LegHandle> {
+        self.position(index).ok().map(|at| &mut self.0[at].1)
+    }
+
+    fn contains(&self, index: u16) -> bool {
+        self.position(index).is_ok()
+    }
+
+    fn remove(&mut self, index: u16) -> Option<LegHandle> {
+        let at = self.position(index).ok()?;
+        let (_, leg) = self.0.remove(at);
+        if self.0.len() <= 1 {
+            // A rotation is over: back to the room of one leg.
+            self.0.shrink_to_fit();
+        }
+        Some(leg)
+    }
+
+    /// The highest leg number open.
+    fn newest(&self) -> Option<u16> {
+        self.0.last().map(|(i, _)| *i)
+    }
+
+    /// The numbers of the legs below `index`.
+    fn below(&self, index: u16) -> Vec<u16> {
+        self.0
+            .iter()
+            .map(|(i, _)| *i)
+            .take_while(|&i| i < index)
+            .collect()
+    }
+}
+
+async fn promote(legs: &mut Legs, up: &mut u16, up_open: bool, index: u16) {
+    if index <= *up || !legs.get(index).is_some_and(|leg| leg.ready) {
         return;
     }
-    if let Some(old) = legs.get_mut(up) {
+    if let Some(old) = legs.get_mut(*up) {
         let _ = send(&mut old.cmd, LegCmd::EndUp).await;
     }
     *up = index;
-    if !up_open && let Some(leg) = legs.get_mut(up) {
+    if !up_open && let Some(leg) = legs.get_mut(*up) {
         let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
     }
 }
@@ -1372,10 +1429,9 @@ async fn run_session(
     mut user: tokio::io::DuplexStream,
     failure: Arc<Mutex<Option<String>>>,
 ) {
-    let mut legs: BTreeMap<u16, LegHandle> = BTreeMap::new();
     let mut first = first;
     first.ready = true;
-    legs.insert(0, first);
+    let mut legs = Legs::new(0, first);
     let mut up: u16 = 0;
     let mut down: u16 = 0;
     let mut queued: HashMap<u16, VecDeque<Bytes>> = HashMap::new();
@@ -1401,12 +1457,12 @@ async fn run_session(
                         // (an ended request alone only means "the next leg follows").
                         break;
                     }
-                    if let Some(leg) = legs.get_mut(&up) {
+                    if let Some(leg) = legs.get_mut(up) {
                         let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
                     }
                 }
                 Ok(n) => {
-                    let Some(leg) = legs.get_mut(&up) else { break };
+                    let Some(leg) = legs.get_mut(up) else { break };
                     if send(&mut leg.cmd, LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         break;
                     }
@@ -1424,7 +1480,7 @@ async fn run_session(
                 match event {
                     LegEvent::Ready(index) => {
                         tracing::debug!(index, "tunnel leg: ready");
-                        match legs.get_mut(&index) {
+                        match legs.get_mut(index) {
                             Some(leg) => {
                                 leg.ready = true;
                                 promote(&mut legs, &mut up, up_open, index).await;
@@ -1475,7 +1531,7 @@ async fn run_session(
                             break;
                         }
                         // An old leg's failure after its part was done costs nothing.
-                        legs.remove(&index);
+                        legs.remove(index);
                     }
                 }
             }
@@ -1501,8 +1557,8 @@ async fn run_session(
         }
         // Open the next leg once the current one has used 45 % of its share (so it is ready
         // before the current one is spent), or at once if the server moved on without one.
-        let newest = legs.keys().next_back().copied().unwrap_or(0);
-        let needed = match legs.get(&down) {
+        let newest = legs.newest().unwrap_or(0);
+        let needed = match legs.get(down) {
             None => true,
             Some(leg) => {
                 newest == down
@@ -1516,7 +1572,7 @@ async fn run_session(
         // leg's response is in, and the caller's reconnection starts a new one (the relay
         // redelivers whatever was not acknowledged).
         let out_of_legs = newest == ctx.last_leg;
-        if opening.is_none() && needed && out_of_legs && !legs.contains_key(&down) {
+        if opening.is_none() && needed && out_of_legs && !legs.contains(down) {
             tracing::info!("the tunnel session used all its legs; ending it for a new one");
             if let Ok(mut f) = failure.lock() {
                 *f = Some(format!(
@@ -1535,9 +1591,8 @@ async fn run_session(
             }));
         }
         // Legs both directions have left are done.
-        let done: Vec<u16> = legs.keys().copied().filter(|&i| i < down.min(up)).collect();
-        for i in done {
-            if let Some(leg) = legs.remove(&i) {
+        for i in legs.below(down.min(up)) {
+            if let Some(leg) = legs.remove(i) {
                 leg.retire();
             }
         }
