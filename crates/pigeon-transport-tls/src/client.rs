@@ -747,11 +747,15 @@ impl AsyncWrite for Lean {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_out(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let n = buf.len().min(record::MAX_PLAINTEXT);
         this.records
             .seal(&buf[..n], &mut this.out)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        // Written now if the socket takes it; otherwise by the next write or flush.
+        // Written now if the socket takes it; otherwise by the next write or flush (the leg
+        // flushes at the end of every turn).
         if let Poll::Ready(Err(e)) = this.poll_out(cx) {
             return Poll::Ready(Err(e));
         }
@@ -1309,6 +1313,9 @@ impl LegState {
             self.h2.end(&mut end);
             stream.write_all(&end).await?;
         }
+        // Whatever was written this turn leaves now: a leg on its own records may still hold
+        // its last sealed record when the socket was full.
+        stream.flush().await?;
         Ok(())
     }
 }
@@ -1751,7 +1758,9 @@ mod tests {
         let params =
             TlsParams::new(None, "/tunnel", key, Some(cert.pin), Rotate::Off).expect("params");
         let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
-        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        // More than the sockets hold, so that writes on the leg's own records meet a full
+        // socket.
+        let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 241) as u8).collect();
         let down: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let (up_len, down_sent) = (up.len(), down.clone());
         // Reads until `n` bytes are in, or the end (then fewer).
