@@ -160,8 +160,7 @@ impl ChromeTls {
         b.set_default_verify_paths()
             .map_err(setup("the system's certificate roots"))?;
         b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
-        let keylog =
-            boring::ssl::Ssl::new_ex_index::<Arc<KeyLog>>().map_err(setup("key log state"))?;
+        let keylog = keylog_index()?;
         b.set_keylog_callback(move |ssl, line| {
             if let Some(log) = ssl.ex_data(keylog) {
                 log.note(line);
@@ -248,6 +247,23 @@ impl ChromeTls {
             cache.insert(cache_key.to_owned(), session.to_owned());
         }
     }
+}
+
+/// The `ex_data` slot of every connection's key log. BoringSSL's slots are process-wide and
+/// never given back, so one is taken for the process rather than one per client (a client made
+/// per connection would otherwise take a slot each time, and every later connection would carry
+/// room for all of them). The slot holds nothing itself; each connection's value is its own.
+fn keylog_index() -> Result<boring::ex_data::Index<boring::ssl::Ssl, Arc<KeyLog>>, TlsError> {
+    static INDEX: std::sync::OnceLock<
+        Result<boring::ex_data::Index<boring::ssl::Ssl, Arc<KeyLog>>, String>,
+    > = std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| boring::ssl::Ssl::new_ex_index::<Arc<KeyLog>>().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|detail| TlsError::Setup {
+            what: "key log state",
+            detail,
+        })
 }
 
 /// The few BoringSSL calls the `boring` crate does not wrap: ALPS on the new codepoint and the

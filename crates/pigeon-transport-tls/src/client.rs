@@ -604,6 +604,7 @@ impl LegIo {
             meter,
             records,
             inbuf: Vec::new(),
+            head: 0,
             plain: 0..0,
             opened: 0,
             closed: false,
@@ -621,9 +622,11 @@ struct Lean {
     /// Counts what comes off the socket, and where the records it carries end.
     meter: Meter,
     records: record::Records,
-    /// Bytes off the socket from the next record on (several records, when they came in one
-    /// read); empty, with no allocation, once all are handed out.
+    /// Bytes off the socket (several records, when they came in one read), the next record from
+    /// `head` on; empty, with no allocation, once all are handed out. Records are opened where
+    /// they lie; the buffer is compacted only before the next socket read.
     inbuf: Vec<u8>,
+    head: usize,
     /// Plaintext of the record opened in place at the start of `inbuf`, not yet handed out…
     plain: std::ops::Range<usize>,
     /// …and that record's length in `inbuf`.
@@ -638,6 +641,16 @@ struct Lean {
 }
 
 impl Lean {
+    /// The record at `head` (`used` bytes) is done with.
+    fn consume(&mut self, used: usize) {
+        self.head += used;
+        self.opened = 0;
+        if self.head >= self.inbuf.len() {
+            self.inbuf = Vec::new();
+            self.head = 0;
+        }
+    }
+
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_at < self.out.len() {
             let n = std::task::ready!(
@@ -669,34 +682,36 @@ impl AsyncRead for Lean {
                 buf.put_slice(&this.inbuf[this.plain.start..this.plain.start + n]);
                 this.plain.start += n;
                 if this.plain.is_empty() {
-                    this.inbuf.drain(..this.opened);
-                    this.opened = 0;
-                    if this.inbuf.is_empty() {
-                        this.inbuf = Vec::new();
-                    }
+                    this.consume(this.opened);
                 }
                 return Poll::Ready(Ok(()));
             }
             if this.closed {
                 return Poll::Ready(Ok(()));
             }
-            match this.records.open(&mut this.inbuf) {
+            let head = this.head;
+            match this.records.open(&mut this.inbuf[head..]) {
                 Ok(Some(record::Opened::Data { start, end, used })) => {
-                    this.plain = start..end;
-                    this.opened = used;
                     if start == end {
-                        this.inbuf.drain(..used);
-                        this.opened = 0;
+                        this.consume(used);
+                    } else {
+                        this.plain = head + start..head + end;
+                        this.opened = used;
                     }
                     continue;
                 }
                 Ok(Some(record::Opened::Closed { .. })) => {
                     this.closed = true;
                     this.inbuf = Vec::new();
+                    this.head = 0;
                     return Poll::Ready(Ok(()));
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            }
+            if this.head > 0 {
+                this.inbuf.drain(..this.head);
+                this.head = 0;
             }
             // Read at least to the end of the record under way, and what else has come (a
             // quiet leg's next record is most often small: a little room first).

@@ -229,6 +229,7 @@ impl Records {
             u8::try_from(len >> 8).unwrap_or(u8::MAX),
             u8::try_from(len & 0xff).unwrap_or(u8::MAX),
         ];
+        let mark = out.len();
         out.reserve(HEADER_LEN + len);
         out.extend_from_slice(&header);
         let start = out.len();
@@ -236,9 +237,18 @@ impl Records {
             out.extend_from_slice(part);
         }
         out.push(APPLICATION_DATA);
-        let tag = self.tx.seal_in_place(&header, &mut out[start..])?;
-        out.extend_from_slice(&tag);
-        Ok(())
+        match self.tx.seal_in_place(&header, &mut out[start..]) {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(e) => {
+                // Never leave plaintext where sealed records wait to be written.
+                zeroize::Zeroize::zeroize(&mut out[mark..]);
+                out.truncate(mark);
+                Err(e)
+            }
+        }
     }
 
     /// Opens the first record in `buf`, decrypting in place. `Ok(None)` when `buf` does not yet
