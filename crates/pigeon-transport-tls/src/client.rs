@@ -1688,12 +1688,10 @@ mod tests {
         assert!(mid.load(Ordering::Relaxed), "the cut record is owed");
     }
 
-    /// A session that has used its last leg number ends once that leg's response is in, with
-    /// everything before it delivered, and says why (the caller reconnects).
-    #[tokio::test]
-    async fn a_session_ends_cleanly_after_its_last_leg() {
+    /// An in-process front on loopback with its own certificate (pinned by the route), and the
+    /// `tls` route to it with `rotate`; the directory holds the certificate and the cover.
+    async fn test_front(rotate: Rotate) -> (tempfile::TempDir, crate::front::Front, Route) {
         use crate::front::{Front, FrontConfig, server_tls_config};
-        use pigeon_transport::ServerStream as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = crate::certs::self_signed(&dir.path().join("key.pem"), "relay.test")
             .expect("certificate");
@@ -1708,12 +1706,20 @@ mod tests {
             admission: pigeon_transport::admission::AdmissionLimits::default(),
             ech: None,
         };
-        let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        let front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
             .await
             .expect("front");
-        let params = TlsParams::new(None, "/tunnel", key, Some(cert.pin), Rotate::Cap(16 * 1024))
-            .expect("params");
+        let params = TlsParams::new(None, "/tunnel", key, Some(cert.pin), rotate).expect("params");
         let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
+        (dir, front, route)
+    }
+
+    /// A session that has used its last leg number ends once that leg's response is in, with
+    /// everything before it delivered, and says why (the caller reconnects).
+    #[tokio::test]
+    async fn a_session_ends_cleanly_after_its_last_leg() {
+        use pigeon_transport::ServerStream as _;
+        let (_dir, mut front, route) = test_front(Rotate::Cap(16 * 1024)).await;
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let server = tokio::spawn(async move {
@@ -1751,28 +1757,8 @@ mod tests {
     /// large and small, unchanged, and the session ends cleanly.
     #[tokio::test]
     async fn a_leg_goes_on_with_its_own_records() {
-        use crate::front::{Front, FrontConfig, server_tls_config};
         use pigeon_transport::ServerStream as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cert = crate::certs::self_signed(&dir.path().join("key.pem"), "relay.test")
-            .expect("certificate");
-        let key = [7u8; 32];
-        let config = FrontConfig {
-            tls: server_tls_config(cert.chain, cert.key).expect("rustls"),
-            path: "/tunnel".to_owned(),
-            key: TokenKey::new(key),
-            cover: crate::Cover::Dir(dir.path().to_path_buf()),
-            cover_tls: None,
-            handshake_timeout: Duration::from_secs(10),
-            admission: pigeon_transport::admission::AdmissionLimits::default(),
-            ech: None,
-        };
-        let mut front = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
-            .await
-            .expect("front");
-        let params =
-            TlsParams::new(None, "/tunnel", key, Some(cert.pin), Rotate::Off).expect("params");
-        let route = Route::tls("127.0.0.1", front.local_addr().port(), &params).expect("route");
+        let (_dir, mut front, route) = test_front(Rotate::Off).await;
         // More than the sockets hold, so that writes on the leg's own records meet a full
         // socket.
         let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 241) as u8).collect();
