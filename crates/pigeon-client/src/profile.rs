@@ -30,8 +30,8 @@ mod receive;
 mod schema;
 
 pub use groups::{
-    BackupSummary, DeviceInfo, DeviceLinkProgress, FILES_DIR, FileInfo, FileState,
-    GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage,
+    BackupSummary, DeviceInfo, DeviceLinkProgress, FILES_DIR, FIRST_MESSAGE_REFRESH_FROM, FileInfo,
+    FileState, GROUP_REKEY_AFTER_MS, GROUP_REKEY_EVERY, GroupChange, GroupInfo, GroupMessage,
     LinkJoinProgress, LogCopies, LogInbox, MAX_LINKED_CONVERSATIONS, MemberInfo, PendingDownload,
     PendingRotation, PendingUpload, PreparedDeviceLink, PreparedGroupInvite, RestoreProgress,
     SafetyNumbers, device_label, is_picture, make_thumbnail, sniff_mime,
@@ -373,6 +373,9 @@ pub struct Profile {
     dir: PathBuf,
     /// The largest log entry posted in one relay message; larger ones go in parts.
     max_log_entry: usize,
+    /// Groups of this many devices or more have a device that joins refresh its keys with its
+    /// first message ([`groups::FIRST_MESSAGE_REFRESH_FROM`]).
+    first_refresh_from: usize,
 }
 
 impl std::fmt::Debug for Profile {
@@ -561,6 +564,7 @@ impl Profile {
             crypto,
             dir: dir.to_owned(),
             max_log_entry: groups::MAX_LOG_ENTRY,
+            first_refresh_from: groups::FIRST_MESSAGE_REFRESH_FROM,
         })
     }
 

@@ -1151,3 +1151,71 @@ fn a_backup_restored_on_a_new_profile_continues_every_conversation() {
         notices(&bob)
     );
 }
+
+/// Issue #14: in a group large enough for TreeKEM's blank nodes to cost (here the threshold is
+/// lowered to two devices), a device that joined refreshes its keys with its first message —
+/// a commit both sides apply, the message read after it — and not again with its second; the
+/// group's creator, who did not join, refreshes on the usual count.
+#[test]
+fn a_device_new_to_a_large_group_refreshes_its_keys_with_its_first_message() {
+    let Pair {
+        _dir,
+        alice,
+        mut bob,
+        relay: mut mem,
+    } = pair(Suite::XWing);
+    bob.set_first_message_refresh_from(2);
+    let club = alice
+        .create_group("club", &relay(1), &OwnedMailbox::generate().expect("log"))
+        .expect("group");
+    let prepared = alice
+        .prepare_group_invite(club.id, &relay(1))
+        .expect("invite");
+    let invite = Invite::parse(&prepared.invite.to_link().expect("link")).expect("parse");
+    bob.request_group_join(
+        &invite,
+        &OwnedMailbox::generate().expect("reply"),
+        &relay(2),
+    )
+    .expect("join");
+    mem.run(&[&alice, &bob]);
+    let at_bob = bob.find_group("club").expect("bob is in the club");
+    let epoch = |p: &Profile| p.find_group("club").expect("club").epoch;
+    let e0 = at_bob.epoch;
+    assert_eq!(epoch(&alice), e0);
+    let said = |p: &Profile, text: &str| {
+        p.group_history(p.find_group("club").expect("club").id, 100)
+            .expect("history")
+            .iter()
+            .any(|m| m.text == text)
+    };
+    let settle = |mem: &mut Relay| {
+        for _ in 0..3 {
+            alice.drive_groups().expect("drive");
+            bob.drive_groups().expect("drive");
+            mem.run(&[&alice, &bob]);
+        }
+    };
+    bob.compose_group(at_bob.id, "first").expect("compose");
+    settle(&mut mem);
+    assert_eq!(
+        epoch(&bob),
+        e0 + 1,
+        "bob's first message came with a refresh"
+    );
+    assert_eq!(epoch(&alice), e0 + 1);
+    assert!(said(&alice, "first"));
+    bob.compose_group(at_bob.id, "second").expect("compose");
+    alice
+        .compose_group(club.id, "from the creator")
+        .expect("compose");
+    settle(&mut mem);
+    assert_eq!(epoch(&bob), e0 + 1, "no refresh with the second message");
+    assert_eq!(
+        epoch(&alice),
+        e0 + 1,
+        "the creator refreshes on the usual count"
+    );
+    assert!(said(&alice, "second"));
+    assert!(said(&bob, "from the creator"));
+}

@@ -52,6 +52,17 @@ pub use log::LogCopies;
 pub const GROUP_REKEY_EVERY: i64 = 50;
 /// ...or after this long, whichever comes first.
 pub const GROUP_REKEY_AFTER_MS: i64 = 7 * 86_400_000;
+/// In a group of at least this many devices, a device that joins refreshes its keys with its
+/// first message instead of its [`GROUP_REKEY_EVERY`]th. TreeKEM gives an inner node of the
+/// tree a key only when a device below it commits: until then a commit encrypts to every device
+/// under it, one by one. In a group built by adds (each joins on an admin's commit) that is
+/// nearly every device — about a thousand X-Wing encryptions and a 1.2 MB commit at 1,000
+/// devices, where a tree whose members have committed takes about log2 of that. A joiner's
+/// refresh fills its own path to the root, so once the people who talk have each sent one
+/// message, commits cost what a lived-in tree costs (and the joiner's leaf key, which came from
+/// a key package that waited on a relay or in an invitation, is replaced early). Below this size
+/// the blank nodes cost a commit under two milliseconds, not worth a commit of its own.
+pub const FIRST_MESSAGE_REFRESH_FROM: usize = 32;
 /// Largest part of a sealed Welcome in one relay message.
 const WELCOME_PART: usize = 48 * 1024;
 /// The largest group log entry posted as one relay message: what fits the relay's limit with
@@ -1712,6 +1723,24 @@ impl Profile {
     #[doc(hidden)]
     pub fn set_max_log_entry(&mut self, bytes: usize) {
         self.max_log_entry = bytes.max(256);
+    }
+
+    /// Sets the size of group (in devices) from which a device that joins refreshes its keys
+    /// with its first message ([`FIRST_MESSAGE_REFRESH_FROM`]; tests use small ones).
+    #[doc(hidden)]
+    pub fn set_first_message_refresh_from(&mut self, devices: usize) {
+        self.first_refresh_from = devices;
+    }
+
+    /// The count of messages since its last key refresh that a device starts from when it
+    /// joins (or is taken back into) a group of `devices`: one short of a refresh in a group
+    /// large enough for its blank tree nodes to cost ([`FIRST_MESSAGE_REFRESH_FROM`]).
+    pub(super) fn joined_message_count(&self, devices: usize) -> i64 {
+        if devices >= self.first_refresh_from {
+            GROUP_REKEY_EVERY - 1
+        } else {
+            0
+        }
     }
 
     fn mark_seen(&self, log_id: &[u8; 32], message_id: &[u8; 16]) -> Result<(), ProfileError> {

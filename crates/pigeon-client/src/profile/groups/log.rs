@@ -1129,6 +1129,15 @@ impl Profile {
             mirror_relay: mirror_from_payload(&gw.mirror_relay)?,
         })?;
         self.keep_mirror_key(id, &gw.mirror_key)?;
+        let count = self.joined_message_count(roster.members.len());
+        if count > 0 {
+            self.conn
+                .execute(
+                    "UPDATE groups SET sent_since_update = ?1 WHERE id = ?2",
+                    params![count, id],
+                )
+                .map_err(db("saving the group"))?;
+        }
         if roster.devices {
             self.conn
                 .execute("UPDATE groups SET devices = 1 WHERE id = ?1", [id])
@@ -1402,12 +1411,14 @@ impl Profile {
         if group.id() != row.group_id {
             return Err(peer("welcome", "it is for another group"));
         }
-        if group.roster()?.entry(&row.signature_key).is_none() {
+        let roster = group.roster()?;
+        if roster.entry(&row.signature_key).is_none() {
             return Err(peer(
                 "welcome",
                 "the group's roster does not list this device",
             ));
         }
+        let count = self.joined_message_count(roster.members.len());
         if let Some(t) = old_ticket {
             self.forget_ticket(&t)?;
         }
@@ -1415,7 +1426,7 @@ impl Profile {
             .execute(
                 "UPDATE groups SET state = ?1, cursor = ?2, log_cap = ?3, log_owner = ?4,
                    pending_commit = NULL, pending_intent = NULL, pending_ticket = NULL,
-                   rejoin_secret = NULL, sent_since_update = 0, updated_at = ?5,
+                   rejoin_secret = NULL, sent_since_update = ?8, updated_at = ?5,
                    mirror_relay = ?6, mirror_cursor = 0, mirror_end = 0, forwarded_upto = 0,
                    mirror_key = NULL WHERE id = ?7",
                 params![
@@ -1425,7 +1436,8 @@ impl Profile {
                     log_owner.as_slice(),
                     now_ms(),
                     mirror_from_payload(&gw.mirror_relay)?,
-                    row.id
+                    row.id,
+                    count
                 ],
             )
             .map_err(db("rejoining a group"))?;
