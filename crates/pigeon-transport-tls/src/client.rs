@@ -2,8 +2,9 @@
 //! one another under a per-connection download cap.
 //!
 //! [`Dialer::dial`] opens the first leg (TCP, TLS as Chrome, HTTP/2 as Chrome, the request with a
-//! fresh token) and, once the server has answered it, hands back a byte stream. A task per
-//! session then carries the stream over legs:
+//! fresh token) and hands back a byte stream, [`TunnelStream`], which carries itself over legs
+//! as its caller reads and writes it (no task of its own; only the opening of a next leg runs
+//! in one):
 //!
 //! * **Rotation.** When the route has a download cap (`rotate=16k`, or one learned), each leg
 //!   gets a budget below it, drawn with jitter (55–80 % of the cap, less the handshake it already
@@ -19,6 +20,7 @@
 //!   records, then a burst from the server) does not see a tunnel's handshake in them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +29,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_channel::mpsc;
-use futures_util::StreamExt as _;
+use futures_util::task::AtomicWaker;
 use pigeon_transport::{Connection, Host, Rotate, Route, TlsParams, Transport};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -74,7 +75,12 @@ pub struct Dialer {
     last_leg: u16,
     /// Legs whose records moved out of TLS (see [`LegIo`]).
     own_records: Arc<AtomicU64>,
+    /// What sessions to each route share, while one is open (route text → context).
+    routes: Arc<Mutex<HashMap<String, std::sync::Weak<RouteCtx>>>>,
 }
+
+/// Routes whose contexts a dialer remembers before it forgets those no session uses.
+const ROUTES_KEPT: usize = 64;
 
 impl Dialer {
     /// A dialer with Chrome's TLS settings and nothing learned.
@@ -87,6 +93,7 @@ impl Dialer {
             learned: Arc::default(),
             last_leg: u16::MAX,
             own_records: Arc::default(),
+            routes: Arc::default(),
         })
     }
 
@@ -142,6 +149,43 @@ impl Dialer {
         Ok(Box::new(stream))
     }
 
+    /// What sessions to `route` share (`name` is its text): the one kept while a session to
+    /// it is open, or a new one. A proxy's sessions mostly go to one relay: each holds its
+    /// session id and cap, not its own copy of the route's names, keys and texts.
+    fn route_ctx(&self, route: &Route, params: &TlsParams, name: String) -> Arc<RouteCtx> {
+        let Ok(mut routes) = self.routes.lock() else {
+            return Arc::new(self.new_route_ctx(route, params, name));
+        };
+        if let Some(ctx) = routes.get(&name).and_then(std::sync::Weak::upgrade) {
+            return ctx;
+        }
+        if routes.len() >= ROUTES_KEPT {
+            // Routes no session uses any more go; what is left is bounded by the sessions.
+            routes.retain(|_, ctx| ctx.strong_count() > 0);
+        }
+        let ctx = Arc::new(self.new_route_ctx(route, params, name.clone()));
+        routes.insert(name, Arc::downgrade(&ctx));
+        ctx
+    }
+
+    fn new_route_ctx(&self, route: &Route, params: &TlsParams, name: String) -> RouteCtx {
+        RouteCtx {
+            tls: self.tls.clone(),
+            learned: Arc::clone(&self.learned),
+            own_records: Arc::clone(&self.own_records),
+            host: route.host().clone(),
+            port: route.port(),
+            redacted: route.redacted(),
+            name,
+            target: target(route, params),
+            authority: authority(route, params),
+            key: TokenKey::new(*params.key()),
+            path: params.path().to_owned(),
+            learn: params.rotate() == Rotate::Auto,
+            last_leg: self.last_leg,
+        }
+    }
+
     async fn dial_tls(&self, route: &Route, params: TlsParams) -> Result<TunnelStream, TlsError> {
         let name = route.to_string();
         let cap = match params.rotate() {
@@ -150,41 +194,12 @@ impl Dialer {
             Rotate::Auto => self.learned.lock().ok().and_then(|l| l.get(&name).copied()),
         };
         let ctx = Arc::new(SessionCtx {
-            tls: self.tls.clone(),
-            learned: Arc::clone(&self.learned),
-            own_records: Arc::clone(&self.own_records),
-            host: route.host().clone(),
-            port: route.port(),
-            redacted: route.redacted(),
-            name,
-            target: target(route, &params),
-            authority: authority(route, &params),
-            key: TokenKey::new(*params.key()),
-            path: params.path().to_owned(),
+            route: self.route_ctx(route, &params, name),
             session: random(),
             cap,
-            learn: params.rotate() == Rotate::Auto,
-            last_leg: self.last_leg,
         });
-        let (events_tx, events) = mpsc::channel(64);
-        let first = open_leg(&ctx, 0, events_tx.clone()).await?;
-        // The tunnel's first bytes follow the request at once, as a browser's streaming upload
-        // does: a reverse proxy may hold the response headers until the response has data,
-        // which here comes only after the client's first bytes.
-        let (user, ours) = tokio::io::duplex(4 * CHUNK);
-        let failure = Arc::new(Mutex::new(None));
-        tokio::spawn(run_session(
-            ctx,
-            first,
-            events_tx,
-            events,
-            ours,
-            Arc::clone(&failure),
-        ));
-        Ok(TunnelStream {
-            inner: user,
-            failure,
-        })
+        let first = open_leg(&ctx, 0).await?;
+        Ok(TunnelStream::new(ctx, first))
     }
 }
 
@@ -212,53 +227,6 @@ impl pigeon_transport::Dial for Dialer {
 
     fn learn(&self, route: &str, cap: u32) {
         Dialer::learn(self, route, cap);
-    }
-}
-
-/// The caller's end of a tunnel session. When the session ends because a leg failed, reading
-/// reports why (a refused request, a frozen connection) instead of a bare end of stream.
-pub(crate) struct TunnelStream {
-    inner: tokio::io::DuplexStream,
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-impl AsyncRead for TunnelStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before => {
-                match this.failure.lock().ok().and_then(|f| f.clone()) {
-                    Some(why) => {
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why)))
-                    }
-                    None => Poll::Ready(Ok(())),
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-impl AsyncWrite for TunnelStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -297,17 +265,17 @@ fn target(route: &Route, params: &TlsParams) -> Target {
 /// The name `connect` is given: with ECH, a fresh proof for the inner hello; otherwise the
 /// SNI, or the host.
 fn connect_name(ctx: &SessionCtx) -> String {
-    match (&ctx.target.ech, &ctx.target.sni) {
+    match (&ctx.route.target.ech, &ctx.route.target.sni) {
         (Some(_), _) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let pad = random::<{ crate::ech::MAX_PAD }>();
             let pad_len = crate::ech::pad_len(random());
-            crate::ech::inner_name(&ctx.key, now, random(), &pad[..pad_len])
+            crate::ech::inner_name(&ctx.route.key, now, random(), &pad[..pad_len])
         }
         (None, Some(sni)) => sni.clone(),
-        (None, None) => ctx.host.to_string(),
+        (None, None) => ctx.route.host.to_string(),
     }
 }
 
@@ -325,8 +293,8 @@ fn authority(route: &Route, params: &TlsParams) -> String {
     }
 }
 
-/// What every leg of a session shares.
-struct SessionCtx {
+/// What every session to one route shares.
+struct RouteCtx {
     tls: ChromeTls,
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
     own_records: Arc<AtomicU64>,
@@ -341,13 +309,18 @@ struct SessionCtx {
     authority: String,
     key: TokenKey,
     path: String,
+    /// Whether a stall teaches this route a cap.
+    learn: bool,
+    /// The highest leg number a session may use.
+    last_leg: u16,
+}
+
+/// What every leg of a session shares.
+struct SessionCtx {
+    route: Arc<RouteCtx>,
     session: SessionId,
     /// The download cap in force for this session, if any.
     cap: Option<u32>,
-    /// Whether a stall teaches this route a cap.
-    learn: bool,
-    /// The highest leg number the session may use.
-    last_leg: u16,
 }
 
 /// Counts the bytes read from a socket — what a censor counts toward a freeze — and follows
@@ -375,9 +348,6 @@ const READ_AHEAD: usize = 64 * 1024;
 const LEG_ROOM_QUIET: usize = 4 * 1024;
 /// …and a busy one.
 const LEG_ROOM_BUSY: usize = 32 * 1024;
-/// Smallest buffer a session reads its caller's bytes into (it grows to [`CHUNK`] while the
-/// caller writes fast, and shrinks back when it does not).
-const UP_QUIET: usize = 256;
 /// Room a leg on its own records reads into beyond the record under way: a little while
 /// quiet…
 const LEAN_ROOM_QUIET: usize = 512;
@@ -387,35 +357,31 @@ const LEAN_ROOM_BUSY: usize = 64 * 1024;
 const LEG_RETRY: Duration = Duration::from_millis(100);
 
 /// What [`Counting`] knows of the bytes that came off the socket.
+#[derive(Default)]
 struct Meter {
-    received: Arc<AtomicU64>,
+    /// TCP bytes received, handshake included (what a censor counts toward a freeze).
+    received: u64,
     records: RecordTracker,
-    mid_record: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Meter {
     /// Notes bytes that came off the socket.
     fn count(&mut self, got: &[u8]) {
-        self.received.fetch_add(got.len() as u64, Ordering::Relaxed);
+        self.received += got.len() as u64;
         self.records.feed(got);
-        self.mid_record
-            .store(self.records.mid_record(), Ordering::Relaxed);
+    }
+
+    /// The socket's bytes end inside a TLS record: more are owed.
+    fn mid_record(&self) -> bool {
+        self.records.mid_record()
     }
 }
 
 impl<S> Counting<S> {
-    fn new(
-        inner: S,
-        received: Arc<AtomicU64>,
-        mid_record: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
+    fn new(inner: S) -> Self {
         Self {
             inner: Some(inner),
-            meter: Meter {
-                received,
-                records: RecordTracker::default(),
-                mid_record,
-            },
+            meter: Meter::default(),
             ahead: Box::default(),
             start: 0,
             end: 0,
@@ -569,6 +535,14 @@ impl LegIo {
         }
     }
 
+    /// What came off the socket so far.
+    fn meter(&self) -> &Meter {
+        match self {
+            Self::Tls(tls) => &tls.get_ref().meter,
+            Self::Lean(lean) => &lean.meter,
+        }
+    }
+
     /// Whether bytes wait to be worked on without the socket (see [`leg_has_pending`]).
     fn has_pending(&self) -> bool {
         match self {
@@ -594,11 +568,7 @@ impl LegIo {
             return false;
         };
         // Nothing was read ahead (checked above): the read-ahead buffer holds no bytes.
-        let meter = Meter {
-            received: Arc::clone(&counting.meter.received),
-            records: std::mem::take(&mut counting.meter.records),
-            mid_record: Arc::clone(&counting.meter.mid_record),
-        };
+        let meter = std::mem::take(&mut counting.meter);
         *self = Self::Lean(Lean {
             tcp,
             meter,
@@ -830,82 +800,30 @@ impl AsyncWrite for LegIo {
     }
 }
 
-/// What the session tells a leg.
-enum LegCmd {
-    /// Tunnel bytes to send.
-    Write(Bytes),
-    /// End the request body: the next leg carries what follows.
-    EndUp,
-}
-
-/// What a leg tells the session.
-enum LegEvent {
-    /// The server answered the request: the leg carries the tunnel.
-    Ready(u16),
-    /// Tunnel bytes from the server.
-    Data(u16, Bytes),
-    /// The server ended the response on this leg.
-    DownEnded(u16),
-    /// The leg failed.
-    /// (Boxed: the session's channel of events keeps a block of slots the size of the largest
-    /// event for as long as it lives.)
-    Failed(u16, Box<TlsError>),
-}
-
-/// A leg as the session sees it.
-struct LegHandle {
-    cmd: mpsc::Sender<LegCmd>,
-    received: Arc<AtomicU64>,
-    /// Its share of the cap, in TCP bytes received (handshake included).
-    share: Option<u64>,
-    ready: bool,
-    /// The leg's task; aborted when the handle is dropped, unless the leg was retired.
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl LegHandle {
-    /// Lets a leg that has done its part finish on its own: it ends its request body (if the
-    /// session has not yet) and closes once the server has ended its response.
-    fn retire(mut self) {
-        self.task = None;
-    }
-}
-
-impl Drop for LegHandle {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-/// Opens leg `index`: TCP, TLS, the HTTP/2 preface and the request. Its task then reports on
-/// `events`.
-async fn open_leg(
-    ctx: &Arc<SessionCtx>,
-    index: u16,
-    events: mpsc::Sender<LegEvent>,
-) -> Result<LegHandle, TlsError> {
-    let tcp = pigeon_transport::tcp::connect(&ctx.host, ctx.port, Duration::from_secs(30)).await?;
-    let received = Arc::new(AtomicU64::new(0));
-    let mid_record = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let counting = Counting::new(tcp, Arc::clone(&received), Arc::clone(&mid_record));
-    let config = ctx.tls.configure(&ctx.target)?;
+/// Opens leg `index`: TCP, TLS, the HTTP/2 preface and the request. The session then drives it.
+async fn open_leg(ctx: &Arc<SessionCtx>, index: u16) -> Result<Leg, TlsError> {
+    let tcp =
+        pigeon_transport::tcp::connect(&ctx.route.host, ctx.route.port, Duration::from_secs(30))
+            .await?;
+    let counting = Counting::new(tcp);
+    let config = ctx.route.tls.configure(&ctx.route.target)?;
     let domain = connect_name(ctx);
     let mut stream = tokio_boring::connect(config, &domain, counting)
         .await
-        .map_err(|e| handshake_error(&ctx.redacted, &e))?;
-    if ctx.target.ech.is_none() {
+        .map_err(|e| handshake_error(&ctx.route.redacted, &e))?;
+    if ctx.route.target.ech.is_none() {
         // (With ECH, a resumed session's ticket would lengthen the inner hello past GREASE's
         // lengths: ECH connections always make a full handshake, as a first visit does.)
-        ctx.tls.remember(&ctx.target.cache_key, stream.ssl());
+        ctx.route
+            .tls
+            .remember(&ctx.route.target.cache_key, stream.ssl());
     }
     if stream.ssl().selected_alpn_protocol() != Some(b"h2".as_slice()) {
         return Err(TlsError::NotHttp2 {
-            route: ctx.redacted.clone(),
+            route: ctx.route.redacted.clone(),
         });
     }
-    let handshake = received.load(Ordering::Relaxed);
+    let handshake = stream.get_ref().meter.received;
     let (share, budget) = match ctx.cap {
         Some(cap) => {
             // 55–80 % of the cap for this connection, drawn anew for each.
@@ -927,7 +845,7 @@ async fn open_leg(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let token = token::mint(&ctx.key, &ctx.path, &leg, now, random());
+    let token = token::mint(&ctx.route.key, &ctx.route.path, &leg, now, random());
     tracing::debug!(
         index,
         handshake,
@@ -940,15 +858,15 @@ async fn open_leg(
     h2::write_settings(&mut opening, &chrome::H2_SETTINGS);
     h2::write_window_update(&mut opening, 0, chrome::H2_CONNECTION_WINDOW - 65_535);
     stream.write_all(&opening).await?;
-    let path = format!("{}/{token}", ctx.path);
-    let origin = format!("https://{}", ctx.authority);
-    let referer = format!("https://{}/", ctx.authority);
+    let path = format!("{}/{token}", ctx.route.path);
+    let origin = format!("https://{}", ctx.route.authority);
+    let referer = format!("https://{}/", ctx.route.authority);
     let mut encoder = loona_hpack::Encoder::new();
     let block = h2::encode_headers(
         &mut encoder,
         &[
             (":method", "POST"),
-            (":authority", &ctx.authority),
+            (":authority", &ctx.route.authority),
             (":scheme", "https"),
             (":path", &path),
             ("sec-ch-ua-platform", "\"Linux\""),
@@ -980,22 +898,7 @@ async fn open_leg(
         false,
     );
     stream.write_all(&headers).await?;
-    let (cmd, cmd_rx) = mpsc::channel(64);
-    let task = tokio::spawn(run_leg(
-        Arc::clone(ctx),
-        index,
-        stream,
-        (Arc::clone(&received), mid_record),
-        cmd_rx,
-        events,
-    ));
-    Ok(LegHandle {
-        cmd,
-        received,
-        share,
-        ready: false,
-        task: Some(task),
-    })
+    Ok(Leg::new(index, stream, share))
 }
 
 fn handshake_error(route: &str, e: &tokio_boring::HandshakeError<Counting<TcpStream>>) -> TlsError {
@@ -1014,44 +917,391 @@ fn handshake_error(route: &str, e: &tokio_boring::HandshakeError<Counting<TcpStr
     }
 }
 
-/// One leg's task: reads the server's frames and writes the session's bytes.
-async fn run_leg(
-    ctx: Arc<SessionCtx>,
+/// What a leg found for its session.
+enum Got {
+    /// The server answered the request: the leg may carry the request body.
+    Ready,
+    /// Tunnel bytes from the server.
+    Data(Bytes),
+    /// The server ended the response on this leg.
+    DownEnded,
+    /// The leg failed (after what came before it).
+    Failed(LegEnd),
+}
+
+/// One leg of a session: its connection, its HTTP/2 stream, and what waits on either side of
+/// it. The session drives it without a task of its own: a leg does nothing but when its
+/// session is polled.
+struct Leg {
     index: u16,
-    stream: Tls,
-    (received, mid_record): (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
-    mut cmds: mpsc::Receiver<LegCmd>,
-    mut events: mpsc::Sender<LegEvent>,
-) {
-    let mut leg = LegState {
-        h2: h2::Leg::new(
-            Role::Client,
-            chrome::H2_SETTINGS[2].1,
-            chrome::H2_CONNECTION_WINDOW,
-        ),
-        decoder: h2::decoder(),
-        pending: VecDeque::new(),
-        pending_len: 0,
-        end_up: false,
-        records: 0,
-        owed_since: None,
-        pinged: false,
-        last_activity: Instant::now(),
-        mid_record,
-        answered: false,
-    };
-    let mut stream = LegIo::Tls(stream);
-    let result = leg
-        .run(&ctx, index, &mut stream, &mut cmds, &mut events)
-        .await;
-    if let Err(e) = result {
-        let e = match e {
+    io: LegIo,
+    h2: h2::Leg,
+    decoder: loona_hpack::Decoder<'static>,
+    /// Bytes from the caller waiting for the window.
+    pending: VecDeque<Bytes>,
+    pending_len: usize,
+    /// End the request body once `pending` is out: the caller shut its side, or a later leg
+    /// carries what follows.
+    end_up: bool,
+    /// Frames not yet written, each written on its own (one record each, as shaping needs);
+    /// at most the control answers of one read and one DATA frame.
+    out: VecDeque<Bytes>,
+    /// A frame cut short at the end of the last read, waiting for the rest.
+    inbuf: Vec<u8>,
+    /// Room for the next read: small while quiet, larger once reads fill it.
+    room: usize,
+    /// Records written since the request headers.
+    records: u32,
+    /// Since when an answer is owed (we wrote, nothing came back yet).
+    owed_since: Option<Instant>,
+    pinged: bool,
+    last_activity: Instant,
+    /// When a leg owed nothing looks next whether TLS waits for the rest of a record, and
+    /// whether it has been idle long enough for a PING.
+    check_at: Instant,
+    /// Its share of the cap, in TCP bytes received (handshake included).
+    share: Option<u64>,
+    /// The request body may go here: the first leg's at once, a later one's once its
+    /// response came.
+    ready: bool,
+    /// The server answered the leg's request (its session tickets, sent with the handshake's
+    /// last flight, came before): the leg's records may move out of TLS.
+    answered: bool,
+    /// The server ended its response on this leg.
+    down_ended: bool,
+    /// Tunnel bytes that came while legs before this one had not ended: the caller's after
+    /// theirs.
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    /// Both directions moved on: the leg ends its request and goes once the response ended.
+    retired: bool,
+    /// The connection ended after both sides of the stream had.
+    closed: bool,
+}
+
+impl Leg {
+    fn new(index: u16, stream: Tls, share: Option<u64>) -> Self {
+        Self {
+            index,
+            io: LegIo::Tls(stream),
+            h2: h2::Leg::new(
+                Role::Client,
+                chrome::H2_SETTINGS[2].1,
+                chrome::H2_CONNECTION_WINDOW,
+            ),
+            decoder: h2::decoder(),
+            pending: VecDeque::new(),
+            pending_len: 0,
+            end_up: false,
+            out: VecDeque::new(),
+            inbuf: Vec::new(),
+            room: LEG_ROOM_QUIET,
+            records: 0,
+            owed_since: None,
+            pinged: false,
+            last_activity: Instant::now(),
+            check_at: Instant::now() + CHECK,
+            share,
+            ready: false,
+            answered: false,
+            down_ended: false,
+            held: VecDeque::new(),
+            held_len: 0,
+            retired: false,
+            closed: false,
+        }
+    }
+
+    /// Whether the leg has done all it will: closed, or retired with both sides of its stream
+    /// ended and nothing left to write.
+    fn finished(&self) -> bool {
+        self.closed
+            || (self.retired
+                && self.out.is_empty()
+                && self.pending.is_empty()
+                && self.h2.local_ended()
+                && self.h2.remote_ended())
+    }
+
+    /// Reads what the socket has (one read) and handles its frames, without waiting: `Ok(0)`
+    /// when nothing came (the socket is registered for the next bytes), else the bytes read.
+    /// What the leg found goes to `got`, in order.
+    fn pull(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &SessionCtx,
+        got: &mut Vec<Got>,
+    ) -> Result<usize, LegEnd> {
+        if self.closed {
+            return Ok(0);
+        }
+        if !self.io.has_pending() {
+            // Waits until a byte is there (or the end) before taking room to read into:
+            // readiness alone would still be set after the last read that emptied the socket,
+            // and an idle leg holds no buffer.
+            let mut one = [0u8; 1];
+            let mut peek = ReadBuf::new(&mut one);
+            match self.io.socket()?.poll_peek(cx, &mut peek) {
+                Poll::Pending => return Ok(0),
+                Poll::Ready(Err(e)) => return Err(e.into()),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        let mut buf = BytesMut::with_capacity(self.room);
+        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut buf) {
+            Poll::Pending => return Ok(0),
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Ready(Ok(n)) => n,
+        };
+        if n == 0 {
+            if self.h2.remote_ended() && self.h2.local_ended() {
+                self.closed = true;
+                return Ok(0);
+            }
+            return Err(LegEnd::Error(TlsError::Io(
+                io::ErrorKind::UnexpectedEof.into(),
+            )));
+        }
+        self.room = if n >= LEG_ROOM_QUIET {
+            LEG_ROOM_BUSY
+        } else {
+            LEG_ROOM_QUIET
+        };
+        let now = Instant::now();
+        self.pinged = false;
+        self.last_activity = now;
+        // Bytes came; whether more are owed depends on where they stopped.
+        self.owed_since = self.io.meter().mid_record().then_some(now);
+        // Frames are parsed straight from what was read, and their payloads handed on as
+        // slices of it; only a frame cut short waits in `inbuf` for the rest.
+        let chunk = buf.freeze();
+        let from_buf = self.inbuf.is_empty();
+        if !from_buf {
+            self.inbuf.extend_from_slice(&chunk);
+        }
+        let src = if from_buf {
+            &chunk[..]
+        } else {
+            &self.inbuf[..]
+        };
+        let mut control = Vec::new();
+        let mut found: Vec<Result<Got, Vec<u8>>> = Vec::new();
+        let used = self
+            .h2
+            .receive(src, &mut control, &mut |e| match e {
+                Event::Data(d) => found.push(Ok(Got::Data(if from_buf {
+                    share(&chunk, d)
+                } else {
+                    Bytes::copy_from_slice(d)
+                }))),
+                Event::Headers { block, .. } => found.push(Err(block)),
+                Event::End => found.push(Ok(Got::DownEnded)),
+                Event::Reset(_) | Event::GoAway(_) => {
+                    found.push(Ok(Got::Failed(LegEnd::Error(TlsError::Io(
+                        io::ErrorKind::ConnectionReset.into(),
+                    )))));
+                }
+                Event::PingAck(_) => {}
+            })
+            .map_err(TlsError::from)?;
+        if from_buf {
+            self.inbuf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.inbuf.drain(..used);
+            if self.inbuf.is_empty() {
+                self.inbuf = Vec::new();
+            }
+        }
+        if !self.inbuf.is_empty() && self.owed_since.is_none() {
+            // A frame cut short: the rest is owed.
+            self.owed_since = Some(now);
+        }
+        if !control.is_empty() {
+            self.out.push_back(Bytes::from(control));
+        }
+        for f in found {
+            match f {
+                Ok(Got::Failed(e)) => {
+                    got.push(Got::Failed(e));
+                    // Nothing after a reset counts.
+                    self.closed = true;
+                    break;
+                }
+                Ok(g) => got.push(g),
+                Err(block) => match self.response(ctx, &block) {
+                    Ok(Some(g)) => got.push(g),
+                    Ok(None) => {}
+                    Err(e) => {
+                        got.push(Got::Failed(e));
+                        self.closed = true;
+                        break;
+                    }
+                },
+            }
+        }
+        Ok(n)
+    }
+
+    /// When the leg next looks at its clock.
+    fn deadline(&self) -> Instant {
+        match self.owed_since {
+            Some(since) if self.pinged => since + 2 * STALL,
+            Some(since) => since + STALL,
+            None => self.check_at.min(self.last_activity + KEEPALIVE),
+        }
+    }
+
+    /// What the leg's clock asks for at `now`: a PING when an answer is late or the leg has
+    /// been idle long, and the end when the answer stays away ([`LegEnd::Stalled`]).
+    fn on_clock(&mut self, now: Instant) -> Result<(), LegEnd> {
+        if let Some(since) = self.owed_since {
+            if now >= since + 2 * STALL {
+                return Err(LegEnd::Stalled);
+            }
+            if now >= since + STALL && !self.pinged {
+                self.pinged = true;
+                self.ping();
+            }
+            return Ok(());
+        }
+        if now < self.deadline() {
+            return Ok(());
+        }
+        self.check_at = now + CHECK;
+        if self.io.meter().mid_record() {
+            // TLS has bytes of a record it cannot finish: the rest is owed.
+            self.owed_since = Some(now - CHECK);
+        } else if now >= self.last_activity + KEEPALIVE {
+            self.ping();
+            self.owed_since = Some(now);
+            self.pinged = true;
+            self.last_activity = now;
+        }
+        Ok(())
+    }
+
+    fn ping(&mut self) {
+        let mut ping = Vec::new();
+        h2::Leg::ping(&mut ping, random());
+        self.out.push_back(Bytes::from(ping));
+    }
+
+    /// The response to the leg's request: 200 opens the tunnel, 1xx and trailers are passed
+    /// over, any other status is a refusal.
+    fn response(&mut self, ctx: &SessionCtx, block: &[u8]) -> Result<Option<Got>, LegEnd> {
+        let headers = h2::decode_headers(&mut self.decoder, block).map_err(TlsError::from)?;
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| v.parse::<u16>().ok());
+        match status {
+            Some(200) => {
+                self.answered = true;
+                Ok(Some(Got::Ready))
+            }
+            // Trailers (no status) after the response, and informational answers (a CDN's 103
+            // Early Hints) before it: nothing to do.
+            None | Some(100..=199) => Ok(None),
+            Some(status) => Err(LegEnd::Error(TlsError::Refused {
+                route: ctx.route.redacted.clone(),
+                status,
+            })),
+        }
+    }
+
+    /// Writes what the leg has for its socket, without waiting: the frames queued, then DATA
+    /// frames as the windows allow (one per record, small records at first), then the end of
+    /// the request body once it is due. What the socket does not take waits, and the socket
+    /// is registered for room.
+    fn push(&mut self, cx: &mut Context<'_>) -> Result<(), LegEnd> {
+        loop {
+            while let Some(front) = self.out.front_mut() {
+                match Pin::new(&mut self.io).poll_write(cx, front) {
+                    Poll::Pending => return self.poll_io_flush(cx),
+                    Poll::Ready(Err(e)) => return Err(e.into()),
+                    Poll::Ready(Ok(0)) => {
+                        return Err(LegEnd::Error(TlsError::Io(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        let _ = front.split_to(n.min(front.len()));
+                        if front.is_empty() {
+                            self.out.pop_front();
+                        }
+                    }
+                }
+            }
+            if self.out.capacity() > 0 {
+                // An idle leg holds no queue.
+                self.out = VecDeque::new();
+            }
+            if let Some(front) = self.pending.front_mut() {
+                let max = if self.records < SHAPED_RECORDS {
+                    SHAPED_RECORD - h2::FRAME_HEADER_LEN
+                } else {
+                    DATA_FRAME
+                };
+                let mut frame = Vec::with_capacity(max.min(front.len()) + h2::FRAME_HEADER_LEN);
+                let take = front.len().min(max);
+                let sent = self.h2.send_data(&front[..take], max, &mut frame);
+                if sent > 0 {
+                    self.out.push_back(Bytes::from(frame));
+                    self.records += 1;
+                    let _ = front.split_to(sent);
+                    self.pending_len -= sent;
+                    if front.is_empty() {
+                        self.pending.pop_front();
+                        if self.pending.is_empty() {
+                            self.pending = VecDeque::new();
+                        }
+                    }
+                    let now = Instant::now();
+                    if self.owed_since.is_none() {
+                        self.owed_since = Some(now);
+                    }
+                    self.last_activity = now;
+                    continue;
+                }
+            }
+            if self.end_up && self.pending.is_empty() && !self.h2.local_ended() {
+                let mut end = Vec::new();
+                self.h2.end(&mut end);
+                self.out.push_back(Bytes::from(end));
+                continue;
+            }
+            return self.poll_io_flush(cx);
+        }
+    }
+
+    /// Flushes the connection: a leg on its own records may hold its last sealed record when
+    /// the socket was full.
+    fn poll_io_flush(&mut self, cx: &mut Context<'_>) -> Result<(), LegEnd> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves the leg's records out of BoringSSL once the server has answered and nothing is
+    /// held; counts it.
+    fn maybe_go_lean(&mut self, ctx: &SessionCtx) {
+        if self.answered && self.io.go_lean(&ctx.route.tls) {
+            ctx.route.own_records.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                index = self.index,
+                "tunnel leg: records now protected by the leg itself"
+            );
+        }
+    }
+
+    /// The error a leg's end gives the session; a freeze teaches the route a cap.
+    fn end_error(&self, ctx: &SessionCtx, end: LegEnd) -> TlsError {
+        match end {
             LegEnd::Stalled => {
-                let got = received.load(Ordering::Relaxed);
-                if ctx.learn && got >= MIN_LEARNED {
+                let got = self.io.meter().received;
+                if ctx.route.learn && got >= MIN_LEARNED {
                     let cap = u32::try_from(got).unwrap_or(u32::MAX);
-                    if let Ok(mut learned) = ctx.learned.lock() {
-                        let entry = learned.entry(ctx.name.clone()).or_insert(cap);
+                    if let Ok(mut learned) = ctx.route.learned.lock() {
+                        let entry = learned.entry(ctx.route.name.clone()).or_insert(cap);
                         *entry = next_cap(*entry, cap, ctx.cap.is_some());
                     }
                     tracing::info!(
@@ -1060,13 +1310,12 @@ async fn run_leg(
                     );
                 }
                 TlsError::Stalled {
-                    route: ctx.redacted.clone(),
+                    route: ctx.route.redacted.clone(),
                     received: got,
                 }
             }
             LegEnd::Error(e) => e,
-        };
-        let _ = send(&mut events, LegEvent::Failed(index, Box::new(e))).await;
+        }
     }
 }
 
@@ -1102,239 +1351,6 @@ impl From<io::Error> for LegEnd {
     }
 }
 
-struct LegState {
-    h2: h2::Leg,
-    decoder: loona_hpack::Decoder<'static>,
-    /// Bytes from the session waiting for the window.
-    pending: VecDeque<Bytes>,
-    pending_len: usize,
-    end_up: bool,
-    /// Records written since the request headers.
-    records: u32,
-    /// Since when an answer is owed (we wrote, nothing came back yet).
-    owed_since: Option<Instant>,
-    pinged: bool,
-    last_activity: Instant,
-    /// The socket's bytes end inside a TLS record: more are owed.
-    mid_record: Arc<std::sync::atomic::AtomicBool>,
-    /// The server answered the leg's request (its session tickets, sent with the handshake's
-    /// last flight, came before): the leg's records may move out of TLS.
-    answered: bool,
-}
-
-impl LegState {
-    async fn run(
-        &mut self,
-        ctx: &SessionCtx,
-        index: u16,
-        stream: &mut LegIo,
-        cmds: &mut mpsc::Receiver<LegCmd>,
-        events: &mut mpsc::Sender<LegEvent>,
-    ) -> Result<(), LegEnd> {
-        let mut rbuf = BytesMut::new();
-        let mut inbuf: Vec<u8> = Vec::new();
-        let mut cmds_open = true;
-        // Room for the next read: 4 KiB on a quiet leg, 32 KiB once reads fill that; taken
-        // only once there is something to read.
-        let mut room = LEG_ROOM_QUIET;
-        loop {
-            if rbuf.is_empty() {
-                // What is left of the last read's allocation would keep all of it alive.
-                rbuf = BytesMut::new();
-            }
-            let deadline = self.deadline();
-            let take_cmds = cmds_open && self.pending_len < 4 * CHUNK;
-            let read = async {
-                if !stream.has_pending() {
-                    // Waits until a byte is there (or the end): readiness alone would still
-                    // be set after the last read that emptied the socket.
-                    stream.socket()?.peek(&mut [0u8; 1]).await?;
-                }
-                if rbuf.capacity() - rbuf.len() < room {
-                    rbuf.reserve(room);
-                }
-                stream.read_buf(&mut rbuf).await
-            };
-            tokio::select! {
-                read = read => {
-                    let n = read?;
-                    if n == 0 {
-                        if self.h2.remote_ended() && self.h2.local_ended() {
-                            return Ok(());
-                        }
-                        return Err(LegEnd::Error(TlsError::Io(io::ErrorKind::UnexpectedEof.into())));
-                    }
-                    room = if n >= LEG_ROOM_QUIET { LEG_ROOM_BUSY } else { LEG_ROOM_QUIET };
-                    let now = Instant::now();
-                    self.pinged = false;
-                    self.last_activity = now;
-                    // Bytes came; whether more are owed depends on where they stopped.
-                    self.owed_since = self.mid_record.load(Ordering::Relaxed).then_some(now);
-                    // Frames are parsed straight from what was read, and their payloads handed on
-                    // as slices of it; only a frame cut short waits in `inbuf` for the rest.
-                    let chunk = rbuf.split().freeze();
-                    let from_buf = inbuf.is_empty();
-                    if !from_buf {
-                        inbuf.extend_from_slice(&chunk);
-                    }
-                    let src = if from_buf { &chunk[..] } else { &inbuf[..] };
-                    let mut control = Vec::new();
-                    let mut out_events = Vec::new();
-                    let used = self.h2.receive(src, &mut control, &mut |e| match e {
-                        Event::Data(d) => out_events.push(Ok(LegEvent::Data(
-                            index,
-                            if from_buf { share(&chunk, d) } else { Bytes::copy_from_slice(d) },
-                        ))),
-                        Event::Headers { block, .. } => out_events.push(Err(block)),
-                        Event::End => out_events.push(Ok(LegEvent::DownEnded(index))),
-                        Event::Reset(_) | Event::GoAway(_) => out_events.push(Ok(LegEvent::Failed(index, Box::new(TlsError::Io(io::ErrorKind::ConnectionReset.into()))))),
-                        Event::PingAck(_) => {}
-                    }).map_err(TlsError::from)?;
-                    if from_buf {
-                        inbuf.extend_from_slice(&chunk[used..]);
-                    } else {
-                        inbuf.drain(..used);
-                    }
-                    if !inbuf.is_empty() && self.owed_since.is_none() {
-                        // A frame cut short: the rest is owed.
-                        self.owed_since = Some(now);
-                    }
-                    if !control.is_empty() {
-                        stream.write_all(&control).await?;
-                    }
-                    for event in out_events {
-                        let event = match event {
-                            Ok(event) => event,
-                            Err(block) => self.response(ctx, index, &block)?,
-                        };
-                        let failed = matches!(event, LegEvent::Failed(..));
-                        if send(events, event).await.is_err() || failed {
-                            return Ok(());
-                        }
-                    }
-                }
-                cmd = cmds.next(), if take_cmds => match cmd {
-                    Some(LegCmd::Write(bytes)) => {
-                        self.pending_len += bytes.len();
-                        self.pending.push_back(bytes);
-                    }
-                    Some(LegCmd::EndUp) => self.end_up = true,
-                    None => {
-                        // Retired, or the session ended: end the request body and close once
-                        // the response has ended too.
-                        cmds_open = false;
-                        self.end_up = true;
-                    }
-                },
-                () = tokio::time::sleep_until(deadline) => {
-                    let now = Instant::now();
-                    if self.owed_since.is_none() && self.mid_record.load(Ordering::Relaxed) {
-                        // TLS has bytes of a record it cannot finish: the rest is owed.
-                        self.owed_since = Some(now - CHECK);
-                    }
-                    if let Some(since) = self.owed_since {
-                        if now >= since + 2 * STALL {
-                            return Err(LegEnd::Stalled);
-                        }
-                        if now >= since + STALL && !self.pinged {
-                            self.pinged = true;
-                            let mut ping = Vec::new();
-                            h2::Leg::ping(&mut ping, random());
-                            stream.write_all(&ping).await?;
-                        }
-                    } else if now >= self.last_activity + KEEPALIVE {
-                        let mut ping = Vec::new();
-                        h2::Leg::ping(&mut ping, random());
-                        stream.write_all(&ping).await?;
-                        self.owed_since = Some(now);
-                        self.pinged = true;
-                        self.last_activity = now;
-                    }
-                }
-            }
-            self.flush(stream).await?;
-            if !cmds_open && self.pending.is_empty() && self.h2.remote_ended() {
-                return Ok(());
-            }
-            if self.answered && stream.go_lean(&ctx.tls) {
-                ctx.own_records.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(index, "tunnel leg: records now protected by the leg itself");
-            }
-        }
-    }
-
-    fn deadline(&self) -> Instant {
-        match self.owed_since {
-            Some(since) if self.pinged => since + 2 * STALL,
-            Some(since) => since + STALL,
-            // Looked at again within a second: a record TLS is still waiting for counts as
-            // owed bytes.
-            None => (self.last_activity + KEEPALIVE).min(Instant::now() + CHECK),
-        }
-    }
-
-    /// The response to the leg's request: 200 opens the tunnel, 1xx is passed over, any other
-    /// status is a refusal.
-    fn response(&mut self, ctx: &SessionCtx, index: u16, block: &[u8]) -> Result<LegEvent, LegEnd> {
-        let headers = h2::decode_headers(&mut self.decoder, block).map_err(TlsError::from)?;
-        let status = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| v.parse::<u16>().ok());
-        match status {
-            Some(200) => {
-                self.answered = true;
-                Ok(LegEvent::Ready(index))
-            }
-            // Trailers (no status) after the response, and informational answers (a CDN's 103
-            // Early Hints) before it: nothing to do.
-            None => Ok(LegEvent::Data(index, Bytes::new())),
-            Some(100..=199) => Ok(LegEvent::Data(index, Bytes::new())),
-            Some(status) => Err(LegEnd::Error(TlsError::Refused {
-                route: ctx.redacted.clone(),
-                status,
-            })),
-        }
-    }
-
-    /// Sends what the windows allow, one DATA frame per record (small records at first).
-    async fn flush(&mut self, stream: &mut LegIo) -> Result<(), LegEnd> {
-        while let Some(front) = self.pending.front_mut() {
-            let max = if self.records < SHAPED_RECORDS {
-                SHAPED_RECORD - h2::FRAME_HEADER_LEN
-            } else {
-                DATA_FRAME
-            };
-            let mut frame = Vec::with_capacity(max + h2::FRAME_HEADER_LEN);
-            let take = front.len().min(max);
-            let sent = self.h2.send_data(&front[..take], max, &mut frame);
-            if sent == 0 {
-                break;
-            }
-            stream.write_all(&frame).await?;
-            self.records += 1;
-            let _ = front.split_to(sent);
-            self.pending_len -= sent;
-            if front.is_empty() {
-                self.pending.pop_front();
-            }
-            if self.owed_since.is_none() {
-                self.owed_since = Some(Instant::now());
-            }
-            self.last_activity = Instant::now();
-        }
-        if self.end_up && self.pending.is_empty() && !self.h2.local_ended() {
-            let mut end = Vec::new();
-            self.h2.end(&mut end);
-            stream.write_all(&end).await?;
-        }
-        // Whatever was written this turn leaves now: a leg on its own records may still hold
-        // its last sealed record when the socket was full.
-        stream.flush().await?;
-        Ok(())
-    }
-}
-
 /// Whether a leg has bytes to work on without its socket: read ahead and not yet handed to
 /// TLS, or held by TLS (decrypted, or of a record not yet opened). Only when it has none does
 /// the leg wait for its socket before taking room to read into: an idle leg holds no buffer.
@@ -1354,279 +1370,541 @@ fn share(whole: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-/// Moves the request body to leg `index` once it is both here (its opening task handed it
-/// over) and ready (its response came); the two happen in either order. The leg the body
-/// leaves ends its request, so the server can retire it.
-/// A session's open legs by number, in order: most often one, two while a rotation overlaps
-/// them. (A sorted `Vec` of one element while idle, where a `BTreeMap` keeps a node of eleven.)
-struct Legs(Vec<(u16, LegHandle)>);
+/// Most tunnel bytes a session holds for its caller (read from legs, not yet read by the
+/// caller) before it stops reading its legs.
+const MAX_UNREAD: usize = 4 * CHUNK;
+/// Most bytes from the caller a leg holds for its window before writes wait.
+const MAX_PENDING: usize = 4 * CHUNK;
 
-impl Legs {
-    fn new(index: u16, leg: LegHandle) -> Self {
-        Self(vec![(index, leg)])
+/// Who waits on a session: its reader and its writer (two tasks, when the caller splits the
+/// stream). Sockets and timers wake both: whichever is polled next drives the session, so
+/// neither waits on a socket the other registered last.
+#[derive(Default)]
+struct Wakers {
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl std::task::Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
 
-    fn position(&self, index: u16) -> Result<usize, usize> {
-        self.0.binary_search_by_key(&index, |(i, _)| *i)
-    }
-
-    fn insert(&mut self, index: u16, leg: LegHandle) {
-        match self.position(index) {
-            Ok(at) => self.0[at].1 = leg,
-            Err(at) => self.0.insert(at, (index, leg)),
-        }
-    }
-
-    fn get(&self, index: u16) -> Option<&LegHandle> {
-        self.position(index).ok().map(|at| &self.0[at].1)
-    }
-
-    fn get_mut(&mut self, index: u16) -> Option<&mut LegHandle> {
-        self.position(index).ok().map(|at| &mut self.0[at].1)
-    }
-
-    fn contains(&self, index: u16) -> bool {
-        self.position(index).is_ok()
-    }
-
-    fn remove(&mut self, index: u16) -> Option<LegHandle> {
-        let at = self.position(index).ok()?;
-        let (_, leg) = self.0.remove(at);
-        if self.0.len() <= 1 {
-            // A rotation is over: back to the room of one leg.
-            self.0.shrink_to_fit();
-        }
-        Some(leg)
-    }
-
-    /// The highest leg number open.
-    fn newest(&self) -> Option<u16> {
-        self.0.last().map(|(i, _)| *i)
-    }
-
-    /// The numbers of the legs below `index`.
-    fn below(&self, index: u16) -> Vec<u16> {
-        self.0
-            .iter()
-            .map(|(i, _)| *i)
-            .take_while(|&i| i < index)
-            .collect()
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read.wake();
+        self.write.wake();
     }
 }
 
-async fn promote(legs: &mut Legs, up: &mut u16, up_open: bool, index: u16) {
-    if index <= *up || !legs.get(index).is_some_and(|leg| leg.ready) {
-        return;
-    }
-    if let Some(old) = legs.get_mut(*up) {
-        let _ = send(&mut old.cmd, LegCmd::EndUp).await;
-    }
-    *up = index;
-    if !up_open && let Some(leg) = legs.get_mut(*up) {
-        let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
-    }
-}
-
-/// Sends on a bounded channel once it has room. The session's channels are `futures`' rather
-/// than tokio's: an idle tokio channel keeps a block of 32 slots (1–1.3 KB here) for as long
-/// as it lives, a `futures` channel only the messages in flight.
-async fn send<T>(tx: &mut mpsc::Sender<T>, item: T) -> Result<(), mpsc::SendError> {
-    std::future::poll_fn(|cx| tx.poll_ready(cx)).await?;
-    tx.start_send(item)
-}
-
-/// Whether the caller's end of the session's stream is gone: a write to it fails once the
-/// caller dropped its end, but not when it only shut its writing half.
-fn caller_gone(user: &mut tokio::io::DuplexStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    matches!(Pin::new(user).poll_write(&mut cx, &[]), Poll::Ready(Err(_)))
-}
-
-/// The session's task: the caller's stream on one side, legs on the other.
-async fn run_session(
+/// A tunnel session, as its caller holds it: one byte stream each way, whatever legs carry it.
+///
+/// The session has no task of its own: reading and writing drive it (its legs' sockets, their
+/// clocks, the opening of the next leg), as a TLS stream is driven by its caller, and an idle
+/// session is this value, its legs and their sockets. The caller must keep reading (a relay
+/// session always does: pushes come unasked): a leg's window updates, answers to its pings and
+/// the next leg's response are read only while someone polls. Writes alone drive it too, so a
+/// caller that writes a lot before it reads is not stuck on a window.
+///
+/// When the session ends because a leg failed, reading reports why (a refused request, a
+/// frozen connection) instead of a bare end of stream.
+pub(crate) struct TunnelStream {
     ctx: Arc<SessionCtx>,
-    first: LegHandle,
-    events_tx: mpsc::Sender<LegEvent>,
-    mut events: mpsc::Receiver<LegEvent>,
-    mut user: tokio::io::DuplexStream,
-    failure: Arc<Mutex<Option<String>>>,
-) {
-    let mut first = first;
-    first.ready = true;
-    let mut legs = Legs::new(0, first);
-    let mut up: u16 = 0;
-    let mut down: u16 = 0;
-    let mut queued: HashMap<u16, VecDeque<Bytes>> = HashMap::new();
-    // Legs whose response ended before the legs ahead of them.
-    let mut ended: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
-    // Legs whose response (200) came before their opening task handed them over.
-    let mut early: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
-    let mut opening: Option<tokio::task::JoinHandle<(u16, Result<LegHandle, TlsError>)>> = None;
-    let mut up_open = true;
-    let mut buf = vec![0u8; UP_QUIET];
-    // When a leg could not be opened: when to try again (no timer runs otherwise, so an idle
-    // session costs no wake-ups).
-    let mut retry: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            read = user.read(&mut buf), if up_open => match read {
-                Ok(0) | Err(_) => {
-                    up_open = false;
-                    if caller_gone(&mut user) {
-                        // The caller dropped the stream altogether (not only its writing
-                        // half): nothing will be read any more, so the session ends here. Its
-                        // legs close with it, which tells the server the session is over
-                        // (an ended request alone only means "the next leg follows").
-                        break;
-                    }
-                    if let Some(leg) = legs.get_mut(up) {
-                        let _ = send(&mut leg.cmd, LegCmd::EndUp).await;
-                    }
+    /// Open legs by number, in order: most often one, two while a rotation overlaps them, and
+    /// retired ones until their streams end.
+    legs: Vec<Leg>,
+    /// The leg the request body goes to…
+    up: u16,
+    /// …and the leg whose response the caller reads now.
+    down: u16,
+    /// The highest leg number opened so far.
+    newest: u16,
+    /// The caller has not shut its writing side.
+    up_open: bool,
+    /// Tunnel bytes for the caller, in order.
+    unread: VecDeque<Bytes>,
+    unread_len: usize,
+    /// The next leg, being opened (TCP, TLS, the request) in a task of its own.
+    opening: Option<tokio::task::JoinHandle<(u16, Result<Leg, TlsError>)>>,
+    /// When a leg could not be opened: when to try again.
+    retry: Option<Instant>,
+    /// The session's one timer: the earliest of its legs' clocks and `retry`.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Why the session ended, once it has.
+    failure: Option<String>,
+    wakers: Arc<Wakers>,
+}
+
+impl TunnelStream {
+    fn new(ctx: Arc<SessionCtx>, mut first: Leg) -> Self {
+        // The tunnel's first bytes follow the request at once, as a browser's streaming upload
+        // does: a reverse proxy may hold the response headers until the response has data,
+        // which here comes only after the client's first bytes.
+        first.ready = true;
+        Self {
+            ctx,
+            legs: vec![first],
+            up: 0,
+            down: 0,
+            newest: 0,
+            up_open: true,
+            unread: VecDeque::new(),
+            unread_len: 0,
+            opening: None,
+            retry: None,
+            timer: None,
+            failure: None,
+            wakers: Arc::default(),
+        }
+    }
+
+    fn position(&self, index: u16) -> Option<usize> {
+        self.legs.binary_search_by_key(&index, |l| l.index).ok()
+    }
+
+    fn leg_mut(&mut self, index: u16) -> Option<&mut Leg> {
+        let at = self.position(index)?;
+        Some(&mut self.legs[at])
+    }
+
+    fn insert(&mut self, leg: Leg) {
+        self.newest = self.newest.max(leg.index);
+        match self.legs.binary_search_by_key(&leg.index, |l| l.index) {
+            Ok(at) => self.legs[at] = leg,
+            Err(at) => self.legs.insert(at, leg),
+        }
+    }
+
+    /// Ends the session: why, for the caller; the legs close with it, which tells the server
+    /// the session is over (an ended request alone only means "the next leg follows").
+    fn fail(&mut self, why: String) {
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+        self.legs = Vec::new();
+        if let Some(task) = self.opening.take() {
+            task.abort();
+        }
+        self.timer = None;
+    }
+
+    /// Moves the request body to leg `index` once it is ready (its response came). The leg the
+    /// body leaves ends its request, so the server can retire it.
+    fn promote(&mut self, index: u16) {
+        if index <= self.up || !self.leg_mut(index).is_some_and(|l| l.ready) {
+            return;
+        }
+        if let Some(old) = self.leg_mut(self.up) {
+            old.end_up = true;
+        }
+        self.up = index;
+        let up_open = self.up_open;
+        if let Some(leg) = self.leg_mut(index)
+            && !up_open
+        {
+            leg.end_up = true;
+        }
+    }
+
+    /// What leg `index` found.
+    fn handle(&mut self, index: u16, got: Got) {
+        match got {
+            Got::Ready => {
+                tracing::debug!(index, "tunnel leg: ready");
+                if let Some(leg) = self.leg_mut(index) {
+                    leg.ready = true;
                 }
-                Ok(n) => {
-                    let Some(leg) = legs.get_mut(up) else { break };
-                    if send(&mut leg.cmd, LegCmd::Write(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        break;
-                    }
-                    // A full read means the caller writes fast: a bigger buffer; a small one
-                    // after that gives it back.
-                    if n == buf.len() && buf.len() < CHUNK {
-                        buf.resize((buf.len() * 4).min(CHUNK), 0);
-                    } else if n < UP_QUIET && buf.len() > UP_QUIET {
-                        buf = vec![0u8; UP_QUIET];
-                    }
+                self.promote(index);
+            }
+            Got::Data(bytes) => {
+                if bytes.is_empty() {
+                    return;
                 }
-            },
-            event = events.next() => {
-                let Some(event) = event else { break };
-                match event {
-                    LegEvent::Ready(index) => {
-                        tracing::debug!(index, "tunnel leg: ready");
-                        match legs.get_mut(index) {
-                            Some(leg) => {
-                                leg.ready = true;
-                                promote(&mut legs, &mut up, up_open, index).await;
-                            }
-                            // Its answer came before its opening task handed it over.
-                            None => {
-                                early.insert(index);
-                            }
-                        }
-                    }
-                    LegEvent::Data(index, bytes) => {
-                        if bytes.is_empty() {
-                            continue;
-                        }
-                        if index == down {
-                            if user.write_all(&bytes).await.is_err() {
-                                break;
-                            }
-                        } else {
-                            queued.entry(index).or_default().push_back(bytes);
-                        }
-                    }
-                    LegEvent::DownEnded(index) => {
-                        tracing::debug!(index, down, up, "tunnel leg: response ended");
-                        // Legs report on their own: a later leg's end may come first.
-                        ended.insert(index);
-                        let mut failed = false;
-                        while ended.remove(&down) {
-                            // Downstream moves on to the next leg, with what it already sent.
-                            down = down.wrapping_add(1);
-                            for bytes in queued.remove(&down).unwrap_or_default() {
-                                if user.write_all(&bytes).await.is_err() {
-                                    failed = true;
-                                    break;
-                                }
-                            }
-                        }
-                        if failed {
-                            break;
-                        }
-                    }
-                    LegEvent::Failed(index, e) => {
-                        if index >= down || index >= up {
-                            tracing::debug!(error = %e, "tunnel leg failed; ending the session");
-                            if let Ok(mut f) = failure.lock() {
-                                *f = Some(e.to_string());
-                            }
-                            break;
-                        }
-                        // An old leg's failure after its part was done costs nothing.
-                        legs.remove(index);
+                if index == self.down {
+                    self.unread_len += bytes.len();
+                    self.unread.push_back(bytes);
+                } else if index > self.down
+                    && let Some(leg) = self.leg_mut(index)
+                {
+                    leg.held_len += bytes.len();
+                    leg.held.push_back(bytes);
+                }
+            }
+            Got::DownEnded => {
+                tracing::debug!(
+                    index,
+                    down = self.down,
+                    up = self.up,
+                    "tunnel leg: response ended"
+                );
+                if let Some(leg) = self.leg_mut(index) {
+                    leg.down_ended = true;
+                }
+                // Legs report on their own: a later leg's end may come first. Downstream moves
+                // on to the next leg, with what it already sent.
+                while self.leg_mut(self.down).is_some_and(|l| l.down_ended) {
+                    self.down = self.down.wrapping_add(1);
+                    if let Some(next) = self.leg_mut(self.down) {
+                        let held = std::mem::take(&mut next.held);
+                        // (`take` leaves an empty queue without room.)
+                        let len = std::mem::take(&mut next.held_len);
+                        self.unread.extend(held);
+                        self.unread_len += len;
                     }
                 }
             }
-            opened = async { opening.as_mut().expect("guarded").await }, if opening.is_some() => {
-                opening = None;
-                match opened {
-                    Ok((index, Ok(mut leg))) => {
-                        leg.ready = early.remove(&index);
-                        legs.insert(index, leg);
-                        promote(&mut legs, &mut up, up_open, index).await;
-                    }
-                    Ok((_, Err(e))) => {
-                        // Tried again shortly while it is still needed.
-                        tracing::debug!(error = %e, "could not open the next tunnel leg");
-                        retry = Some(Instant::now() + LEG_RETRY);
-                    }
-                    Err(_) => break,
+            Got::Failed(end) => {
+                let Some(at) = self.position(index) else {
+                    return;
+                };
+                let e = self.legs[at].end_error(&self.ctx, end);
+                if index >= self.down || index >= self.up {
+                    tracing::debug!(error = %e, "tunnel leg failed; ending the session");
+                    self.fail(e.to_string());
+                } else {
+                    // An old leg's failure after its part was done costs nothing.
+                    self.legs.remove(at);
                 }
-            }
-            () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
-                retry = None;
             }
         }
+    }
+
+    /// Tunnel bytes held for the caller, from every leg.
+    fn buffered(&self) -> usize {
+        self.unread_len + self.legs.iter().map(|l| l.held_len).sum::<usize>()
+    }
+
+    /// Drives the session as far as it goes without waiting; every socket, timer and task it
+    /// waits on is registered to wake its reader and its writer.
+    fn drive(&mut self) {
+        let waker = std::task::Waker::from(Arc::clone(&self.wakers));
+        let mut cx = Context::from_waker(&waker);
+        // A few rounds at most: a leg opened, a timer that had passed, or a leg gone can let
+        // another step go on at once.
+        for _ in 0..4 {
+            if self.failure.is_some() || !self.step(&mut cx) {
+                return;
+            }
+        }
+        // More to do: come back.
+        waker.wake_by_ref();
+    }
+
+    /// One round of [`Self::drive`]; whether another is due now.
+    fn step(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut again = false;
+        if let Some(task) = self.opening.as_mut()
+            && let Poll::Ready(opened) = Pin::new(task).poll(cx)
+        {
+            self.opening = None;
+            again = true;
+            match opened {
+                Ok((_, Ok(leg))) => self.insert(leg),
+                Ok((_, Err(e))) => {
+                    // Tried again shortly while it is still needed.
+                    tracing::debug!(error = %e, "could not open the next tunnel leg");
+                    self.retry = Some(Instant::now() + LEG_RETRY);
+                }
+                Err(_) => {
+                    self.fail("the tunnel leg's opening task ended".to_owned());
+                    return false;
+                }
+            }
+        }
+        // Read every leg, while the caller has room for what they bring.
+        let mut at = 0;
+        while at < self.legs.len() {
+            let index = self.legs[at].index;
+            let mut got = Vec::new();
+            let mut result = Ok(());
+            while self.buffered() < MAX_UNREAD && self.legs[at].out.len() < 16 {
+                match self.legs[at].pull(cx, &self.ctx, &mut got) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                for g in got.drain(..) {
+                    self.handle(index, g);
+                }
+                if self.failure.is_some() {
+                    return false;
+                }
+                if self.legs.get(at).is_none_or(|l| l.index != index) {
+                    break;
+                }
+            }
+            for g in got.drain(..) {
+                self.handle(index, g);
+            }
+            if let Err(e) = result {
+                self.handle(index, Got::Failed(e));
+            }
+            if self.failure.is_some() {
+                return false;
+            }
+            if self.legs.get(at).is_some_and(|l| l.index == index) {
+                at += 1;
+            }
+        }
+        again |= self.plan();
+        if self.failure.is_some() {
+            return false;
+        }
+        again |= self.clock(cx);
+        if self.failure.is_some() {
+            return false;
+        }
+        // Write what every leg has, and move records out of TLS where they may.
+        let mut failed = Vec::new();
+        for leg in &mut self.legs {
+            if let Err(e) = leg.push(cx) {
+                failed.push((leg.index, e));
+                continue;
+            }
+            leg.maybe_go_lean(&self.ctx);
+        }
+        for (index, e) in failed {
+            self.handle(index, Got::Failed(e));
+            again = true;
+        }
+        // Legs that are done go, once downstream has moved past them (until then a leg's end
+        // and what it brought early still count).
+        let before = self.legs.len();
+        let down = self.down;
+        self.legs.retain(|l| !(l.finished() && l.index < down));
+        if self.legs.len() != before {
+            if self.legs.len() <= 1 {
+                // A rotation is over: back to the room of one leg.
+                self.legs.shrink_to_fit();
+            }
+            again = true;
+        }
+        again
+    }
+
+    /// Opens the next leg when it is needed, ends the session when it has used all its legs,
+    /// and retires legs both directions have left. Whether a leg started opening.
+    fn plan(&mut self) -> bool {
         // Open the next leg once the current one has used 45 % of its share (so it is ready
         // before the current one is spent), or at once if the server moved on without one.
-        let newest = legs.newest().unwrap_or(0);
-        let needed = match legs.get(down) {
+        let newest = self.newest;
+        let needed = match self.position(self.down) {
             None => true,
-            Some(leg) => {
-                newest == down
-                    && leg.share.is_some_and(|share| {
-                        leg.received.load(Ordering::Relaxed) * 100 >= share * 45
-                    })
+            Some(at) => {
+                let leg = &self.legs[at];
+                newest == self.down
+                    && leg
+                        .share
+                        .is_some_and(|share| leg.io.meter().received * 100 >= share * 45)
             }
         };
         // Leg numbers are 16 bits in the token, and the server takes leg 0 for a new session:
         // after 65,536 legs (some 600 MB through 16 KiB legs) the session ends once the last
         // leg's response is in, and the caller's reconnection starts a new one (the relay
         // redelivers whatever was not acknowledged).
-        let out_of_legs = newest == ctx.last_leg;
-        if opening.is_none() && needed && out_of_legs && !legs.contains(down) {
+        let out_of_legs = newest == self.ctx.route.last_leg;
+        if self.opening.is_none() && needed && out_of_legs && self.position(self.down).is_none() {
             tracing::info!("the tunnel session used all its legs; ending it for a new one");
-            if let Ok(mut f) = failure.lock() {
-                *f = Some(format!(
-                    "the tunnel session used all {} of its legs",
-                    u32::from(ctx.last_leg) + 1
-                ));
-            }
-            break;
+            let why = format!(
+                "the tunnel session used all {} of its legs",
+                u32::from(self.ctx.route.last_leg) + 1
+            );
+            self.fail(why);
+            return false;
         }
-        if opening.is_none() && retry.is_none() && needed && !out_of_legs {
-            let ctx = Arc::clone(&ctx);
-            let events = events_tx.clone();
+        let mut opened = false;
+        if self.opening.is_none() && self.retry.is_none() && needed && !out_of_legs {
+            let ctx = Arc::clone(&self.ctx);
             let index = newest.wrapping_add(1);
-            opening = Some(tokio::spawn(async move {
-                (index, open_leg(&ctx, index, events).await)
-            }));
+            self.opening = Some(tokio::spawn(
+                async move { (index, open_leg(&ctx, index).await) },
+            ));
+            opened = true;
         }
-        // Legs both directions have left are done.
-        for i in legs.below(down.min(up)) {
-            if let Some(leg) = legs.remove(i) {
-                leg.retire();
+        // Legs both directions have left are done: each ends its request and closes once the
+        // server has ended its response.
+        let below = self.down.min(self.up);
+        for leg in &mut self.legs {
+            if leg.index < below && !leg.retired {
+                leg.retired = true;
+                leg.end_up = true;
             }
+        }
+        opened
+    }
+
+    /// Runs the legs' clocks and arms the session's timer for the next; whether it had already
+    /// passed.
+    fn clock(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        if self.retry.is_some_and(|at| now >= at) {
+            self.retry = None;
+        }
+        let mut failed = Vec::new();
+        for leg in &mut self.legs {
+            if let Err(e) = leg.on_clock(now) {
+                failed.push((leg.index, e));
+            }
+        }
+        let any_failed = !failed.is_empty();
+        for (index, e) in failed {
+            self.handle(index, Got::Failed(e));
+        }
+        if self.failure.is_some() {
+            return false;
+        }
+        let next = self.legs.iter().map(Leg::deadline).chain(self.retry).min();
+        let Some(next) = next else {
+            self.timer = None;
+            return any_failed;
+        };
+        let timer = match self.timer.as_mut() {
+            Some(timer) => {
+                if timer.deadline() != next {
+                    timer.as_mut().reset(next);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(next))),
+        };
+        any_failed || timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if let Some(task) = self.opening.take() {
+            task.abort();
         }
     }
-    if let Some(task) = opening {
-        task.abort();
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.wakers.read.register(cx.waker());
+        let waited = !this.writable();
+        this.drive();
+        if waited && this.writable() {
+            this.wakers.write.wake();
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(front) = this.unread.front_mut() {
+            let n = buf.remaining().min(front.len());
+            buf.put_slice(&front[..n]);
+            let _ = front.split_to(n);
+            if front.is_empty() {
+                this.unread.pop_front();
+            }
+            this.unread_len -= n;
+            if this.unread.is_empty() && this.unread.capacity() > 8 {
+                this.unread = VecDeque::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match &this.failure {
+            Some(why) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.clone(),
+            ))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl TunnelStream {
+    /// Whether a write would be taken now (or fail at once).
+    fn writable(&self) -> bool {
+        self.failure.is_some()
+            || self
+                .position(self.up)
+                .is_none_or(|at| self.legs[at].pending_len < MAX_PENDING)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.wakers.write.register(cx.waker());
+        let had = this.unread_len;
+        if !this.writable() {
+            this.drive();
+        }
+        let result = this.write_now(buf);
+        if result.is_ready() {
+            this.drive();
+        }
+        if this.unread_len > had || this.failure.is_some() {
+            this.wakers.read.wake();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What was written is on its way: the session writes it as the windows allow.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.up_open {
+            this.up_open = false;
+            let up = this.up;
+            if let Some(leg) = this.leg_mut(up) {
+                leg.end_up = true;
+            }
+            this.drive();
+            this.wakers.read.wake();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl TunnelStream {
+    /// Takes the caller's bytes for the leg that carries the request body, if it has room.
+    fn write_now(&mut self, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(why) = &self.failure {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.clone(),
+            )));
+        }
+        if !self.up_open {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let up = self.up;
+        let Some(leg) = self.leg_mut(up) else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        if leg.pending_len >= MAX_PENDING {
+            return Poll::Pending;
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.len().min(CHUNK);
+        leg.pending.push_back(Bytes::copy_from_slice(&buf[..n]));
+        leg.pending_len += n;
+        Poll::Ready(Ok(n))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     /// A reader that counts the reads it serves.
     struct Reads<'a> {
@@ -1659,13 +1937,12 @@ mod tests {
             wire.extend((0..len).map(|i| (i % 251) as u8));
         }
         wire.extend_from_slice(&[23, 3, 3, 0]); // cut inside a header
-        let received = Arc::new(AtomicU64::new(0));
-        let mid = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
         let reads = Reads {
             data: &wire,
             calls: 0,
         };
-        let mut counting = Counting::new(reads, Arc::clone(&received), Arc::clone(&mid));
+        let mut counting = Counting::new(reads);
         let mut got = Vec::new();
         loop {
             let mut header = [0u8; 5];
@@ -1684,8 +1961,8 @@ mod tests {
             Some(1),
             "one socket read for all of it"
         );
-        assert_eq!(received.load(Ordering::Relaxed), wire.len() as u64);
-        assert!(mid.load(Ordering::Relaxed), "the cut record is owed");
+        assert_eq!(counting.meter.received, wire.len() as u64);
+        assert!(counting.meter.mid_record(), "the cut record is owed");
     }
 
     /// An in-process front on loopback with its own certificate (pinned by the route), and the
