@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use pigeon_relay::metrics::{Counter, Gauge};
 use pigeon_transport::admission::AdmissionLimits;
 use pigeon_transport::{Accept, ProxyLink, RelayLink, ServerStream, Transport, Transports};
-use pigeon_transport_tls::hop::{self, HopPolicy, Outcome};
+use pigeon_transport_tls::hop::{self, HopPolicy, Outcome, Setup};
 use tokio::sync::Semaphore;
 
 /// Time a client has to name its relay, and the proxy to reach it.
@@ -219,18 +219,36 @@ impl Carry {
             Arc::clone(&self.metrics),
         );
         tokio::spawn(async move {
-            let _permit = permit;
             metrics.active.inc();
-            match hop::serve(session, &transports, &policy, HOP_TIMEOUT, &*metrics).await {
-                Ok(Outcome::Carried(_)) => {}
-                Ok(Outcome::Refused) => metrics.refused.inc(),
-                Ok(Outcome::Unreachable) => metrics.unreachable.inc(),
+            // The setup in this task; the carrying in one of its own, which holds only what
+            // carrying needs (most sessions a proxy holds are carried and idle).
+            match hop::setup(session, &transports, &policy, HOP_TIMEOUT, &*metrics).await {
+                Ok(Setup::Carry(carried)) => {
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        if let Err(e) = carried.carry(&*metrics).await {
+                            metrics.failed.inc();
+                            tracing::debug!(error = %e, "session ended");
+                        }
+                        metrics.active.dec();
+                    });
+                }
+                Ok(Setup::Done(outcome)) => {
+                    match outcome {
+                        Outcome::Refused => metrics.refused.inc(),
+                        Outcome::Unreachable => metrics.unreachable.inc(),
+                        Outcome::Carried(_) => {}
+                    }
+                    metrics.active.dec();
+                    drop(permit);
+                }
                 Err(e) => {
                     metrics.failed.inc();
                     tracing::debug!(error = %e, "session ended");
+                    metrics.active.dec();
+                    drop(permit);
                 }
             }
-            metrics.active.dec();
         });
     }
 }

@@ -28,6 +28,9 @@ pub use pigeon_transport::hop::{
     Answer, HopError, MAGIC, MAX_ROUTE, encode_answer, encode_request, parse_answer, parse_request,
 };
 use pigeon_transport::{Connection, Route, ServerStream, Transport, Transports};
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::error::TlsError;
@@ -111,12 +114,59 @@ pub struct Carried {
 /// A [`TlsError`] when the client's request is broken or a side fails mid-way (a refusal or an
 /// unreachable relay is answered to the client and is `Ok`).
 pub async fn serve<S: ServerStream>(
-    mut session: S,
+    session: S,
     transports: &Transports,
     policy: &HopPolicy,
     timeout: Duration,
     meter: &dyn Meter,
 ) -> Result<Outcome, TlsError> {
+    match setup(session, transports, policy, timeout, meter).await? {
+        Setup::Carry(carried) => carried.carry(meter).await.map(Outcome::Carried),
+        Setup::Done(outcome) => Ok(outcome),
+    }
+}
+
+/// How a session's setup ended: to be carried, or answered and done.
+pub enum Setup<S> {
+    /// Connected to its relay: carry it ([`ToCarry::carry`]).
+    Carry(ToCarry<S>),
+    /// Answered (refused, or the relay was unreachable) and done.
+    Done(Outcome),
+}
+
+/// A session connected to its relay, ready to be carried. A proxy carries it in a task of
+/// its own once the setup's task is done: what it holds while idle is then only the carrying's
+/// state, not room for the setup's (the request's buffer and timer, the dial).
+pub struct ToCarry<S> {
+    session: S,
+    relay: Box<dyn Connection>,
+    /// Bytes that came after the request, for the relay.
+    early: Vec<u8>,
+}
+
+impl<S: ServerStream> ToCarry<S> {
+    /// Carries bytes between the client's session and the relay until either ends.
+    ///
+    /// # Errors
+    /// A [`TlsError`] when a side fails mid-way.
+    pub async fn carry(self, meter: &dyn Meter) -> Result<Carried, TlsError> {
+        carry(self.session, self.relay, self.early, meter).await
+    }
+}
+
+/// The first part of [`serve`]: reads a session's request (within `timeout`), dials the relay
+/// through `transports` if `policy` allows it, and answers.
+///
+/// # Errors
+/// A [`TlsError`] when the client's request is broken or the session fails (a refusal or an
+/// unreachable relay is answered to the client and is `Ok`).
+pub async fn setup<S: ServerStream>(
+    mut session: S,
+    transports: &Transports,
+    policy: &HopPolicy,
+    timeout: Duration,
+    meter: &dyn Meter,
+) -> Result<Setup<S>, TlsError> {
     let mut buf = Vec::with_capacity(512);
     let read_request = async {
         loop {
@@ -142,7 +192,7 @@ pub async fn serve<S: ServerStream>(
         session
             .write_all(&encode_answer(&Answer::Refused(why)))
             .await?;
-        return Ok(Outcome::Refused);
+        return Ok(Setup::Done(Outcome::Refused));
     }
     let relay = match transports.dial(&target, timeout).await {
         Ok(relay) => relay,
@@ -151,7 +201,7 @@ pub async fn serve<S: ServerStream>(
             session
                 .write_all(&encode_answer(&Answer::Unreachable(why)))
                 .await?;
-            return Ok(Outcome::Unreachable);
+            return Ok(Setup::Done(Outcome::Unreachable));
         }
     };
     drop(target);
@@ -159,9 +209,11 @@ pub async fn serve<S: ServerStream>(
         .write_all(&encode_answer(&Answer::Connected))
         .await?;
     meter.connected();
-    carry(session, relay, early, meter)
-        .await
-        .map(Outcome::Carried)
+    Ok(Setup::Carry(ToCarry {
+        session,
+        relay,
+        early,
+    }))
 }
 
 /// A carried session's buffers while it idles (most sessions a proxy holds do)…
@@ -181,23 +233,28 @@ const SHRINK_AFTER: Duration = Duration::from_secs(5);
 /// idle session holds 256 bytes of them instead of 32 KiB.
 async fn carry<S: ServerStream>(
     mut session: S,
-    relay: Box<dyn Connection>,
+    mut relay: Box<dyn Connection>,
     early: Vec<u8>,
     meter: &dyn Meter,
 ) -> Result<Carried, TlsError> {
-    let (mut from_relay, mut to_relay) = tokio::io::split(relay);
     let mut carried = Carried::default();
     if !early.is_empty() {
-        to_relay.write_all(&early).await?;
+        relay.write_all(&early).await?;
         carried.up += early.len() as u64;
         meter.up(early.len() as u64);
     }
-    let mut busy = false;
+    drop(early);
     let mut last = tokio::time::Instant::now();
     let mut up: Vec<u8> = Vec::new();
     let mut down = vec![0u8; DOWN_IDLE_BUFFER];
+    // Set while data flows: when the large buffers go back (no timer runs while idle).
+    let mut shrink: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        let want = if busy { BUSY_BUFFER } else { IDLE_BUFFER };
+        let want = if shrink.is_some() {
+            BUSY_BUFFER
+        } else {
+            IDLE_BUFFER
+        };
         tokio::select! {
             ready = std::future::poll_fn(|cx| session.poll_read_ready(cx)) => {
                 ready?;
@@ -206,11 +263,13 @@ async fn carry<S: ServerStream>(
                 match session.try_read_buf(&mut up) {
                     Ok(0) => break,
                     Ok(n) => {
-                        to_relay.write_all(&up).await?;
+                        relay.write_all(&up).await?;
                         carried.up += n as u64;
                         meter.up(n as u64);
-                        busy |= n >= IDLE_BUFFER;
-                        if !busy {
+                        if n >= IDLE_BUFFER && shrink.is_none() {
+                            shrink = Some(Box::pin(tokio::time::sleep(SHRINK_AFTER)));
+                        }
+                        if shrink.is_none() {
                             up = Vec::new();
                         }
                         last = tokio::time::Instant::now();
@@ -219,28 +278,42 @@ async fn carry<S: ServerStream>(
                     Err(e) => return Err(e.into()),
                 }
             }
-            n = from_relay.read(&mut down) => {
+            n = relay.read(&mut down) => {
                 let n = n?;
                 if n == 0 {
                     break;
                 }
-                session.write_all(&down[..n]).await?;
+                // Boxed: the session's write is a large future, and the carrying future
+                // would otherwise keep room for it while idle.
+                Box::pin(session.write_all(&down[..n])).await?;
                 carried.down += n as u64;
                 meter.down(n as u64);
                 if n == down.len() && down.len() < BUSY_BUFFER {
-                    busy = true;
                     down.resize(BUSY_BUFFER, 0);
+                    if shrink.is_none() {
+                        shrink = Some(Box::pin(tokio::time::sleep(SHRINK_AFTER)));
+                    }
                 }
                 last = tokio::time::Instant::now();
             }
-            () = tokio::time::sleep_until(last + SHRINK_AFTER), if busy => {
-                busy = false;
-                up = Vec::new();
-                down = vec![0u8; DOWN_IDLE_BUFFER];
+            () = std::future::poll_fn(|cx| match shrink.as_mut() {
+                Some(timer) => timer.as_mut().poll(cx),
+                None => Poll::Pending,
+            }) => {
+                let quiet_until = last + SHRINK_AFTER;
+                if tokio::time::Instant::now() < quiet_until {
+                    if let Some(timer) = shrink.as_mut() {
+                        timer.as_mut().reset(quiet_until);
+                    }
+                } else {
+                    shrink = None;
+                    up = Vec::new();
+                    down = vec![0u8; DOWN_IDLE_BUFFER];
+                }
             }
         }
     }
-    let _ = to_relay.shutdown().await;
+    let _ = relay.shutdown().await;
     Ok(carried)
 }
 
