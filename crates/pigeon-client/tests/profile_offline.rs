@@ -195,6 +195,25 @@ fn pair(suite: Suite) -> Pair {
     p
 }
 
+/// alice makes a group, "club", and bob joins it through her invitation; alice's view of it.
+fn club(alice: &Profile, bob: &Profile, mem: &mut Relay) -> pigeon_client::GroupInfo {
+    let club = alice
+        .create_group("club", &relay(1), &OwnedMailbox::generate().expect("log"))
+        .expect("group");
+    let prepared = alice
+        .prepare_group_invite(club.id, &relay(1))
+        .expect("invite");
+    let invite = Invite::parse(&prepared.invite.to_link().expect("link")).expect("parse");
+    bob.request_group_join(
+        &invite,
+        &OwnedMailbox::generate().expect("reply"),
+        &relay(2),
+    )
+    .expect("join");
+    mem.run(&[alice, bob]);
+    club
+}
+
 fn texts(handled: &[Handled]) -> Vec<String> {
     handled
         .iter()
@@ -1024,20 +1043,7 @@ fn a_backup_restored_on_a_new_profile_continues_every_conversation() {
     } = pair(Suite::XWing);
     let bob_at_alice = alice.find_contact("bob").expect("bob").id;
     let alice_at_bob = bob.find_contact("alice").expect("alice").id;
-    let club = alice
-        .create_group("club", &relay(1), &OwnedMailbox::generate().expect("log"))
-        .expect("group");
-    let prepared = alice
-        .prepare_group_invite(club.id, &relay(1))
-        .expect("invite");
-    let invite = Invite::parse(&prepared.invite.to_link().expect("link")).expect("parse");
-    bob.request_group_join(
-        &invite,
-        &OwnedMailbox::generate().expect("reply"),
-        &relay(2),
-    )
-    .expect("join");
-    mem.run(&[&alice, &bob]);
+    club(&alice, &bob, &mut mem);
     let club_at_bob = bob.find_group("club").expect("bob is in the club").id;
     alice
         .compose(bob_at_alice, "before the backup")
@@ -1165,20 +1171,7 @@ fn a_device_new_to_a_large_group_refreshes_its_keys_with_its_first_message() {
         relay: mut mem,
     } = pair(Suite::XWing);
     bob.set_first_message_refresh_from(2);
-    let club = alice
-        .create_group("club", &relay(1), &OwnedMailbox::generate().expect("log"))
-        .expect("group");
-    let prepared = alice
-        .prepare_group_invite(club.id, &relay(1))
-        .expect("invite");
-    let invite = Invite::parse(&prepared.invite.to_link().expect("link")).expect("parse");
-    bob.request_group_join(
-        &invite,
-        &OwnedMailbox::generate().expect("reply"),
-        &relay(2),
-    )
-    .expect("join");
-    mem.run(&[&alice, &bob]);
+    let club = club(&alice, &bob, &mut mem);
     let at_bob = bob.find_group("club").expect("bob is in the club");
     let epoch = |p: &Profile| p.find_group("club").expect("club").epoch;
     let e0 = at_bob.epoch;
