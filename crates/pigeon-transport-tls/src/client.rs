@@ -1635,9 +1635,6 @@ impl TunnelStream {
                     break;
                 }
             }
-            for g in got.drain(..) {
-                self.handle(index, g);
-            }
             if let Err(e) = result {
                 self.handle(index, Got::Failed(e));
             }
