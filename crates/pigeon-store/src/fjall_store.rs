@@ -6,7 +6,8 @@
 //!   thread over a bounded channel. It drains everything queued (up to
 //!   [`FjallOptions::max_batch_ops`] operations or [`FjallOptions::max_batch_bytes`] bytes),
 //!   applies it as one fjall write batch and commits it; a second thread fsyncs the journal
-//!   (`fdatasync`) once for every round that is waiting, and only then publishes the new state
+//!   (`fdatasync`, through a descriptor of its own so that it never waits for fjall's journal
+//!   lock: `journal.rs`) once for every round that is waiting, and only then publishes the new state
 //!   to readers and answers every caller: group commit. Being the only writer, the writer thread
 //!   alone assigns sequence numbers, so per-mailbox order is the durable order. See `writer.rs`.
 //! * **Callers** do what needs no ordering before they queue: size checks, building the stored
@@ -40,6 +41,7 @@
 
 mod cache;
 mod codec;
+mod journal;
 mod recent;
 mod writer;
 
@@ -86,6 +88,7 @@ use codec::{
 };
 use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use journal::JournalSync;
 use recent::Precheck;
 use std::path::Path;
 use std::sync::Arc;
@@ -359,7 +362,11 @@ impl FjallStore {
             max_batch_bytes: options.max_batch_bytes.max(1),
             cached_mailboxes: options.cached_mailboxes,
         };
-        let writer = Writer::new(Arc::clone(&shared), rx, tuning)?;
+        let journal = JournalSync::open(dir).map_err(|e| StoreError::Backend {
+            op,
+            reason: e.to_string(),
+        })?;
+        let writer = Writer::new(Arc::clone(&shared), rx, tuning, journal)?;
         let handle = std::thread::Builder::new()
             .name("pigeon-store-writer".to_owned())
             .spawn(move || writer.run())

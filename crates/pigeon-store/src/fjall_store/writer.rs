@@ -38,6 +38,7 @@ use super::codec::{
     encode_dedup, encode_meta, encode_owner, expiry_key, idle_key, msg_header, msg_key,
     msg_key_seq, one_time_key, push_expiry_item, slot_key, used_key,
 };
+use super::journal::JournalSync;
 use super::recent::{Precheck, Recent};
 use crate::{
     Appended, CreateOutcome, Expired, MAX_RETIRED_CAPS, MailboxId, MailboxKind, MailboxRecord,
@@ -341,19 +342,19 @@ struct Settled {
 
 /// Makes committed rounds durable, in order, then shows them to readers and answers callers.
 ///
-/// Running beside the writer lets one round's fsync overlap the next round's work, and rounds
-/// that queue up behind an fsync share the next one. fjall holds its journal lock during an
-/// fsync, so the writer's next commit waits for it; the gain is the work before the commit.
-/// A failed fsync is final: fjall poisons itself, this thread fails every later round, and it
-/// tells the writer to refuse further requests.
+/// Running beside the writer lets one round's fsync overlap the next round's work (commit
+/// included: the fsync takes no lock of fjall's, see `journal.rs`), and rounds that queue up
+/// behind an fsync share the next one. A failed fsync is final: this thread fails every later
+/// round and tells the writer to refuse further requests.
 struct Syncer {
     shared: Arc<Shared>,
+    journal: JournalSync,
     rx: Receiver<Settled>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Syncer {
-    fn run(self) {
+    fn run(mut self) {
         let mut failed: Option<String> = None;
         let mut rounds = Vec::new();
         while let Ok(first) = self.rx.recv() {
@@ -364,7 +365,7 @@ impl Syncer {
             if failed.is_none() && rounds.iter().any(|r| r.wrote) {
                 // fdatasync suffices: fjall pre-allocates each journal file and fsyncs it (and
                 // its directory) when it is created or rotated.
-                if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {
+                if let Err(e) = self.journal.sync() {
                     let reason = e.to_string();
                     tracing::error!(reason = %reason, "store fsync failed; refusing writes until restarted");
                     *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -460,6 +461,7 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Request>,
         tuning: Tuning,
+        journal: JournalSync,
     ) -> Result<Self, StoreError> {
         let op = "open";
         let counter = |key: &[u8]| match shared.meta.get(key).map_err(backend(op))? {
@@ -479,6 +481,7 @@ impl Writer {
         let sync_failure = Arc::new(Mutex::new(None));
         let syncer = Syncer {
             shared: Arc::clone(&shared),
+            journal,
             rx: settled,
             failure: Arc::clone(&sync_failure),
         };
@@ -577,6 +580,14 @@ impl Writer {
             && let Err(reason) = self.flush_batch()
         {
             self.fail(reason);
+        }
+        // The round's journal bytes go to the kernel here, under fjall's lock; the syncer's
+        // fdatasync then needs none.
+        if self.failed.is_none()
+            && self.wrote
+            && let Err(e) = self.shared.db.persist(PersistMode::Buffer)
+        {
+            self.fail(e.to_string());
         }
         let mut publish = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain(..) {
