@@ -96,6 +96,7 @@ fn journal_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
 
