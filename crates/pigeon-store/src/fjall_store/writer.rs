@@ -959,8 +959,12 @@ impl Writer {
         let mut deleted = 0u64;
         for &seq in &seqs {
             if b.stored.remove(seq) {
+                // A single delete (fjall's weak tombstone): a message key is written once, as sequence
+                // numbers are never reused, and deleted at most once, as `stored` says whether it
+                // is still held. Such a tombstone vanishes with its value when the two meet, so a
+                // message acknowledged before its memtable is flushed never reaches a table.
                 self.batch
-                    .remove(&self.shared.msgs, msg_key(b.number, seq).as_ref());
+                    .remove_weak(&self.shared.msgs, msg_key(b.number, seq).as_ref());
                 deleted += 1;
             }
         }
@@ -1471,8 +1475,9 @@ impl Writer {
             && b.number == item.number
             && b.stored.remove(item.seq)
         {
+            // A single delete, as in `ack`.
             self.batch
-                .remove(&self.shared.msgs, msg_key(item.number, item.seq).as_ref());
+                .remove_weak(&self.shared.msgs, msg_key(item.number, item.seq).as_ref());
             self.mark(item.mailbox, true);
             removed = 1;
         }
