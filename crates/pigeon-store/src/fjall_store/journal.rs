@@ -122,6 +122,51 @@ mod tests {
         assert_eq!(sync.current.0, 13);
     }
 
+    /// The layout this module relies on, checked against the fjall in use: a journal rotates to
+    /// the next number and the sync follows it.
+    #[test]
+    fn the_sync_follows_fjall_to_its_next_journal() {
+        use fjall::{CompressionType, Database, KeyspaceCreateOptions, PersistMode};
+        let dir = tempfile::tempdir().unwrap();
+        // As the store opens it: the journal uncompressed, so it grows as it does there.
+        let db = Database::builder(dir.path())
+            .manual_journal_persist(true)
+            .journal_compression(CompressionType::None)
+            .open()
+            .unwrap();
+        let ks = db
+            .keyspace("k", || {
+                KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(1024 * 1024)
+            })
+            .unwrap();
+        let mut sync = JournalSync::open(dir.path()).unwrap();
+        let first = sync.current.0;
+        let value = vec![7u8; 64 * 1024];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut key = 0u32;
+        // fjall starts a new journal at the first flush after 64 MB; bounded in count and time.
+        while sync.current.0 == first && key < 4096 && std::time::Instant::now() < deadline {
+            for _ in 0..64 {
+                ks.insert(key.to_be_bytes(), value.as_slice()).unwrap();
+                key += 1;
+            }
+            db.persist(PersistMode::Buffer).unwrap();
+            sync.sync().unwrap();
+            // Flushes run on fjall's workers: give them a moment.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            sync.current.0 > first,
+            "no journal after {first} within {key} writes"
+        );
+        assert_eq!(newest_journal(dir.path()).unwrap(), Some(sync.current.0));
+        ks.insert(b"last", b"x").unwrap();
+        db.persist(PersistMode::Buffer).unwrap();
+        sync.sync().unwrap();
+    }
+
     #[test]
     fn a_directory_without_journals_is_refused() {
         let dir = tempfile::tempdir().unwrap();
