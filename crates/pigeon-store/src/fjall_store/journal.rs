@@ -32,8 +32,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The active journal's number, from a directory listing.
-fn newest_journal(dir: &Path) -> io::Result<Option<u64>> {
+/// The active journal's number, from a directory listing; an error when there is none.
+fn newest_journal(dir: &Path) -> io::Result<u64> {
     let mut newest = None;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -47,7 +47,15 @@ fn newest_journal(dir: &Path) -> io::Result<Option<u64>> {
         };
         newest = newest.max(Some(number));
     }
-    Ok(newest)
+    newest.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no journal (<n>.jnl) in {}: this fjall lays out its files differently",
+                dir.display()
+            ),
+        )
+    })
 }
 
 /// Fdatasyncs the active fjall journal of one database directory.
@@ -60,15 +68,7 @@ pub(super) struct JournalSync {
 impl JournalSync {
     /// Finds the active journal of the database in `dir`.
     pub(super) fn open(dir: &Path) -> io::Result<Self> {
-        let number = newest_journal(dir)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "no journal (<n>.jnl) in {}: this fjall lays out its files differently",
-                    dir.display()
-                ),
-            )
-        })?;
+        let number = newest_journal(dir)?;
         let file = File::open(journal_path(dir, number))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -78,12 +78,7 @@ impl JournalSync {
 
     /// Makes everything written to the journal so far durable (see the module docs).
     pub(super) fn sync(&mut self) -> io::Result<()> {
-        let newest = newest_journal(&self.dir)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("the journal in {} is gone", self.dir.display()),
-            )
-        })?;
+        let newest = newest_journal(&self.dir)?;
         if newest != self.current.0 {
             self.current = (newest, File::open(journal_path(&self.dir, newest))?);
         }
@@ -114,7 +109,7 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        assert_eq!(newest_journal(dir.path()).unwrap(), Some(12));
+        assert_eq!(newest_journal(dir.path()).unwrap(), 12);
         let mut sync = JournalSync::open(dir.path()).unwrap();
         sync.sync().unwrap();
         std::fs::write(dir.path().join("13.jnl"), b"").unwrap();
@@ -161,7 +156,7 @@ mod tests {
             sync.current.0 > first,
             "no journal after {first} within {key} writes"
         );
-        assert_eq!(newest_journal(dir.path()).unwrap(), Some(sync.current.0));
+        assert_eq!(newest_journal(dir.path()).unwrap(), sync.current.0);
         ks.insert(b"last", b"x").unwrap();
         db.persist(PersistMode::Buffer).unwrap();
         sync.sync().unwrap();

@@ -959,10 +959,11 @@ impl Writer {
         let mut deleted = 0u64;
         for &seq in &seqs {
             if b.stored.remove(seq) {
-                // A single delete (fjall's weak tombstone): a message key is written once, as sequence
-                // numbers are never reused, and deleted at most once, as `stored` says whether it
-                // is still held. Such a tombstone vanishes with its value when the two meet, so a
-                // message acknowledged before its memtable is flushed never reaches a table.
+                // A single delete (fjall's weak tombstone): a message key is written once, as
+                // sequence numbers are never reused, and deleted at most once, as `stored` says
+                // whether it is still held. Such a tombstone vanishes with its value when the two
+                // meet, so a message acknowledged before its memtable is flushed never reaches a
+                // table.
                 self.batch
                     .remove_weak(&self.shared.msgs, msg_key(b.number, seq).as_ref());
                 deleted += 1;
