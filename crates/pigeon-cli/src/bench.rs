@@ -261,6 +261,8 @@ async fn load(
                         sender_cap: cap.to_vec(),
                         message_id: message_id.to_vec(),
                         ciphertext: payload.clone(),
+                        // Every message is sent once, as a client's new posts are.
+                        first_attempt: true,
                     }))
                     .await?;
                 inflight.push_back(rx);

@@ -406,6 +406,7 @@ async fn sender(shared: Arc<Shared>, index: usize, node: usize, window: usize, d
                     sender_cap: b.sender_cap.to_vec(),
                     message_id: id.to_vec(),
                     ciphertext: payload.clone(),
+                    first_attempt: false,
                 }))
                 .await
             {

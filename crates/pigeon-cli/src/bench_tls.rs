@@ -124,6 +124,7 @@ async fn bulk_once(
                 sender_cap: owner.sender_cap.to_vec(),
                 message_id: message_id.to_vec(),
                 ciphertext: vec![0xa5; BULK_MESSAGE],
+                first_attempt: false,
             }))
             .await?;
         pending.push(sent);

@@ -385,6 +385,7 @@ async fn attack(
                         sender_cap: vec![2; 32],
                         message_id: vec![3; 16],
                         ciphertext: b"x".to_vec(),
+                        first_attempt: false,
                     }),
                 ),
                 req(
@@ -394,6 +395,7 @@ async fn attack(
                         sender_cap: vec![2; 32],
                         message_id: vec![3; 15],
                         ciphertext: b"x".to_vec(),
+                        first_attempt: false,
                     }),
                 ),
                 req(
@@ -494,6 +496,7 @@ async fn attack(
                         sender_cap: rng.bytes::<32>().to_vec(),
                         message_id: rng.bytes::<16>().to_vec(),
                         ciphertext: b"spam".to_vec(),
+                        first_attempt: false,
                     }),
                 ),
                 req(
@@ -656,6 +659,7 @@ async fn hostile_connections_get_errors_or_closes_and_everyone_else_is_served() 
                     sender_cap: stored.sender_cap.to_vec(),
                     message_id: id.to_vec(),
                     ciphertext: format!("stored {i}").into_bytes(),
+                    first_attempt: false,
                 }))
                 .await
                 .expect("submit"),

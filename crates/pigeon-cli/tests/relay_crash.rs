@@ -62,6 +62,7 @@ fn send_body(mailbox: &MailboxId, cap: &[u8; 32], m: &([u8; 16], Vec<u8>)) -> re
         sender_cap: cap.to_vec(),
         message_id: m.0.to_vec(),
         ciphertext: m.1.clone(),
+        first_attempt: false,
     })
 }
 

@@ -66,6 +66,7 @@ async fn party(
                 sender_cap: peer.1.to_vec(),
                 message_id: id.to_vec(),
                 ciphertext: body.clone(),
+                first_attempt: false,
             }))
             .await
             .unwrap_or_else(|e| panic!("{name}: submitting a send failed: {e}"));

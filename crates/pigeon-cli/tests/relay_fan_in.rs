@@ -47,6 +47,7 @@ async fn concurrent_senders_into_one_mailbox_arrive_once_in_order() {
                     sender_cap: cap.to_vec(),
                     message_id: id.to_vec(),
                     ciphertext: vec![0x42; 200],
+                    first_attempt: false,
                 });
                 answers.push(conn.submit(body).await.expect("queue send"));
             }
@@ -169,6 +170,7 @@ async fn a_slow_reader_with_many_backlogged_subscriptions_does_not_stall() {
                 sender_cap: b.sender_cap.to_vec(),
                 message_id: id.to_vec(),
                 ciphertext: vec![3; 40_000],
+                first_attempt: false,
             });
             answers.push(sender.submit(body).await.expect("queue"));
         }

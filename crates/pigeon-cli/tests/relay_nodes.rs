@@ -55,6 +55,7 @@ async fn a_message_sent_through_one_relay_node_is_pushed_by_the_other() {
                 sender_cap: inbox.sender_cap.to_vec(),
                 message_id: id.to_vec(),
                 ciphertext: format!("message {i} through node a").into_bytes(),
+                first_attempt: false,
             }))
             .await
             .expect("submit a send");
@@ -141,6 +142,7 @@ async fn post(
             sender_cap: cap.to_vec(),
             message_id: auth::random_bytes::<16>().expect("random").to_vec(),
             ciphertext: text.as_bytes().to_vec(),
+            first_attempt: false,
         }))
         .await
         .expect("a post");

@@ -1083,6 +1083,7 @@ impl Client {
         let link = parse_stored_relay(&item.relay)?;
         let whose = self.whose(&item.mailbox);
         let mut fresh = false;
+        let mut first_attempt = self.profile.take_first_attempt(&item.message_id);
         loop {
             // A session kept open from earlier may have been closed by the relay meanwhile
             // (it closes connections that subscribe to nothing once they idle): then one new
@@ -1090,16 +1091,17 @@ impl Client {
             // message id.
             fresh |= !self.sessions.contains_key(link.relay_key());
             let session = self.session(&link, &whose).await?;
-            match session
-                .conn
-                .send(
-                    &MailboxId(item.mailbox),
-                    &item.sender_cap,
-                    item.message_id,
-                    item.payload.clone(),
-                )
-                .await
-            {
+            let (mailbox, payload) = (MailboxId(item.mailbox), item.payload.clone());
+            let sent = if std::mem::take(&mut first_attempt) {
+                let conn = &session.conn;
+                conn.send_first_attempt(&mailbox, &item.sender_cap, item.message_id, payload)
+                    .await
+            } else {
+                let conn = &session.conn;
+                conn.send(&mailbox, &item.sender_cap, item.message_id, payload)
+                    .await
+            };
+            match sent {
                 Ok(_) => return Ok(()),
                 Err(source) => {
                     self.relay_failed(&link, &source);

@@ -20,8 +20,9 @@ use pigeon_proto::auth::{self, SigningKey};
 use pigeon_transport::RelayLink;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
@@ -376,7 +377,14 @@ pub struct Profile {
     /// Groups of this many devices or more have a device that joins refresh its keys with its
     /// first message ([`groups::FIRST_MESSAGE_REFRESH_FROM`]).
     first_refresh_from: usize,
+    /// Message ids of posts queued by this process and not yet handed to a connection
+    /// ([`Self::take_first_attempt`]); lost with the process, as it should be: after a restart
+    /// any queued post may have reached a relay before.
+    first_attempts: Mutex<HashSet<[u8; 16]>>,
 }
+
+/// Most posts remembered as first attempts; past it new posts are sent as possible retries.
+const MAX_FIRST_ATTEMPTS: usize = 16_384;
 
 impl std::fmt::Debug for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -565,6 +573,7 @@ impl Profile {
             dir: dir.to_owned(),
             max_log_entry: groups::MAX_LOG_ENTRY,
             first_refresh_from: groups::FIRST_MESSAGE_REFRESH_FROM,
+            first_attempts: Mutex::new(HashSet::new()),
         })
     }
 
@@ -1119,7 +1128,8 @@ impl Profile {
             Queued::New => "INSERT",
             Queued::Once | Queued::Carried => "INSERT OR IGNORE",
         };
-        self.conn
+        let inserted = self
+            .conn
             .execute(
                 &format!(
                     "{verb} INTO outbox (relay, mailbox_id, sender_cap, message_id, payload,
@@ -1137,7 +1147,28 @@ impl Profile {
                 ],
             )
             .map_err(db("queueing a message"))?;
+        // Only a new post of this device's, with a fresh random id, is surely unsent; one that
+        // several devices or copies may queue may have been sent by another.
+        if matches!(how, Queued::New) && inserted == 1 {
+            let mut first = self
+                .first_attempts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if first.len() < MAX_FIRST_ATTEMPTS {
+                first.insert(message_id);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the post with this message id goes to a relay for the first time: true once
+    /// for a post this process queued ([`Queued::New`]) and has not handed to a connection
+    /// before; every later call says false. The caller hands it over right after.
+    pub fn take_first_attempt(&self, message_id: &[u8; 16]) -> bool {
+        self.first_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(message_id)
     }
 
     /// Queues one MLS message to the contact's mailbox.

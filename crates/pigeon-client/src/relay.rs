@@ -857,7 +857,8 @@ impl RelayConnection {
         }
     }
 
-    /// Posts a message; returns once the relay holds it durably.
+    /// Posts a message; returns once the relay holds it durably. A retry with the same
+    /// `message_id` is answered with the stored message's sequence number and stores nothing.
     ///
     /// # Errors
     /// As [`Self::request`].
@@ -868,12 +869,42 @@ impl RelayConnection {
         message_id: [u8; 16],
         ciphertext: Vec<u8>,
     ) -> Result<msg::Sent, ClientError> {
+        self.post(mailbox, sender_cap, message_id, ciphertext, false)
+            .await
+    }
+
+    /// As [`Self::send`], for a `message_id` never handed to any connection before: the relay
+    /// skips looking for an earlier copy. Only for a surely first attempt (wrongly used, the
+    /// relay may store the message twice).
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn send_first_attempt(
+        &self,
+        mailbox: &MailboxId,
+        sender_cap: &[u8; 32],
+        message_id: [u8; 16],
+        ciphertext: Vec<u8>,
+    ) -> Result<msg::Sent, ClientError> {
+        self.post(mailbox, sender_cap, message_id, ciphertext, true)
+            .await
+    }
+
+    async fn post(
+        &self,
+        mailbox: &MailboxId,
+        sender_cap: &[u8; 32],
+        message_id: [u8; 16],
+        ciphertext: Vec<u8>,
+        first_attempt: bool,
+    ) -> Result<msg::Sent, ClientError> {
         match self
             .request(request::Body::Send(msg::Send {
                 mailbox_id: mailbox.0.to_vec(),
                 sender_cap: sender_cap.to_vec(),
                 message_id: message_id.to_vec(),
                 ciphertext,
+                first_attempt,
             }))
             .await?
         {

@@ -1039,6 +1039,7 @@ impl Conn {
             now: unix,
             // A log checks it again as the message is stored, in order with its updates.
             cap_hash: Some(hash),
+            first_attempt: send.first_attempt,
         })
     }
 

@@ -349,6 +349,7 @@ fn send(id: &MailboxId, cap: &[u8; 32], text: &str) -> msg::Send {
         sender_cap: cap.to_vec(),
         message_id: auth::random_bytes::<16>().unwrap().to_vec(),
         ciphertext: text.as_bytes().to_vec(),
+        first_attempt: false,
     }
 }
 

@@ -275,6 +275,7 @@ async fn run<B: Backend>(store: B, messages: u64, producers: u64) -> Result<(f64
                     ciphertext,
                     now: 1_000,
                     cap_hash: None,
+                    first_attempt: true,
                 };
                 store.append_one(m).await?;
                 i += producers;

@@ -90,6 +90,7 @@ pub fn msg(mailbox: MailboxId, n: u64, now: u64) -> NewMessage {
         ciphertext: format!("ciphertext {n}").into_bytes(),
         now,
         cap_hash: None,
+        first_attempt: false,
     }
 }
 
@@ -192,6 +193,63 @@ pub async fn appends_keep_order_and_reads_page<S: MailboxStore>(store: &Arc<S>) 
         Err(StoreError::NoSuchMailbox)
     ));
     assert_eq!(store.pending(mbx(1)).await.unwrap(), 10);
+}
+
+/// A message sent as a first attempt is recorded like any other: its retries, soon after, much
+/// later, and after its ack, are answered with its sequence number and store nothing.
+pub async fn first_attempts_are_caught_when_retried<S: MailboxStore>(store: &Arc<S>) {
+    let store: &S = store;
+    let first = |n: u64| NewMessage {
+        first_attempt: true,
+        ..msg(mbx(1), n, 10)
+    };
+    let duplicate = |seq: u64| Appended {
+        seq,
+        duplicate: true,
+    };
+    store.create_mailbox(mbx(1), record(1)).await.unwrap();
+    store.create_mailbox(mbx(2), record(2)).await.unwrap();
+    let results = store
+        .append(vec![first(1), first(2), msg(mbx(1), 1, 10)])
+        .await;
+    let got: Vec<Appended> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        got[..2],
+        [1, 2].map(|seq| Appended {
+            seq,
+            duplicate: false
+        })
+    );
+    assert_eq!(got[2], duplicate(1), "a retry in the same batch");
+    assert_eq!(
+        append_one(store, msg(mbx(1), 2, 11)).await.unwrap(),
+        duplicate(2)
+    );
+    // Enough commits in between that a store's memory of recent ids no longer answers.
+    for n in 0..40 {
+        let other = NewMessage {
+            mailbox: mbx(2),
+            ..first(1_000 + n)
+        };
+        append_one(store, other).await.unwrap();
+    }
+    assert_eq!(
+        append_one(store, msg(mbx(1), 1, 12)).await.unwrap(),
+        duplicate(1)
+    );
+    assert_eq!(store.ack(mbx(1), vec![1, 2]).await.unwrap(), 2);
+    assert_eq!(
+        append_one(store, msg(mbx(1), 2, 13)).await.unwrap(),
+        duplicate(2)
+    );
+    assert!(
+        store
+            .read(mbx(1), 0, 10, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.pending(mbx(1)).await.unwrap(), 0);
 }
 
 /// Message size and inbox depth are refused with their errors; a retry of a stored message is still answered when full.
@@ -431,6 +489,7 @@ pub async fn concurrent_appends_keep_per_mailbox_order_and_lose_nothing<S: Mailb
                     ciphertext: (p << 32 | i).to_be_bytes().to_vec(),
                     now: 10,
                     cap_hash: None,
+                    first_attempt: true,
                 };
                 let a = append_one(&*store, m).await.unwrap();
                 assert!(!a.duplicate);
@@ -794,6 +853,7 @@ macro_rules! mailbox_store_conformance {
         $crate::mailbox_store_conformance!(@checks $open;
             create_is_idempotent_and_lookup_is_cached,
             appends_keep_order_and_reads_page,
+            first_attempts_are_caught_when_retried,
             limits_are_enforced,
             ack_counts_what_it_deleted,
             delete_removes_everything_of_the_mailbox,

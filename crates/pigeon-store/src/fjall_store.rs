@@ -153,6 +153,9 @@ impl Shared {
             return Precheck::None;
         };
         let number = entry.number;
+        if message.first_attempt {
+            return Precheck::FirstAttempt { number };
+        }
         let as_of = self.commits.load(Ordering::Acquire);
         match self.dedup.get(dedup_key(number, &message.message_id)) {
             Ok(None) => Precheck::Absent { number, as_of },

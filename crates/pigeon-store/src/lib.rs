@@ -146,6 +146,10 @@ pub struct NewMessage {
     /// update racing the post cannot let a retired capability post past its `read_until`.
     /// Inboxes ignore it.
     pub cap_hash: Option<[u8; 32]>,
+    /// The sender says no earlier copy of this message id can exist (it never sent it before).
+    /// A store may then skip looking for one, but still records the id, so that a later retry
+    /// is caught. A wrong claim may store the message twice, under two sequence numbers.
+    pub first_attempt: bool,
 }
 
 /// The outcome of appending one message.

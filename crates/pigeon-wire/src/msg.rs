@@ -152,6 +152,14 @@ pub struct Send {
     /// End-to-end encrypted content; opaque to the relay.
     #[prost(bytes = "vec", tag = "4")]
     pub ciphertext: Vec<u8>,
+    /// True only if the sender has never handed this message id to a connection before, so no
+    /// earlier copy can exist: the relay then skips looking for one (most sends are first
+    /// attempts, and the lookup is a read of the de-duplication index). A send that may be a
+    /// retry — any after a lost connection, a restart or an unanswered request — says false,
+    /// the default. A wrong true can store one message twice (the recipient drops the copy),
+    /// never lose one.
+    #[prost(bool, tag = "5")]
+    pub first_attempt: bool,
 }
 
 /// Subscribe to a mailbox: the relay pushes pending and new messages in order.

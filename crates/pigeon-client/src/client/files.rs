@@ -261,6 +261,7 @@ impl Client {
                         sender_cap: cap.to_vec(),
                         message_id: up.secrets.chunk_message_id(next).to_vec(),
                         ciphertext: Layout::to_relay(next, &sealed),
+                        first_attempt: false,
                     });
                     in_flight.push_back((next, conn.submit(body).await?));
                     next += 1;

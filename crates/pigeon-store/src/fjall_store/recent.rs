@@ -23,6 +23,10 @@ pub(super) enum Precheck {
     },
     /// A record for `seq`, read with everything up to commit `as_of` visible.
     Known { number: u64, seq: u64, as_of: u64 },
+    /// Not looked up: the sender says it never sent this id before
+    /// ([`NewMessage::first_attempt`](crate::NewMessage::first_attempt)). Only the writer's
+    /// memory is asked, which catches the same id twice in a burst for free.
+    FirstAttempt { number: u64 },
 }
 
 /// The writer's memory of the ids it wrote lately.
@@ -109,6 +113,7 @@ impl Recent {
                 seq,
                 as_of,
             } if n == number && as_of >= self.deleted_in => Some(Some(seq)),
+            Precheck::FirstAttempt { number: n } if n == number => Some(self.get(key)),
             _ => None,
         }
     }
@@ -154,6 +159,29 @@ mod tests {
         assert_eq!(recent.resolve(later, 1, &key(2)), Some(Some(6)));
         assert_eq!(
             recent.resolve(later, 2, &key(2)),
+            None,
+            "other mailbox number"
+        );
+    }
+
+    #[test]
+    fn first_attempts_are_answered_from_memory_alone() {
+        let mut recent = Recent::new(1, 0);
+        let first = Precheck::FirstAttempt { number: 1 };
+        assert_eq!(recent.resolve(first, 1, &key(1)), Some(None));
+        recent.insert(key(1), 5);
+        assert_eq!(recent.resolve(first, 1, &key(1)), Some(Some(5)));
+        for commit in 1..=3u8 {
+            recent.insert(key(1 + commit), u64::from(5 + commit));
+            recent.committed(u64::from(commit));
+        }
+        assert_eq!(
+            recent.resolve(first, 1, &key(1)),
+            Some(None),
+            "out of the window, and still not looked up"
+        );
+        assert_eq!(
+            recent.resolve(first, 2, &key(1)),
             None,
             "other mailbox number"
         );
