@@ -389,6 +389,25 @@ fn a_conversation_tells_what_it_missed() {
     assert!(p.bob.take_unread(None).expect("unread").is_empty());
 }
 
+/// A post goes to a relay as a first attempt once, only from the process that queued it: a
+/// second hand-over, or the same post after the profile was opened again (it may have reached
+/// a relay before a crash), is a possible retry.
+#[test]
+fn a_post_is_a_first_attempt_once_and_only_in_the_process_that_queued_it() {
+    let p = pair(Suite::XWing);
+    let bob = p.alice.find_contact("bob").expect("bob").id;
+    p.alice.compose(bob, "one").expect("compose");
+    p.alice.compose(bob, "two").expect("compose");
+    let items = p.alice.outbox().expect("outbox");
+    let (one, two) = (items[0].message_id, items[1].message_id);
+    assert!(p.alice.take_first_attempt(&one));
+    assert!(!p.alice.take_first_attempt(&one), "handed over already");
+    let reopened = Profile::open(p.alice.dir(), &pass()).expect("reopen");
+    assert!(!reopened.take_first_attempt(&two), "queued by another process");
+    assert!(p.alice.take_first_attempt(&two));
+    assert!(!p.alice.take_first_attempt(&[7; 16]), "never queued");
+}
+
 #[test]
 fn classic_suite_fallback_converses() {
     let mut p = pair(Suite::Classic);
