@@ -403,7 +403,10 @@ fn a_post_is_a_first_attempt_once_and_only_in_the_process_that_queued_it() {
     assert!(p.alice.take_first_attempt(&one));
     assert!(!p.alice.take_first_attempt(&one), "handed over already");
     let reopened = Profile::open(p.alice.dir(), &pass()).expect("reopen");
-    assert!(!reopened.take_first_attempt(&two), "queued by another process");
+    assert!(
+        !reopened.take_first_attempt(&two),
+        "queued by another process"
+    );
     assert!(p.alice.take_first_attempt(&two));
     assert!(!p.alice.take_first_attempt(&[7; 16]), "never queued");
 }

@@ -680,8 +680,8 @@ impl NatsStore {
     /// through another node before the retry), the record is read again: an ack makes the
     /// record of each message it takes final before deleting it (`NatsStore::confirm`).
     ///
-    /// Round trips per batch: the records are looked up all at once, the intents written all
-    /// at once, then one publish per message, the records written without waiting for each
+    /// Round trips per batch: the records are looked up all at once (not those of first
+    /// attempts, [`NewMessage::first_attempt`]), the intents written all at once, then one publish per message, the records written without waiting for each
     /// answer (all are awaited before the batch is answered).
     async fn append_to(
         &self,
@@ -692,11 +692,15 @@ impl NatsStore {
         let _lock = self.locks.lock(id.0).await;
         let mut batch = Batch::default();
         if let Ok(Some((rec, _))) = self.record(op, &id).await {
-            let lookups = futures_util::future::join_all(
-                messages
-                    .iter()
-                    .map(|(_, m)| self.dedup(op, &id, &rec, &m.message_id)),
-            )
+            let lookups = futures_util::future::join_all(messages.iter().map(|(_, m)| async {
+                if m.first_attempt {
+                    // Never sent before: nothing to find. Its intent is written all the same,
+                    // for a retry after a failure from here on.
+                    Ok(None)
+                } else {
+                    self.dedup(op, &id, &rec, &m.message_id).await
+                }
+            }))
             .await;
             for ((_, m), found) in messages.iter().zip(lookups) {
                 if let Ok(found) = found {
