@@ -311,11 +311,6 @@ impl FjallStore {
             // Ciphertext does not compress.
             .journal_compression(CompressionType::None)
             .cache_size(options.block_cache_bytes)
-            // One background thread for flushes and compactions. With two or more, fjall's
-            // worker 0 hands every compaction request back to the queue so that it stays free
-            // for flushes, and while the others are busy it receives its own request again at
-            // once: a spin that took 5-9 % of both cores under load (ARCHITECTURE.md).
-            .worker_threads(1)
             .open()
             .map_err(|e| backend(op, &e))?;
         let plain = || KeyspaceCreateOptions::default().manual_journal_persist(true);
