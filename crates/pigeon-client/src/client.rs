@@ -1091,13 +1091,14 @@ impl Client {
             // message id.
             fresh |= !self.sessions.contains_key(link.relay_key());
             let session = self.session(&link, &whose).await?;
+            let conn = &session.conn;
             let (mailbox, payload) = (MailboxId(item.mailbox), item.payload.clone());
+            // Only the first try of a post this process queued is a first attempt; a second
+            // try, after a lost connection, may find the first one stored.
             let sent = if std::mem::take(&mut first_attempt) {
-                let conn = &session.conn;
                 conn.send_first_attempt(&mailbox, &item.sender_cap, item.message_id, payload)
                     .await
             } else {
-                let conn = &session.conn;
                 conn.send(&mailbox, &item.sender_cap, item.message_id, payload)
                     .await
             };
