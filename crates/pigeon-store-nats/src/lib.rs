@@ -681,8 +681,9 @@ impl NatsStore {
     /// record of each message it takes final before deleting it (`NatsStore::confirm`).
     ///
     /// Round trips per batch: the records are looked up all at once (not those of first
-    /// attempts, [`NewMessage::first_attempt`]), the intents written all at once, then one publish per message, the records written without waiting for each
-    /// answer (all are awaited before the batch is answered).
+    /// attempts, [`NewMessage::first_attempt`]), the intents written all at once, then one
+    /// publish per message, the records written without waiting for each answer (all are
+    /// awaited before the batch is answered).
     async fn append_to(
         &self,
         id: MailboxId,
